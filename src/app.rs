@@ -1,0 +1,92 @@
+//! `run(config, listener, shutdown)`: open the store, start the background
+//! work, serve until told to stop, drain, flush. The binary and the tests
+//! call the same function; only the binary binds real ports and signals.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::ingest::Ingest;
+use crate::store::{Store, StoreError};
+use crate::telemetry::{self, metric};
+use crate::time::now_ms;
+
+/// How often expired identities are looked for, and how many one pass forgets.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+const SWEEP_BATCH: usize = 10_000;
+
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub ingest: Ingest,
+    pub metrics: PrometheusHandle,
+    pub draining: AtomicBool,
+}
+
+impl App {
+    pub fn is_ready(&self) -> bool {
+        self.store.is_ready() && !self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StoreError> {
+    let metrics = telemetry::metrics_handle();
+    let store_cfg = config.store.clone();
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(&store_cfg))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??,
+    );
+    let ingest = Ingest::new(&config, store.clone());
+    let app = Arc::new(App {
+        config: Arc::new(config),
+        store: store.clone(),
+        ingest,
+        metrics,
+        draining: AtomicBool::new(false),
+    });
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        inbox_pending = store.inbox_pending(),
+        "waybill serving"
+    );
+
+    let sweeper = tokio::spawn(sweep_loop(store.clone()));
+    crate::http::serve(listener, app, shutdown).await;
+    sweeper.abort();
+
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+    tracing::info!("store flushed; stopped");
+    Ok(())
+}
+
+async fn sweep_loop(store: Arc<Store>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        loop {
+            match store.sweep_expired(now_ms(), SWEEP_BATCH).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    metrics::counter!(metric::SWEPT).increment(n as u64);
+                    tracing::debug!(swept = n, "retention sweep");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1235 @@
+//! Typed configuration: the TOML file, secret references and validation.
+//!
+//! The file is read into a `toml::Table` and walked by hand rather than
+//! deserialised straight into structs, because serde stops at the first bad
+//! field while an operator fixing a config wants every bad key at once (the
+//! way linkerd's `env.rs` reports all settings). Unknown keys are errors too:
+//! a misspelt `dedupe_retention` silently falling back to the default is the
+//! kind of surprise that costs an on-call engineer a night.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use crate::signature::{Encoding, Scheme, SchemeKind};
+
+/// The config shipped with the binary, used when no file is named and the
+/// default path does not exist, so `waybill serve` runs on a fresh machine.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/waybill.toml");
+pub const DEFAULT_PATH: &str = "config/waybill.toml";
+
+/// One bad key and why it is bad.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub key: String,
+    pub why: String,
+}
+
+/// Every problem found in a config, reported together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<Issue>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", issue.key, issue.why)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where a secret came from. Printed in summaries and warnings; the value never is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretOrigin {
+    Literal,
+    Env(String),
+    File(PathBuf),
+}
+
+impl fmt::Display for SecretOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretOrigin::Literal => f.write_str("literal"),
+            SecretOrigin::Env(name) => write!(f, "env:{name}"),
+            SecretOrigin::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+/// A resolved secret. `Debug` shows only its origin so that a stray `{:?}`
+/// in a log line cannot leak it.
+#[derive(Clone)]
+pub struct Secret {
+    value: String,
+    origin: SecretOrigin,
+}
+
+impl Secret {
+    pub fn literal(value: impl Into<String>) -> Secret {
+        Secret {
+            value: value.into(),
+            origin: SecretOrigin::Literal,
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    pub fn origin(&self) -> &SecretOrigin {
+        &self.origin
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", self.origin)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub admin_token: Option<Secret>,
+    pub sources: Vec<SourceConfig>,
+    pub partners: Vec<PartnerConfig>,
+    pub downstream: DownstreamConfig,
+    /// Things worth a WARN at start that do not refuse it.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub dedupe_retention: Duration,
+    pub idempotency_retention: Duration,
+    pub in_progress_timeout: Duration,
+    /// sled's page cache. Its 1 GiB default suits a database, not a gateway
+    /// whose hot set is the recent identities.
+    pub cache_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Tracking,
+    Payment,
+    StoreOnly,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Tracking => "tracking",
+            SourceKind::Payment => "payment",
+            SourceKind::StoreOnly => "store-only",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// JSON pointers into a delivery's body, per source kind.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// Required string fields: (name, pointer). For tracking:
+    /// tracking_number and status; for payment: order_id and status.
+    pub required: Vec<(&'static str, String)>,
+    pub occurred_at: Option<String>,
+    pub status_map: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: SourceKind,
+    pub secrets: Vec<Secret>,
+    pub scheme: Scheme,
+    pub event_id: Option<String>,
+    pub dedupe_retention: Duration,
+    pub event_type: Option<String>,
+    pub accept_event_types: Option<Vec<String>>,
+    pub rate_limit: Option<RateLimit>,
+    pub mapping: Option<Mapping>,
+}
+
+impl SourceConfig {
+    /// Whether an event of this type (None when absent) goes to the state
+    /// machine. A configured `event_type` pointer that is absent makes the
+    /// event a type outside `accept_event_types` (contract 3.3).
+    pub fn dispatches(&self, event_type: Option<&str>) -> bool {
+        if self.kind == SourceKind::StoreOnly {
+            return false;
+        }
+        match (&self.accept_event_types, event_type) {
+            (None, _) => true,
+            (Some(_), None) => self.event_type.is_none(),
+            (Some(accepted), Some(t)) => accepted.iter().any(|a| a == t),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PartnerConfig {
+    pub name: String,
+    pub api_keys: Vec<Secret>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DownstreamConfig {
+    pub base_url: String,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+}
+
+/// How secret references are resolved. Tests pass their own environment.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Config {
+    /// Reads the config named on the command line, else `WAYBILL_CONFIG`,
+    /// else the default path, else the embedded default.
+    pub fn load(explicit: Option<&Path>) -> Result<(Config, String), ConfigErrors> {
+        let from_env = std::env::var_os("WAYBILL_CONFIG").map(PathBuf::from);
+        let (text, origin) = match explicit.map(Path::to_path_buf).or(from_env) {
+            Some(path) => match std::fs::read_to_string(&path) {
+                Ok(text) => (text, path.display().to_string()),
+                Err(e) => {
+                    return Err(single(
+                        "config",
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                }
+            },
+            None => match std::fs::read_to_string(DEFAULT_PATH) {
+                Ok(text) => (text, DEFAULT_PATH.to_string()),
+                Err(_) => (EMBEDDED_DEFAULT.to_string(), "embedded default".to_string()),
+            },
+        };
+        Config::parse(&text, &ProcessEnv).map(|c| (c, origin))
+    }
+
+    pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let mut root: Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => return Err(single("config", format!("not valid TOML: {e}"))),
+        };
+        let mut w = Walker {
+            issues: Vec::new(),
+            warnings: Vec::new(),
+            env,
+        };
+        let mut server_t = w.table(&mut root, "server", "server");
+        let server = w.server(&mut server_t);
+        let mut store_t = w.table(&mut root, "store", "store");
+        let store = w.store(&mut store_t);
+        let mut admin_t = w.table(&mut root, "admin", "admin");
+        let admin_token = w.admin(&mut admin_t);
+        let sources = w.sources(&mut root, store.dedupe_retention);
+        let partners = w.partners(&mut root);
+        let mut down_t = w.table(&mut root, "downstream", "downstream");
+        let downstream = w.downstream(&mut down_t);
+        w.unknown(&root, "");
+        if !w.issues.is_empty() {
+            return Err(ConfigErrors(w.issues));
+        }
+        let mut warnings = w.warnings;
+        for s in &sources {
+            if s.secrets.iter().any(|k| k.origin == SecretOrigin::Literal) {
+                warnings.push(format!(
+                    "source {} uses a literal secret from the config file; use env: or file: outside development",
+                    s.name
+                ));
+            }
+        }
+        for p in &partners {
+            if p.api_keys.iter().any(|k| k.origin == SecretOrigin::Literal) {
+                warnings.push(format!(
+                    "partner {} uses a literal API key from the config file; use env: or file: outside development",
+                    p.name
+                ));
+            }
+        }
+        Ok(Config {
+            server,
+            store,
+            admin_token,
+            sources,
+            partners,
+            downstream,
+            warnings,
+        })
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// A human summary for `check-config`: names and origins, never values.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "listen {}, store {}\n",
+            self.server.listen,
+            self.store.path.display()
+        ));
+        for s in &self.sources {
+            let origins: Vec<String> = s.secrets.iter().map(|k| k.origin.to_string()).collect();
+            out.push_str(&format!(
+                "source {} (kind {}, scheme {}, secrets [{}]) at POST /webhooks/{}\n",
+                s.name,
+                s.kind.as_str(),
+                s.scheme.name(),
+                origins.join(", "),
+                s.name
+            ));
+        }
+        for p in &self.partners {
+            let origins: Vec<String> = p.api_keys.iter().map(|k| k.origin.to_string()).collect();
+            out.push_str(&format!(
+                "partner {} (api keys [{}])\n",
+                p.name,
+                origins.join(", ")
+            ));
+        }
+        match &self.admin_token {
+            Some(t) => out.push_str(&format!("admin enabled (token {})\n", t.origin)),
+            None => out.push_str("admin disabled (no token)\n"),
+        }
+        out
+    }
+}
+
+fn single(key: &str, why: String) -> ConfigErrors {
+    ConfigErrors(vec![Issue {
+        key: key.to_string(),
+        why,
+    }])
+}
+
+struct Walker<'e> {
+    issues: Vec<Issue>,
+    warnings: Vec<String>,
+    env: &'e dyn Env,
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+impl Walker<'_> {
+    fn bad(&mut self, key: impl Into<String>, why: impl Into<String>) {
+        self.issues.push(Issue {
+            key: key.into(),
+            why: why.into(),
+        });
+    }
+
+    fn unknown(&mut self, t: &Table, path: &str) {
+        for key in t.keys() {
+            self.bad(join(path, key), "unknown key");
+        }
+    }
+
+    fn table(&mut self, t: &mut Table, key: &str, path: &str) -> Table {
+        match t.remove(key) {
+            None => Table::new(),
+            Some(Value::Table(inner)) => inner,
+            Some(other) => {
+                self.bad(
+                    path,
+                    format!("must be a table, found {}", type_name(&other)),
+                );
+                Table::new()
+            }
+        }
+    }
+
+    fn opt_str(&mut self, t: &mut Table, key: &str, path: &str) -> Option<String> {
+        match t.remove(key) {
+            None => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => {
+                self.bad(
+                    join(path, key),
+                    format!("must be a string, found {}", type_name(&other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn req_str(&mut self, t: &mut Table, key: &str, path: &str) -> Option<String> {
+        let present = t.contains_key(key);
+        let v = self.opt_str(t, key, path);
+        if !present {
+            self.bad(join(path, key), "is required");
+        }
+        v
+    }
+
+    fn opt_uint(
+        &mut self,
+        t: &mut Table,
+        key: &str,
+        path: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<i64> {
+        match t.remove(key) {
+            None => None,
+            Some(Value::Integer(n)) if (min..=max).contains(&n) => Some(n),
+            Some(Value::Integer(n)) => {
+                self.bad(
+                    join(path, key),
+                    format!("must be between {min} and {max}, found {n}"),
+                );
+                None
+            }
+            Some(other) => {
+                self.bad(
+                    join(path, key),
+                    format!("must be an integer, found {}", type_name(&other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn opt_duration(&mut self, t: &mut Table, key: &str, path: &str) -> Option<Duration> {
+        let s = self.opt_str(t, key, path)?;
+        match humantime::parse_duration(&s) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                self.bad(join(path, key), "must be longer than zero");
+                None
+            }
+            Err(e) => {
+                self.bad(
+                    join(path, key),
+                    format!("not a duration like \"30s\" or \"7d\": {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn pointer(&mut self, t: &mut Table, key: &str, path: &str, required: bool) -> Option<String> {
+        let p = if required {
+            self.req_str(t, key, path)
+        } else {
+            self.opt_str(t, key, path)
+        }?;
+        if !p.is_empty() && !p.starts_with('/') {
+            self.bad(
+                join(path, key),
+                "must be a JSON pointer starting with \"/\"",
+            );
+            return None;
+        }
+        Some(p)
+    }
+
+    fn secret(&mut self, raw: &str, key: &str) -> Option<Secret> {
+        if let Some(name) = raw.strip_prefix("env:") {
+            match self.env.var(name) {
+                Some(v) if !v.is_empty() => Some(Secret {
+                    value: v,
+                    origin: SecretOrigin::Env(name.to_string()),
+                }),
+                _ => {
+                    self.bad(key, format!("environment variable {name} is not set"));
+                    None
+                }
+            }
+        } else if let Some(path) = raw.strip_prefix("file:") {
+            match std::fs::read_to_string(path) {
+                Ok(v) => {
+                    let v = v.trim_end().to_string();
+                    if v.is_empty() {
+                        self.bad(key, format!("secret file {path} is empty"));
+                        return None;
+                    }
+                    Some(Secret {
+                        value: v,
+                        origin: SecretOrigin::File(PathBuf::from(path)),
+                    })
+                }
+                Err(e) => {
+                    self.bad(key, format!("cannot read secret file {path}: {e}"));
+                    None
+                }
+            }
+        } else if raw.is_empty() {
+            self.bad(key, "secret is empty");
+            None
+        } else {
+            Some(Secret::literal(raw))
+        }
+    }
+
+    fn secret_list(&mut self, t: &mut Table, key: &str, path: &str) -> Vec<Secret> {
+        let k = join(path, key);
+        match t.remove(key) {
+            Some(Value::Array(items)) if !items.is_empty() => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let ik = format!("{k}[{i}]");
+                    match item {
+                        Value::String(s) => out.extend(self.secret(s, &ik)),
+                        other => {
+                            self.bad(ik, format!("must be a string, found {}", type_name(other)))
+                        }
+                    }
+                }
+                out
+            }
+            Some(Value::Array(_)) => {
+                self.bad(k, "needs at least one secret");
+                Vec::new()
+            }
+            Some(other) => {
+                self.bad(
+                    k,
+                    format!("must be an array of strings, found {}", type_name(&other)),
+                );
+                Vec::new()
+            }
+            None => {
+                self.bad(k, "is required");
+                Vec::new()
+            }
+        }
+    }
+
+    fn rate_limit(&mut self, t: &mut Table, path: &str) -> Option<RateLimit> {
+        if !t.contains_key("rate_limit") {
+            return None;
+        }
+        let p = join(path, "rate_limit");
+        let mut rl = self.table(t, "rate_limit", &p);
+        let per_second = self.opt_uint(&mut rl, "per_second", &p, 1, u32::MAX as i64);
+        let burst = self.opt_uint(&mut rl, "burst", &p, 1, u32::MAX as i64);
+        self.unknown(&rl, &p);
+        match per_second {
+            Some(ps) => Some(RateLimit {
+                per_second: ps as u32,
+                burst: burst.unwrap_or(ps) as u32,
+            }),
+            None => {
+                if !self.issues.iter().any(|i| i.key.starts_with(&p)) {
+                    self.bad(join(&p, "per_second"), "is required");
+                }
+                None
+            }
+        }
+    }
+
+    fn server(&mut self, t: &mut Table) -> ServerConfig {
+        let p = "server";
+        let listen = match self.opt_str(t, "listen", p) {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(s) => s.parse().unwrap_or_else(|_| {
+                self.bad(
+                    "server.listen",
+                    format!("not a socket address like 127.0.0.1:8080: {s:?}"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            }),
+        };
+        let cfg = ServerConfig {
+            listen,
+            max_body_bytes: self
+                .opt_uint(t, "max_body_bytes", p, 1, 1 << 30)
+                .unwrap_or(1 << 20) as usize,
+            max_in_flight: self
+                .opt_uint(t, "max_in_flight", p, 1, 1 << 20)
+                .unwrap_or(2048) as usize,
+            request_timeout: self
+                .opt_duration(t, "request_timeout", p)
+                .unwrap_or(Duration::from_secs(30)),
+            shutdown_grace: self
+                .opt_duration(t, "shutdown_grace", p)
+                .unwrap_or(Duration::from_secs(10)),
+        };
+        self.unknown(t, p);
+        cfg
+    }
+
+    fn store(&mut self, t: &mut Table) -> StoreConfig {
+        let p = "store";
+        let cfg = StoreConfig {
+            path: PathBuf::from(self.opt_str(t, "path", p).unwrap_or_else(|| "data".into())),
+            dedupe_retention: self
+                .opt_duration(t, "dedupe_retention", p)
+                .unwrap_or(Duration::from_secs(7 * 86_400)),
+            idempotency_retention: self
+                .opt_duration(t, "idempotency_retention", p)
+                .unwrap_or(Duration::from_secs(86_400)),
+            in_progress_timeout: self
+                .opt_duration(t, "in_progress_timeout", p)
+                .unwrap_or(Duration::from_secs(30)),
+            cache_bytes: self
+                .opt_uint(t, "cache_mb", p, 8, 1 << 16)
+                .map(|mb| mb as u64 * 1024 * 1024)
+                .unwrap_or(64 * 1024 * 1024),
+        };
+        self.unknown(t, p);
+        cfg
+    }
+
+    fn admin(&mut self, t: &mut Table) -> Option<Secret> {
+        let token = self.opt_str(t, "token", "admin");
+        self.unknown(t, "admin");
+        let raw = token?;
+        // The one secret whose absence does not refuse start: without it the
+        // admin API is simply off.
+        if let Some(name) = raw.strip_prefix("env:")
+            && self.env.var(name).is_none_or(|v| v.is_empty())
+        {
+            self.warnings.push(format!(
+                "admin.token refers to unset environment variable {name}; /admin is disabled"
+            ));
+            return None;
+        }
+        self.secret(&raw, "admin.token")
+    }
+
+    fn sources(&mut self, root: &mut Table, default_retention: Duration) -> Vec<SourceConfig> {
+        let items = match root.remove("sources") {
+            None => return Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.bad(
+                    "sources",
+                    format!(
+                        "must be an array of tables ([[sources]]), found {}",
+                        type_name(&other)
+                    ),
+                );
+                return Vec::new();
+            }
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let p = format!("sources[{i}]");
+            let Value::Table(mut t) = item else {
+                self.bad(&p, "must be a table");
+                continue;
+            };
+            if let Some(s) = self.source(&mut t, &p, default_retention) {
+                if !seen.insert(s.name.clone()) {
+                    self.bad(
+                        format!("{p}.name"),
+                        format!("duplicate source name {:?}", s.name),
+                    );
+                }
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    fn source(
+        &mut self,
+        t: &mut Table,
+        p: &str,
+        default_retention: Duration,
+    ) -> Option<SourceConfig> {
+        let before = self.issues.len();
+        let name = self.req_str(t, "name", p);
+        if let Some(n) = &name
+            && !valid_name(n)
+        {
+            self.bad(
+                join(p, "name"),
+                "must be 1-64 characters of a-z, 0-9, '-' or '_'",
+            );
+        }
+        let kind = match self.req_str(t, "kind", p).as_deref() {
+            Some("tracking") => Some(SourceKind::Tracking),
+            Some("payment") => Some(SourceKind::Payment),
+            Some("store-only") => Some(SourceKind::StoreOnly),
+            Some(other) => {
+                self.bad(
+                    join(p, "kind"),
+                    format!("must be tracking, payment or store-only, found {other:?}"),
+                );
+                None
+            }
+            None => None,
+        };
+        let secrets = self.secret_list(t, "secrets", p);
+        let scheme = self.scheme(t, p);
+        let event_id = self.pointer(t, "event_id", p, false);
+        let dedupe_retention = self
+            .opt_duration(t, "dedupe_retention", p)
+            .unwrap_or(default_retention);
+        let event_type = self.pointer(t, "event_type", p, false);
+        let accept_event_types = match t.remove("accept_event_types") {
+            None => None,
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(s) => out.push(s),
+                        other => self.bad(
+                            join(p, "accept_event_types"),
+                            format!("must hold strings, found {}", type_name(&other)),
+                        ),
+                    }
+                }
+                Some(out)
+            }
+            Some(other) => {
+                self.bad(
+                    join(p, "accept_event_types"),
+                    format!("must be an array of strings, found {}", type_name(&other)),
+                );
+                None
+            }
+        };
+        if accept_event_types.is_some() && event_type.is_none() {
+            self.bad(
+                join(p, "accept_event_types"),
+                "needs an event_type pointer to read the type from",
+            );
+        }
+        if let Some(scheme) = &scheme {
+            for (j, secret) in secrets.iter().enumerate() {
+                if let Err(why) = scheme.key_from_secret(secret.expose()) {
+                    self.bad(format!("{p}.secrets[{j}]"), why);
+                }
+            }
+        }
+        let rate_limit = self.rate_limit(t, p);
+        let mapping = match kind {
+            Some(SourceKind::StoreOnly) => {
+                if t.contains_key("mapping") {
+                    self.bad(join(p, "mapping"), "a store-only source has no mapping");
+                    t.remove("mapping");
+                }
+                None
+            }
+            Some(k) => self.mapping(t, p, k),
+            None => {
+                t.remove("mapping");
+                None
+            }
+        };
+        self.unknown(t, p);
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(SourceConfig {
+            name: name?,
+            kind: kind?,
+            secrets,
+            scheme: scheme?,
+            event_id,
+            dedupe_retention,
+            event_type,
+            accept_event_types,
+            rate_limit,
+            mapping,
+        })
+    }
+
+    fn scheme(&mut self, t: &mut Table, p: &str) -> Option<Scheme> {
+        let sp = join(p, "signature");
+        if !t.contains_key("signature") {
+            self.bad(&sp, "is required");
+            return None;
+        }
+        let mut st = self.table(t, "signature", &sp);
+        let name = self.req_str(&mut st, "scheme", &sp);
+        let header = self.opt_str(&mut st, "header", &sp);
+        let encoding = self.opt_str(&mut st, "encoding", &sp);
+        let prefix = self.opt_str(&mut st, "prefix", &sp);
+        let tolerance = self.opt_duration(&mut st, "tolerance", &sp);
+        let normalize = self.opt_str(&mut st, "normalize_secret", &sp);
+        self.unknown(&st, &sp);
+        let kind = match name.as_deref()? {
+            "standard-webhooks" => SchemeKind::StandardWebhooks,
+            "stripe" => SchemeKind::Stripe,
+            "github" => SchemeKind::Github,
+            "easypost" => SchemeKind::Easypost,
+            "aftership" => SchemeKind::Aftership,
+            "shopify" => SchemeKind::Shopify,
+            "hmac-sha256" => {
+                let header = match header.clone() {
+                    Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_ok() => Some(h),
+                    Some(h) => {
+                        self.bad(
+                            join(&sp, "header"),
+                            format!("not a valid header name: {h:?}"),
+                        );
+                        None
+                    }
+                    None => {
+                        self.bad(join(&sp, "header"), "is required for scheme hmac-sha256");
+                        None
+                    }
+                };
+                let encoding = match encoding.as_deref() {
+                    Some("hex") | None => Some(Encoding::Hex),
+                    Some("base64") => Some(Encoding::Base64),
+                    Some(other) => {
+                        self.bad(
+                            join(&sp, "encoding"),
+                            format!("must be hex or base64, found {other:?}"),
+                        );
+                        None
+                    }
+                };
+                let nfkd = match normalize.as_deref() {
+                    None => false,
+                    Some("nfkd") => true,
+                    Some(other) => {
+                        self.bad(
+                            join(&sp, "normalize_secret"),
+                            format!("must be \"nfkd\", found {other:?}"),
+                        );
+                        false
+                    }
+                };
+                SchemeKind::Generic {
+                    header: header?.to_ascii_lowercase(),
+                    encoding: encoding?,
+                    prefix: prefix.clone().unwrap_or_default(),
+                    nfkd,
+                }
+            }
+            other => {
+                self.bad(
+                    join(&sp, "scheme"),
+                    format!(
+                        "unknown scheme {other:?}; one of standard-webhooks, stripe, github, hmac-sha256, easypost, aftership, shopify"
+                    ),
+                );
+                return None;
+            }
+        };
+        if !matches!(kind, SchemeKind::Generic { .. }) {
+            for (key, v) in [
+                ("header", &header),
+                ("encoding", &encoding),
+                ("prefix", &prefix),
+                ("normalize_secret", &normalize),
+            ] {
+                if v.is_some() {
+                    self.bad(
+                        join(&sp, key),
+                        format!(
+                            "is fixed by the {} scheme and cannot be set",
+                            name.as_deref()?
+                        ),
+                    );
+                }
+            }
+        }
+        let scheme = Scheme::new(kind, tolerance);
+        if tolerance.is_some() && !scheme.is_timestamped() {
+            self.bad(
+                join(&sp, "tolerance"),
+                format!("the {} scheme signs no timestamp", scheme.name()),
+            );
+        }
+        Some(scheme)
+    }
+
+    fn mapping(&mut self, t: &mut Table, p: &str, kind: SourceKind) -> Option<Mapping> {
+        let mp = join(p, "mapping");
+        if !t.contains_key("mapping") {
+            self.bad(&mp, format!("is required for a {} source", kind.as_str()));
+            return None;
+        }
+        let mut mt = self.table(t, "mapping", &mp);
+        let (fields, allowed): (&[&'static str], &[&str]) = match kind {
+            SourceKind::Tracking => (
+                &["tracking_number", "status"],
+                &[
+                    "LABEL_CREATED",
+                    "IN_TRANSIT",
+                    "OUT_FOR_DELIVERY",
+                    "DELIVERED",
+                    "EXCEPTION",
+                    "RETURNED",
+                ],
+            ),
+            _ => (
+                &["order_id", "status"],
+                &["SUCCEEDED", "FAILED", "REFUNDED"],
+            ),
+        };
+        let mut required = Vec::new();
+        for f in fields {
+            if let Some(ptr) = self.pointer(&mut mt, f, &mp, true) {
+                required.push((*f, ptr));
+            }
+        }
+        let occurred_at = self.pointer(&mut mt, "occurred_at", &mp, false);
+        let smp = join(&mp, "status_map");
+        let mut status_map = BTreeMap::new();
+        let smt = self.table(&mut mt, "status_map", &smp);
+        if smt.is_empty() {
+            self.bad(&smp, "needs at least one carrier status");
+        }
+        for (k, v) in smt {
+            match v {
+                Value::String(s) if allowed.contains(&s.as_str()) => {
+                    status_map.insert(k, s);
+                }
+                other => self.bad(
+                    join(&smp, &k),
+                    format!("must be one of {}, found {}", allowed.join(", "), other),
+                ),
+            }
+        }
+        self.unknown(&mt, &mp);
+        Some(Mapping {
+            required,
+            occurred_at,
+            status_map,
+        })
+    }
+
+    fn partners(&mut self, root: &mut Table) -> Vec<PartnerConfig> {
+        let items = match root.remove("partners") {
+            None => return Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.bad(
+                    "partners",
+                    format!(
+                        "must be an array of tables ([[partners]]), found {}",
+                        type_name(&other)
+                    ),
+                );
+                return Vec::new();
+            }
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let p = format!("partners[{i}]");
+            let Value::Table(mut t) = item else {
+                self.bad(&p, "must be a table");
+                continue;
+            };
+            let name = self.req_str(&mut t, "name", &p);
+            if let Some(n) = &name {
+                if !valid_name(n) {
+                    self.bad(
+                        join(&p, "name"),
+                        "must be 1-64 characters of a-z, 0-9, '-' or '_'",
+                    );
+                }
+                if !seen.insert(n.clone()) {
+                    self.bad(join(&p, "name"), format!("duplicate partner name {n:?}"));
+                }
+            }
+            let api_keys = self.secret_list(&mut t, "api_keys", &p);
+            let rate_limit = self.rate_limit(&mut t, &p);
+            self.unknown(&t, &p);
+            if let Some(name) = name {
+                out.push(PartnerConfig {
+                    name,
+                    api_keys,
+                    rate_limit,
+                });
+            }
+        }
+        out
+    }
+
+    fn downstream(&mut self, t: &mut Table) -> DownstreamConfig {
+        let p = "downstream";
+        let base_url = self
+            .opt_str(t, "base_url", p)
+            .unwrap_or_else(|| "http://127.0.0.1:9090".into());
+        if base_url
+            .parse::<http::Uri>()
+            .map_or(true, |u| u.scheme_str() != Some("http"))
+        {
+            self.bad(
+                "downstream.base_url",
+                format!("must be an http:// URL, found {base_url:?}"),
+            );
+        }
+        let timeout = self
+            .opt_duration(t, "timeout", p)
+            .unwrap_or(Duration::from_secs(2));
+        let max_attempts = self.opt_uint(t, "max_attempts", p, 1, 100).unwrap_or(4) as u32;
+        let mut b = self.table(t, "backoff", "downstream.backoff");
+        let backoff_initial = self
+            .opt_duration(&mut b, "initial", "downstream.backoff")
+            .unwrap_or(Duration::from_millis(100));
+        let backoff_max = self
+            .opt_duration(&mut b, "max", "downstream.backoff")
+            .unwrap_or(Duration::from_secs(2));
+        self.unknown(&b, "downstream.backoff");
+        let mut br = self.table(t, "breaker", "downstream.breaker");
+        let breaker_failures = self
+            .opt_uint(&mut br, "failures", "downstream.breaker", 1, 10_000)
+            .unwrap_or(5) as u32;
+        let breaker_cooldown = self
+            .opt_duration(&mut br, "cooldown", "downstream.breaker")
+            .unwrap_or(Duration::from_secs(10));
+        self.unknown(&br, "downstream.breaker");
+        self.unknown(t, p);
+        DownstreamConfig {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            timeout,
+            max_attempts,
+            backoff_initial,
+            backoff_max,
+            breaker_failures,
+            breaker_cooldown,
+        }
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| v.to_string())
+        }
+    }
+
+    fn no_env() -> MapEnv {
+        MapEnv(HashMap::new())
+    }
+
+    fn keys(e: &ConfigErrors) -> Vec<&str> {
+        e.0.iter().map(|i| i.key.as_str()).collect()
+    }
+
+    #[test]
+    fn embedded_default_parses_without_environment() {
+        let cfg = Config::parse(EMBEDDED_DEFAULT, &no_env()).expect("default config must parse");
+        assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.store.path, PathBuf::from("data"));
+        assert!(cfg.source("sim-carrier").is_some());
+        assert!(!cfg.partners.is_empty());
+        // Every source and partner uses a literal there, and each is warned about.
+        for s in &cfg.sources {
+            assert!(
+                cfg.warnings
+                    .iter()
+                    .any(|w| w.contains(&format!("source {} ", s.name))),
+                "{}",
+                s.name
+            );
+        }
+        for p in &cfg.partners {
+            assert!(
+                cfg.warnings
+                    .iter()
+                    .any(|w| w.contains(&format!("partner {} ", p.name)))
+            );
+        }
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once() {
+        let text = r#"
+            [server]
+            listen = "nowhere"
+            max_body_bytes = 0
+            request_timout = "3s"
+            [store]
+            dedupe_retention = "seven days"
+            [[sources]]
+            name = "a"
+            kind = "tracking"
+            secrets = ["env:MISSING_SECRET"]
+            signature = { scheme = "stripe", header = "x" }
+            [sources.mapping]
+            tracking_number = "/t"
+            status = "s"
+            [sources.mapping.status_map]
+            x = "NOT_A_STATUS"
+        "#;
+        let err = Config::parse(text, &no_env()).unwrap_err();
+        let k = keys(&err);
+        for expected in [
+            "server.listen",
+            "server.max_body_bytes",
+            "server.request_timout",
+            "store.dedupe_retention",
+            "sources[0].secrets[0]",
+            "sources[0].signature.header",
+            "sources[0].mapping.status",
+            "sources[0].mapping.status_map.x",
+        ] {
+            assert!(k.contains(&expected), "missing {expected} in {k:?}");
+        }
+        let text = err.to_string();
+        assert!(text.contains("MISSING_SECRET is not set"), "{text}");
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_file_and_literal() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-file \n\n").unwrap();
+        let text = format!(
+            r#"
+            [[sources]]
+            name = "s"
+            kind = "store-only"
+            secrets = ["env:S1", "file:{}", "plain"]
+            signature = {{ scheme = "github" }}
+            "#,
+            file.display()
+        );
+        let env = MapEnv(HashMap::from([("S1", "from-env")]));
+        let cfg = Config::parse(&text, &env).unwrap();
+        let s = cfg.source("s").unwrap();
+        let values: Vec<&str> = s.secrets.iter().map(Secret::expose).collect();
+        assert_eq!(values, ["from-env", "from-file", "plain"]);
+        assert_eq!(format!("{:?}", s.secrets[0]), "Secret(env:S1)");
+        assert!(!cfg.summary().contains("from-env"));
+        assert!(!cfg.summary().contains("plain"));
+    }
+
+    #[test]
+    fn admin_token_from_unset_env_disables_admin_with_a_warning() {
+        let cfg = Config::parse("[admin]\ntoken = \"env:NOPE\"\n", &no_env()).unwrap();
+        assert!(cfg.admin_token.is_none());
+        assert!(
+            cfg.warnings
+                .iter()
+                .any(|w| w.contains("/admin is disabled"))
+        );
+    }
+
+    #[test]
+    fn preset_options_and_tolerance_without_timestamp_are_errors() {
+        let text = r#"
+            [[sources]]
+            name = "g"
+            kind = "store-only"
+            secrets = ["x"]
+            signature = { scheme = "github", tolerance = "1m" }
+            [[sources]]
+            name = "e"
+            kind = "store-only"
+            secrets = ["x"]
+            signature = { scheme = "easypost", encoding = "hex" }
+            [[sources]]
+            name = "h"
+            kind = "store-only"
+            secrets = ["x"]
+            signature = { scheme = "hmac-sha256" }
+        "#;
+        let err = Config::parse(text, &no_env()).unwrap_err();
+        let k = keys(&err);
+        assert!(k.contains(&"sources[0].signature.tolerance"), "{k:?}");
+        assert!(k.contains(&"sources[1].signature.encoding"), "{k:?}");
+        assert!(k.contains(&"sources[2].signature.header"), "{k:?}");
+    }
+
+    #[test]
+    fn duplicate_source_names_are_rejected() {
+        let one = "[[sources]]\nname = \"a\"\nkind = \"store-only\"\nsecrets = [\"x\"]\nsignature = { scheme = \"github\" }\n";
+        let err = Config::parse(&format!("{one}{one}"), &no_env()).unwrap_err();
+        assert_eq!(keys(&err), ["sources[1].name"]);
+    }
+
+    #[test]
+    fn durations_accept_days() {
+        let cfg = Config::parse("[store]\ndedupe_retention = \"14d\"\n", &no_env()).unwrap();
+        assert_eq!(cfg.store.dedupe_retention, Duration::from_secs(14 * 86_400));
+    }
+
+    #[test]
+    fn dispatch_follows_accept_event_types() {
+        let text = r#"
+            [[sources]]
+            name = "t"
+            kind = "tracking"
+            secrets = ["x"]
+            signature = { scheme = "github" }
+            event_type = "/type"
+            accept_event_types = ["tracker.updated"]
+            [sources.mapping]
+            tracking_number = "/t"
+            status = "/s"
+            [sources.mapping.status_map]
+            delivered = "DELIVERED"
+        "#;
+        let cfg = Config::parse(text, &no_env()).unwrap();
+        let s = cfg.source("t").unwrap();
+        assert!(s.dispatches(Some("tracker.updated")));
+        assert!(!s.dispatches(Some("tracker.created")));
+        assert!(!s.dispatches(None));
+    }
+}

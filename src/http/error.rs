@@ -1,0 +1,168 @@
+//! The one place where a failure becomes an HTTP status and an error body
+//! (contract 7). Handlers build an `ApiError`; nothing below the HTTP layer
+//! knows a status code.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::identity::FieldIssue;
+
+pub type Body = Full<Bytes>;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Vec<FieldIssue>,
+    pub retry_after: Option<u64>,
+    pub allow: Option<&'static str>,
+    /// Whether the connection should close after this answer (the body was
+    /// not read to its end, so the connection cannot carry another request).
+    pub close: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            retry_after: None,
+            allow: None,
+            close: false,
+        }
+    }
+
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!("method not allowed; use {allow}"),
+        );
+        e.allow = Some(allow);
+        e
+    }
+
+    pub fn payload_too_large(limit: usize) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("body is larger than {limit} bytes"),
+        );
+        e.close = true;
+        e
+    }
+
+    pub fn request_timeout() -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            "the request body was not received in time",
+        );
+        e.close = true;
+        e
+    }
+
+    pub fn invalid_signature(why: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_SIGNATURE",
+            format!("signature invalid: {why}"),
+        )
+    }
+
+    pub fn stale_timestamp() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "STALE_TIMESTAMP",
+            "signature timestamp is outside the allowed tolerance",
+        )
+    }
+
+    pub fn rate_limited(retry_after_secs: u64) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            "rate limit exceeded",
+        );
+        e.retry_after = Some(retry_after_secs.max(1));
+        e
+    }
+
+    pub fn invalid_payload(message: &str, details: Vec<FieldIssue>) -> ApiError {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PAYLOAD", message);
+        e.details = details;
+        e
+    }
+
+    pub fn overloaded() -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OVERLOADED",
+            "too many requests in flight; retry shortly",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    pub fn store_unavailable() -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STORE_UNAVAILABLE",
+            "the event store is unavailable; retry later",
+        );
+        e.retry_after = Some(5);
+        e
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let details: Vec<_> = self
+            .details
+            .iter()
+            .map(|d| json!({"field": d.field, "issue": d.issue}))
+            .collect();
+        let body = json!({
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "details": details,
+                "request_id": request_id,
+            }
+        });
+        let mut resp = json_response(self.status, &body);
+        let h = resp.headers_mut();
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow {
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.close {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).expect("a JSON value serialises");
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

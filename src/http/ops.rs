@@ -1,0 +1,36 @@
+//! `/healthz`, `/readyz`, `/metrics`: never rate-limited, never shed.
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use serde_json::json;
+
+use super::Route;
+use super::error::{ApiError, Body, json_response};
+use crate::app::App;
+
+pub(super) fn handle(
+    app: &App,
+    route: &Route<'_>,
+    method: &Method,
+    request_id: &str,
+) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        return ApiError::method_not_allowed("GET").into_response(request_id);
+    }
+    match route {
+        Route::Healthz => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        Route::Readyz if app.is_ready() => {
+            json_response(StatusCode::OK, &json!({"status": "ready"}))
+        }
+        Route::Readyz => ApiError::store_unavailable().into_response(request_id),
+        _ => {
+            metrics::gauge!(crate::telemetry::metric::INBOX_PENDING)
+                .set(app.store.inbox_pending() as f64);
+            let mut resp = Response::new(app.metrics.render().into());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+    }
+}

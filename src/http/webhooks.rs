@@ -1,0 +1,150 @@
+//! `POST /webhooks/{source}`: transport checks (size, time), then the
+//! ingest use case, then the answer.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::error::{ApiError, Body, json_response};
+use super::{LogFields, RequestId};
+use crate::app::App;
+use crate::ingest::{Outcome, Refusal};
+use crate::signature::Rejection;
+use crate::telemetry::{metric, outcome};
+use crate::time::rfc3339_ms;
+
+pub async fn handle(app: &App, req: Request<Incoming>, source_name: &str) -> Response<Body> {
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let Some(source) = app.ingest.source(source_name) else {
+        return ApiError::not_found("source").into_response(&request_id);
+    };
+    if req.method() != Method::POST {
+        return ApiError::method_not_allowed("POST").into_response(&request_id);
+    }
+    let name = source.config.name.clone();
+    let count = |o: &'static str| {
+        metrics::counter!(metric::WEBHOOKS, "source" => name.clone(), "outcome" => o).increment(1);
+    };
+    let mut fields = LogFields {
+        source: Some(name.clone()),
+        ..LogFields::default()
+    };
+
+    let max = app.config.server.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        count(outcome::TOO_LARGE);
+        return with_fields(
+            ApiError::payload_too_large(max).into_response(&request_id),
+            fields,
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(
+        app.config.server.request_timeout,
+        Limited::new(body, max).collect(),
+    )
+    .await;
+    let body: Bytes = match read {
+        Err(_) => {
+            return with_fields(
+                ApiError::request_timeout().into_response(&request_id),
+                fields,
+            );
+        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            count(outcome::TOO_LARGE);
+            return with_fields(
+                ApiError::payload_too_large(max).into_response(&request_id),
+                fields,
+            );
+        }
+        Ok(Err(_)) => {
+            let mut e = ApiError::invalid_payload("the request body could not be read", Vec::new());
+            e.close = true;
+            count(outcome::INVALID_PAYLOAD);
+            return with_fields(e.into_response(&request_id), fields);
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+
+    let resp = match app.ingest.receive(&source, &parts.headers, body).await {
+        Ok(Outcome::Accepted {
+            event_id,
+            received_at_ms,
+        }) => {
+            count(outcome::ACCEPTED);
+            let body = json!({
+                "status": "accepted",
+                "source": name,
+                "event_id": event_id,
+                "received_at": rfc3339_ms(received_at_ms),
+            });
+            fields.event_id = Some(event_id);
+            json_response(StatusCode::ACCEPTED, &body)
+        }
+        Ok(Outcome::Duplicate {
+            event_id,
+            first_received_at_ms,
+            conflict,
+        }) => {
+            if conflict {
+                count(outcome::DUPLICATE_CONFLICT);
+                tracing::warn!(
+                    source = %name,
+                    event_id = %event_id,
+                    request_id = %request_id,
+                    "duplicate delivery with a different body; the first copy is kept"
+                );
+            } else {
+                count(outcome::DUPLICATE);
+            }
+            let body = json!({
+                "status": "duplicate",
+                "source": name,
+                "event_id": event_id,
+                "first_received_at": rfc3339_ms(first_received_at_ms),
+            });
+            fields.event_id = Some(event_id);
+            json_response(StatusCode::OK, &body)
+        }
+        Err(Refusal::Signature(Rejection::Stale)) => {
+            count(outcome::STALE_TIMESTAMP);
+            ApiError::stale_timestamp().into_response(&request_id)
+        }
+        Err(Refusal::Signature(Rejection::Invalid(why))) => {
+            count(outcome::INVALID_SIGNATURE);
+            ApiError::invalid_signature(why).into_response(&request_id)
+        }
+        Err(Refusal::RateLimited { retry_after_secs }) => {
+            count(outcome::RATE_LIMITED);
+            ApiError::rate_limited(retry_after_secs).into_response(&request_id)
+        }
+        Err(Refusal::InvalidPayload(details)) => {
+            count(outcome::INVALID_PAYLOAD);
+            ApiError::invalid_payload("the webhook body is not usable", details)
+                .into_response(&request_id)
+        }
+        Err(Refusal::Unavailable(e)) => {
+            count(outcome::UNAVAILABLE);
+            tracing::error!(source = %name, request_id = %request_id, error = %e, "store write failed");
+            ApiError::store_unavailable().into_response(&request_id)
+        }
+    };
+    with_fields(resp, fields)
+}
+
+fn with_fields(mut resp: Response<Body>, fields: LogFields) -> Response<Body> {
+    resp.extensions_mut().insert(fields);
+    resp
+}

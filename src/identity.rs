@@ -1,0 +1,286 @@
+//! What a verified delivery is: its event id, type, content hash, and
+//! whether it goes to the state machine (contract 3.1 step 5 and 3.3).
+//! Pure: bytes and config in, an `Examined` event or field issues out.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::canonical;
+use crate::config::SourceConfig;
+
+/// Longer ids are refused: an id is a key in the store, and nobody's real
+/// event ids come near this.
+pub const MAX_EVENT_ID_BYTES: usize = 512;
+
+/// One problem with one field, as shown in an error's `details`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldIssue {
+    pub field: String,
+    pub issue: String,
+}
+
+impl FieldIssue {
+    pub fn new(field: impl Into<String>, issue: impl Into<String>) -> FieldIssue {
+        FieldIssue {
+            field: field.into(),
+            issue: issue.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Examined {
+    pub event_id: String,
+    pub event_type: Option<String>,
+    /// SHA-256 of the body's canonical form; equal for equal content.
+    pub content_hash: [u8; 32],
+    /// Whether the event goes to the inbox for the state machine.
+    pub dispatch: bool,
+    /// Values the admin search indexes, when the mapping names them.
+    pub tracking_number: Option<String>,
+    pub order_id: Option<String>,
+}
+
+/// Reads a verified body. `header_id` is the event id the signature scheme's
+/// headers carried, which wins over the body (contract 9.16).
+pub fn examine(
+    source: &SourceConfig,
+    header_id: Option<String>,
+    body: &[u8],
+) -> Result<Examined, Vec<FieldIssue>> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return Err(vec![FieldIssue::new("", "body is not a JSON object")]),
+        Err(e) => {
+            return Err(vec![FieldIssue::new(
+                "",
+                format!("body is not valid JSON: {e}"),
+            )]);
+        }
+    };
+    let canonical = canonical::to_vec(&value);
+    let content_hash: [u8; 32] = Sha256::digest(&canonical).into();
+
+    let mut issues = Vec::new();
+    let event_id = match (header_id, &source.event_id) {
+        (Some(id), _) => Some(id),
+        (None, Some(ptr)) => match id_like(&value, ptr) {
+            Ok(id) => Some(id),
+            Err(issue) => {
+                issues.push(FieldIssue::new(ptr, issue));
+                None
+            }
+        },
+        (None, None) => Some(format!("sha256:{}", hex::encode(content_hash))),
+    };
+    if let Some(id) = &event_id
+        && id.len() > MAX_EVENT_ID_BYTES
+    {
+        let field = source.event_id.clone().unwrap_or_else(|| "event id".into());
+        issues.push(FieldIssue::new(
+            field,
+            format!("longer than {MAX_EVENT_ID_BYTES} bytes"),
+        ));
+    }
+
+    let event_type = source
+        .event_type
+        .as_ref()
+        .and_then(|ptr| value.pointer(ptr))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let dispatch = source.dispatches(event_type.as_deref());
+
+    let mut tracking_number = None;
+    let mut order_id = None;
+    if dispatch && let Some(mapping) = &source.mapping {
+        for (name, ptr) in &mapping.required {
+            let found = if *name == "status" {
+                match value.pointer(ptr) {
+                    None => Err("missing"),
+                    Some(Value::String(s)) => Ok(s.clone()),
+                    Some(_) => Err("must be a string"),
+                }
+            } else {
+                id_like(&value, ptr)
+            };
+            match (found, *name) {
+                (Ok(v), "tracking_number") => tracking_number = Some(v),
+                (Ok(v), "order_id") => order_id = Some(v),
+                (Ok(_), _) => {}
+                (Err(issue), _) => issues.push(FieldIssue::new(ptr.clone(), issue)),
+            }
+        }
+    }
+
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    Ok(Examined {
+        event_id: event_id.expect("an id is set whenever no issue was recorded"),
+        event_type,
+        content_hash,
+        dispatch,
+        tracking_number,
+        order_id,
+    })
+}
+
+/// A string or an integer, as text: `"123"` and `123` name the same thing.
+fn id_like(value: &Value, ptr: &str) -> Result<String, &'static str> {
+    match value.pointer(ptr) {
+        None => Err("missing"),
+        Some(Value::String(s)) if s.is_empty() => Err("empty"),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => {
+            canonical::integer_text(n).ok_or("must be a string or an integer")
+        }
+        Some(_) => Err("must be a string or an integer"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Env};
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    const CONFIG: &str = r#"
+        [[sources]]
+        name = "carrier"
+        kind = "tracking"
+        secrets = ["x"]
+        signature = { scheme = "github" }
+        event_id = "/id"
+        event_type = "/type"
+        accept_event_types = ["tracker.updated"]
+        [sources.mapping]
+        tracking_number = "/result/tracking_code"
+        status = "/result/status"
+        [sources.mapping.status_map]
+        delivered = "DELIVERED"
+
+        [[sources]]
+        name = "hashed"
+        kind = "store-only"
+        secrets = ["x"]
+        signature = { scheme = "github" }
+    "#;
+
+    fn source(name: &str) -> SourceConfig {
+        Config::parse(CONFIG, &NoEnv)
+            .unwrap()
+            .source(name)
+            .unwrap()
+            .clone()
+    }
+
+    fn ok(name: &str, body: &str) -> Examined {
+        examine(&source(name), None, body.as_bytes()).unwrap()
+    }
+
+    fn issues(name: &str, body: &str) -> Vec<FieldIssue> {
+        examine(&source(name), None, body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn pointer_id_string_and_integer_are_the_same_event() {
+        let a = ok("carrier", r#"{"id":"123","type":"other"}"#);
+        let b = ok("carrier", r#"{"id":123,"type":"other"}"#);
+        assert_eq!(a.event_id, "123");
+        assert_eq!(b.event_id, "123");
+        let big = ok(
+            "carrier",
+            r#"{"id":12345678901234567890123,"type":"other"}"#,
+        );
+        assert_eq!(big.event_id, "12345678901234567890123");
+    }
+
+    #[test]
+    fn header_id_wins_and_makes_the_pointer_optional() {
+        let e = examine(
+            &source("carrier"),
+            Some("hdr-1".into()),
+            br#"{"type":"other"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.event_id, "hdr-1");
+    }
+
+    #[test]
+    fn bad_ids_name_the_pointer() {
+        for (body, issue) in [
+            (r#"{"type":"other"}"#, "missing"),
+            (r#"{"id":null}"#, "must be a string or an integer"),
+            (r#"{"id":1.5}"#, "must be a string or an integer"),
+            (r#"{"id":{"a":1}}"#, "must be a string or an integer"),
+            (r#"{"id":""}"#, "empty"),
+        ] {
+            assert_eq!(
+                issues("carrier", body),
+                vec![FieldIssue::new("/id", issue)],
+                "{body}"
+            );
+        }
+        let long = format!(r#"{{"id":"{}"}}"#, "x".repeat(MAX_EVENT_ID_BYTES + 1));
+        assert_eq!(issues("carrier", &long)[0].field, "/id");
+    }
+
+    #[test]
+    fn non_objects_are_refused() {
+        for body in ["[]", "1", "\"s\"", "null", "{", "", "{\"a\":1} x"] {
+            let i = issues("hashed", body);
+            assert_eq!(i.len(), 1, "{body}");
+            assert_eq!(i[0].field, "");
+        }
+    }
+
+    #[test]
+    fn content_hash_ignores_key_order_spacing_and_escapes() {
+        let a = ok("hashed", r#"{"a":1,"b":"é"}"#);
+        let b = ok("hashed", "{ \"b\" : \"\\u00e9\",\n \"a\" : 1 }");
+        assert_eq!(a.event_id, b.event_id);
+        assert!(a.event_id.starts_with("sha256:"));
+        assert_eq!(a.event_id.len(), 7 + 64);
+        let c = ok("hashed", r#"{"a":2,"b":"é"}"#);
+        assert_ne!(a.event_id, c.event_id);
+    }
+
+    #[test]
+    fn accepted_types_need_their_mapping_fields() {
+        let body = r#"{"id":"e1","type":"tracker.updated","result":{"tracking_code":"1Z","status":"delivered"}}"#;
+        let e = ok("carrier", body);
+        assert!(e.dispatch);
+        assert_eq!(e.tracking_number.as_deref(), Some("1Z"));
+        assert_eq!(
+            issues(
+                "carrier",
+                r#"{"id":"e1","type":"tracker.updated","result":{"status":5}}"#
+            ),
+            vec![
+                FieldIssue::new("/result/tracking_code", "missing"),
+                FieldIssue::new("/result/status", "must be a string"),
+            ]
+        );
+    }
+
+    #[test]
+    fn other_or_absent_types_are_stored_not_dispatched_and_not_checked() {
+        let e = ok("carrier", r#"{"id":"e1","type":"tracker.created"}"#);
+        assert!(!e.dispatch);
+        let e = ok("carrier", r#"{"id":"e1"}"#);
+        assert!(!e.dispatch);
+        assert_eq!(e.event_type, None);
+        // A type that is not a string counts as absent.
+        let e = ok("carrier", r#"{"id":"e1","type":7}"#);
+        assert_eq!(e.event_type, None);
+        assert!(!e.dispatch);
+        assert!(!ok("hashed", r#"{"a":1}"#).dispatch);
+    }
+}

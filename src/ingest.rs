@@ -1,0 +1,154 @@
+//! The webhook use case: verify, rate-limit, examine, remember
+//! (contract 3.1 steps 3 to 6). Knows no HTTP status codes: it answers
+//! with an `Outcome` or a `Refusal`, and `http::webhooks` maps those.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use crate::config::{Config, SourceConfig};
+use crate::identity::{self, FieldIssue};
+use crate::ratelimit::Limiter;
+use crate::signature::Rejection;
+use crate::store::{IngestResult, NewEvent, Store, StoreError};
+
+/// A source ready to take deliveries: its config, HMAC keys and limiter.
+pub struct Source {
+    pub config: SourceConfig,
+    keys: Vec<Vec<u8>>,
+    limiter: Option<Limiter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted {
+        event_id: String,
+        received_at_ms: u64,
+    },
+    Duplicate {
+        event_id: String,
+        first_received_at_ms: u64,
+        conflict: bool,
+    },
+}
+
+#[derive(Debug)]
+pub enum Refusal {
+    Signature(Rejection),
+    RateLimited { retry_after_secs: u64 },
+    InvalidPayload(Vec<FieldIssue>),
+    Unavailable(StoreError),
+}
+
+pub struct Ingest {
+    sources: HashMap<String, Arc<Source>>,
+    store: Arc<Store>,
+}
+
+impl Ingest {
+    pub fn new(config: &Config, store: Arc<Store>) -> Ingest {
+        let sources = config
+            .sources
+            .iter()
+            .map(|s| {
+                let keys = s
+                    .secrets
+                    .iter()
+                    .filter_map(|k| s.scheme.key_from_secret(k.expose()).ok())
+                    .collect();
+                let source = Source {
+                    config: s.clone(),
+                    keys,
+                    limiter: s.rate_limit.map(Limiter::new),
+                };
+                (s.name.clone(), Arc::new(source))
+            })
+            .collect();
+        Ingest { sources, store }
+    }
+
+    pub fn source(&self, name: &str) -> Option<Arc<Source>> {
+        self.sources.get(name).cloned()
+    }
+
+    /// Handles one delivery of `body` from `source`, whose size the caller
+    /// has already bounded.
+    pub async fn receive(
+        &self,
+        source: &Source,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Outcome, Refusal> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let verified = source
+            .config
+            .scheme
+            .verify(headers, &body, &source.keys, now.as_secs() as i64)
+            .map_err(Refusal::Signature)?;
+        // After the signature, so forged traffic never spends a sender's quota.
+        if let Some(limiter) = &source.limiter {
+            limiter
+                .check()
+                .map_err(|retry_after_secs| Refusal::RateLimited { retry_after_secs })?;
+        }
+        let examined = identity::examine(&source.config, verified.event_id, &body)
+            .map_err(Refusal::InvalidPayload)?;
+        let received_at_ms = now.as_millis() as u64;
+        let retention_ms = source.config.dedupe_retention.as_millis() as u64;
+        let event = NewEvent {
+            source: source.config.name.clone(),
+            event_id: examined.event_id.clone(),
+            received_at_ms,
+            expires_at_ms: received_at_ms.saturating_add(retention_ms),
+            content_hash: examined.content_hash,
+            dispatch: examined.dispatch,
+            event_type: examined.event_type,
+            headers: stored_headers(source, headers),
+            tracking_number: examined.tracking_number,
+            order_id: examined.order_id,
+            body,
+        };
+        match self
+            .store
+            .ingest(event)
+            .await
+            .map_err(Refusal::Unavailable)?
+        {
+            IngestResult::Accepted { received_at_ms } => Ok(Outcome::Accepted {
+                event_id: examined.event_id,
+                received_at_ms,
+            }),
+            IngestResult::Duplicate {
+                first_received_at_ms,
+                conflict,
+            } => Ok(Outcome::Duplicate {
+                event_id: examined.event_id,
+                first_received_at_ms,
+                conflict,
+            }),
+        }
+    }
+}
+
+/// The headers kept with an event for the admin API: signature values and
+/// credentials never reach the disk.
+fn stored_headers(source: &Source, headers: &HeaderMap) -> Vec<(String, String)> {
+    let redacted = source.config.scheme.signature_headers();
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let name = name.as_str();
+            let value = if redacted.contains(&name) || name == "authorization" || name == "cookie" {
+                "[redacted]".to_string()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            (name.to_string(), value)
+        })
+        .collect()
+}

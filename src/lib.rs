@@ -1,0 +1,33 @@
+//! waybill: a webhook ingestion, deduplication and idempotency gateway for
+//! shipping integrations.
+//!
+//! The pure core does no I/O:
+//! - [`signature`]: the signature schemes; raw bytes and headers in,
+//!   `Verified` or a reason out.
+//! - [`canonical`]: RFC 8785 canonical JSON, with exact integers.
+//! - [`identity`]: what a delivery is (event id, type, content hash, whether
+//!   it is dispatched), or which fields are wrong.
+//!
+//! Around it, the edges:
+//! - [`config`]: the TOML file, secret references, validation of every key.
+//! - [`ratelimit`]: per-source limits on governor.
+//! - [`store`]: the only module that knows sled; group commit and retention.
+//! - [`ingest`]: the webhook use case, tying the above together.
+//! - [`http`]: the hyper server, the tower stack, and the only place that
+//!   chooses status codes (`http::error`).
+//! - [`app`]: `run(config, listener, shutdown)`, shared by binary and tests.
+//! - [`cli`]: the subcommands other than `serve`.
+//! - [`telemetry`]: logging set-up and every metric name.
+
+pub mod app;
+pub mod canonical;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod ingest;
+pub mod ratelimit;
+pub mod signature;
+pub mod store;
+pub mod telemetry;
+pub mod time;

@@ -1,0 +1,118 @@
+//! Logging set-up and every metric name in one place.
+//!
+//! The Prometheus recorder is process-global: it is installed once, and
+//! every server started in the same process (the API tests start many)
+//! shares it.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub mod metric {
+    pub const HTTP_REQUESTS: &str = "waybill_http_requests_total";
+    pub const HTTP_DURATION: &str = "waybill_http_request_duration_seconds";
+    pub const WEBHOOKS: &str = "waybill_webhooks_total";
+    pub const INBOX_PENDING: &str = "waybill_inbox_pending";
+    pub const STORE_GROUP_SIZE: &str = "waybill_store_commit_group_size";
+    pub const STORE_FLUSH_SECONDS: &str = "waybill_store_flush_seconds";
+    pub const SWEPT: &str = "waybill_retention_swept_total";
+}
+
+/// Webhook outcomes, the label values of `waybill_webhooks_total`.
+pub mod outcome {
+    pub const ACCEPTED: &str = "accepted";
+    pub const DUPLICATE: &str = "duplicate";
+    pub const DUPLICATE_CONFLICT: &str = "duplicate_conflict";
+    pub const INVALID_SIGNATURE: &str = "invalid_signature";
+    pub const STALE_TIMESTAMP: &str = "stale_timestamp";
+    pub const INVALID_PAYLOAD: &str = "invalid_payload";
+    pub const RATE_LIMITED: &str = "rate_limited";
+    pub const TOO_LARGE: &str = "too_large";
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the Prometheus recorder on first call; later calls return the
+/// same handle.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(metric::HTTP_DURATION.into()),
+                    LATENCY_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(metric::STORE_FLUSH_SECONDS.into()),
+                        LATENCY_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(metric::STORE_GROUP_SIZE.into()),
+                        &[
+                            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                            2048.0,
+                        ],
+                    )
+                })
+                .expect("bucket lists are non-empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed once per process");
+            metrics::describe_counter!(
+                metric::HTTP_REQUESTS,
+                "HTTP requests by route template, method and status"
+            );
+            metrics::describe_histogram!(
+                metric::HTTP_DURATION,
+                "HTTP request latency by route template"
+            );
+            metrics::describe_counter!(
+                metric::WEBHOOKS,
+                "Webhook deliveries by source and outcome"
+            );
+            metrics::describe_gauge!(
+                metric::INBOX_PENDING,
+                "Accepted events waiting for the state machine"
+            );
+            metrics::describe_histogram!(metric::STORE_GROUP_SIZE, "Requests per group commit");
+            metrics::describe_histogram!(
+                metric::STORE_FLUSH_SECONDS,
+                "Time of one store flush (fsync)"
+            );
+            metrics::describe_counter!(metric::SWEPT, "Events forgotten after their retention");
+            handle
+        })
+        .clone()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// One flat JSON object per line on stdout, or human-readable lines.
+/// `RUST_LOG` overrides the default `info` filter.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_target(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}

@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub mod metric {
     pub const HTTP_REQUESTS: &str = "waybill_http_requests_total";
     pub const HTTP_DURATION: &str = "waybill_http_request_duration_seconds";
+    pub const HTTP_IN_FLIGHT: &str = "waybill_http_requests_in_flight";
     pub const WEBHOOKS: &str = "waybill_webhooks_total";
     pub const INBOX_PENDING: &str = "waybill_inbox_pending";
     pub const STORE_GROUP_SIZE: &str = "waybill_store_commit_group_size";

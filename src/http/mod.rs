@@ -142,6 +142,7 @@ where
     S: Service<Request<Incoming>, Response = Response<Body>, Error = BoxError>,
 {
     let started = Instant::now();
+    let _in_flight = InFlight::enter();
     let request_id = req
         .headers()
         .get("x-request-id")
@@ -223,6 +224,23 @@ async fn router(app: &App, req: Request<Incoming>) -> Response<Body> {
                 .unwrap_or("");
             ApiError::not_found("route").into_response(id)
         }
+    }
+}
+
+/// Counts a request in `waybill_http_requests_in_flight` until dropped,
+/// also when the connection goes away mid-request.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        metrics::gauge!(metric::HTTP_IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(metric::HTTP_IN_FLIGHT).decrement(1.0);
     }
 }
 

@@ -1,0 +1,10 @@
+//! API tests against the real server on 127.0.0.1:0, one binary for all.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod helpers;
+mod ops;
+mod signatures;
+mod transport;
+mod webhooks;

@@ -1,0 +1,282 @@
+//! Contract 3.1 order of checks, 3.3 identity and duplicates.
+
+use std::sync::Arc;
+
+use waybill::signature::{Encoding, SchemeKind};
+
+use crate::helpers::*;
+
+fn gh(body: &[u8], delivery: &str) -> Vec<(String, String)> {
+    signed(SchemeKind::Github, GH_SECRET, body, now(), delivery)
+}
+
+fn hash_headers(body: &[u8]) -> Vec<(String, String)> {
+    signed(
+        SchemeKind::Generic {
+            header: "X-Sig".into(),
+            encoding: Encoding::Hex,
+            prefix: "sha256=".into(),
+            nfkd: false,
+        },
+        HASH_SECRET,
+        body,
+        now(),
+        "",
+    )
+}
+
+#[tokio::test]
+async fn second_copy_is_a_duplicate_with_the_first_received_at() {
+    let app = spawn_app().await;
+    let body = br#"{"id":"dup-1"}"#;
+    let first = app.webhook("gh", &gh(body, "del-1"), body).await;
+    assert_eq!(first.status, 202);
+    let first = first.json();
+    assert_eq!(first["event_id"], "del-1");
+    let second = app.webhook("gh", &gh(body, "del-1"), body).await;
+    assert_eq!(second.status, 200);
+    let second = second.json();
+    assert_eq!(second["status"], "duplicate");
+    assert_eq!(second["source"], "gh");
+    assert_eq!(second["event_id"], "del-1");
+    assert_eq!(second["first_received_at"], first["received_at"]);
+}
+
+#[tokio::test]
+async fn the_header_id_wins_and_the_pointer_is_the_fallback() {
+    let app = spawn_app().await;
+    // No X-GitHub-Delivery: the /id pointer names the event.
+    let body = br#"{"id":42}"#;
+    let h: Vec<_> = gh(body, "x")
+        .into_iter()
+        .filter(|(k, _)| k != "X-GitHub-Delivery")
+        .collect();
+    let r = app.webhook("gh", &h, body).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.json()["event_id"], "42");
+    // "42" as a string is the same event.
+    let body = br#"{"id":"42"}"#;
+    let h: Vec<_> = gh(body, "x")
+        .into_iter()
+        .filter(|(k, _)| k != "X-GitHub-Delivery")
+        .collect();
+    let r = app.webhook("gh", &h, body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["event_id"], "42");
+    // With the header, the body needs no id at all.
+    let body = br#"{"no_id":true}"#;
+    let r = app.webhook("gh", &gh(body, "hdr-7"), body).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.json()["event_id"], "hdr-7");
+}
+
+#[tokio::test]
+async fn content_hash_identity_ignores_order_spacing_and_escapes() {
+    let app = spawn_app().await;
+    let a = br#"{"tracking":"1Z","status":"in_transit","n":1}"#;
+    let b = b"{\n  \"n\": 1,\n  \"status\": \"in_\\u0074ransit\",\n  \"tracking\": \"1Z\"\n}";
+    let r1 = app.webhook("hash", &hash_headers(a), a).await;
+    assert_eq!(r1.status, 202);
+    let id = r1.json()["event_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+    let r2 = app.webhook("hash", &hash_headers(b), b).await;
+    assert_eq!(r2.status, 200);
+    assert_eq!(r2.json()["event_id"], id.as_str());
+    let c = br#"{"tracking":"1Z","status":"delivered","n":1}"#;
+    assert_eq!(app.webhook("hash", &hash_headers(c), c).await.status, 202);
+}
+
+#[tokio::test]
+async fn a_duplicate_with_another_body_is_counted_as_conflict_only() {
+    let app = spawn_app().await;
+    let before = app.metrics().await;
+    let a = br#"{"id":"conf-1","v":1}"#;
+    let b = br#"{"id":"conf-1","v":2}"#;
+    assert_eq!(app.webhook("gh", &gh(a, "conf-1"), a).await.status, 202);
+    let r = app.webhook("gh", &gh(b, "conf-1"), b).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "duplicate");
+    // Same content, other spacing: a plain duplicate.
+    let a2 = b"{ \"v\": 1, \"id\": \"conf-1\" }";
+    assert_eq!(app.webhook("gh", &gh(a2, "conf-1"), a2).await.status, 200);
+    let after = app.metrics().await;
+    let delta = |o: &str| {
+        let l = format!("source=\"gh\",outcome=\"{o}\"");
+        metric(&after, "waybill_webhooks_total", &l) - metric(&before, "waybill_webhooks_total", &l)
+    };
+    assert_eq!(delta("duplicate_conflict"), 1.0);
+    assert_eq!(delta("duplicate"), 1.0);
+    assert_eq!(delta("accepted"), 1.0);
+}
+
+#[tokio::test]
+async fn forty_concurrent_copies_yield_exactly_one_202() {
+    let app = Arc::new(spawn_app().await);
+    let body = br#"{"id":"race-1","payload":"same"}"#.to_vec();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let app = app.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = app.webhook("gh", &gh(&body, "race-1"), &body).await;
+            (r.status.as_u16(), r.json())
+        }));
+    }
+    let mut accepted = Vec::new();
+    let mut duplicates = Vec::new();
+    for t in tasks {
+        let (status, json) = t.await.unwrap();
+        match status {
+            202 => accepted.push(json),
+            200 => duplicates.push(json),
+            other => panic!("unexpected {other}: {json}"),
+        }
+    }
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(duplicates.len(), 39);
+    for d in &duplicates {
+        assert_eq!(d["first_received_at"], accepted[0]["received_at"]);
+    }
+}
+
+#[tokio::test]
+async fn duplicates_are_remembered_across_restarts() {
+    let app = spawn_app().await;
+    let body = br#"{"id":"restart-1"}"#;
+    let first = app.webhook("gh", &gh(body, "restart-1"), body).await.json();
+    let app = app.restart().await;
+    let r = app.webhook("gh", &gh(body, "restart-1"), body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["first_received_at"], first["received_at"]);
+}
+
+#[tokio::test]
+async fn unusable_bodies_are_400_with_the_pointer_named() {
+    let app = spawn_app().await;
+    for (body, field, issue) in [
+        (&br#"[1,2]"#[..], "", "body is not a JSON object"),
+        (br#"{"other":1}"#, "/id", "missing"),
+        (
+            br#"{"id":{"x":1}}"#,
+            "/id",
+            "must be a string or an integer",
+        ),
+        (br#"{"id":true}"#, "/id", "must be a string or an integer"),
+    ] {
+        let h: Vec<_> = gh(body, "x")
+            .into_iter()
+            .filter(|(k, _)| k != "X-GitHub-Delivery")
+            .collect();
+        let r = app.webhook("gh", &h, body).await;
+        assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(body));
+        assert_eq!(r.code(), "INVALID_PAYLOAD");
+        let details = &r.json()["error"]["details"];
+        assert_eq!(details[0]["field"], field);
+        assert_eq!(details[0]["issue"], issue);
+    }
+    let r = app.webhook("gh", &gh(b"not json", "x"), b"not json").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.code(), "INVALID_PAYLOAD");
+}
+
+#[tokio::test]
+async fn accepted_types_need_mapping_fields_other_types_do_not() {
+    let app = spawn_app().await;
+    let ep = |body: &[u8]| signed(SchemeKind::Easypost, EP_SECRET, body, 0, "");
+    let bad = br#"{"id":"m1","description":"tracker.updated","result":{"status":"in_transit"}}"#;
+    let r = app.webhook("ep", &ep(bad), bad).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"]["details"][0]["field"],
+        "/result/tracking_code"
+    );
+    assert_eq!(r.json()["error"]["details"][0]["issue"], "missing");
+    // Another type: stored and acknowledged without the mapping fields.
+    let other = br#"{"id":"m2","description":"tracker.created"}"#;
+    assert_eq!(app.webhook("ep", &ep(other), other).await.status, 202);
+    // An absent type too.
+    let none = br#"{"id":"m3"}"#;
+    assert_eq!(app.webhook("ep", &ep(none), none).await.status, 202);
+    let good = br#"{"id":"m4","description":"tracker.updated","result":{"tracking_code":"9400","status":"in_transit"}}"#;
+    assert_eq!(app.webhook("ep", &ep(good), good).await.status, 202);
+}
+
+#[tokio::test]
+async fn only_accepted_types_reach_the_inbox() {
+    let mut app = spawn_app().await;
+    let ep = |body: &[u8]| signed(SchemeKind::Easypost, EP_SECRET, body, 0, "");
+    let stored = br#"{"id":"in-1","description":"tracker.created"}"#;
+    let dispatched = br#"{"id":"in-2","description":"tracker.updated","result":{"tracking_code":"9400","status":"delivered"}}"#;
+    assert_eq!(app.webhook("ep", &ep(stored), stored).await.status, 202);
+    assert_eq!(
+        app.webhook("ep", &ep(dispatched), dispatched).await.status,
+        202
+    );
+    app.stop().await;
+    let cfg = waybill::config::StoreConfig {
+        path: app.dir.path().join("data"),
+        dedupe_retention: std::time::Duration::from_secs(60),
+        idempotency_retention: std::time::Duration::from_secs(60),
+        in_progress_timeout: std::time::Duration::from_secs(60),
+        cache_bytes: 8 << 20,
+    };
+    let store = waybill::store::Store::open(&cfg).unwrap();
+    let inbox: Vec<String> = store
+        .inbox()
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, id)| id)
+        .collect();
+    assert_eq!(inbox, ["in-2"]);
+    let ev = store.event("ep", "in-1").unwrap().unwrap();
+    assert!(!ev.meta.dispatch);
+    // Signature values never reach the disk.
+    let sig = ev
+        .meta
+        .headers
+        .iter()
+        .find(|(k, _)| k == "x-hmac-signature")
+        .unwrap();
+    assert_eq!(sig.1, "[redacted]");
+}
+
+#[tokio::test]
+async fn rate_limit_applies_after_the_signature_with_retry_after() {
+    let app = spawn_app().await;
+    // Forged traffic does not spend the quota.
+    for i in 0..5 {
+        let body = format!(r#"{{"n":{i}}}"#);
+        let h = signed(
+            SchemeKind::Github,
+            "forged",
+            body.as_bytes(),
+            0,
+            &format!("f{i}"),
+        );
+        assert_eq!(
+            app.webhook("limited", &h, body.as_bytes()).await.status,
+            401
+        );
+    }
+    // The burst of 2 passes, the third is limited.
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for i in 0..3 {
+        let body = format!(r#"{{"n":{i}}}"#);
+        let h = signed(
+            SchemeKind::Github,
+            GH_SECRET,
+            body.as_bytes(),
+            0,
+            &format!("l{i}"),
+        );
+        let r = app.webhook("limited", &h, body.as_bytes()).await;
+        statuses.push(r.status.as_u16());
+        last = Some(r);
+    }
+    assert_eq!(statuses, [202, 202, 429]);
+    let r = last.unwrap();
+    assert_eq!(r.code(), "RATE_LIMITED");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1);
+}

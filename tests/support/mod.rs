@@ -1,0 +1,217 @@
+//! Helpers shared by the test binaries: a small HTTP client over hyper, and
+//! signing deliveries the way each sender does.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use waybill::signature::{Scheme, SchemeKind};
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The error code of a contract-shaped error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// One keep-alive connection; reconnects when the server closed it.
+pub struct Client {
+    addr: SocketAddr,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client { addr, sender: None }
+    }
+
+    pub async fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: impl Into<Bytes>,
+    ) -> Result<Resp, String> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().expect("connected above");
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1");
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(Full::new(body.into()))
+            .map_err(|e| e.to_string())?;
+        let result = sender.send_request(req).await;
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.sender = None;
+                return Err(e.to_string());
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        if parts
+            .headers
+            .get("connection")
+            .is_some_and(|v| v == "close")
+        {
+            self.sender = None;
+        }
+        Ok(Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        self.try_send(method, path, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Resp {
+    Client::new(addr).send("GET", path, &[], Bytes::new()).await
+}
+
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+    body: impl Into<Bytes>,
+) -> Resp {
+    Client::new(addr).send("POST", path, headers, body).await
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Headers signing `body` with `secret` under `kind`, at `ts`, with `id`
+/// where the scheme carries one.
+pub fn signed(
+    kind: SchemeKind,
+    secret: &str,
+    body: &[u8],
+    ts: i64,
+    id: &str,
+) -> Vec<(String, String)> {
+    let scheme = Scheme::new(kind, None);
+    let key = scheme.key_from_secret(secret).expect("test secret");
+    let mut h = vec![("content-type".to_string(), "application/json".to_string())];
+    h.extend(scheme.sign(&key, body, ts, id));
+    h
+}
+
+/// The value of one Prometheus sample, 0 when absent. `labels` must be
+/// written in the exposition's order, e.g. `source="a",outcome="accepted"`.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// Reads one response until the server closes or the whole of it is in.
+pub async fn read_response(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf);
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let len = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= head_end + 4 + len {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Opens a webhook request and sends only part of its body, so the request
+/// holds its in-flight slot until the rest comes.
+pub async fn hold_in_flight(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: x\r\n").into_bytes();
+    for (k, v) in headers {
+        head.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    head.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    head.extend_from_slice(&body[..1]);
+    stream.write_all(&head).await.unwrap();
+    stream
+}

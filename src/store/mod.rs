@@ -208,6 +208,47 @@ impl Store {
             && self.tx.lock().expect("store sender lock").is_some()
     }
 
+    /// The highest sequence number covered by a completed flush.
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// Checks that no event is half-written: every identity has its event
+    /// record and every inbox entry names a stored, dispatched event. Returns
+    /// one line per problem; empty means whole.
+    pub fn integrity_problems(&self) -> Result<Vec<String>, StoreError> {
+        let tree = &self.shared.tree;
+        let mut problems = Vec::new();
+        for kv in tree.scan_prefix(b"i") {
+            let (k, v) = kv?;
+            let name = &k[1..];
+            let Some((source, id)) = codec::split_name(name) else {
+                problems.push(format!("unreadable identity key {k:?}"));
+                continue;
+            };
+            let Some(ident) = Ident::decode(&v) else {
+                problems.push(format!("unreadable identity {source}/{id}"));
+                continue;
+            };
+            match self.event(&source, &id)? {
+                None => problems.push(format!("identity {source}/{id} has no event record")),
+                Some(ev) if ev.meta.seq != ident.seq => problems.push(format!(
+                    "identity {source}/{id} and its event disagree on the sequence"
+                )),
+                Some(_) => {}
+            }
+        }
+        for (seq, source, id) in self.inbox()? {
+            match self.event(&source, &id)? {
+                Some(ev) if ev.meta.dispatch && ev.meta.seq == seq => {}
+                _ => problems.push(format!(
+                    "inbox entry {seq} names no dispatched event {source}/{id}"
+                )),
+            }
+        }
+        Ok(problems)
+    }
+
     pub fn inbox_pending(&self) -> i64 {
         self.shared.inbox_pending.load(Ordering::Relaxed)
     }
@@ -568,6 +609,33 @@ mod tests {
         }
         assert_eq!(accepted, 1);
         assert_eq!(store.inbox().unwrap().len(), 1);
+    }
+
+    /// Replies come from the flusher only after the flush that covers them:
+    /// every acknowledged event's sequence is already durable when its
+    /// caller hears back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledgements_follow_the_flush_that_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&cfg(dir.path())).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("e{i}");
+                store.ingest(event(&id, 10, 1, i % 2 == 0)).await.unwrap();
+                let durable = store.durable_seq();
+                let seq = store.event("s", &id).unwrap().unwrap().meta.seq;
+                assert!(
+                    seq <= durable,
+                    "{id} acknowledged at seq {seq} with only {durable} flushed"
+                );
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(store.integrity_problems().unwrap().is_empty());
     }
 
     #[tokio::test]

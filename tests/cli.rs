@@ -1,0 +1,196 @@
+//! The binary's subcommands and its exit codes (contract 2).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_waybill");
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("WAYBILL_CONFIG")
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run waybill");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_names_sources_and_partners_but_no_secret() {
+    let (code, out, _) = run(&["check-config"], &[]);
+    assert_eq!(code, 0, "{out}");
+    for name in [
+        "easypost",
+        "aftership",
+        "shippo",
+        "stripe",
+        "partner-events",
+        "sim-carrier",
+        "acme",
+    ] {
+        assert!(out.contains(name), "{name} missing from {out}");
+    }
+    for secret in ["easypost_dev_secret", "acme_dev_key", "whsec_d2F5"] {
+        assert!(!out.contains(secret), "secret {secret} printed: {out}");
+    }
+}
+
+#[test]
+fn check_config_exits_2_naming_each_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+        [server]
+        listen = "not an address"
+        [[sources]]
+        name = "s"
+        kind = "tracking"
+        secrets = ["env:WAYBILL_TEST_UNSET_SECRET"]
+        signature = { scheme = "nope" }
+        "#,
+    )
+    .unwrap();
+    let (code, _, err) = run(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    for key in [
+        "server.listen",
+        "sources[0].secrets[0]",
+        "sources[0].signature.scheme",
+        "sources[0].mapping",
+    ] {
+        assert!(err.contains(key), "{key} missing from {err}");
+    }
+    assert!(
+        err.contains("WAYBILL_TEST_UNSET_SECRET is not set"),
+        "{err}"
+    );
+    // The same refusal from serve, before binding anything.
+    let (code, _, _) = run(&["serve", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn waybill_config_env_overrides_the_default_path() {
+    let (code, _, err) = run(
+        &["check-config"],
+        &[("WAYBILL_CONFIG", "/nonexistent/waybill.toml")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/waybill.toml"), "{err}");
+}
+
+#[test]
+fn sign_prints_only_headers_and_curl_prints_a_command() {
+    let (code, out, err) = run(
+        &[
+            "sign",
+            "--source",
+            "sim-carrier",
+            "fixtures/sim_carrier_tracking.json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<&str> = out.lines().map(|l| l.split_once(": ").unwrap().0).collect();
+    assert_eq!(
+        names,
+        [
+            "Content-Type",
+            "webhook-id",
+            "webhook-timestamp",
+            "webhook-signature"
+        ]
+    );
+    let (_, again, _) = run(
+        &[
+            "sign",
+            "--source",
+            "sim-carrier",
+            "fixtures/sim_carrier_tracking.json",
+        ],
+        &[],
+    );
+    assert_ne!(
+        out.lines().nth(1),
+        again.lines().nth(1),
+        "each signing mints a fresh id"
+    );
+
+    let (code, out, _) = run(
+        &[
+            "sign",
+            "--source",
+            "easypost",
+            "--curl",
+            "http://127.0.0.1:8080/webhooks/easypost",
+            "fixtures/easypost_tracker_updated.json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(out.starts_with("curl "), "{out}");
+    assert!(out.contains("'X-Hmac-Signature: hmac-sha256-hex="), "{out}");
+    assert!(
+        out.contains("--data-binary '@fixtures/easypost_tracker_updated.json'"),
+        "{out}"
+    );
+
+    let (code, _, err) = run(
+        &[
+            "sign",
+            "--source",
+            "nope",
+            "fixtures/sim_carrier_tracking.json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn sigterm_drains_flushes_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("waybill serving"))
+    );
+    // SAFETY: kill(2) on our own child's pid with a valid signal number.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("store flushed")), "{rest:?}");
+    for line in &rest {
+        let v: serde_json::Value =
+            serde_json::from_str(line).expect("every log line is one JSON object");
+        assert!(v["level"].is_string());
+    }
+}

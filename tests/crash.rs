@@ -1,0 +1,233 @@
+//! Guarantee 1 and 2 under `kill -9`: the built binary takes concurrent
+//! deliveries, is killed at a random moment, and every delivery it
+//! acknowledged must be remembered (re-sending answers duplicate with the
+//! same first_received_at) and, being an accepted type, be in the inbox.
+//! Repeated on the same data directory, so recovery of a recovered store is
+//! covered too.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::sync::Mutex;
+use waybill::config::StoreConfig;
+use waybill::signature::SchemeKind;
+use waybill::store::Store;
+
+const SECRET: &str = "whsec_Y3Jhc2gtdGVzdC1rZXktMDAwMDAwMDAwMDA=";
+const ITERATIONS: usize = 20;
+const WORKERS: usize = 8;
+
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "{}"
+[[sources]]
+name = "carrier"
+kind = "tracking"
+secrets = ["{SECRET}"]
+signature = {{ scheme = "standard-webhooks" }}
+event_type = "/type"
+accept_event_types = ["tracking.updated"]
+[sources.mapping]
+tracking_number = "/data/tracking_number"
+status = "/data/status"
+[sources.mapping.status_map]
+IN_TRANSIT = "IN_TRANSIT"
+"#,
+        dir.join("data").display()
+    );
+    let path = dir.join("waybill.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running gateway process; killed with SIGKILL when dropped.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Gateway {
+    fn start(config: &Path) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_waybill"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start waybill");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut addr = None;
+        for line in lines.by_ref() {
+            let line = line.expect("read log");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "waybill serving" {
+                addr = Some(v["listen"].as_str().unwrap().parse().unwrap());
+                break;
+            }
+        }
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Gateway {
+            child,
+            addr: addr.expect("the gateway announced its address"),
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn body(id: &str) -> Vec<u8> {
+    format!(r#"{{"type":"tracking.updated","data":{{"tracking_number":"T-{id}","status":"IN_TRANSIT"}},"pad":"{}"}}"#, "x".repeat(600))
+        .into_bytes()
+}
+
+fn deliver_headers(id: &str) -> Vec<(String, String)> {
+    signed(SchemeKind::StandardWebhooks, SECRET, &body(id), now(), id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let seed = fastrand::u64(..);
+    println!("crash test seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    // id -> received_at of the acknowledgement
+    let mut acked: HashMap<String, String> = HashMap::new();
+
+    for iteration in 0..ITERATIONS {
+        let gw = Gateway::start(&config);
+        let addr = gw.addr;
+        let (done, mut progress) = tokio::sync::watch::channel(0usize);
+        let done = Arc::new(done);
+        let got: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+        let mut workers = Vec::new();
+        for w in 0..WORKERS {
+            let done = done.clone();
+            let got = got.clone();
+            workers.push(tokio::spawn(async move {
+                let mut client = Client::new(addr);
+                for n in 0.. {
+                    // Every fourth delivery repeats an earlier id of this worker.
+                    let k = if n % 4 == 3 { n - 2 } else { n };
+                    let id = format!("crash-{iteration}-{w}-{k}");
+                    let Ok(r) = client
+                        .try_send(
+                            "POST",
+                            "/webhooks/carrier",
+                            &deliver_headers(&id),
+                            body(&id),
+                        )
+                        .await
+                    else {
+                        return;
+                    };
+                    let j = r.json();
+                    let at = match r.status.as_u16() {
+                        202 => j["received_at"].as_str().unwrap().to_string(),
+                        200 => j["first_received_at"].as_str().unwrap().to_string(),
+                        s => panic!("unexpected {s}: {j}"),
+                    };
+                    got.lock().await.push((id, at));
+                    done.send_modify(|c| *c += 1);
+                }
+            }));
+        }
+        let kill_after = rng.usize(20..600);
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            progress.wait_for(|c| *c >= kill_after),
+        )
+        .await
+        .expect("the gateway answers under load")
+        .unwrap();
+        gw.kill9();
+        for w in workers {
+            w.await.unwrap();
+        }
+        for (id, at) in got.lock().await.drain(..) {
+            if let Some(prev) = acked.insert(id.clone(), at.clone()) {
+                assert_eq!(
+                    prev, at,
+                    "{id} was acknowledged with two different first times"
+                );
+            }
+        }
+
+        // Straight from the store the killed process left behind.
+        let store_cfg = StoreConfig {
+            path: dir.path().join("data"),
+            dedupe_retention: Duration::from_secs(86_400),
+            idempotency_retention: Duration::from_secs(86_400),
+            in_progress_timeout: Duration::from_secs(30),
+            cache_bytes: 16 << 20,
+        };
+        let store = tokio::task::spawn_blocking(move || Store::open(&store_cfg).unwrap())
+            .await
+            .unwrap();
+        let inbox = store.inbox().unwrap();
+        let inbox_ids: HashSet<&str> = inbox.iter().map(|(_, _, id)| id.as_str()).collect();
+        assert_eq!(
+            inbox_ids.len(),
+            inbox.len(),
+            "an event is in the inbox twice"
+        );
+        for id in acked.keys() {
+            assert!(
+                store.knows("carrier", id).unwrap(),
+                "iteration {iteration}: acknowledged {id} forgotten"
+            );
+            assert!(
+                inbox_ids.contains(id.as_str()),
+                "iteration {iteration}: acknowledged {id} not in the inbox"
+            );
+        }
+        assert_eq!(store.inbox_pending() as usize, inbox.len());
+        // Nothing half-written, acknowledged or not.
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+        tokio::task::spawn_blocking(move || drop(store))
+            .await
+            .unwrap();
+    }
+    assert!(
+        acked.len() >= ITERATIONS * 10,
+        "too little load to mean anything: {}",
+        acked.len()
+    );
+
+    // A restarted gateway answers every acknowledged id as a duplicate,
+    // with the first copy's time.
+    let gw = Gateway::start(&config);
+    let mut client = Client::new(gw.addr);
+    for (id, at) in &acked {
+        let r = client
+            .send("POST", "/webhooks/carrier", &deliver_headers(id), body(id))
+            .await;
+        assert_eq!(r.status, 200, "{id}: {:?}", r.body);
+        assert_eq!(r.json()["first_received_at"], at.as_str(), "{id}");
+    }
+    gw.kill9();
+}

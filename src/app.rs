@@ -61,14 +61,27 @@ pub async fn run(
     );
 
     let sweeper = tokio::spawn(sweep_loop(store.clone()));
+    let upkeep = tokio::spawn(metrics_upkeep(app.metrics.clone()));
     crate::http::serve(listener, app, shutdown).await;
     sweeper.abort();
+    upkeep.abort();
 
     tokio::task::spawn_blocking(move || store.close())
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))??;
     tracing::info!("store flushed; stopped");
     Ok(())
+}
+
+/// The Prometheus recorder keeps every histogram sample until it is folded
+/// into the buckets, which otherwise happens only on a scrape: without this
+/// an unscraped gateway would grow by a few bytes per request, forever.
+async fn metrics_upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
 }
 
 async fn sweep_loop(store: Arc<Store>) {

@@ -624,7 +624,7 @@ impl Walker<'_> {
             cache_bytes: self
                 .opt_uint(t, "cache_mb", p, 8, 1 << 16)
                 .map(|mb| mb as u64 * 1024 * 1024)
-                .unwrap_or(64 * 1024 * 1024),
+                .unwrap_or(16 * 1024 * 1024),
         };
         self.unknown(t, p);
         cfg

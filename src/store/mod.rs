@@ -482,7 +482,11 @@ impl Writer {
                 && cur.seq == seq
             {
                 batch.remove(ident_key);
-                batch.remove(codec::event_key(&source, &id));
+                // An event still waiting in the inbox keeps its record until
+                // the state machine has applied it; only its identity goes.
+                if !tree.contains_key(codec::inbox_key(seq))? {
+                    batch.remove(codec::event_key(&source, &id));
+                }
             }
         }
         if swept > 0 {
@@ -698,6 +702,18 @@ mod tests {
             store.event("s", "x").unwrap().unwrap().meta.received_at_ms,
             2000
         );
+    }
+
+    #[tokio::test]
+    async fn an_expired_event_still_in_the_inbox_keeps_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&cfg(dir.path())).unwrap();
+        store.ingest(event("waiting", 0, 1, true)).await.unwrap();
+        assert_eq!(store.sweep_expired(5000, 100).await.unwrap(), 1);
+        assert!(!store.knows("s", "waiting").unwrap());
+        assert!(store.event("s", "waiting").unwrap().is_some());
+        assert_eq!(store.inbox().unwrap().len(), 1);
+        assert!(store.integrity_problems().unwrap().is_empty());
     }
 
     #[tokio::test]

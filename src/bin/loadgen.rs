@@ -1,0 +1,408 @@
+//! waybill's load generator: correctly signed, unique ~1 KB deliveries at a
+//! chosen concurrency and duplicate ratio, in closed loop (each connection
+//! sends as fast as answers come) or at a fixed arrival rate (open loop:
+//! latency is measured from the intended send time, so a stalled server is
+//! charged for the requests it delayed; no coordinated omission).
+//!
+//! `loadgen bare` serves a hyper server that answers 202 without work: the
+//! ceiling to compare against in the same run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use waybill::config::{Config, ProcessEnv};
+use waybill::signature::Scheme;
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "Load generator for waybill")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A bare hyper server answering 202 with no work.
+    Bare {
+        #[arg(long, default_value = "127.0.0.1:8099")]
+        listen: SocketAddr,
+    },
+    /// Send signed deliveries to a running gateway (or a bare server).
+    Run {
+        /// Gateway address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        target: SocketAddr,
+        /// Config naming the source (its first secret and scheme sign the deliveries).
+        #[arg(long, default_value = "config/bench.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "bench")]
+        source: String,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Fraction of deliveries that repeat an earlier id (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        duplicate_ratio: f64,
+        /// Fixed arrival rate (deliveries per second); absent: closed loop.
+        #[arg(long)]
+        rate: Option<u64>,
+        #[arg(long, default_value_t = 1024)]
+        body_bytes: usize,
+        /// Stop after this many deliveries (closed loop), e.g. for memory runs.
+        #[arg(long)]
+        total: Option<u64>,
+        /// A distinct prefix for ids, so runs against one store do not collide.
+        #[arg(long)]
+        run_id: Option<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match cli.command {
+        Cmd::Bare { listen } => rt.block_on(bare(listen)),
+        Cmd::Run {
+            target,
+            config,
+            source,
+            concurrency,
+            duration,
+            duplicate_ratio,
+            rate,
+            body_bytes,
+            total,
+            run_id,
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
+            let config = Config::parse(&text, &ProcessEnv).unwrap_or_else(|e| panic!("{e}"));
+            let src = config
+                .source(&source)
+                .unwrap_or_else(|| panic!("no source {source}"))
+                .clone();
+            let key = src
+                .scheme
+                .key_from_secret(src.secrets[0].expose())
+                .expect("key");
+            let deliveries = Arc::new(Generator {
+                scheme: src.scheme.clone(),
+                key,
+                path: format!("/webhooks/{source}"),
+                body_bytes,
+                duplicate_ratio,
+                run_id: run_id.unwrap_or_else(|| format!("{:x}", now_secs())),
+                next: AtomicU64::new(0),
+            });
+            let report = rt.block_on(async move {
+                match rate {
+                    None => closed_loop(target, deliveries, concurrency, duration, total).await,
+                    Some(rate) => open_loop(target, deliveries, concurrency, duration, rate).await,
+                }
+            });
+            report.print(rate, concurrency);
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+async fn bare(listen: SocketAddr) {
+    let listener = TcpListener::bind(listen).await.expect("bind");
+    println!("bare server on {}", listener.local_addr().unwrap());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let mut r =
+                        Response::new(Full::new(Bytes::from_static(br#"{"status":"accepted"}"#)));
+                    *r.status_mut() = StatusCode::ACCEPTED;
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+struct Generator {
+    scheme: Scheme,
+    key: Vec<u8>,
+    path: String,
+    body_bytes: usize,
+    duplicate_ratio: f64,
+    run_id: String,
+    next: AtomicU64,
+}
+
+impl Generator {
+    fn request(&self, rng: &mut fastrand::Rng) -> Request<Full<Bytes>> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // A duplicate repeats an id already sent (or in flight) in this run.
+        let n = if n > 0 && rng.f64() < self.duplicate_ratio {
+            rng.u64(..n)
+        } else {
+            n
+        };
+        let id = format!("lg-{}-{n}", self.run_id);
+        let head = format!(
+            r#"{{"id":"{id}","type":"tracking.updated","data":{{"tracking_number":"LG{n:012}","status":"IN_TRANSIT","occurred_at":"2026-11-20T12:00:00Z"}},"pad":""#
+        );
+        let pad = self.body_bytes.saturating_sub(head.len() + 2);
+        let mut body = head.into_bytes();
+        body.extend(std::iter::repeat_n(b'x', pad));
+        body.extend_from_slice(b"\"}");
+        let mut req = Request::builder()
+            .method("POST")
+            .uri(&self.path)
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json");
+        for (k, v) in self.scheme.sign(&self.key, &body, now_secs() as i64, &id) {
+            req = req.header(k, v);
+        }
+        req.body(Full::new(Bytes::from(body))).expect("request")
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    accepted: u64,
+    duplicate: u64,
+    other: u64,
+    errors: u64,
+}
+
+impl Tally {
+    fn merge(&mut self, o: Tally) {
+        self.latencies_us.extend(o.latencies_us);
+        self.accepted += o.accepted;
+        self.duplicate += o.duplicate;
+        self.other += o.other;
+        self.errors += o.errors;
+    }
+
+    fn record(&mut self, status: Option<StatusCode>, latency: Duration) {
+        self.latencies_us
+            .push(latency.as_micros().min(u32::MAX as u128) as u32);
+        match status.map(|s| s.as_u16()) {
+            Some(202) => self.accepted += 1,
+            Some(200) => self.duplicate += 1,
+            Some(_) => self.other += 1,
+            None => self.errors += 1,
+        }
+    }
+}
+
+struct Report {
+    tally: Tally,
+    elapsed: Duration,
+}
+
+impl Report {
+    fn print(mut self, rate: Option<u64>, concurrency: usize) {
+        self.tally.latencies_us.sort_unstable();
+        let l = &self.tally.latencies_us;
+        let pct = |p: f64| -> f64 {
+            if l.is_empty() {
+                return 0.0;
+            }
+            let i = ((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1;
+            l[i] as f64 / 1000.0
+        };
+        let secs = self.elapsed.as_secs_f64();
+        let t = &self.tally;
+        let mode = match rate {
+            Some(r) => format!("open loop at {r}/s"),
+            None => "closed loop".to_string(),
+        };
+        println!(
+            "{mode}, {concurrency} connections, {secs:.1} s: {} requests ({:.0}/s), accepted {} ({:.0}/s), duplicate {}, other {}, errors {}",
+            l.len(),
+            l.len() as f64 / secs,
+            t.accepted,
+            t.accepted as f64 / secs,
+            t.duplicate,
+            t.other,
+            t.errors
+        );
+        println!(
+            "latency ms: p50 {:.3}  p95 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            pct(0.50),
+            pct(0.95),
+            pct(0.99),
+            pct(0.999),
+            pct(1.0)
+        );
+    }
+}
+
+async fn connect(target: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(target).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(sender)
+}
+
+/// Sends one request on a kept-alive connection, reconnecting when needed.
+async fn send(
+    target: SocketAddr,
+    conn: &mut Option<SendRequest<Full<Bytes>>>,
+    req: Request<Full<Bytes>>,
+) -> Option<StatusCode> {
+    if conn.as_ref().is_none_or(|c| c.is_closed()) {
+        *conn = connect(target).await;
+    }
+    let c = conn.as_mut()?;
+    if c.ready().await.is_err() {
+        *conn = None;
+        return None;
+    }
+    match c.send_request(req).await {
+        Ok(resp) => {
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            Some(status)
+        }
+        Err(_) => {
+            *conn = None;
+            None
+        }
+    }
+}
+
+async fn closed_loop(
+    target: SocketAddr,
+    deliveries: Arc<Generator>,
+    concurrency: usize,
+    duration: Duration,
+    total: Option<u64>,
+) -> Report {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let deliveries = deliveries.clone();
+        let sent = sent.clone();
+        workers.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(w as u64);
+            let mut conn = None;
+            let mut tally = Tally::default();
+            while Instant::now() < deadline
+                && total.is_none_or(|t| sent.fetch_add(1, Ordering::Relaxed) < t)
+            {
+                let req = deliveries.request(&mut rng);
+                let t0 = Instant::now();
+                let status = send(target, &mut conn, req).await;
+                tally.record(status, t0.elapsed());
+            }
+            tally
+        }));
+    }
+    let mut tally = Tally::default();
+    for w in workers {
+        tally.merge(w.await.unwrap());
+    }
+    Report {
+        tally,
+        elapsed: started.elapsed(),
+    }
+}
+
+async fn open_loop(
+    target: SocketAddr,
+    deliveries: Arc<Generator>,
+    concurrency: usize,
+    duration: Duration,
+    rate: u64,
+) -> Report {
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let count = (duration.as_secs_f64() * rate as f64) as u64;
+    let (tx, rx) = async_channel(count as usize);
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let deliveries = deliveries.clone();
+        let rx = rx.clone();
+        workers.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(w as u64);
+            let mut conn = None;
+            let mut tally = Tally::default();
+            while let Some(intended) = rx.recv().await {
+                let req = deliveries.request(&mut rng);
+                let status = send(target, &mut conn, req).await;
+                // From the intended send time: waiting for a free connection counts.
+                tally.record(status, intended.elapsed());
+            }
+            tally
+        }));
+    }
+    drop(rx);
+    for i in 0..count {
+        let intended = started + interval * i as u32;
+        tokio::time::sleep_until(intended.into()).await;
+        tx.send(intended).await;
+    }
+    drop(tx);
+    let mut tally = Tally::default();
+    for w in workers {
+        tally.merge(w.await.unwrap());
+    }
+    Report {
+        tally,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// A multi-consumer queue of intended send times: tokio's mpsc has one
+/// receiver, so the receiver sits behind a mutex shared by the workers.
+fn async_channel(cap: usize) -> (Sender, Receiver) {
+    let (tx, rx) = tokio::sync::mpsc::channel(cap.max(1));
+    (Sender(tx), Receiver(Arc::new(tokio::sync::Mutex::new(rx))))
+}
+
+struct Sender(tokio::sync::mpsc::Sender<Instant>);
+
+impl Sender {
+    async fn send(&self, t: Instant) {
+        let _ = self.0.send(t).await;
+    }
+}
+
+#[derive(Clone)]
+struct Receiver(Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Instant>>>);
+
+impl Receiver {
+    async fn recv(&self) -> Option<Instant> {
+        self.0.lock().await.recv().await
+    }
+}

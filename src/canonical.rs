@@ -153,4 +153,44 @@ mod tests {
             serde_json::from_str("{\n \"n\": [1, 2, {\"k\": \"é\"}],\n \"id\": \"x\"\n}").unwrap();
         assert_eq!(to_vec(&a), to_vec(&b));
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| serde_json::json!(n)),
+                (-1e12f64..1e12).prop_map(|f| serde_json::json!(f)),
+                "\\PC{0,8}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map("\\PC{0,6}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// The canonical form is a fixed point: parsing it and
+            /// canonicalising again gives the same bytes.
+            #[test]
+            fn canonical_form_is_stable(v in json()) {
+                let once = to_vec(&v);
+                let reparsed: Value = serde_json::from_slice(&once).unwrap();
+                prop_assert_eq!(to_vec(&reparsed), once);
+            }
+
+            /// However a sender spaces the same value, the canonical bytes agree.
+            #[test]
+            fn pretty_and_compact_agree(v in json()) {
+                let pretty: Value = serde_json::from_str(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
+                prop_assert_eq!(to_vec(&pretty), to_vec(&v));
+            }
+        }
+    }
 }

@@ -714,4 +714,63 @@ mod tests {
         assert!(s.key_from_secret("whsec_!!!").is_err());
         assert!(s.key_from_secret("whsec_").is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn kinds() -> Vec<SchemeKind> {
+            vec![
+                SchemeKind::StandardWebhooks,
+                SchemeKind::Stripe,
+                SchemeKind::Github,
+                SchemeKind::Easypost,
+                SchemeKind::Aftership,
+                SchemeKind::Shopify,
+                SchemeKind::Generic {
+                    header: "x-sig".into(),
+                    encoding: Encoding::Base64,
+                    prefix: "v=".into(),
+                    nfkd: true,
+                },
+            ]
+        }
+
+        proptest! {
+            /// Arbitrary header values never panic and never verify.
+            #[test]
+            fn junk_headers_are_rejected_not_panicked_on(
+                values in prop::collection::vec("[ -~]{0,80}", 8),
+                body in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                for kind in kinds() {
+                    let s = scheme(kind);
+                    let k = keys(&s, &[SW_SECRET]);
+                    let names = ["webhook-id", "webhook-timestamp", "webhook-signature", "stripe-signature",
+                                 "x-hub-signature-256", "x-hmac-signature", "x-shopify-hmac-sha256", "x-sig"];
+                    let mut h = HeaderMap::new();
+                    for (n, v) in names.iter().zip(&values) {
+                        if let Ok(v) = HeaderValue::from_str(v) {
+                            h.insert(*n, v);
+                        }
+                    }
+                    prop_assert!(s.verify(&h, &body, &k, 1_700_000_000).is_err());
+                }
+            }
+
+            /// What `sign` produces, `verify` accepts, for any body and any scheme.
+            #[test]
+            fn sign_then_verify_round_trips(body in prop::collection::vec(any::<u8>(), 0..256), ts in 0i64..4_000_000_000) {
+                for kind in kinds() {
+                    let s = scheme(kind);
+                    let k = keys(&s, &[SW_SECRET]);
+                    let mut h = HeaderMap::new();
+                    for (n, v) in s.sign(&k[0], &body, ts, "msg_1") {
+                        h.insert(http::HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(&v).unwrap());
+                    }
+                    prop_assert!(s.verify(&h, &body, &k, ts).is_ok());
+                }
+            }
+        }
+    }
 }

@@ -258,10 +258,12 @@ async fn rate_limit_applies_after_the_signature_with_retry_after() {
             401
         );
     }
-    // The burst of 2 passes, the third is limited.
-    let mut statuses = Vec::new();
-    let mut last = None;
-    for i in 0..3 {
+    // The burst of 2 passes; a later one is limited. Up to ten tries, so
+    // only a stall of a second between every two requests could hide the
+    // refusal.
+    let mut accepted = 0;
+    let mut limited = None;
+    for i in 0..10 {
         let body = format!(r#"{{"n":{i}}}"#);
         let h = signed(
             SchemeKind::Github,
@@ -271,11 +273,17 @@ async fn rate_limit_applies_after_the_signature_with_retry_after() {
             &format!("l{i}"),
         );
         let r = app.webhook("limited", &h, body.as_bytes()).await;
-        statuses.push(r.status.as_u16());
-        last = Some(r);
+        match r.status.as_u16() {
+            202 => accepted += 1,
+            429 => {
+                limited = Some(r);
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
     }
-    assert_eq!(statuses, [202, 202, 429]);
-    let r = last.unwrap();
+    assert!(accepted >= 2, "the burst was not honoured");
+    let r = limited.expect("the limit was never reached");
     assert_eq!(r.code(), "RATE_LIMITED");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!(retry >= 1);

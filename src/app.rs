@@ -10,11 +10,11 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, metric};
-use crate::time::now_ms;
 
 /// How often expired identities are looked for, and how many one pass forgets.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -34,43 +34,62 @@ impl App {
     }
 }
 
+impl App {
+    /// Opens the store and starts the state machine, which first applies
+    /// whatever the inbox still holds.
+    pub async fn start(config: Config) -> Result<Arc<App>, StoreError> {
+        let metrics = telemetry::metrics_handle();
+        let store_cfg = config.store.clone();
+        let sources = config.sources.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&store_cfg)?;
+            store.start_dispatcher(sources)?;
+            Ok::<_, StoreError>(store)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        let store = Arc::new(store);
+        let ingest = Ingest::new(&config, store.clone());
+        Ok(Arc::new(App {
+            config: Arc::new(config),
+            store,
+            ingest,
+            metrics,
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    /// Serves until `shutdown` resolves, drains, and closes the store.
+    pub async fn serve(
+        self: Arc<App>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StoreError> {
+        tracing::info!(
+            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            inbox_pending = self.store.inbox_pending(),
+            "waybill serving"
+        );
+        let sweeper = tokio::spawn(sweep_loop(self.store.clone()));
+        let upkeep = tokio::spawn(metrics_upkeep(self.metrics.clone()));
+        crate::http::serve(listener, self.clone(), shutdown).await;
+        sweeper.abort();
+        upkeep.abort();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        tracing::info!("store flushed; stopped");
+        Ok(())
+    }
+}
+
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StoreError> {
-    let metrics = telemetry::metrics_handle();
-    let store_cfg = config.store.clone();
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&store_cfg))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??,
-    );
-    let ingest = Ingest::new(&config, store.clone());
-    let app = Arc::new(App {
-        config: Arc::new(config),
-        store: store.clone(),
-        ingest,
-        metrics,
-        draining: AtomicBool::new(false),
-    });
-    tracing::info!(
-        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        inbox_pending = store.inbox_pending(),
-        "waybill serving"
-    );
-
-    let sweeper = tokio::spawn(sweep_loop(store.clone()));
-    let upkeep = tokio::spawn(metrics_upkeep(app.metrics.clone()));
-    crate::http::serve(listener, app, shutdown).await;
-    sweeper.abort();
-    upkeep.abort();
-
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-    tracing::info!("store flushed; stopped");
-    Ok(())
+    App::start(config).await?.serve(listener, shutdown).await
 }
 
 /// The Prometheus recorder keeps every histogram sample until it is folded

@@ -127,7 +127,7 @@ pub fn examine(
 }
 
 /// A string or an integer, as text: `"123"` and `123` name the same thing.
-fn id_like(value: &Value, ptr: &str) -> Result<String, &'static str> {
+pub(crate) fn id_like(value: &Value, ptr: &str) -> Result<String, &'static str> {
     match value.pointer(ptr) {
         None => Err("missing"),
         Some(Value::String(s)) if s.is_empty() => Err("empty"),

@@ -22,12 +22,14 @@
 pub mod app;
 pub mod canonical;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod domain;
 pub mod http;
 pub mod identity;
 pub mod ingest;
+pub mod mapping;
 pub mod ratelimit;
 pub mod signature;
 pub mod store;
 pub mod telemetry;
-pub mod time;

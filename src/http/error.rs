@@ -107,6 +107,37 @@ impl ApiError {
         e
     }
 
+    pub fn unauthenticated() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "a valid bearer token is required",
+        )
+    }
+
+    pub fn validation_failed(details: Vec<FieldIssue>) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_FAILED",
+            "the request is not valid",
+        );
+        e.details = details;
+        e
+    }
+
+    pub fn not_redeliverable(why: String) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "NOT_REDELIVERABLE", why)
+    }
+
+    /// Never shows internals: the cause is logged by the caller.
+    pub fn internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "internal error",
+        )
+    }
+
     pub fn overloaded() -> ApiError {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -148,6 +179,9 @@ impl ApiError {
         }
         if let Some(allow) = self.allow {
             h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::UNAUTHORIZED && self.code == "UNAUTHENTICATED" {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if self.close {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

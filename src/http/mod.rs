@@ -12,6 +12,7 @@
 //!    queueing and timing out.
 //! 4. `router`: resource handlers.
 
+mod admin;
 pub mod error;
 mod ops;
 mod webhooks;
@@ -52,6 +53,12 @@ enum Route<'a> {
     Readyz,
     Metrics,
     Webhook(&'a str),
+    AdminEvents,
+    AdminEvent,
+    AdminRedeliver,
+    /// Any other `/admin` path: still the admin handler's, which checks the
+    /// token before it says the path does not exist.
+    AdminOther,
     Unmatched,
 }
 
@@ -61,6 +68,16 @@ impl<'a> Route<'a> {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             "/metrics" => Route::Metrics,
+            "/admin/events" => Route::AdminEvents,
+            _ if path == "/admin" || path.starts_with("/admin/") => {
+                match path.split('/').skip(2).collect::<Vec<_>>().as_slice() {
+                    ["events", s, e] if !s.is_empty() && !e.is_empty() => Route::AdminEvent,
+                    ["events", s, e, "redeliver"] if !s.is_empty() && !e.is_empty() => {
+                        Route::AdminRedeliver
+                    }
+                    _ => Route::AdminOther,
+                }
+            }
             _ => match path.strip_prefix("/webhooks/") {
                 Some(name) if !name.is_empty() && !name.contains('/') => Route::Webhook(name),
                 _ => Route::Unmatched,
@@ -74,6 +91,10 @@ impl<'a> Route<'a> {
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
             Route::Webhook(_) => "/webhooks/{source}",
+            Route::AdminEvents => "/admin/events",
+            Route::AdminEvent => "/admin/events/{source}/{event_id}",
+            Route::AdminRedeliver => "/admin/events/{source}/{event_id}/redeliver",
+            Route::AdminOther => "/admin",
             Route::Unmatched => "unmatched",
         }
     }
@@ -216,6 +237,9 @@ async fn router(app: &App, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     match Route::of(&path) {
         Route::Webhook(name) => webhooks::handle(app, req, name).await,
+        Route::AdminEvents | Route::AdminEvent | Route::AdminRedeliver | Route::AdminOther => {
+            admin::handle(app, req).await
+        }
         _ => {
             let id = req
                 .extensions()
@@ -261,6 +285,15 @@ mod tests {
         assert_eq!(Route::of("/webhooks/a/b"), Route::Unmatched);
         assert_eq!(Route::of("/metrics").template(), "/metrics");
         assert_eq!(Route::of("/webhooks/x").template(), "/webhooks/{source}");
+        assert_eq!(Route::of("/admin/events"), Route::AdminEvents);
+        assert_eq!(Route::of("/admin/events/ups/e%2F1"), Route::AdminEvent);
+        assert_eq!(
+            Route::of("/admin/events/ups/e1/redeliver"),
+            Route::AdminRedeliver
+        );
+        assert_eq!(Route::of("/admin/nothing"), Route::AdminOther);
+        assert_eq!(Route::of("/admin"), Route::AdminOther);
+        assert_eq!(Route::of("/administrator"), Route::Unmatched);
     }
 
     #[test]

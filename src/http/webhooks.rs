@@ -10,10 +10,10 @@ use serde_json::json;
 use super::error::{ApiError, Body, json_response};
 use super::{LogFields, RequestId};
 use crate::app::App;
+use crate::clock::rfc3339_ms;
 use crate::ingest::{Outcome, Refusal};
 use crate::signature::Rejection;
 use crate::telemetry::{metric, outcome};
-use crate::time::rfc3339_ms;
 
 pub async fn handle(app: &App, req: Request<Incoming>, source_name: &str) -> Response<Body> {
     let request_id = req

@@ -10,6 +10,18 @@
 //! | `q` seq | source 0 event_id: the inbox, in arrival order |
 //! | `x` expires_at seq | source 0 event_id: the retention index, oldest first |
 //! | `m/seq` | the last sequence number handed out |
+//! | `n` seq | source 0 event_id: every event in arrival order (admin search) |
+//! | `T` tracking_number 0 seq | source 0 event_id: search by tracking number |
+//! | `O` order_id 0 seq | source 0 event_id: search by order |
+//! | `o` source 0 event_id | `OutcomeRecord` JSON: what dispatch did |
+//! | `p` tracking_number 0 seq | source 0 event_id: tracking events parked for a label |
+//! | `P` order_id 0 seq | source 0 event_id: payment events parked for an order |
+//! | `d` seq | source 0 event_id: the dead letter |
+//! | `s` shipment_id | `ShipmentRecord` JSON |
+//! | `t` tracking_number | shipment_id |
+//!
+//! The writer thread owns `i e q x m n T O` (it only inserts `q`); the state
+//! thread owns `o p P d s t` and removes `q` entries.
 //!
 //! Identity records are small and apart from payloads so that the dedupe
 //! check touches 56 bytes, not the whole event. Source names cannot contain
@@ -52,15 +64,60 @@ pub fn split_name(v: &[u8]) -> Option<(String, String)> {
 }
 
 pub fn inbox_key(seq: u64) -> [u8; 9] {
-    let mut k = [b'q'; 9];
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
+    seq_key(b'q', seq)
 }
 
 pub fn expiry_key(expires_at_ms: u64, seq: u64) -> [u8; 17] {
     let mut k = [b'x'; 17];
     k[1..9].copy_from_slice(&expires_at_ms.to_be_bytes());
     k[9..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn seq_key(tag: u8, seq: u64) -> [u8; 9] {
+    let mut k = [tag; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `tag` text 0 seq: an index entry under a tracking number or order id.
+pub fn text_seq_key(tag: u8, text: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + text.len());
+    k.push(tag);
+    k.extend_from_slice(text.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The prefix of every `text_seq_key(tag, text, _)`.
+pub fn text_prefix(tag: u8, text: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + text.len());
+    k.push(tag);
+    k.extend_from_slice(text.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn seq_suffix(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(
+        k.get(k.len().checked_sub(8)?..)?.try_into().ok()?,
+    ))
+}
+
+pub fn outcome_key(source: &str, event_id: &str) -> Vec<u8> {
+    prefixed(b'o', source, event_id)
+}
+
+pub fn shipment_key(shipment_id: &str) -> Vec<u8> {
+    let mut k = vec![b's'];
+    k.extend_from_slice(shipment_id.as_bytes());
+    k
+}
+
+pub fn tracking_key(tracking_number: &str) -> Vec<u8> {
+    let mut k = vec![b't'];
+    k.extend_from_slice(tracking_number.as_bytes());
     k
 }
 
@@ -139,6 +196,62 @@ pub fn decode_event(v: &[u8]) -> Option<(EventMeta, Vec<u8>)> {
     let json = v.get(4..4 + len)?;
     let meta = serde_json::from_slice(json).ok()?;
     Some((meta, v[4 + len..].to_vec()))
+}
+
+/// What dispatch did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchOutcome {
+    Applied,
+    Stale,
+    Ignored,
+    Parked,
+    Dead,
+    /// Taken out of the inbox without dispatch: its type is no longer
+    /// accepted under the current config. Not a dispatch outcome metric.
+    Stored,
+}
+
+impl DispatchOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DispatchOutcome::Applied => "applied",
+            DispatchOutcome::Stale => "stale",
+            DispatchOutcome::Ignored => "ignored",
+            DispatchOutcome::Parked => "parked",
+            DispatchOutcome::Dead => "dead",
+            DispatchOutcome::Stored => "stored",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    pub outcome: DispatchOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipment_id: Option<String>,
+    /// Where a parked event waits: `p` (tracking number) or `P` (order id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_under: Option<(char, String)>,
+    /// How many times dispatch ran for this event: 1 unless redelivered.
+    pub attempts: u32,
+    pub at_ms: u64,
+}
+
+/// A shipment as stored. `details` holds what the integrator sent (carrier,
+/// service, addresses, parcels); the status lives in `timeline`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShipmentRecord {
+    pub shipment_id: String,
+    pub partner: String,
+    pub order_id: String,
+    pub created_at_ms: u64,
+    pub tracking_number: Option<String>,
+    pub label: Option<serde_json::Value>,
+    pub details: serde_json::Value,
+    pub timeline: crate::domain::shipment::Timeline,
 }
 
 #[cfg(test)]

@@ -1,32 +1,37 @@
 //! The only module that knows sled.
 //!
-//! Writes of accepted events go through one writer thread. It takes every
-//! request waiting in its queue, decides new-or-duplicate for each against
-//! the tree and against the rest of the group, and applies the group as one
-//! atomic sled batch. It then hands the group to the flusher thread, which
-//! takes every group handed over since its last flush, calls `flush` once
-//! (sled acknowledges writes before they are on disk), and only then answers
-//! the waiting requests. While one flush runs, the next group is gathered and
-//! applied: that overlap is the group commit.
+//! Three threads write, each owning its keys (see `codec`):
+//! - the writer (`writer.rs`) takes every ingest request waiting in its
+//!   queue, decides new-or-duplicate for each against the tree and the rest
+//!   of the group, and applies the group as one atomic sled batch;
+//! - the flusher takes every group handed over since its last flush, calls
+//!   `flush` and `fdatasync` once, and only then answers the waiting
+//!   requests (sled acknowledges writes before they are on disk). While one
+//!   flush runs the next group is gathered and applied: the group commit;
+//! - the state machine (`state.rs`) drains the inbox into shipments and
+//!   runs the commands that change shipments.
 //!
 //! A single writer means no compare-and-swap races: two copies of one event,
 //! however concurrent, are ordered by the queue, and the second sees the
 //! first (in the tree, or earlier in the same group).
 
 pub mod codec;
+mod state;
+mod writer;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::StoreConfig;
+use crate::config::{SourceConfig, StoreConfig};
 use crate::telemetry::metric;
-use codec::{EventMeta, Ident};
+use codec::Ident;
+pub use codec::{DispatchOutcome, EventMeta, OutcomeRecord, ShipmentRecord};
+pub use state::{LabelRecorded, StateError};
+use state::{StateMachine, StateMsg};
 
 /// Requests gathered into one batch at most. Larger groups add latency to
 /// the first request in them without making the flush cheaper.
@@ -80,6 +85,29 @@ pub struct StoredEvent {
     pub body: Vec<u8>,
 }
 
+impl StoredEvent {
+    /// What the admin API shows as the event's outcome: the dispatch outcome
+    /// once there is one; before that `pending` (in the inbox) or `stored`
+    /// (not for the state machine).
+    pub fn outcome_name(&self, record: Option<&OutcomeRecord>) -> &'static str {
+        match record {
+            Some(r) => r.outcome.as_str(),
+            None if self.meta.dispatch => "pending",
+            None => "stored",
+        }
+    }
+}
+
+/// Search criteria for stored events; every one given must match.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub source: Option<String>,
+    pub event_id: Option<String>,
+    pub tracking_number: Option<String>,
+    pub order_id: Option<String>,
+    pub outcome: Option<String>,
+}
+
 type Reply = oneshot::Sender<Result<IngestResult, StoreError>>;
 
 enum Msg {
@@ -108,6 +136,31 @@ struct Shared {
     durable_seq: AtomicU64,
     inbox_pending: AtomicI64,
     healthy: AtomicBool,
+    state_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<StateMsg>>>,
+    /// Set when a wake-up is on its way to the state machine, so the writer
+    /// sends one per pass rather than one per group.
+    wake_pending: AtomicBool,
+    dispatcher_running: AtomicBool,
+}
+
+impl Shared {
+    /// Makes everything written so far durable.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        if let Some(f) = &self.log_file {
+            f.sync_data()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn wake_dispatcher(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel)
+            && let Some(tx) = self.state_tx.lock().expect("state sender lock").as_ref()
+        {
+            let _ = tx.send(StateMsg::Wake);
+        }
+    }
 }
 
 pub struct Store {
@@ -117,12 +170,15 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens the store and starts the writer and flusher. The state machine
+    /// starts separately (`start_dispatcher`), so tools and tests can open a
+    /// store to read it without applying anything.
     pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(&cfg.path)
             .cache_capacity(cfg.cache_bytes)
             .open()?;
-        let tree = db.open_tree("ingest")?;
+        let tree = db.open_tree("state")?;
         let seq = match tree.get(codec::SEQ_KEY)? {
             Some(v) => u64::from_be_bytes(
                 v.as_ref()
@@ -140,6 +196,9 @@ impl Store {
             durable_seq: AtomicU64::new(seq),
             inbox_pending: AtomicI64::new(pending),
             healthy: AtomicBool::new(true),
+            state_tx: std::sync::Mutex::new(None),
+            wake_pending: AtomicBool::new(false),
+            dispatcher_running: AtomicBool::new(false),
         });
         metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
 
@@ -149,14 +208,14 @@ impl Store {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("waybill-writer".into())
-                .spawn(move || Writer { shared, seq }.run(rx, group_tx))
+                .spawn(move || writer::Writer { shared, seq }.run(rx, group_tx))
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?
         };
         let flusher = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("waybill-flusher".into())
-                .spawn(move || flusher(shared, group_rx))
+                .spawn(move || writer::flusher(shared, group_rx))
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?
         };
         Ok(Store {
@@ -166,12 +225,52 @@ impl Store {
         })
     }
 
+    /// Starts the state machine: pending inbox entries are applied at once,
+    /// then every new one as it arrives.
+    pub fn start_dispatcher(&self, sources: Vec<SourceConfig>) -> Result<(), StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self.shared.state_tx.lock().expect("state sender lock") = Some(tx);
+        let machine = StateMachine {
+            shared: self.shared.clone(),
+            sources: sources.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        };
+        self.shared
+            .dispatcher_running
+            .store(true, Ordering::Relaxed);
+        let handle = std::thread::Builder::new()
+            .name("waybill-state".into())
+            .spawn(move || machine.run(rx))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.threads
+            .lock()
+            .expect("store threads lock")
+            .push(handle);
+        Ok(())
+    }
+
     fn sender(&self) -> Result<mpsc::Sender<Msg>, StoreError> {
         self.tx
             .lock()
             .expect("store sender lock")
             .clone()
             .ok_or_else(|| StoreError::Unavailable("store is closing".into()))
+    }
+
+    async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StateError>>) -> StateMsg,
+    ) -> Result<T, StateError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.shared.state_tx.lock().expect("state sender lock");
+            let tx = guard.as_ref().ok_or_else(|| {
+                StoreError::Unavailable("the state machine is not running".into())
+            })?;
+            tx.send(make(reply))
+                .map_err(|_| StoreError::Unavailable("the state machine stopped".into()))?;
+        }
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the state machine stopped".into()))?
     }
 
     /// Remembers a new event durably, or reports the first copy. Returns only
@@ -203,8 +302,48 @@ impl Store {
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
 
+    /// Stores a new shipment durably.
+    pub async fn create_shipment(&self, rec: ShipmentRecord) -> Result<(), StateError> {
+        self.command(|reply| StateMsg::CreateShipment(Box::new(rec), reply))
+            .await
+    }
+
+    /// Records a shipment's label and applies, in the same atomic write,
+    /// every tracking event parked for its tracking number. Durable on return.
+    pub async fn record_label(
+        &self,
+        shipment_id: &str,
+        tracking_number: &str,
+        label: serde_json::Value,
+        at_ms: u64,
+    ) -> Result<LabelRecorded, StateError> {
+        self.command(|reply| StateMsg::RecordLabel {
+            shipment_id: shipment_id.to_string(),
+            tracking_number: tracking_number.to_string(),
+            label,
+            at_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Dispatches a parked or dead event again; its new outcome.
+    pub async fn redeliver(
+        &self,
+        source: &str,
+        event_id: &str,
+    ) -> Result<OutcomeRecord, StateError> {
+        self.command(|reply| StateMsg::Redeliver {
+            source: source.to_string(),
+            event_id: event_id.to_string(),
+            reply,
+        })
+        .await
+    }
+
     pub fn is_ready(&self) -> bool {
         self.shared.healthy.load(Ordering::Relaxed)
+            && self.shared.dispatcher_running.load(Ordering::Relaxed)
             && self.tx.lock().expect("store sender lock").is_some()
     }
 
@@ -213,16 +352,120 @@ impl Store {
         self.shared.durable_seq.load(Ordering::Acquire)
     }
 
-    /// Checks that no event is half-written: every identity has its event
-    /// record and every inbox entry names a stored, dispatched event. Returns
-    /// one line per problem; empty means whole.
+    pub fn inbox_pending(&self) -> i64 {
+        self.shared.inbox_pending.load(Ordering::Relaxed)
+    }
+
+    /// The inbox in arrival order: (sequence, source, event id).
+    pub fn inbox(&self) -> Result<Vec<(u64, String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.shared.tree.scan_prefix(b"q") {
+            let (k, v) = kv?;
+            if let (Some(seq), Some((source, id))) =
+                (codec::parse_inbox_key(&k), codec::split_name(&v))
+            {
+                out.push((seq, source, id));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        read_event(&self.shared.tree, source, event_id)
+    }
+
+    pub fn outcome(
+        &self,
+        source: &str,
+        event_id: &str,
+    ) -> Result<Option<OutcomeRecord>, StoreError> {
+        state::read_outcome(&self.shared.tree, source, event_id)
+    }
+
+    pub fn shipment(&self, shipment_id: &str) -> Result<Option<ShipmentRecord>, StoreError> {
+        read_shipment(&self.shared.tree, shipment_id)
+    }
+
+    /// Events matching every given criterion, newest first. An index picks
+    /// the candidates (the exact id, the tracking number, the order id, or
+    /// arrival order); the rest of the criteria filter them.
+    pub fn search(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<(StoredEvent, Option<OutcomeRecord>)>, StoreError> {
+        let tree = &self.shared.tree;
+        let candidates: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match (
+            &filter.source,
+            &filter.event_id,
+            &filter.tracking_number,
+            &filter.order_id,
+        ) {
+            (Some(source), Some(id), _, _) => {
+                let name = codec::name(source, id);
+                Box::new(std::iter::once(Ok((
+                    sled::IVec::from(&b""[..]),
+                    sled::IVec::from(name),
+                ))))
+            }
+            (_, _, Some(tn), _) => Box::new(tree.scan_prefix(codec::text_prefix(b'T', tn)).rev()),
+            (_, _, _, Some(order)) => {
+                Box::new(tree.scan_prefix(codec::text_prefix(b'O', order)).rev())
+            }
+            _ => Box::new(tree.scan_prefix(b"n").rev()),
+        };
+        let mut out = Vec::new();
+        for kv in candidates {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, name) = kv?;
+            let Some((source, id)) = codec::split_name(&name) else {
+                continue;
+            };
+            let Some(ev) = read_event(tree, &source, &id)? else {
+                continue;
+            };
+            let outcome = state::read_outcome(tree, &source, &id)?;
+            let matches = filter.source.as_ref().is_none_or(|s| *s == source)
+                && filter.event_id.as_ref().is_none_or(|e| *e == id)
+                && filter
+                    .tracking_number
+                    .as_ref()
+                    .is_none_or(|t| ev.meta.tracking_number.as_ref() == Some(t))
+                && filter
+                    .order_id
+                    .as_ref()
+                    .is_none_or(|o| ev.meta.order_id.as_ref() == Some(o))
+                && filter
+                    .outcome
+                    .as_ref()
+                    .is_none_or(|o| ev.outcome_name(outcome.as_ref()) == o);
+            if matches {
+                out.push((ev, outcome));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether an identity is remembered (not yet swept).
+    pub fn knows(&self, source: &str, event_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .shared
+            .tree
+            .contains_key(codec::ident_key(source, event_id))?)
+    }
+
+    /// Checks that nothing is half-written: every identity has its event
+    /// record; every inbox entry names a stored, dispatched event with no
+    /// outcome yet; every outcome belongs to an event out of the inbox.
+    /// Returns one line per problem; empty means whole.
     pub fn integrity_problems(&self) -> Result<Vec<String>, StoreError> {
         let tree = &self.shared.tree;
         let mut problems = Vec::new();
         for kv in tree.scan_prefix(b"i") {
             let (k, v) = kv?;
-            let name = &k[1..];
-            let Some((source, id)) = codec::split_name(name) else {
+            let Some((source, id)) = codec::split_name(&k[1..]) else {
                 problems.push(format!("unreadable identity key {k:?}"));
                 continue;
             };
@@ -245,53 +488,23 @@ impl Store {
                     "inbox entry {seq} names no dispatched event {source}/{id}"
                 )),
             }
+            if self.outcome(&source, &id)?.is_some() {
+                problems.push(format!(
+                    "{source}/{id} is in the inbox and was dispatched too"
+                ));
+            }
         }
         Ok(problems)
     }
 
-    pub fn inbox_pending(&self) -> i64 {
-        self.shared.inbox_pending.load(Ordering::Relaxed)
-    }
-
-    /// The inbox in arrival order: (sequence, source, event id).
-    pub fn inbox(&self) -> Result<Vec<(u64, String, String)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.shared.tree.scan_prefix(b"q") {
-            let (k, v) = kv?;
-            if let (Some(seq), Some((source, id))) =
-                (codec::parse_inbox_key(&k), codec::split_name(&v))
-            {
-                out.push((seq, source, id));
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        let Some(v) = self.shared.tree.get(codec::event_key(source, event_id))? else {
-            return Ok(None);
-        };
-        let (meta, body) = codec::decode_event(&v)
-            .ok_or_else(|| StoreError::Unavailable("corrupt event record".into()))?;
-        Ok(Some(StoredEvent {
-            source: source.to_string(),
-            event_id: event_id.to_string(),
-            meta,
-            body,
-        }))
-    }
-
-    /// Whether an identity is remembered (not yet swept).
-    pub fn knows(&self, source: &str, event_id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .shared
-            .tree
-            .contains_key(codec::ident_key(source, event_id))?)
-    }
-
-    /// Stops the writer after the requests already queued, waits for their
-    /// flush, and flushes once more.
+    /// Stops the state machine and the writer after the requests already
+    /// queued, waits for their flush, and flushes once more.
     pub fn close(&self) -> Result<(), StoreError> {
+        self.shared
+            .state_tx
+            .lock()
+            .expect("state sender lock")
+            .take();
         self.tx.lock().expect("store sender lock").take();
         let threads: Vec<_> = self
             .threads
@@ -302,8 +515,7 @@ impl Store {
         for t in threads {
             let _ = t.join();
         }
-        self.shared.db.flush()?;
-        Ok(())
+        self.shared.sync()
     }
 }
 
@@ -313,226 +525,33 @@ impl Drop for Store {
     }
 }
 
-struct Writer {
-    shared: Arc<Shared>,
-    seq: u64,
+fn read_event(
+    tree: &sled::Tree,
+    source: &str,
+    event_id: &str,
+) -> Result<Option<StoredEvent>, StoreError> {
+    let Some(v) = tree.get(codec::event_key(source, event_id))? else {
+        return Ok(None);
+    };
+    let (meta, body) = codec::decode_event(&v)
+        .ok_or_else(|| StoreError::Unavailable("corrupt event record".into()))?;
+    Ok(Some(StoredEvent {
+        source: source.to_string(),
+        event_id: event_id.to_string(),
+        meta,
+        body,
+    }))
 }
 
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>, groups: std::sync::mpsc::Sender<Group>) {
-        let mut msgs = Vec::with_capacity(MAX_GROUP);
-        while let Some(first) = rx.blocking_recv() {
-            msgs.push(first);
-            while msgs.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(m) => msgs.push(m),
-                    Err(_) => break,
-                }
-            }
-            let mut ingests = Vec::with_capacity(msgs.len());
-            for m in msgs.drain(..) {
-                match m {
-                    Msg::Ingest(ev, reply) => ingests.push((ev, reply)),
-                    Msg::Sweep {
-                        now_ms,
-                        limit,
-                        reply,
-                    } => {
-                        let _ = reply.send(self.sweep(now_ms, limit));
-                    }
-                }
-            }
-            if ingests.is_empty() {
-                continue;
-            }
-            if let Some(group) = self.commit(ingests)
-                && groups.send(group).is_err()
-            {
-                break;
-            }
-        }
-    }
-
-    /// Applies one group as a single batch. Answers that need no flush (a
-    /// duplicate of something already durable) go out at once; the rest
-    /// are returned for the flusher.
-    fn commit(&mut self, ingests: Vec<(Box<NewEvent>, Reply)>) -> Option<Group> {
-        metrics::histogram!(metric::STORE_GROUP_SIZE).record(ingests.len() as f64);
-        let durable = self.shared.durable_seq.load(Ordering::Acquire);
-        let mut batch = sled::Batch::default();
-        // Identities first written in this group, so a second copy in the
-        // same group is a duplicate too.
-        let mut fresh: HashMap<Vec<u8>, Ident> = HashMap::new();
-        let mut answers = Vec::with_capacity(ingests.len());
-        let mut added_to_inbox = 0i64;
-        let start_seq = self.seq;
-        for (ev, reply) in ingests {
-            let key = codec::ident_key(&ev.source, &ev.event_id);
-            let existing = match fresh.get(&key) {
-                Some(i) => Ok(Some(*i)),
-                None => self.shared.tree.get(&key).map(|v| {
-                    v.and_then(|v| Ident::decode(&v))
-                        .filter(|i| i.expires_at_ms > ev.received_at_ms)
-                }),
-            };
-            match existing {
-                Err(e) => answers.push((reply, Err(StoreError::from(e)))),
-                Ok(Some(first)) => {
-                    let result = Ok(IngestResult::Duplicate {
-                        first_received_at_ms: first.received_at_ms,
-                        conflict: first.content_hash != ev.content_hash,
-                    });
-                    if first.seq <= durable {
-                        let _ = reply.send(result);
-                    } else {
-                        answers.push((reply, result));
-                    }
-                }
-                Ok(None) => {
-                    self.seq += 1;
-                    let ident = Ident {
-                        received_at_ms: ev.received_at_ms,
-                        expires_at_ms: ev.expires_at_ms,
-                        seq: self.seq,
-                        content_hash: ev.content_hash,
-                    };
-                    let name = codec::name(&ev.source, &ev.event_id);
-                    let meta = EventMeta {
-                        seq: self.seq,
-                        received_at_ms: ev.received_at_ms,
-                        event_type: ev.event_type.clone(),
-                        dispatch: ev.dispatch,
-                        headers: ev.headers.clone(),
-                        tracking_number: ev.tracking_number.clone(),
-                        order_id: ev.order_id.clone(),
-                    };
-                    batch.insert(key.clone(), ident.encode().to_vec());
-                    batch.insert(
-                        codec::event_key(&ev.source, &ev.event_id),
-                        codec::encode_event(&meta, &ev.body),
-                    );
-                    batch.insert(
-                        codec::expiry_key(ev.expires_at_ms, self.seq).to_vec(),
-                        name.clone(),
-                    );
-                    if ev.dispatch {
-                        batch.insert(codec::inbox_key(self.seq).to_vec(), name);
-                        added_to_inbox += 1;
-                    }
-                    fresh.insert(key, ident);
-                    answers.push((
-                        reply,
-                        Ok(IngestResult::Accepted {
-                            received_at_ms: ev.received_at_ms,
-                        }),
-                    ));
-                }
-            }
-        }
-        if self.seq != start_seq {
-            batch.insert(codec::SEQ_KEY, self.seq.to_be_bytes().to_vec());
-            if let Err(e) = self.shared.tree.apply_batch(batch) {
-                // Nothing of the batch is applied: every answer in it fails,
-                // including duplicates of copies that were in it.
-                self.shared.healthy.store(false, Ordering::Relaxed);
-                self.seq = start_seq;
-                let msg = e.to_string();
-                for (reply, _) in answers {
-                    let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
-                }
-                return None;
-            }
-            let pending = self
-                .shared
-                .inbox_pending
-                .fetch_add(added_to_inbox, Ordering::Relaxed)
-                + added_to_inbox;
-            metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
-        }
-        if answers.is_empty() {
-            return None;
-        }
-        Some(Group {
-            answers,
-            last_seq: self.seq,
-        })
-    }
-
-    fn sweep(&mut self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        let tree = &self.shared.tree;
-        let mut batch = sled::Batch::default();
-        let mut swept = 0;
-        for kv in tree
-            .range(codec::expiry_key(0, 0)..codec::expiry_key(now_ms, 0))
-            .take(limit)
-        {
-            let (k, v) = kv?;
-            let Some((_, seq)) = codec::parse_expiry_key(&k) else {
-                continue;
-            };
-            batch.remove(k);
-            swept += 1;
-            let Some((source, id)) = codec::split_name(&v) else {
-                continue;
-            };
-            let ident_key = codec::ident_key(&source, &id);
-            // The identity may have been reused by a later copy after this
-            // one expired; only the record this entry indexes is removed.
-            if let Some(cur) = tree.get(&ident_key)?.and_then(|v| Ident::decode(&v))
-                && cur.seq == seq
-            {
-                batch.remove(ident_key);
-                // An event still waiting in the inbox keeps its record until
-                // the state machine has applied it; only its identity goes.
-                if !tree.contains_key(codec::inbox_key(seq))? {
-                    batch.remove(codec::event_key(&source, &id));
-                }
-            }
-        }
-        if swept > 0 {
-            tree.apply_batch(batch)?;
-        }
-        Ok(swept)
-    }
-}
-
-fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Group>) {
-    while let Ok(first) = groups.recv() {
-        let mut pending = vec![first];
-        pending.extend(groups.try_iter());
-        let started = Instant::now();
-        let flushed =
-            shared
-                .db
-                .flush()
-                .map_err(StoreError::from)
-                .and_then(|_| match &shared.log_file {
-                    Some(f) => f
-                        .sync_data()
-                        .map_err(|e| StoreError::Unavailable(e.to_string())),
-                    None => Ok(()),
-                });
-        metrics::histogram!(metric::STORE_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
-        match flushed {
-            Ok(_) => {
-                let last = pending.iter().map(|g| g.last_seq).max().unwrap_or(0);
-                shared.durable_seq.fetch_max(last, Ordering::AcqRel);
-                for g in pending {
-                    for (reply, result) in g.answers {
-                        let _ = reply.send(result);
-                    }
-                }
-            }
-            Err(e) => {
-                shared.healthy.store(false, Ordering::Relaxed);
-                let msg = e.to_string();
-                for g in pending {
-                    for (reply, _) in g.answers {
-                        let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
-                    }
-                }
-            }
-        }
+fn read_shipment(
+    tree: &sled::Tree,
+    shipment_id: &str,
+) -> Result<Option<ShipmentRecord>, StoreError> {
+    match tree.get(codec::shipment_key(shipment_id))? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Unavailable(format!("corrupt shipment record: {e}"))),
     }
 }
 

@@ -1,0 +1,5 @@
+//! The order and shipment state machines: pure and synchronous. No I/O, no
+//! clock, no async; callers pass times in.
+
+pub mod order;
+pub mod shipment;

@@ -1,0 +1,169 @@
+//! Order status as it follows its shipment (contract 9.6), and payment
+//! events kept in an order's payment history. Pure.
+
+use serde::{Deserialize, Serialize};
+
+use super::shipment::ShipmentStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    PaymentSuccessPendingFulfillment,
+    Failure,
+    Shipped,
+    Delivered,
+    Returned,
+    Cancelled,
+}
+
+/// The order's status given its own fulfilment status and its shipment's.
+/// A `CONFIRMED` order follows the shipment; cancelling the shipment of an
+/// order still waiting for fulfilment cancels the order; otherwise the
+/// order's own status stands.
+pub fn follow(order: OrderStatus, shipment: ShipmentStatus) -> OrderStatus {
+    use OrderStatus as O;
+    use ShipmentStatus as S;
+    match order {
+        O::Confirmed => match shipment {
+            S::Created | S::LabelCreated => O::Confirmed,
+            S::InTransit | S::OutForDelivery | S::Exception => O::Shipped,
+            S::Delivered => O::Delivered,
+            S::Returned => O::Returned,
+            S::Cancelled => O::Cancelled,
+        },
+        O::PaymentSuccessPendingFulfillment if shipment == S::Cancelled => O::Cancelled,
+        other => other,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentStatus {
+    Succeeded,
+    Failed,
+    Refunded,
+}
+
+impl PaymentStatus {
+    pub fn parse(s: &str) -> Option<PaymentStatus> {
+        match s {
+            "SUCCEEDED" => Some(PaymentStatus::Succeeded),
+            "FAILED" => Some(PaymentStatus::Failed),
+            "REFUNDED" => Some(PaymentStatus::Refunded),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PaymentEvent {
+    pub status: PaymentStatus,
+    pub occurred_at_ms: i64,
+    pub source: String,
+    pub event_id: String,
+}
+
+/// An order's payment events: a set, sorted by time, so arrival order does
+/// not matter. They never change fulfilment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentHistory {
+    events: Vec<PaymentEvent>,
+}
+
+impl PaymentHistory {
+    /// Adds an event; false when it was already there.
+    pub fn add(&mut self, event: PaymentEvent) -> bool {
+        if self.events.contains(&event) {
+            return false;
+        }
+        let key = |e: &PaymentEvent| (e.occurred_at_ms, e.source.clone(), e.event_id.clone());
+        let at = self.events.partition_point(|e| key(e) < key(&event));
+        self.events.insert(at, event);
+        true
+    }
+
+    pub fn events(&self) -> &[PaymentEvent] {
+        &self.events
+    }
+
+    /// `REFUNDED` once any refund is in; else the latest event's status.
+    pub fn status(&self) -> Option<PaymentStatus> {
+        if self
+            .events
+            .iter()
+            .any(|e| e.status == PaymentStatus::Refunded)
+        {
+            return Some(PaymentStatus::Refunded);
+        }
+        self.events.last().map(|e| e.status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_confirmed_order_follows_its_shipment() {
+        use OrderStatus as O;
+        use ShipmentStatus as S;
+        let table = [
+            (S::Created, O::Confirmed),
+            (S::LabelCreated, O::Confirmed),
+            (S::InTransit, O::Shipped),
+            (S::OutForDelivery, O::Shipped),
+            (S::Exception, O::Shipped),
+            (S::Delivered, O::Delivered),
+            (S::Returned, O::Returned),
+            (S::Cancelled, O::Cancelled),
+        ];
+        for (shipment, expect) in table {
+            assert_eq!(follow(O::Confirmed, shipment), expect, "{shipment:?}");
+        }
+    }
+
+    #[test]
+    fn other_orders_keep_their_status_except_a_pending_fulfilment_cancel() {
+        use OrderStatus as O;
+        for s in ShipmentStatus::ALL {
+            for o in [O::Pending, O::Failure] {
+                assert_eq!(follow(o, s), o);
+            }
+            let expect = if s == ShipmentStatus::Cancelled {
+                O::Cancelled
+            } else {
+                O::PaymentSuccessPendingFulfillment
+            };
+            assert_eq!(follow(O::PaymentSuccessPendingFulfillment, s), expect);
+        }
+    }
+
+    #[test]
+    fn payment_history_is_a_sorted_set_and_refunds_stick() {
+        let ev = |s, at, id: &str| PaymentEvent {
+            status: s,
+            occurred_at_ms: at,
+            source: "stripe".into(),
+            event_id: id.into(),
+        };
+        let mut a = PaymentHistory::default();
+        let mut b = PaymentHistory::default();
+        let events = [
+            ev(PaymentStatus::Succeeded, 10, "1"),
+            ev(PaymentStatus::Refunded, 30, "3"),
+            ev(PaymentStatus::Succeeded, 40, "4"),
+        ];
+        for e in &events {
+            assert!(a.add(e.clone()));
+        }
+        for e in events.iter().rev() {
+            b.add(e.clone());
+        }
+        assert!(!a.add(events[0].clone()));
+        assert_eq!(a, b);
+        assert_eq!(a.status(), Some(PaymentStatus::Refunded));
+        assert_eq!(PaymentHistory::default().status(), None);
+    }
+}

@@ -1,0 +1,374 @@
+//! A shipment's status as a pure function of the *set* of status events it
+//! has received (contract 4): carriers deliver late, twice and out of order,
+//! and the answer must not depend on how they did.
+//!
+//! The rule: if the set holds a terminal event, the terminal event with the
+//! greatest key wins; otherwise the event with the greatest key wins. The
+//! key is (carrier before gateway, occurred_at, rank): the gateway's own
+//! events rank below every carrier event whatever their times, so a
+//! carrier's clock never loses to ours, and among terminal events a
+//! carrier's beats the gateway's cancel.
+
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+/// In rank order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ShipmentStatus {
+    Created,
+    LabelCreated,
+    InTransit,
+    OutForDelivery,
+    Delivered,
+    Exception,
+    Returned,
+    Cancelled,
+}
+
+impl ShipmentStatus {
+    pub const ALL: [ShipmentStatus; 8] = [
+        ShipmentStatus::Created,
+        ShipmentStatus::LabelCreated,
+        ShipmentStatus::InTransit,
+        ShipmentStatus::OutForDelivery,
+        ShipmentStatus::Delivered,
+        ShipmentStatus::Exception,
+        ShipmentStatus::Returned,
+        ShipmentStatus::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ShipmentStatus::Delivered
+                | ShipmentStatus::Exception
+                | ShipmentStatus::Returned
+                | ShipmentStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShipmentStatus::Created => "CREATED",
+            ShipmentStatus::LabelCreated => "LABEL_CREATED",
+            ShipmentStatus::InTransit => "IN_TRANSIT",
+            ShipmentStatus::OutForDelivery => "OUT_FOR_DELIVERY",
+            ShipmentStatus::Delivered => "DELIVERED",
+            ShipmentStatus::Exception => "EXCEPTION",
+            ShipmentStatus::Returned => "RETURNED",
+            ShipmentStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ShipmentStatus> {
+        ShipmentStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// The source name of the gateway's own events.
+pub const GATEWAY: &str = "waybill";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub status: ShipmentStatus,
+    /// Milliseconds since the Unix epoch.
+    pub occurred_at_ms: i64,
+    pub source: String,
+    /// None for the gateway's own events.
+    pub event_id: Option<String>,
+}
+
+impl StatusEvent {
+    pub fn carrier(
+        status: ShipmentStatus,
+        occurred_at_ms: i64,
+        source: &str,
+        event_id: &str,
+    ) -> StatusEvent {
+        StatusEvent {
+            status,
+            occurred_at_ms,
+            source: source.to_string(),
+            event_id: Some(event_id.to_string()),
+        }
+    }
+
+    pub fn gateway(status: ShipmentStatus, occurred_at_ms: i64) -> StatusEvent {
+        StatusEvent {
+            status,
+            occurred_at_ms,
+            source: GATEWAY.to_string(),
+            event_id: None,
+        }
+    }
+
+    pub fn is_gateway(&self) -> bool {
+        self.event_id.is_none()
+    }
+
+    /// The winner's key: carrier over gateway, then time, then rank.
+    fn precedence(&self) -> (bool, i64, ShipmentStatus) {
+        (!self.is_gateway(), self.occurred_at_ms, self.status)
+    }
+
+    /// Order of carrier events in the history, made total so that the
+    /// history is the same for every arrival order.
+    fn history_order(&self, other: &StatusEvent) -> Ordering {
+        (
+            self.occurred_at_ms,
+            self.status,
+            &self.source,
+            &self.event_id,
+        )
+            .cmp(&(
+                other.occurred_at_ms,
+                other.status,
+                &other.source,
+                &other.event_id,
+            ))
+    }
+}
+
+/// The status the rule gives a set of events; `Created` for none.
+pub fn status_of<'a>(events: impl IntoIterator<Item = &'a StatusEvent> + Clone) -> ShipmentStatus {
+    let best = |terminal_only: bool| {
+        events
+            .clone()
+            .into_iter()
+            .filter(|e| !terminal_only || e.status.is_terminal())
+            .max_by_key(|e| e.precedence())
+            .map(|e| e.status)
+    };
+    best(true)
+        .or_else(|| best(false))
+        .unwrap_or(ShipmentStatus::Created)
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The status changed.
+    Applied,
+    /// The event joined the history (or was already in it); status unchanged.
+    Stale,
+}
+
+/// The status events of one shipment: the gateway's own in the order they
+/// happened, and the set of carrier events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeline {
+    gateway: Vec<StatusEvent>,
+    carrier: Vec<StatusEvent>,
+}
+
+impl Timeline {
+    pub fn new(created_at_ms: i64) -> Timeline {
+        Timeline {
+            gateway: vec![StatusEvent::gateway(ShipmentStatus::Created, created_at_ms)],
+            carrier: Vec::new(),
+        }
+    }
+
+    pub fn status(&self) -> ShipmentStatus {
+        status_of(self.gateway.iter().chain(self.carrier.iter()))
+    }
+
+    pub fn apply(&mut self, event: StatusEvent) -> Applied {
+        let before = self.status();
+        let list = if event.is_gateway() {
+            &mut self.gateway
+        } else {
+            &mut self.carrier
+        };
+        if list.contains(&event) {
+            return Applied::Stale;
+        }
+        if event.is_gateway() {
+            list.push(event);
+        } else {
+            // Kept sorted, so the stored form, like the status, does not
+            // depend on arrival order.
+            let at = list.partition_point(|e| e.history_order(&event) == Ordering::Less);
+            list.insert(at, event);
+        }
+        if self.status() == before {
+            Applied::Stale
+        } else {
+            Applied::Applied
+        }
+    }
+
+    /// The gateway's events first, in the order they happened, then the
+    /// carrier's by (occurred_at, rank).
+    pub fn history(&self) -> impl Iterator<Item = &StatusEvent> {
+        self.gateway.iter().chain(self.carrier.iter())
+    }
+
+    pub fn has(&self, status: ShipmentStatus) -> bool {
+        self.history().any(|e| e.status == status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShipmentStatus::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn carrier(status: ShipmentStatus, at: i64, id: &str) -> StatusEvent {
+        StatusEvent::carrier(status, at, "c", id)
+    }
+
+    /// Every ordered pair of carrier statuses, the second arriving later but
+    /// occurring either later or earlier: the table of what wins.
+    #[test]
+    fn every_status_pair() {
+        for a in ShipmentStatus::ALL {
+            for b in ShipmentStatus::ALL {
+                for (at_a, at_b) in [(1, 2), (2, 1), (1, 1)] {
+                    let mut t = Timeline::new(0);
+                    t.apply(carrier(a, at_a, "a"));
+                    t.apply(carrier(b, at_b, "b"));
+                    let expect = match (a.is_terminal(), b.is_terminal()) {
+                        (true, false) => a,
+                        (false, true) => b,
+                        _ if at_a != at_b => {
+                            if at_a > at_b {
+                                a
+                            } else {
+                                b
+                            }
+                        }
+                        _ => a.max(b),
+                    };
+                    assert_eq!(t.status(), expect, "{a:?}@{at_a} then {b:?}@{at_b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gateway_events_rank_below_carrier_events_whatever_their_times() {
+        let mut t = Timeline::new(1_000_000);
+        t.apply(StatusEvent::gateway(LabelCreated, 2_000_000));
+        assert_eq!(t.status(), LabelCreated);
+        // A carrier event stamped long before our own still wins.
+        assert_eq!(t.apply(carrier(InTransit, 5, "x")), Applied::Applied);
+        assert_eq!(t.status(), InTransit);
+        // A carrier's LABEL_CREATED also beats ours.
+        let mut t = Timeline::new(10);
+        t.apply(StatusEvent::gateway(LabelCreated, 20));
+        t.apply(carrier(LabelCreated, 1, "l"));
+        assert_eq!(t.status(), LabelCreated);
+    }
+
+    #[test]
+    fn a_carriers_terminal_event_beats_the_gateways_cancel() {
+        let mut t = Timeline::new(0);
+        t.apply(StatusEvent::gateway(Cancelled, 100));
+        assert_eq!(t.status(), Cancelled);
+        t.apply(carrier(InTransit, 200, "i"));
+        assert_eq!(
+            t.status(),
+            Cancelled,
+            "a non-terminal event does not undo a cancel"
+        );
+        t.apply(carrier(Returned, 50, "r"));
+        assert_eq!(t.status(), Returned);
+    }
+
+    #[test]
+    fn outcomes_are_applied_or_stale() {
+        let mut t = Timeline::new(0);
+        assert_eq!(t.apply(carrier(InTransit, 10, "1")), Applied::Applied);
+        // Late and lower: joins the history only.
+        assert_eq!(t.apply(carrier(LabelCreated, 5, "2")), Applied::Stale);
+        // The same event again changes nothing.
+        assert_eq!(t.apply(carrier(LabelCreated, 5, "2")), Applied::Stale);
+        assert_eq!(t.history().count(), 3);
+        assert_eq!(t.apply(carrier(Delivered, 20, "3")), Applied::Applied);
+        // After a terminal event, a later non-terminal one is stale.
+        assert_eq!(t.apply(carrier(OutForDelivery, 30, "4")), Applied::Stale);
+        assert_eq!(t.status(), Delivered);
+    }
+
+    #[test]
+    fn history_lists_gateway_events_first_then_carrier_events_by_time_and_rank() {
+        let mut t = Timeline::new(100);
+        t.apply(carrier(Delivered, 50, "d"));
+        t.apply(StatusEvent::gateway(LabelCreated, 200));
+        t.apply(carrier(InTransit, 10, "i"));
+        t.apply(carrier(OutForDelivery, 10, "o"));
+        let h: Vec<(ShipmentStatus, i64)> =
+            t.history().map(|e| (e.status, e.occurred_at_ms)).collect();
+        assert_eq!(
+            h,
+            [
+                (Created, 100),
+                (LabelCreated, 200),
+                (InTransit, 10),
+                (OutForDelivery, 10),
+                (Delivered, 50)
+            ]
+        );
+    }
+
+    #[test]
+    fn statuses_round_trip_their_names() {
+        for s in ShipmentStatus::ALL {
+            assert_eq!(ShipmentStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(ShipmentStatus::parse("in_transit"), None);
+    }
+
+    fn carrier_event() -> impl Strategy<Value = StatusEvent> {
+        (0usize..7, 0i64..20, 0u8..3, 0u32..1000).prop_map(|(s, at, src, id)| {
+            StatusEvent::carrier(
+                ShipmentStatus::ALL[s],
+                at,
+                ["ups", "fedex", "dhl"][src as usize],
+                &format!("e{id}"),
+            )
+        })
+    }
+
+    proptest! {
+        /// For random sets of events with random repetitions, every arrival
+        /// order gives the same status and the same history.
+        #[test]
+        fn final_state_is_independent_of_arrival_order(
+            events in prop::collection::vec(carrier_event(), 1..12),
+            repeats in prop::collection::vec(0usize..12, 0..8),
+            seed in any::<u64>(),
+            cancel in any::<bool>(),
+        ) {
+            let mut arrivals = events.clone();
+            for r in repeats {
+                arrivals.push(events[r % events.len()].clone());
+            }
+            let build = |order: &[StatusEvent]| {
+                let mut t = Timeline::new(0);
+                t.apply(StatusEvent::gateway(LabelCreated, 1));
+                if cancel {
+                    t.apply(StatusEvent::gateway(Cancelled, 2));
+                }
+                for e in order {
+                    t.apply(e.clone());
+                }
+                t
+            };
+            let reference = build(&arrivals);
+            let mut rng = fastrand::Rng::with_seed(seed);
+            for _ in 0..4 {
+                rng.shuffle(&mut arrivals);
+                let t = build(&arrivals);
+                prop_assert_eq!(t.status(), reference.status());
+                prop_assert_eq!(t.history().collect::<Vec<_>>(), reference.history().collect::<Vec<_>>());
+                prop_assert_eq!(&t, &reference);
+            }
+        }
+    }
+}

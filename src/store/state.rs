@@ -1,0 +1,448 @@
+//! The state-machine thread: the only writer of shipments, outcomes, parked
+//! and dead events. It drains the inbox in arrival order and runs the
+//! commands that change shipments (create, record a label, redeliver), one
+//! at a time, so no two of them can interleave on one shipment.
+//!
+//! Each pass over the inbox is one atomic sled batch: the new shipment
+//! states, the outcome records and the removal of the inbox entries land
+//! together or not at all, so an event is applied once even if the process
+//! dies between any two steps (guarantee 3).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::codec::{self, DispatchOutcome, OutcomeRecord, ShipmentRecord};
+use super::{Shared, StoreError};
+use crate::config::SourceConfig;
+use crate::domain::shipment::{Applied, ShipmentStatus, StatusEvent};
+use crate::mapping::{Interpretation, interpret};
+use crate::telemetry::metric;
+
+/// Inbox entries applied in one batch at most.
+const PASS: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("not found")]
+    NotFound,
+    #[error("not redeliverable: {0}")]
+    NotRedeliverable(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sled::Error> for StateError {
+    fn from(e: sled::Error) -> Self {
+        StateError::Store(e.into())
+    }
+}
+
+/// A recorded label and what it did to the events parked for it.
+#[derive(Debug, Clone)]
+pub struct LabelRecorded {
+    pub shipment: ShipmentRecord,
+    pub unparked: Vec<(String, DispatchOutcome)>,
+}
+
+pub(super) enum StateMsg {
+    Wake,
+    CreateShipment(Box<ShipmentRecord>, oneshot::Sender<Result<(), StateError>>),
+    RecordLabel {
+        shipment_id: String,
+        tracking_number: String,
+        label: serde_json::Value,
+        at_ms: u64,
+        reply: oneshot::Sender<Result<LabelRecorded, StateError>>,
+    },
+    Redeliver {
+        source: String,
+        event_id: String,
+        reply: oneshot::Sender<Result<OutcomeRecord, StateError>>,
+    },
+}
+
+pub(super) struct StateMachine {
+    pub(super) shared: Arc<Shared>,
+    pub(super) sources: HashMap<String, SourceConfig>,
+}
+
+/// One batch's worth of changes, with the shipments it touched cached so
+/// that two events for one shipment in the same pass see each other.
+struct Pass<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    shipments: HashMap<String, Option<ShipmentRecord>>,
+    dirty: HashSet<String>,
+    tracking: HashMap<String, Option<String>>,
+    counted: Vec<(String, DispatchOutcome)>,
+    inbox_removed: i64,
+}
+
+impl<'a> Pass<'a> {
+    fn new(tree: &'a sled::Tree) -> Pass<'a> {
+        Pass {
+            tree,
+            batch: sled::Batch::default(),
+            shipments: HashMap::new(),
+            dirty: HashSet::new(),
+            tracking: HashMap::new(),
+            counted: Vec::new(),
+            inbox_removed: 0,
+        }
+    }
+
+    fn shipment_mut(&mut self, id: &str) -> Result<Option<&mut ShipmentRecord>, StateError> {
+        if !self.shipments.contains_key(id) {
+            let rec =
+                match self.tree.get(codec::shipment_key(id))? {
+                    None => None,
+                    Some(v) => Some(serde_json::from_slice(&v).map_err(|e| {
+                        StoreError::Unavailable(format!("corrupt shipment {id}: {e}"))
+                    })?),
+                };
+            self.shipments.insert(id.to_string(), rec);
+        }
+        Ok(self.shipments.get_mut(id).and_then(Option::as_mut))
+    }
+
+    fn touch(&mut self, id: &str) {
+        self.dirty.insert(id.to_string());
+    }
+
+    fn shipment_for(&mut self, tracking_number: &str) -> Result<Option<String>, StateError> {
+        if let Some(hit) = self.tracking.get(tracking_number) {
+            return Ok(hit.clone());
+        }
+        let found = self
+            .tree
+            .get(codec::tracking_key(tracking_number))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        self.tracking
+            .insert(tracking_number.to_string(), found.clone());
+        Ok(found)
+    }
+
+    /// Writes the touched shipments into the batch and applies it.
+    fn commit(mut self) -> Result<Vec<(String, DispatchOutcome)>, StateError> {
+        for id in &self.dirty {
+            if let Some(Some(rec)) = self.shipments.get(id) {
+                let json = serde_json::to_vec(rec).expect("a shipment serialises");
+                self.batch.insert(codec::shipment_key(id), json);
+            }
+        }
+        self.tree.apply_batch(self.batch)?;
+        Ok(self.counted)
+    }
+}
+
+impl StateMachine {
+    pub(super) fn run(self, rx: std::sync::mpsc::Receiver<StateMsg>) {
+        self.shared
+            .dispatcher_running
+            .store(true, Ordering::Relaxed);
+        loop {
+            if let Err(e) = self.drain_inbox() {
+                tracing::error!(error = %e, "dispatch failed; retrying");
+            }
+            // The wake-up is an optimisation; the timeout bounds how long an
+            // entry could wait if one were ever missed.
+            let first = match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(m) => Some(m),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            for msg in first.into_iter().chain(rx.try_iter()) {
+                self.handle(msg);
+            }
+        }
+        self.shared
+            .dispatcher_running
+            .store(false, Ordering::Relaxed);
+    }
+
+    fn handle(&self, msg: StateMsg) {
+        match msg {
+            StateMsg::Wake => {}
+            StateMsg::CreateShipment(rec, reply) => {
+                let _ = reply.send(self.create_shipment(*rec));
+            }
+            StateMsg::RecordLabel {
+                shipment_id,
+                tracking_number,
+                label,
+                at_ms,
+                reply,
+            } => {
+                let _ = reply.send(self.record_label(&shipment_id, &tracking_number, label, at_ms));
+            }
+            StateMsg::Redeliver {
+                source,
+                event_id,
+                reply,
+            } => {
+                let _ = reply.send(self.redeliver(&source, &event_id));
+            }
+        }
+    }
+
+    /// Applies inbox entries in arrival order, a pass at a time, until the
+    /// inbox is empty.
+    fn drain_inbox(&self) -> Result<(), StateError> {
+        let tree = &self.shared.tree;
+        loop {
+            self.shared.wake_pending.store(false, Ordering::Release);
+            let mut pass = Pass::new(tree);
+            let mut n = 0;
+            for kv in tree.scan_prefix(b"q").take(PASS) {
+                let (k, v) = kv?;
+                pass.batch.remove(k.clone());
+                pass.inbox_removed += 1;
+                n += 1;
+                let Some((source, id)) = codec::split_name(&v) else {
+                    continue;
+                };
+                let seq = codec::parse_inbox_key(&k).unwrap_or_default();
+                self.apply_event(&mut pass, seq, &source, &id, None)?;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            let removed = pass.inbox_removed;
+            let counted = pass.commit()?;
+            let pending = self
+                .shared
+                .inbox_pending
+                .fetch_sub(removed, Ordering::Relaxed)
+                - removed;
+            metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
+            count(&counted);
+        }
+    }
+
+    /// Runs dispatch for one event into `pass`. `previous` is the outcome
+    /// record it already has (redelivery, unparking).
+    fn apply_event(
+        &self,
+        pass: &mut Pass<'_>,
+        seq: u64,
+        source: &str,
+        event_id: &str,
+        previous: Option<&OutcomeRecord>,
+    ) -> Result<OutcomeRecord, StateError> {
+        let previous = match previous {
+            Some(p) => Some(p.clone()),
+            None => read_outcome(pass.tree, source, event_id)?,
+        };
+        let mut record = OutcomeRecord {
+            outcome: DispatchOutcome::Dead,
+            reason: None,
+            shipment_id: None,
+            parked_under: None,
+            attempts: previous.map_or(0, |p| p.attempts) + 1,
+            at_ms: crate::clock::now_ms(),
+        };
+        let name = codec::name(source, event_id);
+        let event = super::read_event(pass.tree, source, event_id)?;
+        let interpretation = match (&event, self.sources.get(source)) {
+            (None, _) => Interpretation::Dead {
+                reason: "the event record is missing".into(),
+            },
+            (Some(_), None) => Interpretation::Dead {
+                reason: format!("source {source} is no longer configured"),
+            },
+            (Some(ev), Some(cfg)) => interpret(cfg, event_id, ev.meta.received_at_ms, &ev.body),
+        };
+        match interpretation {
+            Interpretation::Tracking {
+                tracking_number,
+                event,
+            } => match pass.shipment_for(&tracking_number)? {
+                None => {
+                    pass.batch
+                        .insert(codec::text_seq_key(b'p', &tracking_number, seq), name);
+                    record.outcome = DispatchOutcome::Parked;
+                    record.reason = Some(format!(
+                        "no shipment has tracking number {tracking_number} yet"
+                    ));
+                    record.parked_under = Some(('p', tracking_number));
+                }
+                Some(shipment_id) => match pass.shipment_mut(&shipment_id)? {
+                    None => {
+                        pass.batch.insert(codec::seq_key(b'd', seq).to_vec(), name);
+                        record.reason = Some(format!(
+                            "shipment {shipment_id} of tracking number {tracking_number} is missing"
+                        ));
+                    }
+                    Some(shipment) => {
+                        record.outcome = match shipment.timeline.apply(event) {
+                            Applied::Applied => DispatchOutcome::Applied,
+                            Applied::Stale => DispatchOutcome::Stale,
+                        };
+                        record.shipment_id = Some(shipment_id.clone());
+                        pass.touch(&shipment_id);
+                    }
+                },
+            },
+            Interpretation::Payment { order_id, .. } => {
+                // Orders are not recorded by this gateway yet: every payment
+                // event waits for its order.
+                pass.batch
+                    .insert(codec::text_seq_key(b'P', &order_id, seq), name);
+                record.outcome = DispatchOutcome::Parked;
+                record.reason = Some(format!("no order {order_id} yet"));
+                record.parked_under = Some(('P', order_id));
+            }
+            Interpretation::Ignored { reason } => {
+                record.outcome = DispatchOutcome::Ignored;
+                record.reason = Some(reason);
+            }
+            Interpretation::Dead { reason } => {
+                pass.batch.insert(codec::seq_key(b'd', seq).to_vec(), name);
+                record.reason = Some(reason);
+            }
+            Interpretation::NotDispatched => record.outcome = DispatchOutcome::Stored,
+        }
+        pass.batch.insert(
+            codec::outcome_key(source, event_id),
+            serde_json::to_vec(&record).expect("an outcome serialises"),
+        );
+        if record.outcome != DispatchOutcome::Stored {
+            pass.counted.push((source.to_string(), record.outcome));
+        }
+        Ok(record)
+    }
+
+    fn create_shipment(&self, rec: ShipmentRecord) -> Result<(), StateError> {
+        let tree = &self.shared.tree;
+        let key = codec::shipment_key(&rec.shipment_id);
+        if tree.contains_key(&key)? {
+            return Err(StateError::Conflict(format!(
+                "shipment {} exists",
+                rec.shipment_id
+            )));
+        }
+        tree.insert(
+            key,
+            serde_json::to_vec(&rec).expect("a shipment serialises"),
+        )?;
+        self.shared.sync()?;
+        Ok(())
+    }
+
+    /// Records a label: the shipment gets its tracking number, label and the
+    /// gateway's LABEL_CREATED, and every event parked under that tracking
+    /// number is applied in the same batch.
+    fn record_label(
+        &self,
+        shipment_id: &str,
+        tracking_number: &str,
+        label: serde_json::Value,
+        at_ms: u64,
+    ) -> Result<LabelRecorded, StateError> {
+        let tree = &self.shared.tree;
+        let mut pass = Pass::new(tree);
+        if let Some(owner) = pass.shipment_for(tracking_number)?
+            && owner != shipment_id
+        {
+            return Err(StateError::Conflict(format!(
+                "tracking number {tracking_number} belongs to shipment {owner}"
+            )));
+        }
+        {
+            let shipment = pass
+                .shipment_mut(shipment_id)?
+                .ok_or(StateError::NotFound)?;
+            match &shipment.tracking_number {
+                Some(tn) if tn == tracking_number => {}
+                Some(tn) => {
+                    return Err(StateError::Conflict(format!(
+                        "shipment {shipment_id} already has tracking number {tn}"
+                    )));
+                }
+                None => {
+                    shipment.tracking_number = Some(tracking_number.to_string());
+                    shipment.label = Some(label);
+                    shipment.timeline.apply(StatusEvent::gateway(
+                        ShipmentStatus::LabelCreated,
+                        at_ms as i64,
+                    ));
+                }
+            }
+        }
+        pass.touch(shipment_id);
+        pass.batch.insert(
+            codec::tracking_key(tracking_number),
+            shipment_id.as_bytes().to_vec(),
+        );
+        pass.tracking
+            .insert(tracking_number.to_string(), Some(shipment_id.to_string()));
+
+        let mut unparked = Vec::new();
+        for kv in tree.scan_prefix(codec::text_prefix(b'p', tracking_number)) {
+            let (k, v) = kv?;
+            pass.batch.remove(k.clone());
+            let (Some((source, id)), Some(seq)) = (codec::split_name(&v), codec::seq_suffix(&k))
+            else {
+                continue;
+            };
+            let out = self.apply_event(&mut pass, seq, &source, &id, None)?;
+            unparked.push((source, out.outcome));
+        }
+        let counted = pass.commit()?;
+        self.shared.sync()?;
+        count(&counted);
+        let shipment = super::read_shipment(tree, shipment_id)?.ok_or(StateError::NotFound)?;
+        Ok(LabelRecorded { shipment, unparked })
+    }
+
+    fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
+        let tree = &self.shared.tree;
+        let event = super::read_event(tree, source, event_id)?.ok_or(StateError::NotFound)?;
+        let previous = read_outcome(tree, source, event_id)?;
+        let Some(prev) = previous
+            .filter(|p| matches!(p.outcome, DispatchOutcome::Parked | DispatchOutcome::Dead))
+        else {
+            return Err(StateError::NotRedeliverable(format!(
+                "event {source}/{event_id} is neither parked nor dead"
+            )));
+        };
+        let seq = event.meta.seq;
+        let mut pass = Pass::new(tree);
+        match (&prev.outcome, &prev.parked_under) {
+            (DispatchOutcome::Parked, Some((tag, key))) => {
+                pass.batch.remove(codec::text_seq_key(*tag as u8, key, seq));
+            }
+            _ => pass.batch.remove(codec::seq_key(b'd', seq).to_vec()),
+        }
+        let out = self.apply_event(&mut pass, seq, source, event_id, Some(&prev))?;
+        let counted = pass.commit()?;
+        self.shared.sync()?;
+        count(&counted);
+        Ok(out)
+    }
+}
+
+fn count(counted: &[(String, DispatchOutcome)]) {
+    for (source, outcome) in counted {
+        metrics::counter!(metric::DISPATCH, "source" => source.clone(), "outcome" => outcome.as_str()).increment(1);
+    }
+}
+
+pub(super) fn read_outcome(
+    tree: &sled::Tree,
+    source: &str,
+    event_id: &str,
+) -> Result<Option<OutcomeRecord>, StoreError> {
+    match tree.get(codec::outcome_key(source, event_id))? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Unavailable(format!("corrupt outcome record: {e}"))),
+    }
+}

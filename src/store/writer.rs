@@ -1,0 +1,272 @@
+//! The writer and flusher threads: group commit of accepted events, and the
+//! retention sweep (which runs on the writer so that it never races a new
+//! copy of an identity it is forgetting).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::codec::{self, EventMeta, Ident};
+use super::{Group, IngestResult, MAX_GROUP, Msg, NewEvent, Reply, Shared, StoreError};
+use crate::telemetry::metric;
+
+pub(super) struct Writer {
+    pub(super) shared: Arc<Shared>,
+    pub(super) seq: u64,
+}
+
+impl Writer {
+    pub(super) fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        groups: std::sync::mpsc::Sender<Group>,
+    ) {
+        let mut msgs = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = rx.blocking_recv() {
+            msgs.push(first);
+            while msgs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut ingests = Vec::with_capacity(msgs.len());
+            for m in msgs.drain(..) {
+                match m {
+                    Msg::Ingest(ev, reply) => ingests.push((ev, reply)),
+                    Msg::Sweep {
+                        now_ms,
+                        limit,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.sweep(now_ms, limit));
+                    }
+                }
+            }
+            if ingests.is_empty() {
+                continue;
+            }
+            if let Some(group) = self.commit(ingests)
+                && groups.send(group).is_err()
+            {
+                break;
+            }
+        }
+    }
+
+    /// Applies one group as a single batch. Answers that need no flush (a
+    /// duplicate of something already durable) go out at once; the rest
+    /// are returned for the flusher.
+    fn commit(&mut self, ingests: Vec<(Box<NewEvent>, Reply)>) -> Option<Group> {
+        metrics::histogram!(metric::STORE_GROUP_SIZE).record(ingests.len() as f64);
+        let durable = self.shared.durable_seq.load(Ordering::Acquire);
+        let mut batch = sled::Batch::default();
+        // Identities first written in this group, so a second copy in the
+        // same group is a duplicate too.
+        let mut fresh: HashMap<Vec<u8>, Ident> = HashMap::new();
+        let mut answers = Vec::with_capacity(ingests.len());
+        let mut added_to_inbox = 0i64;
+        let start_seq = self.seq;
+        for (ev, reply) in ingests {
+            let key = codec::ident_key(&ev.source, &ev.event_id);
+            let existing = match fresh.get(&key) {
+                Some(i) => Ok(Some(*i)),
+                None => self.shared.tree.get(&key).map(|v| {
+                    v.and_then(|v| Ident::decode(&v))
+                        .filter(|i| i.expires_at_ms > ev.received_at_ms)
+                }),
+            };
+            match existing {
+                Err(e) => answers.push((reply, Err(StoreError::from(e)))),
+                Ok(Some(first)) => {
+                    let result = Ok(IngestResult::Duplicate {
+                        first_received_at_ms: first.received_at_ms,
+                        conflict: first.content_hash != ev.content_hash,
+                    });
+                    if first.seq <= durable {
+                        let _ = reply.send(result);
+                    } else {
+                        answers.push((reply, result));
+                    }
+                }
+                Ok(None) => {
+                    self.seq += 1;
+                    let ident = Ident {
+                        received_at_ms: ev.received_at_ms,
+                        expires_at_ms: ev.expires_at_ms,
+                        seq: self.seq,
+                        content_hash: ev.content_hash,
+                    };
+                    let name = codec::name(&ev.source, &ev.event_id);
+                    let meta = EventMeta {
+                        seq: self.seq,
+                        received_at_ms: ev.received_at_ms,
+                        event_type: ev.event_type.clone(),
+                        dispatch: ev.dispatch,
+                        headers: ev.headers.clone(),
+                        tracking_number: ev.tracking_number.clone(),
+                        order_id: ev.order_id.clone(),
+                    };
+                    batch.insert(key.clone(), ident.encode().to_vec());
+                    batch.insert(
+                        codec::event_key(&ev.source, &ev.event_id),
+                        codec::encode_event(&meta, &ev.body),
+                    );
+                    batch.insert(
+                        codec::expiry_key(ev.expires_at_ms, self.seq).to_vec(),
+                        name.clone(),
+                    );
+                    batch.insert(codec::seq_key(b'n', self.seq).to_vec(), name.clone());
+                    if let Some(tn) = &ev.tracking_number {
+                        batch.insert(codec::text_seq_key(b'T', tn, self.seq), name.clone());
+                    }
+                    if let Some(order) = &ev.order_id {
+                        batch.insert(codec::text_seq_key(b'O', order, self.seq), name.clone());
+                    }
+                    if ev.dispatch {
+                        batch.insert(codec::inbox_key(self.seq).to_vec(), name);
+                        added_to_inbox += 1;
+                    }
+                    fresh.insert(key, ident);
+                    answers.push((
+                        reply,
+                        Ok(IngestResult::Accepted {
+                            received_at_ms: ev.received_at_ms,
+                        }),
+                    ));
+                }
+            }
+        }
+        if self.seq != start_seq {
+            batch.insert(codec::SEQ_KEY, self.seq.to_be_bytes().to_vec());
+            if let Err(e) = self.shared.tree.apply_batch(batch) {
+                // Nothing of the batch is applied: every answer in it fails,
+                // including duplicates of copies that were in it.
+                self.shared.healthy.store(false, Ordering::Relaxed);
+                self.seq = start_seq;
+                let msg = e.to_string();
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
+                }
+                return None;
+            }
+            let pending = self
+                .shared
+                .inbox_pending
+                .fetch_add(added_to_inbox, Ordering::Relaxed)
+                + added_to_inbox;
+            metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
+            if added_to_inbox > 0 {
+                self.shared.wake_dispatcher();
+            }
+        }
+        if answers.is_empty() {
+            return None;
+        }
+        Some(Group {
+            answers,
+            last_seq: self.seq,
+        })
+    }
+
+    fn sweep(&mut self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let tree = &self.shared.tree;
+        let mut batch = sled::Batch::default();
+        let mut swept = 0;
+        for kv in tree
+            .range(codec::expiry_key(0, 0)..codec::expiry_key(now_ms, 0))
+            .take(limit)
+        {
+            let (k, v) = kv?;
+            let Some((_, seq)) = codec::parse_expiry_key(&k) else {
+                continue;
+            };
+            batch.remove(k);
+            swept += 1;
+            let Some((source, id)) = codec::split_name(&v) else {
+                continue;
+            };
+            let ident_key = codec::ident_key(&source, &id);
+            // The identity may have been reused by a later copy after this
+            // one expired; only the record this entry indexes is removed.
+            if let Some(cur) = tree.get(&ident_key)?.and_then(|v| Ident::decode(&v))
+                && cur.seq == seq
+            {
+                batch.remove(ident_key);
+                // An event still waiting in the inbox keeps its record until
+                // the state machine has applied it; only its identity goes.
+                if !tree.contains_key(codec::inbox_key(seq))? {
+                    forget_event(tree, &mut batch, &source, &id, seq)?;
+                }
+            }
+        }
+        if swept > 0 {
+            tree.apply_batch(batch)?;
+        }
+        Ok(swept)
+    }
+}
+
+/// Removes an event's record and every index and dispatch entry naming it.
+fn forget_event(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    source: &str,
+    id: &str,
+    seq: u64,
+) -> Result<(), StoreError> {
+    if let Some((meta, _)) = tree
+        .get(codec::event_key(source, id))?
+        .and_then(|v| codec::decode_event(&v))
+    {
+        if let Some(tn) = &meta.tracking_number {
+            batch.remove(codec::text_seq_key(b'T', tn, seq));
+        }
+        if let Some(order) = &meta.order_id {
+            batch.remove(codec::text_seq_key(b'O', order, seq));
+        }
+    }
+    if let Some(outcome) = super::state::read_outcome(tree, source, id)?
+        && let Some((tag, key)) = outcome.parked_under
+    {
+        batch.remove(codec::text_seq_key(tag as u8, &key, seq));
+    }
+    batch.remove(codec::seq_key(b'n', seq).to_vec());
+    batch.remove(codec::seq_key(b'd', seq).to_vec());
+    batch.remove(codec::outcome_key(source, id));
+    batch.remove(codec::event_key(source, id));
+    Ok(())
+}
+
+pub(super) fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Group>) {
+    while let Ok(first) = groups.recv() {
+        let mut pending = vec![first];
+        pending.extend(groups.try_iter());
+        let started = Instant::now();
+        let flushed = shared.sync();
+        metrics::histogram!(metric::STORE_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
+        match flushed {
+            Ok(_) => {
+                let last = pending.iter().map(|g| g.last_seq).max().unwrap_or(0);
+                shared.durable_seq.fetch_max(last, Ordering::AcqRel);
+                for g in pending {
+                    for (reply, result) in g.answers {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+            Err(e) => {
+                shared.healthy.store(false, Ordering::Relaxed);
+                let msg = e.to_string();
+                for g in pending {
+                    for (reply, _) in g.answers {
+                        let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
+                    }
+                }
+            }
+        }
+    }
+}

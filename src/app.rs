@@ -75,6 +75,9 @@ impl App {
         crate::http::serve(listener, self.clone(), shutdown).await;
         sweeper.abort();
         upkeep.abort();
+        // Wait for them to be gone: they hold the store.
+        let _ = sweeper.await;
+        let _ = upkeep.await;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close())
             .await

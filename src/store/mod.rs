@@ -302,6 +302,12 @@ impl Store {
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
 
+    /// Resolves once every event accepted before the call has been
+    /// dispatched.
+    pub async fn settle(&self) -> Result<(), StateError> {
+        self.command(StateMsg::Settle).await
+    }
+
     /// Stores a new shipment durably.
     pub async fn create_shipment(&self, rec: ShipmentRecord) -> Result<(), StateError> {
         self.command(|reply| StateMsg::CreateShipment(Box::new(rec), reply))

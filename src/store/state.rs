@@ -52,6 +52,8 @@ pub struct LabelRecorded {
 
 pub(super) enum StateMsg {
     Wake,
+    /// Answered once every inbox entry present when it is handled is applied.
+    Settle(oneshot::Sender<Result<(), StateError>>),
     CreateShipment(Box<ShipmentRecord>, oneshot::Sender<Result<(), StateError>>),
     RecordLabel {
         shipment_id: String,
@@ -169,6 +171,9 @@ impl StateMachine {
     fn handle(&self, msg: StateMsg) {
         match msg {
             StateMsg::Wake => {}
+            StateMsg::Settle(reply) => {
+                let _ = reply.send(self.drain_inbox());
+            }
             StateMsg::CreateShipment(rec, reply) => {
                 let _ = reply.send(self.create_shipment(*rec));
             }

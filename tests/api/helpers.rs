@@ -3,8 +3,11 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use waybill::app::App;
 use waybill::config::{Config, ProcessEnv};
 
 pub use crate::support::*;
@@ -26,6 +29,7 @@ shutdown_grace = "5s"
 
 [store]
 path = "{path}"
+{admin}
 
 [[sources]]
 name = "ep"
@@ -38,9 +42,29 @@ accept_event_types = ["tracker.updated"]
 [sources.mapping]
 tracking_number = "/result/tracking_code"
 status = "/result/status"
+occurred_at = "{occurred_at}"
 [sources.mapping.status_map]
+pre_transit = "LABEL_CREATED"
 in_transit = "IN_TRANSIT"
+out_for_delivery = "OUT_FOR_DELIVERY"
 delivered = "DELIVERED"
+return_to_sender = "RETURNED"
+failure = "EXCEPTION"
+
+[[sources]]
+name = "pay"
+kind = "payment"
+secrets = ["{gh_secret}"]
+signature = { scheme = "github" }
+event_id = "/id"
+event_type = "/type"
+accept_event_types = ["payment_intent.succeeded", "charge.refunded"]
+[sources.mapping]
+order_id = "/data/order_id"
+status = "/type"
+[sources.mapping.status_map]
+"payment_intent.succeeded" = "SUCCEEDED"
+"charge.refunded" = "REFUNDED"
 
 [[sources]]
 name = "sw"
@@ -82,9 +106,15 @@ signature = { scheme = "github" }
 rate_limit = { per_second = 1, burst = 2 }
 "#;
 
+pub const ADMIN_TOKEN: &str = "admin-test-token";
+
+#[derive(Clone)]
 pub struct Options {
     pub max_in_flight: usize,
     pub request_timeout: &'static str,
+    pub admin: bool,
+    /// The `ep` source's occurred_at pointer.
+    pub occurred_at: &'static str,
 }
 
 impl Default for Options {
@@ -92,6 +122,8 @@ impl Default for Options {
         Options {
             max_in_flight: 256,
             request_timeout: "5s",
+            admin: true,
+            occurred_at: "/result/updated_at",
         }
     }
 }
@@ -99,6 +131,10 @@ impl Default for Options {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// The running gateway, for what its HTTP API does not offer yet
+    /// (creating shipments, recording labels) and to wait for dispatch.
+    pub app: Arc<App>,
+    opts: Options,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
@@ -117,6 +153,15 @@ async fn start(dir: tempfile::TempDir, opts: Options) -> TestApp {
         .replace("{path}", &dir.path().join("data").display().to_string())
         .replace("{max_in_flight}", &opts.max_in_flight.to_string())
         .replace("{request_timeout}", opts.request_timeout)
+        .replace(
+            "{admin}",
+            &if opts.admin {
+                format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"")
+            } else {
+                String::new()
+            },
+        )
+        .replace("{occurred_at}", opts.occurred_at)
         .replace("{ep_secret}", EP_SECRET)
         .replace("{sw_secret}", SW_SECRET)
         .replace("{stripe_secret}", STRIPE_SECRET)
@@ -127,16 +172,21 @@ async fn start(dir: tempfile::TempDir, opts: Options) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
+    let app = App::start(config).await.expect("app starts");
+    let serving = app.clone();
     let handle = tokio::spawn(async move {
-        waybill::app::run(config, listener, async {
-            let _ = rx.await;
-        })
-        .await
-        .expect("app runs");
+        serving
+            .serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("app runs");
     });
     TestApp {
         addr,
         dir,
+        app,
+        opts,
         shutdown: Some(tx),
         handle: Some(handle),
     }
@@ -144,10 +194,45 @@ async fn start(dir: tempfile::TempDir, opts: Options) -> TestApp {
 
 impl TestApp {
     /// Stops gracefully (drain, flush) and starts again on the same data.
-    pub async fn restart(mut self) -> TestApp {
+    pub async fn restart(self) -> TestApp {
+        let opts = self.opts.clone();
+        self.restart_with(opts).await
+    }
+
+    /// Stops and starts again on the same data with other options.
+    pub async fn restart_with(self, opts: Options) -> TestApp {
+        let dir = self.shutdown().await;
+        start(dir, opts).await
+    }
+
+    /// Stops, lets go of the store (and its file lock), and hands back the
+    /// data directory.
+    pub async fn shutdown(mut self) -> tempfile::TempDir {
         self.stop().await;
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        start(dir, Options::default()).await
+        let TestApp { dir, app, .. } = self;
+        drop(app);
+        dir
+    }
+
+    /// Waits until everything accepted so far has been dispatched.
+    pub async fn settle(&self) {
+        self.app.store.settle().await.expect("dispatch settles");
+    }
+
+    pub fn admin_headers() -> Vec<(String, String)> {
+        vec![("Authorization".into(), format!("Bearer {ADMIN_TOKEN}"))]
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Resp {
+        Client::new(self.addr)
+            .send("GET", path, &TestApp::admin_headers(), bytes::Bytes::new())
+            .await
+    }
+
+    pub async fn admin_post(&self, path: &str) -> Resp {
+        Client::new(self.addr)
+            .send("POST", path, &TestApp::admin_headers(), bytes::Bytes::new())
+            .await
     }
 
     /// Signals shutdown without waiting for it.

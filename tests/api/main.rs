@@ -3,6 +3,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin;
+mod dispatch;
 mod helpers;
 mod ops;
 mod signatures;

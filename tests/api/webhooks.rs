@@ -203,7 +203,7 @@ async fn accepted_types_need_mapping_fields_other_types_do_not() {
 
 #[tokio::test]
 async fn only_accepted_types_reach_the_inbox() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     let ep = |body: &[u8]| signed(SchemeKind::Easypost, EP_SECRET, body, 0, "");
     let stored = br#"{"id":"in-1","description":"tracker.created"}"#;
     let dispatched = br#"{"id":"in-2","description":"tracker.updated","result":{"tracking_code":"9400","status":"delivered"}}"#;
@@ -212,9 +212,9 @@ async fn only_accepted_types_reach_the_inbox() {
         app.webhook("ep", &ep(dispatched), dispatched).await.status,
         202
     );
-    app.stop().await;
+    let dir = app.shutdown().await;
     let cfg = waybill::config::StoreConfig {
-        path: app.dir.path().join("data"),
+        path: dir.path().join("data"),
         dedupe_retention: std::time::Duration::from_secs(60),
         idempotency_retention: std::time::Duration::from_secs(60),
         in_progress_timeout: std::time::Duration::from_secs(60),

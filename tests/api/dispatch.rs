@@ -1,0 +1,259 @@
+//! Contract 4 through the API: tracking deliveries reach shipments by the
+//! ordering rule, however they arrive; unmapped statuses are ignored;
+//! unknown tracking numbers are parked until their label is recorded.
+
+use serde_json::json;
+use waybill::domain::shipment::{ShipmentStatus, Timeline};
+use waybill::signature::SchemeKind;
+use waybill::store::{DispatchOutcome, ShipmentRecord};
+
+use crate::helpers::*;
+
+pub fn tracking_body(id: &str, tn: &str, status: &str, at: &str) -> Vec<u8> {
+    json!({
+        "id": id,
+        "description": "tracker.updated",
+        "result": {"tracking_code": tn, "status": status, "updated_at": at}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub async fn send_tracking(app: &TestApp, id: &str, tn: &str, status: &str, at: &str) -> Resp {
+    let body = tracking_body(id, tn, status, at);
+    app.webhook(
+        "ep",
+        &signed(SchemeKind::Easypost, EP_SECRET, &body, 0, ""),
+        &body,
+    )
+    .await
+}
+
+pub async fn shipment_with_label(app: &TestApp, shipment_id: &str, tn: &str) {
+    let now = waybill::clock::now_ms();
+    let rec = ShipmentRecord {
+        shipment_id: shipment_id.into(),
+        partner: "acme".into(),
+        order_id: format!("order-{shipment_id}"),
+        created_at_ms: now,
+        tracking_number: None,
+        label: None,
+        details: json!({}),
+        timeline: Timeline::new(now as i64),
+    };
+    app.app.store.create_shipment(rec).await.unwrap();
+    app.app
+        .store
+        .record_label(
+            shipment_id,
+            tn,
+            json!({"label_id": format!("lbl-{shipment_id}")}),
+            now,
+        )
+        .await
+        .unwrap();
+}
+
+fn status(app: &TestApp, shipment_id: &str) -> ShipmentStatus {
+    app.app
+        .store
+        .shipment(shipment_id)
+        .unwrap()
+        .unwrap()
+        .timeline
+        .status()
+}
+
+#[tokio::test]
+async fn shuffled_and_repeated_tracking_updates_give_the_rules_status() {
+    let app = spawn_app().await;
+    // The same updates in several arrival orders, with repeats: the final
+    // status and history are the same each time.
+    let updates = [
+        ("u1", "pre_transit", "2026-11-20T08:00:00Z"),
+        ("u2", "in_transit", "2026-11-20T10:00:00Z"),
+        ("u3", "out_for_delivery", "2026-11-21T07:00:00Z"),
+        ("u4", "delivered", "2026-11-21T15:00:00Z"),
+        // A scan that arrives after delivery, stamped later: not terminal, so it loses.
+        ("u5", "in_transit", "2026-11-22T09:00:00Z"),
+    ];
+    let orders: [&[usize]; 3] = [
+        &[0, 1, 2, 3, 4],
+        &[4, 3, 3, 0, 2, 1, 4],
+        &[2, 4, 0, 1, 1, 3],
+    ];
+    let mut histories = Vec::new();
+    for (n, order) in orders.iter().enumerate() {
+        let (sid, tn) = (format!("shp_shuffle_{n}"), format!("TN-SHUFFLE-{n}"));
+        shipment_with_label(&app, &sid, &tn).await;
+        for &i in order.iter() {
+            let (id, st, at) = updates[i];
+            let r = send_tracking(&app, &format!("{id}-{n}"), &tn, st, at).await;
+            assert!(r.status == 202 || r.status == 200, "{:?}", r.body);
+        }
+        app.settle().await;
+        assert_eq!(
+            status(&app, &sid),
+            ShipmentStatus::Delivered,
+            "order {order:?}"
+        );
+        let rec = app.app.store.shipment(&sid).unwrap().unwrap();
+        let h: Vec<(ShipmentStatus, i64, Option<String>)> = rec
+            .timeline
+            .history()
+            .filter(|e| !e.is_gateway())
+            .map(|e| {
+                (
+                    e.status,
+                    e.occurred_at_ms,
+                    e.event_id
+                        .clone()
+                        .map(|i| i.split('-').next().unwrap().to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rec.timeline.history().filter(|e| e.is_gateway()).count(),
+            2,
+            "CREATED and LABEL_CREATED"
+        );
+        histories.push(h);
+    }
+    assert_eq!(histories[0], histories[1]);
+    assert_eq!(histories[0], histories[2]);
+    // The five carrier events, each once, in time order.
+    assert_eq!(histories[0].len(), 5);
+    assert!(histories[0].windows(2).all(|w| w[0].1 <= w[1].1));
+}
+
+#[tokio::test]
+async fn a_status_missing_from_the_map_is_ignored() {
+    let app = spawn_app().await;
+    shipment_with_label(&app, "shp_ignored", "TN-IGN").await;
+    let before = app.metrics().await;
+    assert_eq!(
+        send_tracking(
+            &app,
+            "ign-1",
+            "TN-IGN",
+            "held_at_customs",
+            "2026-11-20T08:00:00Z"
+        )
+        .await
+        .status,
+        202
+    );
+    app.settle().await;
+    let o = app.app.store.outcome("ep", "ign-1").unwrap().unwrap();
+    assert_eq!(o.outcome, DispatchOutcome::Ignored);
+    assert_eq!(status(&app, "shp_ignored"), ShipmentStatus::LabelCreated);
+    assert_eq!(
+        app.app
+            .store
+            .shipment("shp_ignored")
+            .unwrap()
+            .unwrap()
+            .timeline
+            .history()
+            .count(),
+        2
+    );
+    let after = app.metrics().await;
+    let l = "source=\"ep\",outcome=\"ignored\"";
+    assert_eq!(
+        metric(&after, "waybill_dispatch_total", l) - metric(&before, "waybill_dispatch_total", l),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_tracking_number_is_parked_then_applied_when_its_label_is_recorded() {
+    let app = spawn_app().await;
+    let before = app.metrics().await;
+    send_tracking(
+        &app,
+        "park-1",
+        "TN-LATER",
+        "in_transit",
+        "2026-11-20T10:00:00Z",
+    )
+    .await;
+    send_tracking(
+        &app,
+        "park-2",
+        "TN-LATER",
+        "pre_transit",
+        "2026-11-20T08:00:00Z",
+    )
+    .await;
+    app.settle().await;
+    for id in ["park-1", "park-2"] {
+        assert_eq!(
+            app.app.store.outcome("ep", id).unwrap().unwrap().outcome,
+            DispatchOutcome::Parked
+        );
+    }
+    let mid = app.metrics().await;
+    assert_eq!(
+        metric(&mid, "waybill_inbox_pending", ""),
+        0.0,
+        "parked events are not pending"
+    );
+    let l = |o: &str| format!("source=\"ep\",outcome=\"{o}\"");
+    assert_eq!(
+        metric(&mid, "waybill_dispatch_total", &l("parked"))
+            - metric(&before, "waybill_dispatch_total", &l("parked")),
+        2.0
+    );
+
+    shipment_with_label(&app, "shp_later", "TN-LATER").await;
+    // Applied in the same write as the label: no waiting.
+    assert_eq!(status(&app, "shp_later"), ShipmentStatus::InTransit);
+    let o1 = app.app.store.outcome("ep", "park-1").unwrap().unwrap();
+    assert_eq!(o1.shipment_id.as_deref(), Some("shp_later"));
+    assert!(matches!(
+        o1.outcome,
+        DispatchOutcome::Applied | DispatchOutcome::Stale
+    ));
+    let after = app.metrics().await;
+    let applied_or_stale = ["applied", "stale"]
+        .iter()
+        .map(|o| {
+            metric(&after, "waybill_dispatch_total", &l(o))
+                - metric(&mid, "waybill_dispatch_total", &l(o))
+        })
+        .sum::<f64>();
+    assert_eq!(
+        applied_or_stale, 2.0,
+        "a parked event applied later is counted again"
+    );
+    // A later update goes straight to the shipment.
+    send_tracking(
+        &app,
+        "park-3",
+        "TN-LATER",
+        "delivered",
+        "2026-11-21T10:00:00Z",
+    )
+    .await;
+    app.settle().await;
+    assert_eq!(status(&app, "shp_later"), ShipmentStatus::Delivered);
+}
+
+#[tokio::test]
+async fn payment_events_wait_for_their_order() {
+    let app = spawn_app().await;
+    let body =
+        json!({"id": "pay-1", "type": "payment_intent.succeeded", "data": {"order_id": "ord-9"}})
+            .to_string();
+    let h = signed(SchemeKind::Github, GH_SECRET, body.as_bytes(), 0, "x");
+    let h: Vec<_> = h
+        .into_iter()
+        .filter(|(k, _)| k != "X-GitHub-Delivery")
+        .collect();
+    assert_eq!(app.webhook("pay", &h, body.as_bytes()).await.status, 202);
+    app.settle().await;
+    let o = app.app.store.outcome("pay", "pay-1").unwrap().unwrap();
+    assert_eq!(o.outcome, DispatchOutcome::Parked);
+    assert!(o.reason.unwrap().contains("ord-9"));
+}

@@ -5,10 +5,14 @@ use std::net::SocketAddr;
 
 use std::sync::Arc;
 
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use waybill::app::App;
 use waybill::config::{Config, ProcessEnv};
+use waybill::domain::shipment::Timeline;
+use waybill::signature::SchemeKind;
+use waybill::store::ShipmentRecord;
 
 pub use crate::support::*;
 
@@ -264,4 +268,49 @@ impl TestApp {
         )
         .await
     }
+}
+
+pub fn tracking_body(id: &str, tn: &str, status: &str, at: &str) -> Vec<u8> {
+    json!({
+        "id": id,
+        "description": "tracker.updated",
+        "result": {"tracking_code": tn, "status": status, "updated_at": at}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub async fn send_tracking(app: &TestApp, id: &str, tn: &str, status: &str, at: &str) -> Resp {
+    let body = tracking_body(id, tn, status, at);
+    app.webhook(
+        "ep",
+        &signed(SchemeKind::Easypost, EP_SECRET, &body, 0, ""),
+        &body,
+    )
+    .await
+}
+
+pub async fn shipment_with_label(app: &TestApp, shipment_id: &str, tn: &str) {
+    let now = waybill::clock::now_ms();
+    let rec = ShipmentRecord {
+        shipment_id: shipment_id.into(),
+        partner: "acme".into(),
+        order_id: format!("order-{shipment_id}"),
+        created_at_ms: now,
+        tracking_number: None,
+        label: None,
+        details: json!({}),
+        timeline: Timeline::new(now as i64),
+    };
+    app.app.store.create_shipment(rec).await.unwrap();
+    app.app
+        .store
+        .record_label(
+            shipment_id,
+            tn,
+            json!({"label_id": format!("lbl-{shipment_id}")}),
+            now,
+        )
+        .await
+        .unwrap();
 }

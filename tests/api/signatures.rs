@@ -39,7 +39,6 @@ async fn every_scheme_accepts_its_own_signature() {
 #[tokio::test]
 async fn a_wrong_or_missing_signature_is_401_and_stores_nothing() {
     let app = spawn_app().await;
-    let before = app.metrics().await;
     let h = signed(SchemeKind::Github, "not-the-secret", BODY, now(), "d1");
     let r = app.webhook("gh", &h, BODY).await;
     assert_eq!(r.status, 401);
@@ -68,13 +67,6 @@ async fn a_wrong_or_missing_signature_is_401_and_stores_nothing() {
     // Nothing was stored: the genuine delivery is still new.
     let r = app.webhook("gh", &h, BODY).await;
     assert_eq!(r.status, 202);
-    let after = app.metrics().await;
-    let label = "source=\"gh\",outcome=\"invalid_signature\"";
-    assert_eq!(
-        metric(&after, "waybill_webhooks_total", label)
-            - metric(&before, "waybill_webhooks_total", label),
-        3.0
-    );
 }
 
 #[tokio::test]

@@ -47,7 +47,6 @@ async fn a_declared_length_over_the_limit_is_413_before_the_signature() {
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_is_413_while_streaming() {
     let app = spawn_app().await;
-    let before = app.metrics().await;
     let mut req = b"POST /webhooks/gh HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n".to_vec();
     for _ in 0..5 {
         req.extend_from_slice(format!("{:x}\r\n", 1000).as_bytes());
@@ -59,12 +58,6 @@ async fn a_chunked_body_over_the_limit_is_413_while_streaming() {
     let resp = raw_exchange(&mut stream, &req).await;
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
     assert!(resp.contains("PAYLOAD_TOO_LARGE"), "{resp}");
-    let after = app.metrics().await;
-    let l = "source=\"gh\",outcome=\"too_large\"";
-    assert_eq!(
-        metric(&after, "waybill_webhooks_total", l) - metric(&before, "waybill_webhooks_total", l),
-        1.0
-    );
 
     // A chunked body under the limit is read whole and verified.
     let body = br#"{"id":"chunked-ok"}"#;

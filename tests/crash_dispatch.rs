@@ -1,0 +1,313 @@
+//! Guarantee 3 under `kill -9`: the built binary works through a backlog of
+//! thousands of tracking events and is killed at a random point, several
+//! times. After each kill every event is either still in the inbox or was
+//! dispatched exactly once, never both; shipments hold exactly the events
+//! dispatched to them; and after a last restart the inbox drains to 0 and
+//! every shipment has the status the rule gives its events.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use support::*;
+use waybill::config::{Config, ProcessEnv, StoreConfig};
+use waybill::domain::shipment::{ShipmentStatus, StatusEvent, Timeline};
+use waybill::store::{DispatchOutcome, NewEvent, ShipmentRecord, Store};
+
+const SHIPMENTS: usize = 100;
+const BACKLOG: usize = 3000;
+const ROUNDS: usize = 3;
+const STATUSES: [&str; 7] = [
+    "LABEL_CREATED",
+    "IN_TRANSIT",
+    "OUT_FOR_DELIVERY",
+    "DELIVERED",
+    "EXCEPTION",
+    "RETURNED",
+    "WEIRD",
+];
+
+fn config_text(dir: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "{}"
+[[sources]]
+name = "carrier"
+kind = "tracking"
+secrets = ["whsec_Y3Jhc2gtZGlzcGF0Y2gta2V5LTAwMDAwMDAwMDA="]
+signature = {{ scheme = "standard-webhooks" }}
+event_type = "/type"
+accept_event_types = ["tracking.updated"]
+[sources.mapping]
+tracking_number = "/data/tracking_number"
+status = "/data/status"
+occurred_at = "/data/occurred_at"
+[sources.mapping.status_map]
+LABEL_CREATED = "LABEL_CREATED"
+IN_TRANSIT = "IN_TRANSIT"
+OUT_FOR_DELIVERY = "OUT_FOR_DELIVERY"
+DELIVERED = "DELIVERED"
+EXCEPTION = "EXCEPTION"
+RETURNED = "RETURNED"
+"#,
+        dir.join("data").display()
+    )
+}
+
+fn store_cfg(dir: &Path) -> StoreConfig {
+    StoreConfig {
+        path: dir.join("data"),
+        dedupe_retention: Duration::from_secs(86_400),
+        idempotency_retention: Duration::from_secs(86_400),
+        in_progress_timeout: Duration::from_secs(30),
+        cache_bytes: 16 << 20,
+    }
+}
+
+async fn open(dir: &Path) -> Arc<Store> {
+    let cfg = store_cfg(dir);
+    Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(&cfg).unwrap())
+            .await
+            .unwrap(),
+    )
+}
+
+async fn close(store: Arc<Store>) {
+    tokio::task::spawn_blocking(move || {
+        store.close().unwrap();
+        drop(store);
+    })
+    .await
+    .unwrap();
+}
+
+/// One generated tracking event: (id, tracking number, status, occurred_at ms).
+type Generated = (String, String, &'static str, i64);
+
+/// Puts `BACKLOG` events straight into the inbox of a stopped store, so the
+/// gateway starts with a backlog to work through.
+async fn fill_backlog(dir: &Path, round: usize, rng: &mut fastrand::Rng) -> Vec<Generated> {
+    let store = open(dir).await;
+    let mut generated = Vec::new();
+    let mut tasks = Vec::new();
+    for n in 0..BACKLOG {
+        // A few tracking numbers no shipment has: those events park.
+        let tn = if rng.u8(..100) < 5 {
+            format!("TN-NONE-{}", rng.u8(..5))
+        } else {
+            format!("TN-{}", rng.usize(..SHIPMENTS))
+        };
+        let status = STATUSES[rng.usize(..STATUSES.len())];
+        let at_ms = 1_795_000_000_000 + rng.i64(0..10_000_000) * 1000;
+        let at = waybill::clock::rfc3339_ms(at_ms as u64);
+        let id = format!("r{round}-e{n}");
+        let body = json!({"type": "tracking.updated", "data": {"tracking_number": tn, "status": status, "occurred_at": at}});
+        generated.push((id.clone(), tn.clone(), status, at_ms));
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let now = waybill::clock::now_ms();
+            store
+                .ingest(NewEvent {
+                    source: "carrier".into(),
+                    event_id: id,
+                    received_at_ms: now,
+                    expires_at_ms: now + 86_400_000,
+                    content_hash: [0; 32],
+                    dispatch: true,
+                    event_type: Some("tracking.updated".into()),
+                    headers: vec![],
+                    tracking_number: Some(tn),
+                    order_id: None,
+                    body: Bytes::from(body.to_string()),
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    close(store).await;
+    generated
+}
+
+/// Checks exactly-once after a kill: every event is in the inbox xor has one
+/// dispatch, and each shipment holds exactly the events applied to it.
+async fn check(dir: &Path, events: &[Generated]) -> usize {
+    let store = open(dir).await;
+    let problems = store.integrity_problems().unwrap();
+    assert!(
+        problems.is_empty(),
+        "{} problems, the first: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+    let inbox: HashSet<String> = store
+        .inbox()
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, id)| id)
+        .collect();
+    let mut dispatched_to: HashMap<String, HashSet<String>> = HashMap::new();
+    for (id, tn, status, _) in events {
+        let outcome = store.outcome("carrier", id).unwrap();
+        match (inbox.contains(id), outcome) {
+            (true, None) => {}
+            (false, Some(o)) => {
+                assert_eq!(o.attempts, 1, "{id} was dispatched {} times", o.attempts);
+                let expect_parked = tn.starts_with("TN-NONE");
+                match o.outcome {
+                    DispatchOutcome::Applied | DispatchOutcome::Stale => {
+                        assert!(!expect_parked && *status != "WEIRD", "{id}: {o:?}");
+                        dispatched_to
+                            .entry(o.shipment_id.clone().unwrap())
+                            .or_default()
+                            .insert(id.clone());
+                    }
+                    DispatchOutcome::Ignored => assert_eq!(*status, "WEIRD", "{id}"),
+                    DispatchOutcome::Parked => assert!(expect_parked, "{id}"),
+                    other => panic!("{id}: unexpected {other:?}"),
+                }
+            }
+            (in_inbox, o) => panic!("{id}: in inbox {in_inbox}, outcome {o:?}"),
+        }
+    }
+    for s in 0..SHIPMENTS {
+        let sid = format!("shp_{s}");
+        let rec = store.shipment(&sid).unwrap().unwrap();
+        let ids: Vec<String> = rec
+            .timeline
+            .history()
+            .filter_map(|e| e.event_id.clone())
+            .collect();
+        let unique: HashSet<String> = ids.iter().cloned().collect();
+        assert_eq!(ids.len(), unique.len(), "{sid} holds an event twice");
+        assert_eq!(
+            unique,
+            dispatched_to.remove(&sid).unwrap_or_default(),
+            "{sid}"
+        );
+    }
+    let pending = inbox.len();
+    close(store).await;
+    pending
+}
+
+/// Kills the gateway once the inbox has fallen to `threshold` or below.
+async fn kill_when_pending_at_most(gw: Gateway, threshold: f64) {
+    let mut client = Client::new(gw.addr);
+    for _ in 0..100_000 {
+        let Ok(r) = client.try_send("GET", "/metrics", &[], Bytes::new()).await else {
+            break;
+        };
+        if metric(
+            &String::from_utf8_lossy(&r.body),
+            "waybill_inbox_pending",
+            "",
+        ) <= threshold
+        {
+            break;
+        }
+    }
+    gw.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_is_exactly_once_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("waybill.toml");
+    std::fs::write(&config_path, config_text(dir.path())).unwrap();
+    let seed = fastrand::u64(..);
+    println!("dispatch crash test seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+
+    // Shipments with labels, recorded the way the label code will.
+    {
+        let config = Config::parse(&config_text(dir.path()), &ProcessEnv).unwrap();
+        let store = open(dir.path()).await;
+        store.start_dispatcher(config.sources.clone()).unwrap();
+        for s in 0..SHIPMENTS {
+            let sid = format!("shp_{s}");
+            store
+                .create_shipment(ShipmentRecord {
+                    shipment_id: sid.clone(),
+                    partner: "acme".into(),
+                    order_id: format!("o{s}"),
+                    created_at_ms: 1_000,
+                    tracking_number: None,
+                    label: None,
+                    details: json!({}),
+                    timeline: Timeline::new(1_000),
+                })
+                .await
+                .unwrap();
+            store
+                .record_label(&sid, &format!("TN-{s}"), json!({}), 2_000)
+                .await
+                .unwrap();
+        }
+        close(store).await;
+    }
+
+    let mut all = Vec::new();
+    let mut killed_mid_backlog = 0;
+    for round in 0..ROUNDS {
+        all.extend(fill_backlog(dir.path(), round, &mut rng).await);
+        let gw = Gateway::start(&config_path);
+        let threshold = rng.usize(0..BACKLOG) as f64;
+        kill_when_pending_at_most(gw, threshold).await;
+        if check(dir.path(), &all).await > 0 {
+            killed_mid_backlog += 1;
+        }
+    }
+    println!("killed with a backlog left in {killed_mid_backlog} of {ROUNDS} rounds");
+
+    // A last run drains everything and stops gracefully (a kill could
+    // lose the last, unflushed, dispatch writes; they would be redone).
+    let gw = Gateway::start(&config_path);
+    let mut client = Client::new(gw.addr);
+    for _ in 0..100_000 {
+        let r = client.send("GET", "/metrics", &[], Bytes::new()).await;
+        if metric(
+            &String::from_utf8_lossy(&r.body),
+            "waybill_inbox_pending",
+            "",
+        ) == 0.0
+        {
+            break;
+        }
+    }
+    drop(client);
+    assert_eq!(gw.terminate(), Some(0));
+    assert_eq!(check(dir.path(), &all).await, 0, "the inbox drains to 0");
+
+    // Each shipment's status is what the rule says of its events.
+    let store = open(dir.path()).await;
+    for s in 0..SHIPMENTS {
+        let tn = format!("TN-{s}");
+        let mut expect = Timeline::new(1_000);
+        expect.apply(StatusEvent::gateway(ShipmentStatus::LabelCreated, 2_000));
+        for (id, _, status, at) in all.iter().filter(|e| e.1 == tn) {
+            if let Some(st) = ShipmentStatus::parse(status) {
+                expect.apply(StatusEvent::carrier(st, *at, "carrier", id));
+            }
+        }
+        let got = store
+            .shipment(&format!("shp_{s}"))
+            .unwrap()
+            .unwrap()
+            .timeline;
+        assert_eq!(got, expect, "shp_{s}");
+    }
+    close(store).await;
+}

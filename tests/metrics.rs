@@ -1,0 +1,174 @@
+//! Exact counts of `waybill_webhooks_total` and `waybill_dispatch_total`.
+//! The Prometheus recorder is process-wide, so these run in a binary of
+//! their own, one scenario after another: a parallel test touching the same
+//! labels would make the deltas meaningless.
+
+#[path = "support/mod.rs"]
+mod support;
+
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use helpers::*;
+use serde_json::json;
+use tokio::net::TcpStream;
+use waybill::signature::SchemeKind;
+
+struct Counts(String);
+
+impl Counts {
+    async fn of(app: &TestApp) -> Counts {
+        Counts(app.metrics().await)
+    }
+
+    fn webhooks(&self, source: &str, outcome: &str) -> f64 {
+        metric(
+            &self.0,
+            "waybill_webhooks_total",
+            &format!("source=\"{source}\",outcome=\"{outcome}\""),
+        )
+    }
+
+    fn dispatch(&self, source: &str, outcome: &str) -> f64 {
+        metric(
+            &self.0,
+            "waybill_dispatch_total",
+            &format!("source=\"{source}\",outcome=\"{outcome}\""),
+        )
+    }
+
+    fn pending(&self) -> f64 {
+        metric(&self.0, "waybill_inbox_pending", "")
+    }
+}
+
+#[tokio::test]
+async fn outcomes_are_counted_exactly() {
+    let app = spawn_app().await;
+
+    // Webhook outcomes: one each, and a conflict is not also a duplicate.
+    let before = Counts::of(&app).await;
+    let gh = |body: &[u8], id: &str| signed(SchemeKind::Github, GH_SECRET, body, 0, id);
+    let a = br#"{"id":"m-1","v":1}"#;
+    let b = br#"{"id":"m-1","v":2}"#;
+    assert_eq!(app.webhook("gh", &gh(a, "m-1"), a).await.status, 202);
+    assert_eq!(app.webhook("gh", &gh(a, "m-1"), a).await.status, 200);
+    assert_eq!(app.webhook("gh", &gh(b, "m-1"), b).await.status, 200);
+    assert_eq!(
+        app.webhook("gh", &signed(SchemeKind::Github, "bad", a, 0, "x"), a)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(app.webhook("gh", &[], a).await.status, 401);
+    assert_eq!(app.webhook("gh", &[], &[b' '; 5000]).await.status, 413);
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let mut req =
+        b"POST /webhooks/gh HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..5 {
+        req.extend_from_slice(b"3e8\r\n");
+        req.extend_from_slice(&[b' '; 1000]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &req)
+        .await
+        .unwrap();
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 413"));
+    let stale = signed(SchemeKind::Stripe, STRIPE_SECRET, a, now() - 3600, "");
+    assert_eq!(app.webhook("st", &stale, a).await.status, 401);
+    let not_object = b"[]";
+    assert_eq!(
+        app.webhook("gh", &gh(not_object, "m-2"), not_object)
+            .await
+            .status,
+        400
+    );
+    let after = Counts::of(&app).await;
+    for (source, outcome, n) in [
+        ("gh", "accepted", 1.0),
+        ("gh", "duplicate", 1.0),
+        ("gh", "duplicate_conflict", 1.0),
+        ("gh", "invalid_signature", 2.0),
+        ("gh", "too_large", 2.0),
+        ("gh", "invalid_payload", 1.0),
+        ("st", "stale_timestamp", 1.0),
+    ] {
+        assert_eq!(
+            after.webhooks(source, outcome) - before.webhooks(source, outcome),
+            n,
+            "{source} {outcome}"
+        );
+    }
+
+    // Dispatch outcomes: parked, then counted again when applied; ignored.
+    let before = Counts::of(&app).await;
+    send_tracking(&app, "d-1", "TN-M", "in_transit", "2026-11-20T10:00:00Z").await;
+    send_tracking(&app, "d-2", "TN-M", "pre_transit", "2026-11-20T08:00:00Z").await;
+    app.settle().await;
+    let mid = Counts::of(&app).await;
+    assert_eq!(
+        mid.dispatch("ep", "parked") - before.dispatch("ep", "parked"),
+        2.0
+    );
+    assert_eq!(mid.pending(), 0.0, "parked events are not pending");
+    shipment_with_label(&app, "shp_m", "TN-M").await;
+    send_tracking(
+        &app,
+        "d-3",
+        "TN-M",
+        "held_at_customs",
+        "2026-11-20T09:00:00Z",
+    )
+    .await;
+    send_tracking(&app, "d-4", "TN-M", "pre_transit", "2026-11-20T07:00:00Z").await;
+    app.settle().await;
+    let after = Counts::of(&app).await;
+    // d-1 applied (IN_TRANSIT), d-2 and d-4 stale (earlier), d-3 ignored.
+    assert_eq!(
+        after.dispatch("ep", "applied") - mid.dispatch("ep", "applied"),
+        1.0
+    );
+    assert_eq!(
+        after.dispatch("ep", "stale") - mid.dispatch("ep", "stale"),
+        2.0
+    );
+    assert_eq!(
+        after.dispatch("ep", "ignored") - mid.dispatch("ep", "ignored"),
+        1.0
+    );
+    assert_eq!(
+        after.dispatch("ep", "parked") - mid.dispatch("ep", "parked"),
+        0.0
+    );
+
+    // A dead event: counted dead, and not again on a refused redelivery.
+    let app = app
+        .restart_with(Options {
+            occurred_at: "/result/when",
+            ..Options::default()
+        })
+        .await;
+    let before = Counts::of(&app).await;
+    let body = json!({"id": "d-5", "description": "tracker.updated",
+        "result": {"tracking_code": "TN-M", "status": "delivered", "when": "soon"}})
+    .to_string();
+    let h = signed(SchemeKind::Easypost, EP_SECRET, body.as_bytes(), 0, "");
+    assert_eq!(app.webhook("ep", &h, body.as_bytes()).await.status, 202);
+    app.settle().await;
+    assert_eq!(
+        app.admin_post("/admin/events/ep/d-1/redeliver")
+            .await
+            .status,
+        409
+    );
+    let after = Counts::of(&app).await;
+    assert_eq!(
+        after.dispatch("ep", "dead") - before.dispatch("ep", "dead"),
+        1.0
+    );
+    assert_eq!(
+        after.dispatch("ep", "applied") - before.dispatch("ep", "applied"),
+        0.0
+    );
+}

@@ -6,7 +6,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::canonical;
-use crate::config::SourceConfig;
+use crate::config::{SourceConfig, SourceKind};
+use crate::mapping::{self, Fields, id_like};
 
 /// Longer ids are refused: an id is a key in the store, and nobody's real
 /// event ids come near this.
@@ -36,6 +37,8 @@ pub struct Examined {
     pub content_hash: [u8; 32],
     /// Whether the event goes to the inbox for the state machine.
     pub dispatch: bool,
+    /// The mapped fields, for an event that is dispatched.
+    pub fields: Option<Fields>,
     /// Values the admin search indexes, when the mapping names them.
     pub tracking_number: Option<String>,
     pub order_id: Option<String>,
@@ -91,27 +94,26 @@ pub fn examine(
         .map(str::to_string);
     let dispatch = source.dispatches(event_type.as_deref());
 
-    let mut tracking_number = None;
-    let mut order_id = None;
-    if dispatch && let Some(mapping) = &source.mapping {
-        for (name, ptr) in &mapping.required {
-            let found = if *name == "status" {
-                match value.pointer(ptr) {
-                    None => Err("missing"),
-                    Some(Value::String(s)) => Ok(s.clone()),
-                    Some(_) => Err("must be a string"),
-                }
-            } else {
-                id_like(&value, ptr)
-            };
-            match (found, *name) {
-                (Ok(v), "tracking_number") => tracking_number = Some(v),
-                (Ok(v), "order_id") => order_id = Some(v),
-                (Ok(_), _) => {}
-                (Err(issue), _) => issues.push(FieldIssue::new(ptr.clone(), issue)),
+    let fields = if dispatch && source.mapping.is_some() {
+        match mapping::extract(source, &value) {
+            Ok(f) => Some(f),
+            Err(bad) => {
+                issues.extend(
+                    bad.into_iter()
+                        .map(|(ptr, issue)| FieldIssue::new(ptr, issue)),
+                );
+                None
             }
         }
-    }
+    } else {
+        None
+    };
+    let key = fields.as_ref().map(|f| f.key.clone());
+    let (tracking_number, order_id) = match source.kind {
+        SourceKind::Tracking => (key, None),
+        SourceKind::Payment => (None, key),
+        SourceKind::StoreOnly => (None, None),
+    };
 
     if !issues.is_empty() {
         return Err(issues);
@@ -121,22 +123,10 @@ pub fn examine(
         event_type,
         content_hash,
         dispatch,
+        fields,
         tracking_number,
         order_id,
     })
-}
-
-/// A string or an integer, as text: `"123"` and `123` name the same thing.
-pub(crate) fn id_like(value: &Value, ptr: &str) -> Result<String, &'static str> {
-    match value.pointer(ptr) {
-        None => Err("missing"),
-        Some(Value::String(s)) if s.is_empty() => Err("empty"),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Number(n)) => {
-            canonical::integer_text(n).ok_or("must be a string or an integer")
-        }
-        Some(_) => Err("must be a string or an integer"),
-    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,7 @@ impl Ingest {
             headers: stored_headers(source, headers),
             tracking_number: examined.tracking_number,
             order_id: examined.order_id,
+            fields: examined.fields,
             body,
         };
         match self

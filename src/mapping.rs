@@ -1,17 +1,22 @@
-//! What a stored event means to the state machine, read with the source's
-//! current mapping (contract 4, 2.1 `[sources.mapping]`). Pure: the body and
-//! config in, an `Interpretation` out. It runs at dispatch time, not at
-//! intake, so an event that went to the dead letter under one config can be
-//! redelivered after the config is fixed.
+//! What a stored event means to the state machine (contract 4, 2.1
+//! `[sources.mapping]`). Pure.
+//!
+//! Intake reads the mapped fields out of the body once (`Fields`, kept with
+//! the arrival) so that dispatch needs neither the body nor a JSON parse;
+//! the `status_map` and the time are applied at dispatch, with the config
+//! then in force. Redelivery reads the fields from the body again, so an
+//! event that went to the dead letter under one config is redelivered
+//! under the fixed one.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::canonical;
 use crate::config::{SourceConfig, SourceKind};
 use crate::domain::order::{PaymentEvent, PaymentStatus};
 use crate::domain::shipment::{ShipmentStatus, StatusEvent};
-use crate::identity::id_like;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interpretation {
@@ -31,66 +36,129 @@ pub enum Interpretation {
     NotDispatched,
 }
 
+/// The mapped fields of one event, as its sender wrote them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fields {
+    /// The tracking number or order id.
+    #[serde(rename = "k")]
+    pub key: String,
+    /// The sender's status string, before the `status_map`.
+    #[serde(rename = "s")]
+    pub status: String,
+    /// The `occurred_at` value as JSON text, when present.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<String>,
+}
+
+/// Reads the mapped fields out of a parsed body, or names each pointer that
+/// is missing or of the wrong type.
+pub fn extract(
+    source: &SourceConfig,
+    value: &Value,
+) -> Result<Fields, Vec<(String, &'static str)>> {
+    let Some(mapping) = &source.mapping else {
+        return Err(Vec::new());
+    };
+    let mut key = None;
+    let mut status = None;
+    let mut issues = Vec::new();
+    for (name, ptr) in &mapping.required {
+        if *name == "status" {
+            match value.pointer(ptr) {
+                Some(Value::String(s)) => status = Some(s.clone()),
+                Some(_) => issues.push((ptr.clone(), "must be a string")),
+                None => issues.push((ptr.clone(), "missing")),
+            }
+        } else {
+            match id_like(value, ptr) {
+                Ok(v) => key = Some(v),
+                Err(issue) => issues.push((ptr.clone(), issue)),
+            }
+        }
+    }
+    match (key, status) {
+        (Some(key), Some(status)) if issues.is_empty() => Ok(Fields {
+            key,
+            status,
+            occurred_at: mapping
+                .occurred_at
+                .as_ref()
+                .and_then(|p| value.pointer(p))
+                .filter(|v| !v.is_null())
+                .map(Value::to_string),
+        }),
+        _ => Err(issues),
+    }
+}
+
+/// Reads a stored body again, with the current config.
 pub fn interpret(
     source: &SourceConfig,
     event_id: &str,
     received_at_ms: u64,
     body: &[u8],
 ) -> Interpretation {
-    let dead = |reason: String| Interpretation::Dead { reason };
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return dead(format!("body is not JSON: {e}")),
+        Err(e) => {
+            return Interpretation::Dead {
+                reason: format!("body is not JSON: {e}"),
+            };
+        }
     };
     let event_type = source
         .event_type
         .as_ref()
         .and_then(|p| value.pointer(p))
         .and_then(Value::as_str);
-    if !source.dispatches(event_type) {
+    if !source.dispatches(event_type) || source.mapping.is_none() {
         return Interpretation::NotDispatched;
     }
+    match extract(source, &value) {
+        Ok(fields) => interpret_fields(source, event_id, received_at_ms, &fields),
+        Err(issues) => Interpretation::Dead {
+            reason: issues
+                .iter()
+                .map(|(ptr, issue)| format!("{ptr}: {issue}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        },
+    }
+}
+
+/// Applies the `status_map` and reads the time of fields taken at intake.
+pub fn interpret_fields(
+    source: &SourceConfig,
+    event_id: &str,
+    received_at_ms: u64,
+    fields: &Fields,
+) -> Interpretation {
+    let dead = |reason: String| Interpretation::Dead { reason };
     let Some(mapping) = &source.mapping else {
         return Interpretation::NotDispatched;
     };
-    let mut key = None;
-    let mut raw_status = None;
-    for (name, ptr) in &mapping.required {
-        if *name == "status" {
-            match value.pointer(ptr) {
-                Some(Value::String(s)) => raw_status = Some(s.clone()),
-                Some(_) => return dead(format!("{ptr} must be a string")),
-                None => return dead(format!("{ptr} is missing")),
-            }
-        } else {
-            match id_like(&value, ptr) {
-                Ok(v) => key = Some(v),
-                Err(issue) => return dead(format!("{ptr}: {issue}")),
-            }
-        }
-    }
-    let (Some(key), Some(raw_status)) = (key, raw_status) else {
-        return dead("the mapping names no key or status".into());
-    };
-    let Some(mapped) = mapping.status_map.get(&raw_status) else {
+    let Some(mapped) = mapping.status_map.get(&fields.status) else {
         return Interpretation::Ignored {
-            reason: format!("status {raw_status:?} is not in the status_map"),
+            reason: format!("status {:?} is not in the status_map", fields.status),
         };
     };
-    let occurred_at_ms = match &mapping.occurred_at {
+    let occurred_at_ms = match &fields.occurred_at {
         None => received_at_ms as i64,
-        Some(ptr) => match value.pointer(ptr) {
-            None | Some(Value::Null) => received_at_ms as i64,
-            Some(v) => match parse_time(v) {
-                Some(ms) => ms,
-                None => {
-                    return dead(format!(
-                        "{ptr} is neither an RFC 3339 time nor unix seconds: {v}"
-                    ));
-                }
-            },
+        Some(raw) => match serde_json::from_str::<Value>(raw)
+            .ok()
+            .as_ref()
+            .and_then(parse_time)
+        {
+            Some(ms) => ms,
+            None => {
+                let ptr = mapping.occurred_at.as_deref().unwrap_or("occurred_at");
+                return dead(format!(
+                    "{ptr} is neither an RFC 3339 time nor unix seconds: {raw}"
+                ));
+            }
         },
     };
+    let key = fields.key.clone();
     match source.kind {
         SourceKind::Tracking => match ShipmentStatus::parse(mapped) {
             Some(status) => Interpretation::Tracking {
@@ -114,6 +182,19 @@ pub fn interpret(
             None => dead(format!("status_map value {mapped} is not a payment status")),
         },
         SourceKind::StoreOnly => Interpretation::NotDispatched,
+    }
+}
+
+/// A string or an integer, as text: `"123"` and `123` name the same thing.
+pub fn id_like(value: &Value, ptr: &str) -> Result<String, &'static str> {
+    match value.pointer(ptr) {
+        None => Err("missing"),
+        Some(Value::String(s)) if s.is_empty() => Err("empty"),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => {
+            canonical::integer_text(n).ok_or("must be a string or an integer")
+        }
+        Some(_) => Err("must be a string or an integer"),
     }
 }
 

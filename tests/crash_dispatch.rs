@@ -113,6 +113,11 @@ async fn fill_backlog(dir: &Path, round: usize, rng: &mut fastrand::Rng) -> Vec<
         let id = format!("r{round}-e{n}");
         let body = json!({"type": "tracking.updated", "data": {"tracking_number": tn, "status": status, "occurred_at": at}});
         generated.push((id.clone(), tn.clone(), status, at_ms));
+        let fields = waybill::mapping::Fields {
+            key: tn.clone(),
+            status: status.to_string(),
+            occurred_at: Some(format!("\"{at}\"")),
+        };
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let now = waybill::clock::now_ms();
@@ -128,6 +133,7 @@ async fn fill_backlog(dir: &Path, round: usize, rng: &mut fastrand::Rng) -> Vec<
                     headers: vec![],
                     tracking_number: Some(tn),
                     order_id: None,
+                    fields: Some(fields),
                     body: Bytes::from(body.to_string()),
                 })
                 .await

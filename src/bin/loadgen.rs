@@ -37,6 +37,19 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8099")]
         listen: SocketAddr,
     },
+    /// The state machine's throughput: a backlog of tracking events over
+    /// labelled shipments, put straight into a fresh store, then drained.
+    Dispatch {
+        #[arg(long, default_value = "config/bench.toml")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        #[arg(long, default_value_t = 10_000)]
+        shipments: usize,
+        /// A directory to create the store in (removed first).
+        #[arg(long, default_value = "data-dispatch-bench")]
+        dir: PathBuf,
+    },
     /// Send signed deliveries to a running gateway (or a bare server).
     Run {
         /// Gateway address.
@@ -76,6 +89,12 @@ fn main() {
         .expect("runtime");
     match cli.command {
         Cmd::Bare { listen } => rt.block_on(bare(listen)),
+        Cmd::Dispatch {
+            config,
+            events,
+            shipments,
+            dir,
+        } => rt.block_on(dispatch_bench(config, events, shipments, dir)),
         Cmd::Run {
             target,
             config,
@@ -148,6 +167,123 @@ async fn bare(listen: SocketAddr) {
                 .await;
         });
     }
+}
+
+async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: PathBuf) {
+    use waybill::domain::shipment::Timeline;
+    use waybill::store::{NewEvent, ShipmentRecord, Store};
+
+    let text = std::fs::read_to_string(&config)
+        .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
+    let config = Config::parse(&text, &ProcessEnv).unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut store_cfg = config.store.clone();
+    store_cfg.path = dir.clone();
+    let open = |cfg: waybill::config::StoreConfig| async move {
+        Arc::new(
+            tokio::task::spawn_blocking(move || Store::open(&cfg).expect("open store"))
+                .await
+                .unwrap(),
+        )
+    };
+    let close = |store: Arc<Store>| async move {
+        tokio::task::spawn_blocking(move || store.close().expect("close store"))
+            .await
+            .unwrap();
+    };
+
+    let t = Instant::now();
+    let store = open(store_cfg.clone()).await;
+    store.start_dispatcher(config.sources.clone()).unwrap();
+    for s in 0..shipments {
+        let id = format!("shp_{s}");
+        store
+            .create_shipment(ShipmentRecord {
+                shipment_id: id.clone(),
+                partner: "bench".into(),
+                order_id: format!("o{s}"),
+                created_at_ms: 0,
+                tracking_number: None,
+                label: None,
+                details: serde_json::json!({}),
+                timeline: Timeline::new(0),
+            })
+            .await
+            .unwrap();
+        store
+            .record_label(&id, &format!("LG{s:012}"), serde_json::json!({}), 1)
+            .await
+            .unwrap();
+    }
+    close(store).await;
+    println!(
+        "{shipments} labelled shipments in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let t = Instant::now();
+    let store = open(store_cfg.clone()).await;
+    let statuses = ["IN_TRANSIT", "DELIVERED"];
+    let mut pending = Vec::new();
+    for n in 0..events {
+        let tn = format!("LG{:012}", n % shipments);
+        let at = format!("2026-11-20T12:{:02}:{:02}Z", (n / 60) % 60, n % 60);
+        let status = statuses[n % 2];
+        let body = format!(
+            r#"{{"type":"tracking.updated","data":{{"tracking_number":"{tn}","status":"{status}","occurred_at":"{at}"}}}}"#
+        );
+        let fields = waybill::mapping::Fields {
+            key: tn.clone(),
+            status: status.to_string(),
+            occurred_at: Some(format!("\"{at}\"")),
+        };
+        let store = store.clone();
+        pending.push(tokio::spawn(async move {
+            store
+                .ingest(NewEvent {
+                    source: "bench".into(),
+                    event_id: format!("d{n}"),
+                    received_at_ms: 1,
+                    expires_at_ms: u64::MAX / 2,
+                    content_hash: [0; 32],
+                    dispatch: true,
+                    event_type: Some("tracking.updated".into()),
+                    headers: vec![],
+                    tracking_number: Some(tn),
+                    order_id: None,
+                    fields: Some(fields),
+                    body: Bytes::from(body),
+                })
+                .await
+                .unwrap()
+        }));
+        if pending.len() >= 4096 {
+            for p in pending.drain(..) {
+                p.await.unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    close(store).await;
+    println!(
+        "{events} events in the inbox in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let store = open(store_cfg).await;
+    let t = Instant::now();
+    store.start_dispatcher(config.sources.clone()).unwrap();
+    store.settle().await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(store.inbox_pending(), 0);
+    println!(
+        "dispatched {events} events over {shipments} shipments in {secs:.2} s: {:.0} events/s",
+        events as f64 / secs
+    );
+    close(store).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 struct Generator {

@@ -1,18 +1,19 @@
 //! Keys and record encodings of the ingest keyspace.
 //!
 //! Everything an acknowledgement promises lives in one sled tree so that one
-//! `apply_batch` (atomic, and atomic across a crash) writes all of it:
+//! `apply_batch` (atomic, and atomic across a crash) writes all of it. sled
+//! charges several microseconds per key written, so an accepted event costs
+//! as few keys as the queries need:
 //!
 //! | key | value |
 //! |---|---|
-//! | `i` source 0 event_id | `Ident`: received_at, expires_at, seq, content hash (56 bytes) |
-//! | `e` source 0 event_id | `EventMeta` JSON length, the JSON, then the raw body |
-//! | `q` seq | source 0 event_id: the inbox, in arrival order |
+//! | `e` source 0 event_id | `Ident` (56 bytes), then the `EventMeta` JSON length and JSON, then the raw body |
 //! | `x` expires_at seq | source 0 event_id: the retention index, oldest first |
-//! | `m/seq` | the last sequence number handed out |
-//! | `n` seq | source 0 event_id: every event in arrival order (admin search) |
+//! | `n` seq | `Arrival`: every event in arrival order; past the dispatch cursor, the inbox |
 //! | `T` tracking_number 0 seq | source 0 event_id: search by tracking number |
 //! | `O` order_id 0 seq | source 0 event_id: search by order |
+//! | `m/seq` | the last sequence number handed out |
+//! | `m/cursor` | the last sequence number the state machine has dispatched |
 //! | `o` source 0 event_id | `OutcomeRecord` JSON: what dispatch did |
 //! | `p` tracking_number 0 seq | source 0 event_id: tracking events parked for a label |
 //! | `P` order_id 0 seq | source 0 event_id: payment events parked for an order |
@@ -20,20 +21,17 @@
 //! | `s` shipment_id | `ShipmentRecord` JSON |
 //! | `t` tracking_number | shipment_id |
 //!
-//! The writer thread owns `i e q x m n T O` (it only inserts `q`); the state
-//! thread owns `o p P d s t` and removes `q` entries.
-//!
-//! Identity records are small and apart from payloads so that the dedupe
-//! check touches 56 bytes, not the whole event. Source names cannot contain
-//! a 0 byte (config allows only `[a-z0-9_-]`), so the first 0 splits a key.
+//! The inbox is not a set of keys of its own: dispatch goes in arrival order,
+//! so "every dispatched arrival after the cursor" is the inbox, and taking
+//! an event out of it is moving the cursor in the same batch that records
+//! its outcome. The writer thread owns `e x n T O m/seq`; the state thread
+//! owns `m/cursor o p P d s t`. Source names cannot contain a 0 byte (config
+//! allows only `[a-z0-9_-]`), so the first 0 splits a name.
 
 use serde::{Deserialize, Serialize};
 
 pub const SEQ_KEY: &[u8] = b"m/seq";
-
-pub fn ident_key(source: &str, event_id: &str) -> Vec<u8> {
-    prefixed(b'i', source, event_id)
-}
+pub const CURSOR_KEY: &[u8] = b"m/cursor";
 
 pub fn event_key(source: &str, event_id: &str) -> Vec<u8> {
     prefixed(b'e', source, event_id)
@@ -61,10 +59,6 @@ pub fn split_name(v: &[u8]) -> Option<(String, String)> {
         String::from_utf8(v[..at].to_vec()).ok()?,
         String::from_utf8(v[at + 1..].to_vec()).ok()?,
     ))
-}
-
-pub fn inbox_key(seq: u64) -> [u8; 9] {
-    seq_key(b'q', seq)
 }
 
 pub fn expiry_key(expires_at_ms: u64, seq: u64) -> [u8; 17] {
@@ -131,11 +125,42 @@ pub fn parse_expiry_key(k: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
-pub fn parse_inbox_key(k: &[u8]) -> Option<u64> {
-    if k.len() != 9 || k[0] != b'q' {
+pub fn parse_seq_key(tag: u8, k: &[u8]) -> Option<u64> {
+    if k.len() != 9 || k[0] != tag {
         return None;
     }
     Some(u64::from_be_bytes(k[1..].try_into().ok()?))
+}
+
+pub fn decode_u64(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.try_into().ok()?))
+}
+
+/// One arrival, in the `n` index: enough for the state machine to apply
+/// the event without reading or parsing its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arrival {
+    #[serde(rename = "s")]
+    pub source: String,
+    #[serde(rename = "e")]
+    pub event_id: String,
+    /// Whether the event is for the state machine (else: stored only).
+    #[serde(rename = "d")]
+    pub dispatch: bool,
+    #[serde(rename = "r")]
+    pub received_at_ms: u64,
+    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<crate::mapping::Fields>,
+}
+
+impl Arrival {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an arrival serialises")
+    }
+
+    pub fn decode(v: &[u8]) -> Option<Arrival> {
+        serde_json::from_slice(v).ok()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +197,6 @@ impl Ident {
 /// Everything about a stored event except its body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventMeta {
-    pub seq: u64,
     pub received_at_ms: u64,
     pub event_type: Option<String>,
     /// Whether the event was put in the inbox for the state machine.
@@ -182,7 +206,9 @@ pub struct EventMeta {
     pub order_id: Option<String>,
 }
 
-pub fn encode_event(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
+/// An event record without its identity: what the caller's task can
+/// encode before the writer thread, which only prepends the identity.
+pub fn encode_payload(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
     let json = serde_json::to_vec(meta).expect("EventMeta serialises");
     let mut v = Vec::with_capacity(4 + json.len() + body.len());
     v.extend_from_slice(&(json.len() as u32).to_be_bytes());
@@ -191,11 +217,29 @@ pub fn encode_event(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
     v
 }
 
-pub fn decode_event(v: &[u8]) -> Option<(EventMeta, Vec<u8>)> {
-    let len = u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as usize;
-    let json = v.get(4..4 + len)?;
+pub fn assemble_event(ident: &Ident, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(56 + payload.len());
+    v.extend_from_slice(&ident.encode());
+    v.extend_from_slice(payload);
+    v
+}
+
+pub fn encode_event(ident: &Ident, meta: &EventMeta, body: &[u8]) -> Vec<u8> {
+    assemble_event(ident, &encode_payload(meta, body))
+}
+
+/// The identity at the head of an event record, without decoding the rest.
+pub fn event_ident(v: &[u8]) -> Option<Ident> {
+    Ident::decode(v.get(..56)?)
+}
+
+pub fn decode_event(v: &[u8]) -> Option<(Ident, EventMeta, Vec<u8>)> {
+    let ident = event_ident(v)?;
+    let rest = &v[56..];
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let json = rest.get(4..4 + len)?;
     let meta = serde_json::from_slice(json).ok()?;
-    Some((meta, v[4 + len..].to_vec()))
+    Some((ident, meta, rest[4 + len..].to_vec()))
 }
 
 /// What dispatch did with an event.
@@ -273,7 +317,6 @@ mod tests {
     #[test]
     fn event_round_trips_and_keys_order_by_number() {
         let meta = EventMeta {
-            seq: 3,
             received_at_ms: 9,
             event_type: Some("t".into()),
             dispatch: true,
@@ -282,14 +325,28 @@ mod tests {
             order_id: Some("o".into()),
         };
         let body = b"{\"x\":\x00}";
-        assert_eq!(
-            decode_event(&encode_event(&meta, body)),
-            Some((meta, body.to_vec()))
-        );
-        assert!(inbox_key(255) < inbox_key(256));
+        let ident = Ident {
+            received_at_ms: 9,
+            expires_at_ms: 10,
+            seq: 3,
+            content_hash: [1; 32],
+        };
+        let enc = encode_event(&ident, &meta, body);
+        assert_eq!(event_ident(&enc), Some(ident));
+        assert_eq!(decode_event(&enc), Some((ident, meta, body.to_vec())));
+        assert!(seq_key(b'n', 255) < seq_key(b'n', 256));
+        let a = Arrival {
+            source: "s".into(),
+            event_id: "e".into(),
+            dispatch: true,
+            received_at_ms: 5,
+            fields: None,
+        };
+        assert_eq!(Arrival::decode(&a.encode()), Some(a));
         assert!(expiry_key(1, 999) < expiry_key(2, 0));
         assert_eq!(parse_expiry_key(&expiry_key(5, 6)), Some((5, 6)));
-        assert_eq!(parse_inbox_key(&inbox_key(77)), Some(77));
+        assert_eq!(parse_seq_key(b'n', &seq_key(b'n', 77)), Some(77));
+        assert_eq!(parse_seq_key(b'd', &seq_key(b'n', 77)), None);
         assert_eq!(
             split_name(&name("src", "id\0with nul")),
             Some(("src".into(), "id\0with nul".into()))

@@ -11,7 +11,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -19,11 +20,18 @@ use super::codec::{self, DispatchOutcome, OutcomeRecord, ShipmentRecord};
 use super::{Shared, StoreError};
 use crate::config::SourceConfig;
 use crate::domain::shipment::{Applied, ShipmentStatus, StatusEvent};
-use crate::mapping::{Interpretation, interpret};
+use crate::mapping::{Interpretation, interpret, interpret_fields};
 use crate::telemetry::metric;
 
 /// Inbox entries applied in one batch at most.
-const PASS: usize = 512;
+const PASS: usize = 256;
+
+/// The least time between two passes over the inbox. Every atomic batch in
+/// sled takes a process-wide write lock that also waits for a flush in
+/// progress, so many tiny passes would stall the intake's group commits;
+/// waiting a few milliseconds lets each pass carry what arrived meanwhile.
+/// Nobody waits on dispatch for an answer: the sender already has its 202.
+const PASS_INTERVAL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -83,7 +91,6 @@ struct Pass<'a> {
     dirty: HashSet<String>,
     tracking: HashMap<String, Option<String>>,
     counted: Vec<(String, DispatchOutcome)>,
-    inbox_removed: i64,
 }
 
 impl<'a> Pass<'a> {
@@ -95,7 +102,6 @@ impl<'a> Pass<'a> {
             dirty: HashSet::new(),
             tracking: HashMap::new(),
             counted: Vec::new(),
-            inbox_removed: 0,
         }
     }
 
@@ -148,19 +154,35 @@ impl StateMachine {
         self.shared
             .dispatcher_running
             .store(true, Ordering::Relaxed);
-        loop {
+        'serve: loop {
             if let Err(e) = self.drain_inbox() {
                 tracing::error!(error = %e, "dispatch failed; retrying");
             }
-            // The wake-up is an optimisation; the timeout bounds how long an
-            // entry could wait if one were ever missed.
-            let first = match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(m) => Some(m),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            for msg in first.into_iter().chain(rx.try_iter()) {
-                self.handle(msg);
+            // Commands are served at once; new arrivals wait for the interval.
+            let rested = Instant::now() + PASS_INTERVAL;
+            loop {
+                let left = rested.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(StateMsg::Wake) => {}
+                    Ok(msg) => self.handle(msg),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => break 'serve,
+                }
+            }
+            // A wake-up already taken during the interval leaves the flag
+            // set: go straight to the next pass.
+            if self.shared.wake_pending.load(Ordering::Acquire) {
+                continue;
+            }
+            // The timeout bounds how long an entry could wait if a wake-up
+            // were ever missed.
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(StateMsg::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(msg) => self.handle(msg),
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         self.shared
@@ -197,41 +219,67 @@ impl StateMachine {
     }
 
     /// Applies inbox entries in arrival order, a pass at a time, until the
-    /// inbox is empty.
+    /// inbox is empty. Each pass moves the cursor in the same batch as the
+    /// outcomes it records.
     fn drain_inbox(&self) -> Result<(), StateError> {
         let tree = &self.shared.tree;
         loop {
             self.shared.wake_pending.store(false, Ordering::Release);
+            let cursor = super::read_cursor(tree)?;
             let mut pass = Pass::new(tree);
-            let mut n = 0;
-            for kv in tree.scan_prefix(b"q").take(PASS) {
+            let mut last = cursor;
+            let mut dispatched = 0i64;
+            for kv in tree.range(codec::seq_key(b'n', cursor + 1)..).take(PASS) {
                 let (k, v) = kv?;
-                pass.batch.remove(k.clone());
-                pass.inbox_removed += 1;
-                n += 1;
-                let Some((source, id)) = codec::split_name(&v) else {
+                let Some(seq) = codec::parse_seq_key(b'n', &k) else {
+                    break;
+                };
+                last = seq;
+                let Some(arrival) = codec::Arrival::decode(&v) else {
+                    tracing::error!(seq, "unreadable arrival record skipped");
                     continue;
                 };
-                let seq = codec::parse_inbox_key(&k).unwrap_or_default();
-                self.apply_event(&mut pass, seq, &source, &id, None)?;
+                if !arrival.dispatch {
+                    continue;
+                }
+                dispatched += 1;
+                let interpretation = match (self.sources.get(&arrival.source), &arrival.fields) {
+                    (None, _) => Interpretation::Dead {
+                        reason: format!("source {} is no longer configured", arrival.source),
+                    },
+                    (Some(cfg), Some(fields)) => {
+                        interpret_fields(cfg, &arrival.event_id, arrival.received_at_ms, fields)
+                    }
+                    (Some(_), None) => Interpretation::NotDispatched,
+                };
+                // A fresh arrival has no outcome yet: dispatched once.
+                self.record(
+                    &mut pass,
+                    seq,
+                    &arrival.source,
+                    &arrival.event_id,
+                    interpretation,
+                    0,
+                )?;
             }
-            if n == 0 {
+            if last == cursor {
                 return Ok(());
             }
-            let removed = pass.inbox_removed;
+            pass.batch
+                .insert(codec::CURSOR_KEY, last.to_be_bytes().to_vec());
             let counted = pass.commit()?;
             let pending = self
                 .shared
                 .inbox_pending
-                .fetch_sub(removed, Ordering::Relaxed)
-                - removed;
+                .fetch_sub(dispatched, Ordering::Relaxed)
+                - dispatched;
             metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
             count(&counted);
         }
     }
 
-    /// Runs dispatch for one event into `pass`. `previous` is the outcome
-    /// record it already has (redelivery, unparking).
+    /// Dispatches a stored event again from its body, read with the current
+    /// config (redelivery, unparking).
     fn apply_event(
         &self,
         pass: &mut Pass<'_>,
@@ -240,19 +288,10 @@ impl StateMachine {
         event_id: &str,
         previous: Option<&OutcomeRecord>,
     ) -> Result<OutcomeRecord, StateError> {
-        let previous = match previous {
-            Some(p) => Some(p.clone()),
-            None => read_outcome(pass.tree, source, event_id)?,
+        let attempts = match previous {
+            Some(p) => p.attempts,
+            None => read_outcome(pass.tree, source, event_id)?.map_or(0, |p| p.attempts),
         };
-        let mut record = OutcomeRecord {
-            outcome: DispatchOutcome::Dead,
-            reason: None,
-            shipment_id: None,
-            parked_under: None,
-            attempts: previous.map_or(0, |p| p.attempts) + 1,
-            at_ms: crate::clock::now_ms(),
-        };
-        let name = codec::name(source, event_id);
         let event = super::read_event(pass.tree, source, event_id)?;
         let interpretation = match (&event, self.sources.get(source)) {
             (None, _) => Interpretation::Dead {
@@ -263,6 +302,29 @@ impl StateMachine {
             },
             (Some(ev), Some(cfg)) => interpret(cfg, event_id, ev.meta.received_at_ms, &ev.body),
         };
+        self.record(pass, seq, source, event_id, interpretation, attempts)
+    }
+
+    /// Applies an interpretation into `pass`: the shipment, the parking or
+    /// dead-letter entry, and the outcome record.
+    fn record(
+        &self,
+        pass: &mut Pass<'_>,
+        seq: u64,
+        source: &str,
+        event_id: &str,
+        interpretation: Interpretation,
+        previous_attempts: u32,
+    ) -> Result<OutcomeRecord, StateError> {
+        let mut record = OutcomeRecord {
+            outcome: DispatchOutcome::Dead,
+            reason: None,
+            shipment_id: None,
+            parked_under: None,
+            attempts: previous_attempts + 1,
+            at_ms: crate::clock::now_ms(),
+        };
+        let name = codec::name(source, event_id);
         match interpretation {
             Interpretation::Tracking {
                 tracking_number,
@@ -417,7 +479,7 @@ impl StateMachine {
                 "event {source}/{event_id} is neither parked nor dead"
             )));
         };
-        let seq = event.meta.seq;
+        let seq = event.seq;
         let mut pass = Pass::new(tree);
         match (&prev.outcome, &prev.parked_under) {
             (DispatchOutcome::Parked, Some((tag, key))) => {

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::codec::{self, EventMeta, Ident};
-use super::{Group, IngestResult, MAX_GROUP, Msg, NewEvent, Reply, Shared, StoreError};
+use super::codec::{self, Ident};
+use super::{Group, IngestResult, MAX_GROUP, Msg, Prepared, Reply, Shared, StoreError};
 use crate::telemetry::metric;
 
 pub(super) struct Writer {
@@ -60,7 +60,7 @@ impl Writer {
     /// Applies one group as a single batch. Answers that need no flush (a
     /// duplicate of something already durable) go out at once; the rest
     /// are returned for the flusher.
-    fn commit(&mut self, ingests: Vec<(Box<NewEvent>, Reply)>) -> Option<Group> {
+    fn commit(&mut self, ingests: Vec<(Box<Prepared>, Reply)>) -> Option<Group> {
         metrics::histogram!(metric::STORE_GROUP_SIZE).record(ingests.len() as f64);
         let durable = self.shared.durable_seq.load(Ordering::Acquire);
         let mut batch = sled::Batch::default();
@@ -71,11 +71,12 @@ impl Writer {
         let mut added_to_inbox = 0i64;
         let start_seq = self.seq;
         for (ev, reply) in ingests {
-            let key = codec::ident_key(&ev.source, &ev.event_id);
+            let ev = *ev;
+            let key = ev.key;
             let existing = match fresh.get(&key) {
                 Some(i) => Ok(Some(*i)),
                 None => self.shared.tree.get(&key).map(|v| {
-                    v.and_then(|v| Ident::decode(&v))
+                    v.and_then(|v| codec::event_ident(&v))
                         .filter(|i| i.expires_at_ms > ev.received_at_ms)
                 }),
             };
@@ -100,34 +101,20 @@ impl Writer {
                         seq: self.seq,
                         content_hash: ev.content_hash,
                     };
-                    let name = codec::name(&ev.source, &ev.event_id);
-                    let meta = EventMeta {
-                        seq: self.seq,
-                        received_at_ms: ev.received_at_ms,
-                        event_type: ev.event_type.clone(),
-                        dispatch: ev.dispatch,
-                        headers: ev.headers.clone(),
-                        tracking_number: ev.tracking_number.clone(),
-                        order_id: ev.order_id.clone(),
-                    };
-                    batch.insert(key.clone(), ident.encode().to_vec());
-                    batch.insert(
-                        codec::event_key(&ev.source, &ev.event_id),
-                        codec::encode_event(&meta, &ev.body),
-                    );
+                    let name = ev.name;
+                    batch.insert(key.clone(), codec::assemble_event(&ident, &ev.payload));
                     batch.insert(
                         codec::expiry_key(ev.expires_at_ms, self.seq).to_vec(),
                         name.clone(),
                     );
-                    batch.insert(codec::seq_key(b'n', self.seq).to_vec(), name.clone());
+                    batch.insert(codec::seq_key(b'n', self.seq).to_vec(), ev.arrival);
                     if let Some(tn) = &ev.tracking_number {
                         batch.insert(codec::text_seq_key(b'T', tn, self.seq), name.clone());
                     }
                     if let Some(order) = &ev.order_id {
-                        batch.insert(codec::text_seq_key(b'O', order, self.seq), name.clone());
+                        batch.insert(codec::text_seq_key(b'O', order, self.seq), name);
                     }
                     if ev.dispatch {
-                        batch.insert(codec::inbox_key(self.seq).to_vec(), name);
                         added_to_inbox += 1;
                     }
                     fresh.insert(key, ident);
@@ -174,6 +161,7 @@ impl Writer {
 
     fn sweep(&mut self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         let tree = &self.shared.tree;
+        let cursor = super::read_cursor(tree)?;
         let mut batch = sled::Batch::default();
         let mut swept = 0;
         for kv in tree
@@ -184,24 +172,23 @@ impl Writer {
             let Some((_, seq)) = codec::parse_expiry_key(&k) else {
                 continue;
             };
-            batch.remove(k);
-            swept += 1;
-            let Some((source, id)) = codec::split_name(&v) else {
-                continue;
-            };
-            let ident_key = codec::ident_key(&source, &id);
-            // The identity may have been reused by a later copy after this
-            // one expired; only the record this entry indexes is removed.
-            if let Some(cur) = tree.get(&ident_key)?.and_then(|v| Ident::decode(&v))
-                && cur.seq == seq
-            {
-                batch.remove(ident_key);
-                // An event still waiting in the inbox keeps its record until
-                // the state machine has applied it; only its identity goes.
-                if !tree.contains_key(codec::inbox_key(seq))? {
+            if let Some((source, id)) = codec::split_name(&v) {
+                let current = tree
+                    .get(codec::event_key(&source, &id))?
+                    .and_then(|v| codec::decode_event(&v));
+                // A record reused by a later copy after this one expired is
+                // not this entry's to remove.
+                if let Some((ident, meta, _)) = current.filter(|(cur, _, _)| cur.seq == seq) {
+                    if meta.dispatch && ident.seq > cursor {
+                        // Still waiting for the state machine: kept whole,
+                        // and met again by a later sweep.
+                        continue;
+                    }
                     forget_event(tree, &mut batch, &source, &id, seq)?;
                 }
             }
+            batch.remove(k);
+            swept += 1;
         }
         if swept > 0 {
             tree.apply_batch(batch)?;
@@ -218,7 +205,7 @@ fn forget_event(
     id: &str,
     seq: u64,
 ) -> Result<(), StoreError> {
-    if let Some((meta, _)) = tree
+    if let Some((_, meta, _)) = tree
         .get(codec::event_key(source, id))?
         .and_then(|v| codec::decode_event(&v))
     {

@@ -203,6 +203,7 @@ async fn only_accepted_types_reach_the_inbox() {
         app.webhook("ep", &ep(dispatched), dispatched).await.status,
         202
     );
+    app.settle().await;
     let dir = app.shutdown().await;
     let cfg = waybill::config::StoreConfig {
         path: dir.path().join("data"),

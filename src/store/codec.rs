@@ -9,23 +9,21 @@
 //! |---|---|
 //! | `e` source 0 event_id | `Ident` (56 bytes), then the `EventMeta` JSON length and JSON, then the raw body |
 //! | `x` expires_at seq | source 0 event_id: the retention index, oldest first |
-//! | `n` seq | `Arrival`: every event in arrival order; past the dispatch cursor, the inbox |
+//! | `n` seq | `Arrival`: every event in arrival order, with its dispatch outcome once dispatched; past the cursor, the inbox |
 //! | `T` tracking_number 0 seq | source 0 event_id: search by tracking number |
 //! | `O` order_id 0 seq | source 0 event_id: search by order |
 //! | `m/seq` | the last sequence number handed out |
 //! | `m/cursor` | the last sequence number the state machine has dispatched |
-//! | `o` source 0 event_id | `OutcomeRecord` JSON: what dispatch did |
-//! | `p` tracking_number 0 seq | source 0 event_id: tracking events parked for a label |
-//! | `P` order_id 0 seq | source 0 event_id: payment events parked for an order |
-//! | `d` seq | source 0 event_id: the dead letter |
 //! | `s` shipment_id | `ShipmentRecord` JSON |
 //! | `t` tracking_number | shipment_id |
 //!
-//! The inbox is not a set of keys of its own: dispatch goes in arrival order,
-//! so "every dispatched arrival after the cursor" is the inbox, and taking
-//! an event out of it is moving the cursor in the same batch that records
-//! its outcome. The writer thread owns `e x n T O m/seq`; the state thread
-//! owns `m/cursor o p P d s t`. Source names cannot contain a 0 byte (config
+//! Neither the inbox nor the parked and dead events have keys of their own:
+//! dispatch goes in arrival order, so "every dispatched arrival after the
+//! cursor" is the inbox, and taking an event out of it is moving the cursor
+//! in the same batch that writes its outcome into its arrival; events
+//! parked under a tracking number are the ones the `T` index names under it
+//! whose outcome is parked. The writer thread inserts `e x n T O m/seq`;
+//! the state thread writes `m/cursor s t` and outcomes into `n`. Source names cannot contain a 0 byte (config
 //! allows only `[a-z0-9_-]`), so the first 0 splits a name.
 
 use serde::{Deserialize, Serialize};
@@ -99,10 +97,6 @@ pub fn seq_suffix(k: &[u8]) -> Option<u64> {
     ))
 }
 
-pub fn outcome_key(source: &str, event_id: &str) -> Vec<u8> {
-    prefixed(b'o', source, event_id)
-}
-
 pub fn shipment_key(shipment_id: &str) -> Vec<u8> {
     let mut k = vec![b's'];
     k.extend_from_slice(shipment_id.as_bytes());
@@ -151,6 +145,9 @@ pub struct Arrival {
     pub received_at_ms: u64,
     #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<crate::mapping::Fields>,
+    /// What dispatch did; set once the cursor has passed this arrival.
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<OutcomeRecord>,
 }
 
 impl Arrival {
@@ -276,9 +273,6 @@ pub struct OutcomeRecord {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipment_id: Option<String>,
-    /// Where a parked event waits: `p` (tracking number) or `P` (order id).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parked_under: Option<(char, String)>,
     /// How many times dispatch ran for this event: 1 unless redelivered.
     pub attempts: u32,
     pub at_ms: u64,
@@ -341,6 +335,7 @@ mod tests {
             dispatch: true,
             received_at_ms: 5,
             fields: None,
+            outcome: None,
         };
         assert_eq!(Arrival::decode(&a.encode()), Some(a));
         assert!(expiry_key(1, 999) < expiry_key(2, 0));

@@ -145,6 +145,7 @@ impl Prepared {
             dispatch: ev.dispatch,
             received_at_ms: ev.received_at_ms,
             fields: ev.fields,
+            outcome: None,
         };
         Prepared {
             key: codec::event_key(&ev.source, &ev.event_id),
@@ -441,12 +442,21 @@ impl Store {
         read_event(&self.shared.tree, source, event_id)
     }
 
+    /// What dispatch did with an event; None before it was dispatched (or
+    /// when it is not for the state machine).
     pub fn outcome(
         &self,
         source: &str,
         event_id: &str,
     ) -> Result<Option<OutcomeRecord>, StoreError> {
-        state::read_outcome(&self.shared.tree, source, event_id)
+        let tree = &self.shared.tree;
+        let Some(ident) = tree
+            .get(codec::event_key(source, event_id))?
+            .and_then(|v| codec::event_ident(&v))
+        else {
+            return Ok(None);
+        };
+        Ok(read_arrival(tree, ident.seq)?.and_then(|a| a.outcome))
     }
 
     pub fn shipment(&self, shipment_id: &str) -> Result<Option<ShipmentRecord>, StoreError> {
@@ -501,7 +511,7 @@ impl Store {
             let Some(ev) = read_event(tree, &source, &id)? else {
                 continue;
             };
-            let outcome = state::read_outcome(tree, &source, &id)?;
+            let outcome = read_arrival(tree, ev.seq)?.and_then(|a| a.outcome);
             let matches = filter.source.as_ref().is_none_or(|s| *s == source)
                 && filter.event_id.as_ref().is_none_or(|e| *e == id)
                 && filter
@@ -556,7 +566,7 @@ impl Store {
             if !a.dispatch {
                 continue;
             }
-            let dispatched = self.outcome(&a.source, &a.event_id)?.is_some();
+            let dispatched = a.outcome.is_some();
             if seq <= cursor && !dispatched {
                 problems.push(format!(
                     "{}/{} is past the cursor with no outcome",
@@ -618,6 +628,12 @@ fn read_event(
         meta,
         body,
     }))
+}
+
+fn read_arrival(tree: &sled::Tree, seq: u64) -> Result<Option<codec::Arrival>, StoreError> {
+    Ok(tree
+        .get(codec::seq_key(b'n', seq))?
+        .and_then(|v| codec::Arrival::decode(&v)))
 }
 
 fn read_cursor(tree: &sled::Tree) -> Result<u64, StoreError> {

@@ -1,12 +1,14 @@
-//! The state-machine thread: the only writer of shipments, outcomes, parked
-//! and dead events. It drains the inbox in arrival order and runs the
-//! commands that change shipments (create, record a label, redeliver), one
-//! at a time, so no two of them can interleave on one shipment.
+//! The state-machine thread: the only writer of shipments and of dispatch
+//! outcomes. It drains the inbox in arrival order and runs the commands
+//! that change shipments (create, record a label, redeliver), one at a
+//! time, so no two of them can interleave on one shipment.
 //!
-//! Each pass over the inbox is one atomic sled batch: the new shipment
-//! states, the outcome records and the removal of the inbox entries land
-//! together or not at all, so an event is applied once even if the process
-//! dies between any two steps (guarantee 3).
+//! An event's outcome is written into its arrival entry, and each pass over
+//! the inbox is one atomic sled batch: the new shipment states, the
+//! outcomes and the moved cursor land together or not at all, so an event
+//! is applied once even if the process dies between any two steps
+//! (guarantee 3). Parked and dead events need no keys of their own: they
+//! are arrivals whose outcome says so, found through the search indexes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::codec::{self, DispatchOutcome, OutcomeRecord, ShipmentRecord};
+use super::codec::{self, Arrival, DispatchOutcome, OutcomeRecord, ShipmentRecord};
 use super::{Shared, StoreError};
 use crate::config::SourceConfig;
 use crate::domain::shipment::{Applied, ShipmentStatus, StatusEvent};
@@ -107,13 +109,7 @@ impl<'a> Pass<'a> {
 
     fn shipment_mut(&mut self, id: &str) -> Result<Option<&mut ShipmentRecord>, StateError> {
         if !self.shipments.contains_key(id) {
-            let rec =
-                match self.tree.get(codec::shipment_key(id))? {
-                    None => None,
-                    Some(v) => Some(serde_json::from_slice(&v).map_err(|e| {
-                        StoreError::Unavailable(format!("corrupt shipment {id}: {e}"))
-                    })?),
-                };
+            let rec = super::read_shipment(self.tree, id)?;
             self.shipments.insert(id.to_string(), rec);
         }
         Ok(self.shipments.get_mut(id).and_then(Option::as_mut))
@@ -235,7 +231,7 @@ impl StateMachine {
                     break;
                 };
                 last = seq;
-                let Some(arrival) = codec::Arrival::decode(&v) else {
+                let Some(mut arrival) = Arrival::decode(&v) else {
                     tracing::error!(seq, "unreadable arrival record skipped");
                     continue;
                 };
@@ -252,15 +248,7 @@ impl StateMachine {
                     }
                     (Some(_), None) => Interpretation::NotDispatched,
                 };
-                // A fresh arrival has no outcome yet: dispatched once.
-                self.record(
-                    &mut pass,
-                    seq,
-                    &arrival.source,
-                    &arrival.event_id,
-                    interpretation,
-                    0,
-                )?;
+                self.record(&mut pass, seq, &mut arrival, interpretation)?;
             }
             if last == cursor {
                 return Ok(());
@@ -278,70 +266,58 @@ impl StateMachine {
         }
     }
 
-    /// Dispatches a stored event again from its body, read with the current
+    /// Dispatches a stored event again, reading its body with the current
     /// config (redelivery, unparking).
-    fn apply_event(
+    fn redispatch(
         &self,
         pass: &mut Pass<'_>,
         seq: u64,
-        source: &str,
-        event_id: &str,
-        previous: Option<&OutcomeRecord>,
+        arrival: &mut Arrival,
     ) -> Result<OutcomeRecord, StateError> {
-        let attempts = match previous {
-            Some(p) => p.attempts,
-            None => read_outcome(pass.tree, source, event_id)?.map_or(0, |p| p.attempts),
-        };
-        let event = super::read_event(pass.tree, source, event_id)?;
-        let interpretation = match (&event, self.sources.get(source)) {
+        let event = super::read_event(pass.tree, &arrival.source, &arrival.event_id)?;
+        let interpretation = match (&event, self.sources.get(&arrival.source)) {
             (None, _) => Interpretation::Dead {
                 reason: "the event record is missing".into(),
             },
             (Some(_), None) => Interpretation::Dead {
-                reason: format!("source {source} is no longer configured"),
+                reason: format!("source {} is no longer configured", arrival.source),
             },
-            (Some(ev), Some(cfg)) => interpret(cfg, event_id, ev.meta.received_at_ms, &ev.body),
+            (Some(ev), Some(cfg)) => {
+                interpret(cfg, &arrival.event_id, ev.meta.received_at_ms, &ev.body)
+            }
         };
-        self.record(pass, seq, source, event_id, interpretation, attempts)
+        self.record(pass, seq, arrival, interpretation)
     }
 
-    /// Applies an interpretation into `pass`: the shipment, the parking or
-    /// dead-letter entry, and the outcome record.
+    /// Applies an interpretation into `pass`: the shipment, and the outcome
+    /// written into the arrival entry.
     fn record(
         &self,
         pass: &mut Pass<'_>,
         seq: u64,
-        source: &str,
-        event_id: &str,
+        arrival: &mut Arrival,
         interpretation: Interpretation,
-        previous_attempts: u32,
     ) -> Result<OutcomeRecord, StateError> {
         let mut record = OutcomeRecord {
             outcome: DispatchOutcome::Dead,
             reason: None,
             shipment_id: None,
-            parked_under: None,
-            attempts: previous_attempts + 1,
+            attempts: arrival.outcome.as_ref().map_or(0, |o| o.attempts) + 1,
             at_ms: crate::clock::now_ms(),
         };
-        let name = codec::name(source, event_id);
         match interpretation {
             Interpretation::Tracking {
                 tracking_number,
                 event,
             } => match pass.shipment_for(&tracking_number)? {
                 None => {
-                    pass.batch
-                        .insert(codec::text_seq_key(b'p', &tracking_number, seq), name);
                     record.outcome = DispatchOutcome::Parked;
                     record.reason = Some(format!(
                         "no shipment has tracking number {tracking_number} yet"
                     ));
-                    record.parked_under = Some(('p', tracking_number));
                 }
                 Some(shipment_id) => match pass.shipment_mut(&shipment_id)? {
                     None => {
-                        pass.batch.insert(codec::seq_key(b'd', seq).to_vec(), name);
                         record.reason = Some(format!(
                             "shipment {shipment_id} of tracking number {tracking_number} is missing"
                         ));
@@ -359,28 +335,21 @@ impl StateMachine {
             Interpretation::Payment { order_id, .. } => {
                 // Orders are not recorded by this gateway yet: every payment
                 // event waits for its order.
-                pass.batch
-                    .insert(codec::text_seq_key(b'P', &order_id, seq), name);
                 record.outcome = DispatchOutcome::Parked;
                 record.reason = Some(format!("no order {order_id} yet"));
-                record.parked_under = Some(('P', order_id));
             }
             Interpretation::Ignored { reason } => {
                 record.outcome = DispatchOutcome::Ignored;
                 record.reason = Some(reason);
             }
-            Interpretation::Dead { reason } => {
-                pass.batch.insert(codec::seq_key(b'd', seq).to_vec(), name);
-                record.reason = Some(reason);
-            }
+            Interpretation::Dead { reason } => record.reason = Some(reason),
             Interpretation::NotDispatched => record.outcome = DispatchOutcome::Stored,
         }
-        pass.batch.insert(
-            codec::outcome_key(source, event_id),
-            serde_json::to_vec(&record).expect("an outcome serialises"),
-        );
+        arrival.outcome = Some(record.clone());
+        pass.batch
+            .insert(codec::seq_key(b'n', seq).to_vec(), arrival.encode());
         if record.outcome != DispatchOutcome::Stored {
-            pass.counted.push((source.to_string(), record.outcome));
+            pass.counted.push((arrival.source.clone(), record.outcome));
         }
         Ok(record)
     }
@@ -450,16 +419,30 @@ impl StateMachine {
         pass.tracking
             .insert(tracking_number.to_string(), Some(shipment_id.to_string()));
 
+        // The events parked for this tracking number are the ones the search
+        // index names under it whose outcome is parked.
+        let cursor = super::read_cursor(tree)?;
         let mut unparked = Vec::new();
-        for kv in tree.scan_prefix(codec::text_prefix(b'p', tracking_number)) {
-            let (k, v) = kv?;
-            pass.batch.remove(k.clone());
-            let (Some((source, id)), Some(seq)) = (codec::split_name(&v), codec::seq_suffix(&k))
-            else {
+        for kv in tree.scan_prefix(codec::text_prefix(b'T', tracking_number)) {
+            let (k, _) = kv?;
+            let Some(seq) = codec::seq_suffix(&k) else {
                 continue;
             };
-            let out = self.apply_event(&mut pass, seq, &source, &id, None)?;
-            unparked.push((source, out.outcome));
+            if seq > cursor {
+                // Still in the inbox: the next pass applies it.
+                continue;
+            }
+            let Some(mut arrival) = super::read_arrival(tree, seq)? else {
+                continue;
+            };
+            if arrival
+                .outcome
+                .as_ref()
+                .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
+            {
+                let out = self.redispatch(&mut pass, seq, &mut arrival)?;
+                unparked.push((arrival.source, out.outcome));
+            }
         }
         let counted = pass.commit()?;
         self.shared.sync()?;
@@ -471,23 +454,19 @@ impl StateMachine {
     fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
         let tree = &self.shared.tree;
         let event = super::read_event(tree, source, event_id)?.ok_or(StateError::NotFound)?;
-        let previous = read_outcome(tree, source, event_id)?;
-        let Some(prev) = previous
-            .filter(|p| matches!(p.outcome, DispatchOutcome::Parked | DispatchOutcome::Dead))
-        else {
+        let seq = event.seq;
+        let mut arrival = super::read_arrival(tree, seq)?.ok_or(StateError::NotFound)?;
+        let redeliverable = arrival
+            .outcome
+            .as_ref()
+            .is_some_and(|o| matches!(o.outcome, DispatchOutcome::Parked | DispatchOutcome::Dead));
+        if !redeliverable {
             return Err(StateError::NotRedeliverable(format!(
                 "event {source}/{event_id} is neither parked nor dead"
             )));
-        };
-        let seq = event.seq;
-        let mut pass = Pass::new(tree);
-        match (&prev.outcome, &prev.parked_under) {
-            (DispatchOutcome::Parked, Some((tag, key))) => {
-                pass.batch.remove(codec::text_seq_key(*tag as u8, key, seq));
-            }
-            _ => pass.batch.remove(codec::seq_key(b'd', seq).to_vec()),
         }
-        let out = self.apply_event(&mut pass, seq, source, event_id, Some(&prev))?;
+        let mut pass = Pass::new(tree);
+        let out = self.redispatch(&mut pass, seq, &mut arrival)?;
         let counted = pass.commit()?;
         self.shared.sync()?;
         count(&counted);
@@ -498,18 +477,5 @@ impl StateMachine {
 fn count(counted: &[(String, DispatchOutcome)]) {
     for (source, outcome) in counted {
         metrics::counter!(metric::DISPATCH, "source" => source.clone(), "outcome" => outcome.as_str()).increment(1);
-    }
-}
-
-pub(super) fn read_outcome(
-    tree: &sled::Tree,
-    source: &str,
-    event_id: &str,
-) -> Result<Option<OutcomeRecord>, StoreError> {
-    match tree.get(codec::outcome_key(source, event_id))? {
-        None => Ok(None),
-        Some(v) => serde_json::from_slice(&v)
-            .map(Some)
-            .map_err(|e| StoreError::Unavailable(format!("corrupt outcome record: {e}"))),
     }
 }

@@ -197,7 +197,7 @@ impl Writer {
     }
 }
 
-/// Removes an event's record and every index and dispatch entry naming it.
+/// Removes an event's record and every index entry naming it.
 fn forget_event(
     tree: &sled::Tree,
     batch: &mut sled::Batch,
@@ -216,14 +216,7 @@ fn forget_event(
             batch.remove(codec::text_seq_key(b'O', order, seq));
         }
     }
-    if let Some(outcome) = super::state::read_outcome(tree, source, id)?
-        && let Some((tag, key)) = outcome.parked_under
-    {
-        batch.remove(codec::text_seq_key(tag as u8, &key, seq));
-    }
     batch.remove(codec::seq_key(b'n', seq).to_vec());
-    batch.remove(codec::seq_key(b'd', seq).to_vec());
-    batch.remove(codec::outcome_key(source, id));
     batch.remove(codec::event_key(source, id));
     Ok(())
 }

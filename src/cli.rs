@@ -107,15 +107,8 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EMBEDDED_DEFAULT, Env};
+    use crate::config::{EMBEDDED_DEFAULT, NoEnv};
     use http::{HeaderMap, HeaderName, HeaderValue};
-
-    struct NoEnv;
-    impl Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
 
     #[test]
     fn signed_headers_verify_for_every_default_source() {

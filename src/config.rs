@@ -216,6 +216,17 @@ pub trait Env {
 
 pub struct ProcessEnv;
 
+/// An environment with no variables, for unit tests.
+#[cfg(test)]
+pub(crate) struct NoEnv;
+
+#[cfg(test)]
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
@@ -1063,8 +1074,8 @@ mod tests {
         }
     }
 
-    fn no_env() -> MapEnv {
-        MapEnv(HashMap::new())
+    fn no_env() -> NoEnv {
+        NoEnv
     }
 
     fn keys(e: &ConfigErrors) -> Vec<&str> {

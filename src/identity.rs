@@ -132,14 +132,7 @@ pub fn examine(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Env};
-
-    struct NoEnv;
-    impl Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
+    use crate::config::{Config, NoEnv};
 
     const CONFIG: &str = r#"
         [[sources]]

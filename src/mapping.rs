@@ -218,14 +218,7 @@ pub fn parse_time(v: &Value) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Env};
-
-    struct NoEnv;
-    impl Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
+    use crate::config::{Config, NoEnv};
 
     const CONFIG: &str = r#"
         [[sources]]

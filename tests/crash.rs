@@ -16,9 +16,7 @@ use std::time::Duration;
 
 use support::*;
 use tokio::sync::Mutex;
-use waybill::config::StoreConfig;
 use waybill::signature::SchemeKind;
-use waybill::store::Store;
 
 const SECRET: &str = "whsec_Y3Jhc2gtdGVzdC1rZXktMDAwMDAwMDAwMDA=";
 const ITERATIONS: usize = 20;
@@ -130,16 +128,7 @@ async fn acknowledged_events_survive_kill_9() {
         }
 
         // Straight from the store the killed process left behind.
-        let store_cfg = StoreConfig {
-            path: dir.path().join("data"),
-            dedupe_retention: Duration::from_secs(86_400),
-            idempotency_retention: Duration::from_secs(86_400),
-            in_progress_timeout: Duration::from_secs(30),
-            cache_bytes: 16 << 20,
-        };
-        let store = tokio::task::spawn_blocking(move || Store::open(&store_cfg).unwrap())
-            .await
-            .unwrap();
+        let store = open_store(&dir.path().join("data")).await;
         let inbox = store.inbox().unwrap();
         let inbox_ids: HashSet<&str> = inbox.iter().map(|(_, _, id)| id.as_str()).collect();
         assert_eq!(

@@ -11,12 +11,11 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
 use support::*;
-use waybill::config::{Config, ProcessEnv, StoreConfig};
+use waybill::config::{Config, ProcessEnv};
 use waybill::domain::shipment::{ShipmentStatus, StatusEvent, Timeline};
 use waybill::store::{DispatchOutcome, NewEvent, ShipmentRecord, Store};
 
@@ -63,32 +62,12 @@ RETURNED = "RETURNED"
     )
 }
 
-fn store_cfg(dir: &Path) -> StoreConfig {
-    StoreConfig {
-        path: dir.join("data"),
-        dedupe_retention: Duration::from_secs(86_400),
-        idempotency_retention: Duration::from_secs(86_400),
-        in_progress_timeout: Duration::from_secs(30),
-        cache_bytes: 16 << 20,
-    }
-}
-
 async fn open(dir: &Path) -> Arc<Store> {
-    let cfg = store_cfg(dir);
-    Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&cfg).unwrap())
-            .await
-            .unwrap(),
-    )
+    open_store(&dir.join("data")).await
 }
 
 async fn close(store: Arc<Store>) {
-    tokio::task::spawn_blocking(move || {
-        store.close().unwrap();
-        drop(store);
-    })
-    .await
-    .unwrap();
+    close_store(store).await
 }
 
 /// One generated tracking event: (id, tracking number, status, occurred_at ms).

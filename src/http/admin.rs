@@ -68,7 +68,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
         Ok(resp) => resp,
         Err(e) => e.into_response(&request_id),
     };
-    if let ([_, source, id, ..], true) = (segments.as_slice(), segments.len() >= 3) {
+    if let [_, source, id, ..] = segments.as_slice() {
         resp.extensions_mut().insert(LogFields {
             source: Some(source.clone()),
             event_id: Some(id.clone()),

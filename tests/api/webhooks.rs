@@ -205,14 +205,7 @@ async fn only_accepted_types_reach_the_inbox() {
     );
     app.settle().await;
     let dir = app.shutdown().await;
-    let cfg = waybill::config::StoreConfig {
-        path: dir.path().join("data"),
-        dedupe_retention: std::time::Duration::from_secs(60),
-        idempotency_retention: std::time::Duration::from_secs(60),
-        in_progress_timeout: std::time::Duration::from_secs(60),
-        cache_bytes: 8 << 20,
-    };
-    let store = waybill::store::Store::open(&cfg).unwrap();
+    let store = open_store(&dir.path().join("data")).await;
     // The state machine took the accepted type out of the inbox (no
     // shipment has its tracking number, so it is parked); the other type
     // never went in.

@@ -133,6 +133,37 @@ pub async fn post(
     Client::new(addr).send("POST", path, headers, body).await
 }
 
+/// A store config for opening a gateway's data directory directly.
+pub fn store_config(data_dir: &std::path::Path) -> waybill::config::StoreConfig {
+    waybill::config::StoreConfig {
+        path: data_dir.to_path_buf(),
+        dedupe_retention: std::time::Duration::from_secs(86_400),
+        idempotency_retention: std::time::Duration::from_secs(86_400),
+        in_progress_timeout: std::time::Duration::from_secs(30),
+        cache_bytes: 16 << 20,
+    }
+}
+
+/// Opens a stopped gateway's store, without its state machine.
+pub async fn open_store(data_dir: &std::path::Path) -> std::sync::Arc<waybill::store::Store> {
+    let cfg = store_config(data_dir);
+    let store =
+        tokio::task::spawn_blocking(move || waybill::store::Store::open(&cfg).expect("open store"))
+            .await
+            .unwrap();
+    std::sync::Arc::new(store)
+}
+
+/// Closes a store and lets go of its file lock.
+pub async fn close_store(store: std::sync::Arc<waybill::store::Store>) {
+    tokio::task::spawn_blocking(move || {
+        store.close().expect("close store");
+        drop(store);
+    })
+    .await
+    .unwrap();
+}
+
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

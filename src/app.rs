@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::ingest::Ingest;
+use crate::partners::Partners;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, metric};
 
@@ -24,6 +25,7 @@ pub struct App {
     pub config: Arc<Config>,
     pub store: Arc<Store>,
     pub ingest: Ingest,
+    pub partners: Partners,
     pub metrics: PrometheusHandle,
     pub draining: AtomicBool,
 }
@@ -50,10 +52,12 @@ impl App {
         .map_err(|e| StoreError::Unavailable(e.to_string()))??;
         let store = Arc::new(store);
         let ingest = Ingest::new(&config, store.clone());
+        let partners = Partners::new(&config.partners);
         Ok(Arc::new(App {
             config: Arc::new(config),
             store,
             ingest,
+            partners,
             metrics,
             draining: AtomicBool::new(false),
         }))

@@ -142,6 +142,56 @@ async fn outcomes_are_counted_exactly() {
         0.0
     );
 
+    // Idempotent writes: executed, replayed, conflict.
+    let before = Counts::of(&app).await;
+    let h = |k: &str| {
+        vec![
+            ("Authorization".to_string(), "Bearer acme-key".to_string()),
+            ("Content-Type".to_string(), "application/json".to_string()),
+            ("Idempotency-Key".to_string(), k.to_string()),
+        ]
+    };
+    let address =
+        json!({"name": "A", "street1": "S", "city": "C", "postal_code": "1", "country": "US"});
+    let body = |order: &str| {
+        json!({"order_id": order, "carrier": "ups", "service": "ground", "from": address, "to": address,
+               "parcels": [{"weight_grams": 1, "length_cm": 1, "width_cm": 1, "height_cm": 1}]})
+        .to_string()
+    };
+    assert_eq!(
+        post(app.addr, "/v1/shipments", &h("m-k"), body("m-o"))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        post(app.addr, "/v1/shipments", &h("m-k"), body("m-o"))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        post(app.addr, "/v1/shipments", &h("m-k"), body("m-other"))
+            .await
+            .status,
+        409
+    );
+    let after = Counts::of(&app).await;
+    for (outcome, n) in [
+        ("executed", 1.0),
+        ("replayed", 1.0),
+        ("conflict", 1.0),
+        ("in_progress", 0.0),
+    ] {
+        let l = format!("endpoint=\"/v1/shipments\",outcome=\"{outcome}\"");
+        assert_eq!(
+            metric(&after.0, "waybill_idempotency_total", &l)
+                - metric(&before.0, "waybill_idempotency_total", &l),
+            n,
+            "{outcome}"
+        );
+    }
+
     // A dead event: counted dead, and not again on a refused redelivery.
     let app = app
         .restart_with(Options {

@@ -2,4 +2,5 @@
 //! clock, no async; callers pass times in.
 
 pub mod order;
+pub mod request;
 pub mod shipment;

@@ -72,6 +72,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
         resp.extensions_mut().insert(LogFields {
             source: Some(source.clone()),
             event_id: Some(id.clone()),
+            ..LogFields::default()
         });
     }
     resp

@@ -125,6 +125,44 @@ impl ApiError {
         e
     }
 
+    pub fn unsupported_media_type() -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "writes with a body need Content-Type: application/json",
+        )
+    }
+
+    pub fn idempotency_key_required() -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "IDEMPOTENCY_KEY_REQUIRED",
+            "an Idempotency-Key header (or idempotency_key field) is required",
+        )
+    }
+
+    pub fn idempotency_key_invalid(why: &str) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "IDEMPOTENCY_KEY_INVALID", why)
+    }
+
+    pub fn idempotency_conflict() -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "IDEMPOTENCY_CONFLICT",
+            "this idempotency key was used for a different request",
+        )
+    }
+
+    pub fn idempotency_in_progress() -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::CONFLICT,
+            "IDEMPOTENCY_IN_PROGRESS",
+            "a request with this idempotency key is still running",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     pub fn not_redeliverable(why: String) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, "NOT_REDELIVERABLE", why)
     }

@@ -13,8 +13,10 @@
 //! 4. `router`: resource handlers.
 
 mod admin;
+mod body;
 pub mod error;
 mod ops;
+mod v1;
 mod webhooks;
 
 use std::convert::Infallible;
@@ -44,6 +46,9 @@ pub struct RequestId(pub String);
 pub struct LogFields {
     pub source: Option<String>,
     pub event_id: Option<String>,
+    pub partner: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub shipment_id: Option<String>,
 }
 
 /// Route templates: metrics are labelled by these, never by raw paths.
@@ -59,6 +64,8 @@ enum Route<'a> {
     /// Any other `/admin` path: still the admin handler's, which checks the
     /// token before it says the path does not exist.
     AdminOther,
+    V1Shipments,
+    V1Shipment,
     Unmatched,
 }
 
@@ -69,6 +76,7 @@ impl<'a> Route<'a> {
             "/readyz" => Route::Readyz,
             "/metrics" => Route::Metrics,
             "/admin/events" => Route::AdminEvents,
+            "/v1/shipments" => Route::V1Shipments,
             _ if path == "/admin" || path.starts_with("/admin/") => {
                 match path.split('/').skip(2).collect::<Vec<_>>().as_slice() {
                     ["events", s, e] if !s.is_empty() && !e.is_empty() => Route::AdminEvent,
@@ -78,10 +86,21 @@ impl<'a> Route<'a> {
                     _ => Route::AdminOther,
                 }
             }
-            _ => match path.strip_prefix("/webhooks/") {
-                Some(name) if !name.is_empty() && !name.contains('/') => Route::Webhook(name),
-                _ => Route::Unmatched,
-            },
+            _ => {
+                if let Some(name) = path.strip_prefix("/webhooks/")
+                    && !name.is_empty()
+                    && !name.contains('/')
+                {
+                    Route::Webhook(name)
+                } else if let Some(id) = path.strip_prefix("/v1/shipments/")
+                    && !id.is_empty()
+                    && !id.contains('/')
+                {
+                    Route::V1Shipment
+                } else {
+                    Route::Unmatched
+                }
+            }
         }
     }
 
@@ -95,6 +114,8 @@ impl<'a> Route<'a> {
             Route::AdminEvent => "/admin/events/{source}/{event_id}",
             Route::AdminRedeliver => "/admin/events/{source}/{event_id}/redeliver",
             Route::AdminOther => "/admin",
+            Route::V1Shipments => "/v1/shipments",
+            Route::V1Shipment => "/v1/shipments/{shipment_id}",
             Route::Unmatched => "unmatched",
         }
     }
@@ -228,6 +249,9 @@ where
         latency_ms = latency.as_secs_f64() * 1000.0,
         source = fields.source.as_deref(),
         event_id = fields.event_id.as_deref(),
+        partner = fields.partner.as_deref(),
+        idempotency_key = fields.idempotency_key.as_deref(),
+        shipment_id = fields.shipment_id.as_deref(),
         "request"
     );
     Ok(resp)
@@ -240,6 +264,8 @@ async fn router(app: &App, req: Request<Incoming>) -> Response<Body> {
         Route::AdminEvents | Route::AdminEvent | Route::AdminRedeliver | Route::AdminOther => {
             admin::handle(app, req).await
         }
+        Route::V1Shipments => v1::handle(app, req, v1::V1Route::Shipments).await,
+        Route::V1Shipment => v1::handle(app, req, v1::V1Route::Shipment).await,
         _ => {
             let id = req
                 .extensions()
@@ -294,6 +320,12 @@ mod tests {
         assert_eq!(Route::of("/admin/nothing"), Route::AdminOther);
         assert_eq!(Route::of("/admin"), Route::AdminOther);
         assert_eq!(Route::of("/administrator"), Route::Unmatched);
+        assert_eq!(Route::of("/v1/shipments"), Route::V1Shipments);
+        assert_eq!(
+            Route::of("/v1/shipments/shp_1").template(),
+            "/v1/shipments/{shipment_id}"
+        );
+        assert_eq!(Route::of("/v1/shipments/shp_1/label"), Route::Unmatched);
     }
 
     #[test]

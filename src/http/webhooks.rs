@@ -1,12 +1,11 @@
 //! `POST /webhooks/{source}`: transport checks (size, time), then the
 //! ingest use case, then the answer.
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use super::body::{self, BodyError};
 use super::error::{ApiError, Body, json_response};
 use super::{LogFields, RequestId};
 use crate::app::App;
@@ -37,45 +36,27 @@ pub async fn handle(app: &App, req: Request<Incoming>, source_name: &str) -> Res
     };
 
     let max = app.config.server.max_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        count(outcome::TOO_LARGE);
-        return with_fields(
-            ApiError::payload_too_large(max).into_response(&request_id),
-            fields,
-        );
-    }
-    let (parts, body) = req.into_parts();
-    let read = tokio::time::timeout(
-        app.config.server.request_timeout,
-        Limited::new(body, max).collect(),
-    )
-    .await;
-    let body: Bytes = match read {
-        Err(_) => {
-            return with_fields(
-                ApiError::request_timeout().into_response(&request_id),
-                fields,
-            );
-        }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+    let (parts, body) = match body::read(app, req).await {
+        Ok(read) => read,
+        Err(BodyError::TooLarge) => {
             count(outcome::TOO_LARGE);
             return with_fields(
                 ApiError::payload_too_large(max).into_response(&request_id),
                 fields,
             );
         }
-        Ok(Err(_)) => {
+        Err(BodyError::Timeout) => {
+            return with_fields(
+                ApiError::request_timeout().into_response(&request_id),
+                fields,
+            );
+        }
+        Err(BodyError::Unreadable) => {
             let mut e = ApiError::invalid_payload("the request body could not be read", Vec::new());
             e.close = true;
             count(outcome::INVALID_PAYLOAD);
             return with_fields(e.into_response(&request_id), fields);
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
     };
 
     let resp = match app.ingest.receive(&source, &parts.headers, body).await {

@@ -16,6 +16,7 @@
 //! | `m/cursor` | the last sequence number the state machine has dispatched |
 //! | `s` shipment_id | `ShipmentRecord` JSON |
 //! | `t` tracking_number | shipment_id |
+//! | `k` partner 0 key | `idempotency::Record` JSON |
 //!
 //! Neither the inbox nor the parked and dead events have keys of their own:
 //! dispatch goes in arrival order, so "every dispatched arrival after the
@@ -23,7 +24,7 @@
 //! in the same batch that writes its outcome into its arrival; events
 //! parked under a tracking number are the ones the `T` index names under it
 //! whose outcome is parked. The writer thread inserts `e x n T O m/seq`;
-//! the state thread writes `m/cursor s t` and outcomes into `n`. Source names cannot contain a 0 byte (config
+//! the state thread writes `m/cursor s t k` and outcomes into `n`. Source names cannot contain a 0 byte (config
 //! allows only `[a-z0-9_-]`), so the first 0 splits a name.
 
 use serde::{Deserialize, Serialize};
@@ -95,6 +96,11 @@ pub fn seq_suffix(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(
         k.get(k.len().checked_sub(8)?..)?.try_into().ok()?,
     ))
+}
+
+/// `k` partner 0 key: an idempotency record, scoped per partner.
+pub fn idem_key(partner: &str, key: &str) -> Vec<u8> {
+    prefixed(b'k', partner, key)
 }
 
 pub fn shipment_key(shipment_id: &str) -> Vec<u8> {

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{SourceConfig, StoreConfig};
 use crate::telemetry::metric;
 pub use codec::{DispatchOutcome, EventMeta, OutcomeRecord, ShipmentRecord};
-pub use state::{LabelRecorded, StateError};
+pub use state::{Completion, LabelRecorded, StateError};
 use state::{StateMachine, StateMsg};
 
 /// Requests gathered into one batch at most. Larger groups add latency to
@@ -193,6 +193,9 @@ struct Shared {
     /// sends one per pass rather than one per group.
     wake_pending: AtomicBool,
     dispatcher_running: AtomicBool,
+    /// Distinguishes this run of the process: an idempotency claim made by
+    /// an earlier run belongs to a request that died with it.
+    epoch: u64,
 }
 
 impl Shared {
@@ -258,6 +261,7 @@ impl Store {
             state_tx: std::sync::Mutex::new(None),
             wake_pending: AtomicBool::new(false),
             dispatcher_running: AtomicBool::new(false),
+            epoch: fastrand::u64(1..),
         });
         metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
 
@@ -369,8 +373,54 @@ impl Store {
 
     /// Stores a new shipment durably.
     pub async fn create_shipment(&self, rec: ShipmentRecord) -> Result<(), StateError> {
-        self.command(|reply| StateMsg::CreateShipment(Box::new(rec), reply))
+        self.command(|reply| StateMsg::CreateShipment(Box::new(rec), None, reply))
             .await
+    }
+
+    /// Stores a new shipment and the final answer of the idempotent request
+    /// that created it, in one durable write.
+    pub async fn create_shipment_answered(
+        &self,
+        rec: ShipmentRecord,
+        completion: Completion,
+    ) -> Result<(), StateError> {
+        self.command(|reply| StateMsg::CreateShipment(Box::new(rec), Some(completion), reply))
+            .await
+    }
+
+    /// Claims an idempotency key for a request with this fingerprint, or
+    /// says what the request gets instead (replay, conflict, in progress).
+    pub async fn claim(
+        &self,
+        partner: &str,
+        key: &str,
+        fingerprint: &str,
+        lease: std::time::Duration,
+    ) -> Result<crate::idempotency::Decision, StateError> {
+        self.command(|reply| StateMsg::Claim {
+            partner: partner.to_string(),
+            key: key.to_string(),
+            fingerprint: fingerprint.to_string(),
+            lease,
+            reply,
+        })
+        .await
+    }
+
+    /// Gives up this run's claim on a key (the answer was not final).
+    pub fn release(&self, partner: &str, key: &str) {
+        if let Some(tx) = self
+            .shared
+            .state_tx
+            .lock()
+            .expect("state sender lock")
+            .as_ref()
+        {
+            let _ = tx.send(StateMsg::Release {
+                partner: partner.to_string(),
+                key: key.to_string(),
+            });
+        }
     }
 
     /// Records a shipment's label and applies, in the same atomic write,

@@ -22,6 +22,7 @@ use super::codec::{self, Arrival, DispatchOutcome, OutcomeRecord, ShipmentRecord
 use super::{Shared, StoreError};
 use crate::config::SourceConfig;
 use crate::domain::shipment::{Applied, ShipmentStatus, StatusEvent};
+use crate::idempotency::{self, Decision};
 use crate::mapping::{Interpretation, interpret, interpret_fields};
 use crate::telemetry::metric;
 
@@ -53,6 +54,15 @@ impl From<sled::Error> for StateError {
     }
 }
 
+/// The final answer of an idempotent request, stored under its key in the
+/// same batch as the write it answers for.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub partner: String,
+    pub key: String,
+    pub record: idempotency::Record,
+}
+
 /// A recorded label and what it did to the events parked for it.
 #[derive(Debug, Clone)]
 pub struct LabelRecorded {
@@ -64,7 +74,22 @@ pub(super) enum StateMsg {
     Wake,
     /// Answered once every inbox entry present when it is handled is applied.
     Settle(oneshot::Sender<Result<(), StateError>>),
-    CreateShipment(Box<ShipmentRecord>, oneshot::Sender<Result<(), StateError>>),
+    CreateShipment(
+        Box<ShipmentRecord>,
+        Option<Completion>,
+        oneshot::Sender<Result<(), StateError>>,
+    ),
+    Claim {
+        partner: String,
+        key: String,
+        fingerprint: String,
+        lease: Duration,
+        reply: oneshot::Sender<Result<Decision, StateError>>,
+    },
+    Release {
+        partner: String,
+        key: String,
+    },
     RecordLabel {
         shipment_id: String,
         tracking_number: String,
@@ -192,8 +217,22 @@ impl StateMachine {
             StateMsg::Settle(reply) => {
                 let _ = reply.send(self.drain_inbox());
             }
-            StateMsg::CreateShipment(rec, reply) => {
-                let _ = reply.send(self.create_shipment(*rec));
+            StateMsg::CreateShipment(rec, completion, reply) => {
+                let _ = reply.send(self.create_shipment(*rec, completion));
+            }
+            StateMsg::Claim {
+                partner,
+                key,
+                fingerprint,
+                lease,
+                reply,
+            } => {
+                let _ = reply.send(self.claim(&partner, &key, &fingerprint, lease));
+            }
+            StateMsg::Release { partner, key } => {
+                if let Err(e) = self.release(&partner, &key) {
+                    tracing::warn!(error = %e, "releasing an idempotency key failed");
+                }
             }
             StateMsg::RecordLabel {
                 shipment_id,
@@ -354,7 +393,11 @@ impl StateMachine {
         Ok(record)
     }
 
-    fn create_shipment(&self, rec: ShipmentRecord) -> Result<(), StateError> {
+    fn create_shipment(
+        &self,
+        rec: ShipmentRecord,
+        completion: Option<Completion>,
+    ) -> Result<(), StateError> {
         let tree = &self.shared.tree;
         let key = codec::shipment_key(&rec.shipment_id);
         if tree.contains_key(&key)? {
@@ -363,11 +406,59 @@ impl StateMachine {
                 rec.shipment_id
             )));
         }
-        tree.insert(
+        let mut batch = sled::Batch::default();
+        batch.insert(
             key,
             serde_json::to_vec(&rec).expect("a shipment serialises"),
-        )?;
+        );
+        if let Some(c) = completion {
+            batch.insert(
+                codec::idem_key(&c.partner, &c.key),
+                serde_json::to_vec(&c.record).expect("a record serialises"),
+            );
+        }
+        tree.apply_batch(batch)?;
         self.shared.sync()?;
+        Ok(())
+    }
+
+    /// Claims a key for a request, or says why not. A claim needs no flush:
+    /// lost in a crash, it was never answered for, and the retry runs again.
+    fn claim(
+        &self,
+        partner: &str,
+        key: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<Decision, StateError> {
+        let tree = &self.shared.tree;
+        let k = codec::idem_key(partner, key);
+        let record: Option<idempotency::Record> =
+            tree.get(&k)?.and_then(|v| serde_json::from_slice(&v).ok());
+        let now = crate::clock::now_ms();
+        let decision = idempotency::decide(record.as_ref(), fingerprint, now, self.shared.epoch);
+        if decision == Decision::Run {
+            let claim = idempotency::Record::InProgress {
+                fingerprint: fingerprint.to_string(),
+                epoch: self.shared.epoch,
+                lease_until_ms: now + lease.as_millis() as u64,
+            };
+            tree.insert(k, serde_json::to_vec(&claim).expect("a record serialises"))?;
+        }
+        Ok(decision)
+    }
+
+    /// Gives up a claim after an answer that is not final, so the retry runs.
+    fn release(&self, partner: &str, key: &str) -> Result<(), StateError> {
+        let tree = &self.shared.tree;
+        let k = codec::idem_key(partner, key);
+        let record: Option<idempotency::Record> =
+            tree.get(&k)?.and_then(|v| serde_json::from_slice(&v).ok());
+        if let Some(idempotency::Record::InProgress { epoch, .. }) = record
+            && epoch == self.shared.epoch
+        {
+            tree.remove(k)?;
+        }
         Ok(())
     }
 

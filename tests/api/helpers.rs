@@ -102,6 +102,19 @@ kind = "store-only"
 secrets = ["{hash_secret}"]
 signature = { scheme = "hmac-sha256", header = "X-Sig", encoding = "hex", prefix = "sha256=" }
 
+[[partners]]
+name = "acme"
+api_keys = ["acme-old-key", "acme-key"]
+
+[[partners]]
+name = "globex"
+api_keys = ["globex-key"]
+
+[[partners]]
+name = "tiny"
+api_keys = ["tiny-key"]
+rate_limit = { per_second = 1, burst = 1 }
+
 [[sources]]
 name = "limited"
 kind = "store-only"

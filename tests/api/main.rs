@@ -9,4 +9,5 @@ mod helpers;
 mod ops;
 mod signatures;
 mod transport;
+mod v1;
 mod webhooks;

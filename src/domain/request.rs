@@ -1,0 +1,322 @@
+//! What an integrator sends to create a shipment, parsed once into types
+//! that cannot be invalid (contract 5.1). Pure.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::identity::FieldIssue;
+
+/// ISO 3166-1 alpha-2, as assigned (249 codes), sorted for binary search.
+const COUNTRIES: [&str; 249] = [
+    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
+    "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
+    "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
+    "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE",
+    "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF",
+    "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM",
+    "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM",
+    "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC",
+    "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK",
+    "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA",
+    "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG",
+    "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW",
+    "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS",
+    "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
+    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI",
+    "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Address {
+    pub name: String,
+    pub street1: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub street2: Option<String>,
+    pub city: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    pub postal_code: String,
+    pub country: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Parcel {
+    pub weight_grams: u64,
+    pub length_cm: u64,
+    pub width_cm: u64,
+    pub height_cm: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewShipment {
+    pub order_id: String,
+    pub carrier: String,
+    pub service: String,
+    pub from: Address,
+    pub to: Address,
+    pub parcels: Vec<Parcel>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// Longest accepted text field.
+const MAX_TEXT: usize = 255;
+
+struct Reader<'a> {
+    issues: &'a mut Vec<FieldIssue>,
+}
+
+impl Reader<'_> {
+    fn text(
+        &mut self,
+        obj: &Map<String, Value>,
+        base: &str,
+        key: &str,
+        required: bool,
+    ) -> Option<String> {
+        let field = format!("{base}/{key}");
+        match obj.get(key) {
+            None | Some(Value::Null) if !required => None,
+            None | Some(Value::Null) => {
+                self.issues.push(FieldIssue::new(field, "missing"));
+                None
+            }
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.issues
+                    .push(FieldIssue::new(field, "must not be empty"));
+                None
+            }
+            Some(Value::String(s)) if s.len() > MAX_TEXT => {
+                self.issues.push(FieldIssue::new(
+                    field,
+                    format!("longer than {MAX_TEXT} bytes"),
+                ));
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                self.issues.push(FieldIssue::new(field, "must be a string"));
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, obj: &Map<String, Value>, base: &str, key: &str) -> Option<u64> {
+        let field = format!("{base}/{key}");
+        match obj.get(key) {
+            None | Some(Value::Null) => {
+                self.issues.push(FieldIssue::new(field, "missing"));
+                None
+            }
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(v) if v > 0 => Some(v),
+                _ => {
+                    self.issues
+                        .push(FieldIssue::new(field, "must be a positive integer"));
+                    None
+                }
+            },
+            Some(_) => {
+                self.issues
+                    .push(FieldIssue::new(field, "must be a positive integer"));
+                None
+            }
+        }
+    }
+
+    fn address(&mut self, obj: &Map<String, Value>, key: &str) -> Option<Address> {
+        let base = format!("/{key}");
+        let Some(v) = obj.get(key) else {
+            self.issues.push(FieldIssue::new(base, "missing"));
+            return None;
+        };
+        let Value::Object(a) = v else {
+            self.issues.push(FieldIssue::new(base, "must be an object"));
+            return None;
+        };
+        let name = self.text(a, &base, "name", true);
+        let street1 = self.text(a, &base, "street1", true);
+        let street2 = self.text(a, &base, "street2", false);
+        let city = self.text(a, &base, "city", true);
+        let state = self.text(a, &base, "state", false);
+        let postal_code = self.text(a, &base, "postal_code", true);
+        let phone = self.text(a, &base, "phone", false);
+        let country = self.text(a, &base, "country", true);
+        let country = match country {
+            Some(c) if COUNTRIES.binary_search(&c.as_str()).is_ok() => Some(c),
+            Some(_) => {
+                self.issues.push(FieldIssue::new(
+                    format!("{base}/country"),
+                    "must be an ISO 3166-1 alpha-2 code, like \"DE\"",
+                ));
+                None
+            }
+            None => None,
+        };
+        Some(Address {
+            name: name?,
+            street1: street1?,
+            street2,
+            city: city?,
+            state,
+            postal_code: postal_code?,
+            country: country?,
+            phone,
+        })
+    }
+}
+
+impl NewShipment {
+    /// Every bad field is reported, each under its JSON pointer.
+    pub fn parse(body: &Value) -> Result<NewShipment, Vec<FieldIssue>> {
+        let Value::Object(obj) = body else {
+            return Err(vec![FieldIssue::new("", "the body must be a JSON object")]);
+        };
+        let mut issues = Vec::new();
+        let mut r = Reader {
+            issues: &mut issues,
+        };
+        let order_id = r.text(obj, "", "order_id", true);
+        let carrier = r.text(obj, "", "carrier", true);
+        let service = r.text(obj, "", "service", true);
+        let from = r.address(obj, "from");
+        let to = r.address(obj, "to");
+        let reference = r.text(obj, "", "reference", false);
+        let mut parcels = Vec::new();
+        match obj.get("parcels") {
+            Some(Value::Array(items)) if !items.is_empty() => {
+                for (i, item) in items.iter().enumerate() {
+                    let base = format!("/parcels/{i}");
+                    let Value::Object(p) = item else {
+                        r.issues.push(FieldIssue::new(base, "must be an object"));
+                        continue;
+                    };
+                    let parcel = (
+                        r.positive(p, &base, "weight_grams"),
+                        r.positive(p, &base, "length_cm"),
+                        r.positive(p, &base, "width_cm"),
+                        r.positive(p, &base, "height_cm"),
+                    );
+                    if let (Some(weight_grams), Some(length_cm), Some(width_cm), Some(height_cm)) =
+                        parcel
+                    {
+                        parcels.push(Parcel {
+                            weight_grams,
+                            length_cm,
+                            width_cm,
+                            height_cm,
+                        });
+                    }
+                }
+            }
+            Some(Value::Array(_)) => r
+                .issues
+                .push(FieldIssue::new("/parcels", "must hold at least one parcel")),
+            None | Some(Value::Null) => r.issues.push(FieldIssue::new("/parcels", "missing")),
+            Some(_) => r
+                .issues
+                .push(FieldIssue::new("/parcels", "must be an array")),
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        Ok(NewShipment {
+            order_id: order_id.expect("checked"),
+            carrier: carrier.expect("checked"),
+            service: service.expect("checked"),
+            from: from.expect("checked"),
+            to: to.expect("checked"),
+            parcels,
+            reference,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn address() -> Value {
+        json!({"name": "Ada", "street1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"})
+    }
+
+    fn valid() -> Value {
+        json!({"order_id": "o-1", "carrier": "ups", "service": "ground", "from": address(), "to": address(),
+                "parcels": [{"weight_grams": 500, "length_cm": 10, "width_cm": 10, "height_cm": 5}]})
+    }
+
+    fn issues(body: Value) -> Vec<(String, String)> {
+        NewShipment::parse(&body)
+            .unwrap_err()
+            .into_iter()
+            .map(|i| (i.field, i.issue))
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_request_parses() {
+        let s = NewShipment::parse(&valid()).unwrap();
+        assert_eq!(s.order_id, "o-1");
+        assert_eq!(s.parcels.len(), 1);
+        assert_eq!(s.to.country, "DE");
+    }
+
+    #[test]
+    fn the_country_list_is_sorted_and_complete() {
+        assert!(COUNTRIES.windows(2).all(|w| w[0] < w[1]));
+        for c in ["US", "DE", "GB", "JP", "BR", "ZA"] {
+            assert!(COUNTRIES.binary_search(&c).is_ok(), "{c}");
+        }
+        for c in ["UK", "XX", "de", "DEU"] {
+            assert!(COUNTRIES.binary_search(&c).is_err(), "{c}");
+        }
+    }
+
+    #[test]
+    fn every_bad_field_is_named_by_its_pointer() {
+        let mut body = valid();
+        body["order_id"] = json!(7);
+        body["from"]["country"] = json!("UK");
+        body["to"] = json!("nowhere");
+        body["parcels"][0]["weight_grams"] = json!(0);
+        body["parcels"][0]["height_cm"] = json!(-1);
+        body.as_object_mut().unwrap().remove("carrier");
+        assert_eq!(
+            issues(body),
+            [
+                ("/order_id".to_string(), "must be a string".to_string()),
+                ("/carrier".into(), "missing".into()),
+                (
+                    "/from/country".into(),
+                    "must be an ISO 3166-1 alpha-2 code, like \"DE\"".into()
+                ),
+                ("/to".into(), "must be an object".into()),
+                (
+                    "/parcels/0/weight_grams".into(),
+                    "must be a positive integer".into()
+                ),
+                (
+                    "/parcels/0/height_cm".into(),
+                    "must be a positive integer".into()
+                ),
+            ]
+        );
+        let mut body = valid();
+        body["parcels"] = json!([]);
+        body["service"] = json!("  ");
+        assert_eq!(
+            issues(body),
+            [
+                ("/service".to_string(), "must not be empty".to_string()),
+                ("/parcels".into(), "must hold at least one parcel".into()),
+            ]
+        );
+        assert_eq!(
+            issues(json!([1])),
+            [("".to_string(), "the body must be a JSON object".to_string())]
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! `/v1`: the integrator API. Order of checks (contract 5, 9.7): the route
+//! and method, the body's size and arrival (404, 405, 413, 408), then the
+//! API key (401), the partner's rate limit (429), `Content-Type` on writes
+//! (415), the idempotency key (400), the body (400), and only then the
+//! idempotency claim and the operation.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::body::{self, BodyError};
+use super::error::{ApiError, Body, json_response};
+use super::{LogFields, RequestId};
+use crate::app::App;
+use crate::clock::{now_ms, rfc3339_ms};
+use crate::domain::request::NewShipment;
+use crate::domain::shipment::Timeline;
+use crate::idempotency::{self, Decision, KeyError};
+use crate::identity::FieldIssue;
+use crate::partners::Partner;
+use crate::store::{Completion, ShipmentRecord, StateError};
+use crate::telemetry::metric;
+
+/// How long a claim holds a key before another request may resume it.
+fn lease(app: &App) -> Duration {
+    app.config.store.in_progress_timeout
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum V1Route {
+    Shipments,
+    Shipment,
+}
+
+pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) -> Response<Body> {
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let allowed = match route {
+        V1Route::Shipments => Method::POST,
+        V1Route::Shipment => Method::GET,
+    };
+    if method != allowed {
+        let allow = if allowed == Method::POST {
+            "POST"
+        } else {
+            "GET"
+        };
+        return ApiError::method_not_allowed(allow).into_response(&request_id);
+    }
+    let max = app.config.server.max_body_bytes;
+    let (parts, body) = match body::read(app, req).await {
+        Ok(read) => read,
+        Err(BodyError::TooLarge) => {
+            return ApiError::payload_too_large(max).into_response(&request_id);
+        }
+        Err(BodyError::Timeout) => return ApiError::request_timeout().into_response(&request_id),
+        Err(BodyError::Unreadable) => {
+            let mut e = ApiError::validation_failed(vec![FieldIssue::new(
+                "",
+                "the request body could not be read",
+            )]);
+            e.close = true;
+            return e.into_response(&request_id);
+        }
+    };
+    let presented = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let Some(partner) = app.partners.authenticate(presented.as_bytes()) else {
+        return ApiError::unauthenticated().into_response(&request_id);
+    };
+    let mut fields = LogFields {
+        partner: Some(partner.name.clone()),
+        ..LogFields::default()
+    };
+    if let Some(limiter) = &partner.limiter
+        && let Err(secs) = limiter.check()
+    {
+        return with_fields(
+            ApiError::rate_limited(secs).into_response(&request_id),
+            fields,
+        );
+    }
+    let resp = match route {
+        V1Route::Shipments => {
+            create_shipment(app, &partner, &parts, &path, body, &request_id, &mut fields).await
+        }
+        V1Route::Shipment => {
+            let id = path.trim_start_matches("/v1/shipments/").to_string();
+            fields.shipment_id = Some(id.clone());
+            get_shipment(app, &partner, &id, &request_id)
+        }
+    };
+    with_fields(resp, fields)
+}
+
+fn with_fields(mut resp: Response<Body>, fields: LogFields) -> Response<Body> {
+    resp.extensions_mut().insert(fields);
+    resp
+}
+
+fn count(endpoint: &'static str, outcome: &'static str) {
+    metrics::counter!(metric::IDEMPOTENCY, "endpoint" => endpoint, "outcome" => outcome)
+        .increment(1);
+}
+
+/// The checks every idempotent write shares, up to the parsed body: the
+/// content type, the key, and a body that is JSON.
+fn write_preamble(
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Result<(String, Option<Value>), ApiError> {
+    if !body.is_empty() {
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError::unsupported_media_type());
+        }
+    }
+    let value: Option<Value> = if body.is_empty() {
+        Some(json!({}))
+    } else {
+        serde_json::from_slice(body).ok()
+    };
+    let key = idempotency::key_from(
+        parts.headers.get("idempotency-key").map(|v| v.as_bytes()),
+        value.as_ref(),
+    )
+    .map_err(|e| match e {
+        KeyError::Required => ApiError::idempotency_key_required(),
+        KeyError::Invalid(why) => ApiError::idempotency_key_invalid(why),
+    })?;
+    Ok((key, value))
+}
+
+async fn create_shipment(
+    app: &App,
+    partner: &Partner,
+    parts: &http::request::Parts,
+    path: &str,
+    body: Bytes,
+    request_id: &str,
+    fields: &mut LogFields,
+) -> Response<Body> {
+    const ENDPOINT: &str = "/v1/shipments";
+    let (key, value) = match write_preamble(parts, &body) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(request_id),
+    };
+    fields.idempotency_key = Some(key.clone());
+    let Some(value) = value else {
+        return ApiError::validation_failed(vec![FieldIssue::new(
+            "",
+            "the body is not valid JSON",
+        )])
+        .into_response(request_id);
+    };
+    let request = match NewShipment::parse(&value) {
+        Ok(r) => r,
+        Err(issues) => return ApiError::validation_failed(issues).into_response(request_id),
+    };
+    let fingerprint = hex::encode(idempotency::fingerprint("POST", path, Some(&value)));
+    match app
+        .store
+        .claim(&partner.name, &key, &fingerprint, lease(app))
+        .await
+    {
+        Err(e) => {
+            tracing::error!(error = %e, "idempotency claim failed");
+            return ApiError::store_unavailable().into_response(request_id);
+        }
+        Ok(Decision::Replay { status, body }) => {
+            count(ENDPOINT, "replayed");
+            return replay(status, body);
+        }
+        Ok(Decision::Conflict) => {
+            count(ENDPOINT, "conflict");
+            return ApiError::idempotency_conflict().into_response(request_id);
+        }
+        Ok(Decision::InProgress) => {
+            count(ENDPOINT, "in_progress");
+            return ApiError::idempotency_in_progress().into_response(request_id);
+        }
+        Ok(Decision::Run) => {}
+    }
+
+    let now = now_ms();
+    let shipment_id = format!("shp_{}", uuid::Uuid::now_v7());
+    fields.shipment_id = Some(shipment_id.clone());
+    let record = ShipmentRecord {
+        shipment_id: shipment_id.clone(),
+        partner: partner.name.clone(),
+        order_id: request.order_id.clone(),
+        created_at_ms: now,
+        tracking_number: None,
+        label: None,
+        details: serde_json::to_value(&request).expect("a request serialises"),
+        timeline: Timeline::new(now as i64),
+    };
+    let answer = shipment_view(&record);
+    let answer_bytes = serde_json::to_string(&answer).expect("a JSON value serialises");
+    let completion = Completion {
+        partner: partner.name.clone(),
+        key: key.clone(),
+        record: idempotency::Record::Done {
+            fingerprint,
+            status: 201,
+            body: answer_bytes.clone(),
+            expires_at_ms: now + app.config.store.idempotency_retention.as_millis() as u64,
+        },
+    };
+    match app.store.create_shipment_answered(record, completion).await {
+        Ok(()) => {
+            count(ENDPOINT, "executed");
+            let mut resp = json_bytes(StatusCode::CREATED, answer_bytes);
+            resp.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&format!("/v1/shipments/{shipment_id}"))
+                    .expect("ids are ASCII"),
+            );
+            resp
+        }
+        Err(e) => {
+            // Not a final answer: the key is given back so the retry runs.
+            app.store.release(&partner.name, &key);
+            match e {
+                StateError::Store(e) => tracing::error!(error = %e, "creating a shipment failed"),
+                other => tracing::error!(error = %other, "creating a shipment failed"),
+            }
+            ApiError::store_unavailable().into_response(request_id)
+        }
+    }
+}
+
+fn get_shipment(app: &App, partner: &Partner, id: &str, request_id: &str) -> Response<Body> {
+    match app.store.shipment(id) {
+        Ok(Some(rec)) if rec.partner == partner.name => {
+            json_response(StatusCode::OK, &shipment_view(&rec))
+        }
+        // Another partner's shipment does not exist for this one.
+        Ok(_) => ApiError::not_found("shipment").into_response(request_id),
+        Err(e) => {
+            tracing::error!(error = %e, "reading a shipment failed");
+            ApiError::store_unavailable().into_response(request_id)
+        }
+    }
+}
+
+/// A stored answer, byte for byte, marked as a replay.
+fn replay(status: u16, body: String) -> Response<Body> {
+    let mut resp = json_bytes(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body);
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp
+}
+
+fn json_bytes(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(http_body_util::Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The Shipment resource of contract 5.1.
+pub(super) fn shipment_view(rec: &ShipmentRecord) -> Value {
+    let history: Vec<Value> = rec
+        .timeline
+        .history()
+        .map(|e| {
+            json!({
+                "status": e.status.as_str(),
+                "occurred_at": rfc3339_ms(e.occurred_at_ms.max(0) as u64),
+                "source": e.source,
+                "event_id": e.event_id,
+            })
+        })
+        .collect();
+    let mut view = json!({
+        "shipment_id": rec.shipment_id,
+        "order_id": rec.order_id,
+        "status": rec.timeline.status().as_str(),
+        "tracking_number": rec.tracking_number,
+        "label": rec.label,
+        "history": history,
+        "created_at": rfc3339_ms(rec.created_at_ms),
+    });
+    if let (Value::Object(view), Value::Object(details)) = (&mut view, &rec.details) {
+        for (k, v) in details {
+            if k != "order_id" {
+                view.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
+    view
+}

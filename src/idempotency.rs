@@ -1,0 +1,285 @@
+//! The idempotency rules of contract 5.2, pure: where the key comes from and
+//! what it may be, the request fingerprint, which answers are final, and what
+//! a new request with a known key gets. The store keeps the records; this
+//! module decides.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::canonical;
+
+pub const MAX_KEY_BYTES: usize = 255;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    Required,
+    Invalid(&'static str),
+}
+
+/// 1 to 255 printable ASCII characters without space (0x21 to 0x7E).
+pub fn valid_key(key: &str) -> bool {
+    (1..=MAX_KEY_BYTES).contains(&key.len()) && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// The key from the `Idempotency-Key` header or the body's
+/// `idempotency_key` (a body that is not JSON offers none).
+pub fn key_from(header: Option<&[u8]>, body: Option<&Value>) -> Result<String, KeyError> {
+    let from_header = match header {
+        None => None,
+        Some(raw) => match std::str::from_utf8(raw) {
+            Ok(k) if valid_key(k) => Some(k.to_string()),
+            _ => {
+                return Err(KeyError::Invalid(
+                    "Idempotency-Key must be 1-255 printable ASCII characters without spaces",
+                ));
+            }
+        },
+    };
+    let from_body = match body.and_then(|b| b.get("idempotency_key")) {
+        None => None,
+        Some(Value::String(k)) if valid_key(k) => Some(k.clone()),
+        Some(_) => {
+            return Err(KeyError::Invalid(
+                "idempotency_key must be 1-255 printable ASCII characters without spaces",
+            ));
+        }
+    };
+    match (from_header, from_body) {
+        (Some(h), Some(b)) if h != b => Err(KeyError::Invalid(
+            "the Idempotency-Key header and the idempotency_key field differ",
+        )),
+        (Some(k), _) | (None, Some(k)) => Ok(k),
+        (None, None) => Err(KeyError::Required),
+    }
+}
+
+/// SHA-256 of the method, the concrete path and the RFC 8785 form of the
+/// body without its `idempotency_key`; a write without a body counts as `{}`.
+pub fn fingerprint(method: &str, path: &str, body: Option<&Value>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(method.as_bytes());
+    h.update(b"\n");
+    h.update(path.as_bytes());
+    h.update(b"\n");
+    match body {
+        Some(Value::Object(map)) => {
+            let mut map = map.clone();
+            map.remove("idempotency_key");
+            h.update(canonical::to_vec(&Value::Object(map)));
+        }
+        Some(other) => h.update(canonical::to_vec(other)),
+        None => h.update(b"{}"),
+    }
+    h.finalize().into()
+}
+
+/// Only final answers are kept for replay; anything else leaves the key
+/// unused so the client's retry runs the operation again.
+pub fn is_final(status: u16, code: Option<&str>) -> bool {
+    match status {
+        200..=299 | 402 | 422 => true,
+        409 => matches!(
+            code,
+            Some("ORDER_EXISTS" | "LABEL_EXISTS" | "INVALID_TRANSITION")
+        ),
+        _ => false,
+    }
+}
+
+/// What the store keeps under a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Record {
+    /// Claimed by a request of process run `epoch`, until `lease_until_ms`.
+    InProgress {
+        fingerprint: String,
+        epoch: u64,
+        lease_until_ms: u64,
+    },
+    Done {
+        fingerprint: String,
+        status: u16,
+        body: String,
+        expires_at_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Run the operation (first use, or resuming a claim whose owner died).
+    Run,
+    Replay {
+        status: u16,
+        body: String,
+    },
+    Conflict,
+    InProgress,
+}
+
+/// What a request with `fingerprint` gets, given the key's record, the
+/// current time and this process run's epoch. A claim made by an earlier
+/// run (its owner crashed or was restarted) or whose lease ran out is
+/// resumable, so a key is never stuck.
+pub fn decide(record: Option<&Record>, fingerprint: &str, now_ms: u64, epoch: u64) -> Decision {
+    match record {
+        None => Decision::Run,
+        Some(Record::Done { expires_at_ms, .. }) if now_ms >= *expires_at_ms => Decision::Run,
+        Some(Record::Done { fingerprint: f, .. })
+        | Some(Record::InProgress { fingerprint: f, .. })
+            if f != fingerprint =>
+        {
+            Decision::Conflict
+        }
+        Some(Record::Done { status, body, .. }) => Decision::Replay {
+            status: *status,
+            body: body.clone(),
+        },
+        Some(Record::InProgress {
+            epoch: e,
+            lease_until_ms,
+            ..
+        }) => {
+            if *e != epoch || now_ms >= *lease_until_ms {
+                Decision::Run
+            } else {
+                Decision::InProgress
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_are_printable_ascii_without_space() {
+        assert!(valid_key("a"));
+        assert!(valid_key(&"~".repeat(255)));
+        assert!(valid_key("key-1_2.3:4/!"));
+        for bad in ["", " ", "has space", "tab\t", "é", &"a".repeat(256)] {
+            assert!(!valid_key(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_key_comes_from_header_or_body_and_they_must_agree() {
+        let body = json!({"idempotency_key": "k1"});
+        assert_eq!(key_from(Some(b"k1"), None), Ok("k1".into()));
+        assert_eq!(key_from(None, Some(&body)), Ok("k1".into()));
+        assert_eq!(key_from(Some(b"k1"), Some(&body)), Ok("k1".into()));
+        assert!(matches!(
+            key_from(Some(b"k2"), Some(&body)),
+            Err(KeyError::Invalid(_))
+        ));
+        assert_eq!(key_from(None, Some(&json!({}))), Err(KeyError::Required));
+        assert_eq!(key_from(None, None), Err(KeyError::Required));
+        assert!(matches!(
+            key_from(Some(b""), None),
+            Err(KeyError::Invalid(_))
+        ));
+        assert!(matches!(
+            key_from(None, Some(&json!({"idempotency_key": ""}))),
+            Err(KeyError::Invalid(_))
+        ));
+        assert!(matches!(
+            key_from(None, Some(&json!({"idempotency_key": 5}))),
+            Err(KeyError::Invalid(_))
+        ));
+        assert!(matches!(
+            key_from(Some(b"a b"), None),
+            Err(KeyError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn fingerprints_ignore_formatting_and_the_key_field_but_not_the_path() {
+        let a: Value = serde_json::from_str(r#"{"a":1,"b":[1,2],"idempotency_key":"k"}"#).unwrap();
+        let b: Value = serde_json::from_str("{ \"b\" : [1, 2],\n \"a\" : 1 }").unwrap();
+        assert_eq!(
+            fingerprint("POST", "/v1/x", Some(&a)),
+            fingerprint("POST", "/v1/x", Some(&b))
+        );
+        assert_ne!(
+            fingerprint("POST", "/v1/x", Some(&a)),
+            fingerprint("POST", "/v1/y", Some(&a))
+        );
+        assert_ne!(
+            fingerprint("POST", "/v1/x", Some(&a)),
+            fingerprint("POST", "/v1/x", Some(&json!({"a": 2, "b": [1, 2]})))
+        );
+        assert_eq!(
+            fingerprint("POST", "/v1/x", None),
+            fingerprint("POST", "/v1/x", Some(&json!({})))
+        );
+    }
+
+    #[test]
+    fn final_answers() {
+        for (status, code, expect) in [
+            (201, None, true),
+            (200, None, true),
+            (402, Some("PAYMENT_FAILED"), true),
+            (422, Some("INSUFFICIENT_STOCK"), true),
+            (409, Some("ORDER_EXISTS"), true),
+            (409, Some("LABEL_EXISTS"), true),
+            (409, Some("INVALID_TRANSITION"), true),
+            (409, Some("IDEMPOTENCY_CONFLICT"), false),
+            (400, Some("VALIDATION_FAILED"), false),
+            (401, None, false),
+            (404, None, false),
+            (408, None, false),
+            (413, None, false),
+            (415, None, false),
+            (429, None, false),
+            (500, None, false),
+            (503, None, false),
+        ] {
+            assert_eq!(is_final(status, code), expect, "{status} {code:?}");
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let fp = "f1";
+        let done = Record::Done {
+            fingerprint: fp.into(),
+            status: 201,
+            body: "{}".into(),
+            expires_at_ms: 1000,
+        };
+        let claimed = Record::InProgress {
+            fingerprint: fp.into(),
+            epoch: 7,
+            lease_until_ms: 500,
+        };
+        assert_eq!(decide(None, fp, 0, 7), Decision::Run);
+        assert_eq!(
+            decide(Some(&done), fp, 10, 7),
+            Decision::Replay {
+                status: 201,
+                body: "{}".into()
+            }
+        );
+        assert_eq!(decide(Some(&done), "f2", 10, 7), Decision::Conflict);
+        assert_eq!(
+            decide(Some(&done), fp, 1000, 7),
+            Decision::Run,
+            "forgotten after retention"
+        );
+        assert_eq!(decide(Some(&claimed), fp, 10, 7), Decision::InProgress);
+        assert_eq!(decide(Some(&claimed), "f2", 10, 7), Decision::Conflict);
+        assert_eq!(
+            decide(Some(&claimed), fp, 500, 7),
+            Decision::Run,
+            "lease ran out"
+        );
+        assert_eq!(
+            decide(Some(&claimed), fp, 10, 8),
+            Decision::Run,
+            "claimed before a restart"
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! Integrator authentication and per-partner rate limits (contract 5).
+
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+
+use crate::config::PartnerConfig;
+use crate::ratelimit::Limiter;
+
+pub struct Partner {
+    pub name: String,
+    keys: Vec<Vec<u8>>,
+    pub limiter: Option<Limiter>,
+}
+
+pub struct Partners(Vec<Arc<Partner>>);
+
+impl Partners {
+    pub fn new(configs: &[PartnerConfig]) -> Partners {
+        Partners(
+            configs
+                .iter()
+                .map(|p| {
+                    Arc::new(Partner {
+                        name: p.name.clone(),
+                        keys: p
+                            .api_keys
+                            .iter()
+                            .map(|k| k.expose().as_bytes().to_vec())
+                            .collect(),
+                        limiter: p.rate_limit.map(Limiter::new),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// The partner whose API key is `presented`. Every configured key is
+    /// compared, in constant time, whatever matched: how long this takes
+    /// tells nothing about which key, or how much of one, was right.
+    pub fn authenticate(&self, presented: &[u8]) -> Option<Arc<Partner>> {
+        let mut found = None;
+        for partner in &self.0 {
+            for key in &partner.keys {
+                if bool::from(key.as_slice().ct_eq(presented)) {
+                    found = Some(partner.clone());
+                }
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, NoEnv};
+
+    #[test]
+    fn any_of_a_partners_keys_authenticates_it() {
+        let cfg = Config::parse(
+            r#"
+            [[partners]]
+            name = "acme"
+            api_keys = ["old-key", "new-key"]
+            [[partners]]
+            name = "globex"
+            api_keys = ["globex-key"]
+            "#,
+            &NoEnv,
+        )
+        .unwrap();
+        let p = Partners::new(&cfg.partners);
+        assert_eq!(p.authenticate(b"old-key").unwrap().name, "acme");
+        assert_eq!(p.authenticate(b"new-key").unwrap().name, "acme");
+        assert_eq!(p.authenticate(b"globex-key").unwrap().name, "globex");
+        assert!(p.authenticate(b"new-ke").is_none());
+        assert!(p.authenticate(b"").is_none());
+    }
+}

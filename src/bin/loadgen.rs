@@ -78,6 +78,14 @@ enum Cmd {
         /// A distinct prefix for ids, so runs against one store do not collide.
         #[arg(long)]
         run_id: Option<String>,
+        /// Create shipments through `POST /v1/shipments` with this partner
+        /// API key instead of sending webhooks.
+        #[arg(long)]
+        shipments_api_key: Option<String>,
+        /// With --shipments-api-key: cycle through this many idempotency
+        /// keys, so all but the first request per key are replays.
+        #[arg(long)]
+        replay_keys: Option<u64>,
     },
 }
 
@@ -106,6 +114,8 @@ fn main() {
             body_bytes,
             total,
             run_id,
+            shipments_api_key,
+            replay_keys,
         } => {
             let text = std::fs::read_to_string(&config)
                 .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
@@ -126,6 +136,7 @@ fn main() {
                 duplicate_ratio,
                 run_id: run_id.unwrap_or_else(|| format!("{:x}", now_secs())),
                 next: AtomicU64::new(0),
+                shipments: shipments_api_key.map(|api_key| (api_key, replay_keys)),
             });
             let report = rt.block_on(async move {
                 match rate {
@@ -294,11 +305,30 @@ struct Generator {
     duplicate_ratio: f64,
     run_id: String,
     next: AtomicU64,
+    /// Integrator writes instead of webhooks: (API key, keys to cycle).
+    shipments: Option<(String, Option<u64>)>,
 }
 
 impl Generator {
     fn request(&self, rng: &mut fastrand::Rng) -> Request<Full<Bytes>> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Some((api_key, cycle)) = &self.shipments {
+            let n = cycle.map_or(n, |c| n % c.max(1));
+            let address = r#"{"name":"Ada Lovelace","street1":"12 Elm St","city":"Brooklyn","postal_code":"11201","country":"US"}"#;
+            let body = format!(
+                r#"{{"order_id":"lg-{run}-{n}","carrier":"ups","service":"ground","from":{address},"to":{address},"parcels":[{{"weight_grams":1200,"length_cm":30,"width_cm":20,"height_cm":10}}]}}"#,
+                run = self.run_id
+            );
+            return Request::builder()
+                .method("POST")
+                .uri("/v1/shipments")
+                .header("host", "127.0.0.1")
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {api_key}"))
+                .header("idempotency-key", format!("lg-{}-{n}", self.run_id))
+                .body(Full::new(Bytes::from(body)))
+                .expect("request");
+        }
         // A duplicate repeats an id already sent (or in flight) in this run.
         let n = if n > 0 && rng.f64() < self.duplicate_ratio {
             rng.u64(..n)
@@ -347,7 +377,7 @@ impl Tally {
         self.latencies_us
             .push(latency.as_micros().min(u32::MAX as u128) as u32);
         match status.map(|s| s.as_u16()) {
-            Some(202) => self.accepted += 1,
+            Some(202) | Some(201) => self.accepted += 1,
             Some(200) => self.duplicate += 1,
             Some(_) => self.other += 1,
             None => self.errors += 1,

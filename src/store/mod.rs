@@ -36,7 +36,7 @@ use state::{StateMachine, StateMsg};
 /// the first request in them without making the flush cheaper.
 const MAX_GROUP: usize = 2048;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),

@@ -63,6 +63,8 @@ pub struct Completion {
     pub record: idempotency::Record,
 }
 
+type Reply<T> = oneshot::Sender<Result<T, StateError>>;
+
 /// A recorded label and what it did to the events parked for it.
 #[derive(Debug, Clone)]
 pub struct LabelRecorded {
@@ -188,7 +190,7 @@ impl StateMachine {
                 }
                 match rx.recv_timeout(left) {
                     Ok(StateMsg::Wake) => {}
-                    Ok(msg) => self.handle(msg),
+                    Ok(msg) => self.handle_all(std::iter::once(msg).chain(rx.try_iter())),
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => break 'serve,
                 }
@@ -202,13 +204,36 @@ impl StateMachine {
             // were ever missed.
             match rx.recv_timeout(Duration::from_millis(500)) {
                 Ok(StateMsg::Wake) | Err(RecvTimeoutError::Timeout) => {}
-                Ok(msg) => self.handle(msg),
+                Ok(msg) => self.handle_all(std::iter::once(msg).chain(rx.try_iter())),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         self.shared
             .dispatcher_running
             .store(false, Ordering::Relaxed);
+    }
+
+    /// Serves the commands waiting in the queue. Shipment creations share
+    /// one batch and one flush (a group commit, as for intake). Claims and
+    /// releases touch only keys, whose pending completions stay in progress
+    /// until the flush; any other command first commits the creations
+    /// before it.
+    fn handle_all(&self, msgs: impl Iterator<Item = StateMsg>) {
+        let mut creates = Vec::new();
+        for msg in msgs {
+            match msg {
+                StateMsg::CreateShipment(rec, completion, reply) => {
+                    creates.push((*rec, completion, reply))
+                }
+                StateMsg::Wake => {}
+                claim @ (StateMsg::Claim { .. } | StateMsg::Release { .. }) => self.handle(claim),
+                other => {
+                    self.create_shipments(std::mem::take(&mut creates));
+                    self.handle(other);
+                }
+            }
+        }
+        self.create_shipments(creates);
     }
 
     fn handle(&self, msg: StateMsg) {
@@ -218,7 +243,7 @@ impl StateMachine {
                 let _ = reply.send(self.drain_inbox());
             }
             StateMsg::CreateShipment(rec, completion, reply) => {
-                let _ = reply.send(self.create_shipment(*rec, completion));
+                self.create_shipments(vec![(*rec, completion, reply)]);
             }
             StateMsg::Claim {
                 partner,
@@ -393,33 +418,54 @@ impl StateMachine {
         Ok(record)
     }
 
-    fn create_shipment(
-        &self,
-        rec: ShipmentRecord,
-        completion: Option<Completion>,
-    ) -> Result<(), StateError> {
+    /// Stores new shipments, each with the final answer of the request
+    /// that created it, in one batch and one flush; answers each.
+    fn create_shipments(&self, creates: Vec<(ShipmentRecord, Option<Completion>, Reply<()>)>) {
+        if creates.is_empty() {
+            return;
+        }
         let tree = &self.shared.tree;
-        let key = codec::shipment_key(&rec.shipment_id);
-        if tree.contains_key(&key)? {
-            return Err(StateError::Conflict(format!(
-                "shipment {} exists",
-                rec.shipment_id
-            )));
-        }
         let mut batch = sled::Batch::default();
-        batch.insert(
-            key,
-            serde_json::to_vec(&rec).expect("a shipment serialises"),
-        );
-        if let Some(c) = completion {
+        let mut accepted = Vec::new();
+        let mut seen = HashSet::new();
+        for (rec, completion, reply) in creates {
+            let key = codec::shipment_key(&rec.shipment_id);
+            match tree.contains_key(&key) {
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    continue;
+                }
+                Ok(exists) if exists || !seen.insert(rec.shipment_id.clone()) => {
+                    let _ = reply.send(Err(StateError::Conflict(format!(
+                        "shipment {} exists",
+                        rec.shipment_id
+                    ))));
+                    continue;
+                }
+                Ok(_) => {}
+            }
             batch.insert(
-                codec::idem_key(&c.partner, &c.key),
-                serde_json::to_vec(&c.record).expect("a record serialises"),
+                key,
+                serde_json::to_vec(&rec).expect("a shipment serialises"),
             );
+            if let Some(c) = completion {
+                batch.insert(
+                    codec::idem_key(&c.partner, &c.key),
+                    serde_json::to_vec(&c.record).expect("a record serialises"),
+                );
+            }
+            accepted.push(reply);
         }
-        tree.apply_batch(batch)?;
-        self.shared.sync()?;
-        Ok(())
+        if accepted.is_empty() {
+            return;
+        }
+        let result = tree
+            .apply_batch(batch)
+            .map_err(StoreError::from)
+            .and_then(|_| self.shared.sync());
+        for reply in accepted {
+            let _ = reply.send(result.clone().map_err(StateError::from));
+        }
     }
 
     /// Claims a key for a request, or says why not. A claim needs no flush:

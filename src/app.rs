@@ -127,5 +127,15 @@ async fn sweep_loop(store: Arc<Store>) {
                 }
             }
         }
+        loop {
+            match store.sweep_idempotency(now_ms(), SWEEP_BATCH).await {
+                Ok(0) => break,
+                Ok(n) => tracing::debug!(swept = n, "idempotency retention sweep"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "idempotency retention sweep failed");
+                    break;
+                }
+            }
+        }
     }
 }

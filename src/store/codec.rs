@@ -17,6 +17,7 @@
 //! | `s` shipment_id | `ShipmentRecord` JSON |
 //! | `t` tracking_number | shipment_id |
 //! | `k` partner 0 key | `idempotency::Record` JSON |
+//! | `K` expires_at partner 0 key | (empty): the idempotency retention index |
 //!
 //! Neither the inbox nor the parked and dead events have keys of their own:
 //! dispatch goes in arrival order, so "every dispatched arrival after the
@@ -24,7 +25,7 @@
 //! in the same batch that writes its outcome into its arrival; events
 //! parked under a tracking number are the ones the `T` index names under it
 //! whose outcome is parked. The writer thread inserts `e x n T O m/seq`;
-//! the state thread writes `m/cursor s t k` and outcomes into `n`. Source names cannot contain a 0 byte (config
+//! the state thread writes `m/cursor s t k K` and outcomes into `n`. Source names cannot contain a 0 byte (config
 //! allows only `[a-z0-9_-]`), so the first 0 splits a name.
 
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,24 @@ pub fn seq_suffix(k: &[u8]) -> Option<u64> {
 /// `k` partner 0 key: an idempotency record, scoped per partner.
 pub fn idem_key(partner: &str, key: &str) -> Vec<u8> {
     prefixed(b'k', partner, key)
+}
+
+/// `K` expires_at partner 0 key: the idempotency retention index.
+pub fn idem_expiry_key(expires_at_ms: u64, partner: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + partner.len() + key.len());
+    k.push(b'K');
+    k.extend_from_slice(&expires_at_ms.to_be_bytes());
+    k.extend_from_slice(&name(partner, key));
+    k
+}
+
+pub fn parse_idem_expiry_key(k: &[u8]) -> Option<(u64, String, String)> {
+    if k.len() < 10 || k[0] != b'K' {
+        return None;
+    }
+    let at = u64::from_be_bytes(k[1..9].try_into().ok()?);
+    let (partner, key) = split_name(&k[9..])?;
+    Some((at, partner, key))
 }
 
 pub fn shipment_key(shipment_id: &str) -> Vec<u8> {
@@ -346,6 +365,11 @@ mod tests {
         assert_eq!(Arrival::decode(&a.encode()), Some(a));
         assert!(expiry_key(1, 999) < expiry_key(2, 0));
         assert_eq!(parse_expiry_key(&expiry_key(5, 6)), Some((5, 6)));
+        assert_eq!(
+            parse_idem_expiry_key(&idem_expiry_key(9, "acme", "k/1")),
+            Some((9, "acme".into(), "k/1".into()))
+        );
+        assert!(idem_expiry_key(1, "z", "z") < idem_expiry_key(2, "a", "a"));
         assert_eq!(parse_seq_key(b'n', &seq_key(b'n', 77)), Some(77));
         assert_eq!(parse_seq_key(b'd', &seq_key(b'n', 77)), None);
         assert_eq!(

@@ -407,6 +407,17 @@ impl Store {
         .await
     }
 
+    /// Forgets up to `limit` stored idempotent answers whose retention ended
+    /// before `now_ms`; returns how many.
+    pub async fn sweep_idempotency(&self, now_ms: u64, limit: usize) -> Result<usize, StateError> {
+        self.command(|reply| StateMsg::SweepIdempotency {
+            now_ms,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     /// Gives up this run's claim on a key (the answer was not final).
     pub fn release(&self, partner: &str, key: &str) {
         if let Some(tx) = self

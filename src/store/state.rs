@@ -92,6 +92,12 @@ pub(super) enum StateMsg {
         partner: String,
         key: String,
     },
+    /// Forgets up to `limit` stored answers whose retention ended.
+    SweepIdempotency {
+        now_ms: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<usize, StateError>>,
+    },
     RecordLabel {
         shipment_id: String,
         tracking_number: String,
@@ -253,6 +259,13 @@ impl StateMachine {
                 reply,
             } => {
                 let _ = reply.send(self.claim(&partner, &key, &fingerprint, lease));
+            }
+            StateMsg::SweepIdempotency {
+                now_ms,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.sweep_idempotency(now_ms, limit));
             }
             StateMsg::Release { partner, key } => {
                 if let Err(e) = self.release(&partner, &key) {
@@ -449,6 +462,12 @@ impl StateMachine {
                 serde_json::to_vec(&rec).expect("a shipment serialises"),
             );
             if let Some(c) = completion {
+                if let idempotency::Record::Done { expires_at_ms, .. } = &c.record {
+                    batch.insert(
+                        codec::idem_expiry_key(*expires_at_ms, &c.partner, &c.key),
+                        Vec::new(),
+                    );
+                }
                 batch.insert(
                     codec::idem_key(&c.partner, &c.key),
                     serde_json::to_vec(&c.record).expect("a record serialises"),
@@ -492,6 +511,40 @@ impl StateMachine {
             tree.insert(k, serde_json::to_vec(&claim).expect("a record serialises"))?;
         }
         Ok(decision)
+    }
+
+    /// Forgets stored answers past their retention, oldest first; the index
+    /// is ordered by expiry, so the cost is proportional to what expires.
+    fn sweep_idempotency(&self, now_ms: u64, limit: usize) -> Result<usize, StateError> {
+        let tree = &self.shared.tree;
+        let mut batch = sled::Batch::default();
+        let mut swept = 0;
+        for kv in tree
+            .range(codec::idem_expiry_key(0, "", "")..codec::idem_expiry_key(now_ms, "", ""))
+            .take(limit)
+        {
+            let (k, _) = kv?;
+            batch.remove(k.clone());
+            swept += 1;
+            let Some((at, partner, key)) = codec::parse_idem_expiry_key(&k) else {
+                continue;
+            };
+            let record_key = codec::idem_key(&partner, &key);
+            let record: Option<idempotency::Record> = tree
+                .get(&record_key)?
+                .and_then(|v| serde_json::from_slice(&v).ok());
+            // The key may have been used again since: only the answer this
+            // entry indexes is forgotten.
+            if let Some(idempotency::Record::Done { expires_at_ms, .. }) = record
+                && expires_at_ms == at
+            {
+                batch.remove(record_key);
+            }
+        }
+        if swept > 0 {
+            tree.apply_batch(batch)?;
+        }
+        Ok(swept)
     }
 
     /// Gives up a claim after an answer that is not final, so the retry runs.

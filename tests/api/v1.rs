@@ -353,3 +353,44 @@ async fn a_claim_left_by_a_request_that_died_is_resumable_after_restart() {
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.header("idempotent-replayed"), None);
 }
+
+#[tokio::test]
+async fn stored_answers_are_forgotten_after_their_retention() {
+    let app = spawn_app().await;
+    let body = shipment_body("o-ret").to_string();
+    let first = create(&app, "acme-key", Some("k-ret"), &body).await.json();
+    let now = waybill::clock::now_ms();
+    let hour = 3_600_000;
+    // The default retention is 24 h: an hour on, the answer is still kept.
+    assert_eq!(
+        app.app
+            .store
+            .sweep_idempotency(now + hour, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    let again = create(&app, "acme-key", Some("k-ret"), &body).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        app.app
+            .store
+            .sweep_idempotency(now + 25 * hour, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        app.app
+            .store
+            .sweep_idempotency(now + 25 * hour, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    // Forgotten: the key runs the operation again.
+    let fresh = create(&app, "acme-key", Some("k-ret"), &body).await;
+    assert_eq!(fresh.status, 201);
+    assert_eq!(fresh.header("idempotent-replayed"), None);
+    assert_ne!(fresh.json()["shipment_id"], first["shipment_id"]);
+}

@@ -17,6 +17,8 @@
 //!   chooses status codes (`http::error`).
 //! - [`app`]: `run(config, listener, shutdown)`, shared by binary and tests.
 //! - [`cli`]: the subcommands other than `serve`.
+//! - [`simulator`]: `waybill simulate`, the fake carrier, payments and
+//!   inventory services, with fault injection and a ledger.
 //! - [`telemetry`]: logging set-up and every metric name.
 
 pub mod app;
@@ -33,5 +35,6 @@ pub mod mapping;
 pub mod partners;
 pub mod ratelimit;
 pub mod signature;
+pub mod simulator;
 pub mod store;
 pub mod telemetry;

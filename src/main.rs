@@ -28,6 +28,36 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run the simulated carrier, payments and inventory services.
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: std::net::SocketAddr,
+        /// Stock of a SKU, as SKU=N; may be repeated. Others start at 1000.
+        #[arg(long, value_parser = parse_stock)]
+        stock: Vec<(String, i64)>,
+        /// Chance of a 503 before doing the work.
+        #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+        fail_rate: f64,
+        /// Chance of doing the work and then losing the answer (500 or a dropped connection).
+        #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+        lost_response_rate: f64,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Send signed tracking webhooks for every label to this URL.
+        #[arg(long, requires = "secret")]
+        emit_webhooks: Option<String>,
+        /// The Standard Webhooks secret (whsec_...) to sign them with.
+        #[arg(long)]
+        secret: Option<String>,
+        #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+        duplicate_rate: f64,
+        #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+        reorder_rate: f64,
+        #[arg(long, value_enum, default_value = "json")]
+        log_format: LogFormat,
+    },
     /// Print the headers a delivery of FILE from a source would carry.
     Sign {
         #[arg(long)]
@@ -67,6 +97,33 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config, log_format } => serve(config, log_format),
+        Command::Simulate {
+            listen,
+            stock,
+            fail_rate,
+            lost_response_rate,
+            latency_ms,
+            seed,
+            emit_webhooks,
+            secret,
+            duplicate_rate,
+            reorder_rate,
+            log_format,
+        } => {
+            telemetry::init_logging(log_format);
+            let config = waybill::simulator::SimConfig {
+                stock: stock.into_iter().collect(),
+                default_stock: 1000,
+                fail_rate,
+                lost_response_rate,
+                latency: std::time::Duration::from_millis(latency_ms),
+                seed,
+                emit: emit_webhooks.zip(secret),
+                duplicate_rate,
+                reorder_rate,
+            };
+            simulate(listen, config)
+        }
     }
 }
 
@@ -118,6 +175,57 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    })
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability from 0 to 1")),
+    }
+}
+
+fn parse_stock(s: &str) -> Result<(String, i64), String> {
+    match s.split_once('=') {
+        Some((sku, n)) if !sku.is_empty() => n
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(|n| (sku.to_string(), n))
+            .ok_or_else(|| format!("{s:?}: the stock must be a whole number, like SKU-1=20")),
+        _ => Err(format!("{s:?} is not SKU=N")),
+    }
+}
+
+fn simulate(listen: std::net::SocketAddr, config: waybill::simulator::SimConfig) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(listen = %listen, error = %e, "cannot bind");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = match shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "simulator serving");
+        waybill::simulator::run(listener, config, shutdown).await;
+        ExitCode::SUCCESS
     })
 }
 

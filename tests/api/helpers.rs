@@ -102,6 +102,23 @@ kind = "store-only"
 secrets = ["{hash_secret}"]
 signature = { scheme = "hmac-sha256", header = "X-Sig", encoding = "hex", prefix = "sha256=" }
 
+[[sources]]
+name = "simc"
+kind = "tracking"
+secrets = ["{sw_secret}"]
+signature = { scheme = "standard-webhooks" }
+event_type = "/type"
+accept_event_types = ["tracking.updated"]
+[sources.mapping]
+tracking_number = "/data/tracking_number"
+status = "/data/status"
+occurred_at = "/data/occurred_at"
+[sources.mapping.status_map]
+LABEL_CREATED = "LABEL_CREATED"
+IN_TRANSIT = "IN_TRANSIT"
+OUT_FOR_DELIVERY = "OUT_FOR_DELIVERY"
+DELIVERED = "DELIVERED"
+
 [[partners]]
 name = "acme"
 api_keys = ["acme-old-key", "acme-key"]

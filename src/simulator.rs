@@ -1,0 +1,539 @@
+//! `waybill simulate`: the carrier, payments and inventory services the
+//! gateway calls, on one address, with the faults real ones have
+//! (contract 6). Every side effect it really performs is one row in
+//! `GET /_sim/ledger`, so a test can prove that nothing happened twice;
+//! fault injection never touches the ledger.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::canonical;
+use crate::signature::{Scheme, SchemeKind};
+
+#[derive(Debug, Clone, Default)]
+pub struct SimConfig {
+    pub stock: HashMap<String, i64>,
+    pub default_stock: i64,
+    /// Chance of a 503 before any work.
+    pub fail_rate: f64,
+    /// Chance that, after doing the work, the answer is lost: a 500 or a
+    /// dropped connection.
+    pub lost_response_rate: f64,
+    pub latency: Duration,
+    pub seed: Option<u64>,
+    /// Where to send tracking webhooks for every label, and the
+    /// Standard Webhooks secret to sign them with.
+    pub emit: Option<(String, String)>,
+    pub duplicate_rate: f64,
+    pub reorder_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ChargeRow {
+    idempotency_key: Option<String>,
+    transaction_id: String,
+    amount_cents: i64,
+    currency: String,
+    customer_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct LabelRow {
+    idempotency_key: Option<String>,
+    label_id: String,
+    tracking_number: String,
+    voided: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ReservationRow {
+    idempotency_key: Option<String>,
+    reservation_id: String,
+    items: Value,
+    released: bool,
+}
+
+#[derive(Default)]
+struct Ledger {
+    charges: Vec<ChargeRow>,
+    labels: Vec<LabelRow>,
+    reservations: Vec<ReservationRow>,
+    stock: HashMap<String, i64>,
+}
+
+/// A stored answer for an idempotency key: the request's fingerprint and
+/// what it got.
+type Stored = (String, StatusCode, Value);
+
+struct Sim {
+    config: SimConfig,
+    ledger: Mutex<Ledger>,
+    answers: Mutex<HashMap<String, Stored>>,
+    /// One lock per idempotency key: concurrent requests with one key are
+    /// served one after the other and get the same answer.
+    key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    rng: Mutex<fastrand::Rng>,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn run(listener: TcpListener, config: SimConfig, shutdown: impl Future<Output = ()>) {
+    let rng = config
+        .seed
+        .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+    let sim = Arc::new(Sim {
+        ledger: Mutex::new(Ledger {
+            stock: config.stock.clone(),
+            ..Ledger::default()
+        }),
+        config,
+        answers: Mutex::new(HashMap::new()),
+        key_locks: Mutex::new(HashMap::new()),
+        rng: Mutex::new(rng),
+        counter: std::sync::atomic::AtomicU64::new(0),
+    });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let sim = sim.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let sim = sim.clone();
+                        async move { sim.serve(req).await }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+/// The error a service answer can end in: a dropped connection.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("response lost on purpose")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+fn json(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> (StatusCode, Value) {
+    (status, json!({"error": {"code": code, "message": message}}))
+}
+
+impl Sim {
+    fn draw(&self, p: f64) -> bool {
+        p > 0.0 && self.rng.lock().expect("rng lock").f64() < p
+    }
+
+    fn next_id(&self, prefix: &str) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{prefix}_{n:06}{}", uuid::Uuid::now_v7().simple())
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Dropped> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        if path == "/_sim/ledger" && method == Method::GET {
+            let l = self.ledger.lock().expect("ledger lock");
+            return Ok(json(
+                StatusCode::OK,
+                &json!({"charges": l.charges, "labels": l.labels, "reservations": l.reservations}),
+            ));
+        }
+        let key = req
+            .headers()
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        if !self.config.latency.is_zero() {
+            tokio::time::sleep(self.config.latency).await;
+        }
+        if self.draw(self.config.fail_rate) {
+            let (s, b) = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "injected failure",
+            );
+            return Ok(json(s, &b));
+        }
+        let (status, answer) = self.answer(&method, &path, key, &body).await;
+        if self.draw(self.config.lost_response_rate) {
+            // The work is done (and in the ledger); the caller never hears.
+            if self.draw(0.5) {
+                return Err(Dropped);
+            }
+            let (s, b) = error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "LOST",
+                "the response was lost",
+            );
+            return Ok(json(s, &b));
+        }
+        if status == StatusCode::NO_CONTENT {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = status;
+            return Ok(r);
+        }
+        Ok(json(status, &answer))
+    }
+
+    /// The answer to a request, remembered under its idempotency key.
+    async fn answer(
+        self: &Arc<Self>,
+        method: &Method,
+        path: &str,
+        key: Option<String>,
+        body: &Bytes,
+    ) -> (StatusCode, Value) {
+        let parsed: Option<Value> = if body.is_empty() {
+            Some(json!({}))
+        } else {
+            serde_json::from_slice(body).ok()
+        };
+        let Some(value) = parsed else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_JSON",
+                "the body is not JSON",
+            );
+        };
+        let Some(key) = key.filter(|_| method == Method::POST) else {
+            return self.perform(method, path, &value, None);
+        };
+        let scoped = format!("{path}\n{key}");
+        let lock = self
+            .key_locks
+            .lock()
+            .expect("key lock table")
+            .entry(scoped.clone())
+            .or_default()
+            .clone();
+        let _held = lock.lock().await;
+        let fingerprint = hex::encode(Sha256::digest(canonical::to_vec(&value)));
+        if let Some((fp, status, answer)) = self
+            .answers
+            .lock()
+            .expect("answers lock")
+            .get(&scoped)
+            .cloned()
+        {
+            if fp != fingerprint {
+                return error(
+                    StatusCode::CONFLICT,
+                    "IDEMPOTENCY_CONFLICT",
+                    "this key was used with another body",
+                );
+            }
+            return (status, answer);
+        }
+        let (status, answer) = self.perform(method, path, &value, Some(&key));
+        if status.is_success()
+            || status == StatusCode::PAYMENT_REQUIRED
+            || status == StatusCode::UNPROCESSABLE_ENTITY
+        {
+            self.answers
+                .lock()
+                .expect("answers lock")
+                .insert(scoped, (fingerprint, status, answer.clone()));
+        }
+        (status, answer)
+    }
+
+    fn perform(
+        self: &Arc<Self>,
+        method: &Method,
+        path: &str,
+        body: &Value,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_string);
+        match (method, segments.as_slice()) {
+            (&Method::POST, ["carrier", "labels"]) => {
+                if text("shipment_id").is_none() {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID",
+                        "shipment_id is required",
+                    );
+                }
+                let carrier = text("carrier").unwrap_or_else(|| "sim".into());
+                let label_id = self.next_id("lbl");
+                let tracking_number = format!(
+                    "SIM{}",
+                    &uuid::Uuid::now_v7().simple().to_string()[..16].to_uppercase()
+                );
+                self.ledger
+                    .lock()
+                    .expect("ledger lock")
+                    .labels
+                    .push(LabelRow {
+                        idempotency_key: key.map(str::to_string),
+                        label_id: label_id.clone(),
+                        tracking_number: tracking_number.clone(),
+                        voided: false,
+                    });
+                if let Some((url, secret)) = &self.config.emit {
+                    tokio::spawn(emit_tracking(
+                        self.clone(),
+                        url.clone(),
+                        secret.clone(),
+                        tracking_number.clone(),
+                    ));
+                }
+                (
+                    StatusCode::CREATED,
+                    json!({"label_id": label_id, "tracking_number": tracking_number, "carrier": carrier,
+                           "label_url": format!("https://labels.sim.invalid/{label_id}.pdf")}),
+                )
+            }
+            (&Method::POST, ["carrier", "labels", label_id, "void"]) => {
+                let mut l = self.ledger.lock().expect("ledger lock");
+                match l.labels.iter_mut().find(|r| r.label_id == *label_id) {
+                    Some(row) => {
+                        row.voided = true;
+                        (
+                            StatusCode::OK,
+                            json!({"label_id": label_id, "voided": true}),
+                        )
+                    }
+                    None => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such label"),
+                }
+            }
+            (&Method::POST, ["payments", "charges"]) => {
+                let (Some(amount), Some(currency), Some(customer)) = (
+                    body.get("amount_cents").and_then(Value::as_i64),
+                    text("currency"),
+                    text("customer_id"),
+                ) else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID",
+                        "amount_cents, currency and customer_id are required",
+                    );
+                };
+                if customer.starts_with("decline") {
+                    return error(
+                        StatusCode::PAYMENT_REQUIRED,
+                        "PAYMENT_FAILED",
+                        "card declined",
+                    );
+                }
+                let transaction_id = self.next_id("txn");
+                self.ledger
+                    .lock()
+                    .expect("ledger lock")
+                    .charges
+                    .push(ChargeRow {
+                        idempotency_key: key.map(str::to_string),
+                        transaction_id: transaction_id.clone(),
+                        amount_cents: amount,
+                        currency,
+                        customer_id: customer,
+                    });
+                (
+                    StatusCode::CREATED,
+                    json!({"transaction_id": transaction_id}),
+                )
+            }
+            (&Method::POST, ["inventory", "reservations"]) => {
+                let Some(items) = body.get("items").and_then(Value::as_array) else {
+                    return error(StatusCode::BAD_REQUEST, "INVALID", "items is required");
+                };
+                let mut wanted: Vec<(String, i64)> = Vec::new();
+                for item in items {
+                    match (
+                        item.get("sku").and_then(Value::as_str),
+                        item.get("quantity").and_then(Value::as_i64),
+                    ) {
+                        (Some(sku), Some(q)) if q > 0 => wanted.push((sku.to_string(), q)),
+                        _ => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "INVALID",
+                                "each item needs a sku and a positive quantity",
+                            );
+                        }
+                    }
+                }
+                let mut l = self.ledger.lock().expect("ledger lock");
+                let default = self.config.default_stock;
+                if wanted
+                    .iter()
+                    .any(|(sku, q)| *l.stock.get(sku).unwrap_or(&default) < *q)
+                {
+                    return error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "INSUFFICIENT_STOCK",
+                        "not enough stock",
+                    );
+                }
+                for (sku, q) in &wanted {
+                    *l.stock.entry(sku.clone()).or_insert(default) -= q;
+                }
+                let reservation_id = self.next_id("res");
+                l.reservations.push(ReservationRow {
+                    idempotency_key: key.map(str::to_string),
+                    reservation_id: reservation_id.clone(),
+                    items: Value::Array(items.clone()),
+                    released: false,
+                });
+                (
+                    StatusCode::CREATED,
+                    json!({"reservation_id": reservation_id}),
+                )
+            }
+            (&Method::DELETE, ["inventory", "reservations", id]) => {
+                let mut l = self.ledger.lock().expect("ledger lock");
+                let Some(i) = l.reservations.iter().position(|r| r.reservation_id == *id) else {
+                    return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such reservation");
+                };
+                if !l.reservations[i].released {
+                    l.reservations[i].released = true;
+                    let items = l.reservations[i].items.clone();
+                    let default = self.config.default_stock;
+                    for item in items.as_array().into_iter().flatten() {
+                        if let (Some(sku), Some(q)) = (
+                            item.get("sku").and_then(Value::as_str),
+                            item.get("quantity").and_then(Value::as_i64),
+                        ) {
+                            *l.stock.entry(sku.to_string()).or_insert(default) += q;
+                        }
+                    }
+                }
+                (StatusCode::NO_CONTENT, Value::Null)
+            }
+            _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint"),
+        }
+    }
+}
+
+/// Sends the tracking updates a carrier would for a new label, signed with
+/// Standard Webhooks, some twice and some out of order.
+async fn emit_tracking(sim: Arc<Sim>, url: String, secret: String, tracking_number: String) {
+    let scheme = Scheme::new(SchemeKind::StandardWebhooks, None);
+    let Ok(key) = scheme.key_from_secret(&secret) else {
+        tracing::error!("--secret is not a Standard Webhooks secret");
+        return;
+    };
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        tracing::error!(url, "--emit-webhooks is not a URL");
+        return;
+    };
+    let statuses = [
+        "LABEL_CREATED",
+        "IN_TRANSIT",
+        "OUT_FOR_DELIVERY",
+        "DELIVERED",
+    ];
+    let start = crate::clock::now_ms();
+    let mut events: Vec<(String, Vec<u8>)> = statuses
+        .iter()
+        .enumerate()
+        .map(|(i, status)| {
+            let id = format!("evt_{}_{i}", tracking_number);
+            let occurred = crate::clock::rfc3339_ms(start + i as u64 * 60_000);
+            let body = json!({"id": id, "type": "tracking.updated",
+                              "data": {"tracking_number": tracking_number, "status": status, "occurred_at": occurred}});
+            (id, body.to_string().into_bytes())
+        })
+        .collect();
+    for i in 0..events.len().saturating_sub(1) {
+        if sim.draw(sim.config.reorder_rate) {
+            events.swap(i, i + 1);
+        }
+    }
+    let mut sends = Vec::new();
+    for e in events {
+        let twice = sim.draw(sim.config.duplicate_rate);
+        sends.push(e.clone());
+        if twice {
+            sends.push(e);
+        }
+    }
+    let Some(authority) = uri.authority().map(|a| a.to_string()) else {
+        return;
+    };
+    let path = uri.path().to_string();
+    for (id, body) in sends {
+        let headers = scheme.sign(&key, &body, (crate::clock::now_ms() / 1000) as i64, &id);
+        if let Err(e) = post(&authority, &path, headers, body).await {
+            tracing::warn!(error = %e, "emitting a tracking webhook failed");
+        }
+    }
+}
+
+async fn post(
+    authority: &str,
+    path: &str,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+) -> Result<StatusCode, String> {
+    let addr: SocketAddr = tokio::net::lookup_host(authority)
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", authority)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok(resp.status())
+}

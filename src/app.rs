@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::downstream::Downstream;
 use crate::ingest::Ingest;
 use crate::partners::Partners;
 use crate::store::{Store, StoreError};
@@ -26,6 +27,7 @@ pub struct App {
     pub store: Arc<Store>,
     pub ingest: Ingest,
     pub partners: Partners,
+    pub downstream: Downstream,
     pub metrics: PrometheusHandle,
     pub draining: AtomicBool,
 }
@@ -53,11 +55,13 @@ impl App {
         let store = Arc::new(store);
         let ingest = Ingest::new(&config, store.clone());
         let partners = Partners::new(&config.partners);
+        let downstream = Downstream::new(&config.downstream);
         Ok(Arc::new(App {
             config: Arc::new(config),
             store,
             ingest,
             partners,
+            downstream,
             metrics,
             draining: AtomicBool::new(false),
         }))

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod downstream;
 pub mod http;
 pub mod idempotency;
 pub mod identity;

@@ -301,10 +301,12 @@ impl Sim {
                 }
                 let carrier = text("carrier").unwrap_or_else(|| "sim".into());
                 let label_id = self.next_id("lbl");
-                let tracking_number = format!(
-                    "SIM{}",
-                    &uuid::Uuid::now_v7().simple().to_string()[..16].to_uppercase()
-                );
+                // Unique by construction: a serial, then random digits.
+                let serial = self
+                    .counter
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let noise = self.rng.lock().expect("rng lock").u32(..0xFF_FFFF);
+                let tracking_number = format!("SIM{serial:08}{noise:06X}");
                 self.ledger
                     .lock()
                     .expect("ledger lock")

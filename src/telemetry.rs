@@ -16,6 +16,8 @@ pub mod metric {
     pub const INBOX_PENDING: &str = "waybill_inbox_pending";
     pub const DISPATCH: &str = "waybill_dispatch_total";
     pub const IDEMPOTENCY: &str = "waybill_idempotency_total";
+    pub const DOWNSTREAM: &str = "waybill_downstream_requests_total";
+    pub const CIRCUIT_OPEN: &str = "waybill_circuit_open";
     pub const STORE_GROUP_SIZE: &str = "waybill_store_commit_group_size";
     pub const STORE_FLUSH_SECONDS: &str = "waybill_store_flush_seconds";
     pub const SWEPT: &str = "waybill_retention_swept_total";

@@ -163,6 +163,41 @@ impl ApiError {
         e
     }
 
+    pub fn label_exists(label_id: &str) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::CONFLICT,
+            "LABEL_EXISTS",
+            "the shipment already has a label",
+        );
+        e.details = vec![FieldIssue::new("label_id", label_id)];
+        e
+    }
+
+    pub fn invalid_transition(why: &str) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "INVALID_TRANSITION", why)
+    }
+
+    pub fn upstream_unavailable(service: &str, retry_after_secs: u64) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UPSTREAM_UNAVAILABLE",
+            format!("the {service} service is unavailable; retry later"),
+        );
+        e.retry_after = Some(retry_after_secs.max(1));
+        e
+    }
+
+    /// The error body as stored for an idempotent replay.
+    pub fn body_bytes(&self, request_id: &str) -> String {
+        let details: Vec<_> = self
+            .details
+            .iter()
+            .map(|d| json!({"field": d.field, "issue": d.issue}))
+            .collect();
+        json!({"error": {"code": self.code, "message": self.message, "details": details, "request_id": request_id}})
+            .to_string()
+    }
+
     pub fn not_redeliverable(why: String) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, "NOT_REDELIVERABLE", why)
     }

@@ -66,6 +66,8 @@ enum Route<'a> {
     AdminOther,
     V1Shipments,
     V1Shipment,
+    V1Label,
+    V1Cancel,
     Unmatched,
 }
 
@@ -92,11 +94,13 @@ impl<'a> Route<'a> {
                     && !name.contains('/')
                 {
                     Route::Webhook(name)
-                } else if let Some(id) = path.strip_prefix("/v1/shipments/")
-                    && !id.is_empty()
-                    && !id.contains('/')
-                {
-                    Route::V1Shipment
+                } else if let Some(rest) = path.strip_prefix("/v1/shipments/") {
+                    match rest.split('/').collect::<Vec<_>>().as_slice() {
+                        [id] if !id.is_empty() => Route::V1Shipment,
+                        [id, "label"] if !id.is_empty() => Route::V1Label,
+                        [id, "cancel"] if !id.is_empty() => Route::V1Cancel,
+                        _ => Route::Unmatched,
+                    }
                 } else {
                     Route::Unmatched
                 }
@@ -116,6 +120,8 @@ impl<'a> Route<'a> {
             Route::AdminOther => "/admin",
             Route::V1Shipments => "/v1/shipments",
             Route::V1Shipment => "/v1/shipments/{shipment_id}",
+            Route::V1Label => "/v1/shipments/{shipment_id}/label",
+            Route::V1Cancel => "/v1/shipments/{shipment_id}/cancel",
             Route::Unmatched => "unmatched",
         }
     }
@@ -266,6 +272,8 @@ async fn router(app: &App, req: Request<Incoming>) -> Response<Body> {
         }
         Route::V1Shipments => v1::handle(app, req, v1::V1Route::Shipments).await,
         Route::V1Shipment => v1::handle(app, req, v1::V1Route::Shipment).await,
+        Route::V1Label => v1::handle(app, req, v1::V1Route::Label).await,
+        Route::V1Cancel => v1::handle(app, req, v1::V1Route::Cancel).await,
         _ => {
             let id = req
                 .extensions()
@@ -325,7 +333,12 @@ mod tests {
             Route::of("/v1/shipments/shp_1").template(),
             "/v1/shipments/{shipment_id}"
         );
-        assert_eq!(Route::of("/v1/shipments/shp_1/label"), Route::Unmatched);
+        assert_eq!(Route::of("/v1/shipments/shp_1/label"), Route::V1Label);
+        assert_eq!(
+            Route::of("/v1/shipments/shp_1/cancel").template(),
+            "/v1/shipments/{shipment_id}/cancel"
+        );
+        assert_eq!(Route::of("/v1/shipments/shp_1/other"), Route::Unmatched);
     }
 
     #[test]

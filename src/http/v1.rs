@@ -17,11 +17,12 @@ use super::{LogFields, RequestId};
 use crate::app::App;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::domain::request::NewShipment;
-use crate::domain::shipment::Timeline;
+use crate::domain::shipment::{ShipmentStatus, Timeline};
+use crate::downstream::Service;
 use crate::idempotency::{self, Decision, KeyError};
 use crate::identity::FieldIssue;
 use crate::partners::Partner;
-use crate::store::{Completion, ShipmentRecord, StateError};
+use crate::store::{CancelAnswer, Completion, ShipmentRecord, StateError};
 use crate::telemetry::metric;
 
 /// How long a claim holds a key before another request may resume it.
@@ -33,6 +34,8 @@ fn lease(app: &App) -> Duration {
 pub(super) enum V1Route {
     Shipments,
     Shipment,
+    Label,
+    Cancel,
 }
 
 pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) -> Response<Body> {
@@ -44,8 +47,8 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) ->
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let allowed = match route {
-        V1Route::Shipments => Method::POST,
         V1Route::Shipment => Method::GET,
+        _ => Method::POST,
     };
     if method != allowed {
         let allow = if allowed == Method::POST {
@@ -92,14 +95,46 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) ->
             fields,
         );
     }
+    let id = path
+        .trim_start_matches("/v1/shipments")
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if !id.is_empty() {
+        fields.shipment_id = Some(id.clone());
+    }
     let resp = match route {
         V1Route::Shipments => {
             create_shipment(app, &partner, &parts, &path, body, &request_id, &mut fields).await
         }
-        V1Route::Shipment => {
-            let id = path.trim_start_matches("/v1/shipments/").to_string();
-            fields.shipment_id = Some(id.clone());
-            get_shipment(app, &partner, &id, &request_id)
+        V1Route::Shipment => get_shipment(app, &partner, &id, &request_id),
+        V1Route::Label => {
+            buy_label(
+                app,
+                &partner,
+                &parts,
+                &path,
+                &id,
+                body,
+                &request_id,
+                &mut fields,
+            )
+            .await
+        }
+        V1Route::Cancel => {
+            cancel(
+                app,
+                &partner,
+                &parts,
+                &path,
+                &id,
+                body,
+                &request_id,
+                &mut fields,
+            )
+            .await
         }
     };
     with_fields(resp, fields)
@@ -247,6 +282,366 @@ async fn create_shipment(
     }
 }
 
+/// Claims the key, or returns the answer the request gets instead.
+async fn claim(
+    app: &App,
+    endpoint: &'static str,
+    partner: &Partner,
+    key: &str,
+    fingerprint: &str,
+    request_id: &str,
+) -> Result<(), Response<Body>> {
+    match app
+        .store
+        .claim(&partner.name, key, fingerprint, lease(app))
+        .await
+    {
+        Err(e) => {
+            tracing::error!(error = %e, "idempotency claim failed");
+            Err(ApiError::store_unavailable().into_response(request_id))
+        }
+        Ok(Decision::Replay { status, body }) => {
+            count(endpoint, "replayed");
+            Err(replay(status, body))
+        }
+        Ok(Decision::Conflict) => {
+            count(endpoint, "conflict");
+            Err(ApiError::idempotency_conflict().into_response(request_id))
+        }
+        Ok(Decision::InProgress) => {
+            count(endpoint, "in_progress");
+            Err(ApiError::idempotency_in_progress().into_response(request_id))
+        }
+        Ok(Decision::Run) => Ok(()),
+    }
+}
+
+/// Answers with an error. A final one (contract 5.2) is stored under the
+/// key for replay; any other gives the key back.
+async fn refuse(
+    app: &App,
+    partner: &Partner,
+    key: &str,
+    fingerprint: &str,
+    error: ApiError,
+    request_id: &str,
+) -> Response<Body> {
+    if idempotency::is_final(error.status.as_u16(), Some(error.code)) {
+        let completion = Completion {
+            partner: partner.name.clone(),
+            key: key.to_string(),
+            record: idempotency::Record::Done {
+                fingerprint: fingerprint.to_string(),
+                status: error.status.as_u16(),
+                body: error.body_bytes(request_id),
+                expires_at_ms: now_ms() + app.config.store.idempotency_retention.as_millis() as u64,
+            },
+        };
+        if let Err(e) = app.store.finish(completion).await {
+            tracing::error!(error = %e, "storing a final answer failed");
+            app.store.release(&partner.name, key);
+            return ApiError::store_unavailable().into_response(request_id);
+        }
+    } else {
+        app.store.release(&partner.name, key);
+    }
+    error.into_response(request_id)
+}
+
+/// The shipment behind `id` for this partner; None when it is another's
+/// or does not exist.
+fn own_shipment(
+    app: &App,
+    partner: &Partner,
+    id: &str,
+) -> Result<Option<ShipmentRecord>, ApiError> {
+    match app.store.shipment(id) {
+        Ok(Some(rec)) if rec.partner == partner.name => Ok(Some(rec)),
+        Ok(_) => Ok(None),
+        Err(e) => {
+            tracing::error!(error = %e, "reading a shipment failed");
+            Err(ApiError::store_unavailable())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn buy_label(
+    app: &App,
+    partner: &Partner,
+    parts: &http::request::Parts,
+    path: &str,
+    id: &str,
+    body: Bytes,
+    request_id: &str,
+    fields: &mut LogFields,
+) -> Response<Body> {
+    const ENDPOINT: &str = "/v1/shipments/{shipment_id}/label";
+    let (key, value) = match write_preamble(parts, &body) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(request_id),
+    };
+    fields.idempotency_key = Some(key.clone());
+    let Some(value) = value else {
+        return ApiError::validation_failed(vec![FieldIssue::new(
+            "",
+            "the body is not valid JSON",
+        )])
+        .into_response(request_id);
+    };
+    let format = match value.get("format") {
+        None | Some(Value::Null) => "PDF".to_string(),
+        Some(Value::String(f)) if f == "PDF" || f == "ZPL" => f.clone(),
+        Some(_) => {
+            return ApiError::validation_failed(vec![FieldIssue::new(
+                "/format",
+                "must be \"PDF\" or \"ZPL\"",
+            )])
+            .into_response(request_id);
+        }
+    };
+    let shipment = match own_shipment(app, partner, id) {
+        Ok(Some(s)) => s,
+        Ok(None) => return ApiError::not_found("shipment").into_response(request_id),
+        Err(e) => return e.into_response(request_id),
+    };
+    let fingerprint = hex::encode(idempotency::fingerprint("POST", path, Some(&value)));
+    if let Err(answer) = claim(app, ENDPOINT, partner, &key, &fingerprint, request_id).await {
+        return answer;
+    }
+    // A cancelled shipment cannot get a label, even if it had one (9.15).
+    if shipment.timeline.status() == ShipmentStatus::Cancelled {
+        let e = ApiError::invalid_transition("the shipment is cancelled");
+        return refuse(app, partner, &key, &fingerprint, e, request_id).await;
+    }
+    if let Some(label) = &shipment.label {
+        let label_id = label
+            .get("label_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let e = ApiError::label_exists(&label_id);
+        return refuse(app, partner, &key, &fingerprint, e, request_id).await;
+    }
+    let details = &shipment.details;
+    let request = json!({
+        "shipment_id": shipment.shipment_id,
+        "carrier": details.get("carrier"),
+        "service": details.get("service"),
+        "from": details.get("from"),
+        "to": details.get("to"),
+        "parcels": details.get("parcels"),
+        "format": format,
+    });
+    // The carrier's key is the shipment's, whatever the integrator's key:
+    // a retry after a lost answer gets the first label back.
+    let carrier_key = format!("label:{}", shipment.shipment_id);
+    let answer = match app
+        .downstream
+        .call(
+            Service::Carrier,
+            Method::POST,
+            "/carrier/labels",
+            &carrier_key,
+            Some(&request),
+        )
+        .await
+    {
+        Ok(a) if a.status.is_success() => a,
+        Ok(a) => {
+            tracing::warn!(status = a.status.as_u16(), "the carrier refused a label");
+            let e = ApiError::upstream_unavailable("carrier", 1);
+            return refuse(app, partner, &key, &fingerprint, e, request_id).await;
+        }
+        Err(u) => {
+            let e = ApiError::upstream_unavailable("carrier", u.retry_after_secs);
+            return refuse(app, partner, &key, &fingerprint, e, request_id).await;
+        }
+    };
+    let (Some(label_id), Some(tracking_number)) = (
+        answer.body.get("label_id").and_then(Value::as_str),
+        answer.body.get("tracking_number").and_then(Value::as_str),
+    ) else {
+        tracing::error!("the carrier's label answer lacks label_id or tracking_number");
+        let e = ApiError::upstream_unavailable("carrier", 1);
+        return refuse(app, partner, &key, &fingerprint, e, request_id).await;
+    };
+    let now = now_ms();
+    let label = json!({
+        "label_id": label_id,
+        "shipment_id": shipment.shipment_id,
+        "tracking_number": tracking_number,
+        "carrier": answer.body.get("carrier").and_then(Value::as_str).or(details.get("carrier").and_then(Value::as_str)),
+        "format": format,
+        "created_at": rfc3339_ms(now),
+    });
+    let body = serde_json::to_string(&label).expect("a JSON value serialises");
+    let completion = Completion {
+        partner: partner.name.clone(),
+        key: key.clone(),
+        record: idempotency::Record::Done {
+            fingerprint: fingerprint.clone(),
+            status: 201,
+            body: body.clone(),
+            expires_at_ms: now + app.config.store.idempotency_retention.as_millis() as u64,
+        },
+    };
+    match app
+        .store
+        .record_label_answered(
+            &shipment.shipment_id,
+            tracking_number,
+            label,
+            now,
+            Some(completion),
+        )
+        .await
+    {
+        Ok(_) => {
+            count(ENDPOINT, "executed");
+            json_bytes(StatusCode::CREATED, body)
+        }
+        Err(StateError::InvalidTransition) => {
+            let e = ApiError::invalid_transition("the shipment was cancelled");
+            refuse(app, partner, &key, &fingerprint, e, request_id).await
+        }
+        Err(StateError::Conflict(why)) => {
+            let existing = app
+                .store
+                .shipment(&shipment.shipment_id)
+                .ok()
+                .flatten()
+                .and_then(|s| s.label)
+                .and_then(|l| {
+                    l.get("label_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                });
+            match existing {
+                // Another key bought it meanwhile: the shipment has its label.
+                Some(label_id) => {
+                    let e = ApiError::label_exists(&label_id);
+                    refuse(app, partner, &key, &fingerprint, e, request_id).await
+                }
+                // The carrier's tracking number is another shipment's.
+                None => {
+                    tracing::error!(why, "the carrier's label cannot be recorded");
+                    let e = ApiError::upstream_unavailable("carrier", 1);
+                    refuse(app, partner, &key, &fingerprint, e, request_id).await
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "recording a label failed");
+            app.store.release(&partner.name, &key);
+            ApiError::store_unavailable().into_response(request_id)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn cancel(
+    app: &App,
+    partner: &Partner,
+    parts: &http::request::Parts,
+    path: &str,
+    id: &str,
+    body: Bytes,
+    request_id: &str,
+    fields: &mut LogFields,
+) -> Response<Body> {
+    const ENDPOINT: &str = "/v1/shipments/{shipment_id}/cancel";
+    let (key, value) = match write_preamble(parts, &body) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(request_id),
+    };
+    fields.idempotency_key = Some(key.clone());
+    let Some(value) = value else {
+        return ApiError::validation_failed(vec![FieldIssue::new(
+            "",
+            "the body is not valid JSON",
+        )])
+        .into_response(request_id);
+    };
+    let shipment = match own_shipment(app, partner, id) {
+        Ok(Some(s)) => s,
+        Ok(None) => return ApiError::not_found("shipment").into_response(request_id),
+        Err(e) => return e.into_response(request_id),
+    };
+    let fingerprint = hex::encode(idempotency::fingerprint("POST", path, Some(&value)));
+    if let Err(answer) = claim(app, ENDPOINT, partner, &key, &fingerprint, request_id).await {
+        return answer;
+    }
+    let status = shipment.timeline.status();
+    if !matches!(
+        status,
+        ShipmentStatus::Created | ShipmentStatus::LabelCreated | ShipmentStatus::Cancelled
+    ) {
+        let e = ApiError::invalid_transition(&format!(
+            "a shipment that is {} cannot be cancelled",
+            status.as_str()
+        ));
+        return refuse(app, partner, &key, &fingerprint, e, request_id).await;
+    }
+    if status != ShipmentStatus::Cancelled
+        && let Some(label_id) = shipment
+            .label
+            .as_ref()
+            .and_then(|l| l.get("label_id"))
+            .and_then(Value::as_str)
+    {
+        let void_path = format!("/carrier/labels/{label_id}/void");
+        match app
+            .downstream
+            .call(
+                Service::Carrier,
+                Method::POST,
+                &void_path,
+                &format!("void:{label_id}"),
+                None,
+            )
+            .await
+        {
+            Ok(a) if a.status.is_success() || a.status == StatusCode::NOT_FOUND => {}
+            Ok(a) => {
+                tracing::warn!(status = a.status.as_u16(), "the carrier refused a void");
+                let e = ApiError::upstream_unavailable("carrier", 1);
+                return refuse(app, partner, &key, &fingerprint, e, request_id).await;
+            }
+            Err(u) => {
+                let e = ApiError::upstream_unavailable("carrier", u.retry_after_secs);
+                return refuse(app, partner, &key, &fingerprint, e, request_id).await;
+            }
+        }
+    }
+    let answer = CancelAnswer {
+        partner: partner.name.clone(),
+        key: key.clone(),
+        fingerprint: fingerprint.clone(),
+        expires_at_ms: now_ms() + app.config.store.idempotency_retention.as_millis() as u64,
+        render: shipment_view,
+    };
+    match app
+        .store
+        .cancel(&shipment.shipment_id, now_ms(), Some(answer))
+        .await
+    {
+        Ok(rec) => {
+            count(ENDPOINT, "executed");
+            json_response(StatusCode::OK, &shipment_view(&rec))
+        }
+        Err(StateError::InvalidTransition) => {
+            let e = ApiError::invalid_transition("the shipment started moving");
+            refuse(app, partner, &key, &fingerprint, e, request_id).await
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cancelling failed");
+            app.store.release(&partner.name, &key);
+            ApiError::store_unavailable().into_response(request_id)
+        }
+    }
+}
+
 fn get_shipment(app: &App, partner: &Partner, id: &str, request_id: &str) -> Response<Body> {
     match app.store.shipment(id) {
         Ok(Some(rec)) if rec.partner == partner.name => {
@@ -280,7 +675,7 @@ fn json_bytes(status: StatusCode, body: String) -> Response<Body> {
 }
 
 /// The Shipment resource of contract 5.1.
-pub(super) fn shipment_view(rec: &ShipmentRecord) -> Value {
+pub fn shipment_view(rec: &ShipmentRecord) -> Value {
     let history: Vec<Value> = rec
         .timeline
         .history()

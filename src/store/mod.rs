@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{SourceConfig, StoreConfig};
 use crate::telemetry::metric;
 pub use codec::{DispatchOutcome, EventMeta, OutcomeRecord, ShipmentRecord};
-pub use state::{Completion, LabelRecorded, StateError};
+pub use state::{CancelAnswer, Completion, LabelRecorded, StateError};
 use state::{StateMachine, StateMsg};
 
 /// Requests gathered into one batch at most. Larger groups add latency to
@@ -443,14 +443,52 @@ impl Store {
         label: serde_json::Value,
         at_ms: u64,
     ) -> Result<LabelRecorded, StateError> {
+        self.record_label_answered(shipment_id, tracking_number, label, at_ms, None)
+            .await
+    }
+
+    /// `record_label`, with the final answer of the idempotent request that
+    /// bought the label stored in the same write.
+    pub async fn record_label_answered(
+        &self,
+        shipment_id: &str,
+        tracking_number: &str,
+        label: serde_json::Value,
+        at_ms: u64,
+        completion: Option<Completion>,
+    ) -> Result<LabelRecorded, StateError> {
         self.command(|reply| StateMsg::RecordLabel {
             shipment_id: shipment_id.to_string(),
             tracking_number: tracking_number.to_string(),
             label,
             at_ms,
+            completion,
             reply,
         })
         .await
+    }
+
+    /// Cancels a shipment that is not moving; durable on return.
+    pub async fn cancel(
+        &self,
+        shipment_id: &str,
+        at_ms: u64,
+        answer: Option<CancelAnswer>,
+    ) -> Result<ShipmentRecord, StateError> {
+        self.command(|reply| StateMsg::Cancel {
+            shipment_id: shipment_id.to_string(),
+            at_ms,
+            answer,
+            reply,
+        })
+        .await
+    }
+
+    /// Stores the final answer of an idempotent request that wrote nothing
+    /// else (a refusal that is final); durable on return.
+    pub async fn finish(&self, completion: Completion) -> Result<(), StateError> {
+        self.command(|reply| StateMsg::Finish { completion, reply })
+            .await
     }
 
     /// Dispatches a parked or dead event again; its new outcome.

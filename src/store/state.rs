@@ -44,6 +44,8 @@ pub enum StateError {
     NotRedeliverable(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("the shipment is moving or done")]
+    InvalidTransition,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -64,6 +66,18 @@ pub struct Completion {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StateError>>;
+
+/// How to store the answer to a cancel, which is the shipment as the
+/// cancel leaves it: rendered on the state machine's thread, in the batch
+/// that changes the shipment.
+#[derive(Debug, Clone)]
+pub struct CancelAnswer {
+    pub partner: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub expires_at_ms: u64,
+    pub render: fn(&ShipmentRecord) -> serde_json::Value,
+}
 
 /// A recorded label and what it did to the events parked for it.
 #[derive(Debug, Clone)]
@@ -103,7 +117,18 @@ pub(super) enum StateMsg {
         tracking_number: String,
         label: serde_json::Value,
         at_ms: u64,
+        completion: Option<Completion>,
         reply: oneshot::Sender<Result<LabelRecorded, StateError>>,
+    },
+    Cancel {
+        shipment_id: String,
+        at_ms: u64,
+        answer: Option<CancelAnswer>,
+        reply: oneshot::Sender<Result<ShipmentRecord, StateError>>,
+    },
+    Finish {
+        completion: Completion,
+        reply: oneshot::Sender<Result<(), StateError>>,
     },
     Redeliver {
         source: String,
@@ -277,9 +302,36 @@ impl StateMachine {
                 tracking_number,
                 label,
                 at_ms,
+                completion,
                 reply,
             } => {
-                let _ = reply.send(self.record_label(&shipment_id, &tracking_number, label, at_ms));
+                let _ = reply.send(self.record_label(
+                    &shipment_id,
+                    &tracking_number,
+                    label,
+                    at_ms,
+                    completion,
+                ));
+            }
+            StateMsg::Cancel {
+                shipment_id,
+                at_ms,
+                answer,
+                reply,
+            } => {
+                let _ = reply.send(self.cancel(&shipment_id, at_ms, answer));
+            }
+            StateMsg::Finish { completion, reply } => {
+                let mut batch = sled::Batch::default();
+                put_completion(&mut batch, &completion);
+                let result = self
+                    .shared
+                    .tree
+                    .apply_batch(batch)
+                    .map_err(StoreError::from)
+                    .and_then(|_| self.shared.sync())
+                    .map_err(StateError::from);
+                let _ = reply.send(result);
             }
             StateMsg::Redeliver {
                 source,
@@ -570,6 +622,7 @@ impl StateMachine {
         tracking_number: &str,
         label: serde_json::Value,
         at_ms: u64,
+        completion: Option<Completion>,
     ) -> Result<LabelRecorded, StateError> {
         let tree = &self.shared.tree;
         let mut pass = Pass::new(tree);
@@ -584,6 +637,9 @@ impl StateMachine {
             let shipment = pass
                 .shipment_mut(shipment_id)?
                 .ok_or(StateError::NotFound)?;
+            if shipment.timeline.status() == ShipmentStatus::Cancelled {
+                return Err(StateError::InvalidTransition);
+            }
             match &shipment.tracking_number {
                 Some(tn) if tn == tracking_number => {}
                 Some(tn) => {
@@ -634,11 +690,63 @@ impl StateMachine {
                 unparked.push((arrival.source, out.outcome));
             }
         }
+        if let Some(c) = &completion {
+            put_completion(&mut pass.batch, c);
+        }
         let counted = pass.commit()?;
         self.shared.sync()?;
         count(&counted);
         let shipment = super::read_shipment(tree, shipment_id)?.ok_or(StateError::NotFound)?;
         Ok(LabelRecorded { shipment, unparked })
+    }
+
+    /// Cancels a shipment that is not moving: the gateway's CANCELLED joins
+    /// its timeline. Already cancelled: nothing changes. Moving or done:
+    /// `InvalidTransition`, checked here, where no carrier event can slip
+    /// in between the check and the change.
+    fn cancel(
+        &self,
+        shipment_id: &str,
+        at_ms: u64,
+        answer: Option<CancelAnswer>,
+    ) -> Result<ShipmentRecord, StateError> {
+        let tree = &self.shared.tree;
+        let mut pass = Pass::new(tree);
+        let shipment = pass
+            .shipment_mut(shipment_id)?
+            .ok_or(StateError::NotFound)?;
+        match shipment.timeline.status() {
+            ShipmentStatus::Cancelled => {}
+            ShipmentStatus::Created | ShipmentStatus::LabelCreated => {
+                shipment.timeline.apply(StatusEvent::gateway(
+                    ShipmentStatus::Cancelled,
+                    at_ms as i64,
+                ));
+            }
+            _ => return Err(StateError::InvalidTransition),
+        }
+        let record = shipment.clone();
+        pass.touch(shipment_id);
+        if let Some(a) = answer {
+            let body =
+                serde_json::to_string(&(a.render)(&record)).expect("a JSON value serialises");
+            put_completion(
+                &mut pass.batch,
+                &Completion {
+                    partner: a.partner,
+                    key: a.key,
+                    record: idempotency::Record::Done {
+                        fingerprint: a.fingerprint,
+                        status: 200,
+                        body,
+                        expires_at_ms: a.expires_at_ms,
+                    },
+                },
+            );
+        }
+        pass.commit()?;
+        self.shared.sync()?;
+        Ok(record)
     }
 
     fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
@@ -662,6 +770,20 @@ impl StateMachine {
         count(&counted);
         Ok(out)
     }
+}
+
+/// Stores a final answer and its retention entry into a batch.
+fn put_completion(batch: &mut sled::Batch, c: &Completion) {
+    if let idempotency::Record::Done { expires_at_ms, .. } = &c.record {
+        batch.insert(
+            codec::idem_expiry_key(*expires_at_ms, &c.partner, &c.key),
+            Vec::new(),
+        );
+    }
+    batch.insert(
+        codec::idem_key(&c.partner, &c.key),
+        serde_json::to_vec(&c.record).expect("a record serialises"),
+    );
 }
 
 fn count(counted: &[(String, DispatchOutcome)]) {

@@ -119,6 +119,13 @@ IN_TRANSIT = "IN_TRANSIT"
 OUT_FOR_DELIVERY = "OUT_FOR_DELIVERY"
 DELIVERED = "DELIVERED"
 
+[downstream]
+base_url = "{downstream}"
+timeout = "500ms"
+max_attempts = 4
+backoff = { initial = "5ms", max = "40ms" }
+breaker = { failures = 1000, cooldown = "1s" }
+
 [[partners]]
 name = "acme"
 api_keys = ["acme-old-key", "acme-key"]
@@ -149,6 +156,8 @@ pub struct Options {
     pub admin: bool,
     /// The `ep` source's occurred_at pointer.
     pub occurred_at: &'static str,
+    /// Where the carrier, payments and inventory are (a simulator).
+    pub downstream: String,
 }
 
 impl Default for Options {
@@ -158,6 +167,8 @@ impl Default for Options {
             request_timeout: "5s",
             admin: true,
             occurred_at: "/result/updated_at",
+            // Nothing listens on the discard port: calls fail fast.
+            downstream: "http://127.0.0.1:9".into(),
         }
     }
 }
@@ -196,6 +207,7 @@ async fn start(dir: tempfile::TempDir, opts: Options) -> TestApp {
             },
         )
         .replace("{occurred_at}", opts.occurred_at)
+        .replace("{downstream}", &opts.downstream)
         .replace("{ep_secret}", EP_SECRET)
         .replace("{sw_secret}", SW_SECRET)
         .replace("{stripe_secret}", STRIPE_SECRET)

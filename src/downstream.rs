@@ -1,0 +1,369 @@
+//! Calls to the carrier, payments and inventory services (contract 6):
+//! a timeout per attempt, retries with exponential backoff and full jitter
+//! on 5xx, timeouts and connection errors (never on 4xx), a circuit breaker
+//! per service, and the caller's `Idempotency-Key` on every attempt, so a
+//! retry after a lost answer never buys or charges twice.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::config::DownstreamConfig;
+use crate::telemetry::metric;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Carrier,
+    Payments,
+    Inventory,
+}
+
+impl Service {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Carrier => "carrier",
+            Service::Payments => "payments",
+            Service::Inventory => "inventory",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A service's answer that is final for the caller: a success or a 4xx.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+/// The service could not be reached after every attempt, or its breaker is
+/// open; retrying later may work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable {
+    /// The breaker's remaining cooldown, at least 1; 1 while it is closed.
+    pub retry_after_secs: u64,
+}
+
+/// Consecutive failures open the breaker; after the cooldown one trial
+/// call goes through (half-open): its success closes the breaker, its
+/// failure opens it again. Pure: the time is an argument.
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    failures: u32,
+    open_until: Option<Instant>,
+    trial_in_flight: bool,
+}
+
+impl Breaker {
+    pub fn new(threshold: u32, cooldown: Duration) -> Breaker {
+        Breaker {
+            threshold: threshold.max(1),
+            cooldown,
+            failures: 0,
+            open_until: None,
+            trial_in_flight: false,
+        }
+    }
+
+    /// Whether a call may go out now; Err with the wait when it may not.
+    pub fn admit(&mut self, now: Instant) -> Result<(), Duration> {
+        match self.open_until {
+            None => Ok(()),
+            Some(until) if now < until => Err(until - now),
+            Some(_) if self.trial_in_flight => Err(Duration::from_secs(1)),
+            Some(_) => {
+                self.trial_in_flight = true;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn success(&mut self) {
+        self.failures = 0;
+        self.open_until = None;
+        self.trial_in_flight = false;
+    }
+
+    pub fn failure(&mut self, now: Instant) {
+        self.failures += 1;
+        if self.trial_in_flight || self.failures >= self.threshold {
+            self.open_until = Some(now + self.cooldown);
+            self.trial_in_flight = false;
+        }
+    }
+
+    pub fn is_open(&self, now: Instant) -> bool {
+        self.open_until.is_some_and(|until| now < until)
+    }
+
+    /// Seconds until a call may be tried again, at least 1.
+    pub fn retry_after(&self, now: Instant) -> u64 {
+        match self.open_until {
+            Some(until) if now < until => (until - now).as_secs_f64().ceil().max(1.0) as u64,
+            _ => 1,
+        }
+    }
+}
+
+/// The wait before attempt `attempt` (2 for the first retry): a random
+/// time from 0 to the exponential cap ("full jitter").
+pub fn backoff(
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+    rng: &mut fastrand::Rng,
+) -> Duration {
+    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(2).min(20));
+    let cap = exp.min(max);
+    Duration::from_nanos(rng.u64(0..=cap.as_nanos() as u64))
+}
+
+pub struct Downstream {
+    config: DownstreamConfig,
+    client: Client<HttpConnector, Full<Bytes>>,
+    breakers: [Mutex<Breaker>; 3],
+}
+
+enum Attempt {
+    Final(Answer),
+    Failed(&'static str),
+}
+
+impl Downstream {
+    pub fn new(config: &DownstreamConfig) -> Downstream {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeout));
+        connector.set_nodelay(true);
+        let breaker = || {
+            Mutex::new(Breaker::new(
+                config.breaker_failures,
+                config.breaker_cooldown,
+            ))
+        };
+        Downstream {
+            config: config.clone(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            breakers: [breaker(), breaker(), breaker()],
+        }
+    }
+
+    fn count(service: Service, outcome: &'static str) {
+        metrics::counter!(metric::DOWNSTREAM, "service" => service.as_str(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    fn gauge(&self, service: Service) {
+        let open = self.breakers[service.index()]
+            .lock()
+            .expect("breaker lock")
+            .is_open(Instant::now());
+        metrics::gauge!(metric::CIRCUIT_OPEN, "service" => service.as_str()).set(if open {
+            1.0
+        } else {
+            0.0
+        });
+    }
+
+    /// Calls `service`, retrying as configured. A success or a 4xx is the
+    /// answer; anything else after the last attempt is `Unavailable`.
+    pub async fn call(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        idempotency_key: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, Unavailable> {
+        let mut rng = fastrand::Rng::new();
+        let breaker = &self.breakers[service.index()];
+        for attempt in 1..=self.config.max_attempts {
+            if attempt > 1 {
+                tokio::time::sleep(backoff(
+                    self.config.backoff_initial,
+                    self.config.backoff_max,
+                    attempt,
+                    &mut rng,
+                ))
+                .await;
+            }
+            if let Err(wait) = breaker.lock().expect("breaker lock").admit(Instant::now()) {
+                Downstream::count(service, "breaker_open");
+                self.gauge(service);
+                return Err(Unavailable {
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                });
+            }
+            match self.attempt(&method, path, idempotency_key, body).await {
+                Attempt::Final(answer) => {
+                    Downstream::count(
+                        service,
+                        if answer.status.is_success() {
+                            "success"
+                        } else {
+                            "client_error"
+                        },
+                    );
+                    breaker.lock().expect("breaker lock").success();
+                    self.gauge(service);
+                    return Ok(answer);
+                }
+                Attempt::Failed(outcome) => {
+                    Downstream::count(service, outcome);
+                    breaker
+                        .lock()
+                        .expect("breaker lock")
+                        .failure(Instant::now());
+                    self.gauge(service);
+                    tracing::warn!(
+                        service = service.as_str(),
+                        attempt,
+                        outcome,
+                        "downstream call failed"
+                    );
+                }
+            }
+        }
+        Err(Unavailable {
+            retry_after_secs: breaker
+                .lock()
+                .expect("breaker lock")
+                .retry_after(Instant::now()),
+        })
+    }
+
+    async fn attempt(
+        &self,
+        method: &Method,
+        path: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> Attempt {
+        let uri = format!("{}{path}", self.config.base_url);
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header("idempotency-key", key);
+        let payload = match body {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let Ok(req) = req.body(Full::new(payload)) else {
+            return Attempt::Failed("connect_error");
+        };
+        let sent = tokio::time::timeout(self.config.timeout, async {
+            let resp = self.client.request(req).await?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, bytes))
+        })
+        .await;
+        match sent {
+            Err(_) => Attempt::Failed("timeout"),
+            Ok(Err(e)) => {
+                let connect = e
+                    .downcast_ref::<hyper_util::client::legacy::Error>()
+                    .is_some_and(|e| e.is_connect());
+                Attempt::Failed(if connect {
+                    "connect_error"
+                } else {
+                    "server_error"
+                })
+            }
+            Ok(Ok((status, bytes))) if status.is_server_error() => {
+                let _ = bytes;
+                Attempt::Failed("server_error")
+            }
+            Ok(Ok((status, bytes))) => Attempt::Final(Answer {
+                status,
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_failures_open_the_breaker_until_the_cooldown() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(3, Duration::from_secs(10));
+        for _ in 0..2 {
+            assert!(b.admit(t0).is_ok());
+            b.failure(t0);
+        }
+        assert!(!b.is_open(t0));
+        b.success();
+        for _ in 0..3 {
+            assert!(b.admit(t0).is_ok());
+            b.failure(t0);
+        }
+        assert!(b.is_open(t0));
+        assert_eq!(
+            b.admit(t0 + Duration::from_millis(2500)),
+            Err(Duration::from_millis(7500))
+        );
+        assert_eq!(b.retry_after(t0 + Duration::from_millis(2500)), 8);
+        // Half-open: one trial, and only one.
+        let later = t0 + Duration::from_secs(10);
+        assert!(b.admit(later).is_ok());
+        assert!(b.admit(later).is_err());
+        // The trial fails: open again for a whole cooldown.
+        b.failure(later);
+        assert!(b.is_open(later + Duration::from_secs(9)));
+        // The next trial succeeds: closed.
+        let again = later + Duration::from_secs(10);
+        assert!(b.admit(again).is_ok());
+        b.success();
+        assert!(b.admit(again).is_ok());
+        assert_eq!(b.retry_after(again), 1);
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_an_exponential_cap() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        for (attempt, cap) in [
+            (2, 100),
+            (3, 200),
+            (4, 400),
+            (5, 800),
+            (6, 1600),
+            (7, 2000),
+            (30, 2000),
+        ] {
+            let waits: Vec<Duration> = (0..200)
+                .map(|_| backoff(initial, max, attempt, &mut rng))
+                .collect();
+            assert!(
+                waits.iter().all(|w| *w <= Duration::from_millis(cap)),
+                "attempt {attempt}"
+            );
+            assert!(
+                waits.iter().any(|w| *w > Duration::from_millis(cap / 2)),
+                "attempt {attempt} spreads"
+            );
+            assert!(
+                waits.iter().any(|w| *w < Duration::from_millis(cap / 2)),
+                "attempt {attempt} spreads"
+            );
+        }
+    }
+}

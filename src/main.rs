@@ -129,6 +129,10 @@ fn main() -> ExitCode {
 
 fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
     telemetry::init_logging(log_format);
+    // Failure injection for the crash tests, configured by FAILPOINTS; the
+    // feature is off in normal builds.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let (config, origin) = match Config::load(config.as_deref()) {
         Ok(c) => c,
         Err(errors) => {

@@ -409,6 +409,9 @@ async fn buy_label(
     if let Err(answer) = claim(app, ENDPOINT, partner, &key, &fingerprint, request_id).await {
         return answer;
     }
+    // The crash tests kill the process at each step boundary: the process
+    // must really die, not one task.
+    fail::fail_point!("label-after-claim", |_| std::process::abort());
     // A cancelled shipment cannot get a label, even if it had one (9.15).
     if shipment.timeline.status() == ShipmentStatus::Cancelled {
         let e = ApiError::invalid_transition("the shipment is cancelled");
@@ -458,6 +461,7 @@ async fn buy_label(
             return refuse(app, partner, &key, &fingerprint, e, request_id).await;
         }
     };
+    fail::fail_point!("label-after-carrier", |_| std::process::abort());
     let (Some(label_id), Some(tracking_number)) = (
         answer.body.get("label_id").and_then(Value::as_str),
         answer.body.get("tracking_number").and_then(Value::as_str),
@@ -486,6 +490,7 @@ async fn buy_label(
             expires_at_ms: now + app.config.store.idempotency_retention.as_millis() as u64,
         },
     };
+    fail::fail_point!("label-before-commit", |_| std::process::abort());
     match app
         .store
         .record_label_answered(

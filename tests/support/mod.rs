@@ -257,7 +257,16 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(config: &std::path::Path) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_waybill"))
+        Gateway::start_with_env(config, &[])
+    }
+
+    /// Starts the gateway with extra environment, e.g. `FAILPOINTS`.
+    pub fn start_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_waybill"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(config)
             .stdout(Stdio::piped())
@@ -287,6 +296,11 @@ impl Gateway {
         // SAFETY: kill(2) on our own child's pid with a valid signal number.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().unwrap().code()
+    }
+
+    /// Waits for the process to end by itself; its exit status.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
     }
 
     pub fn kill9(mut self) {

@@ -1,0 +1,143 @@
+//! Guarantees 4 and 5 for label purchase: the built binary is made to die
+//! (`abort`, a real process death) at each step boundary of buying a label:
+//! after claiming the key, after the carrier answered, and before the local
+//! commit. After a restart, retrying with the same key gives one label,
+//! bought once at the carrier, never two, and the key is never stuck.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+
+use serde_json::{Value, json};
+use support::*;
+use tokio::net::TcpListener;
+use waybill::simulator::SimConfig;
+
+fn write_config(dir: &Path, sim: SocketAddr) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "{}"
+[[partners]]
+name = "acme"
+api_keys = ["acme-key"]
+[downstream]
+base_url = "http://{sim}"
+timeout = "1s"
+backoff = {{ initial = "5ms", max = "20ms" }}
+"#,
+        dir.join("data").display()
+    );
+    let path = dir.join("waybill.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn headers(key: &str) -> Vec<(String, String)> {
+    vec![
+        ("Authorization".into(), "Bearer acme-key".into()),
+        ("Content-Type".into(), "application/json".into()),
+        ("Idempotency-Key".into(), key.into()),
+    ]
+}
+
+async fn create(addr: SocketAddr, order: &str) -> String {
+    let address =
+        json!({"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "US"});
+    let body = json!({"order_id": order, "carrier": "ups", "service": "ground", "from": address, "to": address,
+        "parcels": [{"weight_grams": 100, "length_cm": 1, "width_cm": 1, "height_cm": 1}]});
+    let r = post(
+        addr,
+        "/v1/shipments",
+        &headers(&format!("create-{order}")),
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.json()["shipment_id"].as_str().unwrap().to_string()
+}
+
+async fn buy(addr: SocketAddr, id: &str, key: &str) -> Result<Resp, String> {
+    Client::new(addr)
+        .try_send(
+            "POST",
+            &format!("/v1/shipments/{id}/label"),
+            &headers(key),
+            "{}",
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_purchase_killed_at_any_step_is_bought_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = listener.local_addr().unwrap();
+    tokio::spawn(waybill::simulator::run(
+        listener,
+        SimConfig {
+            default_stock: 1000,
+            ..SimConfig::default()
+        },
+        std::future::pending(),
+    ));
+
+    for failpoint in [
+        "label-after-claim",
+        "label-after-carrier",
+        "label-before-commit",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), sim);
+        let gw =
+            Gateway::start_with_env(&config, &[("FAILPOINTS", &format!("{failpoint}=return"))]);
+        let id = create(gw.addr, failpoint).await;
+        let key = format!("buy-{failpoint}");
+        let died = buy(gw.addr, &id, &key).await;
+        assert!(
+            died.is_err(),
+            "{failpoint}: the request should have died with the process: {died:?}"
+        );
+        let status = gw.wait();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGABRT),
+            "{failpoint}: {status:?}"
+        );
+
+        let gw = Gateway::start(&config);
+        let first = buy(gw.addr, &id, &key).await.unwrap();
+        assert_eq!(first.status, 201, "{failpoint}: {:?}", first.body);
+        let label = first.json();
+        let replay = buy(gw.addr, &id, &key).await.unwrap();
+        assert_eq!(replay.body, first.body, "{failpoint}");
+        let other = buy(gw.addr, &id, &format!("{key}-other")).await.unwrap();
+        assert_eq!(other.code(), "LABEL_EXISTS", "{failpoint}");
+
+        let ledger = get(sim, "/_sim/ledger").await.json();
+        let rows: Vec<&Value> = ledger["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["idempotency_key"] == format!("label:{id}").as_str())
+            .collect();
+        assert_eq!(rows.len(), 1, "{failpoint}: bought once at the carrier");
+        assert_eq!(rows[0]["label_id"], label["label_id"], "{failpoint}");
+        let shown = Client::new(gw.addr)
+            .send(
+                "GET",
+                &format!("/v1/shipments/{id}"),
+                &headers("x"),
+                bytes::Bytes::new(),
+            )
+            .await
+            .json();
+        assert_eq!(shown["status"], "LABEL_CREATED", "{failpoint}");
+        assert_eq!(shown["label"]["label_id"], label["label_id"], "{failpoint}");
+        gw.kill9();
+    }
+}

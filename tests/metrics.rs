@@ -192,6 +192,40 @@ async fn outcomes_are_counted_exactly() {
         );
     }
 
+    // Downstream calls: an unreachable carrier is tried max_attempts (4)
+    // times, each counted; the breaker (1000 failures) stays closed.
+    let before = Counts::of(&app).await;
+    let id = post(app.addr, "/v1/shipments", &h("m-dk"), body("m-down"))
+        .await
+        .json()["shipment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = post(
+        app.addr,
+        &format!("/v1/shipments/{id}/label"),
+        &h("m-label"),
+        "{}".to_string(),
+    )
+    .await;
+    assert_eq!(r.code(), "UPSTREAM_UNAVAILABLE");
+    let after = Counts::of(&app).await;
+    let calls = |c: &Counts, outcome: &str| {
+        metric(
+            &c.0,
+            "waybill_downstream_requests_total",
+            &format!("service=\"carrier\",outcome=\"{outcome}\""),
+        )
+    };
+    assert_eq!(
+        calls(&after, "connect_error") - calls(&before, "connect_error"),
+        4.0
+    );
+    assert_eq!(
+        metric(&after.0, "waybill_circuit_open", "service=\"carrier\""),
+        0.0
+    );
+
     // A dead event: counted dead, and not again on a refused redelivery.
     let app = app
         .restart_with(Options {

@@ -100,7 +100,8 @@ async fn a_label_purchase_killed_at_any_step_is_bought_once() {
         let died = buy(gw.addr, &id, &key).await;
         assert!(
             died.is_err(),
-            "{failpoint}: the request should have died with the process: {died:?}"
+            "{failpoint}: the request should have died with the process (is the binary built \
+             without the failpoints feature, e.g. by a concurrent `cargo build`?): {died:?}"
         );
         let status = gw.wait();
         assert_eq!(

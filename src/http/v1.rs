@@ -155,7 +155,8 @@ fn count(endpoint: &'static str, outcome: &'static str) {
 fn write_preamble(
     parts: &http::request::Parts,
     body: &Bytes,
-) -> Result<(String, Option<Value>), ApiError> {
+    fields: &mut LogFields,
+) -> Result<(String, Value), ApiError> {
     if !body.is_empty() {
         let json = parts
             .headers
@@ -167,6 +168,8 @@ fn write_preamble(
             return Err(ApiError::unsupported_media_type());
         }
     }
+    // A write without a body counts as `{}`; a body that is not JSON offers
+    // no key field, so the key can then only come from the header.
     let value: Option<Value> = if body.is_empty() {
         Some(json!({}))
     } else {
@@ -179,6 +182,10 @@ fn write_preamble(
     .map_err(|e| match e {
         KeyError::Required => ApiError::idempotency_key_required(),
         KeyError::Invalid(why) => ApiError::idempotency_key_invalid(why),
+    })?;
+    fields.idempotency_key = Some(key.clone());
+    let value = value.ok_or_else(|| {
+        ApiError::validation_failed(vec![FieldIssue::new("", "the body is not valid JSON")])
     })?;
     Ok((key, value))
 }
@@ -193,17 +200,9 @@ async fn create_shipment(
     fields: &mut LogFields,
 ) -> Response<Body> {
     const ENDPOINT: &str = "/v1/shipments";
-    let (key, value) = match write_preamble(parts, &body) {
+    let (key, value) = match write_preamble(parts, &body, fields) {
         Ok(k) => k,
         Err(e) => return e.into_response(request_id),
-    };
-    fields.idempotency_key = Some(key.clone());
-    let Some(value) = value else {
-        return ApiError::validation_failed(vec![FieldIssue::new(
-            "",
-            "the body is not valid JSON",
-        )])
-        .into_response(request_id);
     };
     let request = match NewShipment::parse(&value) {
         Ok(r) => r,
@@ -377,17 +376,9 @@ async fn buy_label(
     fields: &mut LogFields,
 ) -> Response<Body> {
     const ENDPOINT: &str = "/v1/shipments/{shipment_id}/label";
-    let (key, value) = match write_preamble(parts, &body) {
+    let (key, value) = match write_preamble(parts, &body, fields) {
         Ok(k) => k,
         Err(e) => return e.into_response(request_id),
-    };
-    fields.idempotency_key = Some(key.clone());
-    let Some(value) = value else {
-        return ApiError::validation_failed(vec![FieldIssue::new(
-            "",
-            "the body is not valid JSON",
-        )])
-        .into_response(request_id);
     };
     let format = match value.get("format") {
         None | Some(Value::Null) => "PDF".to_string(),
@@ -556,17 +547,9 @@ async fn cancel(
     fields: &mut LogFields,
 ) -> Response<Body> {
     const ENDPOINT: &str = "/v1/shipments/{shipment_id}/cancel";
-    let (key, value) = match write_preamble(parts, &body) {
+    let (key, value) = match write_preamble(parts, &body, fields) {
         Ok(k) => k,
         Err(e) => return e.into_response(request_id),
-    };
-    fields.idempotency_key = Some(key.clone());
-    let Some(value) = value else {
-        return ApiError::validation_failed(vec![FieldIssue::new(
-            "",
-            "the body is not valid JSON",
-        )])
-        .into_response(request_id);
     };
     let shipment = match own_shipment(app, partner, id) {
         Ok(Some(s)) => s,

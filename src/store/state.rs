@@ -514,16 +514,7 @@ impl StateMachine {
                 serde_json::to_vec(&rec).expect("a shipment serialises"),
             );
             if let Some(c) = completion {
-                if let idempotency::Record::Done { expires_at_ms, .. } = &c.record {
-                    batch.insert(
-                        codec::idem_expiry_key(*expires_at_ms, &c.partner, &c.key),
-                        Vec::new(),
-                    );
-                }
-                batch.insert(
-                    codec::idem_key(&c.partner, &c.key),
-                    serde_json::to_vec(&c.record).expect("a record serialises"),
-                );
+                put_completion(&mut batch, &c);
             }
             accepted.push(reply);
         }

@@ -30,6 +30,38 @@ fn lease(app: &App) -> Duration {
     app.config.store.in_progress_timeout
 }
 
+/// One authenticated `/v1` request, as its handler needs it.
+struct Call<'a> {
+    app: &'a App,
+    partner: &'a Partner,
+    parts: &'a http::request::Parts,
+    path: &'a str,
+    request_id: &'a str,
+    fields: LogFields,
+}
+
+impl<'a> Call<'a> {
+    fn split(
+        &mut self,
+    ) -> (
+        &'a App,
+        &'a Partner,
+        &'a http::request::Parts,
+        &'a str,
+        &'a str,
+        &mut LogFields,
+    ) {
+        (
+            self.app,
+            self.partner,
+            self.parts,
+            self.path,
+            self.request_id,
+            &mut self.fields,
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum V1Route {
     Shipments,
@@ -105,38 +137,21 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) ->
     if !id.is_empty() {
         fields.shipment_id = Some(id.clone());
     }
-    let resp = match route {
-        V1Route::Shipments => {
-            create_shipment(app, &partner, &parts, &path, body, &request_id, &mut fields).await
-        }
-        V1Route::Shipment => get_shipment(app, &partner, &id, &request_id),
-        V1Route::Label => {
-            buy_label(
-                app,
-                &partner,
-                &parts,
-                &path,
-                &id,
-                body,
-                &request_id,
-                &mut fields,
-            )
-            .await
-        }
-        V1Route::Cancel => {
-            cancel(
-                app,
-                &partner,
-                &parts,
-                &path,
-                &id,
-                body,
-                &request_id,
-                &mut fields,
-            )
-            .await
-        }
+    let mut call = Call {
+        app,
+        partner: &partner,
+        parts: &parts,
+        path: &path,
+        request_id: &request_id,
+        fields,
     };
+    let resp = match route {
+        V1Route::Shipments => create_shipment(&mut call, body).await,
+        V1Route::Shipment => get_shipment(app, &partner, &id, &request_id),
+        V1Route::Label => buy_label(&mut call, &id, body).await,
+        V1Route::Cancel => cancel(&mut call, &id, body).await,
+    };
+    let fields = call.fields;
     with_fields(resp, fields)
 }
 
@@ -190,15 +205,8 @@ fn write_preamble(
     Ok((key, value))
 }
 
-async fn create_shipment(
-    app: &App,
-    partner: &Partner,
-    parts: &http::request::Parts,
-    path: &str,
-    body: Bytes,
-    request_id: &str,
-    fields: &mut LogFields,
-) -> Response<Body> {
+async fn create_shipment(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
+    let (app, partner, parts, path, request_id, fields) = call.split();
     const ENDPOINT: &str = "/v1/shipments";
     let (key, value) = match write_preamble(parts, &body, fields) {
         Ok(k) => k,
@@ -364,17 +372,8 @@ fn own_shipment(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn buy_label(
-    app: &App,
-    partner: &Partner,
-    parts: &http::request::Parts,
-    path: &str,
-    id: &str,
-    body: Bytes,
-    request_id: &str,
-    fields: &mut LogFields,
-) -> Response<Body> {
+async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
+    let (app, partner, parts, path, request_id, fields) = call.split();
     const ENDPOINT: &str = "/v1/shipments/{shipment_id}/label";
     let (key, value) = match write_preamble(parts, &body, fields) {
         Ok(k) => k,
@@ -535,17 +534,8 @@ async fn buy_label(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn cancel(
-    app: &App,
-    partner: &Partner,
-    parts: &http::request::Parts,
-    path: &str,
-    id: &str,
-    body: Bytes,
-    request_id: &str,
-    fields: &mut LogFields,
-) -> Response<Body> {
+async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
+    let (app, partner, parts, path, request_id, fields) = call.split();
     const ENDPOINT: &str = "/v1/shipments/{shipment_id}/cancel";
     let (key, value) = match write_preamble(parts, &body, fields) {
         Ok(k) => k,

@@ -497,6 +497,25 @@ async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body>
             json_bytes(StatusCode::CREATED, body)
         }
         Err(StateError::InvalidTransition) => {
+            // Cancelled while the carrier sold the label: give it back.
+            let void_path = format!("/carrier/labels/{label_id}/void");
+            if let Err(u) = app
+                .downstream
+                .call(
+                    Service::Carrier,
+                    Method::POST,
+                    &void_path,
+                    &format!("void:{label_id}"),
+                    None,
+                )
+                .await
+            {
+                tracing::error!(
+                    label_id,
+                    retry_after = u.retry_after_secs,
+                    "a label bought for a cancelled shipment could not be voided"
+                );
+            }
             let e = ApiError::invalid_transition("the shipment was cancelled");
             refuse(app, partner, &key, &fingerprint, e, request_id).await
         }
@@ -561,6 +580,7 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
         ));
         return refuse(app, partner, &key, &fingerprint, e, request_id).await;
     }
+    let mut voided = false;
     if status != ShipmentStatus::Cancelled
         && let Some(label_id) = shipment
             .label
@@ -580,7 +600,7 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
             )
             .await
         {
-            Ok(a) if a.status.is_success() || a.status == StatusCode::NOT_FOUND => {}
+            Ok(a) if a.status.is_success() || a.status == StatusCode::NOT_FOUND => voided = true,
             Ok(a) => {
                 tracing::warn!(status = a.status.as_u16(), "the carrier refused a void");
                 let e = ApiError::upstream_unavailable("carrier", 1);
@@ -601,7 +621,7 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
     };
     match app
         .store
-        .cancel(&shipment.shipment_id, now_ms(), Some(answer))
+        .cancel(&shipment.shipment_id, now_ms(), voided, Some(answer))
         .await
     {
         Ok(rec) => {

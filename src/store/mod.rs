@@ -473,11 +473,13 @@ impl Store {
         &self,
         shipment_id: &str,
         at_ms: u64,
+        voided: bool,
         answer: Option<CancelAnswer>,
     ) -> Result<ShipmentRecord, StateError> {
         self.command(|reply| StateMsg::Cancel {
             shipment_id: shipment_id.to_string(),
             at_ms,
+            voided,
             answer,
             reply,
         })
@@ -949,5 +951,83 @@ mod tests {
         assert_eq!(store.sweep_expired(u64::MAX / 2, 4).await.unwrap(), 4);
         assert_eq!(store.sweep_expired(u64::MAX / 2, 100).await.unwrap(), 6);
         assert_eq!(store.sweep_expired(u64::MAX / 2, 100).await.unwrap(), 0);
+    }
+
+    async fn moving_shipment(dir: &Path) -> Store {
+        let config = crate::config::Config::parse(
+            r#"
+            [[sources]]
+            name = "c"
+            kind = "tracking"
+            secrets = ["x"]
+            signature = { scheme = "github" }
+            [sources.mapping]
+            tracking_number = "/tn"
+            status = "/st"
+            [sources.mapping.status_map]
+            transit = "IN_TRANSIT"
+            "#,
+            &crate::config::NoEnv,
+        )
+        .unwrap();
+        let store = Store::open(&cfg(dir)).unwrap();
+        store.start_dispatcher(config.sources).unwrap();
+        store
+            .create_shipment(ShipmentRecord {
+                shipment_id: "s1".into(),
+                partner: "p".into(),
+                order_id: "o".into(),
+                created_at_ms: 1,
+                tracking_number: None,
+                label: None,
+                details: serde_json::json!({}),
+                timeline: crate::domain::shipment::Timeline::new(1),
+            })
+            .await
+            .unwrap();
+        store
+            .record_label("s1", "TN", serde_json::json!({"label_id": "l1"}), 2)
+            .await
+            .unwrap();
+        let mut ev = event("move", 10, 1, true);
+        ev.source = "c".into();
+        ev.tracking_number = Some("TN".into());
+        ev.fields = Some(crate::mapping::Fields {
+            key: "TN".into(),
+            status: "transit".into(),
+            occurred_at: None,
+        });
+        store.ingest(ev).await.unwrap();
+        store.settle().await.unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn a_moving_shipment_refuses_a_cancel_unless_its_label_was_voided_for_it() {
+        use crate::domain::shipment::ShipmentStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let store = moving_shipment(dir.path()).await;
+        assert_eq!(
+            store.shipment("s1").unwrap().unwrap().timeline.status(),
+            ShipmentStatus::InTransit
+        );
+        assert!(matches!(
+            store.cancel("s1", 20, false, None).await,
+            Err(StateError::InvalidTransition)
+        ));
+        assert_eq!(
+            store.shipment("s1").unwrap().unwrap().timeline.status(),
+            ShipmentStatus::InTransit
+        );
+        // The carrier already voided the label for this cancel: it is recorded.
+        let rec = store.cancel("s1", 20, true, None).await.unwrap();
+        assert_eq!(rec.timeline.status(), ShipmentStatus::Cancelled);
+        // And a label cannot be recorded on a cancelled shipment.
+        assert!(matches!(
+            store
+                .record_label("s1", "TN", serde_json::json!({}), 30)
+                .await,
+            Err(StateError::InvalidTransition)
+        ));
     }
 }

@@ -123,6 +123,8 @@ pub(super) enum StateMsg {
     Cancel {
         shipment_id: String,
         at_ms: u64,
+        /// The label was already voided at the carrier for this cancel.
+        voided: bool,
         answer: Option<CancelAnswer>,
         reply: oneshot::Sender<Result<ShipmentRecord, StateError>>,
     },
@@ -316,10 +318,11 @@ impl StateMachine {
             StateMsg::Cancel {
                 shipment_id,
                 at_ms,
+                voided,
                 answer,
                 reply,
             } => {
-                let _ = reply.send(self.cancel(&shipment_id, at_ms, answer));
+                let _ = reply.send(self.cancel(&shipment_id, at_ms, voided, answer));
             }
             StateMsg::Finish { completion, reply } => {
                 let mut batch = sled::Batch::default();
@@ -693,12 +696,13 @@ impl StateMachine {
 
     /// Cancels a shipment that is not moving: the gateway's CANCELLED joins
     /// its timeline. Already cancelled: nothing changes. Moving or done:
-    /// `InvalidTransition`, checked here, where no carrier event can slip
-    /// in between the check and the change.
+    /// `InvalidTransition`, checked again here, unless the label was
+    /// already voided for this cancel.
     fn cancel(
         &self,
         shipment_id: &str,
         at_ms: u64,
+        voided: bool,
         answer: Option<CancelAnswer>,
     ) -> Result<ShipmentRecord, StateError> {
         let tree = &self.shared.tree;
@@ -709,6 +713,16 @@ impl StateMachine {
         match shipment.timeline.status() {
             ShipmentStatus::Cancelled => {}
             ShipmentStatus::Created | ShipmentStatus::LabelCreated => {
+                shipment.timeline.apply(StatusEvent::gateway(
+                    ShipmentStatus::Cancelled,
+                    at_ms as i64,
+                ));
+            }
+            // The shipment started moving after the request checked it. If
+            // its label is already voided, the cancel has happened at the
+            // carrier and must be recorded; otherwise nothing irreversible
+            // was done and the refusal is clean.
+            _ if voided => {
                 shipment.timeline.apply(StatusEvent::gateway(
                     ShipmentStatus::Cancelled,
                     at_ms as i64,

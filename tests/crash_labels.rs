@@ -13,7 +13,6 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use support::*;
-use tokio::net::TcpListener;
 use waybill::simulator::SimConfig;
 
 fn write_config(dir: &Path, sim: SocketAddr) -> std::path::PathBuf {
@@ -75,16 +74,11 @@ async fn buy(addr: SocketAddr, id: &str, key: &str) -> Result<Resp, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_label_purchase_killed_at_any_step_is_bought_once() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim = listener.local_addr().unwrap();
-    tokio::spawn(waybill::simulator::run(
-        listener,
-        SimConfig {
-            default_stock: 1000,
-            ..SimConfig::default()
-        },
-        std::future::pending(),
-    ));
+    let sim = start_sim(SimConfig {
+        default_stock: 1000,
+        ..SimConfig::default()
+    })
+    .await;
 
     for failpoint in [
         "label-after-claim",

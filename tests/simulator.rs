@@ -16,19 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use helpers::*;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use waybill::simulator::SimConfig;
-
-async fn start_sim(config: SimConfig) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(waybill::simulator::run(
-        listener,
-        config,
-        std::future::pending(),
-    ));
-    addr
-}
 
 fn config() -> SimConfig {
     SimConfig {

@@ -18,7 +18,7 @@ use crate::app::App;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::domain::request::NewShipment;
 use crate::domain::shipment::{ShipmentStatus, Timeline};
-use crate::downstream::Service;
+use crate::downstream::{Answer, Service, Unavailable};
 use crate::idempotency::{self, Decision, KeyError};
 use crate::identity::FieldIssue;
 use crate::partners::Partner;
@@ -498,18 +498,7 @@ async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body>
         }
         Err(StateError::InvalidTransition) => {
             // Cancelled while the carrier sold the label: give it back.
-            let void_path = format!("/carrier/labels/{label_id}/void");
-            if let Err(u) = app
-                .downstream
-                .call(
-                    Service::Carrier,
-                    Method::POST,
-                    &void_path,
-                    &format!("void:{label_id}"),
-                    None,
-                )
-                .await
-            {
+            if let Err(u) = void_label(app, label_id).await {
                 tracing::error!(
                     label_id,
                     retry_after = u.retry_after_secs,
@@ -588,18 +577,7 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
             .and_then(|l| l.get("label_id"))
             .and_then(Value::as_str)
     {
-        let void_path = format!("/carrier/labels/{label_id}/void");
-        match app
-            .downstream
-            .call(
-                Service::Carrier,
-                Method::POST,
-                &void_path,
-                &format!("void:{label_id}"),
-                None,
-            )
-            .await
-        {
+        match void_label(app, label_id).await {
             Ok(a) if a.status.is_success() || a.status == StatusCode::NOT_FOUND => voided = true,
             Ok(a) => {
                 tracing::warn!(status = a.status.as_u16(), "the carrier refused a void");
@@ -652,6 +630,21 @@ fn get_shipment(app: &App, partner: &Partner, id: &str, request_id: &str) -> Res
             ApiError::store_unavailable().into_response(request_id)
         }
     }
+}
+
+/// Voids a label at the carrier. The carrier's key is the label's, so a
+/// retried void is one void.
+async fn void_label(app: &App, label_id: &str) -> Result<Answer, Unavailable> {
+    let path = format!("/carrier/labels/{label_id}/void");
+    app.downstream
+        .call(
+            Service::Carrier,
+            Method::POST,
+            &path,
+            &format!("void:{label_id}"),
+            None,
+        )
+        .await
 }
 
 /// A stored answer, byte for byte, marked as a replay.

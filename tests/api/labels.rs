@@ -6,21 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use waybill::simulator::SimConfig;
 
 use crate::helpers::*;
-
-async fn start_sim(config: SimConfig) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(waybill::simulator::run(
-        listener,
-        config,
-        std::future::pending(),
-    ));
-    addr
-}
 
 async fn app_with_sim(config: SimConfig) -> (TestApp, SocketAddr) {
     let sim = start_sim(SimConfig {

@@ -164,6 +164,18 @@ pub async fn close_store(store: std::sync::Arc<waybill::store::Store>) {
     .unwrap();
 }
 
+/// A simulator on 127.0.0.1:0, serving until the test's runtime ends.
+pub async fn start_sim(config: waybill::simulator::SimConfig) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(waybill::simulator::run(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+    addr
+}
+
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

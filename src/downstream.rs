@@ -33,10 +33,6 @@ impl Service {
             Service::Inventory => "inventory",
         }
     }
-
-    fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// A service's answer that is final for the caller: a success or a 4xx.
@@ -66,6 +62,15 @@ pub struct Breaker {
     trial_in_flight: bool,
 }
 
+/// What `admit` let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The breaker is closed.
+    Normal,
+    /// The one call allowed while half-open; its result decides.
+    Trial,
+}
+
 impl Breaker {
     pub fn new(threshold: u32, cooldown: Duration) -> Breaker {
         Breaker {
@@ -78,14 +83,14 @@ impl Breaker {
     }
 
     /// Whether a call may go out now; Err with the wait when it may not.
-    pub fn admit(&mut self, now: Instant) -> Result<(), Duration> {
+    pub fn admit(&mut self, now: Instant) -> Result<Admission, Duration> {
         match self.open_until {
-            None => Ok(()),
+            None => Ok(Admission::Normal),
             Some(until) if now < until => Err(until - now),
             Some(_) if self.trial_in_flight => Err(Duration::from_secs(1)),
             Some(_) => {
                 self.trial_in_flight = true;
-                Ok(())
+                Ok(Admission::Trial)
             }
         }
     }
@@ -97,11 +102,18 @@ impl Breaker {
     }
 
     pub fn failure(&mut self, now: Instant) {
-        self.failures += 1;
+        self.failures = self.failures.saturating_add(1);
         if self.trial_in_flight || self.failures >= self.threshold {
             self.open_until = Some(now + self.cooldown);
             self.trial_in_flight = false;
         }
+    }
+
+    /// The trial call ended with no verdict (its caller went away): the
+    /// next caller may try instead, so the breaker is never stuck
+    /// half-open.
+    pub fn abandon_trial(&mut self) {
+        self.trial_in_flight = false;
     }
 
     pub fn is_open(&self, now: Instant) -> bool {
@@ -111,8 +123,82 @@ impl Breaker {
     /// Seconds until a call may be tried again, at least 1.
     pub fn retry_after(&self, now: Instant) -> u64 {
         match self.open_until {
-            Some(until) if now < until => (until - now).as_secs_f64().ceil().max(1.0) as u64,
+            Some(until) if now < until => secs_up(until - now),
             _ => 1,
+        }
+    }
+}
+
+/// Whole seconds, rounded up, at least 1.
+fn secs_up(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// One service's breaker behind its lock. Every method takes the lock for
+/// one short critical section that decides and updates, releases it, and
+/// only then publishes the gauge: nothing that may lock runs under it.
+struct Guarded {
+    service: Service,
+    breaker: Mutex<Breaker>,
+}
+
+impl Guarded {
+    fn with<R>(&self, f: impl FnOnce(&mut Breaker, Instant) -> R) -> R {
+        let now = Instant::now();
+        let (result, open) = {
+            // A poisoned lock only means a panic elsewhere while it was
+            // held; the breaker's fields are valid after any of its methods.
+            let mut b = self
+                .breaker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let result = f(&mut b, now);
+            (result, b.is_open(now))
+        };
+        metrics::gauge!(metric::CIRCUIT_OPEN, "service" => self.service.as_str()).set(if open {
+            1.0
+        } else {
+            0.0
+        });
+        result
+    }
+
+    /// Admits a call, or says how long to wait.
+    fn admit(&self) -> Result<Permit<'_>, Duration> {
+        let admission = self.with(|b, now| b.admit(now))?;
+        Ok(Permit {
+            guarded: self,
+            trial: admission == Admission::Trial,
+            settled: false,
+        })
+    }
+}
+
+/// A call the breaker let through. Its verdict is given by `success` or
+/// `failure`; dropped without one (the caller's future was dropped), a
+/// half-open trial is given back rather than left taken.
+struct Permit<'a> {
+    guarded: &'a Guarded,
+    trial: bool,
+    settled: bool,
+}
+
+impl Permit<'_> {
+    fn success(mut self) {
+        self.settled = true;
+        self.guarded.with(|b, _| b.success());
+    }
+
+    fn failure(mut self) {
+        self.settled = true;
+        self.guarded.with(|b, now| b.failure(now));
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.trial && !self.settled {
+            self.guarded.with(|b, _| b.abandon_trial());
         }
     }
 }
@@ -133,7 +219,7 @@ pub fn backoff(
 pub struct Downstream {
     config: DownstreamConfig,
     client: Client<HttpConnector, Full<Bytes>>,
-    breakers: [Mutex<Breaker>; 3],
+    breakers: [Guarded; 3],
 }
 
 enum Attempt {
@@ -146,34 +232,35 @@ impl Downstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeout));
         connector.set_nodelay(true);
-        let breaker = || {
-            Mutex::new(Breaker::new(
+        let breaker = |service| Guarded {
+            service,
+            breaker: Mutex::new(Breaker::new(
                 config.breaker_failures,
                 config.breaker_cooldown,
-            ))
+            )),
         };
         Downstream {
             config: config.clone(),
             client: Client::builder(TokioExecutor::new()).build(connector),
-            breakers: [breaker(), breaker(), breaker()],
+            breakers: [
+                breaker(Service::Carrier),
+                breaker(Service::Payments),
+                breaker(Service::Inventory),
+            ],
+        }
+    }
+
+    fn breaker(&self, service: Service) -> &Guarded {
+        match service {
+            Service::Carrier => &self.breakers[0],
+            Service::Payments => &self.breakers[1],
+            Service::Inventory => &self.breakers[2],
         }
     }
 
     fn count(service: Service, outcome: &'static str) {
         metrics::counter!(metric::DOWNSTREAM, "service" => service.as_str(), "outcome" => outcome)
             .increment(1);
-    }
-
-    fn gauge(&self, service: Service) {
-        let open = self.breakers[service.index()]
-            .lock()
-            .expect("breaker lock")
-            .is_open(Instant::now());
-        metrics::gauge!(metric::CIRCUIT_OPEN, "service" => service.as_str()).set(if open {
-            1.0
-        } else {
-            0.0
-        });
     }
 
     /// Calls `service`, retrying as configured. A success or a 4xx is the
@@ -187,7 +274,7 @@ impl Downstream {
         body: Option<&Value>,
     ) -> Result<Answer, Unavailable> {
         let mut rng = fastrand::Rng::new();
-        let breaker = &self.breakers[service.index()];
+        let breaker = self.breaker(service);
         for attempt in 1..=self.config.max_attempts {
             if attempt > 1 {
                 tokio::time::sleep(backoff(
@@ -198,13 +285,15 @@ impl Downstream {
                 ))
                 .await;
             }
-            if let Err(wait) = breaker.lock().expect("breaker lock").admit(Instant::now()) {
-                Downstream::count(service, "breaker_open");
-                self.gauge(service);
-                return Err(Unavailable {
-                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-                });
-            }
+            let permit = match breaker.admit() {
+                Ok(p) => p,
+                Err(wait) => {
+                    Downstream::count(service, "breaker_open");
+                    return Err(Unavailable {
+                        retry_after_secs: secs_up(wait),
+                    });
+                }
+            };
             match self.attempt(&method, path, idempotency_key, body).await {
                 Attempt::Final(answer) => {
                     Downstream::count(
@@ -215,17 +304,12 @@ impl Downstream {
                             "client_error"
                         },
                     );
-                    breaker.lock().expect("breaker lock").success();
-                    self.gauge(service);
+                    permit.success();
                     return Ok(answer);
                 }
                 Attempt::Failed(outcome) => {
                     Downstream::count(service, outcome);
-                    breaker
-                        .lock()
-                        .expect("breaker lock")
-                        .failure(Instant::now());
-                    self.gauge(service);
+                    permit.failure();
                     tracing::warn!(
                         service = service.as_str(),
                         attempt,
@@ -236,10 +320,7 @@ impl Downstream {
             }
         }
         Err(Unavailable {
-            retry_after_secs: breaker
-                .lock()
-                .expect("breaker lock")
-                .retry_after(Instant::now()),
+            retry_after_secs: breaker.with(|b, now| b.retry_after(now)),
         })
     }
 
@@ -322,7 +403,7 @@ mod tests {
         assert_eq!(b.retry_after(t0 + Duration::from_millis(2500)), 8);
         // Half-open: one trial, and only one.
         let later = t0 + Duration::from_secs(10);
-        assert!(b.admit(later).is_ok());
+        assert_eq!(b.admit(later), Ok(Admission::Trial));
         assert!(b.admit(later).is_err());
         // The trial fails: open again for a whole cooldown.
         b.failure(later);
@@ -331,8 +412,92 @@ mod tests {
         let again = later + Duration::from_secs(10);
         assert!(b.admit(again).is_ok());
         b.success();
-        assert!(b.admit(again).is_ok());
+        assert_eq!(b.admit(again), Ok(Admission::Normal));
         assert_eq!(b.retry_after(again), 1);
+    }
+
+    fn guarded(threshold: u32, cooldown: Duration) -> Guarded {
+        Guarded {
+            service: Service::Carrier,
+            breaker: Mutex::new(Breaker::new(threshold, cooldown)),
+        }
+    }
+
+    #[test]
+    fn a_trial_whose_caller_went_away_is_given_back() {
+        // Open with no cooldown: the next admission is the half-open trial.
+        let g = guarded(1, Duration::ZERO);
+        g.admit().unwrap().failure();
+        let trial = g.admit().unwrap();
+        assert!(trial.trial);
+        assert!(g.admit().is_err(), "one trial at a time");
+        drop(trial);
+        // Dropped without a verdict: another caller gets the trial.
+        let again = g.admit().unwrap();
+        assert!(again.trial);
+        again.success();
+        let closed = g.admit().unwrap();
+        assert!(!closed.trial);
+        drop(closed);
+        assert!(!g.with(|b, now| b.is_open(now)));
+    }
+
+    fn unreachable(threshold: u32, cooldown: Duration) -> Downstream {
+        // Nothing listens on the discard port: every attempt fails at once.
+        Downstream::new(&DownstreamConfig {
+            base_url: "http://127.0.0.1:9".into(),
+            timeout: Duration::from_secs(1),
+            max_attempts: 1,
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+            breaker_failures: threshold,
+            breaker_cooldown: cooldown,
+        })
+    }
+
+    /// The breaker opens, and every call after that answers at once with the
+    /// remaining cooldown instead of waiting on the breaker's own lock.
+    #[tokio::test]
+    async fn calls_after_the_breaker_opened_answer_at_once() {
+        let d = unreachable(2, Duration::from_secs(30));
+        for _ in 0..2 {
+            let e = d
+                .call(Service::Carrier, Method::POST, "/x", "k", None)
+                .await
+                .unwrap_err();
+            assert!(e.retry_after_secs >= 1);
+        }
+        for _ in 0..3 {
+            let e = tokio::time::timeout(
+                Duration::from_secs(5),
+                d.call(Service::Carrier, Method::POST, "/x", "k", None),
+            )
+            .await
+            .expect("a call with the breaker open answers at once")
+            .unwrap_err();
+            assert!((29..=30).contains(&e.retry_after_secs), "{e:?}");
+        }
+        // Other services have breakers of their own.
+        let e = d
+            .call(Service::Payments, Method::POST, "/x", "k", None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.retry_after_secs, 1);
+    }
+
+    /// Half-open with nothing to reach: the trial fails and the breaker is
+    /// open again for a whole cooldown; the next call is refused at once.
+    #[tokio::test]
+    async fn a_failed_trial_opens_the_breaker_again() {
+        let d = unreachable(1, Duration::ZERO);
+        d.call(Service::Carrier, Method::POST, "/x", "k", None)
+            .await
+            .unwrap_err();
+        // Cooldown zero: this call is the trial; it fails and reopens.
+        d.call(Service::Carrier, Method::POST, "/x", "k", None)
+            .await
+            .unwrap_err();
+        assert!(!d.breaker(Service::Carrier).with(|b, _| b.trial_in_flight));
     }
 
     #[test]

@@ -144,19 +144,35 @@ pub fn interpret_fields(
     };
     let occurred_at_ms = match &fields.occurred_at {
         None => received_at_ms as i64,
-        Some(raw) => match serde_json::from_str::<Value>(raw)
-            .ok()
-            .as_ref()
-            .and_then(parse_time)
-        {
-            Some(ms) => ms,
-            None => {
-                let ptr = mapping.occurred_at.as_deref().unwrap_or("occurred_at");
-                return dead(format!(
-                    "{ptr} is neither an RFC 3339 time nor unix seconds: {raw}"
-                ));
+        Some(raw) => {
+            let ptr = mapping.occurred_at.as_deref().unwrap_or("occurred_at");
+            match serde_json::from_str::<Value>(raw)
+                .ok()
+                .as_ref()
+                .and_then(parse_time)
+            {
+                Some(ms) if crate::clock::in_range(ms) => ms,
+                Some(ms) => {
+                    // Epoch milliseconds sent where seconds belong are the
+                    // usual cause: say so to whoever reads the dead letter.
+                    let hint = if ms > crate::clock::LATEST_MS {
+                        " (unix seconds are expected, not milliseconds)"
+                    } else {
+                        ""
+                    };
+                    return dead(format!(
+                        "{ptr} is outside the years 1970-9999: {}{hint}",
+                        clip(raw)
+                    ));
+                }
+                None => {
+                    return dead(format!(
+                        "{ptr} is neither an RFC 3339 time nor unix seconds: {}",
+                        clip(raw)
+                    ));
+                }
             }
-        },
+        }
     };
     let key = fields.key.clone();
     match source.kind {
@@ -185,6 +201,15 @@ pub fn interpret_fields(
     }
 }
 
+/// A sender's value as it goes into a reason: at most 64 characters.
+fn clip(raw: &str) -> String {
+    if raw.chars().count() > 64 {
+        format!("{}...", raw.chars().take(64).collect::<String>())
+    } else {
+        raw.to_string()
+    }
+}
+
 /// A string or an integer, as text: `"123"` and `123` name the same thing.
 pub fn id_like(value: &Value, ptr: &str) -> Result<String, &'static str> {
     match value.pointer(ptr) {
@@ -209,7 +234,9 @@ pub fn parse_time(v: &Value) -> Option<i64> {
         Value::Number(n) => {
             let secs: f64 = n.to_string().parse().ok()?;
             let ms = secs * 1000.0;
-            (ms.is_finite() && ms.abs() < 1e17).then_some(ms.round() as i64)
+            // Saturating: the range check that follows tells a huge value
+            // from a malformed one.
+            ms.is_finite().then_some(ms.round() as i64)
         }
         _ => None,
     }
@@ -303,6 +330,41 @@ mod tests {
             run("ups", r#"{"type":"other"}"#),
             Interpretation::NotDispatched
         );
+    }
+
+    #[test]
+    fn times_outside_1970_to_9999_are_dead_naming_the_field() {
+        for at in [
+            "1763800000000",
+            "-1",
+            "1e300",
+            "-1e300",
+            "253402300800",
+            r#""1969-12-31T23:59:59Z""#,
+            "123456789012345678901234567890",
+        ] {
+            let body = format!(r#"{{"type":"track","tn":"1Z","st":"transit","at":{at}}}"#);
+            let Interpretation::Dead { reason } = run("ups", &body) else {
+                panic!("{at} was not dead")
+            };
+            assert!(reason.starts_with("/at "), "{reason}");
+            assert!(reason.len() < 200, "{reason}");
+        }
+        let Interpretation::Dead { reason } = run(
+            "ups",
+            r#"{"type":"track","tn":"1Z","st":"transit","at":1763800000000}"#,
+        ) else {
+            panic!()
+        };
+        assert!(reason.contains("milliseconds"), "{reason}");
+        // The ends of the range are fine.
+        for at in ["0", "253402300799", r#""9999-12-31T23:59:59.999Z""#] {
+            let body = format!(r#"{{"type":"track","tn":"1Z","st":"transit","at":{at}}}"#);
+            assert!(
+                matches!(run("ups", &body), Interpretation::Tracking { .. }),
+                "{at}"
+            );
+        }
     }
 
     #[test]

@@ -673,7 +673,7 @@ pub fn shipment_view(rec: &ShipmentRecord) -> Value {
         .map(|e| {
             json!({
                 "status": e.status.as_str(),
-                "occurred_at": rfc3339_ms(e.occurred_at_ms.max(0) as u64),
+                "occurred_at": rfc3339_ms(e.occurred_at_ms),
                 "source": e.source,
                 "event_id": e.event_id,
             })

@@ -13,14 +13,31 @@ use tokio::net::TcpListener;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::downstream::Downstream;
+use crate::health::{Component, Health};
+use crate::http::Stop;
 use crate::ingest::Ingest;
 use crate::partners::Partners;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, metric};
 
-/// How often expired identities are looked for, and how many one pass forgets.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// The housekeeping task's tick: it wakes idle components so they beat,
+/// and publishes their health.
+const TICK: Duration = Duration::from_secs(1);
+/// Every how many ticks the metrics upkeep and the retention sweeps run.
+const UPKEEP_EVERY: u32 = 5;
+const SWEEP_EVERY: u32 = 30;
+/// How many expired identities one sweep batch forgets.
 const SWEEP_BATCH: usize = 10_000;
+/// Housekeeping may go this long without a beat before it counts as stuck.
+const HOUSEKEEPING_STALL: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the {} component stopped", .0.as_str())]
+    ComponentFailed(Component),
+}
 
 pub struct App {
     pub config: Arc<Config>,
@@ -29,12 +46,17 @@ pub struct App {
     pub partners: Partners,
     pub downstream: Downstream,
     pub metrics: PrometheusHandle,
+    pub health: Arc<Health>,
+    /// Requests past their body and not yet answered (`max_in_flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub draining: AtomicBool,
 }
 
 impl App {
     pub fn is_ready(&self) -> bool {
-        self.store.is_ready() && !self.draining.load(std::sync::atomic::Ordering::Relaxed)
+        self.store.is_ready()
+            && self.health.is_ready()
+            && !self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -43,10 +65,12 @@ impl App {
     /// whatever the inbox still holds.
     pub async fn start(config: Config) -> Result<Arc<App>, StoreError> {
         let metrics = telemetry::metrics_handle();
+        let health = Health::new();
         let store_cfg = config.store.clone();
         let sources = config.sources.clone();
+        let store_health = health.clone();
         let store = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&store_cfg)?;
+            let store = Store::open_supervised(&store_cfg, store_health)?;
             store.start_dispatcher(sources)?;
             Ok::<_, StoreError>(store)
         })
@@ -56,6 +80,7 @@ impl App {
         let ingest = Ingest::new(&config, store.clone());
         let partners = Partners::new(&config.partners);
         let downstream = Downstream::new(&config.downstream);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight));
         Ok(Arc::new(App {
             config: Arc::new(config),
             store,
@@ -63,35 +88,55 @@ impl App {
             partners,
             downstream,
             metrics,
+            health,
+            in_flight,
             draining: AtomicBool::new(false),
         }))
     }
 
-    /// Serves until `shutdown` resolves, drains, and closes the store.
+    /// Serves until `shutdown` resolves or a background component fails,
+    /// drains, and closes the store. A component failure is an error, so
+    /// the process exits non-zero and its supervisor restarts it.
     pub async fn serve(
         self: Arc<App>,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ServeError> {
         tracing::info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             inbox_pending = self.store.inbox_pending(),
             "waybill serving"
         );
-        let sweeper = tokio::spawn(sweep_loop(self.store.clone()));
-        let upkeep = tokio::spawn(metrics_upkeep(self.metrics.clone()));
-        crate::http::serve(listener, self.clone(), shutdown).await;
-        sweeper.abort();
-        upkeep.abort();
-        // Wait for them to be gone: they hold the store.
-        let _ = sweeper.await;
-        let _ = upkeep.await;
+        let housekeeping = tokio::spawn(housekeeping(self.clone()));
+        let health = self.health.clone();
+        let stop = async move {
+            tokio::select! {
+                _ = shutdown => Stop::Requested,
+                _ = health.failed() => Stop::Failed,
+            }
+        };
+        let stopped = crate::http::serve(listener, self.clone(), stop).await;
+        self.health.stopping();
+        housekeeping.abort();
+        // Wait for it to be gone: it holds the store.
+        let _ = housekeeping.await;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close())
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        tracing::info!("store flushed; stopped");
-        Ok(())
+        match (stopped, self.health.failure()) {
+            (Stop::Failed, Some(c)) => {
+                tracing::error!(
+                    component = c.as_str(),
+                    "store flushed; exiting with an error"
+                );
+                Err(ServeError::ComponentFailed(c))
+            }
+            _ => {
+                tracing::info!("store flushed; stopped");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -99,46 +144,56 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), StoreError> {
+) -> Result<(), ServeError> {
     App::start(config).await?.serve(listener, shutdown).await
 }
 
-/// The Prometheus recorder keeps every histogram sample until it is folded
-/// into the buckets, which otherwise happens only on a scrape: without this
-/// an unscraped gateway would grow by a few bytes per request, forever.
-async fn metrics_upkeep(handle: PrometheusHandle) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
+/// The periodic work, on one task: wake idle components so their
+/// heartbeats show they are alive, publish component health, fold the
+/// Prometheus histograms (the recorder otherwise keeps every sample until
+/// a scrape: an unscraped gateway would grow by a few bytes per request,
+/// forever), and sweep what retention let go of.
+async fn housekeeping(app: Arc<App>) {
+    let alive = app.health.enter(Component::Retention, HOUSEKEEPING_STALL);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for n in 0u32.. {
         tick.tick().await;
-        handle.run_upkeep();
+        alive.beat();
+        app.store.ping();
+        app.health.publish_all();
+        if n % UPKEEP_EVERY == 0 {
+            app.metrics.run_upkeep();
+        }
+        if n % SWEEP_EVERY == 0 {
+            sweep(&app.store, &alive).await;
+        }
     }
 }
 
-async fn sweep_loop(store: Arc<Store>) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
+async fn sweep(store: &Store, alive: &crate::health::Alive) {
     loop {
-        tick.tick().await;
-        loop {
-            match store.sweep_expired(now_ms(), SWEEP_BATCH).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    metrics::counter!(metric::SWEPT).increment(n as u64);
-                    tracing::debug!(swept = n, "retention sweep");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "retention sweep failed");
-                    break;
-                }
+        alive.beat();
+        match store.sweep_expired(now_ms(), SWEEP_BATCH).await {
+            Ok(0) => break,
+            Ok(n) => {
+                metrics::counter!(metric::SWEPT).increment(n as u64);
+                tracing::debug!(swept = n, "retention sweep");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention sweep failed");
+                break;
             }
         }
-        loop {
-            match store.sweep_idempotency(now_ms(), SWEEP_BATCH).await {
-                Ok(0) => break,
-                Ok(n) => tracing::debug!(swept = n, "idempotency retention sweep"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "idempotency retention sweep failed");
-                    break;
-                }
+    }
+    loop {
+        alive.beat();
+        match store.sweep_idempotency(now_ms(), SWEEP_BATCH).await {
+            Ok(0) => break,
+            Ok(n) => tracing::debug!(swept = n, "idempotency retention sweep"),
+            Err(e) => {
+                tracing::warn!(error = %e, "idempotency retention sweep failed");
+                break;
             }
         }
     }

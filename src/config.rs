@@ -113,6 +113,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
+    /// Open connections at most (kept below the descriptor limit).
+    pub max_connections: usize,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
 }
@@ -126,6 +128,10 @@ pub struct StoreConfig {
     /// sled's page cache. Its 1 GiB default suits a database, not a gateway
     /// whose hot set is the recent identities.
     pub cache_bytes: u64,
+    /// Below this much free space on the store's file system, writes are
+    /// refused (503) before sled meets a full disk, which it cannot recover
+    /// from in-process; they resume once space is back.
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,7 +265,7 @@ impl Config {
     pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
         let mut root: Table = match text.parse() {
             Ok(t) => t,
-            Err(e) => return Err(single("config", format!("not valid TOML: {e}"))),
+            Err(e) => return Err(single("config", toml_error(text, &e))),
         };
         let mut w = Walker {
             issues: Vec::new(),
@@ -358,6 +364,21 @@ struct Walker<'e> {
     issues: Vec<Issue>,
     warnings: Vec<String>,
     env: &'e dyn Env,
+}
+
+/// Where and why a file is not TOML, without the text of the line: a line
+/// of a config file may hold a literal secret, and this goes to the log.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let place = e
+        .span()
+        .map(|span| {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    format!("not valid TOML{place}: {}", e.message())
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -608,6 +629,9 @@ impl Walker<'_> {
             max_in_flight: self
                 .opt_uint(t, "max_in_flight", p, 1, 1 << 20)
                 .unwrap_or(2048) as usize,
+            max_connections: self
+                .opt_uint(t, "max_connections", p, 1, 1 << 20)
+                .unwrap_or(10_000) as usize,
             request_timeout: self
                 .opt_duration(t, "request_timeout", p)
                 .unwrap_or(Duration::from_secs(30)),
@@ -636,6 +660,10 @@ impl Walker<'_> {
                 .opt_uint(t, "cache_mb", p, 8, 1 << 16)
                 .map(|mb| mb as u64 * 1024 * 1024)
                 .unwrap_or(16 * 1024 * 1024),
+            min_free_bytes: self
+                .opt_uint(t, "min_free_mb", p, 0, 1 << 20)
+                .map(|mb| mb as u64 * 1024 * 1024)
+                .unwrap_or(64 * 1024 * 1024),
         };
         self.unknown(t, p);
         cfg
@@ -782,6 +810,27 @@ impl Walker<'_> {
             }
         };
         self.unknown(t, p);
+        // A signed timestamp is accepted for `tolerance` either side of
+        // now, so a captured delivery can be replayed until `tolerance`
+        // after its timestamp; its identity must be remembered at least
+        // that long, or the replay is accepted as new.
+        if let Some(tolerance) = scheme.as_ref().and_then(Scheme::tolerance) {
+            if dedupe_retention < tolerance {
+                self.bad(
+                    join(p, "dedupe_retention"),
+                    format!(
+                        "{} is shorter than the signature tolerance of {}: a captured delivery could be replayed and accepted twice",
+                        humantime::format_duration(dedupe_retention),
+                        humantime::format_duration(tolerance)
+                    ),
+                );
+            } else if dedupe_retention < tolerance * 2 {
+                self.warnings.push(format!(
+                    "source {}: dedupe_retention is under twice the signature tolerance; a delivery received early (sender's clock ahead) can be replayed after its identity is forgotten",
+                    name.as_deref().unwrap_or("?")
+                ));
+            }
+        }
         if self.issues.len() > before {
             return None;
         }
@@ -1206,6 +1255,39 @@ mod tests {
         assert!(k.contains(&"sources[0].signature.tolerance"), "{k:?}");
         assert!(k.contains(&"sources[1].signature.encoding"), "{k:?}");
         assert!(k.contains(&"sources[2].signature.header"), "{k:?}");
+    }
+
+    #[test]
+    fn a_dedupe_retention_shorter_than_the_tolerance_is_an_error() {
+        let cfg = |retention: &str| {
+            format!(
+                r#"
+                [[sources]]
+                name = "s"
+                kind = "store-only"
+                secrets = ["whsec_dGVzdA=="]
+                signature = {{ scheme = "standard-webhooks", tolerance = "5m" }}
+                dedupe_retention = "{retention}"
+                "#
+            )
+        };
+        let e = Config::parse(&cfg("4m"), &no_env()).unwrap_err();
+        assert_eq!(keys(&e), ["sources[0].dedupe_retention"]);
+        assert!(e.0[0].why.contains("replayed"), "{}", e.0[0].why);
+        // Exactly the tolerance passes, with a warning below twice it.
+        let ok = Config::parse(&cfg("5m"), &no_env()).unwrap();
+        assert!(ok.warnings.iter().any(|w| w.contains("twice")));
+        let ok = Config::parse(&cfg("10m"), &no_env()).unwrap();
+        assert!(!ok.warnings.iter().any(|w| w.contains("twice")));
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_the_place_but_never_echoes_the_line() {
+        let text = "[admin]\ntoken = \"s3cr3t-literal\" trailing\n";
+        let e = Config::parse(text, &no_env()).unwrap_err();
+        let shown = e.to_string();
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("line 2"), "{shown}");
     }
 
     #[test]

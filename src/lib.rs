@@ -17,6 +17,7 @@
 //!   chooses status codes (`http::error`).
 //! - [`app`]: `run(config, listener, shutdown)`, shared by binary and tests.
 //! - [`cli`]: the subcommands other than `serve`.
+//! - [`health`]: supervision of the background components (crash-only).
 //! - [`simulator`]: `waybill simulate`, the fake carrier, payments and
 //!   inventory services, with fault injection and a ledger.
 //! - [`telemetry`]: logging set-up and every metric name.
@@ -28,6 +29,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod downstream;
+pub mod health;
 pub mod http;
 pub mod idempotency;
 pub mod identity;

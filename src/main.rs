@@ -129,6 +129,8 @@ fn main() -> ExitCode {
 
 fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
     telemetry::init_logging(log_format);
+    log_panics();
+    raise_descriptor_limit();
     // Failure injection for the crash tests, configured by FAILPOINTS; the
     // feature is off in normal builds.
     #[cfg(feature = "failpoints")]
@@ -180,6 +182,40 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
             }
         }
     })
+}
+
+/// A panic anywhere is logged as one ERROR line with its thread and
+/// place. What happens next is decided where it is caught: a request's
+/// panic answers that request 500, a component's stops the process.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = %info,
+            "panic"
+        );
+    }));
+}
+
+/// Lifts the soft descriptor limit to the hard one, as most servers do:
+/// the default soft limit (often 1024) is far below what a gateway with
+/// thousands of client connections needs. The connection cap is then
+/// derived from the limit in force (`http::connection_cap`).
+fn raise_descriptor_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

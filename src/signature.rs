@@ -98,6 +98,12 @@ impl Scheme {
         matches!(self.kind, SchemeKind::StandardWebhooks | SchemeKind::Stripe)
     }
 
+    /// How far a signed timestamp may be from now; None for schemes that
+    /// sign no timestamp.
+    pub fn tolerance(&self) -> Option<Duration> {
+        self.is_timestamped().then_some(self.tolerance)
+    }
+
     /// Header names (lower-case) whose values are signatures and must be
     /// redacted wherever headers are shown.
     pub fn signature_headers(&self) -> Vec<&str> {

@@ -21,6 +21,7 @@ pub mod metric {
     pub const STORE_GROUP_SIZE: &str = "waybill_store_commit_group_size";
     pub const STORE_FLUSH_SECONDS: &str = "waybill_store_flush_seconds";
     pub const SWEPT: &str = "waybill_retention_swept_total";
+    pub const COMPONENT_UP: &str = "waybill_component_up";
 }
 
 /// Webhook outcomes, the label values of `waybill_webhooks_total`.

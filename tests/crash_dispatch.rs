@@ -233,6 +233,7 @@ async fn dispatch_is_exactly_once_across_kill_9() {
                     label: None,
                     details: json!({}),
                     timeline: Timeline::new(1_000),
+                    label_intent: None,
                 })
                 .await
                 .unwrap();

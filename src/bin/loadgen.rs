@@ -218,6 +218,7 @@ async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: P
                 label: None,
                 details: serde_json::json!({}),
                 timeline: Timeline::new(0),
+                label_intent: None,
             })
             .await
             .unwrap();

@@ -155,8 +155,20 @@ pub enum Applied {
     Stale,
 }
 
+/// Carrier events a shipment keeps at most. A busy tracking number (a
+/// carrier that resends its scans, or a hostile sender with a valid
+/// secret) must not make every later event cost more to apply, store and
+/// show.
+pub const MAX_CARRIER_EVENTS: usize = 100;
+
 /// The status events of one shipment: the gateway's own in the order they
-/// happened, and the set of carrier events.
+/// happened, and the carrier events it keeps.
+///
+/// The carrier events kept are a function of the set received, so they too
+/// are independent of arrival order: the `MAX_CARRIER_EVENTS` greatest in
+/// history order, plus the greatest terminal event, which decides the
+/// status whenever there is one. Both can be computed from what was kept
+/// plus the new event, so nothing that was dropped is ever needed again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timeline {
     gateway: Vec<StatusEvent>,
@@ -176,6 +188,10 @@ impl Timeline {
     }
 
     pub fn apply(&mut self, event: StatusEvent) -> Applied {
+        self.apply_keeping(event, MAX_CARRIER_EVENTS)
+    }
+
+    fn apply_keeping(&mut self, event: StatusEvent, keep: usize) -> Applied {
         let before = self.status();
         let list = if event.is_gateway() {
             &mut self.gateway
@@ -192,12 +208,35 @@ impl Timeline {
             // depend on arrival order.
             let at = list.partition_point(|e| e.history_order(&event) == Ordering::Less);
             list.insert(at, event);
+            self.trim(keep);
         }
         if self.status() == before {
             Applied::Stale
         } else {
             Applied::Applied
         }
+    }
+
+    /// Drops the least carrier events beyond `keep`, never the greatest
+    /// terminal one.
+    fn trim(&mut self, keep: usize) {
+        let excess = self.carrier.len().saturating_sub(keep);
+        if excess == 0 {
+            return;
+        }
+        let terminal = self
+            .carrier
+            .iter()
+            .filter(|e| e.status.is_terminal())
+            .max_by(|a, b| a.history_order(b))
+            .cloned();
+        let kept_from = self.carrier.len() - keep;
+        let mut index = 0;
+        self.carrier.retain(|e| {
+            let keep_it = index >= kept_from || Some(e) == terminal.as_ref();
+            index += 1;
+            keep_it
+        });
     }
 
     /// The gateway's events first, in the order they happened, then the
@@ -324,6 +363,22 @@ mod tests {
         assert_eq!(ShipmentStatus::parse("in_transit"), None);
     }
 
+    #[test]
+    fn a_busy_tracking_number_keeps_a_bounded_history_and_the_right_status() {
+        let mut t = Timeline::new(0);
+        t.apply(carrier(Delivered, 5, "d"));
+        for i in 0..(3 * MAX_CARRIER_EVENTS as i64) {
+            t.apply(carrier(InTransit, 10 + i, &format!("e{i}")));
+        }
+        // The early DELIVERED is far below the last hundred but still decides.
+        assert_eq!(t.status(), Delivered);
+        assert_eq!(t.history().count(), 1 + MAX_CARRIER_EVENTS + 1);
+        assert!(t.has(Delivered));
+        // The newest events are the ones kept.
+        let last = t.history().last().unwrap();
+        assert_eq!(last.occurred_at_ms, 10 + 3 * MAX_CARRIER_EVENTS as i64 - 1);
+    }
+
     fn carrier_event() -> impl Strategy<Value = StatusEvent> {
         (0usize..7, 0i64..20, 0u8..3, 0u32..1000).prop_map(|(s, at, src, id)| {
             StatusEvent::carrier(
@@ -360,6 +415,21 @@ mod tests {
                 }
                 t
             };
+            // The same with a history kept small, so the events dropped
+            // are exercised too: status and history still do not depend on
+            // the order, and the status is the one of the whole set.
+            let small = |order: &[StatusEvent]| {
+                let mut t = Timeline::new(0);
+                t.apply(StatusEvent::gateway(LabelCreated, 1));
+                if cancel {
+                    t.apply(StatusEvent::gateway(Cancelled, 2));
+                }
+                for e in order {
+                    t.apply_keeping(e.clone(), 3);
+                }
+                t
+            };
+            let small_reference = small(&arrivals);
             let reference = build(&arrivals);
             let mut rng = fastrand::Rng::with_seed(seed);
             for _ in 0..4 {
@@ -368,6 +438,10 @@ mod tests {
                 prop_assert_eq!(t.status(), reference.status());
                 prop_assert_eq!(t.history().collect::<Vec<_>>(), reference.history().collect::<Vec<_>>());
                 prop_assert_eq!(&t, &reference);
+                let k = small(&arrivals);
+                prop_assert_eq!(&k, &small_reference);
+                prop_assert_eq!(k.status(), reference.status());
+                prop_assert!(k.carrier.len() <= 4);
             }
         }
     }

@@ -21,6 +21,13 @@ const OUTCOMES: [&str; 7] = [
 ];
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
+/// Index entries one search reads at most: a search that matches nothing
+/// on a large store ends after this many, saying it is incomplete.
+const MAX_SCAN: usize = 100_000;
+
+/// Searches run one at a time, on the blocking pool: on two cores, a
+/// second concurrent scan would only take the other core from intake.
+static SEARCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let request_id = req
@@ -40,6 +47,10 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     if !bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
         return ApiError::unauthenticated().into_response(&request_id);
     }
+    let _slot = match super::admit(app) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(&request_id),
+    };
 
     let path = req.uri().path().to_string();
     let segments: Vec<String> = path
@@ -56,7 +67,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
             .as_slice(),
         &method,
     ) {
-        (["events"], &Method::GET) => search(app, req.uri().query().unwrap_or("")),
+        (["events"], &Method::GET) => search(app, req.uri().query().unwrap_or("")).await,
         (["events"], _) => Err(ApiError::method_not_allowed("GET")),
         (["events", source, id], &Method::GET) => show(app, source, id),
         (["events", _, _], _) => Err(ApiError::method_not_allowed("GET")),
@@ -83,7 +94,7 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal()
 }
 
-fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
+async fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
     let mut filter = EventFilter::default();
     let mut limit = DEFAULT_LIMIT;
     let mut issues = Vec::new();
@@ -115,12 +126,22 @@ fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
     if !issues.is_empty() {
         return Err(ApiError::validation_failed(issues));
     }
-    let found = app.store.search(&filter, limit).map_err(store_error)?;
+    let _turn = SEARCHES.acquire().await.map_err(store_error)?;
+    let store = app.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.search(&filter, limit, MAX_SCAN))
+        .await
+        .map_err(store_error)?
+        .map_err(store_error)?;
     let events: Vec<Value> = found
+        .events
         .iter()
         .map(|(ev, outcome)| Value::Object(summary(ev, outcome.as_ref())))
         .collect();
-    Ok(json_response(StatusCode::OK, &json!({ "events": events })))
+    let mut body = json!({ "events": events });
+    if !found.complete {
+        body["incomplete"] = json!(true);
+    }
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 fn summary(ev: &StoredEvent, outcome: Option<&OutcomeRecord>) -> Map<String, Value> {

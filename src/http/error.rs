@@ -11,6 +11,9 @@ use crate::identity::FieldIssue;
 
 pub type Body = Full<Bytes>;
 
+/// Details listed in one error body at most.
+pub const MAX_DETAILS: usize = 50;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -188,12 +191,22 @@ impl ApiError {
     }
 
     /// The error body as stored for an idempotent replay.
+    /// The error body of contract 7. At most `MAX_DETAILS` details are
+    /// listed, the last saying how many more there were: a body with
+    /// twelve thousand bad parcels must not answer megabytes.
     pub fn body_bytes(&self, request_id: &str) -> String {
-        let details: Vec<_> = self
+        let mut details: Vec<_> = self
             .details
             .iter()
+            .take(MAX_DETAILS)
             .map(|d| json!({"field": d.field, "issue": d.issue}))
             .collect();
+        if self.details.len() > MAX_DETAILS {
+            details.push(json!({
+                "field": "",
+                "issue": format!("{} more issues not listed", self.details.len() - MAX_DETAILS),
+            }));
+        }
         json!({"error": {"code": self.code, "message": self.message, "details": details, "request_id": request_id}})
             .to_string()
     }
@@ -232,20 +245,7 @@ impl ApiError {
     }
 
     pub fn into_response(self, request_id: &str) -> Response<Body> {
-        let details: Vec<_> = self
-            .details
-            .iter()
-            .map(|d| json!({"field": d.field, "issue": d.issue}))
-            .collect();
-        let body = json!({
-            "error": {
-                "code": self.code,
-                "message": self.message,
-                "details": details,
-                "request_id": request_id,
-            }
-        });
-        let mut resp = json_response(self.status, &body);
+        let mut resp = json_bytes(self.status, self.body_bytes(request_id));
         let h = resp.headers_mut();
         if let Some(secs) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -264,8 +264,12 @@ impl ApiError {
 }
 
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let bytes = serde_json::to_vec(body).expect("a JSON value serialises");
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    json_bytes(status, body.to_string())
+}
+
+/// A JSON answer whose body is already serialised.
+pub fn json_bytes(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

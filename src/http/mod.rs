@@ -1,16 +1,27 @@
 //! The HTTP edge: accept loop, graceful drain, and the per-request stack.
 //!
-//! Order of the stack, outermost first, and why:
-//! 1. `edge`: request id, `nosniff`, `Connection: close` while draining,
-//!    metrics by route template, one access-log line. Outermost so that
-//!    every answer, a shed one included, carries them.
-//! 2. Operational routes (`/healthz`, `/readyz`, `/metrics`) are answered
-//!    here, before load shedding: a gateway at its limit must still say
-//!    whether it is alive and show the metrics that explain why.
-//! 3. tower's `LoadShed` over `ConcurrencyLimit(max_in_flight)`: beyond the
-//!    limit a request is refused at once (503 `OVERLOADED`) instead of
-//!    queueing and timing out.
-//! 4. `router`: resource handlers.
+//! What an unauthenticated client can take is bounded here:
+//! - connections: at most `server.max_connections`, kept below the
+//!   descriptor limit; beyond it the accept loop waits for one to close, so
+//!   new clients queue in the kernel's backlog instead of meeting errors;
+//! - time: the head within `request_timeout` (hyper, also between requests
+//!   on a kept-alive connection), the body within `request_timeout`
+//!   (`body`), and every write of the answer within `request_timeout` (a
+//!   client that never reads loses its connection, and its memory);
+//! - memory: the head within `MAX_HEAD_BYTES`, the body within
+//!   `max_body_bytes`, error bodies within `error::MAX_DETAILS` details;
+//! - `max_in_flight`: a request takes a slot only once its body has
+//!   arrived (`admit`), so slow senders cannot starve the others;
+//! - metric labels: route templates and a fixed set of methods.
+//!
+//! Each request runs in a task of its own. A client that goes away does not
+//! cancel it (the operation runs to its end and its answer is stored for
+//! the retry), and a panic in it becomes a 500 `INTERNAL` for that request
+//! alone.
+//!
+//! Operational routes (`/healthz`, `/readyz`, `/metrics`) are answered by
+//! `edge` directly, never shed: a gateway at its limit must still say
+//! whether it is alive and show the metrics that explain why.
 
 mod admin;
 mod body;
@@ -23,19 +34,27 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_io_timeout::TimeoutStream;
 
 use crate::app::App;
-use crate::telemetry::{metric, outcome};
+use crate::telemetry::metric;
 use error::{ApiError, Body};
+
+/// A request head larger than this is refused by hyper (431).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Descriptors kept free of connections, for the store, the downstream
+/// client and the log.
+const RESERVED_FDS: u64 = 128;
 
 /// The request id, put in request extensions by the edge.
 #[derive(Debug, Clone)]
@@ -49,6 +68,17 @@ pub struct LogFields {
     pub partner: Option<String>,
     pub idempotency_key: Option<String>,
     pub shipment_id: Option<String>,
+}
+
+/// Why serving stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A signal, or the caller's shutdown future.
+    Requested,
+    /// A background component failed: drain, then exit non-zero. While
+    /// draining, the listener stays open so that `/readyz` can say 503 to
+    /// whoever asks.
+    Failed,
 }
 
 /// Route templates: metrics are labelled by these, never by raw paths.
@@ -70,7 +100,6 @@ enum Route<'a> {
     V1Cancel,
     Unmatched,
 }
-
 impl<'a> Route<'a> {
     fn of(path: &'a str) -> Route<'a> {
         match path {
@@ -127,68 +156,210 @@ impl<'a> Route<'a> {
     }
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, lets in-flight
-/// requests finish within `server.shutdown_grace`, and returns.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let inner = {
-        let app = app.clone();
-        ServiceBuilder::new()
-            .load_shed()
-            .concurrency_limit(app.config.server.max_in_flight)
-            .service_fn(move |req: Request<Incoming>| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(router(&app, req).await) }
-            })
+/// The value of the `method` label: one of a fixed set, so a client cannot
+/// mint label values.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Takes an in-flight slot for a request whose body has arrived, or says
+/// the gateway is overloaded (503 `OVERLOADED`). The slot is given back
+/// when the permit drops, however the request ends.
+fn admit(app: &App) -> Result<OwnedSemaphorePermit, ApiError> {
+    app.in_flight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::overloaded())
+}
+
+/// The most connections this process can hold: the configured cap, kept
+/// `RESERVED_FDS` below the descriptor limit.
+pub fn connection_cap(configured: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    let budget = usize::try_from(soft.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    configured.min(budget).max(1)
+}
+
+/// Serves until `stop` resolves, then stops accepting (unless a component
+/// failed), lets in-flight requests finish within `server.shutdown_grace`,
+/// and returns why it stopped.
+pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Output = Stop>) -> Stop {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(app.config.server.request_timeout);
+        .header_read_timeout(app.config.server.request_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let cap = connection_cap(app.config.server.max_connections);
+    let connections = Arc::new(Semaphore::new(cap));
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
+    let accept_backoff = Backoff::default();
+    tokio::pin!(stop);
+    let reason = loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of descriptors and the like: pause instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let inner = inner.clone();
-                let svc = hyper::service::service_fn(move |req| edge(app.clone(), inner.clone(), req));
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+            biased;
+            reason = &mut stop => break reason,
+            conn = accept(&listener, &connections, &accept_backoff) => {
+                let (stream, slot) = conn;
+                let svc = service(app.clone());
+                let io = timed(stream, app.config.server.request_timeout);
+                let conn = graceful.watch(builder.serve_connection(io, svc));
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let _slot = slot;
+                    if let Err(e) = conn.await {
+                        transport_error(&e);
+                    }
                 });
             }
-            _ = &mut shutdown => break,
+        }
+    };
+    app.draining.store(true, Ordering::Relaxed);
+    let grace = tokio::time::sleep(app.config.server.shutdown_grace);
+    tokio::pin!(grace);
+    match reason {
+        Stop::Requested => {
+            drop(listener);
+            tracing::info!("draining in-flight requests");
+            tokio::select! {
+                _ = graceful.shutdown() => {}
+                _ = &mut grace => {
+                    tracing::warn!("shutdown grace elapsed with requests still in flight");
+                }
+            }
+        }
+        Stop::Failed => {
+            tracing::error!("draining after a component failure");
+            let drained = graceful.shutdown();
+            tokio::pin!(drained);
+            loop {
+                tokio::select! {
+                    _ = &mut drained => break,
+                    _ = &mut grace => break,
+                    conn = accept(&listener, &connections, &accept_backoff) => {
+                        // Answered (mostly 503) and closed; not waited for.
+                        let (stream, slot) = conn;
+                        let svc = service(app.clone());
+                        let io = timed(stream, app.config.server.request_timeout);
+                        let conn = builder.serve_connection(io, svc);
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            let _ = conn.await;
+                        });
+                    }
+                }
+            }
         }
     }
-    drop(listener);
-    app.draining.store(true, Ordering::Relaxed);
-    tracing::info!("draining in-flight requests");
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(app.config.server.shutdown_grace) => {
-            tracing::warn!("shutdown grace elapsed with requests still in flight");
+    reason
+}
+
+type Io = TokioIo<std::pin::Pin<Box<TimeoutStream<tokio::net::TcpStream>>>>;
+
+/// A connection whose every write must make progress within `timeout`.
+fn timed(stream: tokio::net::TcpStream, timeout: Duration) -> Io {
+    let _ = stream.set_nodelay(true);
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(timeout));
+    TokioIo::new(Box::pin(stream))
+}
+
+fn service(
+    app: Arc<App>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> {
+    hyper::service::service_fn(move |req| edge(app.clone(), req))
+}
+
+/// Waits for a free connection slot, then for a connection. Accept errors
+/// (out of descriptors and the like) are logged and backed off.
+async fn accept(
+    listener: &TcpListener,
+    connections: &Arc<Semaphore>,
+    backoff: &Backoff,
+) -> (tokio::net::TcpStream, OwnedSemaphorePermit) {
+    let slot = match connections.clone().acquire_owned().await {
+        Ok(slot) => slot,
+        // The semaphore is never closed.
+        Err(_) => return std::future::pending().await,
+    };
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.reset();
+                return (stream, slot);
+            }
+            Err(e) => {
+                let wait = backoff.next();
+                tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "accept failed");
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 }
 
-async fn edge<S>(
-    app: Arc<App>,
-    inner: S,
-    mut req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible>
-where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = BoxError>,
-{
+/// Doubling waits from 10 ms to 1 s between failed accepts.
+#[derive(Default)]
+struct Backoff(std::sync::atomic::AtomicU32);
+
+impl Backoff {
+    fn next(&self) -> Duration {
+        let n = self.0.fetch_add(1, Ordering::Relaxed).min(7);
+        Duration::from_millis(10 << n).min(Duration::from_secs(1))
+    }
+
+    fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A connection that hyper ended on a malformed or too large head, or a
+/// head that did not arrive in time. hyper answers those itself (a bare
+/// 400, 408, 414 or 431) before any handler runs; they are counted and
+/// logged here so they are not invisible.
+fn transport_error(e: &hyper::Error) {
+    let status = if e.is_parse_too_large() {
+        431
+    } else if e.is_timeout() {
+        408
+    } else if e.is_parse() || e.is_parse_status() {
+        400
+    } else {
+        // The client went away, or a write timed out: nothing was answered.
+        tracing::debug!(error = %e, "connection ended");
+        return;
+    };
+    metrics::counter!(metric::HTTP_REQUESTS, "route" => "unmatched", "method" => "other", "status" => status.to_string())
+        .increment(1);
+    tracing::info!(
+        route = "unmatched",
+        status,
+        error = %e,
+        "request refused by the HTTP parser"
+    );
+}
+
+async fn edge(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let _in_flight = InFlight::enter();
     let request_id = req
@@ -208,17 +379,23 @@ where
         }
         _ => {
             req.extensions_mut().insert(RequestId(request_id.clone()));
-            match inner.oneshot(req).await {
+            // Its own task: it runs to its end even if this connection
+            // goes, and its panic is this request's alone.
+            let task = {
+                let app = app.clone();
+                tokio::spawn(async move { router(&app, req).await })
+            };
+            match task.await {
                 Ok(resp) => resp,
-                Err(_) => {
-                    // The only error the stack produces is the shed.
-                    if let Route::Webhook(name) = route
-                        && let Some(source) = app.ingest.source(name)
-                    {
-                        metrics::counter!(metric::WEBHOOKS, "source" => source.config.name.clone(), "outcome" => outcome::UNAVAILABLE)
-                            .increment(1);
-                    }
-                    ApiError::overloaded().into_response(&request_id)
+                Err(e) => {
+                    let why = panic_message(e);
+                    tracing::error!(
+                        request_id = %request_id,
+                        route = route.template(),
+                        panic = %why,
+                        "request handler panicked"
+                    );
+                    ApiError::internal().into_response(&request_id)
                 }
             }
         }
@@ -239,7 +416,8 @@ where
     let status = resp.status().as_u16();
     let latency = started.elapsed();
     let template = route.template();
-    metrics::counter!(metric::HTTP_REQUESTS, "route" => template, "method" => method.to_string(), "status" => status.to_string())
+    let method = method_label(&method);
+    metrics::counter!(metric::HTTP_REQUESTS, "route" => template, "method" => method, "status" => status.to_string())
         .increment(1);
     metrics::histogram!(metric::HTTP_DURATION, "route" => template).record(latency.as_secs_f64());
     let fields = resp
@@ -250,7 +428,7 @@ where
     tracing::info!(
         request_id = %request_id,
         route = template,
-        method = %method,
+        method,
         status,
         latency_ms = latency.as_secs_f64() * 1000.0,
         source = fields.source.as_deref(),
@@ -261,6 +439,17 @@ where
         "request"
     );
     Ok(resp)
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into()),
+        Err(e) => e.to_string(),
+    }
 }
 
 async fn router(app: &App, req: Request<Incoming>) -> Response<Body> {

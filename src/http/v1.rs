@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::body::{self, BodyError};
-use super::error::{ApiError, Body, json_response};
+use super::error::{ApiError, Body, json_bytes, json_response};
 use super::{LogFields, RequestId};
 use crate::app::App;
 use crate::clock::{now_ms, rfc3339_ms};
@@ -105,6 +105,10 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) ->
             e.close = true;
             return e.into_response(&request_id);
         }
+    };
+    let _slot = match super::admit(app) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(&request_id),
     };
     let presented = parts
         .headers
@@ -253,6 +257,7 @@ async fn create_shipment(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
         label: None,
         details: serde_json::to_value(&request).expect("a request serialises"),
         timeline: Timeline::new(now as i64),
+        label_intent: None,
     };
     let answer = shipment_view(&record);
     let answer_bytes = serde_json::to_string(&answer).expect("a JSON value serialises");
@@ -426,20 +431,31 @@ async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body>
         "parcels": details.get("parcels"),
         "format": format,
     });
-    // The carrier's key is the shipment's, whatever the integrator's key:
-    // a retry after a lost answer gets the first label back.
-    let carrier_key = format!("label:{}", shipment.shipment_id);
-    let answer = match app
-        .downstream
-        .call(
-            Service::Carrier,
-            Method::POST,
-            "/carrier/labels",
-            &carrier_key,
-            Some(&request),
-        )
+    // The request is recorded before it is sent, so that a label whose
+    // answer is lost is still known: the retry sends the recorded request
+    // again, and a cancel finds the label through the same key.
+    let request = match app
+        .store
+        .record_intent(&shipment.shipment_id, request)
         .await
     {
+        Ok(r) => r,
+        Err(StateError::InvalidTransition) => {
+            let e = ApiError::invalid_transition("the shipment is cancelled");
+            return refuse(app, partner, &key, &fingerprint, e, request_id).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "recording a label purchase failed");
+            app.store.release(&partner.name, &key);
+            return ApiError::store_unavailable().into_response(request_id);
+        }
+    };
+    let format = request
+        .get("format")
+        .and_then(Value::as_str)
+        .unwrap_or(&format)
+        .to_string();
+    let answer = match purchase(app, &shipment.shipment_id, &request).await {
         Ok(a) if a.status.is_success() => a,
         Ok(a) => {
             tracing::warn!(status = a.status.as_u16(), "the carrier refused a label");
@@ -508,31 +524,16 @@ async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body>
             let e = ApiError::invalid_transition("the shipment was cancelled");
             refuse(app, partner, &key, &fingerprint, e, request_id).await
         }
+        // Another key bought it meanwhile: the shipment has its label.
+        Err(StateError::LabelExists(label_id)) => {
+            let e = ApiError::label_exists(&label_id);
+            refuse(app, partner, &key, &fingerprint, e, request_id).await
+        }
+        // The carrier's tracking number is another shipment's.
         Err(StateError::Conflict(why)) => {
-            let existing = app
-                .store
-                .shipment(&shipment.shipment_id)
-                .ok()
-                .flatten()
-                .and_then(|s| s.label)
-                .and_then(|l| {
-                    l.get("label_id")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                });
-            match existing {
-                // Another key bought it meanwhile: the shipment has its label.
-                Some(label_id) => {
-                    let e = ApiError::label_exists(&label_id);
-                    refuse(app, partner, &key, &fingerprint, e, request_id).await
-                }
-                // The carrier's tracking number is another shipment's.
-                None => {
-                    tracing::error!(why, "the carrier's label cannot be recorded");
-                    let e = ApiError::upstream_unavailable("carrier", 1);
-                    refuse(app, partner, &key, &fingerprint, e, request_id).await
-                }
-            }
+            tracing::error!(why, "the carrier's label cannot be recorded");
+            let e = ApiError::upstream_unavailable("carrier", 1);
+            refuse(app, partner, &key, &fingerprint, e, request_id).await
         }
         Err(e) => {
             tracing::error!(error = %e, "recording a label failed");
@@ -570,12 +571,33 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
         return refuse(app, partner, &key, &fingerprint, e, request_id).await;
     }
     let mut voided = false;
-    if status != ShipmentStatus::Cancelled
-        && let Some(label_id) = shipment
-            .label
-            .as_ref()
-            .and_then(|l| l.get("label_id"))
+    let label_id = match (&shipment.label, &shipment.label_intent) {
+        (Some(label), _) => label
+            .get("label_id")
             .and_then(Value::as_str)
+            .map(str::to_string),
+        // A purchase was sent and its answer never recorded: the carrier
+        // may have sold the label. Asking again under the same key finds
+        // it (or buys it), and it is voided like any other.
+        (None, Some(intent)) if status != ShipmentStatus::Cancelled => {
+            match purchase(app, &shipment.shipment_id, intent).await {
+                Ok(a) if a.status.is_success() => a
+                    .body
+                    .get("label_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                // The carrier refuses the request: nothing was sold.
+                Ok(_) => None,
+                Err(u) => {
+                    let e = ApiError::upstream_unavailable("carrier", u.retry_after_secs);
+                    return refuse(app, partner, &key, &fingerprint, e, request_id).await;
+                }
+            }
+        }
+        (None, _) => None,
+    };
+    if status != ShipmentStatus::Cancelled
+        && let Some(label_id) = label_id.as_deref()
     {
         match void_label(app, label_id).await {
             Ok(a) if a.status.is_success() || a.status == StatusCode::NOT_FOUND => voided = true,
@@ -632,6 +654,21 @@ fn get_shipment(app: &App, partner: &Partner, id: &str, request_id: &str) -> Res
     }
 }
 
+/// Buys a shipment's label at the carrier. The carrier's key is the
+/// shipment's, whatever the integrator's key: a retry after a lost answer
+/// gets the first label back.
+async fn purchase(app: &App, shipment_id: &str, request: &Value) -> Result<Answer, Unavailable> {
+    app.downstream
+        .call(
+            Service::Carrier,
+            Method::POST,
+            "/carrier/labels",
+            &format!("label:{shipment_id}"),
+            Some(request),
+        )
+        .await
+}
+
 /// Voids a label at the carrier. The carrier's key is the label's, so a
 /// retried void is one void.
 async fn void_label(app: &App, label_id: &str) -> Result<Answer, Unavailable> {
@@ -652,16 +689,6 @@ fn replay(status: u16, body: String) -> Response<Body> {
     let mut resp = json_bytes(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body);
     resp.headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    resp
-}
-
-fn json_bytes(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(http_body_util::Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     resp
 }
 

@@ -59,6 +59,13 @@ pub async fn handle(app: &App, req: Request<Incoming>, source_name: &str) -> Res
         }
     };
 
+    let _slot = match super::admit(app) {
+        Ok(slot) => slot,
+        Err(e) => {
+            count(outcome::UNAVAILABLE);
+            return with_fields(e.into_response(&request_id), fields);
+        }
+    };
     let resp = match app.ingest.receive(&source, &parts.headers, body).await {
         Ok(Outcome::Accepted {
             event_id,

@@ -315,6 +315,22 @@ pub struct ShipmentRecord {
     pub label: Option<serde_json::Value>,
     pub details: serde_json::Value,
     pub timeline: crate::domain::shipment::Timeline,
+    /// The carrier request of a label purchase under way, recorded durably
+    /// before the carrier is called: if its answer is lost, a retry sends
+    /// the same request under the same key, and a cancel can still find
+    /// the label through that key and void it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_intent: Option<serde_json::Value>,
+}
+
+/// A shipment's stored form.
+pub fn encode_shipment(rec: &ShipmentRecord) -> Vec<u8> {
+    serde_json::to_vec(rec).expect("a shipment serialises: strings, numbers and JSON values only")
+}
+
+/// An idempotency record's stored form.
+pub fn encode_record(rec: &crate::idempotency::Record) -> Vec<u8> {
+    serde_json::to_vec(rec).expect("a key record serialises: strings and numbers only")
 }
 
 #[cfg(test)]

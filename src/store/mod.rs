@@ -27,6 +27,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{SourceConfig, StoreConfig};
+use crate::health::Health;
 use crate::telemetry::metric;
 pub use codec::{DispatchOutcome, EventMeta, OutcomeRecord, ShipmentRecord};
 pub use state::{CancelAnswer, Completion, LabelRecorded, StateError};
@@ -35,6 +36,11 @@ use state::{StateMachine, StateMsg};
 /// Requests gathered into one batch at most. Larger groups add latency to
 /// the first request in them without making the flush cheaper.
 const MAX_GROUP: usize = 2048;
+
+/// How long the writer, flusher or state machine may go without a
+/// heartbeat before `/readyz` says the store is stuck. Idle, each is woken
+/// at least every second.
+const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -101,6 +107,14 @@ impl StoredEvent {
     }
 }
 
+/// What a search found, newest first.
+#[derive(Debug)]
+pub struct Search {
+    pub events: Vec<(StoredEvent, Option<OutcomeRecord>)>,
+    /// False when the scan bound stopped it before the end of its index.
+    pub complete: bool,
+}
+
 /// Search criteria for stored events; every one given must match.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -164,6 +178,8 @@ impl Prepared {
 
 enum Msg {
     Ingest(Box<Prepared>, Reply),
+    /// Wakes an idle writer so that it beats and checks the free space.
+    Ping,
     Sweep {
         now_ms: u64,
         limit: usize,
@@ -187,7 +203,16 @@ struct Shared {
     tree: sled::Tree,
     durable_seq: AtomicU64,
     inbox_pending: AtomicI64,
+    /// False once sled failed a write or a flush. sled cannot recover from
+    /// that in-process, so the threads that see it stop, and supervision
+    /// restarts the process on the same data.
     healthy: AtomicBool,
+    /// True while free space is below `min_free_bytes`: new writes are
+    /// refused until it is back.
+    low_space: AtomicBool,
+    path: std::path::PathBuf,
+    min_free_bytes: u64,
+    health: Arc<Health>,
     state_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<StateMsg>>>,
     /// Set when a wake-up is on its way to the state machine, so the writer
     /// sends one per pass rather than one per group.
@@ -201,12 +226,63 @@ struct Shared {
 impl Shared {
     /// Makes everything written so far durable.
     fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        if let Some(f) = &self.log_file {
-            f.sync_data()
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let synced = self
+            .db
+            .flush()
+            .map_err(StoreError::from)
+            .and_then(|_| match &self.log_file {
+                Some(f) => f
+                    .sync_data()
+                    .map_err(|e| StoreError::Unavailable(e.to_string())),
+                None => Ok(()),
+            });
+        synced.inspect_err(|e| self.fail("flush", e))
+    }
+
+    /// Applies a batch atomically; a failure is the store's end (`fail`).
+    fn apply(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        self.tree
+            .apply_batch(batch)
+            .map_err(StoreError::from)
+            .inspect_err(|e| self.fail("write", e))
+    }
+
+    fn fail(&self, what: &str, e: &StoreError) {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(error = %e, what, "the store failed; it stops and the process will exit");
         }
-        Ok(())
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Refuses new writes while the file system is short of space, so sled
+    /// never meets a full disk. Checked per group, which costs one statvfs.
+    fn check_space(&self) -> Result<(), StoreError> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let low = fs2::available_space(&self.path).is_ok_and(|free| free < self.min_free_bytes);
+        let was_low = self.low_space.swap(low, Ordering::AcqRel);
+        if low != was_low {
+            if low {
+                tracing::error!(
+                    path = %self.path.display(),
+                    min_free_bytes = self.min_free_bytes,
+                    "free disk space is below store.min_free_mb; writes are refused until it is back"
+                );
+            } else {
+                tracing::warn!("free disk space is back; writes resume");
+            }
+        }
+        if low {
+            Err(StoreError::Unavailable(
+                "free disk space is below store.min_free_mb".into(),
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     fn wake_dispatcher(&self) {
@@ -229,6 +305,11 @@ impl Store {
     /// starts separately (`start_dispatcher`), so tools and tests can open a
     /// store to read it without applying anything.
     pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        Store::open_supervised(cfg, Health::new())
+    }
+
+    /// `open`, with the threads reporting to `health`.
+    pub fn open_supervised(cfg: &StoreConfig, health: Arc<Health>) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(&cfg.path)
             .cache_capacity(cfg.cache_bytes)
@@ -258,12 +339,17 @@ impl Store {
             durable_seq: AtomicU64::new(seq),
             inbox_pending: AtomicI64::new(pending),
             healthy: AtomicBool::new(true),
+            low_space: AtomicBool::new(false),
+            path: cfg.path.clone(),
+            min_free_bytes: cfg.min_free_bytes,
+            health,
             state_tx: std::sync::Mutex::new(None),
             wake_pending: AtomicBool::new(false),
             dispatcher_running: AtomicBool::new(false),
             epoch: fastrand::u64(1..),
         });
         metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
+        let _ = shared.check_space();
 
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
         let (group_tx, group_rx) = std::sync::mpsc::channel();
@@ -468,6 +554,22 @@ impl Store {
         .await
     }
 
+    /// Records the carrier request of a label purchase before it is sent,
+    /// durably; returns the request to send, which is an earlier
+    /// purchase's when there was one.
+    pub async fn record_intent(
+        &self,
+        shipment_id: &str,
+        request: serde_json::Value,
+    ) -> Result<serde_json::Value, StateError> {
+        self.command(|reply| StateMsg::RecordIntent {
+            shipment_id: shipment_id.to_string(),
+            request,
+            reply,
+        })
+        .await
+    }
+
     /// Cancels a shipment that is not moving; durable on return.
     pub async fn cancel(
         &self,
@@ -508,9 +610,27 @@ impl Store {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.shared.healthy.load(Ordering::Relaxed)
+        self.shared.is_healthy()
+            && !self.shared.low_space.load(Ordering::Acquire)
             && self.shared.dispatcher_running.load(Ordering::Relaxed)
             && self.tx.lock().expect("store sender lock").is_some()
+    }
+
+    /// Wakes the writer and the state machine so that they beat (and the
+    /// writer checks the free space) while idle. Never waits.
+    pub fn ping(&self) {
+        if let Ok(tx) = self.sender() {
+            let _ = tx.try_send(Msg::Ping);
+        }
+        if let Some(tx) = self
+            .shared
+            .state_tx
+            .lock()
+            .expect("state sender lock")
+            .as_ref()
+        {
+            let _ = tx.send(StateMsg::Wake);
+        }
     }
 
     /// The highest sequence number covered by a completed flush.
@@ -566,12 +686,16 @@ impl Store {
 
     /// Events matching every given criterion, newest first. An index picks
     /// the candidates (the exact id, the tracking number, the order id, or
-    /// arrival order); the rest of the criteria filter them.
+    /// arrival order); the rest of the criteria filter them. At most
+    /// `max_scan` candidates are read, so a search that matches little on a
+    /// large store is bounded; `Search::complete` says whether it got to
+    /// the end. Reads block: call it off the async workers.
     pub fn search(
         &self,
         filter: &EventFilter,
         limit: usize,
-    ) -> Result<Vec<(StoredEvent, Option<OutcomeRecord>)>, StoreError> {
+        max_scan: usize,
+    ) -> Result<Search, StoreError> {
         let tree = &self.shared.tree;
         type Names<'t> =
             Box<dyn Iterator<Item = Result<Option<(String, String)>, StoreError>> + 't>;
@@ -602,8 +726,13 @@ impl Store {
             ),
         };
         let mut out = Vec::new();
-        for name in candidates {
+        let mut complete = true;
+        for (scanned, name) in candidates.enumerate() {
             if out.len() >= limit {
+                break;
+            }
+            if scanned >= max_scan {
+                complete = false;
                 break;
             }
             let Some((source, id)) = name? else {
@@ -631,7 +760,10 @@ impl Store {
                 out.push((ev, outcome));
             }
         }
-        Ok(out)
+        Ok(Search {
+            events: out,
+            complete,
+        })
     }
 
     /// Whether an identity is remembered (not yet swept).
@@ -769,6 +901,7 @@ mod tests {
             idempotency_retention: Duration::from_secs(60),
             in_progress_timeout: Duration::from_secs(30),
             cache_bytes: 8 << 20,
+            min_free_bytes: 0,
         }
     }
 
@@ -982,6 +1115,7 @@ mod tests {
                 label: None,
                 details: serde_json::json!({}),
                 timeline: crate::domain::shipment::Timeline::new(1),
+                label_intent: None,
             })
             .await
             .unwrap();

@@ -10,7 +10,10 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::codec::{self, Ident};
-use super::{Group, IngestResult, MAX_GROUP, Msg, Prepared, Reply, Shared, StoreError};
+use super::{
+    Group, IngestResult, MAX_GROUP, Msg, Prepared, Reply, STALL_AFTER, Shared, StoreError,
+};
+use crate::health::Component;
 use crate::telemetry::metric;
 
 pub(super) struct Writer {
@@ -24,8 +27,10 @@ impl Writer {
         mut rx: mpsc::Receiver<Msg>,
         groups: std::sync::mpsc::Sender<Group>,
     ) {
+        let alive = self.shared.health.enter(Component::Store, STALL_AFTER);
         let mut msgs = Vec::with_capacity(MAX_GROUP);
         while let Some(first) = rx.blocking_recv() {
+            alive.beat();
             msgs.push(first);
             while msgs.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -37,6 +42,9 @@ impl Writer {
             for m in msgs.drain(..) {
                 match m {
                     Msg::Ingest(ev, reply) => ingests.push((ev, reply)),
+                    Msg::Ping => {
+                        let _ = self.shared.check_space();
+                    }
                     Msg::Sweep {
                         now_ms,
                         limit,
@@ -46,15 +54,18 @@ impl Writer {
                     }
                 }
             }
-            if ingests.is_empty() {
-                continue;
-            }
-            if let Some(group) = self.commit(ingests)
+            if !ingests.is_empty()
+                && let Some(group) = self.commit(ingests)
                 && groups.send(group).is_err()
             {
                 break;
             }
+            if !self.shared.is_healthy() {
+                break;
+            }
         }
+        // Requests still queued are answered "unavailable" by their
+        // dropped reply channels.
     }
 
     /// Applies one group as a single batch. Answers that need no flush (a
@@ -63,6 +74,8 @@ impl Writer {
     fn commit(&mut self, ingests: Vec<(Box<Prepared>, Reply)>) -> Option<Group> {
         metrics::histogram!(metric::STORE_GROUP_SIZE).record(ingests.len() as f64);
         let durable = self.shared.durable_seq.load(Ordering::Acquire);
+        // Duplicates need no space; new events wait until there is some.
+        let space = self.shared.check_space();
         let mut batch = sled::Batch::default();
         // Identities first written in this group, so a second copy in the
         // same group is a duplicate too.
@@ -94,6 +107,10 @@ impl Writer {
                     }
                 }
                 Ok(None) => {
+                    if let Err(e) = &space {
+                        answers.push((reply, Err(e.clone())));
+                        continue;
+                    }
                     self.seq += 1;
                     let ident = Ident {
                         received_at_ms: ev.received_at_ms,
@@ -129,10 +146,9 @@ impl Writer {
         }
         if self.seq != start_seq {
             batch.insert(codec::SEQ_KEY, self.seq.to_be_bytes().to_vec());
-            if let Err(e) = self.shared.tree.apply_batch(batch) {
+            if let Err(e) = self.shared.apply(batch) {
                 // Nothing of the batch is applied: every answer in it fails,
                 // including duplicates of copies that were in it.
-                self.shared.healthy.store(false, Ordering::Relaxed);
                 self.seq = start_seq;
                 let msg = e.to_string();
                 for (reply, _) in answers {
@@ -191,7 +207,7 @@ impl Writer {
             swept += 1;
         }
         if swept > 0 {
-            tree.apply_batch(batch)?;
+            self.shared.apply(batch)?;
         }
         Ok(swept)
     }
@@ -222,7 +238,17 @@ fn forget_event(
 }
 
 pub(super) fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Group>) {
-    while let Ok(first) = groups.recv() {
+    let alive = shared.health.enter(Component::Store, STALL_AFTER);
+    loop {
+        let first = match groups.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(g) => g,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                alive.beat();
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        alive.beat();
         let mut pending = vec![first];
         pending.extend(groups.try_iter());
         let started = Instant::now();
@@ -239,13 +265,13 @@ pub(super) fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Gro
                 }
             }
             Err(e) => {
-                shared.healthy.store(false, Ordering::Relaxed);
                 let msg = e.to_string();
                 for g in pending {
                     for (reply, _) in g.answers {
                         let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
                     }
                 }
+                break;
             }
         }
     }

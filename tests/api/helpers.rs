@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 
 use std::sync::Arc;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use waybill::app::App;
 use waybill::config::{Config, ProcessEnv};
 use waybill::domain::shipment::Timeline;
 use waybill::signature::SchemeKind;
+use waybill::simulator::SimConfig;
 use waybill::store::ShipmentRecord;
 
 pub use crate::support::*;
@@ -343,6 +344,7 @@ pub async fn shipment_with_label(app: &TestApp, shipment_id: &str, tn: &str) {
         label: None,
         details: json!({}),
         timeline: Timeline::new(now as i64),
+        label_intent: None,
     };
     app.app.store.create_shipment(rec).await.unwrap();
     app.app
@@ -355,4 +357,67 @@ pub async fn shipment_with_label(app: &TestApp, shipment_id: &str, tn: &str) {
         )
         .await
         .unwrap();
+}
+
+/// A gateway in front of a simulator started with `config`.
+pub async fn app_with_sim(config: SimConfig) -> (TestApp, SocketAddr) {
+    let sim = start_sim(SimConfig {
+        default_stock: 1000,
+        ..config
+    })
+    .await;
+    let app = spawn_app_with(Options {
+        downstream: format!("http://{sim}"),
+        ..Options::default()
+    })
+    .await;
+    (app, sim)
+}
+
+pub fn headers(key: &str) -> Vec<(String, String)> {
+    vec![
+        ("Authorization".into(), "Bearer acme-key".into()),
+        ("Content-Type".into(), "application/json".into()),
+        ("Idempotency-Key".into(), key.into()),
+    ]
+}
+
+pub async fn new_shipment(app: &TestApp, order: &str) -> String {
+    let address =
+        json!({"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "US"});
+    let body = json!({"order_id": order, "carrier": "ups", "service": "ground", "from": address, "to": address,
+        "parcels": [{"weight_grams": 100, "length_cm": 1, "width_cm": 1, "height_cm": 1}]});
+    let r = post(
+        app.addr,
+        "/v1/shipments",
+        &headers(&format!("create-{order}")),
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.json()["shipment_id"].as_str().unwrap().to_string()
+}
+
+pub async fn buy(app: &TestApp, id: &str, key: &str) -> Resp {
+    post(
+        app.addr,
+        &format!("/v1/shipments/{id}/label"),
+        &headers(key),
+        r#"{"format":"ZPL"}"#,
+    )
+    .await
+}
+
+pub async fn cancel(app: &TestApp, id: &str, key: &str) -> Resp {
+    post(
+        app.addr,
+        &format!("/v1/shipments/{id}/cancel"),
+        &headers(key),
+        "",
+    )
+    .await
+}
+
+pub async fn ledger(sim: SocketAddr) -> Value {
+    get(sim, "/_sim/ledger").await.json()
 }

@@ -2,75 +2,12 @@
 //! shipment however the carrier fails, and cancels that void it.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use waybill::simulator::SimConfig;
 
 use crate::helpers::*;
-
-async fn app_with_sim(config: SimConfig) -> (TestApp, SocketAddr) {
-    let sim = start_sim(SimConfig {
-        default_stock: 1000,
-        ..config
-    })
-    .await;
-    let app = spawn_app_with(Options {
-        downstream: format!("http://{sim}"),
-        ..Options::default()
-    })
-    .await;
-    (app, sim)
-}
-
-fn headers(key: &str) -> Vec<(String, String)> {
-    vec![
-        ("Authorization".into(), "Bearer acme-key".into()),
-        ("Content-Type".into(), "application/json".into()),
-        ("Idempotency-Key".into(), key.into()),
-    ]
-}
-
-async fn new_shipment(app: &TestApp, order: &str) -> String {
-    let address =
-        json!({"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "US"});
-    let body = json!({"order_id": order, "carrier": "ups", "service": "ground", "from": address, "to": address,
-        "parcels": [{"weight_grams": 100, "length_cm": 1, "width_cm": 1, "height_cm": 1}]});
-    let r = post(
-        app.addr,
-        "/v1/shipments",
-        &headers(&format!("create-{order}")),
-        body.to_string(),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    r.json()["shipment_id"].as_str().unwrap().to_string()
-}
-
-async fn buy(app: &TestApp, id: &str, key: &str) -> Resp {
-    post(
-        app.addr,
-        &format!("/v1/shipments/{id}/label"),
-        &headers(key),
-        r#"{"format":"ZPL"}"#,
-    )
-    .await
-}
-
-async fn cancel(app: &TestApp, id: &str, key: &str) -> Resp {
-    post(
-        app.addr,
-        &format!("/v1/shipments/{id}/cancel"),
-        &headers(key),
-        "",
-    )
-    .await
-}
-
-async fn ledger(sim: SocketAddr) -> Value {
-    get(sim, "/_sim/ledger").await.json()
-}
 
 #[tokio::test]
 async fn a_label_is_bought_once_and_a_second_key_gets_label_exists() {

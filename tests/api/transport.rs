@@ -1,6 +1,8 @@
 //! Transport rows of contract 3.1 and 7: 404, 405, 408, 413, request ids,
 //! load shedding, and the drain on shutdown.
 
+use std::net::SocketAddr;
+
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use waybill::signature::SchemeKind;
@@ -133,31 +135,46 @@ async fn request_ids_are_echoed_or_minted_and_match_the_error_body() {
     assert_eq!(h.header("x-content-type-options"), Some("nosniff"));
 }
 
+/// A downstream that accepts connections and never answers: every call to
+/// it lasts until its timeout.
+async fn silent_downstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
 #[tokio::test]
 async fn beyond_max_in_flight_requests_are_shed_but_health_is_served() {
+    let (silent, _silent) = silent_downstream().await;
     let app = spawn_app_with(Options {
         max_in_flight: 1,
+        downstream: format!("http://{silent}"),
         ..Options::default()
     })
     .await;
-    let body = br#"{"id":"held"}"#;
-    let mut held = hold_in_flight(
-        app.addr,
-        "/webhooks/gh",
-        &signed(SchemeKind::Github, GH_SECRET, body, 0, "held-1"),
-        body,
-    )
-    .await;
-    // The held request takes its slot once the server has read its head;
-    // probe until the slot is seen taken (bounded).
+    let shipment = new_shipment(&app, "held").await;
+    // A label purchase waits on the silent carrier, holding the one slot.
+    let buying = {
+        let addr = app.addr;
+        let path = format!("/v1/shipments/{shipment}/label");
+        tokio::spawn(async move { post(addr, &path, &headers("held-label"), "{}").await })
+    };
+    // Probe with an unsigned webhook (401 while the slot is free) until the
+    // slot is seen taken (bounded).
     let mut shed = None;
-    for _ in 0..500 {
-        let r = app.webhook("nope", &[], b"{}").await;
+    for _ in 0..2000 {
+        let r = app.webhook("gh", &[], b"{}").await;
         if r.status == 503 {
             shed = Some(r);
             break;
         }
-        assert_eq!(r.status, 404);
+        assert_eq!(r.status, 401);
         tokio::task::yield_now().await;
     }
     let r = shed.expect("a request beyond max_in_flight is shed");
@@ -166,8 +183,58 @@ async fn beyond_max_in_flight_requests_are_shed_but_health_is_served() {
     assert_eq!(get(app.addr, "/healthz").await.status, 200);
     assert_eq!(get(app.addr, "/readyz").await.status, 200);
     assert_eq!(get(app.addr, "/metrics").await.status, 200);
-    // The held request completes normally once its body arrives.
-    held.write_all(&body[1..]).await.unwrap();
-    let resp = read_response(&mut held).await;
+    // The purchase ends (503, the carrier never answered) and gives the
+    // slot back: a signed webhook is accepted again.
+    let bought = buying.await.unwrap();
+    assert_eq!(bought.status, 503);
+    assert_eq!(bought.code(), "UPSTREAM_UNAVAILABLE");
+    let body = br#"{"id":"after"}"#;
+    let r = app
+        .webhook(
+            "gh",
+            &signed(SchemeKind::Github, GH_SECRET, body, 0, "a-1"),
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 202);
+}
+
+/// Contract 10.7: a request counts against `max_in_flight` once its body
+/// has arrived, so senders that trickle their bodies cannot take the slots
+/// of signed senders.
+#[tokio::test]
+async fn slow_senders_do_not_take_in_flight_slots() {
+    let app = spawn_app_with(Options {
+        max_in_flight: 2,
+        ..Options::default()
+    })
+    .await;
+    let body = br#"{"id":"slow"}"#;
+    let headers = signed(SchemeKind::Github, GH_SECRET, body, 0, "slow-1");
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(hold_in_flight(app.addr, "/webhooks/gh", &headers, body).await);
+    }
+    for i in 0..10 {
+        let b = format!(r#"{{"id":"fast-{i}"}}"#);
+        let r = app
+            .webhook(
+                "gh",
+                &signed(
+                    SchemeKind::Github,
+                    GH_SECRET,
+                    b.as_bytes(),
+                    0,
+                    &format!("f-{i}"),
+                ),
+                b.as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    // The slow ones still complete when their bodies do.
+    let mut first = slow.remove(0);
+    first.write_all(&body[1..]).await.unwrap();
+    let resp = read_response(&mut first).await;
     assert!(resp.starts_with("HTTP/1.1 202"), "{resp}");
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::*;
 use waybill::simulator::SimConfig;
 
@@ -37,36 +37,12 @@ backoff = {{ initial = "5ms", max = "20ms" }}
     path
 }
 
-fn headers(key: &str) -> Vec<(String, String)> {
-    vec![
-        ("Authorization".into(), "Bearer acme-key".into()),
-        ("Content-Type".into(), "application/json".into()),
-        ("Idempotency-Key".into(), key.into()),
-    ]
-}
-
-async fn create(addr: SocketAddr, order: &str) -> String {
-    let address =
-        json!({"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "US"});
-    let body = json!({"order_id": order, "carrier": "ups", "service": "ground", "from": address, "to": address,
-        "parcels": [{"weight_grams": 100, "length_cm": 1, "width_cm": 1, "height_cm": 1}]});
-    let r = post(
-        addr,
-        "/v1/shipments",
-        &headers(&format!("create-{order}")),
-        body.to_string(),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    r.json()["shipment_id"].as_str().unwrap().to_string()
-}
-
 async fn buy(addr: SocketAddr, id: &str, key: &str) -> Result<Resp, String> {
     Client::new(addr)
         .try_send(
             "POST",
             &format!("/v1/shipments/{id}/label"),
-            &headers(key),
+            &partner_headers(key),
             "{}",
         )
         .await
@@ -89,7 +65,7 @@ async fn a_label_purchase_killed_at_any_step_is_bought_once() {
         let config = write_config(dir.path(), sim);
         let gw =
             Gateway::start_with_env(&config, &[("FAILPOINTS", &format!("{failpoint}=return"))]);
-        let id = create(gw.addr, failpoint).await;
+        let id = create_shipment(gw.addr, failpoint).await;
         let key = format!("buy-{failpoint}");
         let died = buy(gw.addr, &id, &key).await;
         assert!(
@@ -126,7 +102,7 @@ async fn a_label_purchase_killed_at_any_step_is_bought_once() {
             .send(
                 "GET",
                 &format!("/v1/shipments/{id}"),
-                &headers("x"),
+                &partner_headers("x"),
                 bytes::Bytes::new(),
             )
             .await

@@ -27,8 +27,9 @@ pub const SHOP_SECRET: &str = "shop-secret";
 /// Sources covering each scheme and identity rule. `{extra}` is appended.
 const BASE: &str = r#"
 [server]
-max_body_bytes = 4096
+max_body_bytes = {max_body_bytes}
 max_in_flight = {max_in_flight}
+max_connections = {max_connections}
 request_timeout = "{request_timeout}"
 shutdown_grace = "5s"
 
@@ -152,7 +153,9 @@ pub const ADMIN_TOKEN: &str = "admin-test-token";
 
 #[derive(Clone)]
 pub struct Options {
+    pub max_body_bytes: usize,
     pub max_in_flight: usize,
+    pub max_connections: usize,
     pub request_timeout: &'static str,
     pub admin: bool,
     /// The `ep` source's occurred_at pointer.
@@ -164,7 +167,9 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            max_body_bytes: 4096,
             max_in_flight: 256,
+            max_connections: 10_000,
             request_timeout: "5s",
             admin: true,
             occurred_at: "/result/updated_at",
@@ -197,7 +202,9 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
 async fn start(dir: tempfile::TempDir, opts: Options) -> TestApp {
     let text = BASE
         .replace("{path}", &dir.path().join("data").display().to_string())
+        .replace("{max_body_bytes}", &opts.max_body_bytes.to_string())
         .replace("{max_in_flight}", &opts.max_in_flight.to_string())
+        .replace("{max_connections}", &opts.max_connections.to_string())
         .replace("{request_timeout}", opts.request_timeout)
         .replace(
             "{admin}",
@@ -375,27 +382,11 @@ pub async fn app_with_sim(config: SimConfig) -> (TestApp, SocketAddr) {
 }
 
 pub fn headers(key: &str) -> Vec<(String, String)> {
-    vec![
-        ("Authorization".into(), "Bearer acme-key".into()),
-        ("Content-Type".into(), "application/json".into()),
-        ("Idempotency-Key".into(), key.into()),
-    ]
+    partner_headers(key)
 }
 
 pub async fn new_shipment(app: &TestApp, order: &str) -> String {
-    let address =
-        json!({"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "US"});
-    let body = json!({"order_id": order, "carrier": "ups", "service": "ground", "from": address, "to": address,
-        "parcels": [{"weight_grams": 100, "length_cm": 1, "width_cm": 1, "height_cm": 1}]});
-    let r = post(
-        app.addr,
-        "/v1/shipments",
-        &headers(&format!("create-{order}")),
-        body.to_string(),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    r.json()["shipment_id"].as_str().unwrap().to_string()
+    create_shipment(app.addr, order).await
 }
 
 pub async fn buy(app: &TestApp, id: &str, key: &str) -> Resp {
@@ -420,4 +411,54 @@ pub async fn cancel(app: &TestApp, id: &str, key: &str) -> Resp {
 
 pub async fn ledger(sim: SocketAddr) -> Value {
     get(sim, "/_sim/ledger").await.json()
+}
+
+/// A carrier that holds every label call until the test releases it: the
+/// test knows a call is in flight (`arrived`) and decides when it ends.
+/// Each released call sells the same label, as a carrier does for one
+/// idempotency key.
+pub struct GatedCarrier {
+    pub addr: SocketAddr,
+    pub arrived: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pub release: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+pub async fn gated_carrier() -> GatedCarrier {
+    use http_body_util::Full;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            let gate = gate.clone();
+            let svc = hyper::service::service_fn(
+                move |_req: http::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    let gate = gate.clone();
+                    async move {
+                        let _ = tx.send(());
+                        gate.acquire().await.unwrap().forget();
+                        let body = json!({"label_id": "lbl_gated", "tracking_number": "TN-GATED", "carrier": "ups"});
+                        let mut resp =
+                            http::Response::new(Full::new(bytes::Bytes::from(body.to_string())));
+                        *resp.status_mut() = http::StatusCode::CREATED;
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                },
+            );
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    GatedCarrier {
+        addr,
+        arrived,
+        release,
+    }
 }

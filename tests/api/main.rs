@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod dispatch;
 mod helpers;
+mod hostile;
 mod labels;
 mod ops;
 mod signatures;

@@ -266,6 +266,8 @@ pub async fn hold_in_flight(
 pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
+    /// Every log line so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Gateway {
@@ -287,9 +289,11 @@ impl Gateway {
             .spawn()
             .expect("start waybill");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut addr = None;
         for line in lines.by_ref() {
             let line = line.expect("read log");
+            log.lock().unwrap().push(line.clone());
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if v["message"] == "waybill serving" {
                 addr = Some(v["listen"].as_str().unwrap().parse().unwrap());
@@ -297,11 +301,63 @@ impl Gateway {
             }
         }
         // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
         Gateway {
             child,
             addr: addr.expect("the gateway announced its address"),
+            log,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log lines, parsed, that satisfy `pred`.
+    pub fn log_lines(&self, pred: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v| pred(v))
+            .collect()
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Waits for the process to end by itself, at most `limit`; its exit
+    /// status, or None if it is still running then.
+    pub fn wait_for(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) on our own child's pid with a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
     }
 
     /// SIGTERM, and waits for the graceful exit; its exit code.
@@ -327,4 +383,29 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The headers of a `/v1` write by partner `acme` (key `acme-key`).
+pub fn partner_headers(key: &str) -> Vec<(String, String)> {
+    vec![
+        ("Authorization".into(), "Bearer acme-key".into()),
+        ("Content-Type".into(), "application/json".into()),
+        ("Idempotency-Key".into(), key.into()),
+    ]
+}
+
+/// Creates a shipment for order `order` as partner `acme`; its id.
+pub async fn create_shipment(addr: SocketAddr, order: &str) -> String {
+    let address = serde_json::json!({"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "US"});
+    let body = serde_json::json!({"order_id": order, "carrier": "ups", "service": "ground", "from": address, "to": address,
+        "parcels": [{"weight_grams": 100, "length_cm": 1, "width_cm": 1, "height_cm": 1}]});
+    let r = post(
+        addr,
+        "/v1/shipments",
+        &partner_headers(&format!("create-{order}")),
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.json()["shipment_id"].as_str().unwrap().to_string()
 }

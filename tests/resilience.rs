@@ -1,0 +1,493 @@
+//! Contract 10.7 on the built binary: nothing a downstream, a sender or a
+//! component does stops the gateway from answering. Each test starts the
+//! real process and asserts the contract's answers, not only survival.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use support::*;
+use waybill::signature::SchemeKind;
+use waybill::simulator::SimConfig;
+
+const GH_SECRET: &str = "gh-secret";
+const ADMIN: &str = "admin-token";
+
+/// A config with a signed tracking source `carrier` (github scheme, id in
+/// `/id`, time in `/at`), the partner `acme`, an admin token, and
+/// `extra` appended (it may override `[downstream]` keys through
+/// `downstream`).
+fn write_config(dir: &Path, downstream: &str, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+request_timeout = "5s"
+{extra}
+[store]
+path = "{data}"
+min_free_mb = 0
+[admin]
+token = "{ADMIN}"
+[[sources]]
+name = "carrier"
+kind = "tracking"
+secrets = ["{GH_SECRET}"]
+signature = {{ scheme = "github" }}
+event_id = "/id"
+[sources.mapping]
+tracking_number = "/tn"
+status = "/st"
+occurred_at = "/at"
+[sources.mapping.status_map]
+transit = "IN_TRANSIT"
+delivered = "DELIVERED"
+[[partners]]
+name = "acme"
+api_keys = ["acme-key"]
+[downstream]
+base_url = "{downstream}"
+timeout = "300ms"
+max_attempts = 2
+backoff = {{ initial = "5ms", max = "20ms" }}
+breaker = {{ failures = 3, cooldown = "2s" }}
+"#,
+        data = dir.join("data").display()
+    );
+    let path = dir.join("waybill.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tracking(id: &str, tn: &str, status: &str, at: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    let body = format!(r#"{{"id":"{id}","tn":"{tn}","st":"{status}","at":{at}}}"#).into_bytes();
+    (signed(SchemeKind::Github, GH_SECRET, &body, 0, id), body)
+}
+
+fn admin() -> Vec<(String, String)> {
+    vec![("Authorization".into(), format!("Bearer {ADMIN}"))]
+}
+
+async fn buy(addr: SocketAddr, id: &str, key: &str) -> Resp {
+    post(
+        addr,
+        &format!("/v1/shipments/{id}/label"),
+        &partner_headers(key),
+        "{}",
+    )
+    .await
+}
+
+async fn get_shipment(addr: SocketAddr, id: &str) -> Resp {
+    Client::new(addr)
+        .send(
+            "GET",
+            &format!("/v1/shipments/{id}"),
+            &[("Authorization".into(), "Bearer acme-key".into())],
+            Bytes::new(),
+        )
+        .await
+}
+
+/// Polls `/readyz` until it answers `status` (bounded).
+async fn await_readyz(addr: SocketAddr, status: u16) -> bool {
+    for _ in 0..500 {
+        if let Ok(r) = Client::new(addr)
+            .try_send("GET", "/readyz", &[], Bytes::new())
+            .await
+            && r.status == status
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Finding: with the carrier down, the call after the breaker opened never
+/// answered and froze the process. Now every call after it answers 503
+/// at once with the breaker's Retry-After, and everything else goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_carriers_breaker_open_every_call_answers_and_the_process_stops_on_sigterm() {
+    let sim = start_sim(SimConfig {
+        fail_rate: 1.0,
+        default_stock: 1000,
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &format!("http://{sim}"), "");
+    let mut gw = Gateway::start(&cfg);
+    let id = create_shipment(gw.addr, "o-1").await;
+    // Two purchases of two attempts each: four failures, the breaker opens.
+    for key in ["k1", "k2"] {
+        let r = buy(gw.addr, &id, key).await;
+        assert_eq!(r.status, 503);
+        assert_eq!(r.code(), "UPSTREAM_UNAVAILABLE");
+    }
+    for key in ["k3", "k4", "k5"] {
+        let r = tokio::time::timeout(Duration::from_secs(5), buy(gw.addr, &id, key))
+            .await
+            .expect("a purchase with the breaker open answers");
+        assert_eq!(r.status, 503);
+        assert_eq!(r.code(), "UPSTREAM_UNAVAILABLE");
+        let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=2).contains(&wait), "{wait}");
+    }
+    let metrics = get(gw.addr, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert_eq!(
+        metric(&text, "waybill_circuit_open", r#"service="carrier""#),
+        1.0
+    );
+    assert!(
+        metric(
+            &text,
+            "waybill_downstream_requests_total",
+            r#"service="carrier",outcome="breaker_open""#
+        ) >= 3.0
+    );
+    assert_eq!(get(gw.addr, "/healthz").await.status, 200);
+    create_shipment(gw.addr, "o-2").await;
+    let (h, b) = tracking("e-1", "TN-X", "transit", "null");
+    assert_eq!(post(gw.addr, "/webhooks/carrier", &h, b).await.status, 202);
+    gw.sigterm();
+    let status = gw
+        .wait_for(Duration::from_secs(10))
+        .expect("SIGTERM stops the process");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Finding: a tracking event whose numeric time was epoch milliseconds
+/// reached a shipment as the year 57,000; reading the shipment panicked,
+/// and a cancel killed the state machine. Now it is dead-lettered with a
+/// reason naming the field, and everything else works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_in_milliseconds_is_dead_lettered_and_the_shipment_stays_usable() {
+    let sim = start_sim(SimConfig {
+        default_stock: 1000,
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &format!("http://{sim}"), "");
+    let gw = Gateway::start(&cfg);
+    let id = create_shipment(gw.addr, "o-ms").await;
+    let label = buy(gw.addr, &id, "label-ms").await;
+    assert_eq!(label.status, 201, "{:?}", label.body);
+    let tn = label.json()["tracking_number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (event, at) in [("ms", "1763800000000"), ("neg", "-5"), ("huge", "1e308")] {
+        let (h, b) = tracking(event, &tn, "transit", at);
+        assert_eq!(post(gw.addr, "/webhooks/carrier", &h, b).await.status, 202);
+    }
+    // An ordinary event behind them is applied: the dispatcher is alive.
+    let (h, b) = tracking("fine", &tn, "transit", "1763800000");
+    assert_eq!(post(gw.addr, "/webhooks/carrier", &h, b).await.status, 202);
+    let mut applied = Value::Null;
+    for _ in 0..500 {
+        let r = Client::new(gw.addr)
+            .send("GET", "/admin/events/carrier/fine", &admin(), Bytes::new())
+            .await;
+        applied = r.json();
+        if applied["outcome"] != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(applied["outcome"], "applied");
+    for event in ["ms", "neg", "huge"] {
+        let r = Client::new(gw.addr)
+            .send(
+                "GET",
+                &format!("/admin/events/carrier/{event}"),
+                &admin(),
+                Bytes::new(),
+            )
+            .await;
+        let v = r.json();
+        assert_eq!(v["outcome"], "dead", "{v}");
+        assert!(v["reason"].as_str().unwrap().starts_with("/at "), "{v}");
+    }
+    let shipment = get_shipment(gw.addr, &id).await;
+    assert_eq!(shipment.status, 200);
+    let s = shipment.json();
+    assert_eq!(s["status"], "IN_TRANSIT");
+    for e in s["history"].as_array().unwrap() {
+        let at = e["occurred_at"].as_str().unwrap();
+        assert!(at.starts_with("20"), "{at}");
+    }
+    // A cancel of a moving shipment is refused cleanly; the state machine
+    // and the write path are alive after it.
+    let c = post(
+        gw.addr,
+        &format!("/v1/shipments/{id}/cancel"),
+        &partner_headers("cancel-ms"),
+        "{}",
+    )
+    .await;
+    assert_eq!(c.status, 409);
+    assert_eq!(c.code(), "INVALID_TRANSITION");
+    create_shipment(gw.addr, "o-after").await;
+    assert_eq!(get(gw.addr, "/readyz").await.status, 200);
+}
+
+/// The fake carrier's behaviour, switched by the chaos test.
+const FAIL: u8 = 0;
+const HANG: u8 = 1;
+const ANSWER: u8 = 2;
+
+/// A carrier whose every label call fails (503), hangs, or sells a label,
+/// as `mode` says at the time of the call.
+async fn fake_carrier(mode: Arc<AtomicU8>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let sold = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        while let Ok((stream, _)) = listener.accept().await {
+            let mode = mode.clone();
+            let sold = sold.clone();
+            let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let mode = mode.load(Ordering::SeqCst);
+                let n = sold.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let (status, body) = match mode {
+                        FAIL => (StatusCode::SERVICE_UNAVAILABLE, json!({})),
+                        HANG => {
+                            std::future::pending::<()>().await;
+                            unreachable!()
+                        }
+                        _ => (
+                            StatusCode::CREATED,
+                            json!({"label_id": format!("lbl_{n}"), "tracking_number": format!("TN{n}"), "carrier": "ups"}),
+                        ),
+                    };
+                    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+                    *resp.status_mut() = status;
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The chaos test of contract 10.7: webhooks and `/v1` traffic flow while
+/// the carrier fails every call, then hangs, then answers again. Through
+/// all of it `/healthz` answers promptly, intake keeps its answers, labels
+/// answer 503 with the breaker's Retry-After; after healing the next label
+/// succeeds; SIGTERM then exits 0 within the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_failing_then_hanging_then_healed_carrier() {
+    let mode = Arc::new(AtomicU8::new(FAIL));
+    let carrier = fake_carrier(mode.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &format!("http://{carrier}"), "");
+    let mut gw = Gateway::start(&cfg);
+    let addr = gw.addr;
+
+    // Background traffic: webhooks and shipment creations, every answer
+    // checked, until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut client = Client::new(addr);
+            let mut n = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let (h, b) = tracking(&format!("bg-{n}"), "TN-BG", "transit", "null");
+                let r = client.send("POST", "/webhooks/carrier", &h, b).await;
+                assert_eq!(r.status, 202, "webhook {n}: {:?}", r.body);
+                if n.is_multiple_of(10) {
+                    create_shipment(addr, &format!("bg-{n}")).await;
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let health = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut client = Client::new(addr);
+            let mut slowest = Duration::ZERO;
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let r = client.send("GET", "/healthz", &[], Bytes::new()).await;
+                assert_eq!(r.status, 200);
+                slowest = slowest.max(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            slowest
+        })
+    };
+
+    let id = create_shipment(addr, "chaos").await;
+    // Failing: 503, and the breaker opens after three failures.
+    let mut key = 0;
+    let mut next_key = || {
+        key += 1;
+        format!("chaos-{key}")
+    };
+    let mut saw_open = false;
+    for _ in 0..4 {
+        let r = buy(addr, &id, &next_key()).await;
+        assert_eq!(r.status, 503);
+        assert_eq!(r.code(), "UPSTREAM_UNAVAILABLE");
+        let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=2).contains(&wait));
+        let text = String::from_utf8_lossy(&get(addr, "/metrics").await.body).into_owned();
+        saw_open |= metric(&text, "waybill_circuit_open", r#"service="carrier""#) == 1.0;
+    }
+    assert!(saw_open, "the breaker opened");
+    // Hanging: calls end at the timeout, still 503, never a hang.
+    mode.store(HANG, Ordering::SeqCst);
+    for _ in 0..3 {
+        let r = tokio::time::timeout(Duration::from_secs(5), buy(addr, &id, &next_key()))
+            .await
+            .expect("a hanging carrier does not hang the request");
+        assert_eq!(r.status, 503);
+        assert_eq!(r.code(), "UPSTREAM_UNAVAILABLE");
+    }
+    // Healed: once the cooldown allows a trial, a label is bought.
+    mode.store(ANSWER, Ordering::SeqCst);
+    let mut bought = None;
+    for _ in 0..20 {
+        let r = buy(addr, &id, &next_key()).await;
+        if r.status == 201 {
+            bought = Some(r);
+            break;
+        }
+        assert_eq!(r.code(), "UPSTREAM_UNAVAILABLE");
+        let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+    let bought = bought.expect("a label is bought after the carrier heals");
+    assert!(bought.json()["label_id"].as_str().is_some());
+
+    stop.store(true, Ordering::SeqCst);
+    let sent = traffic.await.unwrap();
+    assert!(sent > 0);
+    let slowest = health.await.unwrap();
+    // A generous bound: it catches a health check stuck behind a hung
+    // downstream (seconds), not a slow machine.
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    gw.sigterm();
+    let status = gw
+        .wait_for(Duration::from_secs(5 + 2))
+        .expect("SIGTERM exits within the grace");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Supervision: the state machine panics (a failpoint) while applying a
+/// pass. `/readyz` turns 503, `waybill_component_up{component="dispatcher"}`
+/// is 0, an ERROR names the component, and the process exits non-zero.
+/// Restarted on the same data, it applies every pending event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_state_machine_stops_the_process_and_a_restart_applies_the_inbox_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "http://127.0.0.1:9", "");
+    let mut gw = Gateway::start_with_env(&cfg, &[("FAILPOINTS", "dispatch-before-commit=panic")]);
+    let addr = gw.addr;
+    // A request held open keeps the drain going, so the answers during it
+    // can be read.
+    let held = hold_in_flight(addr, "/webhooks/carrier", &[], b"{}").await;
+    for i in 0..5 {
+        let (h, b) = tracking(&format!("p-{i}"), "TN-P", "transit", "null");
+        assert_eq!(post(addr, "/webhooks/carrier", &h, b).await.status, 202);
+    }
+    assert!(await_readyz(addr, 503).await, "readyz turns 503");
+    let text = String::from_utf8_lossy(&get(addr, "/metrics").await.body).into_owned();
+    assert_eq!(
+        metric(&text, "waybill_component_up", r#"component="dispatcher""#),
+        0.0
+    );
+    assert_eq!(
+        metric(&text, "waybill_component_up", r#"component="store""#),
+        1.0
+    );
+    drop(held);
+    let status = gw
+        .wait_for(Duration::from_secs(10))
+        .expect("the process exits after a component failure");
+    assert!(!status.success(), "{status:?}");
+    let errors = gw.log_lines(|v| v["level"] == "ERROR" && v["component"] == "dispatcher");
+    assert!(!errors.is_empty(), "an ERROR names the dispatcher");
+    drop(gw);
+
+    // Restart without the failpoint: the five are applied, once each.
+    let gw = Gateway::start(&cfg);
+    for i in 0..5 {
+        let mut v = Value::Null;
+        for _ in 0..500 {
+            v = Client::new(gw.addr)
+                .send(
+                    "GET",
+                    &format!("/admin/events/carrier/p-{i}"),
+                    &admin(),
+                    Bytes::new(),
+                )
+                .await
+                .json();
+            if v["outcome"] != "pending" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(v["outcome"], "parked", "{v}");
+        assert_eq!(v["attempts"], 1, "{v}");
+    }
+    gw.terminate();
+    let store = open_store(&dir.path().join("data")).await;
+    assert_eq!(store.inbox_pending(), 0);
+    assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    close_store(store).await;
+}
+
+/// A panic while handling one request answers that request 500 INTERNAL,
+/// logged at ERROR with its request id; the process and the connection go
+/// on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_one_request_is_a_500_for_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "http://127.0.0.1:9", "");
+    let gw = Gateway::start_with_env(&cfg, &[("FAILPOINTS", "admin-show=panic")]);
+    let mut client = Client::new(gw.addr);
+    let mut headers = admin();
+    headers.push(("X-Request-Id".into(), "boom-1".into()));
+    let r = client
+        .send("GET", "/admin/events/carrier/x", &headers, Bytes::new())
+        .await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.code(), "INTERNAL");
+    assert_eq!(r.json()["error"]["request_id"], "boom-1");
+    assert!(!String::from_utf8_lossy(&r.body).contains("panic"));
+    // The same connection serves the next request.
+    let (h, b) = tracking("after-panic", "TN", "transit", "null");
+    assert_eq!(
+        client.send("POST", "/webhooks/carrier", &h, b).await.status,
+        202
+    );
+    assert_eq!(get(gw.addr, "/readyz").await.status, 200);
+    let logged = gw.log_lines(|v| v["level"] == "ERROR" && v["request_id"] == "boom-1");
+    assert_eq!(logged.len(), 1, "one ERROR with the request id");
+}

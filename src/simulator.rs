@@ -429,12 +429,12 @@ impl Sim {
             }
             (&Method::DELETE, ["inventory", "reservations", id]) => {
                 let mut l = self.ledger.lock().expect("ledger lock");
-                let Some(i) = l.reservations.iter().position(|r| r.reservation_id == *id) else {
+                let Some(row) = l.reservations.iter_mut().find(|r| r.reservation_id == *id) else {
                     return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such reservation");
                 };
-                if !l.reservations[i].released {
-                    l.reservations[i].released = true;
-                    let items = l.reservations[i].items.clone();
+                if !row.released {
+                    row.released = true;
+                    let items = row.items.clone();
                     let default = self.config.default_stock;
                     for item in items.as_array().into_iter().flatten() {
                         if let (Some(sku), Some(q)) = (

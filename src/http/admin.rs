@@ -137,10 +137,11 @@ async fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
         .iter()
         .map(|(ev, outcome)| Value::Object(summary(ev, outcome.as_ref())))
         .collect();
-    let mut body = json!({ "events": events });
-    if !found.complete {
-        body["incomplete"] = json!(true);
-    }
+    let body = if found.complete {
+        json!({ "events": events })
+    } else {
+        json!({ "events": events, "incomplete": true })
+    };
     Ok(json_response(StatusCode::OK, &body))
 }
 

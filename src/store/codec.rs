@@ -56,11 +56,14 @@ pub fn name(source: &str, event_id: &str) -> Vec<u8> {
 pub fn split_name(v: &[u8]) -> Option<(String, String)> {
     let at = v.iter().position(|&b| b == 0)?;
     Some((
-        String::from_utf8(v[..at].to_vec()).ok()?,
-        String::from_utf8(v[at + 1..].to_vec()).ok()?,
+        String::from_utf8(v.get(..at)?.to_vec()).ok()?,
+        String::from_utf8(v.get(at + 1..)?.to_vec()).ok()?,
     ))
 }
 
+// Fixed-size keys written at constant offsets: the ranges cannot be out of
+// bounds. Everything read back from disk goes through `get` instead.
+#[allow(clippy::indexing_slicing)]
 pub fn expiry_key(expires_at_ms: u64, seq: u64) -> [u8; 17] {
     let mut k = [b'x'; 17];
     k[1..9].copy_from_slice(&expires_at_ms.to_be_bytes());
@@ -68,6 +71,7 @@ pub fn expiry_key(expires_at_ms: u64, seq: u64) -> [u8; 17] {
     k
 }
 
+#[allow(clippy::indexing_slicing)]
 pub fn seq_key(tag: u8, seq: u64) -> [u8; 9] {
     let mut k = [tag; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
@@ -114,11 +118,11 @@ pub fn idem_expiry_key(expires_at_ms: u64, partner: &str, key: &str) -> Vec<u8> 
 }
 
 pub fn parse_idem_expiry_key(k: &[u8]) -> Option<(u64, String, String)> {
-    if k.len() < 10 || k[0] != b'K' {
+    if k.len() < 10 || k.first() != Some(&b'K') {
         return None;
     }
-    let at = u64::from_be_bytes(k[1..9].try_into().ok()?);
-    let (partner, key) = split_name(&k[9..])?;
+    let at = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+    let (partner, key) = split_name(k.get(9..)?)?;
     Some((at, partner, key))
 }
 
@@ -135,20 +139,20 @@ pub fn tracking_key(tracking_number: &str) -> Vec<u8> {
 }
 
 pub fn parse_expiry_key(k: &[u8]) -> Option<(u64, u64)> {
-    if k.len() != 17 || k[0] != b'x' {
+    if k.len() != 17 || k.first() != Some(&b'x') {
         return None;
     }
     Some((
-        u64::from_be_bytes(k[1..9].try_into().ok()?),
-        u64::from_be_bytes(k[9..].try_into().ok()?),
+        u64::from_be_bytes(k.get(1..9)?.try_into().ok()?),
+        u64::from_be_bytes(k.get(9..)?.try_into().ok()?),
     ))
 }
 
 pub fn parse_seq_key(tag: u8, k: &[u8]) -> Option<u64> {
-    if k.len() != 9 || k[0] != tag {
+    if k.len() != 9 || k.first() != Some(&tag) {
         return None;
     }
-    Some(u64::from_be_bytes(k[1..].try_into().ok()?))
+    Some(u64::from_be_bytes(k.get(1..)?.try_into().ok()?))
 }
 
 pub fn decode_u64(v: &[u8]) -> Option<u64> {
@@ -208,10 +212,10 @@ impl Ident {
             return None;
         }
         Some(Ident {
-            received_at_ms: u64::from_be_bytes(v[..8].try_into().ok()?),
-            expires_at_ms: u64::from_be_bytes(v[8..16].try_into().ok()?),
-            seq: u64::from_be_bytes(v[16..24].try_into().ok()?),
-            content_hash: v[24..].try_into().ok()?,
+            received_at_ms: u64::from_be_bytes(v.get(..8)?.try_into().ok()?),
+            expires_at_ms: u64::from_be_bytes(v.get(8..16)?.try_into().ok()?),
+            seq: u64::from_be_bytes(v.get(16..24)?.try_into().ok()?),
+            content_hash: v.get(24..)?.try_into().ok()?,
         })
     }
 }
@@ -257,11 +261,11 @@ pub fn event_ident(v: &[u8]) -> Option<Ident> {
 
 pub fn decode_event(v: &[u8]) -> Option<(Ident, EventMeta, Vec<u8>)> {
     let ident = event_ident(v)?;
-    let rest = &v[56..];
+    let rest = v.get(56..)?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let json = rest.get(4..4 + len)?;
+    let json = rest.get(4..4usize.checked_add(len)?)?;
     let meta = serde_json::from_slice(json).ok()?;
-    Some((ident, meta, rest[4 + len..].to_vec()))
+    Some((ident, meta, rest.get(4 + len..)?.to_vec()))
 }
 
 /// What dispatch did with an event.

@@ -19,8 +19,8 @@ pub mod codec;
 mod state;
 mod writer;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -213,6 +213,8 @@ struct Shared {
     path: std::path::PathBuf,
     min_free_bytes: u64,
     health: Arc<Health>,
+    /// Held only to clone, take or send on the sender: nothing in such a
+    /// section can leave it inconsistent, so a poisoned lock is used as is.
     state_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<StateMsg>>>,
     /// Set when a wake-up is on its way to the state machine, so the writer
     /// sends one per pass rather than one per group.
@@ -287,7 +289,11 @@ impl Shared {
 
     fn wake_dispatcher(&self) {
         if !self.wake_pending.swap(true, Ordering::AcqRel)
-            && let Some(tx) = self.state_tx.lock().expect("state sender lock").as_ref()
+            && let Some(tx) = self
+                .state_tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
         {
             let _ = tx.send(StateMsg::Wake);
         }
@@ -378,7 +384,11 @@ impl Store {
     /// then every new one as it arrives.
     pub fn start_dispatcher(&self, sources: Vec<SourceConfig>) -> Result<(), StoreError> {
         let (tx, rx) = std::sync::mpsc::channel();
-        *self.shared.state_tx.lock().expect("state sender lock") = Some(tx);
+        *self
+            .shared
+            .state_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(tx);
         let machine = StateMachine {
             shared: self.shared.clone(),
             sources: sources.into_iter().map(|s| (s.name.clone(), s)).collect(),
@@ -392,7 +402,7 @@ impl Store {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         self.threads
             .lock()
-            .expect("store threads lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .push(handle);
         Ok(())
     }
@@ -400,7 +410,7 @@ impl Store {
     fn sender(&self) -> Result<mpsc::Sender<Msg>, StoreError> {
         self.tx
             .lock()
-            .expect("store sender lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or_else(|| StoreError::Unavailable("store is closing".into()))
     }
@@ -411,7 +421,11 @@ impl Store {
     ) -> Result<T, StateError> {
         let (reply, rx) = oneshot::channel();
         {
-            let guard = self.shared.state_tx.lock().expect("state sender lock");
+            let guard = self
+                .shared
+                .state_tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let tx = guard.as_ref().ok_or_else(|| {
                 StoreError::Unavailable("the state machine is not running".into())
             })?;
@@ -510,7 +524,7 @@ impl Store {
             .shared
             .state_tx
             .lock()
-            .expect("state sender lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
         {
             let _ = tx.send(StateMsg::Release {
@@ -613,7 +627,11 @@ impl Store {
         self.shared.is_healthy()
             && !self.shared.low_space.load(Ordering::Acquire)
             && self.shared.dispatcher_running.load(Ordering::Relaxed)
-            && self.tx.lock().expect("store sender lock").is_some()
+            && self
+                .tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
     }
 
     /// Wakes the writer and the state machine so that they beat (and the
@@ -626,7 +644,7 @@ impl Store {
             .shared
             .state_tx
             .lock()
-            .expect("state sender lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
         {
             let _ = tx.send(StateMsg::Wake);
@@ -822,13 +840,16 @@ impl Store {
         self.shared
             .state_tx
             .lock()
-            .expect("state sender lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .take();
-        self.tx.lock().expect("store sender lock").take();
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let threads: Vec<_> = self
             .threads
             .lock()
-            .expect("store threads lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
             .collect();
         for t in threads {

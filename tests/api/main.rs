@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod dispatch;
+mod fuzz;
 mod helpers;
 mod hostile;
 mod labels;

@@ -13,7 +13,7 @@
 //! - [`ratelimit`]: per-source limits on governor.
 //! - [`store`]: the only module that knows sled; group commit and retention.
 //! - [`ingest`]: the webhook use case, tying the above together.
-//! - [`http`]: the hyper server, the tower stack, and the only place that
+//! - [`http`]: the hyper server, the bounds on what a client can take, and the only place that
 //!   chooses status codes (`http::error`).
 //! - [`app`]: `run(config, listener, shutdown)`, shared by binary and tests.
 //! - [`cli`]: the subcommands other than `serve`.

@@ -77,6 +77,55 @@ fn check_config_exits_2_naming_each_bad_key() {
     assert_eq!(code, 2);
 }
 
+/// Contract 10.7: a dedupe retention shorter than the signature tolerance
+/// would let a captured delivery be accepted twice.
+#[test]
+fn check_config_refuses_a_retention_shorter_than_the_tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short.toml");
+    std::fs::write(
+        &path,
+        r#"
+        [[sources]]
+        name = "s"
+        kind = "store-only"
+        secrets = ["whsec_dGVzdA=="]
+        signature = { scheme = "stripe", tolerance = "10m" }
+        dedupe_retention = "1m"
+        "#,
+    )
+    .unwrap();
+    let (code, _, err) = run(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("sources[0].dedupe_retention"), "{err}");
+}
+
+/// A line of a config file may hold a literal secret: a syntax error says
+/// where it is, never what the line says.
+#[test]
+fn a_toml_syntax_error_does_not_echo_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(
+        &path,
+        "[[partners]]\nname = \"p\"\napi_keys = [\"sk_live_do_not_print\" oops]\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("line 3"), "{err}");
+    assert!(
+        !err.contains("sk_live") && !out.contains("sk_live"),
+        "{err}"
+    );
+    let (code, out, err) = run(&["serve", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        !err.contains("sk_live") && !out.contains("sk_live"),
+        "{out}{err}"
+    );
+}
+
 #[test]
 fn waybill_config_env_overrides_the_default_path() {
     let (code, _, err) = run(

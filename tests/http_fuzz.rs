@@ -126,18 +126,11 @@ fn mutate(seed: &[u8], rng: &mut fastrand::Rng) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_requests_never_get_a_500_nor_panic_the_gateway() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("waybill.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = write_gateway_config(
+        dir.path(),
+        "request_timeout = \"1s\"\nmax_body_bytes = 65536",
+        &format!(
             r#"
-[server]
-listen = "127.0.0.1:0"
-request_timeout = "1s"
-max_body_bytes = 65536
-[store]
-path = "{}"
-min_free_mb = 0
 [admin]
 token = "{ADMIN}"
 [[sources]]
@@ -159,11 +152,9 @@ api_keys = ["acme-key"]
 base_url = "http://127.0.0.1:9"
 timeout = "100ms"
 max_attempts = 1
-"#,
-            dir.path().join("data").display()
+"#
         ),
-    )
-    .unwrap();
+    );
     let gw = Gateway::start(&cfg);
     let seeds = seeds();
     let mut statuses = std::collections::BTreeMap::new();

@@ -24,29 +24,13 @@ fn delivery(id: &str) -> (Vec<(String, String)>, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_cannot_starve_signed_senders_or_grow_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("waybill.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-max_in_flight = 32
-max_connections = 4000
-request_timeout = "3s"
-[store]
-path = "{}"
-min_free_mb = 0
-[[sources]]
-name = "gh"
-kind = "store-only"
-secrets = ["{SECRET}"]
-signature = {{ scheme = "github" }}
-"#,
-            dir.path().join("data").display()
+    let cfg = write_gateway_config(
+        dir.path(),
+        "max_in_flight = 32\nmax_connections = 4000\nrequest_timeout = \"3s\"",
+        &format!(
+            "[[sources]]\nname = \"gh\"\nkind = \"store-only\"\nsecrets = [\"{SECRET}\"]\nsignature = {{ scheme = \"github\" }}"
         ),
-    )
-    .unwrap();
+    );
     let gw = Gateway::start(&cfg);
     let addr = gw.addr;
     let mut client = Client::new(addr);
@@ -124,22 +108,7 @@ signature = {{ scheme = "github" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_never_reading_connections_are_closed_by_their_deadlines() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("waybill.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-request_timeout = "1s"
-[store]
-path = "{}"
-min_free_mb = 0
-"#,
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let cfg = write_gateway_config(dir.path(), "request_timeout = \"1s\"", "");
     let gw = Gateway::start(&cfg);
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(10), read_response(&mut silent)).await;

@@ -206,6 +206,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Outpu
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(app.config.server.request_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
     let cap = connection_cap(app.config.server.max_connections);
     let connections = Arc::new(Semaphore::new(cap));

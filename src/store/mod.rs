@@ -288,14 +288,21 @@ impl Shared {
     }
 
     fn wake_dispatcher(&self) {
-        if !self.wake_pending.swap(true, Ordering::AcqRel)
-            && let Some(tx) = self
-                .state_tx
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            self.tell(StateMsg::Wake);
+        }
+    }
+
+    /// Sends the state machine a message that needs no answer; nothing
+    /// happens when it is not running.
+    fn tell(&self, msg: StateMsg) {
+        if let Some(tx) = self
+            .state_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
         {
-            let _ = tx.send(StateMsg::Wake);
+            let _ = tx.send(msg);
         }
     }
 }
@@ -520,18 +527,10 @@ impl Store {
 
     /// Gives up this run's claim on a key (the answer was not final).
     pub fn release(&self, partner: &str, key: &str) {
-        if let Some(tx) = self
-            .shared
-            .state_tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            let _ = tx.send(StateMsg::Release {
-                partner: partner.to_string(),
-                key: key.to_string(),
-            });
-        }
+        self.shared.tell(StateMsg::Release {
+            partner: partner.to_string(),
+            key: key.to_string(),
+        });
     }
 
     /// Records a shipment's label and applies, in the same atomic write,
@@ -640,15 +639,7 @@ impl Store {
         if let Ok(tx) = self.sender() {
             let _ = tx.try_send(Msg::Ping);
         }
-        if let Some(tx) = self
-            .shared
-            .state_tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            let _ = tx.send(StateMsg::Wake);
-        }
+        self.shared.tell(StateMsg::Wake);
     }
 
     /// The highest sequence number covered by a completed flush.

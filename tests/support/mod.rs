@@ -409,3 +409,19 @@ pub async fn create_shipment(addr: SocketAddr, order: &str) -> String {
     assert_eq!(r.status, 201, "{:?}", r.body);
     r.json()["shipment_id"].as_str().unwrap().to_string()
 }
+
+/// Writes a gateway config in `dir`: the server on 127.0.0.1:0 with
+/// `server` added to its table, the store under `dir/data` (no free-space
+/// floor), then `rest`. Its path.
+pub fn write_gateway_config(dir: &std::path::Path, server: &str, rest: &str) -> std::path::PathBuf {
+    let path = dir.join("waybill.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[store]\npath = \"{}\"\nmin_free_mb = 0\n{rest}\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
+}

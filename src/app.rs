@@ -53,6 +53,15 @@ pub struct App {
 }
 
 impl App {
+    /// What the use cases work with.
+    pub fn ports(&self) -> crate::service::Ports<'_> {
+        crate::service::Ports {
+            store: &self.store,
+            downstream: &self.downstream,
+            config: &self.config,
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         self.store.is_ready()
             && self.health.is_ready()

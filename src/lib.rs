@@ -47,6 +47,7 @@ pub mod ingest;
 pub mod mapping;
 pub mod partners;
 pub mod ratelimit;
+pub mod service;
 pub mod signature;
 pub mod simulator;
 pub mod store;

@@ -38,6 +38,79 @@ pub fn follow(order: OrderStatus, shipment: ShipmentStatus) -> OrderStatus {
     }
 }
 
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Confirmed => "CONFIRMED",
+            OrderStatus::PaymentSuccessPendingFulfillment => "PAYMENT_SUCCESS_PENDING_FULFILLMENT",
+            OrderStatus::Failure => "FAILURE",
+            OrderStatus::Shipped => "SHIPPED",
+            OrderStatus::Delivered => "DELIVERED",
+            OrderStatus::Returned => "RETURNED",
+            OrderStatus::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// How far an order's flow got. Each field is recorded durably before the
+/// step that depends on it, so a crash between any two steps leaves an
+/// order that `next` resumes (guarantee 5).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation_id: Option<String>,
+    /// The charge was declined: the reservation must be released before
+    /// the order fails.
+    #[serde(default)]
+    pub declined: bool,
+    #[serde(default)]
+    pub released: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+    /// Created in the same write that records the charge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipment_id: Option<String>,
+}
+
+/// The step an order's flow takes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Reserve,
+    Charge,
+    /// Give the reservation of a declined order back.
+    Release,
+    /// Buy the shipment's label.
+    Fulfil,
+    /// Nothing left for the request to do.
+    Finished,
+}
+
+impl Progress {
+    pub fn next(&self, status: OrderStatus) -> Step {
+        if status != OrderStatus::Pending {
+            return Step::Finished;
+        }
+        match self {
+            Progress {
+                reservation_id: None,
+                ..
+            } => Step::Reserve,
+            Progress {
+                declined: true,
+                released: false,
+                ..
+            } => Step::Release,
+            Progress { declined: true, .. } => Step::Finished,
+            Progress {
+                transaction_id: None,
+                ..
+            } => Step::Charge,
+            _ => Step::Fulfil,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentStatus {
@@ -47,6 +120,14 @@ pub enum PaymentStatus {
 }
 
 impl PaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Succeeded => "SUCCEEDED",
+            PaymentStatus::Failed => "FAILED",
+            PaymentStatus::Refunded => "REFUNDED",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<PaymentStatus> {
         match s {
             "SUCCEEDED" => Some(PaymentStatus::Succeeded),
@@ -137,6 +218,31 @@ mod tests {
                 O::PaymentSuccessPendingFulfillment
             };
             assert_eq!(follow(O::PaymentSuccessPendingFulfillment, s), expect);
+        }
+    }
+
+    #[test]
+    fn an_order_resumes_from_the_step_it_reached() {
+        use OrderStatus as O;
+        let mut p = Progress::default();
+        assert_eq!(p.next(O::Pending), Step::Reserve);
+        p.reservation_id = Some("r".into());
+        assert_eq!(p.next(O::Pending), Step::Charge);
+        let mut declined = p.clone();
+        declined.declined = true;
+        assert_eq!(declined.next(O::Pending), Step::Release);
+        declined.released = true;
+        assert_eq!(declined.next(O::Pending), Step::Finished);
+        assert_eq!(declined.next(O::Failure), Step::Finished);
+        p.transaction_id = Some("t".into());
+        p.shipment_id = Some("s".into());
+        assert_eq!(p.next(O::Pending), Step::Fulfil);
+        for done in [
+            O::Confirmed,
+            O::PaymentSuccessPendingFulfillment,
+            O::Failure,
+        ] {
+            assert_eq!(p.next(done), Step::Finished);
         }
     }
 

@@ -234,6 +234,99 @@ impl NewShipment {
     }
 }
 
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Item {
+    pub sku: String,
+    pub quantity: u64,
+}
+
+/// What an integrator sends to create an order (contract 5.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewOrder {
+    pub order_id: String,
+    pub customer_id: String,
+    pub amount_cents: u64,
+    /// ISO 4217, upper case.
+    pub currency: String,
+    pub items: Vec<Item>,
+    pub ship_to: Address,
+}
+
+/// Order lines accepted at most.
+const MAX_ITEMS: usize = 100;
+
+impl NewOrder {
+    /// Every bad field is reported, each under its JSON pointer.
+    pub fn parse(body: &Value) -> Result<NewOrder, Vec<FieldIssue>> {
+        let Value::Object(obj) = body else {
+            return Err(vec![FieldIssue::new("", "the body must be a JSON object")]);
+        };
+        let mut issues = Vec::new();
+        let mut r = Reader {
+            issues: &mut issues,
+        };
+        let order_id = r.text(obj, "", "order_id", true);
+        let customer_id = r.text(obj, "", "customer_id", true);
+        let amount_cents = r.positive(obj, "", "amount_cents");
+        let currency = match r.text(obj, "", "currency", true) {
+            Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => Some(c),
+            Some(_) => {
+                r.issues.push(FieldIssue::new(
+                    "/currency",
+                    "must be an ISO 4217 code, like \"EUR\"",
+                ));
+                None
+            }
+            None => None,
+        };
+        let ship_to = r.address(obj, "ship_to");
+        let mut items = Vec::new();
+        match obj.get("items") {
+            Some(Value::Array(list)) if list.len() > MAX_ITEMS => r.issues.push(FieldIssue::new(
+                "/items",
+                format!("at most {MAX_ITEMS} items"),
+            )),
+            Some(Value::Array(list)) if !list.is_empty() => {
+                for (i, item) in list.iter().enumerate() {
+                    let base = format!("/items/{i}");
+                    let Value::Object(it) = item else {
+                        r.issues.push(FieldIssue::new(base, "must be an object"));
+                        continue;
+                    };
+                    let sku = r.text(it, &base, "sku", true);
+                    let quantity = r.positive(it, &base, "quantity");
+                    if let (Some(sku), Some(quantity)) = (sku, quantity) {
+                        items.push(Item { sku, quantity });
+                    }
+                }
+            }
+            Some(Value::Array(_)) => r
+                .issues
+                .push(FieldIssue::new("/items", "must hold at least one item")),
+            None | Some(Value::Null) => r.issues.push(FieldIssue::new("/items", "missing")),
+            Some(_) => r.issues.push(FieldIssue::new("/items", "must be an array")),
+        }
+        match (order_id, customer_id, amount_cents, currency, ship_to) {
+            (
+                Some(order_id),
+                Some(customer_id),
+                Some(amount_cents),
+                Some(currency),
+                Some(ship_to),
+            ) if issues.is_empty() => Ok(NewOrder {
+                order_id,
+                customer_id,
+                amount_cents,
+                currency,
+                items,
+                ship_to,
+            }),
+            _ => Err(issues),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +347,45 @@ mod tests {
             .into_iter()
             .map(|i| (i.field, i.issue))
             .collect()
+    }
+
+    fn order() -> Value {
+        json!({"order_id": "o-1", "customer_id": "c-1", "amount_cents": 1999, "currency": "EUR",
+               "items": [{"sku": "SKU-1", "quantity": 2}], "ship_to": address()})
+    }
+
+    #[test]
+    fn a_valid_order_parses_and_every_bad_field_is_named() {
+        let o = NewOrder::parse(&order()).unwrap();
+        assert_eq!(o.amount_cents, 1999);
+        assert_eq!(
+            o.items,
+            [Item {
+                sku: "SKU-1".into(),
+                quantity: 2
+            }]
+        );
+        let mut bad = order();
+        bad["amount_cents"] = json!(-5);
+        bad["currency"] = json!("eur");
+        bad["items"] = json!([{"sku": "", "quantity": 0}]);
+        bad["ship_to"]["country"] = json!("XX");
+        let fields: Vec<String> = NewOrder::parse(&bad)
+            .unwrap_err()
+            .into_iter()
+            .map(|i| i.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "/amount_cents",
+                "/currency",
+                "/ship_to/country",
+                "/items/0/sku",
+                "/items/0/quantity"
+            ]
+        );
+        assert!(NewOrder::parse(&json!([])).is_err());
     }
 
     #[test]

@@ -18,10 +18,10 @@ use crate::app::App;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::domain::request::NewShipment;
 use crate::domain::shipment::{ShipmentStatus, Timeline};
-use crate::downstream::{Answer, Service, Unavailable};
 use crate::idempotency::{self, Decision, KeyError};
 use crate::identity::FieldIssue;
 use crate::partners::Partner;
+use crate::service::labels;
 use crate::store::{CancelAnswer, Completion, ShipmentRecord, StateError};
 use crate::telemetry::metric;
 
@@ -421,71 +421,30 @@ async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body>
         let e = ApiError::label_exists(&label_id);
         return refuse(app, partner, &key, &fingerprint, e, request_id).await;
     }
-    let details = &shipment.details;
-    let request = json!({
-        "shipment_id": shipment.shipment_id,
-        "carrier": details.get("carrier"),
-        "service": details.get("service"),
-        "from": details.get("from"),
-        "to": details.get("to"),
-        "parcels": details.get("parcels"),
-        "format": format,
-    });
-    // The request is recorded before it is sent, so that a label whose
-    // answer is lost is still known: the retry sends the recorded request
-    // again, and a cancel finds the label through the same key.
-    let request = match app
-        .store
-        .record_intent(&shipment.shipment_id, request)
-        .await
-    {
-        Ok(r) => r,
-        Err(StateError::InvalidTransition) => {
+    let sold = match labels::purchase(app.ports(), &shipment, &format).await {
+        Ok(sold) => sold,
+        Err(labels::Refusal::Cancelled) => {
             let e = ApiError::invalid_transition("the shipment is cancelled");
             return refuse(app, partner, &key, &fingerprint, e, request_id).await;
         }
-        Err(e) => {
+        Err(labels::Refusal::Upstream { retry_after_secs }) => {
+            let e = ApiError::upstream_unavailable("carrier", retry_after_secs);
+            return refuse(app, partner, &key, &fingerprint, e, request_id).await;
+        }
+        Err(labels::Refusal::Store(e)) => {
             tracing::error!(error = %e, "recording a label purchase failed");
             app.store.release(&partner.name, &key);
             return ApiError::store_unavailable().into_response(request_id);
         }
     };
-    let format = request
-        .get("format")
-        .and_then(Value::as_str)
-        .unwrap_or(&format)
-        .to_string();
-    let answer = match purchase(app, &shipment.shipment_id, &request).await {
-        Ok(a) if a.status.is_success() => a,
-        Ok(a) => {
-            tracing::warn!(status = a.status.as_u16(), "the carrier refused a label");
-            let e = ApiError::upstream_unavailable("carrier", 1);
-            return refuse(app, partner, &key, &fingerprint, e, request_id).await;
-        }
-        Err(u) => {
-            let e = ApiError::upstream_unavailable("carrier", u.retry_after_secs);
-            return refuse(app, partner, &key, &fingerprint, e, request_id).await;
-        }
-    };
     fail::fail_point!("label-after-carrier", |_| std::process::abort());
-    let (Some(label_id), Some(tracking_number)) = (
-        answer.body.get("label_id").and_then(Value::as_str),
-        answer.body.get("tracking_number").and_then(Value::as_str),
-    ) else {
-        tracing::error!("the carrier's label answer lacks label_id or tracking_number");
-        let e = ApiError::upstream_unavailable("carrier", 1);
-        return refuse(app, partner, &key, &fingerprint, e, request_id).await;
-    };
-    let now = now_ms();
-    let label = json!({
-        "label_id": label_id,
-        "shipment_id": shipment.shipment_id,
-        "tracking_number": tracking_number,
-        "carrier": answer.body.get("carrier").and_then(Value::as_str).or(details.get("carrier").and_then(Value::as_str)),
-        "format": format,
-        "created_at": rfc3339_ms(now),
-    });
-    let body = serde_json::to_string(&label).expect("a JSON value serialises");
+    let labels::Sold {
+        label_id,
+        tracking_number,
+        label,
+        at_ms: now,
+    } = sold;
+    let body = label.to_string();
     let completion = Completion {
         partner: partner.name.clone(),
         key: key.clone(),
@@ -501,7 +460,7 @@ async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body>
         .store
         .record_label_answered(
             &shipment.shipment_id,
-            tracking_number,
+            &tracking_number,
             label,
             now,
             Some(completion),
@@ -514,13 +473,7 @@ async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body>
         }
         Err(StateError::InvalidTransition) => {
             // Cancelled while the carrier sold the label: give it back.
-            if let Err(u) = void_label(app, label_id).await {
-                tracing::error!(
-                    label_id,
-                    retry_after = u.retry_after_secs,
-                    "a label bought for a cancelled shipment could not be voided"
-                );
-            }
+            labels::void_unwanted(app.ports(), &label_id).await;
             let e = ApiError::invalid_transition("the shipment was cancelled");
             refuse(app, partner, &key, &fingerprint, e, request_id).await
         }
@@ -580,7 +533,7 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
         // may have sold the label. Asking again under the same key finds
         // it (or buys it), and it is voided like any other.
         (None, Some(intent)) if status != ShipmentStatus::Cancelled => {
-            match purchase(app, &shipment.shipment_id, intent).await {
+            match labels::ask(app.ports(), &shipment.shipment_id, intent).await {
                 Ok(a) if a.status.is_success() => a
                     .body
                     .get("label_id")
@@ -599,7 +552,7 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
     if status != ShipmentStatus::Cancelled
         && let Some(label_id) = label_id.as_deref()
     {
-        match void_label(app, label_id).await {
+        match labels::void(app.ports(), label_id).await {
             Ok(a) if a.status.is_success() || a.status == StatusCode::NOT_FOUND => voided = true,
             Ok(a) => {
                 tracing::warn!(status = a.status.as_u16(), "the carrier refused a void");
@@ -652,36 +605,6 @@ fn get_shipment(app: &App, partner: &Partner, id: &str, request_id: &str) -> Res
             ApiError::store_unavailable().into_response(request_id)
         }
     }
-}
-
-/// Buys a shipment's label at the carrier. The carrier's key is the
-/// shipment's, whatever the integrator's key: a retry after a lost answer
-/// gets the first label back.
-async fn purchase(app: &App, shipment_id: &str, request: &Value) -> Result<Answer, Unavailable> {
-    app.downstream
-        .call(
-            Service::Carrier,
-            Method::POST,
-            "/carrier/labels",
-            &format!("label:{shipment_id}"),
-            Some(request),
-        )
-        .await
-}
-
-/// Voids a label at the carrier. The carrier's key is the label's, so a
-/// retried void is one void.
-async fn void_label(app: &App, label_id: &str) -> Result<Answer, Unavailable> {
-    let path = format!("/carrier/labels/{label_id}/void");
-    app.downstream
-        .call(
-            Service::Carrier,
-            Method::POST,
-            &path,
-            &format!("void:{label_id}"),
-            None,
-        )
-        .await
 }
 
 /// A stored answer, byte for byte, marked as a replay.

@@ -327,6 +327,93 @@ pub struct ShipmentRecord {
     pub label_intent: Option<serde_json::Value>,
 }
 
+/// `o` partner 0 order_id: an order.
+pub fn order_key(partner: &str, order_id: &str) -> Vec<u8> {
+    prefixed(b'o', partner, order_id)
+}
+
+/// `l` partner 0 created_at order_id: a partner's orders, oldest first.
+pub fn order_list_key(partner: &str, created_at_ms: u64, order_id: &str) -> Vec<u8> {
+    let mut k = order_list_prefix(partner);
+    k.extend_from_slice(&created_at_ms.to_be_bytes());
+    k.extend_from_slice(order_id.as_bytes());
+    k
+}
+
+pub fn order_list_prefix(partner: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + partner.len());
+    k.push(b'l');
+    k.extend_from_slice(partner.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The order id at the end of an `order_list_key`.
+pub fn order_from_list_key(partner: &str, k: &[u8]) -> Option<String> {
+    let id = k.get(order_list_prefix(partner).len() + 8..)?;
+    String::from_utf8(id.to_vec()).ok()
+}
+
+/// `P` order_id 0 partner: which partners have an order with this id, for
+/// payment events, which name the order only.
+pub fn order_partner_key(order_id: &str, partner: &str) -> Vec<u8> {
+    prefixed(b'P', order_id, partner)
+}
+
+pub fn order_partner_prefix(order_id: &str) -> Vec<u8> {
+    prefixed(b'P', order_id, "")
+}
+
+/// `f` due 0 partner 0 order_id: an order waiting for background
+/// fulfilment, ordered by when it is next due.
+pub fn fulfil_key(due_ms: u64, partner: &str, order_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + partner.len() + order_id.len());
+    k.push(b'f');
+    k.extend_from_slice(&due_ms.to_be_bytes());
+    k.extend_from_slice(&name(partner, order_id));
+    k
+}
+
+pub fn parse_fulfil_key(k: &[u8]) -> Option<(u64, String, String)> {
+    if k.first() != Some(&b'f') {
+        return None;
+    }
+    let due = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+    let (partner, order_id) = split_name(k.get(9..)?)?;
+    Some((due, partner, order_id))
+}
+
+/// An order as stored: what the integrator asked for, how far its flow
+/// got, and its payment history. `status` is the order's own status; the
+/// one shown follows its shipment (`domain::order::follow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub order_id: String,
+    pub partner: String,
+    /// The idempotency key that created it: the same order id under
+    /// another key is `ORDER_EXISTS`.
+    pub key: String,
+    pub created_at_ms: u64,
+    /// The request, as parsed (`domain::request::NewOrder`).
+    pub request: serde_json::Value,
+    pub status: crate::domain::order::OrderStatus,
+    pub progress: crate::domain::order::Progress,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[serde(default)]
+    pub payments: crate::domain::order::PaymentHistory,
+    /// When background fulfilment is next due, while it waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fulfil_due_ms: Option<u64>,
+    #[serde(default)]
+    pub fulfil_attempts: u32,
+}
+
+/// An order's stored form.
+pub fn encode_order(rec: &OrderRecord) -> Vec<u8> {
+    serde_json::to_vec(rec).expect("an order serialises: strings, numbers and JSON values only")
+}
+
 /// A shipment's stored form.
 pub fn encode_shipment(rec: &ShipmentRecord) -> Vec<u8> {
     serde_json::to_vec(rec).expect("a shipment serialises: strings, numbers and JSON values only")

@@ -29,8 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{SourceConfig, StoreConfig};
 use crate::health::Health;
 use crate::telemetry::metric;
-pub use codec::{DispatchOutcome, EventMeta, OutcomeRecord, ShipmentRecord};
-pub use state::{CancelAnswer, Completion, LabelRecorded, StateError};
+pub use codec::{DispatchOutcome, EventMeta, OrderRecord, OutcomeRecord, ShipmentRecord};
+pub use state::{
+    CancelAnswer, Completion, LabelRecorded, NewLabel, OrderCreated, OrderWrite, StateError,
+};
 use state::{StateMachine, StateMsg};
 
 /// Requests gathered into one batch at most. Larger groups add latency to
@@ -583,6 +585,78 @@ impl Store {
         .await
     }
 
+    /// Creates an order durably, or answers the one already there with its
+    /// partner and id.
+    pub async fn create_order(&self, record: OrderRecord) -> Result<OrderCreated, StateError> {
+        self.command(|reply| StateMsg::CreateOrder {
+            record: Box::new(record),
+            reply,
+        })
+        .await
+    }
+
+    /// Records a step of an order's flow; durable on return.
+    pub async fn write_order(&self, write: OrderWrite) -> Result<OrderRecord, StateError> {
+        self.command(|reply| StateMsg::WriteOrder {
+            write: Box::new(write),
+            reply,
+        })
+        .await
+    }
+
+    pub fn order(&self, partner: &str, order_id: &str) -> Result<Option<OrderRecord>, StoreError> {
+        read_order(&self.shared.tree, partner, order_id)
+    }
+
+    /// A partner's orders, newest first: `limit` of them after skipping
+    /// `skip`, and how many the partner has.
+    pub fn orders(
+        &self,
+        partner: &str,
+        skip: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<OrderRecord>), StoreError> {
+        let tree = &self.shared.tree;
+        let mut count = 0;
+        let mut page = Vec::new();
+        for kv in tree.scan_prefix(codec::order_list_prefix(partner)).rev() {
+            let (k, _) = kv?;
+            if count >= skip
+                && page.len() < limit
+                && let Some(id) = codec::order_from_list_key(partner, &k)
+                && let Some(rec) = read_order(tree, partner, &id)?
+            {
+                page.push(rec);
+            }
+            count += 1;
+        }
+        Ok((count, page))
+    }
+
+    /// Orders whose background fulfilment is due at `now_ms`, soonest
+    /// first, at most `limit`: (due, partner, order id).
+    pub fn due_fulfilments(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self
+            .shared
+            .tree
+            .range(
+                codec::fulfil_key(0, "", "")..codec::fulfil_key(now_ms.saturating_add(1), "", ""),
+            )
+            .take(limit)
+        {
+            let (k, _) = kv?;
+            if let Some(entry) = codec::parse_fulfil_key(&k) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
     /// Cancels a shipment that is not moving; durable on return.
     pub async fn cancel(
         &self,
@@ -886,6 +960,19 @@ fn read_cursor(tree: &sled::Tree) -> Result<u64, StoreError> {
         .get(codec::CURSOR_KEY)?
         .and_then(|v| codec::decode_u64(&v))
         .unwrap_or(0))
+}
+
+fn read_order(
+    tree: &sled::Tree,
+    partner: &str,
+    order_id: &str,
+) -> Result<Option<OrderRecord>, StoreError> {
+    match tree.get(codec::order_key(partner, order_id))? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Unavailable(format!("corrupt order record: {e}"))),
+    }
 }
 
 fn read_shipment(

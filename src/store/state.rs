@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::codec::{self, Arrival, DispatchOutcome, OutcomeRecord, ShipmentRecord};
+use super::codec::{self, Arrival, DispatchOutcome, OrderRecord, OutcomeRecord, ShipmentRecord};
 use super::{STALL_AFTER, Shared, StoreError};
 use crate::config::SourceConfig;
 use crate::domain::shipment::{Applied, ShipmentStatus, StatusEvent};
@@ -83,6 +83,38 @@ pub struct CancelAnswer {
     pub render: fn(&ShipmentRecord) -> serde_json::Value,
 }
 
+/// What creating an order found.
+#[derive(Debug, Clone)]
+pub enum OrderCreated {
+    Created(OrderRecord),
+    /// An order with that partner and id was there already.
+    Existing(OrderRecord),
+}
+
+/// A label to record with an order's step.
+#[derive(Debug, Clone)]
+pub struct NewLabel {
+    pub tracking_number: String,
+    pub label: serde_json::Value,
+    pub at_ms: u64,
+}
+
+/// One step of an order's flow, written at once: the order as it now is,
+/// and what comes with the step.
+#[derive(Debug, Clone)]
+pub struct OrderWrite {
+    pub order: OrderRecord,
+    /// The order's shipment, created with the step that records the charge.
+    pub new_shipment: Option<ShipmentRecord>,
+    /// The label of the order's shipment.
+    pub label: Option<NewLabel>,
+    /// The final answer of the request that took the step.
+    pub completion: Option<Completion>,
+    /// The fulfilment entry to remove (its due time), the order having left
+    /// the queue or moved in it.
+    pub unschedule: Option<u64>,
+}
+
 /// A recorded label and what it did to the events parked for it.
 #[derive(Debug, Clone)]
 pub struct LabelRecorded {
@@ -124,6 +156,14 @@ pub(super) enum StateMsg {
         completion: Option<Completion>,
         reply: oneshot::Sender<Result<LabelRecorded, StateError>>,
     },
+    CreateOrder {
+        record: Box<OrderRecord>,
+        reply: oneshot::Sender<Result<OrderCreated, StateError>>,
+    },
+    WriteOrder {
+        write: Box<OrderWrite>,
+        reply: oneshot::Sender<Result<OrderRecord, StateError>>,
+    },
     /// Records the carrier request of a label purchase before it is sent;
     /// answers the request to send (an earlier one's, if there was one).
     RecordIntent {
@@ -163,6 +203,10 @@ struct Pass<'a> {
     shipments: HashMap<String, Option<ShipmentRecord>>,
     dirty: HashSet<String>,
     tracking: HashMap<String, Option<String>>,
+    orders: HashMap<(String, String), Option<OrderRecord>>,
+    dirty_orders: HashSet<(String, String)>,
+    /// Order id → the partners with an order of that id.
+    partners: HashMap<String, Vec<String>>,
     counted: Vec<(String, DispatchOutcome)>,
 }
 
@@ -174,8 +218,52 @@ impl<'a> Pass<'a> {
             shipments: HashMap::new(),
             dirty: HashSet::new(),
             tracking: HashMap::new(),
+            orders: HashMap::new(),
+            dirty_orders: HashSet::new(),
+            partners: HashMap::new(),
             counted: Vec::new(),
         }
+    }
+
+    fn order_mut(
+        &mut self,
+        partner: &str,
+        order_id: &str,
+    ) -> Result<Option<&mut OrderRecord>, StateError> {
+        let key = (partner.to_string(), order_id.to_string());
+        if !self.orders.contains_key(&key) {
+            let rec = super::read_order(self.tree, partner, order_id)?;
+            self.orders.insert(key.clone(), rec);
+        }
+        Ok(self.orders.get_mut(&key).and_then(Option::as_mut))
+    }
+
+    fn put_order(&mut self, rec: OrderRecord) {
+        let key = (rec.partner.clone(), rec.order_id.clone());
+        self.dirty_orders.insert(key.clone());
+        self.orders.insert(key, Some(rec));
+    }
+
+    fn touch_order(&mut self, partner: &str, order_id: &str) {
+        self.dirty_orders
+            .insert((partner.to_string(), order_id.to_string()));
+    }
+
+    /// The partners that have an order with this id.
+    fn order_partners(&mut self, order_id: &str) -> Result<Vec<String>, StateError> {
+        if let Some(found) = self.partners.get(order_id) {
+            return Ok(found.clone());
+        }
+        let prefix = codec::order_partner_prefix(order_id);
+        let mut found = Vec::new();
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            if let Some(p) = k.get(prefix.len()..) {
+                found.push(String::from_utf8_lossy(p).into_owned());
+            }
+        }
+        self.partners.insert(order_id.to_string(), found.clone());
+        Ok(found)
     }
 
     fn shipment_mut(&mut self, id: &str) -> Result<Option<&mut ShipmentRecord>, StateError> {
@@ -209,6 +297,14 @@ impl<'a> Pass<'a> {
             if let Some(Some(rec)) = self.shipments.get(id) {
                 self.batch
                     .insert(codec::shipment_key(id), codec::encode_shipment(rec));
+            }
+        }
+        for key in &self.dirty_orders {
+            if let Some(Some(rec)) = self.orders.get(key) {
+                self.batch.insert(
+                    codec::order_key(&rec.partner, &rec.order_id),
+                    codec::encode_order(rec),
+                );
             }
         }
         shared.apply(self.batch)?;
@@ -333,6 +429,12 @@ impl StateMachine {
                     at_ms,
                     completion,
                 ));
+            }
+            StateMsg::CreateOrder { record, reply } => {
+                let _ = reply.send(self.create_order(*record));
+            }
+            StateMsg::WriteOrder { write, reply } => {
+                let _ = reply.send(self.write_order(*write));
             }
             StateMsg::RecordIntent {
                 shipment_id,
@@ -492,11 +594,26 @@ impl StateMachine {
                     }
                 },
             },
-            Interpretation::Payment { order_id, .. } => {
-                // Orders are not recorded by this gateway yet: every payment
-                // event waits for its order.
-                record.outcome = DispatchOutcome::Parked;
-                record.reason = Some(format!("no order {order_id} yet"));
+            Interpretation::Payment { order_id, event } => {
+                let partners = pass.order_partners(&order_id)?;
+                if partners.is_empty() {
+                    record.outcome = DispatchOutcome::Parked;
+                    record.reason = Some(format!("no order {order_id} yet"));
+                } else {
+                    // Applied when it changed an order's payment status,
+                    // stale when it only joined the history.
+                    record.outcome = DispatchOutcome::Stale;
+                    for partner in partners {
+                        if let Some(order) = pass.order_mut(&partner, &order_id)? {
+                            let before = order.payments.status();
+                            order.payments.add(event.clone());
+                            if order.payments.status() != before {
+                                record.outcome = DispatchOutcome::Applied;
+                            }
+                            pass.touch_order(&partner, &order_id);
+                        }
+                    }
+                }
             }
             Interpretation::Ignored { reason } => {
                 record.outcome = DispatchOutcome::Ignored;
@@ -652,6 +769,29 @@ impl StateMachine {
     ) -> Result<LabelRecorded, StateError> {
         let tree = &self.shared.tree;
         let mut pass = Pass::new(tree);
+        let unparked = self.apply_label(&mut pass, shipment_id, tracking_number, label, at_ms)?;
+        if let Some(c) = &completion {
+            put_completion(&mut pass.batch, c);
+        }
+        let counted = pass.commit(&self.shared)?;
+        self.shared.sync()?;
+        count(&counted);
+        let shipment = super::read_shipment(tree, shipment_id)?.ok_or(StateError::NotFound)?;
+        Ok(LabelRecorded { shipment, unparked })
+    }
+
+    /// Gives a shipment its label, tracking number and the gateway's
+    /// LABEL_CREATED in `pass`, and applies there every event parked for
+    /// that tracking number; what they became.
+    fn apply_label(
+        &self,
+        pass: &mut Pass<'_>,
+        shipment_id: &str,
+        tracking_number: &str,
+        label: serde_json::Value,
+        at_ms: u64,
+    ) -> Result<Vec<(String, DispatchOutcome)>, StateError> {
+        let tree = pass.tree;
         if let Some(owner) = pass.shipment_for(tracking_number)?
             && owner != shipment_id
         {
@@ -717,18 +857,125 @@ impl StateMachine {
                 .as_ref()
                 .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
             {
-                let out = self.redispatch(&mut pass, seq, &mut arrival)?;
+                let out = self.redispatch(pass, seq, &mut arrival)?;
                 unparked.push((arrival.source, out.outcome));
             }
         }
-        if let Some(c) = &completion {
-            put_completion(&mut pass.batch, c);
+        Ok(unparked)
+    }
+
+    /// Creates an order, unless one with its partner and id exists: then
+    /// that one is answered, for the caller to resume or refuse. Payment
+    /// events parked for the order id are applied in the same write.
+    fn create_order(&self, rec: OrderRecord) -> Result<OrderCreated, StateError> {
+        let tree = &self.shared.tree;
+        let mut pass = Pass::new(tree);
+        if let Some(existing) = pass.order_mut(&rec.partner, &rec.order_id)? {
+            return Ok(OrderCreated::Existing(existing.clone()));
+        }
+        self.shared.check_space()?;
+        pass.batch.insert(
+            codec::order_list_key(&rec.partner, rec.created_at_ms, &rec.order_id),
+            Vec::new(),
+        );
+        pass.batch.insert(
+            codec::order_partner_key(&rec.order_id, &rec.partner),
+            Vec::new(),
+        );
+        pass.order_partners(&rec.order_id)?;
+        if let Some(partners) = pass.partners.get_mut(&rec.order_id) {
+            partners.push(rec.partner.clone());
+        }
+        pass.put_order(rec.clone());
+        let cursor = super::read_cursor(tree)?;
+        for kv in tree.scan_prefix(codec::text_prefix(b'O', &rec.order_id)) {
+            let (k, _) = kv?;
+            let Some(seq) = codec::seq_suffix(&k) else {
+                continue;
+            };
+            if seq > cursor {
+                continue;
+            }
+            let Some(mut arrival) = super::read_arrival(tree, seq)? else {
+                continue;
+            };
+            if arrival
+                .outcome
+                .as_ref()
+                .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
+            {
+                self.redispatch(&mut pass, seq, &mut arrival)?;
+            }
         }
         let counted = pass.commit(&self.shared)?;
         self.shared.sync()?;
         count(&counted);
-        let shipment = super::read_shipment(tree, shipment_id)?.ok_or(StateError::NotFound)?;
-        Ok(LabelRecorded { shipment, unparked })
+        let stored =
+            super::read_order(tree, &rec.partner, &rec.order_id)?.ok_or(StateError::NotFound)?;
+        Ok(OrderCreated::Created(stored))
+    }
+
+    /// Records a step of an order's flow, with what it brings (a new
+    /// shipment, a label, the request's final answer, the fulfilment queue)
+    /// in one durable write. The payment history is the store's: only
+    /// dispatch changes it.
+    fn write_order(&self, w: OrderWrite) -> Result<OrderRecord, StateError> {
+        let tree = &self.shared.tree;
+        let mut pass = Pass::new(tree);
+        let OrderWrite {
+            mut order,
+            new_shipment,
+            label,
+            completion,
+            unschedule,
+        } = w;
+        let current = pass
+            .order_mut(&order.partner, &order.order_id)?
+            .ok_or(StateError::NotFound)?;
+        order.payments = current.payments.clone();
+        if let Some(rec) = new_shipment {
+            if pass.shipment_mut(&rec.shipment_id)?.is_some() {
+                return Err(StateError::Conflict(format!(
+                    "shipment {} exists",
+                    rec.shipment_id
+                )));
+            }
+            let id = rec.shipment_id.clone();
+            pass.shipments.insert(id.clone(), Some(rec));
+            pass.touch(&id);
+        }
+        if let Some(l) = label {
+            let shipment_id = order
+                .progress
+                .shipment_id
+                .clone()
+                .ok_or(StateError::NotFound)?;
+            self.apply_label(
+                &mut pass,
+                &shipment_id,
+                &l.tracking_number,
+                l.label,
+                l.at_ms,
+            )?;
+        }
+        if let Some(due) = unschedule {
+            pass.batch
+                .remove(codec::fulfil_key(due, &order.partner, &order.order_id));
+        }
+        if let Some(due) = order.fulfil_due_ms {
+            pass.batch.insert(
+                codec::fulfil_key(due, &order.partner, &order.order_id),
+                Vec::new(),
+            );
+        }
+        if let Some(c) = &completion {
+            put_completion(&mut pass.batch, c);
+        }
+        pass.put_order(order.clone());
+        let counted = pass.commit(&self.shared)?;
+        self.shared.sync()?;
+        count(&counted);
+        Ok(order)
     }
 
     /// Records, durably, the carrier request about to be sent for a

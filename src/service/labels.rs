@@ -1,0 +1,156 @@
+//! A shipment's label at the carrier. The carrier's idempotency key is the
+//! shipment's (`label:<shipment_id>`), whatever the integrator's key, so a
+//! retry after a lost answer gets the first label back; and the request is
+//! recorded before it is sent, so that a label whose answer was lost can
+//! still be found (a retry sends the same request, a cancel asks for it
+//! and voids it).
+
+use http::Method;
+use serde_json::{Value, json};
+
+use super::Ports;
+use crate::clock::{now_ms, rfc3339_ms};
+use crate::downstream::{Answer, Service, Unavailable};
+use crate::store::{ShipmentRecord, StateError};
+
+/// A label the carrier sold, not yet recorded.
+#[derive(Debug, Clone)]
+pub struct Sold {
+    pub label_id: String,
+    pub tracking_number: String,
+    /// The label resource as stored and answered (contract 5.1).
+    pub label: Value,
+    pub at_ms: u64,
+}
+
+#[derive(Debug)]
+pub enum Refusal {
+    /// The shipment is cancelled.
+    Cancelled,
+    /// The carrier could not be reached, refused, or answered nonsense;
+    /// retrying later may work.
+    Upstream {
+        retry_after_secs: u64,
+    },
+    Store(StateError),
+}
+
+/// Records the purchase intent, then buys the label of `shipment`.
+pub async fn purchase(
+    ports: Ports<'_>,
+    shipment: &ShipmentRecord,
+    format: &str,
+) -> Result<Sold, Refusal> {
+    let details = &shipment.details;
+    let request = json!({
+        "shipment_id": shipment.shipment_id,
+        "carrier": details.get("carrier"),
+        "service": details.get("service"),
+        "from": details.get("from"),
+        "to": details.get("to"),
+        "parcels": details.get("parcels"),
+        "format": format,
+    });
+    let request = match ports
+        .store
+        .record_intent(&shipment.shipment_id, request)
+        .await
+    {
+        Ok(r) => r,
+        Err(StateError::InvalidTransition) => return Err(Refusal::Cancelled),
+        Err(e) => return Err(Refusal::Store(e)),
+    };
+    let format = request
+        .get("format")
+        .and_then(Value::as_str)
+        .unwrap_or(format)
+        .to_string();
+    let answer = match ask(ports, &shipment.shipment_id, &request).await {
+        Ok(a) if a.status.is_success() => a,
+        Ok(a) => {
+            tracing::warn!(status = a.status.as_u16(), "the carrier refused a label");
+            return Err(Refusal::Upstream {
+                retry_after_secs: 1,
+            });
+        }
+        Err(u) => {
+            return Err(Refusal::Upstream {
+                retry_after_secs: u.retry_after_secs,
+            });
+        }
+    };
+    let (Some(label_id), Some(tracking_number)) = (
+        answer.body.get("label_id").and_then(Value::as_str),
+        answer.body.get("tracking_number").and_then(Value::as_str),
+    ) else {
+        tracing::error!("the carrier's label answer lacks label_id or tracking_number");
+        return Err(Refusal::Upstream {
+            retry_after_secs: 1,
+        });
+    };
+    let at_ms = now_ms();
+    let carrier = answer
+        .body
+        .get("carrier")
+        .and_then(Value::as_str)
+        .or(details.get("carrier").and_then(Value::as_str));
+    let label = json!({
+        "label_id": label_id,
+        "shipment_id": shipment.shipment_id,
+        "tracking_number": tracking_number,
+        "carrier": carrier,
+        "format": format,
+        "created_at": rfc3339_ms(at_ms),
+    });
+    Ok(Sold {
+        label_id: label_id.to_string(),
+        tracking_number: tracking_number.to_string(),
+        label,
+        at_ms,
+    })
+}
+
+/// Asks the carrier for a shipment's label under the shipment's key: buys
+/// it, or gets back the one bought before under that key.
+pub async fn ask(
+    ports: Ports<'_>,
+    shipment_id: &str,
+    request: &Value,
+) -> Result<Answer, Unavailable> {
+    ports
+        .downstream
+        .call(
+            Service::Carrier,
+            Method::POST,
+            "/carrier/labels",
+            &format!("label:{shipment_id}"),
+            Some(request),
+        )
+        .await
+}
+
+/// Voids a label at the carrier. The carrier's key is the label's, so a
+/// retried void is one void.
+pub async fn void(ports: Ports<'_>, label_id: &str) -> Result<Answer, Unavailable> {
+    ports
+        .downstream
+        .call(
+            Service::Carrier,
+            Method::POST,
+            &format!("/carrier/labels/{label_id}/void"),
+            &format!("void:{label_id}"),
+            None,
+        )
+        .await
+}
+
+/// Gives back a label sold for a shipment that was cancelled meanwhile.
+pub async fn void_unwanted(ports: Ports<'_>, label_id: &str) {
+    if let Err(u) = void(ports, label_id).await {
+        tracing::error!(
+            label_id,
+            retry_after = u.retry_after_secs,
+            "a label bought for a cancelled shipment could not be voided"
+        );
+    }
+}

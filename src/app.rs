@@ -28,6 +28,10 @@ const UPKEEP_EVERY: u32 = 5;
 const SWEEP_EVERY: u32 = 30;
 /// How many expired identities one sweep batch forgets.
 const SWEEP_BATCH: usize = 10_000;
+/// Orders one fulfilment round tries at most, and how long a round may
+/// take (each try may wait for the carrier) before it counts as stuck.
+const FULFIL_BATCH: usize = 100;
+const FULFILMENT_STALL: Duration = Duration::from_secs(600);
 /// Housekeeping may go this long without a beat before it counts as stuck.
 const HOUSEKEEPING_STALL: Duration = Duration::from_secs(120);
 
@@ -117,6 +121,7 @@ impl App {
             "waybill serving"
         );
         let housekeeping = tokio::spawn(housekeeping(self.clone()));
+        let fulfilment = tokio::spawn(fulfilment(self.clone()));
         let health = self.health.clone();
         let stop = async move {
             tokio::select! {
@@ -127,8 +132,10 @@ impl App {
         let stopped = crate::http::serve(listener, self.clone(), stop).await;
         self.health.stopping();
         housekeeping.abort();
-        // Wait for it to be gone: it holds the store.
+        fulfilment.abort();
+        // Wait for them to be gone: they hold the store.
         let _ = housekeeping.await;
+        let _ = fulfilment.await;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close())
             .await
@@ -176,6 +183,24 @@ async fn housekeeping(app: Arc<App>) {
         }
         if n % SWEEP_EVERY == 0 {
             sweep(&app.store, &alive).await;
+        }
+    }
+}
+
+/// Background fulfilment: every tick, the paid orders whose label is due
+/// for another try (contract 9.6). The queue is in the store, so it
+/// survives restarts.
+async fn fulfilment(app: Arc<App>) {
+    let alive = app.health.enter(Component::Fulfilment, FULFILMENT_STALL);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        alive.beat();
+        if let Err(e) =
+            crate::service::orders::fulfil_due(app.ports(), now_ms(), FULFIL_BATCH).await
+        {
+            tracing::warn!(error = %e, "background fulfilment failed; trying again");
         }
     }
 }

@@ -27,14 +27,17 @@ pub enum Component {
     Store,
     /// The state-machine thread.
     Dispatcher,
+    /// Background fulfilment of paid orders without a label.
+    Fulfilment,
     /// The retention sweeps and the metrics upkeep.
     Retention,
 }
 
 impl Component {
-    pub const ALL: [Component; 3] = [
+    pub const ALL: [Component; 4] = [
         Component::Store,
         Component::Dispatcher,
+        Component::Fulfilment,
         Component::Retention,
     ];
 
@@ -42,6 +45,7 @@ impl Component {
         match self {
             Component::Store => "store",
             Component::Dispatcher => "dispatcher",
+            Component::Fulfilment => "fulfilment",
             Component::Retention => "retention",
         }
     }
@@ -50,7 +54,8 @@ impl Component {
         match self {
             Component::Store => 0,
             Component::Dispatcher => 1,
-            Component::Retention => 2,
+            Component::Fulfilment => 2,
+            Component::Retention => 3,
         }
     }
 }
@@ -70,7 +75,7 @@ struct Part {
 
 #[derive(Default)]
 pub struct Health {
-    parts: [Part; 3],
+    parts: [Part; 4],
     stopping: AtomicBool,
     failed: tokio::sync::Notify,
     first_failure: std::sync::OnceLock<Component>,

@@ -71,6 +71,9 @@ pub struct Progress {
     /// Created in the same write that records the charge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipment_id: Option<String>,
+    /// The label's, once bought.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_number: Option<String>,
 }
 
 /// The step an order's flow takes next.

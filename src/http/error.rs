@@ -176,6 +176,32 @@ impl ApiError {
         e
     }
 
+    pub fn payment_failed() -> ApiError {
+        ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "PAYMENT_FAILED",
+            "the payment was declined",
+        )
+    }
+
+    pub fn insufficient_stock() -> ApiError {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INSUFFICIENT_STOCK",
+            "not enough stock to reserve the order's items",
+        )
+    }
+
+    pub fn order_exists(order_id: &str) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::CONFLICT,
+            "ORDER_EXISTS",
+            "an order with this order_id was created with another idempotency key",
+        );
+        e.details = vec![FieldIssue::new("/order_id", order_id)];
+        e
+    }
+
     pub fn invalid_transition(why: &str) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, "INVALID_TRANSITION", why)
     }

@@ -68,6 +68,7 @@ pub struct LogFields {
     pub partner: Option<String>,
     pub idempotency_key: Option<String>,
     pub shipment_id: Option<String>,
+    pub order_id: Option<String>,
 }
 
 /// Why serving stopped.
@@ -96,6 +97,8 @@ enum Route<'a> {
     AdminOther,
     V1Shipments,
     V1Shipment,
+    V1Orders,
+    V1Order,
     V1Label,
     V1Cancel,
     Unmatched,
@@ -108,6 +111,7 @@ impl<'a> Route<'a> {
             "/metrics" => Route::Metrics,
             "/admin/events" => Route::AdminEvents,
             "/v1/shipments" => Route::V1Shipments,
+            "/v1/orders" => Route::V1Orders,
             _ if path == "/admin" || path.starts_with("/admin/") => {
                 match path.split('/').skip(2).collect::<Vec<_>>().as_slice() {
                     ["events", s, e] if !s.is_empty() && !e.is_empty() => Route::AdminEvent,
@@ -123,6 +127,11 @@ impl<'a> Route<'a> {
                     && !name.contains('/')
                 {
                     Route::Webhook(name)
+                } else if let Some(id) = path.strip_prefix("/v1/orders/")
+                    && !id.is_empty()
+                    && !id.contains('/')
+                {
+                    Route::V1Order
                 } else if let Some(rest) = path.strip_prefix("/v1/shipments/") {
                     match rest.split('/').collect::<Vec<_>>().as_slice() {
                         [id] if !id.is_empty() => Route::V1Shipment,
@@ -148,6 +157,8 @@ impl<'a> Route<'a> {
             Route::AdminRedeliver => "/admin/events/{source}/{event_id}/redeliver",
             Route::AdminOther => "/admin",
             Route::V1Shipments => "/v1/shipments",
+            Route::V1Orders => "/v1/orders",
+            Route::V1Order => "/v1/orders/{order_id}",
             Route::V1Shipment => "/v1/shipments/{shipment_id}",
             Route::V1Label => "/v1/shipments/{shipment_id}/label",
             Route::V1Cancel => "/v1/shipments/{shipment_id}/cancel",
@@ -437,6 +448,7 @@ async fn edge(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body
         partner = fields.partner.as_deref(),
         idempotency_key = fields.idempotency_key.as_deref(),
         shipment_id = fields.shipment_id.as_deref(),
+        order_id = fields.order_id.as_deref(),
         "request"
     );
     Ok(resp)
@@ -461,6 +473,8 @@ async fn router(app: &App, req: Request<Incoming>) -> Response<Body> {
             admin::handle(app, req).await
         }
         Route::V1Shipments => v1::handle(app, req, v1::V1Route::Shipments).await,
+        Route::V1Orders => v1::handle(app, req, v1::V1Route::Orders).await,
+        Route::V1Order => v1::handle(app, req, v1::V1Route::Order).await,
         Route::V1Shipment => v1::handle(app, req, v1::V1Route::Shipment).await,
         Route::V1Label => v1::handle(app, req, v1::V1Route::Label).await,
         Route::V1Cancel => v1::handle(app, req, v1::V1Route::Cancel).await,
@@ -519,6 +533,12 @@ mod tests {
         assert_eq!(Route::of("/admin"), Route::AdminOther);
         assert_eq!(Route::of("/administrator"), Route::Unmatched);
         assert_eq!(Route::of("/v1/shipments"), Route::V1Shipments);
+        assert_eq!(Route::of("/v1/orders"), Route::V1Orders);
+        assert_eq!(
+            Route::of("/v1/orders/o-1").template(),
+            "/v1/orders/{order_id}"
+        );
+        assert_eq!(Route::of("/v1/orders/o-1/x"), Route::Unmatched);
         assert_eq!(
             Route::of("/v1/shipments/shp_1").template(),
             "/v1/shipments/{shipment_id}"

@@ -16,13 +16,15 @@ use super::error::{ApiError, Body, json_bytes, json_response};
 use super::{LogFields, RequestId};
 use crate::app::App;
 use crate::clock::{now_ms, rfc3339_ms};
-use crate::domain::request::NewShipment;
+use crate::domain::order::OrderStatus;
+use crate::domain::request::{NewOrder, NewShipment};
 use crate::domain::shipment::{ShipmentStatus, Timeline};
 use crate::idempotency::{self, Decision, KeyError};
 use crate::identity::FieldIssue;
 use crate::partners::Partner;
 use crate::service::labels;
-use crate::store::{CancelAnswer, Completion, ShipmentRecord, StateError};
+use crate::service::orders::{self, Placed};
+use crate::store::{CancelAnswer, Completion, OrderRecord, ShipmentRecord, StateError};
 use crate::telemetry::metric;
 
 /// How long a claim holds a key before another request may resume it.
@@ -68,6 +70,9 @@ pub(super) enum V1Route {
     Shipment,
     Label,
     Cancel,
+    /// `POST` creates, `GET` lists.
+    Orders,
+    Order,
 }
 
 pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) -> Response<Body> {
@@ -78,16 +83,12 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) ->
         .unwrap_or_default();
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let allowed = match route {
-        V1Route::Shipment => Method::GET,
-        _ => Method::POST,
+    let allow = match route {
+        V1Route::Shipment | V1Route::Order => "GET",
+        V1Route::Orders => "GET, POST",
+        _ => "POST",
     };
-    if method != allowed {
-        let allow = if allowed == Method::POST {
-            "POST"
-        } else {
-            "GET"
-        };
+    if !allow.split(", ").any(|m| m == method.as_str()) {
         return ApiError::method_not_allowed(allow).into_response(&request_id);
     }
     let max = app.config.server.max_body_bytes;
@@ -133,13 +134,18 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) ->
     }
     let id = path
         .trim_start_matches("/v1/shipments")
+        .trim_start_matches("/v1/orders")
         .trim_start_matches('/')
         .split('/')
         .next()
         .unwrap_or("")
         .to_string();
     if !id.is_empty() {
-        fields.shipment_id = Some(id.clone());
+        if matches!(route, V1Route::Order) {
+            fields.order_id = Some(id.clone());
+        } else {
+            fields.shipment_id = Some(id.clone());
+        }
     }
     let mut call = Call {
         app,
@@ -154,6 +160,9 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) ->
         V1Route::Shipment => get_shipment(app, &partner, &id, &request_id),
         V1Route::Label => buy_label(&mut call, &id, body).await,
         V1Route::Cancel => cancel(&mut call, &id, body).await,
+        V1Route::Orders if method == Method::POST => create_order(&mut call, body).await,
+        V1Route::Orders => list_orders(app, &partner, parts.uri.query(), &request_id),
+        V1Route::Order => get_order(app, &partner, &id, &request_id),
     };
     let fields = call.fields;
     with_fields(resp, fields)
@@ -291,6 +300,219 @@ async fn create_shipment(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
             }
             ApiError::store_unavailable().into_response(request_id)
         }
+    }
+}
+
+async fn create_order(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
+    let (app, partner, parts, path, request_id, fields) = call.split();
+    const ENDPOINT: &str = "/v1/orders";
+    let (key, value) = match write_preamble(parts, &body, fields) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(request_id),
+    };
+    let request = match NewOrder::parse(&value) {
+        Ok(r) => r,
+        Err(issues) => return ApiError::validation_failed(issues).into_response(request_id),
+    };
+    fields.order_id = Some(request.order_id.clone());
+    let fingerprint = hex::encode(idempotency::fingerprint("POST", path, Some(&value)));
+    if let Err(answer) = claim(app, ENDPOINT, partner, &key, &fingerprint, request_id).await {
+        return answer;
+    }
+    let expires_at_ms = now_ms() + app.config.store.idempotency_retention.as_millis() as u64;
+    let finalize = |placed: Placed, order: &OrderRecord| {
+        let (status, body) = placed_answer(placed, order, request_id);
+        Completion {
+            partner: partner.name.clone(),
+            key: key.clone(),
+            record: idempotency::Record::Done {
+                fingerprint: fingerprint.clone(),
+                status: status.as_u16(),
+                body,
+                expires_at_ms,
+            },
+        }
+    };
+    match orders::place(app.ports(), &partner.name, &key, &request, &finalize).await {
+        Ok((placed, order)) => {
+            count(ENDPOINT, "executed");
+            if let Some(s) = &order.progress.shipment_id {
+                fields.shipment_id = Some(s.clone());
+            }
+            let (status, body) = placed_answer(placed, &order, request_id);
+            json_bytes(status, body)
+        }
+        Err(orders::Refusal::OrderExists) => {
+            let e = ApiError::order_exists(&request.order_id);
+            refuse(app, partner, &key, &fingerprint, e, request_id).await
+        }
+        Err(orders::Refusal::Upstream {
+            service,
+            retry_after_secs,
+        }) => {
+            app.store.release(&partner.name, &key);
+            ApiError::upstream_unavailable(service.as_str(), retry_after_secs)
+                .into_response(request_id)
+        }
+        Err(orders::Refusal::Store(e)) => {
+            tracing::error!(error = %e, "placing an order failed");
+            app.store.release(&partner.name, &key);
+            ApiError::store_unavailable().into_response(request_id)
+        }
+    }
+}
+
+/// The answer to an order request that settled (contract 5.1, 9.8).
+fn placed_answer(placed: Placed, order: &OrderRecord, request_id: &str) -> (StatusCode, String) {
+    match placed {
+        Placed::Confirmed | Placed::PendingFulfilment => {
+            let status = if placed == Placed::Confirmed {
+                OrderStatus::Confirmed
+            } else {
+                OrderStatus::PaymentSuccessPendingFulfillment
+            };
+            let tracking = if placed == Placed::Confirmed {
+                json!(order.progress.tracking_number)
+            } else {
+                Value::Null
+            };
+            let body = json!({
+                "order_id": order.order_id,
+                "status": status.as_str(),
+                "amount_cents": order.request.get("amount_cents"),
+                "currency": order.request.get("currency"),
+                "transaction_id": order.progress.transaction_id,
+                "shipment_id": order.progress.shipment_id,
+                "tracking_number": tracking,
+            });
+            (StatusCode::CREATED, body.to_string())
+        }
+        Placed::PaymentFailed => (
+            StatusCode::PAYMENT_REQUIRED,
+            ApiError::payment_failed().body_bytes(request_id),
+        ),
+        Placed::InsufficientStock => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::insufficient_stock().body_bytes(request_id),
+        ),
+    }
+}
+
+/// The Order resource (contract 9.8): the order, its payments and its
+/// shipment, in the status that follows the shipment.
+pub fn order_view(order: &OrderRecord, shipment: Option<&ShipmentRecord>) -> Value {
+    let status = match shipment {
+        Some(s) => crate::domain::order::follow(order.status, s.timeline.status()),
+        None => order.status,
+    };
+    let history: Vec<Value> = order
+        .payments
+        .events()
+        .iter()
+        .map(|e| {
+            json!({
+                "status": e.status.as_str(),
+                "occurred_at": rfc3339_ms(e.occurred_at_ms),
+                "source": e.source,
+                "event_id": e.event_id,
+            })
+        })
+        .collect();
+    json!({
+        "order_id": order.order_id,
+        "status": status.as_str(),
+        "failure_reason": order.failure_reason,
+        "customer_id": order.request.get("customer_id"),
+        "amount_cents": order.request.get("amount_cents"),
+        "currency": order.request.get("currency"),
+        "items": order.request.get("items"),
+        "ship_to": order.request.get("ship_to"),
+        "transaction_id": order.progress.transaction_id,
+        "shipment_id": order.progress.shipment_id,
+        "tracking_number": shipment.and_then(|s| s.tracking_number.clone()),
+        "payment_status": order.payments.status().map(|p| p.as_str()),
+        "payment_history": history,
+        "shipments": shipment.map(shipment_view).into_iter().collect::<Vec<_>>(),
+        "created_at": rfc3339_ms(order.created_at_ms),
+    })
+}
+
+fn order_with_shipment(app: &App, order: &OrderRecord) -> Result<Value, ApiError> {
+    let shipment = match &order.progress.shipment_id {
+        Some(id) => app.store.shipment(id).map_err(|e| {
+            tracing::error!(error = %e, "reading a shipment failed");
+            ApiError::store_unavailable()
+        })?,
+        None => None,
+    };
+    Ok(order_view(order, shipment.as_ref()))
+}
+
+fn get_order(app: &App, partner: &Partner, id: &str, request_id: &str) -> Response<Body> {
+    let found = app.store.order(&partner.name, id).map_err(|e| {
+        tracing::error!(error = %e, "reading an order failed");
+        ApiError::store_unavailable()
+    });
+    match found.and_then(|o| o.map(|o| order_with_shipment(app, &o)).transpose()) {
+        Ok(Some(view)) => json_response(StatusCode::OK, &view),
+        // Another partner's order does not exist for this one.
+        Ok(None) => ApiError::not_found("order").into_response(request_id),
+        Err(e) => e.into_response(request_id),
+    }
+}
+
+/// `page_size` at most (contract 5.1).
+const MAX_PAGE_SIZE: usize = 100;
+
+fn list_orders(
+    app: &App,
+    partner: &Partner,
+    query: Option<&str>,
+    request_id: &str,
+) -> Response<Body> {
+    let mut page = 1usize;
+    let mut page_size = 20usize;
+    let mut issues = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "page" => match v.parse::<usize>() {
+                Ok(n) if n >= 1 => page = n,
+                _ => issues.push(FieldIssue::new("page", "must be an integer of at least 1")),
+            },
+            "page_size" => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => page_size = n,
+                _ => issues.push(FieldIssue::new(
+                    "page_size",
+                    format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                )),
+            },
+            _ => {}
+        }
+    }
+    if !issues.is_empty() {
+        return ApiError::validation_failed(issues).into_response(request_id);
+    }
+    let skip = (page - 1).saturating_mul(page_size);
+    let listed = app
+        .store
+        .orders(&partner.name, skip, page_size)
+        .map_err(|e| {
+            tracing::error!(error = %e, "listing orders failed");
+            ApiError::store_unavailable()
+        })
+        .and_then(|(count, orders)| {
+            let results = orders
+                .iter()
+                .map(|o| order_with_shipment(app, o))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((count, results))
+        });
+    match listed {
+        Ok((count, results)) => json_response(
+            StatusCode::OK,
+            &json!({"count": count, "page": page, "page_size": page_size, "results": results}),
+        ),
+        Err(e) => e.into_response(request_id),
     }
 }
 

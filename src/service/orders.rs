@@ -1,1 +1,512 @@
+//! Orders (contract 5.1): reserve inventory, charge the payment, create the
+//! shipment, buy its label. Each downstream call carries a key derived from
+//! the business identity (`reserve:<partner>:<order_id>`,
+//! `charge:<partner>:<order_id>`, `label:<shipment_id>`), never the
+//! integrator's key, and each step's result is recorded durably before the
+//! next step starts, so a crash or a 503 between any two steps leaves an
+//! order that the retry resumes where it stopped (`domain::order::Progress`).
+//! Money moves once: a charge whose answer was lost is asked for again
+//! under the same key and the payment service answers the first charge.
+//!
+//! After the charge succeeded the request always ends in a 201: the label
+//! bought (`CONFIRMED`), or not (`PAYMENT_SUCCESS_PENDING_FULFILLMENT`, and
+//! the order joins the fulfilment queue that [`fulfil_due`] works through
+//! in the background until the label is bought or the shipment cancelled).
 
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::Ports;
+use super::labels::{self, Sold};
+use crate::clock::now_ms;
+use crate::domain::order::{OrderStatus, Progress, Step};
+use crate::domain::request::NewOrder;
+use crate::domain::shipment::{ShipmentStatus, Timeline};
+use crate::downstream::Service;
+use crate::store::{
+    Completion, NewLabel, OrderCreated, OrderRecord, OrderWrite, ShipmentRecord, StateError,
+};
+
+/// Where an order's parcel is sent from, with which carrier and service.
+/// The contract leaves the order's shipment details open; these are what
+/// the carrier is asked for.
+const CARRIER: &str = "default";
+const SERVICE: &str = "standard";
+const PARCEL_GRAMS_PER_UNIT: u64 = 500;
+
+/// The first wait of background fulfilment, doubled per failed attempt up
+/// to the last.
+const FULFIL_FIRST: Duration = Duration::from_secs(1);
+const FULFIL_MAX: Duration = Duration::from_secs(300);
+
+/// How an order request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    Confirmed,
+    PendingFulfilment,
+    PaymentFailed,
+    InsufficientStock,
+}
+
+#[derive(Debug)]
+pub enum Refusal {
+    /// The order id is taken by a request with another key.
+    OrderExists,
+    /// A step before the payment succeeded could not complete; the order
+    /// is `PENDING` and the retry resumes it.
+    Upstream {
+        service: Service,
+        retry_after_secs: u64,
+    },
+    Store(StateError),
+}
+
+impl From<StateError> for Refusal {
+    fn from(e: StateError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
+/// Renders the final answer of the request, stored with the write that
+/// settles the order.
+pub type Finalize<'a> = &'a (dyn Fn(Placed, &OrderRecord) -> Completion + Send + Sync);
+
+/// Places an order, or resumes the one this key placed before.
+pub async fn place(
+    ports: Ports<'_>,
+    partner: &str,
+    key: &str,
+    request: &NewOrder,
+    finalize: Finalize<'_>,
+) -> Result<(Placed, OrderRecord), Refusal> {
+    let record = OrderRecord {
+        order_id: request.order_id.clone(),
+        partner: partner.to_string(),
+        key: key.to_string(),
+        created_at_ms: now_ms(),
+        request: serde_json::to_value(request).unwrap_or(Value::Null),
+        status: OrderStatus::Pending,
+        progress: Progress::default(),
+        failure_reason: None,
+        payments: Default::default(),
+        fulfil_due_ms: None,
+        fulfil_attempts: 0,
+    };
+    let mut order = match ports.store.create_order(record).await? {
+        OrderCreated::Created(o) => o,
+        OrderCreated::Existing(o) if o.key == key => o,
+        OrderCreated::Existing(_) => return Err(Refusal::OrderExists),
+    };
+    loop {
+        match order.progress.next(order.status) {
+            Step::Reserve => order = reserve(ports, order, finalize).await?,
+            Step::Charge => order = charge(ports, order).await?,
+            Step::Release => order = release(ports, order, finalize).await?,
+            Step::Fulfil => order = fulfil(ports, order, finalize).await?,
+            Step::Finished => return Ok((settled(&order), order)),
+        }
+    }
+}
+
+fn settled(order: &OrderRecord) -> Placed {
+    match (order.status, order.failure_reason.as_deref()) {
+        (OrderStatus::Failure, Some("INSUFFICIENT_STOCK")) => Placed::InsufficientStock,
+        (OrderStatus::Failure, _) => Placed::PaymentFailed,
+        (OrderStatus::Confirmed, _) => Placed::Confirmed,
+        _ => Placed::PendingFulfilment,
+    }
+}
+
+fn field(order: &OrderRecord, name: &str) -> Value {
+    order.request.get(name).cloned().unwrap_or(Value::Null)
+}
+
+async fn write(
+    ports: Ports<'_>,
+    order: OrderRecord,
+    new_shipment: Option<ShipmentRecord>,
+    label: Option<NewLabel>,
+    completion: Option<Completion>,
+    unschedule: Option<u64>,
+) -> Result<OrderRecord, StateError> {
+    ports
+        .store
+        .write_order(OrderWrite {
+            order,
+            new_shipment,
+            label,
+            completion,
+            unschedule,
+        })
+        .await
+}
+
+fn upstream(service: Service, retry_after_secs: u64) -> Refusal {
+    Refusal::Upstream {
+        service,
+        retry_after_secs,
+    }
+}
+
+async fn reserve(
+    ports: Ports<'_>,
+    mut order: OrderRecord,
+    finalize: Finalize<'_>,
+) -> Result<OrderRecord, Refusal> {
+    let key = format!("reserve:{}:{}", order.partner, order.order_id);
+    let body = json!({ "items": field(&order, "items") });
+    let answer = ports
+        .downstream
+        .call(
+            Service::Inventory,
+            Method::POST,
+            "/inventory/reservations",
+            &key,
+            Some(&body),
+        )
+        .await
+        .map_err(|u| upstream(Service::Inventory, u.retry_after_secs))?;
+    fail::fail_point!("order-after-reserve", |_| std::process::abort());
+    match answer.status {
+        s if s.is_success() => {
+            let Some(id) = answer.body.get("reservation_id").and_then(Value::as_str) else {
+                tracing::error!("the inventory's answer lacks reservation_id");
+                return Err(upstream(Service::Inventory, 1));
+            };
+            order.progress.reservation_id = Some(id.to_string());
+            Ok(write(ports, order, None, None, None, None).await?)
+        }
+        StatusCode::UNPROCESSABLE_ENTITY => {
+            // Nothing was reserved: the order fails, and that is final.
+            order.status = OrderStatus::Failure;
+            order.failure_reason = Some("INSUFFICIENT_STOCK".into());
+            let completion = finalize(Placed::InsufficientStock, &order);
+            Ok(write(ports, order, None, None, Some(completion), None).await?)
+        }
+        other => {
+            tracing::warn!(
+                status = other.as_u16(),
+                "the inventory refused a reservation"
+            );
+            Err(upstream(Service::Inventory, 1))
+        }
+    }
+}
+
+async fn charge(ports: Ports<'_>, mut order: OrderRecord) -> Result<OrderRecord, Refusal> {
+    let key = format!("charge:{}:{}", order.partner, order.order_id);
+    let body = json!({
+        "amount_cents": field(&order, "amount_cents"),
+        "currency": field(&order, "currency"),
+        "customer_id": field(&order, "customer_id"),
+    });
+    let answer = ports
+        .downstream
+        .call(
+            Service::Payments,
+            Method::POST,
+            "/payments/charges",
+            &key,
+            Some(&body),
+        )
+        .await
+        .map_err(|u| upstream(Service::Payments, u.retry_after_secs))?;
+    fail::fail_point!("order-after-charge", |_| std::process::abort());
+    match answer.status {
+        s if s.is_success() => {
+            let Some(tx) = answer.body.get("transaction_id").and_then(Value::as_str) else {
+                tracing::error!("the payment service's answer lacks transaction_id");
+                return Err(upstream(Service::Payments, 1));
+            };
+            // The charge and the shipment it pays for are one write: no
+            // charge is ever recorded without its order's shipment.
+            let shipment = order_shipment(&order);
+            order.progress.transaction_id = Some(tx.to_string());
+            order.progress.shipment_id = Some(shipment.shipment_id.clone());
+            let order = write(ports, order, Some(shipment), None, None, None).await?;
+            fail::fail_point!("order-after-charge-recorded", |_| std::process::abort());
+            Ok(order)
+        }
+        StatusCode::PAYMENT_REQUIRED => {
+            order.progress.declined = true;
+            Ok(write(ports, order, None, None, None, None).await?)
+        }
+        other => {
+            tracing::warn!(
+                status = other.as_u16(),
+                "the payment service refused a charge"
+            );
+            Err(upstream(Service::Payments, 1))
+        }
+    }
+}
+
+/// A declined order gives its reservation back, then fails.
+async fn release(
+    ports: Ports<'_>,
+    mut order: OrderRecord,
+    finalize: Finalize<'_>,
+) -> Result<OrderRecord, Refusal> {
+    let reservation = order.progress.reservation_id.clone().unwrap_or_default();
+    let answer = ports
+        .downstream
+        .call(
+            Service::Inventory,
+            Method::DELETE,
+            &format!("/inventory/reservations/{reservation}"),
+            &format!("release:{}:{}", order.partner, order.order_id),
+            None,
+        )
+        .await
+        .map_err(|u| upstream(Service::Inventory, u.retry_after_secs))?;
+    if !(answer.status.is_success() || answer.status == StatusCode::NOT_FOUND) {
+        tracing::warn!(
+            status = answer.status.as_u16(),
+            "the inventory refused a release"
+        );
+        return Err(upstream(Service::Inventory, 1));
+    }
+    order.progress.released = true;
+    order.status = OrderStatus::Failure;
+    order.failure_reason = Some("PAYMENT_FAILED".into());
+    let completion = finalize(Placed::PaymentFailed, &order);
+    Ok(write(ports, order, None, None, Some(completion), None).await?)
+}
+
+/// The shipment an order's charge pays for.
+fn order_shipment(order: &OrderRecord) -> ShipmentRecord {
+    let now = now_ms();
+    let units: u64 = field(order, "items")
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.get("quantity").and_then(Value::as_u64))
+                .sum()
+        })
+        .unwrap_or(1);
+    let ship_to = field(order, "ship_to");
+    let details = json!({
+        "carrier": CARRIER,
+        "service": SERVICE,
+        "from": ship_from(),
+        "to": ship_to,
+        "parcels": [{
+            "weight_grams": units.max(1).saturating_mul(PARCEL_GRAMS_PER_UNIT),
+            "length_cm": 30, "width_cm": 20, "height_cm": 10,
+        }],
+    });
+    ShipmentRecord {
+        shipment_id: format!("shp_{}", uuid::Uuid::now_v7()),
+        partner: order.partner.clone(),
+        order_id: order.order_id.clone(),
+        created_at_ms: now,
+        tracking_number: None,
+        label: None,
+        details,
+        timeline: Timeline::new(i64::try_from(now).unwrap_or(i64::MAX)),
+        label_intent: None,
+    }
+}
+
+fn ship_from() -> Value {
+    json!({"name": "waybill fulfilment", "street1": "1 Dock Road", "city": "Hamburg",
+           "postal_code": "20457", "country": "DE"})
+}
+
+/// Buys the label of a paid order's shipment. Bought: `CONFIRMED`. Not
+/// bought: `PAYMENT_SUCCESS_PENDING_FULFILLMENT`, queued for background
+/// fulfilment. Either way the request is answered 201.
+async fn fulfil(
+    ports: Ports<'_>,
+    mut order: OrderRecord,
+    finalize: Finalize<'_>,
+) -> Result<OrderRecord, Refusal> {
+    fail::fail_point!("order-after-shipment", |_| std::process::abort());
+    let bought = buy(ports, &order).await?;
+    fail::fail_point!("order-after-label", |_| std::process::abort());
+    match bought {
+        Bought::Label(sold) => {
+            order.status = OrderStatus::Confirmed;
+            order.progress.tracking_number = Some(sold.tracking_number.clone());
+            let completion = finalize(Placed::Confirmed, &order);
+            record(ports, order, sold, Some(completion), None).await
+        }
+        Bought::Already(tracking_number) => {
+            order.status = OrderStatus::Confirmed;
+            order.progress.tracking_number = tracking_number;
+            let completion = finalize(Placed::Confirmed, &order);
+            Ok(write(ports, order, None, None, Some(completion), None).await?)
+        }
+        Bought::Cancelled => {
+            // The integrator cancelled the shipment: nothing to fulfil,
+            // and the order follows its shipment (CANCELLED).
+            order.status = OrderStatus::PaymentSuccessPendingFulfillment;
+            let completion = finalize(Placed::PendingFulfilment, &order);
+            Ok(write(ports, order, None, None, Some(completion), None).await?)
+        }
+        Bought::NotNow => {
+            order.status = OrderStatus::PaymentSuccessPendingFulfillment;
+            order.fulfil_attempts = 1;
+            order.fulfil_due_ms = Some(due(1));
+            let completion = finalize(Placed::PendingFulfilment, &order);
+            Ok(write(ports, order, None, None, Some(completion), None).await?)
+        }
+    }
+}
+
+enum Bought {
+    Label(Sold),
+    /// The shipment has its label already (bought through the label
+    /// endpoint, or by an earlier attempt), with this tracking number.
+    Already(Option<String>),
+    Cancelled,
+    /// The carrier could not sell it now.
+    NotNow,
+}
+
+async fn buy(ports: Ports<'_>, order: &OrderRecord) -> Result<Bought, Refusal> {
+    let shipment_id = order.progress.shipment_id.as_deref().unwrap_or_default();
+    let Some(shipment) = ports
+        .store
+        .shipment(shipment_id)
+        .map_err(StateError::from)?
+    else {
+        return Err(Refusal::Store(StateError::NotFound));
+    };
+    if shipment.timeline.status() == ShipmentStatus::Cancelled {
+        return Ok(Bought::Cancelled);
+    }
+    if shipment.label.is_some() {
+        return Ok(Bought::Already(shipment.tracking_number));
+    }
+    match labels::purchase(ports, &shipment, "PDF").await {
+        Ok(sold) => Ok(Bought::Label(sold)),
+        Err(labels::Refusal::Cancelled) => Ok(Bought::Cancelled),
+        Err(labels::Refusal::Upstream { .. }) => Ok(Bought::NotNow),
+        Err(labels::Refusal::Store(e)) => Err(Refusal::Store(e)),
+    }
+}
+
+/// Records a bought label with the order's step. A shipment cancelled
+/// meanwhile gets its label voided, and the order stays paid and
+/// unfulfilled (it follows its shipment to CANCELLED).
+async fn record(
+    ports: Ports<'_>,
+    mut order: OrderRecord,
+    sold: Sold,
+    completion: Option<Completion>,
+    unschedule: Option<u64>,
+) -> Result<OrderRecord, Refusal> {
+    let label = NewLabel {
+        tracking_number: sold.tracking_number.clone(),
+        label: sold.label.clone(),
+        at_ms: sold.at_ms,
+    };
+    let confirmed = order.clone();
+    match write(
+        ports,
+        confirmed,
+        None,
+        Some(label),
+        completion.clone(),
+        unschedule,
+    )
+    .await
+    {
+        Ok(o) => Ok(o),
+        Err(StateError::InvalidTransition) => {
+            labels::void_unwanted(ports, &sold.label_id).await;
+            order.status = OrderStatus::PaymentSuccessPendingFulfillment;
+            order.fulfil_due_ms = None;
+            Ok(write(ports, order, None, None, completion, unschedule).await?)
+        }
+        Err(StateError::LabelExists(_)) => {
+            Ok(write(ports, order, None, None, completion, unschedule).await?)
+        }
+        Err(e) => Err(Refusal::Store(e)),
+    }
+}
+
+/// When the attempt after `attempts` failed ones is due.
+fn due(attempts: u32) -> u64 {
+    let wait = FULFIL_FIRST
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16))
+        .min(FULFIL_MAX);
+    now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Background fulfilment: tries once to buy the label of every order due
+/// at `now_ms` (at most `limit`), confirming it, rescheduling it with a
+/// longer wait, or dropping it when its shipment was cancelled. How many
+/// it confirmed.
+pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<usize, StateError> {
+    let mut confirmed = 0;
+    for (due_at, partner, order_id) in ports.store.due_fulfilments(now_ms, limit)? {
+        let Some(mut order) = ports.store.order(&partner, &order_id)? else {
+            continue;
+        };
+        let waiting = order.status == OrderStatus::PaymentSuccessPendingFulfillment
+            && order.fulfil_due_ms == Some(due_at);
+        if !waiting {
+            // A stale entry: the order moved on.
+            write(ports, order, None, None, None, Some(due_at)).await?;
+            continue;
+        }
+        let bought = match buy(ports, &order).await {
+            Ok(b) => b,
+            Err(Refusal::Store(e)) => return Err(e),
+            Err(_) => Bought::NotNow,
+        };
+        match bought {
+            Bought::Label(sold) => {
+                order.status = OrderStatus::Confirmed;
+                order.fulfil_due_ms = None;
+                order.progress.tracking_number = Some(sold.tracking_number.clone());
+                match record(ports, order, sold, None, Some(due_at)).await {
+                    Ok(o) if o.status == OrderStatus::Confirmed => {
+                        confirmed += 1;
+                        tracing::info!(order_id = %o.order_id, partner = %o.partner, "order fulfilled in the background");
+                    }
+                    Ok(_) => {}
+                    Err(Refusal::Store(e)) => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            Bought::Already(tracking_number) => {
+                order.status = OrderStatus::Confirmed;
+                order.fulfil_due_ms = None;
+                order.progress.tracking_number = tracking_number;
+                write(ports, order, None, None, None, Some(due_at)).await?;
+                confirmed += 1;
+            }
+            Bought::Cancelled => {
+                order.fulfil_due_ms = None;
+                write(ports, order, None, None, None, Some(due_at)).await?;
+            }
+            Bought::NotNow => {
+                order.fulfil_attempts = order.fulfil_attempts.saturating_add(1);
+                order.fulfil_due_ms = Some(due(order.fulfil_attempts));
+                write(ports, order, None, None, None, Some(due_at)).await?;
+            }
+        }
+    }
+    Ok(confirmed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_waits_double_up_to_five_minutes() {
+        let now = now_ms();
+        let wait = |attempts| due(attempts).saturating_sub(now);
+        assert!((1_000..2_000).contains(&wait(1)));
+        assert!((2_000..3_000).contains(&wait(2)));
+        assert!((8_000..9_000).contains(&wait(4)));
+        assert!((300_000..301_000).contains(&wait(30)));
+    }
+}

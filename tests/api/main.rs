@@ -10,6 +10,7 @@ mod helpers;
 mod hostile;
 mod labels;
 mod ops;
+mod orders;
 mod signatures;
 mod transport;
 mod v1;

@@ -447,7 +447,9 @@ async fn a_panicking_state_machine_stops_the_process_and_a_restart_applies_the_i
         .wait_for(Duration::from_secs(10))
         .expect("the process exits after a component failure");
     assert!(!status.success(), "{status:?}");
-    let errors = gw.log_lines(|v| v["level"] == "ERROR" && v["component"] == "dispatcher");
+    let errors = gw.await_log(1, |v| {
+        v["level"] == "ERROR" && v["component"] == "dispatcher"
+    });
     assert!(!errors.is_empty(), "an ERROR names the dispatcher");
     drop(gw);
 
@@ -505,7 +507,7 @@ async fn a_panic_in_one_request_is_a_500_for_it_alone() {
         202
     );
     assert_eq!(get(gw.addr, "/readyz").await.status, 200);
-    let logged = gw.log_lines(|v| v["level"] == "ERROR" && v["request_id"] == "boom-1");
+    let logged = gw.await_log(1, |v| v["level"] == "ERROR" && v["request_id"] == "boom-1");
     assert_eq!(logged.len(), 1, "one ERROR with the request id");
 }
 
@@ -530,7 +532,23 @@ async fn requests_refused_by_the_parser_are_logged_and_counted() {
         let resp = read_response(&mut s).await;
         assert!(resp.starts_with("HTTP/1.1 4"), "{resp}");
     }
-    let text = String::from_utf8_lossy(&get(gw.addr, "/metrics").await.body).into_owned();
+    // The connection's end is counted after its answer went out: wait for
+    // the count (bounded).
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = String::from_utf8_lossy(&get(gw.addr, "/metrics").await.body).into_owned();
+        let counted = |status: &str| {
+            metric(
+                &text,
+                "waybill_http_requests_total",
+                &format!(r#"route="unmatched",method="other",status="{status}""#),
+            )
+        };
+        if counted("400") + counted("431") >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         metric(
             &text,
@@ -547,6 +565,6 @@ async fn requests_refused_by_the_parser_are_logged_and_counted() {
         ),
         1.0
     );
-    let logged = gw.log_lines(|v| v["message"] == "request refused by the HTTP parser");
+    let logged = gw.await_log(2, |v| v["message"] == "request refused by the HTTP parser");
     assert_eq!(logged.len(), 2, "{logged:?}");
 }

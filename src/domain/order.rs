@@ -114,7 +114,8 @@ impl Progress {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// In rank order: at one instant, a later status in this list wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentStatus {
     Succeeded,
@@ -149,6 +150,9 @@ pub struct PaymentEvent {
     pub event_id: String,
 }
 
+/// Payment events an order keeps at most.
+pub const MAX_PAYMENT_EVENTS: usize = 100;
+
 /// An order's payment events: a set, sorted by time, so arrival order does
 /// not matter. They never change fulfilment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,12 +163,44 @@ pub struct PaymentHistory {
 impl PaymentHistory {
     /// Adds an event; false when it was already there.
     pub fn add(&mut self, event: PaymentEvent) -> bool {
+        self.add_keeping(event, MAX_PAYMENT_EVENTS)
+    }
+
+    /// Adds an event and keeps at most `keep` of the greatest, plus the
+    /// greatest refund, which decides the status whenever there is one.
+    /// Like a shipment's timeline, what is kept is a function of the set
+    /// received, so it does not depend on arrival order.
+    fn add_keeping(&mut self, event: PaymentEvent, keep: usize) -> bool {
         if self.events.contains(&event) {
             return false;
         }
-        let key = |e: &PaymentEvent| (e.occurred_at_ms, e.source.clone(), e.event_id.clone());
+        // Total over every field, so the order of the set (and the status,
+        // its last event's) does not depend on arrival order.
+        let key = |e: &PaymentEvent| {
+            (
+                e.occurred_at_ms,
+                e.status,
+                e.source.clone(),
+                e.event_id.clone(),
+            )
+        };
         let at = self.events.partition_point(|e| key(e) < key(&event));
         self.events.insert(at, event);
+        if self.events.len() > keep {
+            let refund = self
+                .events
+                .iter()
+                .rev()
+                .find(|e| e.status == PaymentStatus::Refunded)
+                .cloned();
+            let kept_from = self.events.len() - keep;
+            let mut index = 0;
+            self.events.retain(|e| {
+                let kept = index >= kept_from || Some(e) == refund.as_ref();
+                index += 1;
+                kept
+            });
+        }
         true
     }
 
@@ -246,6 +282,65 @@ mod tests {
             O::Failure,
         ] {
             assert_eq!(p.next(done), Step::Finished);
+        }
+    }
+
+    fn payment_event() -> impl proptest::strategy::Strategy<Value = PaymentEvent> {
+        use proptest::prelude::*;
+        (0usize..3, 0i64..20, 0u8..2, 0u32..50).prop_map(|(s, at, src, id)| PaymentEvent {
+            status: [
+                PaymentStatus::Succeeded,
+                PaymentStatus::Failed,
+                PaymentStatus::Refunded,
+            ][s],
+            occurred_at_ms: at,
+            source: ["stripe", "adyen"][src as usize].to_string(),
+            event_id: format!("p{id}"),
+        })
+    }
+
+    proptest::proptest! {
+        /// For random sets of payment events with random repetitions,
+        /// every arrival order gives the same history and payment status.
+        #[test]
+        fn payment_history_is_independent_of_arrival_order(
+            events in proptest::collection::vec(payment_event(), 1..12),
+            repeats in proptest::collection::vec(0usize..12, 0..8),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut arrivals = events.clone();
+            for r in repeats {
+                arrivals.push(events[r % events.len()].clone());
+            }
+            let build = |order: &[PaymentEvent]| {
+                let mut h = PaymentHistory::default();
+                for e in order {
+                    h.add(e.clone());
+                }
+                h
+            };
+            let small = |order: &[PaymentEvent]| {
+                let mut h = PaymentHistory::default();
+                for e in order {
+                    h.add_keeping(e.clone(), 3);
+                }
+                h
+            };
+            let reference = build(&arrivals);
+            let small_reference = small(&arrivals);
+            let mut rng = fastrand::Rng::with_seed(seed);
+            for _ in 0..4 {
+                rng.shuffle(&mut arrivals);
+                let h = build(&arrivals);
+                proptest::prop_assert_eq!(h.status(), reference.status());
+                proptest::prop_assert_eq!(&h, &reference);
+                // Kept small, it is still a function of the set, and its
+                // status the whole set's.
+                let k = small(&arrivals);
+                proptest::prop_assert_eq!(&k, &small_reference);
+                proptest::prop_assert_eq!(k.status(), reference.status());
+                proptest::prop_assert!(k.events().len() <= 4);
+            }
         }
     }
 

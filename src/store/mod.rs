@@ -859,8 +859,9 @@ impl Store {
 
     /// Checks that nothing is half-written or dispatched twice: every
     /// arrival names its stored event; every dispatched arrival up to the
-    /// cursor has an outcome and none past it has one. Returns one line per
-    /// problem; empty means whole.
+    /// cursor has an outcome and none past it has one; every charged order
+    /// has its shipment and every order waiting for fulfilment its queue
+    /// entry. Returns one line per problem; empty means whole.
     pub fn integrity_problems(&self) -> Result<Vec<String>, StoreError> {
         let tree = &self.shared.tree;
         let cursor = read_cursor(tree)?;
@@ -894,6 +895,27 @@ impl Store {
                     "{}/{} is in the inbox and was dispatched too",
                     a.source, a.event_id
                 ));
+            }
+        }
+        // No charge without its order's shipment; no order waiting for
+        // fulfilment outside the queue.
+        for kv in tree.scan_prefix(b"o") {
+            let (_, v) = kv?;
+            let Ok(order) = serde_json::from_slice::<OrderRecord>(&v) else {
+                problems.push("unreadable order record".into());
+                continue;
+            };
+            let name = format!("order {}/{}", order.partner, order.order_id);
+            if order.progress.transaction_id.is_some() {
+                match &order.progress.shipment_id {
+                    Some(id) if self.shipment(id)?.is_some() => {}
+                    _ => problems.push(format!("{name} is charged without its shipment")),
+                }
+            }
+            if let Some(due) = order.fulfil_due_ms
+                && !tree.contains_key(codec::fulfil_key(due, &order.partner, &order.order_id))?
+            {
+                problems.push(format!("{name} waits for fulfilment outside the queue"));
             }
         }
         Ok(problems)

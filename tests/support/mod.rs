@@ -329,6 +329,25 @@ impl Gateway {
             .collect()
     }
 
+    /// The log lines that satisfy `pred`, once there are at least `count`
+    /// of them (lines reach us through a pipe and a reader thread), or
+    /// what there is after five seconds.
+    pub fn await_log(
+        &self,
+        count: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut found = Vec::new();
+        for _ in 0..250 {
+            found = self.log_lines(&pred);
+            if found.len() >= count {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        found
+    }
+
     /// Resident memory of the process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();

@@ -1,0 +1,139 @@
+//! Guarantees 4 and 5 for orders: the built binary dies (`abort`, a real
+//! process death) between every two steps of an order: after the
+//! reservation, after the charge, after the charge is recorded, after the
+//! shipment, after the label. After a restart, the retry with the same key
+//! finishes the order, the payment service has one charge, the inventory
+//! one reservation, the carrier one label, and the store is whole.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+
+use serde_json::{Value, json};
+use support::*;
+use waybill::simulator::SimConfig;
+
+fn write_config(dir: &Path, sim: SocketAddr) -> std::path::PathBuf {
+    write_gateway_config(
+        dir,
+        "",
+        &format!(
+            r#"
+[[partners]]
+name = "acme"
+api_keys = ["acme-key"]
+[downstream]
+base_url = "http://{sim}"
+timeout = "1s"
+backoff = {{ initial = "5ms", max = "20ms" }}
+"#
+        ),
+    )
+}
+
+async fn place(addr: SocketAddr, order_id: &str, key: &str) -> Result<Resp, String> {
+    let body = json!({
+        "order_id": order_id, "customer_id": "cus-1", "amount_cents": 1000, "currency": "EUR",
+        "items": [{"sku": "SKU-1", "quantity": 1}],
+        "ship_to": {"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "DE"},
+    });
+    Client::new(addr)
+        .try_send(
+            "POST",
+            "/v1/orders",
+            &partner_headers(key),
+            body.to_string(),
+        )
+        .await
+}
+
+fn rows<'a>(ledger: &'a Value, kind: &str, key: &str) -> Vec<&'a Value> {
+    ledger[kind]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["idempotency_key"] == key)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_charged_once() {
+    let sim = start_sim(SimConfig {
+        default_stock: 1000,
+        ..SimConfig::default()
+    })
+    .await;
+    for failpoint in [
+        "order-after-reserve",
+        "order-after-charge",
+        "order-after-charge-recorded",
+        "order-after-shipment",
+        "order-after-label",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), sim);
+        let gw =
+            Gateway::start_with_env(&config, &[("FAILPOINTS", &format!("{failpoint}=return"))]);
+        let order_id = format!("o-{failpoint}");
+        let key = format!("key-{failpoint}");
+        let died = place(gw.addr, &order_id, &key).await;
+        assert!(
+            died.is_err(),
+            "{failpoint}: the request should have died with the process: {died:?}"
+        );
+        let status = gw.wait();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGABRT),
+            "{failpoint}: {status:?}"
+        );
+
+        let gw = Gateway::start(&config);
+        let first = place(gw.addr, &order_id, &key).await.unwrap();
+        assert_eq!(first.status, 201, "{failpoint}: {:?}", first.body);
+        let answer = first.json();
+        assert_eq!(answer["status"], "CONFIRMED", "{failpoint}");
+        let replay = place(gw.addr, &order_id, &key).await.unwrap();
+        assert_eq!(replay.body, first.body, "{failpoint}");
+        let other = place(gw.addr, &order_id, &format!("{key}-other"))
+            .await
+            .unwrap();
+        assert_eq!(other.code(), "ORDER_EXISTS", "{failpoint}");
+
+        let ledger = get(sim, "/_sim/ledger").await.json();
+        let charges = rows(&ledger, "charges", &format!("charge:acme:{order_id}"));
+        assert_eq!(charges.len(), 1, "{failpoint}: charged once");
+        assert_eq!(
+            charges[0]["transaction_id"], answer["transaction_id"],
+            "{failpoint}"
+        );
+        assert_eq!(
+            rows(&ledger, "reservations", &format!("reserve:acme:{order_id}")).len(),
+            1,
+            "{failpoint}: reserved once"
+        );
+        let shipment_id = answer["shipment_id"].as_str().unwrap();
+        let labels = rows(&ledger, "labels", &format!("label:{shipment_id}"));
+        assert_eq!(labels.len(), 1, "{failpoint}: one label");
+        assert_eq!(labels[0]["tracking_number"], answer["tracking_number"]);
+        gw.terminate();
+
+        let store = open_store(&dir.path().join("data")).await;
+        assert_eq!(
+            store.integrity_problems().unwrap(),
+            Vec::<String>::new(),
+            "{failpoint}"
+        );
+        let order = store.order("acme", &order_id).unwrap().unwrap();
+        let shipment = store
+            .shipment(order.progress.shipment_id.as_deref().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(shipment.order_id, order_id);
+        assert!(shipment.label.is_some(), "{failpoint}");
+        close_store(store).await;
+    }
+}

@@ -50,9 +50,10 @@ pub struct Unavailable {
     pub retry_after_secs: u64,
 }
 
-/// Consecutive failures open the breaker; after the cooldown one trial
-/// call goes through (half-open): its success closes the breaker, its
-/// failure opens it again. Pure: the time is an argument.
+/// Consecutive failed calls (every attempt failed) open the breaker; after
+/// the cooldown one trial attempt goes through (half-open): its success
+/// closes the breaker, its failure opens it again. Pure: the time is an
+/// argument.
 #[derive(Debug)]
 pub struct Breaker {
     threshold: u32,
@@ -309,7 +310,17 @@ impl Downstream {
                 }
                 Attempt::Failed(outcome) => {
                     Downstream::count(service, outcome);
-                    permit.failure();
+                    // The breaker counts calls, not attempts: a call whose
+                    // retry succeeds is a success. Counting attempts, a
+                    // service failing one call in five would trip it at
+                    // any real concurrency and turn a mostly-working
+                    // carrier into a dead one. A half-open trial is one
+                    // attempt, and its failure reopens at once.
+                    if permit.trial || attempt == self.config.max_attempts {
+                        permit.failure();
+                    } else {
+                        drop(permit);
+                    }
                     tracing::warn!(
                         service = service.as_str(),
                         attempt,
@@ -483,6 +494,58 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.retry_after_secs, 1);
+    }
+
+    /// A service that fails two attempts in three, in a fixed cycle; every
+    /// call succeeds on its third attempt.
+    async fn two_in_three() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                let svc = hyper::service::service_fn(move |_req| {
+                    let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        let mut resp = http::Response::new(Full::new(Bytes::from("{}")));
+                        if n % 3 != 2 {
+                            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    /// The breaker counts calls: failed attempts that a retry makes good do
+    /// not open it, however many there are.
+    #[tokio::test]
+    async fn attempts_a_retry_makes_good_do_not_open_the_breaker() {
+        let addr = two_in_three().await;
+        let d = Downstream::new(&DownstreamConfig {
+            base_url: format!("http://{addr}"),
+            timeout: Duration::from_secs(2),
+            max_attempts: 3,
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+            breaker_failures: 2,
+            breaker_cooldown: Duration::from_secs(30),
+        });
+        for _ in 0..10 {
+            let a = d
+                .call(Service::Carrier, Method::POST, "/x", "k", None)
+                .await
+                .expect("the third attempt succeeds");
+            assert!(a.status.is_success());
+        }
+        assert!(!d.breaker(Service::Carrier).with(|b, now| b.is_open(now)));
     }
 
     /// Half-open with nothing to reach: the trial fails and the breaker is

@@ -131,13 +131,13 @@ async fn with_the_carriers_breaker_open_every_call_answers_and_the_process_stops
     let cfg = write_config(dir.path(), &format!("http://{sim}"), "");
     let mut gw = Gateway::start(&cfg);
     let id = create_shipment(gw.addr, "o-1").await;
-    // Two purchases of two attempts each: four failures, the breaker opens.
-    for key in ["k1", "k2"] {
+    // Three purchases whose every attempt failed: the breaker opens.
+    for key in ["k1", "k2", "k3"] {
         let r = buy(gw.addr, &id, key).await;
         assert_eq!(r.status, 503);
         assert_eq!(r.code(), "UPSTREAM_UNAVAILABLE");
     }
-    for key in ["k3", "k4", "k5"] {
+    for key in ["k4", "k5", "k6"] {
         let r = tokio::time::timeout(Duration::from_secs(5), buy(gw.addr, &id, key))
             .await
             .expect("a purchase with the breaker open answers");

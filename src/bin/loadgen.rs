@@ -86,6 +86,11 @@ enum Cmd {
         /// keys, so all but the first request per key are replays.
         #[arg(long)]
         replay_keys: Option<u64>,
+        /// Place orders through `POST /v1/orders` with this partner API key
+        /// (a gateway in front of `waybill simulate`), each with its own
+        /// order id and key.
+        #[arg(long, conflicts_with = "shipments_api_key")]
+        orders_api_key: Option<String>,
     },
 }
 
@@ -116,6 +121,7 @@ fn main() {
             run_id,
             shipments_api_key,
             replay_keys,
+            orders_api_key,
         } => {
             let text = std::fs::read_to_string(&config)
                 .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
@@ -137,6 +143,7 @@ fn main() {
                 run_id: run_id.unwrap_or_else(|| format!("{:x}", now_secs())),
                 next: AtomicU64::new(0),
                 shipments: shipments_api_key.map(|api_key| (api_key, replay_keys)),
+                orders: orders_api_key,
             });
             let report = rt.block_on(async move {
                 match rate {
@@ -308,11 +315,30 @@ struct Generator {
     next: AtomicU64,
     /// Integrator writes instead of webhooks: (API key, keys to cycle).
     shipments: Option<(String, Option<u64>)>,
+    /// Orders instead of webhooks, with this API key.
+    orders: Option<String>,
 }
 
 impl Generator {
     fn request(&self, rng: &mut fastrand::Rng) -> Request<Full<Bytes>> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(api_key) = &self.orders {
+            let address = r#"{"name":"Ada Lovelace","street1":"12 Elm St","city":"Brooklyn","postal_code":"11201","country":"US"}"#;
+            let body = format!(
+                r#"{{"order_id":"lo-{run}-{n}","customer_id":"cus-{n}","amount_cents":2599,"currency":"EUR","items":[{{"sku":"SKU-{sku}","quantity":1}}],"ship_to":{address}}}"#,
+                run = self.run_id,
+                sku = n % 100
+            );
+            return Request::builder()
+                .method("POST")
+                .uri("/v1/orders")
+                .header("host", "127.0.0.1")
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {api_key}"))
+                .header("idempotency-key", format!("lo-{}-{n}", self.run_id))
+                .body(Full::new(Bytes::from(body)))
+                .expect("request");
+        }
         if let Some((api_key, cycle)) = &self.shipments {
             let n = cycle.map_or(n, |c| n % c.max(1));
             let address = r#"{"name":"Ada Lovelace","street1":"12 Elm St","city":"Brooklyn","postal_code":"11201","country":"US"}"#;

@@ -192,14 +192,12 @@ impl ApiError {
         )
     }
 
-    pub fn order_exists(order_id: &str) -> ApiError {
-        let mut e = ApiError::new(
+    pub fn order_exists() -> ApiError {
+        ApiError::new(
             StatusCode::CONFLICT,
             "ORDER_EXISTS",
             "an order with this order_id was created with another idempotency key",
-        );
-        e.details = vec![FieldIssue::new("/order_id", order_id)];
-        e
+        )
     }
 
     pub fn invalid_transition(why: &str) -> ApiError {

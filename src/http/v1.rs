@@ -18,12 +18,11 @@ use crate::app::App;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::domain::order::OrderStatus;
 use crate::domain::request::{NewOrder, NewShipment};
-use crate::domain::shipment::{ShipmentStatus, Timeline};
 use crate::idempotency::{self, Decision, KeyError};
 use crate::identity::FieldIssue;
 use crate::partners::Partner;
-use crate::service::labels;
 use crate::service::orders::{self, Placed};
+use crate::service::{Refusal, shipments};
 use crate::store::{CancelAnswer, Completion, OrderRecord, ShipmentRecord, StateError};
 use crate::telemetry::metric;
 
@@ -230,75 +229,77 @@ async fn create_shipment(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
         Err(issues) => return ApiError::validation_failed(issues).into_response(request_id),
     };
     let fingerprint = hex::encode(idempotency::fingerprint("POST", path, Some(&value)));
-    match app
-        .store
-        .claim(&partner.name, &key, &fingerprint, lease(app))
-        .await
-    {
-        Err(e) => {
-            tracing::error!(error = %e, "idempotency claim failed");
-            return ApiError::store_unavailable().into_response(request_id);
-        }
-        Ok(Decision::Replay { status, body }) => {
-            count(ENDPOINT, "replayed");
-            return replay(status, body);
-        }
-        Ok(Decision::Conflict) => {
-            count(ENDPOINT, "conflict");
-            return ApiError::idempotency_conflict().into_response(request_id);
-        }
-        Ok(Decision::InProgress) => {
-            count(ENDPOINT, "in_progress");
-            return ApiError::idempotency_in_progress().into_response(request_id);
-        }
-        Ok(Decision::Run) => {}
+    if let Err(answer) = claim(app, ENDPOINT, partner, &key, &fingerprint, request_id).await {
+        return answer;
     }
-
-    let now = now_ms();
-    let shipment_id = format!("shp_{}", uuid::Uuid::now_v7());
-    fields.shipment_id = Some(shipment_id.clone());
-    let record = ShipmentRecord {
-        shipment_id: shipment_id.clone(),
-        partner: partner.name.clone(),
-        order_id: request.order_id.clone(),
-        created_at_ms: now,
-        tracking_number: None,
-        label: None,
-        details: serde_json::to_value(&request).expect("a request serialises"),
-        timeline: Timeline::new(now as i64),
-        label_intent: None,
-    };
-    let answer = shipment_view(&record);
-    let answer_bytes = serde_json::to_string(&answer).expect("a JSON value serialises");
-    let completion = Completion {
-        partner: partner.name.clone(),
-        key: key.clone(),
-        record: idempotency::Record::Done {
-            fingerprint,
-            status: 201,
-            body: answer_bytes.clone(),
-            expires_at_ms: now + app.config.store.idempotency_retention.as_millis() as u64,
-        },
-    };
-    match app.store.create_shipment_answered(record, completion).await {
-        Ok(()) => {
+    let record = shipments::new_record(&partner.name, &request);
+    fields.shipment_id = Some(record.shipment_id.clone());
+    let done = Done::new(app, partner, &key, &fingerprint);
+    let finalize =
+        |rec: &ShipmentRecord| done.answer(StatusCode::CREATED, shipment_view(rec).to_string());
+    match shipments::create(app.ports(), record, &finalize).await {
+        Ok(rec) => {
             count(ENDPOINT, "executed");
-            let mut resp = json_bytes(StatusCode::CREATED, answer_bytes);
-            resp.headers_mut().insert(
-                header::LOCATION,
-                HeaderValue::from_str(&format!("/v1/shipments/{shipment_id}"))
-                    .expect("ids are ASCII"),
-            );
+            let mut resp = json_bytes(StatusCode::CREATED, shipment_view(&rec).to_string());
+            if let Ok(location) =
+                HeaderValue::from_str(&format!("/v1/shipments/{}", rec.shipment_id))
+            {
+                resp.headers_mut().insert(header::LOCATION, location);
+            }
             resp
         }
-        Err(e) => {
-            // Not a final answer: the key is given back so the retry runs.
-            app.store.release(&partner.name, &key);
-            match e {
-                StateError::Store(e) => tracing::error!(error = %e, "creating a shipment failed"),
-                other => tracing::error!(error = %other, "creating a shipment failed"),
-            }
-            ApiError::store_unavailable().into_response(request_id)
+        Err(r) => refuse(app, partner, &key, &fingerprint, refused(r), request_id).await,
+    }
+}
+
+/// Builds the final answer of one idempotent request, stored under its
+/// key with the write it answers for.
+struct Done<'a> {
+    partner: &'a str,
+    key: &'a str,
+    fingerprint: &'a str,
+    expires_at_ms: u64,
+}
+
+impl<'a> Done<'a> {
+    fn new(app: &App, partner: &'a Partner, key: &'a str, fingerprint: &'a str) -> Done<'a> {
+        Done {
+            partner: &partner.name,
+            key,
+            fingerprint,
+            expires_at_ms: now_ms()
+                .saturating_add(app.config.store.idempotency_retention.as_millis() as u64),
+        }
+    }
+
+    fn answer(&self, status: StatusCode, body: String) -> Completion {
+        Completion {
+            partner: self.partner.to_string(),
+            key: self.key.to_string(),
+            record: idempotency::Record::Done {
+                fingerprint: self.fingerprint.to_string(),
+                status: status.as_u16(),
+                body,
+                expires_at_ms: self.expires_at_ms,
+            },
+        }
+    }
+}
+
+/// The one mapping of a use case's refusal to its answer.
+fn refused(r: Refusal) -> ApiError {
+    match r {
+        Refusal::InvalidTransition(why) => ApiError::invalid_transition(&why),
+        Refusal::LabelExists(label_id) => ApiError::label_exists(&label_id),
+        Refusal::OrderExists => ApiError::order_exists(),
+        Refusal::Upstream {
+            service,
+            retry_after_secs,
+        } => ApiError::upstream_unavailable(service.as_str(), retry_after_secs),
+        Refusal::Store(StateError::NotFound) => ApiError::not_found("resource"),
+        Refusal::Store(e) => {
+            tracing::error!(error = %e, "the store failed a write");
+            ApiError::store_unavailable()
         }
     }
 }
@@ -319,19 +320,10 @@ async fn create_order(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
     if let Err(answer) = claim(app, ENDPOINT, partner, &key, &fingerprint, request_id).await {
         return answer;
     }
-    let expires_at_ms = now_ms() + app.config.store.idempotency_retention.as_millis() as u64;
+    let done = Done::new(app, partner, &key, &fingerprint);
     let finalize = |placed: Placed, order: &OrderRecord| {
         let (status, body) = placed_answer(placed, order, request_id);
-        Completion {
-            partner: partner.name.clone(),
-            key: key.clone(),
-            record: idempotency::Record::Done {
-                fingerprint: fingerprint.clone(),
-                status: status.as_u16(),
-                body,
-                expires_at_ms,
-            },
-        }
+        done.answer(status, body)
     };
     match orders::place(app.ports(), &partner.name, &key, &request, &finalize).await {
         Ok((placed, order)) => {
@@ -342,23 +334,7 @@ async fn create_order(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
             let (status, body) = placed_answer(placed, &order, request_id);
             json_bytes(status, body)
         }
-        Err(orders::Refusal::OrderExists) => {
-            let e = ApiError::order_exists(&request.order_id);
-            refuse(app, partner, &key, &fingerprint, e, request_id).await
-        }
-        Err(orders::Refusal::Upstream {
-            service,
-            retry_after_secs,
-        }) => {
-            app.store.release(&partner.name, &key);
-            ApiError::upstream_unavailable(service.as_str(), retry_after_secs)
-                .into_response(request_id)
-        }
-        Err(orders::Refusal::Store(e)) => {
-            tracing::error!(error = %e, "placing an order failed");
-            app.store.release(&partner.name, &key);
-            ApiError::store_unavailable().into_response(request_id)
-        }
+        Err(r) => refuse(app, partner, &key, &fingerprint, refused(r), request_id).await,
     }
 }
 
@@ -629,92 +605,14 @@ async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body>
     // The crash tests kill the process at each step boundary: the process
     // must really die, not one task.
     fail::fail_point!("label-after-claim", |_| std::process::abort());
-    // A cancelled shipment cannot get a label, even if it had one (9.15).
-    if shipment.timeline.status() == ShipmentStatus::Cancelled {
-        let e = ApiError::invalid_transition("the shipment is cancelled");
-        return refuse(app, partner, &key, &fingerprint, e, request_id).await;
-    }
-    if let Some(label) = &shipment.label {
-        let label_id = label
-            .get("label_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let e = ApiError::label_exists(&label_id);
-        return refuse(app, partner, &key, &fingerprint, e, request_id).await;
-    }
-    let sold = match labels::purchase(app.ports(), &shipment, &format).await {
-        Ok(sold) => sold,
-        Err(labels::Refusal::Cancelled) => {
-            let e = ApiError::invalid_transition("the shipment is cancelled");
-            return refuse(app, partner, &key, &fingerprint, e, request_id).await;
-        }
-        Err(labels::Refusal::Upstream { retry_after_secs }) => {
-            let e = ApiError::upstream_unavailable("carrier", retry_after_secs);
-            return refuse(app, partner, &key, &fingerprint, e, request_id).await;
-        }
-        Err(labels::Refusal::Store(e)) => {
-            tracing::error!(error = %e, "recording a label purchase failed");
-            app.store.release(&partner.name, &key);
-            return ApiError::store_unavailable().into_response(request_id);
-        }
-    };
-    fail::fail_point!("label-after-carrier", |_| std::process::abort());
-    let labels::Sold {
-        label_id,
-        tracking_number,
-        label,
-        at_ms: now,
-    } = sold;
-    let body = label.to_string();
-    let completion = Completion {
-        partner: partner.name.clone(),
-        key: key.clone(),
-        record: idempotency::Record::Done {
-            fingerprint: fingerprint.clone(),
-            status: 201,
-            body: body.clone(),
-            expires_at_ms: now + app.config.store.idempotency_retention.as_millis() as u64,
-        },
-    };
-    fail::fail_point!("label-before-commit", |_| std::process::abort());
-    match app
-        .store
-        .record_label_answered(
-            &shipment.shipment_id,
-            &tracking_number,
-            label,
-            now,
-            Some(completion),
-        )
-        .await
-    {
-        Ok(_) => {
+    let done = Done::new(app, partner, &key, &fingerprint);
+    let finalize = |label: &Value| done.answer(StatusCode::CREATED, label.to_string());
+    match shipments::buy_label(app.ports(), &shipment, &format, &finalize).await {
+        Ok(label) => {
             count(ENDPOINT, "executed");
-            json_bytes(StatusCode::CREATED, body)
+            json_bytes(StatusCode::CREATED, label.to_string())
         }
-        Err(StateError::InvalidTransition) => {
-            // Cancelled while the carrier sold the label: give it back.
-            labels::void_unwanted(app.ports(), &label_id).await;
-            let e = ApiError::invalid_transition("the shipment was cancelled");
-            refuse(app, partner, &key, &fingerprint, e, request_id).await
-        }
-        // Another key bought it meanwhile: the shipment has its label.
-        Err(StateError::LabelExists(label_id)) => {
-            let e = ApiError::label_exists(&label_id);
-            refuse(app, partner, &key, &fingerprint, e, request_id).await
-        }
-        // The carrier's tracking number is another shipment's.
-        Err(StateError::Conflict(why)) => {
-            tracing::error!(why, "the carrier's label cannot be recorded");
-            let e = ApiError::upstream_unavailable("carrier", 1);
-            refuse(app, partner, &key, &fingerprint, e, request_id).await
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "recording a label failed");
-            app.store.release(&partner.name, &key);
-            ApiError::store_unavailable().into_response(request_id)
-        }
+        Err(r) => refuse(app, partner, &key, &fingerprint, refused(r), request_id).await,
     }
 }
 
@@ -734,59 +632,6 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
     if let Err(answer) = claim(app, ENDPOINT, partner, &key, &fingerprint, request_id).await {
         return answer;
     }
-    let status = shipment.timeline.status();
-    if !matches!(
-        status,
-        ShipmentStatus::Created | ShipmentStatus::LabelCreated | ShipmentStatus::Cancelled
-    ) {
-        let e = ApiError::invalid_transition(&format!(
-            "a shipment that is {} cannot be cancelled",
-            status.as_str()
-        ));
-        return refuse(app, partner, &key, &fingerprint, e, request_id).await;
-    }
-    let mut voided = false;
-    let label_id = match (&shipment.label, &shipment.label_intent) {
-        (Some(label), _) => label
-            .get("label_id")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        // A purchase was sent and its answer never recorded: the carrier
-        // may have sold the label. Asking again under the same key finds
-        // it (or buys it), and it is voided like any other.
-        (None, Some(intent)) if status != ShipmentStatus::Cancelled => {
-            match labels::ask(app.ports(), &shipment.shipment_id, intent).await {
-                Ok(a) if a.status.is_success() => a
-                    .body
-                    .get("label_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                // The carrier refuses the request: nothing was sold.
-                Ok(_) => None,
-                Err(u) => {
-                    let e = ApiError::upstream_unavailable("carrier", u.retry_after_secs);
-                    return refuse(app, partner, &key, &fingerprint, e, request_id).await;
-                }
-            }
-        }
-        (None, _) => None,
-    };
-    if status != ShipmentStatus::Cancelled
-        && let Some(label_id) = label_id.as_deref()
-    {
-        match labels::void(app.ports(), label_id).await {
-            Ok(a) if a.status.is_success() || a.status == StatusCode::NOT_FOUND => voided = true,
-            Ok(a) => {
-                tracing::warn!(status = a.status.as_u16(), "the carrier refused a void");
-                let e = ApiError::upstream_unavailable("carrier", 1);
-                return refuse(app, partner, &key, &fingerprint, e, request_id).await;
-            }
-            Err(u) => {
-                let e = ApiError::upstream_unavailable("carrier", u.retry_after_secs);
-                return refuse(app, partner, &key, &fingerprint, e, request_id).await;
-            }
-        }
-    }
     let answer = CancelAnswer {
         partner: partner.name.clone(),
         key: key.clone(),
@@ -794,24 +639,12 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
         expires_at_ms: now_ms() + app.config.store.idempotency_retention.as_millis() as u64,
         render: shipment_view,
     };
-    match app
-        .store
-        .cancel(&shipment.shipment_id, now_ms(), voided, Some(answer))
-        .await
-    {
+    match shipments::cancel(app.ports(), &shipment, answer).await {
         Ok(rec) => {
             count(ENDPOINT, "executed");
             json_response(StatusCode::OK, &shipment_view(&rec))
         }
-        Err(StateError::InvalidTransition) => {
-            let e = ApiError::invalid_transition("the shipment started moving");
-            refuse(app, partner, &key, &fingerprint, e, request_id).await
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cancelling failed");
-            app.store.release(&partner.name, &key);
-            ApiError::store_unavailable().into_response(request_id)
-        }
+        Err(r) => refuse(app, partner, &key, &fingerprint, refused(r), request_id).await,
     }
 }
 

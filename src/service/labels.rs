@@ -8,7 +8,7 @@
 use http::Method;
 use serde_json::{Value, json};
 
-use super::Ports;
+use super::{Ports, Refusal};
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::downstream::{Answer, Service, Unavailable};
 use crate::store::{ShipmentRecord, StateError};
@@ -21,18 +21,6 @@ pub struct Sold {
     /// The label resource as stored and answered (contract 5.1).
     pub label: Value,
     pub at_ms: u64,
-}
-
-#[derive(Debug)]
-pub enum Refusal {
-    /// The shipment is cancelled.
-    Cancelled,
-    /// The carrier could not be reached, refused, or answered nonsense;
-    /// retrying later may work.
-    Upstream {
-        retry_after_secs: u64,
-    },
-    Store(StateError),
 }
 
 /// Records the purchase intent, then buys the label of `shipment`.
@@ -57,7 +45,11 @@ pub async fn purchase(
         .await
     {
         Ok(r) => r,
-        Err(StateError::InvalidTransition) => return Err(Refusal::Cancelled),
+        Err(StateError::InvalidTransition) => {
+            return Err(Refusal::InvalidTransition(
+                "the shipment is cancelled".into(),
+            ));
+        }
         Err(e) => return Err(Refusal::Store(e)),
     };
     let format = request
@@ -69,14 +61,10 @@ pub async fn purchase(
         Ok(a) if a.status.is_success() => a,
         Ok(a) => {
             tracing::warn!(status = a.status.as_u16(), "the carrier refused a label");
-            return Err(Refusal::Upstream {
-                retry_after_secs: 1,
-            });
+            return Err(carrier(1));
         }
         Err(u) => {
-            return Err(Refusal::Upstream {
-                retry_after_secs: u.retry_after_secs,
-            });
+            return Err(carrier(u.retry_after_secs));
         }
     };
     let (Some(label_id), Some(tracking_number)) = (
@@ -84,9 +72,7 @@ pub async fn purchase(
         answer.body.get("tracking_number").and_then(Value::as_str),
     ) else {
         tracing::error!("the carrier's label answer lacks label_id or tracking_number");
-        return Err(Refusal::Upstream {
-            retry_after_secs: 1,
-        });
+        return Err(carrier(1));
     };
     let at_ms = now_ms();
     let carrier = answer
@@ -108,6 +94,13 @@ pub async fn purchase(
         label,
         at_ms,
     })
+}
+
+fn carrier(retry_after_secs: u64) -> Refusal {
+    Refusal::Upstream {
+        service: Service::Carrier,
+        retry_after_secs,
+    }
 }
 
 /// Asks the carrier for a shipment's label under the shipment's key: buys

@@ -6,15 +6,43 @@
 //!
 //! - [`labels`]: buying a shipment's label at the carrier, with the intent
 //!   recorded first, and voiding one.
+//! - [`shipments`]: create a shipment, buy its label, cancel it.
 //! - [`orders`]: reserve, charge, create the shipment, buy its label; and
 //!   the background fulfilment of orders whose label could not be bought.
 
 pub mod labels;
 pub mod orders;
+pub mod shipments;
 
 use crate::config::Config;
-use crate::downstream::Downstream;
-use crate::store::Store;
+use crate::downstream::{Downstream, Service};
+use crate::store::{StateError, Store};
+
+/// Why a use case did not do what it was asked. The HTTP layer maps each
+/// to its answer in one place; whether that answer is final (and stored
+/// under the idempotency key) is the contract's rule, not the use case's.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The shipment cannot make this move (cancelled, moving, done).
+    InvalidTransition(String),
+    /// The shipment has this label, bought under another key.
+    LabelExists(String),
+    /// The order id is taken by a request with another key.
+    OrderExists,
+    /// A downstream could not be reached, refused, or answered nonsense;
+    /// retrying later may work.
+    Upstream {
+        service: Service,
+        retry_after_secs: u64,
+    },
+    Store(StateError),
+}
+
+impl From<StateError> for Refusal {
+    fn from(e: StateError) -> Self {
+        Refusal::Store(e)
+    }
+}
 
 /// What the use cases work with.
 #[derive(Clone, Copy)]

@@ -18,8 +18,8 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::Ports;
 use super::labels::{self, Sold};
+use super::{Ports, Refusal};
 use crate::clock::now_ms;
 use crate::domain::order::{OrderStatus, Progress, Step};
 use crate::domain::request::NewOrder;
@@ -48,25 +48,6 @@ pub enum Placed {
     PendingFulfilment,
     PaymentFailed,
     InsufficientStock,
-}
-
-#[derive(Debug)]
-pub enum Refusal {
-    /// The order id is taken by a request with another key.
-    OrderExists,
-    /// A step before the payment succeeded could not complete; the order
-    /// is `PENDING` and the retry resumes it.
-    Upstream {
-        service: Service,
-        retry_after_secs: u64,
-    },
-    Store(StateError),
-}
-
-impl From<StateError> for Refusal {
-    fn from(e: StateError) -> Self {
-        Refusal::Store(e)
-    }
 }
 
 /// Renders the final answer of the request, stored with the write that
@@ -384,9 +365,9 @@ async fn buy(ports: Ports<'_>, order: &OrderRecord) -> Result<Bought, Refusal> {
     }
     match labels::purchase(ports, &shipment, "PDF").await {
         Ok(sold) => Ok(Bought::Label(sold)),
-        Err(labels::Refusal::Cancelled) => Ok(Bought::Cancelled),
-        Err(labels::Refusal::Upstream { .. }) => Ok(Bought::NotNow),
-        Err(labels::Refusal::Store(e)) => Err(Refusal::Store(e)),
+        Err(Refusal::InvalidTransition(_)) => Ok(Bought::Cancelled),
+        Err(Refusal::Store(e)) => Err(Refusal::Store(e)),
+        Err(_) => Ok(Bought::NotNow),
     }
 }
 

@@ -96,6 +96,13 @@ async fn an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_char
         assert_eq!(first.status, 201, "{failpoint}: {:?}", first.body);
         let answer = first.json();
         assert_eq!(answer["status"], "CONFIRMED", "{failpoint}");
+        // The request's log line names the order and its shipment.
+        let logged = gw.await_log(1, |v| {
+            v["message"] == "request" && v["order_id"] == order_id.as_str()
+        });
+        assert_eq!(logged.len(), 1, "{failpoint}");
+        assert_eq!(logged[0]["shipment_id"], answer["shipment_id"]);
+        assert_eq!(logged[0]["partner"], "acme");
         let replay = place(gw.addr, &order_id, &key).await.unwrap();
         assert_eq!(replay.body, first.body, "{failpoint}");
         let other = place(gw.addr, &order_id, &format!("{key}-other"))

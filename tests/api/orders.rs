@@ -513,3 +513,47 @@ async fn two_hundred_orders_through_faults_charge_each_once() {
     assert!(answers.values().any(|(s, _)| *s == 402));
     assert!(answers.values().any(|(s, _)| *s == 422));
 }
+
+/// Twenty concurrent requests with one key: one runs the order, the others
+/// get 409 IDEMPOTENCY_IN_PROGRESS or the replay of its answer; the
+/// payment service has one charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_key_place_one_order() {
+    let (app, sim) = app_with_sim(SimConfig {
+        latency: std::time::Duration::from_millis(20),
+        ..SimConfig::default()
+    })
+    .await;
+    let app = Arc::new(app);
+    let body = order_body("o-conc", "cus-1", "SKU-1", 1);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let app = app.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            place_order(&app, "conc-key", &body).await
+        }));
+    }
+    let mut created = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status.as_u16() {
+            201 => created.push(r),
+            409 => assert_eq!(r.code(), "IDEMPOTENCY_IN_PROGRESS"),
+            other => panic!("unexpected {other}: {:?}", r.body),
+        }
+    }
+    assert!(!created.is_empty());
+    assert!(created.iter().all(|r| r.body == created[0].body));
+    assert_eq!(
+        created
+            .iter()
+            .filter(|r| r.header("idempotent-replayed").is_none())
+            .count(),
+        1,
+        "exactly one request ran the order"
+    );
+    let l = ledger(sim).await;
+    assert_eq!(keyed(&l, "charges", "charge:acme:o-conc").len(), 1);
+    assert_eq!(keyed(&l, "reservations", "reserve:acme:o-conc").len(), 1);
+}

@@ -217,21 +217,32 @@ fn write_preamble(
     Ok((key, value))
 }
 
-async fn create_shipment(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
+/// A create request, checked up to its claimed key: the preamble, the
+/// body parsed by `parse`, the fingerprint, the claim. Err is the answer.
+async fn checked_create<T>(
+    call: &mut Call<'_>,
+    endpoint: &'static str,
+    body: &Bytes,
+    parse: fn(&Value) -> Result<T, Vec<FieldIssue>>,
+) -> Result<(String, String, T), Response<Body>> {
     let (app, partner, parts, path, request_id, fields) = call.split();
-    const ENDPOINT: &str = "/v1/shipments";
-    let (key, value) = match write_preamble(parts, &body, fields) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(request_id),
-    };
-    let request = match NewShipment::parse(&value) {
-        Ok(r) => r,
-        Err(issues) => return ApiError::validation_failed(issues).into_response(request_id),
-    };
+    let (key, value) =
+        write_preamble(parts, body, fields).map_err(|e| e.into_response(request_id))?;
+    let request = parse(&value)
+        .map_err(|issues| ApiError::validation_failed(issues).into_response(request_id))?;
     let fingerprint = hex::encode(idempotency::fingerprint("POST", path, Some(&value)));
-    if let Err(answer) = claim(app, ENDPOINT, partner, &key, &fingerprint, request_id).await {
-        return answer;
-    }
+    claim(app, endpoint, partner, &key, &fingerprint, request_id).await?;
+    Ok((key, fingerprint, request))
+}
+
+async fn create_shipment(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
+    const ENDPOINT: &str = "/v1/shipments";
+    let (key, fingerprint, request) =
+        match checked_create(call, ENDPOINT, &body, NewShipment::parse).await {
+            Ok(checked) => checked,
+            Err(answer) => return answer,
+        };
+    let (app, partner, _, _, request_id, fields) = call.split();
     let record = shipments::new_record(&partner.name, &request);
     fields.shipment_id = Some(record.shipment_id.clone());
     let done = Done::new(app, partner, &key, &fingerprint);
@@ -305,21 +316,14 @@ fn refused(r: Refusal) -> ApiError {
 }
 
 async fn create_order(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
-    let (app, partner, parts, path, request_id, fields) = call.split();
     const ENDPOINT: &str = "/v1/orders";
-    let (key, value) = match write_preamble(parts, &body, fields) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(request_id),
-    };
-    let request = match NewOrder::parse(&value) {
-        Ok(r) => r,
-        Err(issues) => return ApiError::validation_failed(issues).into_response(request_id),
-    };
+    let (key, fingerprint, request) =
+        match checked_create(call, ENDPOINT, &body, NewOrder::parse).await {
+            Ok(checked) => checked,
+            Err(answer) => return answer,
+        };
+    let (app, partner, _, _, request_id, fields) = call.split();
     fields.order_id = Some(request.order_id.clone());
-    let fingerprint = hex::encode(idempotency::fingerprint("POST", path, Some(&value)));
-    if let Err(answer) = claim(app, ENDPOINT, partner, &key, &fingerprint, request_id).await {
-        return answer;
-    }
     let done = Done::new(app, partner, &key, &fingerprint);
     let finalize = |placed: Placed, order: &OrderRecord| {
         let (status, body) = placed_answer(placed, order, request_id);

@@ -791,7 +791,6 @@ impl StateMachine {
         label: serde_json::Value,
         at_ms: u64,
     ) -> Result<Vec<(String, DispatchOutcome)>, StateError> {
-        let tree = pass.tree;
         if let Some(owner) = pass.shipment_for(tracking_number)?
             && owner != shipment_id
         {
@@ -836,11 +835,22 @@ impl StateMachine {
         pass.tracking
             .insert(tracking_number.to_string(), Some(shipment_id.to_string()));
 
-        // The events parked for this tracking number are the ones the search
-        // index names under it whose outcome is parked.
+        self.unpark(pass, b'T', tracking_number)
+    }
+
+    /// Dispatches again, in `pass`, every event parked under `text` in the
+    /// search index `tag` (a tracking number, an order id); what they
+    /// became.
+    fn unpark(
+        &self,
+        pass: &mut Pass<'_>,
+        tag: u8,
+        text: &str,
+    ) -> Result<Vec<(String, DispatchOutcome)>, StateError> {
+        let tree = pass.tree;
         let cursor = super::read_cursor(tree)?;
         let mut unparked = Vec::new();
-        for kv in tree.scan_prefix(codec::text_prefix(b'T', tracking_number)) {
+        for kv in tree.scan_prefix(codec::text_prefix(tag, text)) {
             let (k, _) = kv?;
             let Some(seq) = codec::seq_suffix(&k) else {
                 continue;
@@ -887,26 +897,7 @@ impl StateMachine {
             partners.push(rec.partner.clone());
         }
         pass.put_order(rec.clone());
-        let cursor = super::read_cursor(tree)?;
-        for kv in tree.scan_prefix(codec::text_prefix(b'O', &rec.order_id)) {
-            let (k, _) = kv?;
-            let Some(seq) = codec::seq_suffix(&k) else {
-                continue;
-            };
-            if seq > cursor {
-                continue;
-            }
-            let Some(mut arrival) = super::read_arrival(tree, seq)? else {
-                continue;
-            };
-            if arrival
-                .outcome
-                .as_ref()
-                .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
-            {
-                self.redispatch(&mut pass, seq, &mut arrival)?;
-            }
-        }
+        self.unpark(&mut pass, b'O', &rec.order_id)?;
         let counted = pass.commit(&self.shared)?;
         self.shared.sync()?;
         count(&counted);

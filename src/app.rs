@@ -180,6 +180,10 @@ async fn housekeeping(app: Arc<App>) {
         app.health.publish_all();
         if n % UPKEEP_EVERY == 0 {
             app.metrics.run_upkeep();
+            let store = app.store.clone();
+            if let Ok(bytes) = tokio::task::spawn_blocking(move || store.size_bytes()).await {
+                metrics::gauge!(metric::STORE_SIZE).set(bytes as f64);
+            }
         }
         if n % SWEEP_EVERY == 0 {
             sweep(&app.store, &alive).await;

@@ -132,6 +132,10 @@ pub struct StoreConfig {
     /// refused (503) before sled meets a full disk, which it cannot recover
     /// from in-process; they resume once space is back.
     pub min_free_bytes: u64,
+    /// A payload segment is finished, and a new one started, at this size.
+    /// Retention deletes whole segments, so smaller ones give disk back
+    /// sooner and larger ones mean fewer files.
+    pub segment_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -662,6 +666,10 @@ impl Walker<'_> {
                 .unwrap_or(16 * 1024 * 1024),
             min_free_bytes: self
                 .opt_uint(t, "min_free_mb", p, 0, 1 << 20)
+                .map(|mb| mb as u64 * 1024 * 1024)
+                .unwrap_or(64 * 1024 * 1024),
+            segment_bytes: self
+                .opt_uint(t, "segment_mb", p, 1, 1 << 12)
                 .map(|mb| mb as u64 * 1024 * 1024)
                 .unwrap_or(64 * 1024 * 1024),
         };

@@ -22,6 +22,7 @@ pub mod metric {
     pub const STORE_FLUSH_SECONDS: &str = "waybill_store_flush_seconds";
     pub const SWEPT: &str = "waybill_retention_swept_total";
     pub const COMPONENT_UP: &str = "waybill_component_up";
+    pub const STORE_SIZE: &str = "waybill_store_size_bytes";
 }
 
 /// Webhook outcomes, the label values of `waybill_webhooks_total`.

@@ -232,15 +232,51 @@ pub struct EventMeta {
     pub order_id: Option<String>,
 }
 
-/// An event record without its identity: what the caller's task can
-/// encode before the writer thread, which only prepends the identity.
+/// `D`: a sequence number up to which every event was flushed with its
+/// payload, as of the last group commit.
+pub const DURABLE_KEY: &[u8] = b"D";
+
+/// `F`: the store's layout version.
+pub const FORMAT_KEY: &[u8] = b"F";
+
+/// `g` segment: what retention needs to know of a payload segment.
+pub fn segment_key(id: u64) -> [u8; 9] {
+    seq_key(b'g', id)
+}
+
+/// A segment's retention facts: when its last event expires, and its
+/// newest event's sequence (it may go once the inbox is past it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    pub max_expires_at_ms: u64,
+    pub last_seq: u64,
+}
+
+pub fn encode_meta(meta: &EventMeta) -> Vec<u8> {
+    serde_json::to_vec(meta).expect("EventMeta serialises: strings and numbers only")
+}
+
+/// Metadata and body, length-prefixed: a payload segment's record, and,
+/// with the payload pointer for body, the rest of an index record.
 pub fn encode_payload(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
-    let json = serde_json::to_vec(meta).expect("EventMeta serialises");
-    let mut v = Vec::with_capacity(4 + json.len() + body.len());
-    v.extend_from_slice(&(json.len() as u32).to_be_bytes());
-    v.extend_from_slice(&json);
-    v.extend_from_slice(body);
+    frame(&encode_meta(meta), body)
+}
+
+/// `len | meta | rest`.
+pub fn frame(meta: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + meta.len() + rest.len());
+    v.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+    v.extend_from_slice(meta);
+    v.extend_from_slice(rest);
     v
+}
+
+/// The metadata and body of a payload segment's record.
+pub fn decode_payload(v: &[u8]) -> Option<(EventMeta, Vec<u8>)> {
+    let len = u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as usize;
+    let json = v.get(4..4usize.checked_add(len)?)?;
+    let meta = serde_json::from_slice(json).ok()?;
+    Some((meta, v.get(4 + len..)?.to_vec()))
 }
 
 pub fn assemble_event(ident: &Ident, payload: &[u8]) -> Vec<u8> {
@@ -259,13 +295,12 @@ pub fn event_ident(v: &[u8]) -> Option<Ident> {
     Ident::decode(v.get(..56)?)
 }
 
+/// An index record: the identity, the metadata and (what was the body) the
+/// payload's pointer.
 pub fn decode_event(v: &[u8]) -> Option<(Ident, EventMeta, Vec<u8>)> {
     let ident = event_ident(v)?;
-    let rest = v.get(56..)?;
-    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let json = rest.get(4..4usize.checked_add(len)?)?;
-    let meta = serde_json::from_slice(json).ok()?;
-    Some((ident, meta, rest.get(4 + len..)?.to_vec()))
+    let (meta, rest) = decode_payload(v.get(56..)?)?;
+    Some((ident, meta, rest))
 }
 
 /// What dispatch did with an event.

@@ -16,6 +16,7 @@
 //! first (in the tree, or earlier in the same group).
 
 pub mod codec;
+pub mod segments;
 mod state;
 mod writer;
 
@@ -141,7 +142,10 @@ struct Prepared {
     dispatch: bool,
     tracking_number: Option<String>,
     order_id: Option<String>,
+    /// Headers and body, for the payload segment.
     payload: Vec<u8>,
+    /// The index record's metadata (no headers), encoded.
+    index_meta: Vec<u8>,
     arrival: Vec<u8>,
 }
 
@@ -172,6 +176,10 @@ impl Prepared {
             dispatch: ev.dispatch,
             tracking_number: ev.tracking_number,
             order_id: ev.order_id,
+            index_meta: codec::encode_meta(&EventMeta {
+                headers: Vec::new(),
+                ..meta.clone()
+            }),
             payload: codec::encode_payload(&meta, &ev.body),
             arrival: arrival.encode(),
         }
@@ -192,6 +200,8 @@ enum Msg {
 struct Group {
     answers: Vec<(Reply, Result<IngestResult, StoreError>)>,
     last_seq: u64,
+    /// Segment files written by the group: synced before sled's flush.
+    segments: Vec<std::fs::File>,
 }
 
 struct Shared {
@@ -214,6 +224,8 @@ struct Shared {
     low_space: AtomicBool,
     path: std::path::PathBuf,
     min_free_bytes: u64,
+    /// Event payloads (headers and body), beside sled's small records.
+    segments: segments::Segments,
     health: Arc<Health>,
     /// Held only to clone, take or send on the sender: nothing in such a
     /// section can leave it inconsistent, so a poisoned lock is used as is.
@@ -338,6 +350,10 @@ impl Store {
             ),
             None => 0,
         };
+        let segments = segments::Segments::open(&cfg.path.join("segments"), cfg.segment_bytes)
+            .map_err(|e| StoreError::Unavailable(format!("segments: {e}")))?;
+        check_format(&tree)?;
+        drop_dangling(&tree, &segments)?;
         let cursor = read_cursor(&tree)?;
         let mut pending = 0i64;
         for kv in tree.range(codec::seq_key(b'n', cursor + 1)..codec::seq_key(b'n', u64::MAX)) {
@@ -357,6 +373,7 @@ impl Store {
             low_space: AtomicBool::new(false),
             path: cfg.path.clone(),
             min_free_bytes: cfg.min_free_bytes,
+            segments,
             health,
             state_tx: std::sync::Mutex::new(None),
             wake_pending: AtomicBool::new(false),
@@ -372,7 +389,23 @@ impl Store {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("waybill-writer".into())
-                .spawn(move || writer::Writer { shared, seq }.run(rx, group_tx))
+                .spawn(move || {
+                    let segment_id = shared.segments.active_id();
+                    let segment = shared
+                        .tree
+                        .get(codec::segment_key(segment_id))
+                        .ok()
+                        .flatten()
+                        .and_then(|v| serde_json::from_slice(&v).ok())
+                        .unwrap_or_default();
+                    writer::Writer {
+                        shared,
+                        seq,
+                        segment_id,
+                        segment,
+                    }
+                    .run(rx, group_tx)
+                })
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?
         };
         let flusher = {
@@ -743,7 +776,7 @@ impl Store {
     }
 
     pub fn event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        read_event(&self.shared.tree, source, event_id)
+        read_event(&self.shared, source, event_id, true)
     }
 
     /// What dispatch did with an event; None before it was dispatched (or
@@ -821,7 +854,7 @@ impl Store {
             let Some((source, id)) = name? else {
                 continue;
             };
-            let Some(ev) = read_event(tree, &source, &id)? else {
+            let Some(ev) = read_event(&self.shared, &source, &id, false)? else {
                 continue;
             };
             let outcome = read_arrival(tree, ev.seq)?.and_then(|a| a.outcome);
@@ -849,6 +882,12 @@ impl Store {
         })
     }
 
+    /// Bytes the store takes on disk: sled's files and the payload
+    /// segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.db.size_on_disk().unwrap_or(0) + self.shared.segments.size_bytes()
+    }
+
     /// Whether an identity is remembered (not yet swept).
     pub fn knows(&self, source: &str, event_id: &str) -> Result<bool, StoreError> {
         Ok(self
@@ -873,10 +912,14 @@ impl Store {
                 problems.push(format!("unreadable arrival {k:?}"));
                 continue;
             };
-            match self.event(&a.source, &a.event_id)? {
-                Some(ev) if ev.seq == seq && ev.meta.dispatch == a.dispatch => {}
-                _ => problems.push(format!(
+            match read_event(&self.shared, &a.source, &a.event_id, true) {
+                Ok(Some(ev)) if ev.seq == seq && ev.meta.dispatch == a.dispatch => {}
+                Ok(_) => problems.push(format!(
                     "arrival {seq} names no stored event {}/{}",
+                    a.source, a.event_id
+                )),
+                Err(e) => problems.push(format!(
+                    "arrival {seq}: the payload of {}/{} is unreadable: {e}",
                     a.source, a.event_id
                 )),
             }
@@ -952,16 +995,31 @@ impl Drop for Store {
     }
 }
 
+/// An event's index record; with `payload`, also its headers and body from
+/// its segment (a search needs neither).
 fn read_event(
-    tree: &sled::Tree,
+    shared: &Shared,
     source: &str,
     event_id: &str,
+    payload: bool,
 ) -> Result<Option<StoredEvent>, StoreError> {
-    let Some(v) = tree.get(codec::event_key(source, event_id))? else {
+    let Some(v) = shared.tree.get(codec::event_key(source, event_id))? else {
         return Ok(None);
     };
-    let (ident, meta, body) = codec::decode_event(&v)
+    let (ident, meta, pointer) = codec::decode_event(&v)
         .ok_or_else(|| StoreError::Unavailable("corrupt event record".into()))?;
+    let (meta, body) = if payload {
+        let pointer = segments::Pointer::decode(&pointer)
+            .ok_or_else(|| StoreError::Unavailable("corrupt payload pointer".into()))?;
+        let stored = shared
+            .segments
+            .read(&pointer)
+            .map_err(|e| StoreError::Unavailable(format!("payload of {source}/{event_id}: {e}")))?;
+        codec::decode_payload(&stored)
+            .ok_or_else(|| StoreError::Unavailable("corrupt payload".into()))?
+    } else {
+        (meta, Vec::new())
+    };
     Ok(Some(StoredEvent {
         source: source.to_string(),
         event_id: event_id.to_string(),
@@ -969,6 +1027,70 @@ fn read_event(
         meta,
         body,
     }))
+}
+
+/// Forgets the events written after the last flush checkpoint whose
+/// payload did not reach its segment (a crash cut the segment's tail):
+/// they were never acknowledged, and an index entry must never point at
+/// nothing.
+fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), StoreError> {
+    let checkpoint = tree
+        .get(codec::DURABLE_KEY)?
+        .and_then(|v| codec::decode_u64(&v))
+        .unwrap_or(0);
+    let mut batch = sled::Batch::default();
+    let mut dropped = 0;
+    for kv in tree.range(codec::seq_key(b'n', checkpoint + 1)..codec::seq_key(b'n', u64::MAX)) {
+        let (k, v) = kv?;
+        let (Some(seq), Some(a)) = (codec::parse_seq_key(b'n', &k), codec::Arrival::decode(&v))
+        else {
+            continue;
+        };
+        let Some(record) = tree.get(codec::event_key(&a.source, &a.event_id))? else {
+            continue;
+        };
+        let Some((ident, _, pointer)) = codec::decode_event(&record) else {
+            continue;
+        };
+        let whole = segments::Pointer::decode(&pointer).is_some_and(|p| segments.contains(&p));
+        if ident.seq == seq && !whole {
+            writer::forget_event(tree, &mut batch, &a.source, &a.event_id, seq)?;
+            batch.remove(codec::expiry_key(ident.expires_at_ms, seq).to_vec());
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "forgot events whose payloads a crash cut before they were acknowledged"
+        );
+        tree.apply_batch(batch)?;
+        tree.flush()?;
+    }
+    Ok(())
+}
+
+/// The version of the store's layout, kept under `F`: payloads in
+/// segments. A store written by an earlier layout is refused, not misread.
+const FORMAT: u64 = 2;
+
+fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
+    match tree
+        .get(codec::FORMAT_KEY)?
+        .and_then(|v| codec::decode_u64(&v))
+    {
+        Some(FORMAT) => Ok(()),
+        Some(other) => Err(StoreError::Unavailable(format!(
+            "the store has layout {other}; this build reads layout {FORMAT}"
+        ))),
+        None if tree.is_empty() => {
+            tree.insert(codec::FORMAT_KEY, FORMAT.to_be_bytes().to_vec())?;
+            Ok(())
+        }
+        None => Err(StoreError::Unavailable(format!(
+            "the store was written by an earlier layout; this build reads layout {FORMAT}"
+        ))),
+    }
 }
 
 fn read_arrival(tree: &sled::Tree, seq: u64) -> Result<Option<codec::Arrival>, StoreError> {
@@ -1023,6 +1145,7 @@ mod tests {
             in_progress_timeout: Duration::from_secs(30),
             cache_bytes: 8 << 20,
             min_free_bytes: 0,
+            segment_bytes: 1 << 20,
         }
     }
 
@@ -1190,6 +1313,85 @@ mod tests {
         assert!(store.knows("s", "waiting").unwrap());
         assert_eq!(store.inbox().unwrap().len(), 1);
         assert!(store.integrity_problems().unwrap().is_empty());
+    }
+
+    /// Retention deletes whole payload segments once every event in them
+    /// has expired and been swept; live events stay readable.
+    #[tokio::test]
+    async fn retention_deletes_whole_segments_of_expired_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = cfg(dir.path());
+        config.segment_bytes = 512;
+        let store = Store::open(&config).unwrap();
+        // The state machine moves the inbox cursor past every arrival; a
+        // segment goes only once the cursor is past it.
+        store.start_dispatcher(Vec::new()).unwrap();
+        let body = Bytes::from(format!("{{\"pad\":\"{}\"}}", "y".repeat(2000)));
+        for i in 0..40 {
+            let mut ev = event(&format!("old-{i}"), 10, 1, false);
+            ev.body = body.clone();
+            store.ingest(ev).await.unwrap();
+        }
+        let before = store.shared.segments.ids().unwrap();
+        assert!(before.len() > 5, "{before:?}");
+        for i in 0..3 {
+            let mut ev = event(&format!("new-{i}"), 5_000, 2, false);
+            ev.body = body.clone();
+            store.ingest(ev).await.unwrap();
+        }
+        store.settle().await.unwrap();
+        let size_before = store.size_bytes();
+        assert_eq!(store.sweep_expired(4_000, 1000).await.unwrap(), 40);
+        let after = store.shared.segments.ids().unwrap();
+        assert!(after.len() <= 2, "{after:?}");
+        assert!(store.size_bytes() < size_before || after.len() < before.len());
+        for i in 0..3 {
+            let ev = store.event("s", &format!("new-{i}")).unwrap().unwrap();
+            assert_eq!(ev.body, body.to_vec());
+        }
+        assert!(store.event("s", "old-0").unwrap().is_none());
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    }
+
+    /// An event whose payload a crash cut from its segment, written after
+    /// the last flush checkpoint, is forgotten on open: never served, never
+    /// a duplicate of itself.
+    #[tokio::test]
+    async fn an_event_whose_payload_was_cut_is_forgotten_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(&cfg(dir.path())).unwrap();
+            store.ingest(event("kept", 10, 1, true)).await.unwrap();
+            store.ingest(event("cut", 20, 1, true)).await.unwrap();
+            store.close().unwrap();
+        }
+        // Cut the last record's bytes, as a crash before its sync could;
+        // and move the checkpoint back as if its group were not yet flushed.
+        let seg = dir.path().join("segments").join(format!("{:016x}.seg", 1));
+        let size = std::fs::metadata(&seg).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(size - 2)
+            .unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("state").unwrap();
+            tree.insert(codec::DURABLE_KEY, 1u64.to_be_bytes().to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(&cfg(dir.path())).unwrap();
+        assert!(store.event("s", "kept").unwrap().is_some());
+        assert!(!store.knows("s", "cut").unwrap());
+        assert_eq!(store.inbox().unwrap().len(), 1);
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+        // The same delivery again is new.
+        assert!(matches!(
+            store.ingest(event("cut", 30, 1, true)).await.unwrap(),
+            IngestResult::Accepted { .. }
+        ));
     }
 
     #[tokio::test]

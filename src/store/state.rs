@@ -536,7 +536,7 @@ impl StateMachine {
         seq: u64,
         arrival: &mut Arrival,
     ) -> Result<OutcomeRecord, StateError> {
-        let event = super::read_event(pass.tree, &arrival.source, &arrival.event_id)?;
+        let event = super::read_event(&self.shared, &arrival.source, &arrival.event_id, true)?;
         let interpretation = match (&event, self.sources.get(&arrival.source)) {
             (None, _) => Interpretation::Dead {
                 reason: "the event record is missing".into(),
@@ -1057,7 +1057,8 @@ impl StateMachine {
 
     fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
         let tree = &self.shared.tree;
-        let event = super::read_event(tree, source, event_id)?.ok_or(StateError::NotFound)?;
+        let event = super::read_event(&self.shared, source, event_id, false)?
+            .ok_or(StateError::NotFound)?;
         let seq = event.seq;
         let mut arrival = super::read_arrival(tree, seq)?.ok_or(StateError::NotFound)?;
         let redeliverable = arrival

@@ -19,6 +19,9 @@ use crate::telemetry::metric;
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     pub(super) seq: u64,
+    /// The segment being written and what retention must know of it.
+    pub(super) segment_id: u64,
+    pub(super) segment: codec::SegmentInfo,
 }
 
 impl Writer {
@@ -83,9 +86,13 @@ impl Writer {
         let mut answers = Vec::with_capacity(ingests.len());
         let mut added_to_inbox = 0i64;
         let start_seq = self.seq;
+        // The new events' payloads, written to their segment in one append,
+        // and their index records, which point there.
+        let mut payloads = Vec::new();
+        let mut index = Vec::new();
         for (ev, reply) in ingests {
-            let ev = *ev;
-            let key = ev.key;
+            let mut ev = *ev;
+            let key = std::mem::take(&mut ev.key);
             let existing = match fresh.get(&key) {
                 Some(i) => Ok(Some(*i)),
                 None => self.shared.tree.get(&key).map(|v| {
@@ -118,8 +125,10 @@ impl Writer {
                         seq: self.seq,
                         content_hash: ev.content_hash,
                     };
-                    let name = ev.name;
-                    batch.insert(key.clone(), codec::assemble_event(&ident, &ev.payload));
+                    let name = ev.name.clone();
+                    payloads.push(std::mem::take(&mut ev.payload));
+                    index.push((key.clone(), ident, std::mem::take(&mut ev.index_meta)));
+                    self.note_expiry(ev.expires_at_ms);
                     batch.insert(
                         codec::expiry_key(ev.expires_at_ms, self.seq).to_vec(),
                         name.clone(),
@@ -144,8 +153,44 @@ impl Writer {
                 }
             }
         }
+        let mut segment_files = Vec::new();
         if self.seq != start_seq {
+            let written = self.shared.segments.append(&payloads).map_err(|e| {
+                let e = StoreError::Unavailable(format!("segment append: {e}"));
+                // A failed append leaves the file's end unknown: stop, and
+                // let the restart cut the torn tail.
+                self.shared.fail("segment append", &e);
+                e
+            });
+            let (pointers, file) = match written {
+                Ok(w) => w,
+                Err(e) => {
+                    self.seq = start_seq;
+                    for (reply, _) in answers {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    return None;
+                }
+            };
+            for ((key, ident, meta), pointer) in index.into_iter().zip(&pointers) {
+                batch.insert(
+                    key,
+                    codec::assemble_event(&ident, &codec::frame(&meta, &pointer.encode())),
+                );
+            }
+            if let Some(last) = pointers.last() {
+                self.segment.last_seq = self.seq;
+                batch.insert(
+                    codec::segment_key(last.segment).to_vec(),
+                    serde_json::to_vec(&self.segment).unwrap_or_default(),
+                );
+                self.segment_id = last.segment;
+            }
+            segment_files.push(file);
             batch.insert(codec::SEQ_KEY, self.seq.to_be_bytes().to_vec());
+            // Everything up to here was flushed with its payload: on open,
+            // only later events can point past a segment's end.
+            batch.insert(codec::DURABLE_KEY, durable.to_be_bytes().to_vec());
             if let Err(e) = self.shared.apply(batch) {
                 // Nothing of the batch is applied: every answer in it fails,
                 // including duplicates of copies that were in it.
@@ -172,7 +217,19 @@ impl Writer {
         Some(Group {
             answers,
             last_seq: self.seq,
+            segments: segment_files,
         })
+    }
+
+    /// Raises the active segment's latest expiry; a new segment starts
+    /// from nothing.
+    fn note_expiry(&mut self, expires_at_ms: u64) {
+        let active = self.shared.segments.active_id();
+        if active != self.segment_id {
+            self.segment_id = active;
+            self.segment = codec::SegmentInfo::default();
+        }
+        self.segment.max_expires_at_ms = self.segment.max_expires_at_ms.max(expires_at_ms);
     }
 
     fn sweep(&mut self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
@@ -209,12 +266,72 @@ impl Writer {
         if swept > 0 {
             self.shared.apply(batch)?;
         }
+        if swept < limit {
+            self.sweep_segments(now_ms, cursor)?;
+        }
         Ok(swept)
+    }
+
+    /// Deletes the payload segments whose every event has expired, been
+    /// dispatched and been swept: whole files, so disk follows the live
+    /// data at no cost per event.
+    fn sweep_segments(&self, now_ms: u64, cursor: u64) -> Result<(), StoreError> {
+        let tree = &self.shared.tree;
+        let segments = &self.shared.segments;
+        let active = segments.active_id();
+        // An event still remembered keeps its expiry entry; none may be
+        // older than a segment that goes.
+        let oldest_kept = match tree
+            .range(codec::expiry_key(0, 0)..codec::expiry_key(u64::MAX, u64::MAX))
+            .next()
+        {
+            Some(kv) => codec::parse_expiry_key(&kv?.0).map(|(at, _)| at),
+            None => None,
+        };
+        let mut known = std::collections::HashSet::new();
+        let mut batch = sled::Batch::default();
+        let mut deleted = Vec::new();
+        for kv in tree.scan_prefix(b"g") {
+            let (k, v) = kv?;
+            let Some(id) = codec::parse_seq_key(b'g', &k) else {
+                continue;
+            };
+            known.insert(id);
+            let info: codec::SegmentInfo = serde_json::from_slice(&v).unwrap_or_default();
+            let done = id < active
+                && info.max_expires_at_ms <= now_ms
+                && info.last_seq <= cursor
+                && oldest_kept.is_none_or(|at| at > info.max_expires_at_ms);
+            if done {
+                batch.remove(k);
+                deleted.push(id);
+            }
+        }
+        // A segment without an entry was written by a group whose index
+        // never landed (a crash between the two): nothing points into it.
+        let ids = segments
+            .ids()
+            .map_err(|e| StoreError::Unavailable(format!("segments: {e}")))?;
+        deleted.extend(
+            ids.into_iter()
+                .filter(|id| *id < active && !known.contains(id)),
+        );
+        if deleted.is_empty() {
+            return Ok(());
+        }
+        self.shared.apply(batch)?;
+        for id in deleted {
+            segments
+                .delete(id)
+                .map_err(|e| StoreError::Unavailable(format!("deleting segment {id}: {e}")))?;
+            tracing::debug!(segment = id, "payload segment deleted by retention");
+        }
+        Ok(())
     }
 }
 
 /// Removes an event's record and every index entry naming it.
-fn forget_event(
+pub(super) fn forget_event(
     tree: &sled::Tree,
     batch: &mut sled::Batch,
     source: &str,
@@ -252,7 +369,14 @@ pub(super) fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Gro
         let mut pending = vec![first];
         pending.extend(groups.try_iter());
         let started = Instant::now();
-        let flushed = shared.sync();
+        // Payloads before the index that points at them.
+        let flushed = pending
+            .iter()
+            .flat_map(|g| g.segments.iter())
+            .try_for_each(|f| f.sync_data())
+            .map_err(|e| StoreError::Unavailable(format!("segment sync: {e}")))
+            .inspect_err(|e| shared.fail("segment sync", e))
+            .and_then(|_| shared.sync());
         metrics::histogram!(metric::STORE_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
         match flushed {
             Ok(_) => {

@@ -142,6 +142,7 @@ pub fn store_config(data_dir: &std::path::Path) -> waybill::config::StoreConfig 
         in_progress_timeout: std::time::Duration::from_secs(30),
         cache_bytes: 16 << 20,
         min_free_bytes: 0,
+        segment_bytes: 64 << 20,
     }
 }
 

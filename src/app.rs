@@ -23,11 +23,15 @@ use crate::telemetry::{self, metric};
 /// The housekeeping task's tick: it wakes idle components so they beat,
 /// and publishes their health.
 const TICK: Duration = Duration::from_secs(1);
-/// Every how many ticks the metrics upkeep and the retention sweeps run.
+/// Every how many ticks the metrics upkeep runs; the retention sweeps run
+/// every tick.
 const UPKEEP_EVERY: u32 = 5;
-const SWEEP_EVERY: u32 = 30;
-/// How many expired identities one sweep batch forgets.
-const SWEEP_BATCH: usize = 10_000;
+/// Retention sweeps in small slices: each slice is one message to the
+/// writer, so intake's group commits run between them, and a tick takes
+/// at most `SWEEP_SLICES` of them (40,000 expiries a second), so a burst
+/// of expiries is spread over ticks rather than stalling intake.
+const SWEEP_BATCH: usize = 2_000;
+const SWEEP_SLICES: usize = 20;
 /// Orders one fulfilment round tries at most, and how long a round may
 /// take (each try may wait for the carrier) before it counts as stuck.
 const FULFIL_BATCH: usize = 100;
@@ -185,9 +189,7 @@ async fn housekeeping(app: Arc<App>) {
                 metrics::gauge!(metric::STORE_SIZE).set(bytes as f64);
             }
         }
-        if n % SWEEP_EVERY == 0 {
-            sweep(&app.store, &alive).await;
-        }
+        sweep(&app.store, &alive).await;
     }
 }
 
@@ -210,10 +212,13 @@ async fn fulfilment(app: Arc<App>) {
 }
 
 async fn sweep(store: &Store, alive: &crate::health::Alive) {
-    loop {
+    for _ in 0..SWEEP_SLICES {
         alive.beat();
         match store.sweep_expired(now_ms(), SWEEP_BATCH).await {
-            Ok(0) => break,
+            Ok(n) if n < SWEEP_BATCH => {
+                metrics::counter!(metric::SWEPT).increment(n as u64);
+                break;
+            }
             Ok(n) => {
                 metrics::counter!(metric::SWEPT).increment(n as u64);
                 tracing::debug!(swept = n, "retention sweep");
@@ -224,7 +229,7 @@ async fn sweep(store: &Store, alive: &crate::health::Alive) {
             }
         }
     }
-    loop {
+    for _ in 0..SWEEP_SLICES {
         alive.beat();
         match store.sweep_idempotency(now_ms(), SWEEP_BATCH).await {
             Ok(0) => break,

@@ -190,6 +190,29 @@ pub(super) enum StateMsg {
     },
 }
 
+/// Replies that may go out only once everything written before them is
+/// durable. A round of commands applies its writes, syncs once, and only
+/// then answers them all: the state machine's group commit. Answers that
+/// only read wait too, since what they read (a replayed answer, say) may
+/// have been written earlier in the same round.
+#[derive(Default)]
+struct Replies(Vec<AfterSync>);
+
+/// Sends one reply, given how the round's flush went.
+type AfterSync = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
+
+impl Replies {
+    fn after_sync<T: Send + 'static>(&mut self, reply: Reply<T>, result: Result<T, StateError>) {
+        self.0.push(Box::new(move |synced| {
+            let result = match synced {
+                Ok(()) => result,
+                Err(e) => result.and(Err(StateError::Store(e.clone()))),
+            };
+            let _ = reply.send(result);
+        }));
+    }
+}
+
 pub(super) struct StateMachine {
     pub(super) shared: Arc<Shared>,
     pub(super) sources: HashMap<String, SourceConfig>,
@@ -361,37 +384,44 @@ impl StateMachine {
             .store(false, Ordering::Relaxed);
     }
 
-    /// Serves the commands waiting in the queue. Shipment creations share
-    /// one batch and one flush (a group commit, as for intake). Claims and
-    /// releases touch only keys, whose pending completions stay in progress
-    /// until the flush; any other command first commits the creations
-    /// before it.
+    /// Serves the commands waiting in the queue as one round: each applies
+    /// its writes, then one flush makes them all durable, and only then is
+    /// any of them answered (a group commit, as for intake). Shipment
+    /// creations also share one batch; any other command first applies the
+    /// creations before it, so it sees them.
     fn handle_all(&self, msgs: impl Iterator<Item = StateMsg>) {
         let mut creates = Vec::new();
+        let mut replies = Replies::default();
         for msg in msgs {
             match msg {
                 StateMsg::CreateShipment(rec, completion, reply) => {
                     creates.push((*rec, completion, reply))
                 }
                 StateMsg::Wake => {}
-                claim @ (StateMsg::Claim { .. } | StateMsg::Release { .. }) => self.handle(claim),
+                claim @ (StateMsg::Claim { .. } | StateMsg::Release { .. }) => {
+                    self.handle(claim, &mut replies)
+                }
                 other => {
-                    self.create_shipments(std::mem::take(&mut creates));
-                    self.handle(other);
+                    self.create_shipments(std::mem::take(&mut creates), &mut replies);
+                    self.handle(other, &mut replies);
                 }
             }
         }
-        self.create_shipments(creates);
+        self.create_shipments(creates, &mut replies);
+        if !replies.0.is_empty() {
+            let synced = self.shared.sync();
+            for reply in replies.0 {
+                reply(&synced);
+            }
+        }
     }
 
-    fn handle(&self, msg: StateMsg) {
+    fn handle(&self, msg: StateMsg, replies: &mut Replies) {
         match msg {
             StateMsg::Wake => {}
-            StateMsg::Settle(reply) => {
-                let _ = reply.send(self.drain_inbox());
-            }
+            StateMsg::Settle(reply) => replies.after_sync(reply, self.drain_inbox()),
             StateMsg::CreateShipment(rec, completion, reply) => {
-                self.create_shipments(vec![(*rec, completion, reply)]);
+                self.create_shipments(vec![(*rec, completion, reply)], replies);
             }
             StateMsg::Claim {
                 partner,
@@ -400,14 +430,23 @@ impl StateMachine {
                 lease,
                 reply,
             } => {
-                let _ = reply.send(self.claim(&partner, &key, &fingerprint, lease));
+                // Only a replay waits for the round's flush: the answer it
+                // repeats may have been written in this round. Any other
+                // decision rests on a claim, which needs no flush (lost in
+                // a crash, it was never answered for, and the retry runs).
+                match self.claim(&partner, &key, &fingerprint, lease) {
+                    replay @ Ok(Decision::Replay { .. }) => replies.after_sync(reply, replay),
+                    other => {
+                        let _ = reply.send(other);
+                    }
+                }
             }
             StateMsg::SweepIdempotency {
                 now_ms,
                 limit,
                 reply,
             } => {
-                let _ = reply.send(self.sweep_idempotency(now_ms, limit));
+                replies.after_sync(reply, self.sweep_idempotency(now_ms, limit));
             }
             StateMsg::Release { partner, key } => {
                 if let Err(e) = self.release(&partner, &key) {
@@ -422,26 +461,23 @@ impl StateMachine {
                 completion,
                 reply,
             } => {
-                let _ = reply.send(self.record_label(
-                    &shipment_id,
-                    &tracking_number,
-                    label,
-                    at_ms,
-                    completion,
-                ));
+                replies.after_sync(
+                    reply,
+                    self.record_label(&shipment_id, &tracking_number, label, at_ms, completion),
+                );
             }
             StateMsg::CreateOrder { record, reply } => {
-                let _ = reply.send(self.create_order(*record));
+                replies.after_sync(reply, self.create_order(*record));
             }
             StateMsg::WriteOrder { write, reply } => {
-                let _ = reply.send(self.write_order(*write));
+                replies.after_sync(reply, self.write_order(*write));
             }
             StateMsg::RecordIntent {
                 shipment_id,
                 request,
                 reply,
             } => {
-                let _ = reply.send(self.record_intent(&shipment_id, request));
+                replies.after_sync(reply, self.record_intent(&shipment_id, request));
             }
             StateMsg::Cancel {
                 shipment_id,
@@ -450,24 +486,20 @@ impl StateMachine {
                 answer,
                 reply,
             } => {
-                let _ = reply.send(self.cancel(&shipment_id, at_ms, voided, answer));
+                replies.after_sync(reply, self.cancel(&shipment_id, at_ms, voided, answer));
             }
             StateMsg::Finish { completion, reply } => {
                 let mut batch = sled::Batch::default();
                 put_completion(&mut batch, &completion);
-                let result = self
-                    .shared
-                    .apply(batch)
-                    .and_then(|_| self.shared.sync())
-                    .map_err(StateError::from);
-                let _ = reply.send(result);
+                let result = self.shared.apply(batch).map_err(StateError::from);
+                replies.after_sync(reply, result);
             }
             StateMsg::Redeliver {
                 source,
                 event_id,
                 reply,
             } => {
-                let _ = reply.send(self.redeliver(&source, &event_id));
+                replies.after_sync(reply, self.redeliver(&source, &event_id));
             }
         }
     }
@@ -632,8 +664,13 @@ impl StateMachine {
     }
 
     /// Stores new shipments, each with the final answer of the request
-    /// that created it, in one batch and one flush; answers each.
-    fn create_shipments(&self, creates: Vec<(ShipmentRecord, Option<Completion>, Reply<()>)>) {
+    /// that created it, in one batch; each is answered after the round's
+    /// flush.
+    fn create_shipments(
+        &self,
+        creates: Vec<(ShipmentRecord, Option<Completion>, Reply<()>)>,
+        replies: &mut Replies,
+    ) {
         if creates.is_empty() {
             return;
         }
@@ -672,9 +709,9 @@ impl StateMachine {
         if accepted.is_empty() {
             return;
         }
-        let result = self.shared.apply(batch).and_then(|_| self.shared.sync());
+        let result = self.shared.apply(batch);
         for reply in accepted {
-            let _ = reply.send(result.clone().map_err(StateError::from));
+            replies.after_sync(reply, result.clone().map_err(StateError::from));
         }
     }
 
@@ -701,9 +738,13 @@ impl StateMachine {
                 epoch: self.shared.epoch,
                 lease_until_ms: now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(0)),
             };
-            let mut batch = sled::Batch::default();
-            batch.insert(k, codec::encode_record(&claim));
-            self.shared.apply(batch)?;
+            // A plain insert, not a batch: sled's batches wait for a flush
+            // in progress, and a claim must not.
+            self.shared
+                .tree
+                .insert(k, codec::encode_record(&claim))
+                .map_err(StoreError::from)
+                .inspect_err(|e| self.shared.fail("write", e))?;
         }
         Ok(decision)
     }
@@ -774,7 +815,6 @@ impl StateMachine {
             put_completion(&mut pass.batch, c);
         }
         let counted = pass.commit(&self.shared)?;
-        self.shared.sync()?;
         count(&counted);
         let shipment = super::read_shipment(tree, shipment_id)?.ok_or(StateError::NotFound)?;
         Ok(LabelRecorded { shipment, unparked })
@@ -899,7 +939,6 @@ impl StateMachine {
         pass.put_order(rec.clone());
         self.unpark(&mut pass, b'O', &rec.order_id)?;
         let counted = pass.commit(&self.shared)?;
-        self.shared.sync()?;
         count(&counted);
         let stored =
             super::read_order(tree, &rec.partner, &rec.order_id)?.ok_or(StateError::NotFound)?;
@@ -964,7 +1003,6 @@ impl StateMachine {
         }
         pass.put_order(order.clone());
         let counted = pass.commit(&self.shared)?;
-        self.shared.sync()?;
         count(&counted);
         Ok(order)
     }
@@ -992,7 +1030,6 @@ impl StateMachine {
         shipment.label_intent = Some(request.clone());
         pass.touch(shipment_id);
         pass.commit(&self.shared)?;
-        self.shared.sync()?;
         Ok(request)
     }
 
@@ -1051,7 +1088,6 @@ impl StateMachine {
             );
         }
         pass.commit(&self.shared)?;
-        self.shared.sync()?;
         Ok(record)
     }
 
@@ -1073,7 +1109,6 @@ impl StateMachine {
         let mut pass = Pass::new(tree);
         let out = self.redispatch(&mut pass, seq, &mut arrival)?;
         let counted = pass.commit(&self.shared)?;
-        self.shared.sync()?;
         count(&counted);
         Ok(out)
     }

@@ -116,7 +116,7 @@ async fn await_readyz(addr: SocketAddr, status: u16) -> bool {
     false
 }
 
-/// Finding: with the carrier down, the call after the breaker opened never
+/// Regression: with the carrier down, the call after the breaker opened never
 /// answered and froze the process. Now every call after it answers 503
 /// at once with the breaker's Retry-After, and everything else goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +170,7 @@ async fn with_the_carriers_breaker_open_every_call_answers_and_the_process_stops
     assert_eq!(status.code(), Some(0));
 }
 
-/// Finding: a tracking event whose numeric time was epoch milliseconds
+/// Regression: a tracking event whose numeric time was epoch milliseconds
 /// reached a shipment as the year 57,000; reading the shipment panicked,
 /// and a cancel killed the state machine. Now it is dead-lettered with a
 /// reason naming the field, and everything else works.

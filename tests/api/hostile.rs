@@ -182,7 +182,7 @@ async fn get_shipment_status(app: &TestApp, id: &str) -> String {
     r.json()["status"].as_str().unwrap().to_string()
 }
 
-/// Finding: 40,000 events for one tracking number made dispatch quadratic
+/// Regression: 40,000 events for one tracking number made dispatch quadratic
 /// and the shipment's answer megabytes. The history is bounded; the status
 /// is still the rule's.
 #[tokio::test]
@@ -213,7 +213,7 @@ async fn a_busy_tracking_number_keeps_a_bounded_history() {
     assert_eq!(carrier_events, MAX_CARRIER_EVENTS + 1);
 }
 
-/// Finding: the raw method was a metric label, so made-up methods grew
+/// Regression: the raw method was a metric label, so made-up methods grew
 /// `/metrics` without bound. They are `other`.
 #[tokio::test]
 async fn made_up_methods_do_not_become_metric_labels() {
@@ -233,7 +233,7 @@ async fn made_up_methods_do_not_become_metric_labels() {
     assert!(text.contains(r#"method="other""#));
 }
 
-/// Finding: 12,000 invalid parcels gave a 3.5 MB error body. The details
+/// Regression: 12,000 invalid parcels gave a 3.5 MB error body. The details
 /// are capped, the last one saying how many more there were.
 #[tokio::test]
 async fn an_error_body_lists_a_bounded_number_of_details() {

@@ -109,6 +109,11 @@ async fn an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_char
             .await
             .unwrap();
         assert_eq!(other.code(), "ORDER_EXISTS", "{failpoint}");
+        // The replay and the refusal are logged with the order too.
+        let logged = gw.await_log(3, |v| {
+            v["message"] == "request" && v["order_id"] == order_id.as_str()
+        });
+        assert_eq!(logged.len(), 3, "{failpoint}");
 
         let ledger = get(sim, "/_sim/ledger").await.json();
         let charges = rows(&ledger, "charges", &format!("charge:acme:{order_id}"));

@@ -219,17 +219,20 @@ fn write_preamble(
 
 /// A create request, checked up to its claimed key: the preamble, the
 /// body parsed by `parse`, the fingerprint, the claim. Err is the answer.
+/// The request's `order_id` goes on the log line whatever the answer.
 async fn checked_create<T>(
     call: &mut Call<'_>,
     endpoint: &'static str,
     body: &Bytes,
     parse: fn(&Value) -> Result<T, Vec<FieldIssue>>,
+    order_id: fn(&T) -> &str,
 ) -> Result<(String, String, T), Response<Body>> {
     let (app, partner, parts, path, request_id, fields) = call.split();
     let (key, value) =
         write_preamble(parts, body, fields).map_err(|e| e.into_response(request_id))?;
     let request = parse(&value)
         .map_err(|issues| ApiError::validation_failed(issues).into_response(request_id))?;
+    fields.order_id = Some(order_id(&request).to_string());
     let fingerprint = hex::encode(idempotency::fingerprint("POST", path, Some(&value)));
     claim(app, endpoint, partner, &key, &fingerprint, request_id).await?;
     Ok((key, fingerprint, request))
@@ -238,7 +241,7 @@ async fn checked_create<T>(
 async fn create_shipment(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
     const ENDPOINT: &str = "/v1/shipments";
     let (key, fingerprint, request) =
-        match checked_create(call, ENDPOINT, &body, NewShipment::parse).await {
+        match checked_create(call, ENDPOINT, &body, NewShipment::parse, |r| &r.order_id).await {
             Ok(checked) => checked,
             Err(answer) => return answer,
         };
@@ -318,12 +321,11 @@ fn refused(r: Refusal) -> ApiError {
 async fn create_order(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
     const ENDPOINT: &str = "/v1/orders";
     let (key, fingerprint, request) =
-        match checked_create(call, ENDPOINT, &body, NewOrder::parse).await {
+        match checked_create(call, ENDPOINT, &body, NewOrder::parse, |r| &r.order_id).await {
             Ok(checked) => checked,
             Err(answer) => return answer,
         };
     let (app, partner, _, _, request_id, fields) = call.split();
-    fields.order_id = Some(request.order_id.clone());
     let done = Done::new(app, partner, &key, &fingerprint);
     let finalize = |placed: Placed, order: &OrderRecord| {
         let (status, body) = placed_answer(placed, order, request_id);

@@ -392,12 +392,12 @@ pub fn order_view(order: &OrderRecord, shipment: Option<&ShipmentRecord>) -> Val
         .events()
         .iter()
         .map(|e| {
-            json!({
-                "status": e.status.as_str(),
-                "occurred_at": rfc3339_ms(e.occurred_at_ms),
-                "source": e.source,
-                "event_id": e.event_id,
-            })
+            history_entry(
+                e.status.as_str(),
+                e.occurred_at_ms,
+                &e.source,
+                Some(&e.event_id),
+            )
         })
         .collect();
     json!({
@@ -676,18 +676,28 @@ fn replay(status: u16, body: String) -> Response<Body> {
     resp
 }
 
+/// One entry of a shipment's `history` or an order's `payment_history`.
+fn history_entry(status: &str, occurred_at_ms: i64, source: &str, event_id: Option<&str>) -> Value {
+    json!({
+        "status": status,
+        "occurred_at": rfc3339_ms(occurred_at_ms),
+        "source": source,
+        "event_id": event_id,
+    })
+}
+
 /// The Shipment resource of contract 5.1.
 pub fn shipment_view(rec: &ShipmentRecord) -> Value {
     let history: Vec<Value> = rec
         .timeline
         .history()
         .map(|e| {
-            json!({
-                "status": e.status.as_str(),
-                "occurred_at": rfc3339_ms(e.occurred_at_ms),
-                "source": e.source,
-                "event_id": e.event_id,
-            })
+            history_entry(
+                e.status.as_str(),
+                e.occurred_at_ms,
+                &e.source,
+                e.event_id.as_deref(),
+            )
         })
         .collect();
     let mut view = json!({

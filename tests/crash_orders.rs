@@ -9,7 +9,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -80,16 +79,7 @@ async fn an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_char
         let order_id = format!("o-{failpoint}");
         let key = format!("key-{failpoint}");
         let died = place(gw.addr, &order_id, &key).await;
-        assert!(
-            died.is_err(),
-            "{failpoint}: the request should have died with the process: {died:?}"
-        );
-        let status = gw.wait();
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGABRT),
-            "{failpoint}: {status:?}"
-        );
+        died_at(gw, &died, failpoint);
 
         let gw = Gateway::start(&config);
         let first = place(gw.addr, &order_id, &key).await.unwrap();

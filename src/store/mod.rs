@@ -227,6 +227,11 @@ struct Shared {
     /// Event payloads (headers and body), beside sled's small records.
     segments: segments::Segments,
     health: Arc<Health>,
+    /// Batches applied, and how many of them the last flush covered: an
+    /// answer given while `synced < applied` for its own write would be an
+    /// acknowledgement before the flush (the tests check it never is).
+    applied: AtomicU64,
+    synced: AtomicU64,
     /// Held only to clone, take or send on the sender: nothing in such a
     /// section can leave it inconsistent, so a poisoned lock is used as is.
     state_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<StateMsg>>>,
@@ -242,6 +247,7 @@ struct Shared {
 impl Shared {
     /// Makes everything written so far durable.
     fn sync(&self) -> Result<(), StoreError> {
+        let covered = self.applied.load(Ordering::Acquire);
         let synced = self
             .db
             .flush()
@@ -252,7 +258,11 @@ impl Shared {
                     .map_err(|e| StoreError::Unavailable(e.to_string())),
                 None => Ok(()),
             });
-        synced.inspect_err(|e| self.fail("flush", e))
+        synced
+            .inspect(|_| {
+                self.synced.fetch_max(covered, Ordering::AcqRel);
+            })
+            .inspect_err(|e| self.fail("flush", e))
     }
 
     /// Applies a batch atomically; a failure is the store's end (`fail`).
@@ -260,6 +270,9 @@ impl Shared {
         self.tree
             .apply_batch(batch)
             .map_err(StoreError::from)
+            .inspect(|_| {
+                self.applied.fetch_add(1, Ordering::AcqRel);
+            })
             .inspect_err(|e| self.fail("write", e))
     }
 
@@ -375,6 +388,8 @@ impl Store {
             min_free_bytes: cfg.min_free_bytes,
             segments,
             health,
+            applied: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
             state_tx: std::sync::Mutex::new(None),
             wake_pending: AtomicBool::new(false),
             dispatcher_running: AtomicBool::new(false),
@@ -747,6 +762,14 @@ impl Store {
             let _ = tx.try_send(Msg::Ping);
         }
         self.shared.tell(StateMsg::Wake);
+    }
+
+    /// Batches applied so far, and how many a completed flush covers.
+    pub fn writes_applied_and_synced(&self) -> (u64, u64) {
+        (
+            self.shared.applied.load(Ordering::Acquire),
+            self.shared.synced.load(Ordering::Acquire),
+        )
     }
 
     /// The highest sequence number covered by a completed flush.
@@ -1313,6 +1336,107 @@ mod tests {
         assert!(store.knows("s", "waiting").unwrap());
         assert_eq!(store.inbox().unwrap().len(), 1);
         assert!(store.integrity_problems().unwrap().is_empty());
+    }
+
+    /// Guarantee 1 for the state machine's commands: each answers only
+    /// after a flush that covers its own write (the round's group commit).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_answer_after_the_flush_that_covers_their_write() {
+        use crate::domain::order::{OrderStatus, Progress};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&cfg(dir.path())).unwrap();
+        store.start_dispatcher(Vec::new()).unwrap();
+        let covered = |store: &Store, what: &str| {
+            let (applied, synced) = store.writes_applied_and_synced();
+            assert!(applied > 0, "{what} wrote nothing");
+            assert_eq!(synced, applied, "{what} answered before its flush");
+        };
+        let completion = |key: &str| Completion {
+            partner: "p".into(),
+            key: key.into(),
+            record: crate::idempotency::Record::Done {
+                fingerprint: "f".into(),
+                status: 201,
+                body: "{}".into(),
+                expires_at_ms: u64::MAX / 2,
+            },
+        };
+        let shipment = ShipmentRecord {
+            shipment_id: "s1".into(),
+            partner: "p".into(),
+            order_id: "o1".into(),
+            created_at_ms: 1,
+            tracking_number: None,
+            label: None,
+            details: serde_json::json!({}),
+            timeline: crate::domain::shipment::Timeline::new(1),
+            label_intent: None,
+        };
+        store
+            .create_shipment_answered(shipment, completion("k1"))
+            .await
+            .unwrap();
+        covered(&store, "create");
+        store
+            .record_intent("s1", serde_json::json!({"format": "PDF"}))
+            .await
+            .unwrap();
+        covered(&store, "intent");
+        store
+            .record_label_answered(
+                "s1",
+                "TN1",
+                serde_json::json!({"label_id": "l1"}),
+                2,
+                Some(completion("k2")),
+            )
+            .await
+            .unwrap();
+        covered(&store, "label");
+        store.finish(completion("k3")).await.unwrap();
+        covered(&store, "finish");
+        store.cancel("s1", 3, false, None).await.unwrap();
+        covered(&store, "cancel");
+        let order = OrderRecord {
+            order_id: "o1".into(),
+            partner: "p".into(),
+            key: "k4".into(),
+            created_at_ms: 1,
+            request: serde_json::json!({}),
+            status: OrderStatus::Pending,
+            progress: Progress::default(),
+            failure_reason: None,
+            payments: Default::default(),
+            fulfil_due_ms: None,
+            fulfil_attempts: 0,
+        };
+        let created = store.create_order(order).await.unwrap();
+        covered(&store, "create order");
+        let OrderCreated::Created(mut order) = created else {
+            panic!("created")
+        };
+        order.status = OrderStatus::Failure;
+        store
+            .write_order(OrderWrite {
+                order,
+                new_shipment: None,
+                label: None,
+                completion: Some(completion("k4")),
+                unschedule: None,
+            })
+            .await
+            .unwrap();
+        covered(&store, "order step");
+        // A replay of an answer is given after the flush that covers it.
+        let decision = store
+            .claim("p", "k4", "f", std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(matches!(
+            decision,
+            crate::idempotency::Decision::Replay { .. }
+        ));
+        covered(&store, "replay");
     }
 
     /// Retention deletes whole payload segments once every event in them

@@ -31,12 +31,7 @@ async fn start_purchase(app: &TestApp, id: &str, key: &str) -> TcpStream {
 /// gets it (409 IN_PROGRESS while it still runs).
 #[tokio::test]
 async fn a_client_that_disconnects_does_not_abandon_its_label() {
-    let mut carrier = gated_carrier().await;
-    let app = spawn_app_with(Options {
-        downstream: format!("http://{}", carrier.addr),
-        ..Options::default()
-    })
-    .await;
+    let (app, mut carrier) = app_with_gated_carrier().await;
     let id = new_shipment(&app, "gone").await;
     let conn = start_purchase(&app, &id, "gone-key").await;
     // The purchase is at the carrier; its client goes away.
@@ -66,12 +61,7 @@ async fn a_client_that_disconnects_does_not_abandon_its_label() {
 /// the same moment: one label, one 201, one 409 LABEL_EXISTS naming it.
 #[tokio::test]
 async fn two_purchases_at_once_under_two_keys_give_one_label_and_one_conflict() {
-    let mut carrier = gated_carrier().await;
-    let app = spawn_app_with(Options {
-        downstream: format!("http://{}", carrier.addr),
-        ..Options::default()
-    })
-    .await;
+    let (app, mut carrier) = app_with_gated_carrier().await;
     let id = new_shipment(&app, "race").await;
     let a = tokio::spawn({
         let addr = app.addr;

@@ -212,18 +212,7 @@ async fn await_order_status(app: &TestApp, order_id: &str, status: &str) -> Valu
 /// stays what it was.
 #[tokio::test]
 async fn background_fulfilment_confirms_a_paid_order_once_the_carrier_is_back() {
-    let sim = start_sim(SimConfig {
-        default_stock: 1000,
-        ..SimConfig::default()
-    })
-    .await;
-    let split = split_downstream(sim).await;
-    split.carrier_down.store(true, Ordering::SeqCst);
-    let app = spawn_app_with(Options {
-        downstream: format!("http://{}", split.addr),
-        ..Options::default()
-    })
-    .await;
+    let (app, split, sim) = app_with_carrier_down().await;
     let body = order_body("o-bg", "cus-1", "SKU-1", 1);
     let r = place_order(&app, "bg-key", &body).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -255,18 +244,7 @@ async fn background_fulfilment_confirms_a_paid_order_once_the_carrier_is_back() 
 /// makes the order CANCELLED.
 #[tokio::test]
 async fn cancelling_a_pending_fulfilment_stops_it() {
-    let sim = start_sim(SimConfig {
-        default_stock: 1000,
-        ..SimConfig::default()
-    })
-    .await;
-    let split = split_downstream(sim).await;
-    split.carrier_down.store(true, Ordering::SeqCst);
-    let app = spawn_app_with(Options {
-        downstream: format!("http://{}", split.addr),
-        ..Options::default()
-    })
-    .await;
+    let (app, split, sim) = app_with_carrier_down().await;
     let r = place_order(&app, "cx-key", &order_body("o-cx", "cus-1", "SKU-1", 1)).await;
     let shipment_id = r.json()["shipment_id"].as_str().unwrap().to_string();
     // The carrier is still down: the cancel has to look for a label sold

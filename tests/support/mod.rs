@@ -445,3 +445,21 @@ pub fn write_gateway_config(dir: &std::path::Path, server: &str, rest: &str) -> 
     .unwrap();
     path
 }
+
+/// Asserts that `gw` aborted at `failpoint` while answering the request
+/// whose result is `died`: the request failed and the process ended on
+/// SIGABRT (a real death, not one task's).
+pub fn died_at(gw: Gateway, died: &Result<Resp, String>, failpoint: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        died.is_err(),
+        "{failpoint}: the request should have died with the process (is the binary built \
+         without the failpoints feature, e.g. by a concurrent `cargo build`?): {died:?}"
+    );
+    let status = gw.wait();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "{failpoint}: {status:?}"
+    );
+}

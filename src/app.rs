@@ -28,10 +28,12 @@ const TICK: Duration = Duration::from_secs(1);
 const UPKEEP_EVERY: u32 = 5;
 /// Retention sweeps in small slices: each slice is one message to the
 /// writer, so intake's group commits run between them, and a tick takes
-/// at most `SWEEP_SLICES` of them (40,000 expiries a second), so a burst
-/// of expiries is spread over ticks rather than stalling intake.
-const SWEEP_BATCH: usize = 2_000;
-const SWEEP_SLICES: usize = 20;
+/// at most `SWEEP_SLICES` of them (51,200 expiries a second), so a burst
+/// of expiries is spread over ticks rather than stalling intake. A slice
+/// of 256 holds the writer for a few milliseconds; one of 2,000 held it
+/// long enough to be a webhook's tail latency.
+const SWEEP_BATCH: usize = 256;
+const SWEEP_SLICES: usize = 200;
 /// Orders one fulfilment round tries at most, and how long a round may
 /// take (each try may wait for the carrier) before it counts as stuck.
 const FULFIL_BATCH: usize = 100;

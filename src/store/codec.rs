@@ -7,11 +7,12 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `e` source 0 event_id | `Ident` (56 bytes), then the `EventMeta` JSON length and JSON, then the raw body |
-//! | `x` expires_at seq | source 0 event_id: the retention index, oldest first |
+//! | `e` source 0 event_id | `Ident` (56 bytes), the payload's `segments::Pointer` (20 bytes), then `encode_index_meta` |
+//! | `x` expires_at first_seq | the sequence numbers (8 bytes each) of a group's events that expire by then: the retention index, oldest first |
 //! | `n` seq | `Arrival`: every event in arrival order, with its dispatch outcome once dispatched; past the cursor, the inbox |
-//! | `T` tracking_number 0 seq | source 0 event_id: search by tracking number |
-//! | `O` order_id 0 seq | source 0 event_id: search by order |
+//! | `T` tracking_number 0 seq | (empty): search by tracking number |
+//! | `O` order_id 0 seq | (empty): search by order |
+//! | `g` segment | `SegmentInfo`: when a payload segment may be deleted |
 //! | `m/seq` | the last sequence number handed out |
 //! | `m/cursor` | the last sequence number the state machine has dispatched |
 //! | `s` shipment_id | `ShipmentRecord` JSON |
@@ -24,7 +25,12 @@
 //! cursor" is the inbox, and taking an event out of it is moving the cursor
 //! in the same batch that writes its outcome into its arrival; events
 //! parked under a tracking number are the ones the `T` index names under it
-//! whose outcome is parked. The writer thread inserts `e x n T O m/seq`;
+//! whose outcome is parked. The search entries carry their event's
+//! sequence number in their key and nothing else, and a retention entry
+//! the sequence numbers of every event of one group commit with the same
+//! retention: the arrival under a sequence number names the event, so no
+//! name is stored three times, and retention costs one key per group, not
+//! per event. The writer thread inserts `e x n T O m/seq`;
 //! the state thread writes `m/cursor s t k K` and outcomes into `n`. Source names cannot contain a 0 byte (config
 //! allows only `[a-z0-9_-]`), so the first 0 splits a name.
 
@@ -136,6 +142,16 @@ pub fn tracking_key(tracking_number: &str) -> Vec<u8> {
     let mut k = vec![b't'];
     k.extend_from_slice(tracking_number.as_bytes());
     k
+}
+
+/// A retention entry's value: sequence numbers, 8 bytes each.
+pub fn encode_seqs(seqs: &[u64]) -> Vec<u8> {
+    seqs.iter().flat_map(|s| s.to_be_bytes()).collect()
+}
+
+pub fn decode_seqs(v: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    v.chunks_exact(8)
+        .filter_map(|c| c.try_into().ok().map(u64::from_be_bytes))
 }
 
 pub fn parse_expiry_key(k: &[u8]) -> Option<(u64, u64)> {
@@ -279,15 +295,63 @@ pub fn decode_payload(v: &[u8]) -> Option<(EventMeta, Vec<u8>)> {
     Some((meta, v.get(4 + len..)?.to_vec()))
 }
 
-pub fn assemble_event(ident: &Ident, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(56 + payload.len());
+/// An index record: the identity, the payload's pointer, then the little
+/// a search shows without reading the payload (`encode_index_meta`).
+pub fn assemble_event(ident: &Ident, pointer: &[u8], index_meta: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(56 + pointer.len() + index_meta.len());
     v.extend_from_slice(&ident.encode());
-    v.extend_from_slice(payload);
+    v.extend_from_slice(pointer);
+    v.extend_from_slice(index_meta);
     v
 }
 
-pub fn encode_event(ident: &Ident, meta: &EventMeta, body: &[u8]) -> Vec<u8> {
-    assemble_event(ident, &encode_payload(meta, body))
+/// The searchable part of an event's metadata, in binary: a flags byte
+/// (bit 0: dispatched), then the event type, tracking number and order id,
+/// each a u32 length (`u32::MAX` for none) and its bytes. Headers live in
+/// the payload only; the arrival time is the identity's.
+pub fn encode_index_meta(meta: &EventMeta) -> Vec<u8> {
+    let strings = [&meta.event_type, &meta.tracking_number, &meta.order_id];
+    let mut v = Vec::with_capacity(
+        13 + strings
+            .iter()
+            .flat_map(|s| s.iter())
+            .map(String::len)
+            .sum::<usize>(),
+    );
+    v.push(u8::from(meta.dispatch));
+    for s in strings {
+        match s {
+            Some(s) => {
+                v.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                v.extend_from_slice(s.as_bytes());
+            }
+            None => v.extend_from_slice(&u32::MAX.to_be_bytes()),
+        }
+    }
+    v
+}
+
+fn decode_index_meta(v: &[u8], received_at_ms: u64) -> Option<EventMeta> {
+    let mut rest = v.get(1..)?;
+    let mut next = || -> Option<Option<String>> {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = rest.get(4..)?;
+        if len == u32::MAX {
+            return Some(None);
+        }
+        let (s, tail) = rest.split_at_checked(len as usize)?;
+        rest = tail;
+        Some(Some(String::from_utf8(s.to_vec()).ok()?))
+    };
+    let (event_type, tracking_number, order_id) = (next()?, next()?, next()?);
+    Some(EventMeta {
+        received_at_ms,
+        event_type,
+        dispatch: v.first()? & 1 == 1,
+        headers: Vec::new(),
+        tracking_number,
+        order_id,
+    })
 }
 
 /// The identity at the head of an event record, without decoding the rest.
@@ -295,12 +359,14 @@ pub fn event_ident(v: &[u8]) -> Option<Ident> {
     Ident::decode(v.get(..56)?)
 }
 
-/// An index record: the identity, the metadata and (what was the body) the
+/// An index record: the identity, the metadata (without headers) and the
 /// payload's pointer.
 pub fn decode_event(v: &[u8]) -> Option<(Ident, EventMeta, Vec<u8>)> {
+    const POINTER: usize = super::segments::Pointer::ENCODED;
     let ident = event_ident(v)?;
-    let (meta, rest) = decode_payload(v.get(56..)?)?;
-    Some((ident, meta, rest))
+    let pointer = v.get(56..56 + POINTER)?.to_vec();
+    let meta = decode_index_meta(v.get(56 + POINTER..)?, ident.received_at_ms)?;
+    Some((ident, meta, pointer))
 }
 
 /// What dispatch did with an event.
@@ -492,9 +558,22 @@ mod tests {
             seq: 3,
             content_hash: [1; 32],
         };
-        let enc = encode_event(&ident, &meta, body);
+        let pointer = [9u8; super::super::segments::Pointer::ENCODED];
+        let enc = assemble_event(&ident, &pointer, &encode_index_meta(&meta));
         assert_eq!(event_ident(&enc), Some(ident));
-        assert_eq!(decode_event(&enc), Some((ident, meta, body.to_vec())));
+        let indexed = EventMeta {
+            headers: Vec::new(),
+            ..meta.clone()
+        };
+        assert_eq!(decode_event(&enc), Some((ident, indexed, pointer.to_vec())));
+        assert_eq!(
+            decode_payload(&encode_payload(&meta, body)),
+            Some((meta, body.to_vec()))
+        );
+        // Every truncation of a record is refused, never misread.
+        for cut in 0..enc.len() {
+            assert_eq!(decode_event(&enc[..cut]), None, "cut at {cut}");
+        }
         assert!(seq_key(b'n', 255) < seq_key(b'n', 256));
         let a = Arrival {
             source: "s".into(),
@@ -507,6 +586,8 @@ mod tests {
         assert_eq!(Arrival::decode(&a.encode()), Some(a));
         assert!(expiry_key(1, 999) < expiry_key(2, 0));
         assert_eq!(parse_expiry_key(&expiry_key(5, 6)), Some((5, 6)));
+        let seqs = [1, 256, u64::MAX];
+        assert_eq!(decode_seqs(&encode_seqs(&seqs)).collect::<Vec<_>>(), seqs);
         assert_eq!(
             parse_idem_expiry_key(&idem_expiry_key(9, "acme", "k/1")),
             Some((9, "acme".into(), "k/1".into()))

@@ -135,7 +135,6 @@ type Reply = oneshot::Sender<Result<IngestResult, StoreError>>;
 /// copies.
 struct Prepared {
     key: Vec<u8>,
-    name: Vec<u8>,
     received_at_ms: u64,
     expires_at_ms: u64,
     content_hash: [u8; 32],
@@ -169,17 +168,13 @@ impl Prepared {
         };
         Prepared {
             key: codec::event_key(&ev.source, &ev.event_id),
-            name: codec::name(&ev.source, &ev.event_id),
             received_at_ms: ev.received_at_ms,
             expires_at_ms: ev.expires_at_ms,
             content_hash: ev.content_hash,
             dispatch: ev.dispatch,
             tracking_number: ev.tracking_number,
             order_id: ev.order_id,
-            index_meta: codec::encode_meta(&EventMeta {
-                headers: Vec::new(),
-                ..meta.clone()
-            }),
+            index_meta: codec::encode_index_meta(&meta),
             payload: codec::encode_payload(&meta, &ev.body),
             arrival: arrival.encode(),
         }
@@ -509,6 +504,16 @@ impl Store {
     /// returns how many. Cost is proportional to what expires: the retention
     /// index is ordered by expiry, so the scan stops at the first live entry.
     pub async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        // The same reads the writer is about to do, done first here: they
+        // bring the expired records into the cache, so the writer's pass
+        // holds up intake only for the writes.
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let cursor = read_cursor(&shared.tree)?;
+            writer::plan_sweep(&shared.tree, now_ms, limit, cursor).map(drop)
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable("sweep planning stopped".into()))??;
         let (reply, rx) = oneshot::channel();
         self.sender()?
             .send(Msg::Sweep {
@@ -838,7 +843,14 @@ impl Store {
         let tree = &self.shared.tree;
         type Names<'t> =
             Box<dyn Iterator<Item = Result<Option<(String, String)>, StoreError>> + 't>;
-        let by_name = |kv: sled::Result<(sled::IVec, sled::IVec)>| Ok(codec::split_name(&kv?.1));
+        // Search entries are keys only: the arrival under their sequence
+        // number names the event.
+        let by_name = |kv: sled::Result<(sled::IVec, sled::IVec)>| {
+            let Some(seq) = codec::seq_suffix(&kv?.0) else {
+                return Ok(None);
+            };
+            Ok(read_arrival(tree, seq)?.map(|a| (a.source, a.event_id)))
+        };
         let candidates: Names<'_> = match (
             &filter.source,
             &filter.event_id,
@@ -1072,13 +1084,13 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
         let Some(record) = tree.get(codec::event_key(&a.source, &a.event_id))? else {
             continue;
         };
-        let Some((ident, _, pointer)) = codec::decode_event(&record) else {
+        let Some((ident, meta, pointer)) = codec::decode_event(&record) else {
             continue;
         };
         let whole = segments::Pointer::decode(&pointer).is_some_and(|p| segments.contains(&p));
         if ident.seq == seq && !whole {
-            writer::forget_event(tree, &mut batch, &a.source, &a.event_id, seq)?;
-            batch.remove(codec::expiry_key(ident.expires_at_ms, seq).to_vec());
+            // Its retention entry stays: the sweep skips what is gone.
+            writer::forget_event(&mut batch, &a.source, &a.event_id, seq, &meta);
             dropped += 1;
         }
     }
@@ -1093,9 +1105,11 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
     Ok(())
 }
 
-/// The version of the store's layout, kept under `F`: payloads in
-/// segments. A store written by an earlier layout is refused, not misread.
-const FORMAT: u64 = 2;
+/// The version of the store's layout, kept under `F`: 2 put payloads in
+/// segments, 3 made index records binary, search entries keys alone and
+/// retention entries one per group. A store written by another layout is
+/// refused, not misread.
+const FORMAT: u64 = 3;
 
 fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
     match tree
@@ -1323,6 +1337,10 @@ mod tests {
             store.event("s", "x").unwrap().unwrap().meta.received_at_ms,
             2000
         );
+        // The first copy's arrival went with it: one event, listed once.
+        let all = store.search(&EventFilter::default(), 10, 100).unwrap();
+        assert_eq!(all.events.len(), 1);
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
     }
 
     #[tokio::test]
@@ -1516,6 +1534,46 @@ mod tests {
             store.ingest(event("cut", 30, 1, true)).await.unwrap(),
             IngestResult::Accepted { .. }
         ));
+    }
+
+    /// A retention entry names the events of a whole group commit: the
+    /// sweep forgets those that may go, keeps the entry while one of them
+    /// waits in the inbox, and removes it once the inbox is past it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_retention_entry_keeps_only_its_waiting_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(&cfg(dir.path())).unwrap());
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .ingest(event(&format!("g{i}"), 0, 1, i % 10 == 0))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let entries = || store.shared.tree.scan_prefix(b"x").count();
+        println!("200 events in {} retention entries", entries());
+        assert!(entries() <= 200);
+        while store.sweep_expired(5000, 64).await.unwrap() > 0 {}
+        let known = (0..200)
+            .filter(|i| store.knows("s", &format!("g{i}")).unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(known, (0..200).step_by(10).collect::<Vec<_>>());
+        assert!(entries() > 0);
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+
+        store.start_dispatcher(Vec::new()).unwrap();
+        store.settle().await.unwrap();
+        while store.sweep_expired(5000, 64).await.unwrap() > 0 {}
+        assert!((0..200).all(|i| !store.knows("s", &format!("g{i}")).unwrap()));
+        assert_eq!(entries(), 0);
+        assert_eq!(store.shared.tree.scan_prefix(b"n").count(), 0);
     }
 
     #[tokio::test]

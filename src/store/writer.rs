@@ -16,6 +16,9 @@ use super::{
 use crate::health::Component;
 use crate::telemetry::metric;
 
+/// Events one retention entry names at most.
+const EXPIRY_ENTRY: usize = 128;
+
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     pub(super) seq: u64,
@@ -90,6 +93,7 @@ impl Writer {
         // and their index records, which point there.
         let mut payloads = Vec::new();
         let mut index = Vec::new();
+        let mut expiring: HashMap<u64, (u64, Vec<u64>)> = HashMap::new();
         for (ev, reply) in ingests {
             let mut ev = *ev;
             let key = std::mem::take(&mut ev.key);
@@ -125,20 +129,23 @@ impl Writer {
                         seq: self.seq,
                         content_hash: ev.content_hash,
                     };
-                    let name = ev.name.clone();
                     payloads.push(std::mem::take(&mut ev.payload));
                     index.push((key.clone(), ident, std::mem::take(&mut ev.index_meta)));
                     self.note_expiry(ev.expires_at_ms);
-                    batch.insert(
-                        codec::expiry_key(ev.expires_at_ms, self.seq).to_vec(),
-                        name.clone(),
-                    );
+                    // Events of one group with one retention share a
+                    // retention entry, due when the last of them expires.
+                    let retention = ev.expires_at_ms.saturating_sub(ev.received_at_ms);
+                    let entry = expiring.entry(retention).or_insert((0, Vec::new()));
+                    entry.0 = entry.0.max(ev.expires_at_ms);
+                    entry.1.push(self.seq);
+                    // Search entries are keys alone: the arrival under
+                    // their sequence number names the event.
                     batch.insert(codec::seq_key(b'n', self.seq).to_vec(), ev.arrival);
                     if let Some(tn) = &ev.tracking_number {
-                        batch.insert(codec::text_seq_key(b'T', tn, self.seq), name.clone());
+                        batch.insert(codec::text_seq_key(b'T', tn, self.seq), Vec::new());
                     }
                     if let Some(order) = &ev.order_id {
-                        batch.insert(codec::text_seq_key(b'O', order, self.seq), name);
+                        batch.insert(codec::text_seq_key(b'O', order, self.seq), Vec::new());
                     }
                     if ev.dispatch {
                         added_to_inbox += 1;
@@ -173,10 +180,7 @@ impl Writer {
                 }
             };
             for ((key, ident, meta), pointer) in index.into_iter().zip(&pointers) {
-                batch.insert(
-                    key,
-                    codec::assemble_event(&ident, &codec::frame(&meta, &pointer.encode())),
-                );
+                batch.insert(key, codec::assemble_event(&ident, &pointer.encode(), &meta));
             }
             if let Some(last) = pointers.last() {
                 self.segment.last_seq = self.seq;
@@ -187,6 +191,18 @@ impl Writer {
                 self.segment_id = last.segment;
             }
             segment_files.push(file);
+            // At most `EXPIRY_ENTRY` events an entry, so that a sweep slice
+            // stays short however large the group was.
+            for (expires_at_ms, seqs) in expiring.into_values() {
+                for chunk in seqs.chunks(EXPIRY_ENTRY) {
+                    if let Some(first) = chunk.first() {
+                        batch.insert(
+                            codec::expiry_key(expires_at_ms, *first).to_vec(),
+                            codec::encode_seqs(chunk),
+                        );
+                    }
+                }
+            }
             batch.insert(codec::SEQ_KEY, self.seq.to_be_bytes().to_vec());
             // Everything up to here was flushed with its payload: on open,
             // only later events can point past a segment's end.
@@ -232,44 +248,19 @@ impl Writer {
         self.segment.max_expires_at_ms = self.segment.max_expires_at_ms.max(expires_at_ms);
     }
 
+    /// Forgets up to about `limit` expired events (see `plan_sweep`);
+    /// answers how many it took out.
     fn sweep(&mut self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         let tree = &self.shared.tree;
         let cursor = super::read_cursor(tree)?;
-        let mut batch = sled::Batch::default();
-        let mut swept = 0;
-        for kv in tree
-            .range(codec::expiry_key(0, 0)..codec::expiry_key(now_ms, 0))
-            .take(limit)
-        {
-            let (k, v) = kv?;
-            let Some((_, seq)) = codec::parse_expiry_key(&k) else {
-                continue;
-            };
-            if let Some((source, id)) = codec::split_name(&v) {
-                let current = tree
-                    .get(codec::event_key(&source, &id))?
-                    .and_then(|v| codec::decode_event(&v));
-                // A record reused by a later copy after this one expired is
-                // not this entry's to remove.
-                if let Some((ident, meta, _)) = current.filter(|(cur, _, _)| cur.seq == seq) {
-                    if meta.dispatch && ident.seq > cursor {
-                        // Still waiting for the state machine: kept whole,
-                        // and met again by a later sweep.
-                        continue;
-                    }
-                    forget_event(tree, &mut batch, &source, &id, seq)?;
-                }
-            }
-            batch.remove(k);
-            swept += 1;
+        let plan = plan_sweep(tree, now_ms, limit, cursor)?;
+        if plan.swept > 0 {
+            self.shared.apply(plan.batch)?;
         }
-        if swept > 0 {
-            self.shared.apply(batch)?;
-        }
-        if swept < limit {
+        if plan.swept < limit {
             self.sweep_segments(now_ms, cursor)?;
         }
-        Ok(swept)
+        Ok(plan.swept)
     }
 
     /// Deletes the payload segments whose every event has expired, been
@@ -330,28 +321,89 @@ impl Writer {
     }
 }
 
-/// Removes an event's record and every index entry naming it.
-pub(super) fn forget_event(
+/// What one sweep slice takes out: the batch, and how many events.
+pub(super) struct SweepPlan {
+    batch: sled::Batch,
+    swept: usize,
+}
+
+/// Reads up to about `limit` expired events, a retention entry at a time,
+/// and plans their removal. Events still waiting for the state machine
+/// stay, and so does their entry, rewritten to name only them, so that no
+/// later slice reads the rest again; at most `4 * limit` of them are passed
+/// over in one slice.
+///
+/// Only reads: the writer runs it right before applying the plan, so that
+/// nothing can change in between, and `Store::sweep_expired` runs it first
+/// off the writer, only to bring the pages into sled's cache (expired
+/// records are the coldest there are, and reading them on the writer held
+/// up intake).
+pub(super) fn plan_sweep(
     tree: &sled::Tree,
+    now_ms: u64,
+    limit: usize,
+    cursor: u64,
+) -> Result<SweepPlan, StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut swept = 0;
+    let mut passed_over = 0;
+    for kv in tree.range(codec::expiry_key(0, 0)..codec::expiry_key(now_ms, 0)) {
+        if swept >= limit || passed_over >= 4 * limit {
+            break;
+        }
+        let (k, v) = kv?;
+        let mut waiting = Vec::new();
+        for seq in codec::decode_seqs(&v) {
+            let arrival = super::read_arrival(tree, seq)?;
+            let current = match &arrival {
+                Some(a) => tree
+                    .get(codec::event_key(&a.source, &a.event_id))?
+                    .and_then(|v| codec::decode_event(&v))
+                    .filter(|(ident, _, _)| ident.seq == seq),
+                None => None,
+            };
+            match (arrival, current) {
+                (Some(_), Some((_, meta, _))) if meta.dispatch && seq > cursor => {
+                    waiting.push(seq);
+                }
+                (Some(a), Some((_, meta, _))) => {
+                    forget_event(&mut batch, &a.source, &a.event_id, seq, &meta);
+                }
+                // Reused by a later copy after this one expired: only this
+                // copy's arrival goes.
+                (Some(_), None) => batch.remove(codec::seq_key(b'n', seq).to_vec()),
+                // Gone already (forgotten on open after a crash).
+                (None, _) => {}
+            }
+        }
+        let total = v.len() / 8;
+        swept += total - waiting.len();
+        passed_over += waiting.len();
+        if waiting.is_empty() {
+            batch.remove(k);
+        } else if waiting.len() < total {
+            batch.insert(k, codec::encode_seqs(&waiting));
+        }
+    }
+    Ok(SweepPlan { batch, swept })
+}
+
+/// Removes an event's record, its arrival and its search entries.
+pub(super) fn forget_event(
     batch: &mut sled::Batch,
     source: &str,
     id: &str,
     seq: u64,
-) -> Result<(), StoreError> {
-    if let Some((_, meta, _)) = tree
-        .get(codec::event_key(source, id))?
-        .and_then(|v| codec::decode_event(&v))
-    {
-        if let Some(tn) = &meta.tracking_number {
-            batch.remove(codec::text_seq_key(b'T', tn, seq));
-        }
-        if let Some(order) = &meta.order_id {
-            batch.remove(codec::text_seq_key(b'O', order, seq));
-        }
+    meta: &codec::EventMeta,
+) {
+    if let Some(tn) = &meta.tracking_number {
+        batch.remove(codec::text_seq_key(b'T', tn, seq));
+    }
+    if let Some(order) = &meta.order_id {
+        batch.remove(codec::text_seq_key(b'O', order, seq));
     }
     batch.remove(codec::seq_key(b'n', seq).to_vec());
     batch.remove(codec::event_key(source, id));
-    Ok(())
 }
 
 pub(super) fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Group>) {

@@ -5,7 +5,10 @@
 //! charged for the requests it delayed; no coordinated omission).
 //!
 //! `loadgen bare` serves a hyper server that answers 202 without work: the
-//! ceiling to compare against in the same run.
+//! ceiling to compare against in the same run. `loadgen naive` serves the
+//! naive reference design (`naive.rs`): the floor the store must beat.
+
+mod naive;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +39,20 @@ enum Cmd {
     Bare {
         #[arg(long, default_value = "127.0.0.1:8099")]
         listen: SocketAddr,
+    },
+    /// The naive reference pipeline: signature check, one sled
+    /// compare-and-swap per event, a shared flush before each 202.
+    Naive {
+        #[arg(long, default_value = "127.0.0.1:8098")]
+        listen: SocketAddr,
+        /// Config naming the source whose first secret and scheme verify.
+        #[arg(long, default_value = "config/bench.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "bench")]
+        source: String,
+        /// A directory to create the sled database in (removed first).
+        #[arg(long, default_value = "data-naive")]
+        dir: PathBuf,
     },
     /// The state machine's throughput: a backlog of tracking events over
     /// labelled shipments, put straight into a fresh store, then drained.
@@ -102,6 +119,15 @@ fn main() {
         .expect("runtime");
     match cli.command {
         Cmd::Bare { listen } => rt.block_on(bare(listen)),
+        Cmd::Naive {
+            listen,
+            config,
+            source,
+            dir,
+        } => {
+            let (scheme, key) = source_key(&config, &source);
+            rt.block_on(naive::serve(listen, &dir, scheme, key, &source))
+        }
         Cmd::Dispatch {
             config,
             events,
@@ -123,19 +149,9 @@ fn main() {
             replay_keys,
             orders_api_key,
         } => {
-            let text = std::fs::read_to_string(&config)
-                .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
-            let config = Config::parse(&text, &ProcessEnv).unwrap_or_else(|e| panic!("{e}"));
-            let src = config
-                .source(&source)
-                .unwrap_or_else(|| panic!("no source {source}"))
-                .clone();
-            let key = src
-                .scheme
-                .key_from_secret(src.secrets[0].expose())
-                .expect("key");
+            let (scheme, key) = source_key(&config, &source);
             let deliveries = Arc::new(Generator {
-                scheme: src.scheme.clone(),
+                scheme,
                 key,
                 path: format!("/webhooks/{source}"),
                 body_bytes,
@@ -154,6 +170,23 @@ fn main() {
             report.print(rate, concurrency);
         }
     }
+}
+
+/// The signature scheme of a configured source and the key of its first
+/// secret.
+fn source_key(config: &std::path::Path, source: &str) -> (Scheme, Vec<u8>) {
+    let text = std::fs::read_to_string(config)
+        .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
+    let config = Config::parse(&text, &ProcessEnv).unwrap_or_else(|e| panic!("{e}"));
+    let src = config
+        .source(source)
+        .unwrap_or_else(|| panic!("no source {source}"))
+        .clone();
+    let key = src
+        .scheme
+        .key_from_secret(src.secrets[0].expose())
+        .expect("key");
+    (src.scheme, key)
 }
 
 fn now_secs() -> u64 {

@@ -27,8 +27,8 @@ pub fn valid_key(key: &str) -> bool {
 pub fn key_from(header: Option<&[u8]>, body: Option<&Value>) -> Result<String, KeyError> {
     let from_header = match header {
         None => None,
-        Some(raw) => match std::str::from_utf8(raw) {
-            Ok(k) if valid_key(k) => Some(k.to_string()),
+        Some(raw) => match std::str::from_utf8(raw).ok().and_then(unquote) {
+            Some(k) if valid_key(&k) => Some(k),
             _ => {
                 return Err(KeyError::Invalid(
                     "Idempotency-Key must be 1-255 printable ASCII characters without spaces",
@@ -52,6 +52,33 @@ pub fn key_from(header: Option<&[u8]>, body: Option<&Value>) -> Result<String, K
         (Some(k), _) | (None, Some(k)) => Ok(k),
         (None, None) => Err(KeyError::Required),
     }
+}
+
+/// A header value as the key it names: an RFC 8941 string (`"abc"`, as
+/// the IETF draft writes keys) is its unquoted content, with `\"` and
+/// `\\` unescaped; anything else is taken as it is. None for a quoted
+/// value that is not a well-formed string.
+fn unquote(raw: &str) -> Option<String> {
+    let Some(inner) = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .filter(|_| raw.len() >= 2)
+    else {
+        return Some(raw.to_string());
+    };
+    let mut key = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(e @ ('"' | '\\')) => key.push(e),
+                _ => return None,
+            },
+            '"' => return None,
+            c => key.push(c),
+        }
+    }
+    Some(key)
 }
 
 /// SHA-256 of the method, the concrete path and the RFC 8785 form of the
@@ -153,6 +180,36 @@ pub fn decide(record: Option<&Record>, fingerprint: &str, now_ms: u64, epoch: u6
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Contract 10.3: a key sent as an RFC 8941 string is its content.
+    #[test]
+    fn a_quoted_key_is_the_same_key_as_its_content() {
+        let key = |h: &str| key_from(Some(h.as_bytes()), None);
+        assert_eq!(key("\"abc-123\"").unwrap(), "abc-123");
+        assert_eq!(key("abc-123").unwrap(), "abc-123");
+        assert_eq!(key(r#""a\"b\\c""#).unwrap(), r#"a"b\c"#);
+        // A lone quote is not a string: it is the one-character key.
+        assert_eq!(key("\"").unwrap(), "\"");
+        // The content follows the rules of an unquoted key.
+        for bad in [
+            r#""""#,
+            r#""has space""#,
+            r#""a"b""#,
+            r#""bad\escape""#,
+            r#""trailing\""#,
+        ] {
+            assert!(
+                matches!(key(bad), Err(KeyError::Invalid(_))),
+                "{bad} was accepted"
+            );
+        }
+        // The quoted header and the unquoted body field name one key.
+        let body = json!({"idempotency_key": "abc-123"});
+        assert_eq!(
+            key_from(Some(b"\"abc-123\""), Some(&body)).unwrap(),
+            "abc-123"
+        );
+    }
 
     #[test]
     fn keys_are_printable_ascii_without_space() {

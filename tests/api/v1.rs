@@ -163,6 +163,34 @@ async fn a_retry_replays_the_stored_answer_byte_for_byte() {
     assert_eq!(again.body, first.body);
 }
 
+/// Contract 10.3: a key sent as an RFC 8941 string (quotes included, as
+/// the IETF draft writes it) is the same key as its unquoted content.
+#[tokio::test]
+async fn a_quoted_key_and_its_unquoted_form_are_one_key() {
+    let app = spawn_app().await;
+    let body = shipment_body("o-quoted").to_string();
+    let first = create(&app, "acme-key", Some("\"k-quoted\""), &body).await;
+    assert_eq!(first.status, 201);
+    let again = create(&app, "acme-key", Some("k-quoted"), &body).await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    // And the other way round, with another body: one key, so a conflict.
+    let other = create(
+        &app,
+        "acme-key",
+        Some("\"k-quoted\""),
+        &shipment_body("o-other").to_string(),
+    )
+    .await;
+    assert_eq!(other.status, 409);
+    assert_eq!(other.code(), "IDEMPOTENCY_CONFLICT");
+    // A malformed string is an invalid key, and creates nothing.
+    let bad = create(&app, "acme-key", Some("\"k\"x\""), &body).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.code(), "IDEMPOTENCY_KEY_INVALID");
+}
+
 #[tokio::test]
 async fn a_reused_key_for_another_request_is_a_conflict() {
     let app = spawn_app().await;

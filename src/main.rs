@@ -13,23 +13,33 @@ struct Cli {
     command: Command,
 }
 
+/// The config file: this path, else $WAYBILL_CONFIG, else
+/// config/waybill.toml, else the built-in default.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Config file (TOML); without it: config/waybill.toml, else the built-in default.
+    #[arg(long, env = "WAYBILL_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
     Serve {
-        /// Config file (default: $WAYBILL_CONFIG, else config/waybill.toml, else the built-in default).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log lines as JSON (for collectors) or as text (for a terminal).
         #[arg(long, value_enum, default_value = "json")]
         log_format: LogFormat,
     },
     /// Validate a config, resolving every secret; exit 2 naming each bad key.
     CheckConfig {
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Run the simulated carrier, payments and inventory services.
     Simulate {
+        /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: std::net::SocketAddr,
         /// Stock of a SKU, as SKU=N; may be repeated. Others start at 1000.
@@ -41,8 +51,10 @@ enum Command {
         /// Chance of doing the work and then losing the answer (500 or a dropped connection).
         #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
         lost_response_rate: f64,
+        /// Delay before every answer, in milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Seed for the fault dice, for a repeatable run.
         #[arg(long)]
         seed: Option<u64>,
         /// Send signed tracking webhooks for every label to this URL.
@@ -51,23 +63,53 @@ enum Command {
         /// The Standard Webhooks secret (whsec_...) to sign them with.
         #[arg(long)]
         secret: Option<String>,
+        /// Chance that an emitted webhook is sent twice.
         #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
         duplicate_rate: f64,
+        /// Chance that an emitted webhook is held back and sent after the next one.
         #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
         reorder_rate: f64,
+        /// Log lines as JSON or as text.
         #[arg(long, value_enum, default_value = "json")]
         log_format: LogFormat,
     },
     /// Print the headers a delivery of FILE from a source would carry.
     Sign {
+        /// The configured source whose first secret and scheme sign.
         #[arg(long)]
         source: String,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print a ready curl command for this URL instead.
-        #[arg(long)]
+        #[arg(long, value_name = "URL")]
         curl: Option<String>,
+        /// The body to sign, byte for byte.
         file: PathBuf,
+    },
+    /// Check a captured delivery against a source's secrets: exit 0 and
+    /// print `valid`, the secret's number and the event id; exit 1 and
+    /// print why not; exit 2 for usage or config errors. Never prints a
+    /// secret.
+    Verify {
+        /// The configured source the delivery was sent to.
+        #[arg(long)]
+        source: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A header of the delivery, as 'Name: value'; repeat for each.
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// Verify as of this time (unix seconds) instead of now, for a
+        /// delivery captured earlier.
+        #[arg(long, value_name = "UNIX_SECONDS")]
+        at: Option<i64>,
+        /// The delivery's body, byte for byte.
+        file: PathBuf,
+    },
+    /// Print a completion script for a shell.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -75,14 +117,49 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => {
-            ExitCode::from(waybill::cli::check_config(config.as_deref()) as u8)
+            ExitCode::from(waybill::cli::check_config(config.config.as_deref()) as u8)
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Into a buffer first: written straight to a closed pipe (`|
+            // head`), the generator panics.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "waybill", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+        Command::Verify {
+            source,
+            config,
+            headers,
+            at,
+            file,
+        } => match waybill::cli::verify(config.config.as_deref(), &source, &headers, &file, at) {
+            Ok(verdict) => {
+                print!("{verdict}");
+                match verdict {
+                    waybill::cli::Verdict::Valid { .. } => ExitCode::SUCCESS,
+                    waybill::cli::Verdict::Invalid(_) => ExitCode::from(1),
+                }
+            }
+            Err(waybill::cli::SignError::Config(errors)) => {
+                waybill::cli::print_errors(&errors);
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Sign {
             source,
             config,
             curl,
             file,
-        } => match waybill::cli::sign(config.as_deref(), &source, &file, curl.as_deref()) {
+        } => match waybill::cli::sign(config.config.as_deref(), &source, &file, curl.as_deref()) {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
@@ -96,7 +173,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { config, log_format } => serve(config, log_format),
+        Command::Serve { config, log_format } => serve(config.config, log_format),
         Command::Simulate {
             listen,
             stock,

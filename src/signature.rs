@@ -63,8 +63,9 @@ pub struct Verified {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
-    /// The signed timestamp is further from now than the tolerance.
-    Stale,
+    /// The signed timestamp is further from now than the tolerance, by
+    /// this many seconds.
+    Stale { by_secs: u64 },
     /// Anything else: missing header, malformed value, no signature matched.
     /// The text says which, never what was expected.
     Invalid(&'static str),
@@ -201,8 +202,11 @@ impl Scheme {
         let ts: i64 = ts.trim().parse().map_err(|_| {
             Rejection::Invalid("signature timestamp is not a whole number of unix seconds")
         })?;
-        if now_unix.abs_diff(ts) > self.tolerance.as_secs() {
-            return Err(Rejection::Stale);
+        let skew = now_unix.abs_diff(ts);
+        if skew > self.tolerance.as_secs() {
+            return Err(Rejection::Stale {
+                by_secs: skew - self.tolerance.as_secs(),
+            });
         }
         Ok(())
     }
@@ -520,22 +524,25 @@ mod tests {
         assert!(s.verify(&h, SW_BODY, &k, SW_TS - 300).is_ok());
         assert_eq!(
             s.verify(&h, SW_BODY, &k, SW_TS + 301),
-            Err(Rejection::Stale)
+            Err(Rejection::Stale { by_secs: 1 })
         );
         assert_eq!(
             s.verify(&h, SW_BODY, &k, SW_TS - 301),
-            Err(Rejection::Stale)
+            Err(Rejection::Stale { by_secs: 1 })
         );
         // Stale is reported before a bad signature.
         let bad = sw_headers("webhook", "v1,AAAA", SW_TS);
         assert_eq!(
             s.verify(&bad, SW_BODY, &k, SW_TS + 1000),
-            Err(Rejection::Stale)
+            Err(Rejection::Stale { by_secs: 700 })
         );
         // A custom tolerance.
         let s = Scheme::new(SchemeKind::StandardWebhooks, Some(Duration::from_secs(10)));
         assert!(s.verify(&h, SW_BODY, &k, SW_TS + 10).is_ok());
-        assert_eq!(s.verify(&h, SW_BODY, &k, SW_TS + 11), Err(Rejection::Stale));
+        assert_eq!(
+            s.verify(&h, SW_BODY, &k, SW_TS + 11),
+            Err(Rejection::Stale { by_secs: 1 })
+        );
     }
 
     #[test]
@@ -637,7 +644,7 @@ mod tests {
         )]);
         assert_eq!(
             s.verify(&h, STRIPE_BODY, &k, STRIPE_TS),
-            Err(Rejection::Stale)
+            Err(Rejection::Stale { by_secs: 1 })
         );
     }
 

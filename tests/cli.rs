@@ -205,6 +205,108 @@ fn sign_prints_only_headers_and_curl_prints_a_command() {
     assert!(err.contains("nope"), "{err}");
 }
 
+/// Contract 10.3: `verify` on what `sign` printed is valid, names the
+/// secret and the event id; a changed body is invalid (exit 1); an unknown
+/// source or a malformed header is a usage error (exit 2).
+#[test]
+fn verify_checks_a_captured_delivery_and_exits_0_1_or_2() {
+    let fixture = "fixtures/sim_carrier_tracking.json";
+    let (code, signed, err) = run(&["sign", "--source", "sim-carrier", fixture], &[]);
+    assert_eq!(code, 0, "{err}");
+    let mut args = vec!["verify", "--source", "sim-carrier"];
+    for line in signed.lines() {
+        args.extend(["--header", line]);
+    }
+    args.push(fixture);
+    let (code, out, err) = run(&args, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = signed
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook-id: "))
+        .unwrap();
+    assert_eq!(out, format!("valid\nsecret: 1\nevent_id: {id}\n"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let changed = dir.path().join("changed.json");
+    let mut body = std::fs::read(fixture).unwrap();
+    body.push(b' ');
+    std::fs::write(&changed, body).unwrap();
+    let changed = changed.to_str().unwrap();
+    *args.last_mut().unwrap() = changed;
+    let (code, out, _) = run(&args, &[]);
+    assert_eq!((code, out.as_str()), (1, "invalid: no signature matched\n"));
+
+    // A delivery checked long after it was signed is stale, by how much.
+    let (code, out, _) = run(
+        &[&args[..args.len() - 1], &["--at", "4102444800", fixture]].concat(),
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("s outside the 300 s tolerance"), "{out}");
+
+    let (code, _, err) = run(
+        &["verify", "--source", "nope", "--header", "a: b", fixture],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("nope"), "{err}");
+    let (code, _, err) = run(
+        &[
+            "verify",
+            "--source",
+            "sim-carrier",
+            "--header",
+            "no colon",
+            fixture,
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, out, _) = run(&["verify", "--source", "sim-carrier", fixture], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with("invalid: missing header webhook-signature"),
+        "{out}"
+    );
+}
+
+/// Contract 10.3: completion scripts, help on every flag, and
+/// `WAYBILL_CONFIG` shown by `--help`.
+#[test]
+fn completions_and_help_describe_every_flag() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run(&["completions", shell], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("verify") && out.contains("config"), "{shell}");
+    }
+    let (code, _, _) = run(&["completions", "tcsh"], &[]);
+    assert_eq!(code, 2);
+    for sub in ["serve", "check-config", "simulate", "sign", "verify"] {
+        let (code, out, _) = run(&[sub, "--help"], &[]);
+        assert_eq!(code, 0);
+        if sub != "simulate" {
+            assert!(out.contains("WAYBILL_CONFIG"), "{sub}: {out}");
+        }
+        // Every option carries a description: after its name, or (clap's
+        // long layout) on the next line.
+        let lines: Vec<&str> = out.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.trim_start();
+            if !line.starts_with('-') {
+                continue;
+            }
+            let inline = line
+                .split_once("  ")
+                .is_some_and(|(_, d)| !d.trim().is_empty());
+            let below = lines.get(i + 1).is_some_and(|next| {
+                let next = next.trim();
+                !next.is_empty() && !next.starts_with('-')
+            });
+            assert!(inline || below, "{sub}: {line:?} has no help text");
+        }
+    }
+}
+
 #[test]
 fn sigterm_drains_flushes_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();

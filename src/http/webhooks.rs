@@ -106,7 +106,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, source_name: &str) -> Res
             fields.event_id = Some(event_id);
             json_response(StatusCode::OK, &body)
         }
-        Err(Refusal::Signature(Rejection::Stale)) => {
+        Err(Refusal::Signature(Rejection::Stale { .. })) => {
             count(outcome::STALE_TIMESTAMP);
             ApiError::stale_timestamp().into_response(&request_id)
         }

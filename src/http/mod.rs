@@ -27,6 +27,7 @@ mod admin;
 mod body;
 pub mod error;
 mod ops;
+pub use ops::OPENAPI;
 mod v1;
 mod webhooks;
 
@@ -88,6 +89,7 @@ enum Route<'a> {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     Webhook(&'a str),
     AdminEvents,
     AdminEvent,
@@ -103,12 +105,33 @@ enum Route<'a> {
     V1Cancel,
     Unmatched,
 }
+/// Every path template the router serves, as `docs/openapi.json` names
+/// them (the admin catch-all, which answers 404 past the token, is not an
+/// operation). `tests/api/openapi.rs` holds the two to each other.
+pub const TEMPLATES: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/webhooks/{source}",
+    "/admin/events",
+    "/admin/events/{source}/{event_id}",
+    "/admin/events/{source}/{event_id}/redeliver",
+    "/v1/shipments",
+    "/v1/orders",
+    "/v1/orders/{order_id}",
+    "/v1/shipments/{shipment_id}",
+    "/v1/shipments/{shipment_id}/label",
+    "/v1/shipments/{shipment_id}/cancel",
+];
+
 impl<'a> Route<'a> {
     fn of(path: &'a str) -> Route<'a> {
         match path {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             "/metrics" => Route::Metrics,
+            "/openapi.json" => Route::OpenApi,
             "/admin/events" => Route::AdminEvents,
             "/v1/shipments" => Route::V1Shipments,
             "/v1/orders" => Route::V1Orders,
@@ -151,6 +174,7 @@ impl<'a> Route<'a> {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
             Route::Webhook(_) => "/webhooks/{source}",
             Route::AdminEvents => "/admin/events",
             Route::AdminEvent => "/admin/events/{source}/{event_id}",
@@ -386,7 +410,7 @@ async fn edge(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body
     let route = Route::of(&path);
 
     let mut resp = match route {
-        Route::Healthz | Route::Readyz | Route::Metrics => {
+        Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi => {
             ops::handle(&app, &route, &method, &request_id)
         }
         _ => {
@@ -515,6 +539,61 @@ fn valid_request_id(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `TEMPLATES` is exactly the templates of the routes that are
+    /// operations. The match is exhaustive on purpose: a new route does
+    /// not compile until it is placed here, and so in `TEMPLATES`.
+    #[test]
+    fn templates_name_every_route() {
+        let operation = |r: &Route<'_>| match r {
+            Route::AdminOther | Route::Unmatched => false,
+            Route::Healthz
+            | Route::Readyz
+            | Route::Metrics
+            | Route::OpenApi
+            | Route::Webhook(_)
+            | Route::AdminEvents
+            | Route::AdminEvent
+            | Route::AdminRedeliver
+            | Route::V1Shipments
+            | Route::V1Shipment
+            | Route::V1Orders
+            | Route::V1Order
+            | Route::V1Label
+            | Route::V1Cancel => true,
+        };
+        for template in TEMPLATES {
+            let path = template
+                .replace("{source}", "s")
+                .replace("{event_id}", "e")
+                .replace("{order_id}", "o")
+                .replace("{shipment_id}", "shp_1");
+            let route = Route::of(&path);
+            assert!(operation(&route), "{template}");
+            assert_eq!(route.template(), *template);
+        }
+        let all = [
+            Route::Healthz,
+            Route::Readyz,
+            Route::Metrics,
+            Route::OpenApi,
+            Route::Webhook("s"),
+            Route::AdminEvents,
+            Route::AdminEvent,
+            Route::AdminRedeliver,
+            Route::AdminOther,
+            Route::V1Shipments,
+            Route::V1Shipment,
+            Route::V1Orders,
+            Route::V1Order,
+            Route::V1Label,
+            Route::V1Cancel,
+            Route::Unmatched,
+        ];
+        for r in all.iter().filter(|r| operation(r)) {
+            assert!(TEMPLATES.contains(&r.template()), "{r:?}");
+        }
+    }
 
     #[test]
     fn routes_are_templates() {

@@ -1,4 +1,5 @@
-//! `/healthz`, `/readyz`, `/metrics`: never rate-limited, never shed.
+//! `/healthz`, `/readyz`, `/metrics`, `/openapi.json`: never
+//! rate-limited, never shed.
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
@@ -6,6 +7,10 @@ use serde_json::json;
 use super::Route;
 use super::error::{ApiError, Body, json_response};
 use crate::app::App;
+
+/// The API described (contract 10.1): `docs/openapi.json`, kept by hand
+/// and checked against the router by `tests/api/openapi.rs`.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 pub(super) fn handle(
     app: &App,
@@ -22,6 +27,14 @@ pub(super) fn handle(
             json_response(StatusCode::OK, &json!({"status": "ready"}))
         }
         Route::Readyz => ApiError::store_unavailable().into_response(request_id),
+        Route::OpenApi => {
+            let mut resp = Response::new(OPENAPI.into());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
         _ => {
             metrics::gauge!(crate::telemetry::metric::INBOX_PENDING)
                 .set(app.store.inbox_pending() as f64);

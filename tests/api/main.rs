@@ -9,6 +9,7 @@ mod fuzz;
 mod helpers;
 mod hostile;
 mod labels;
+mod openapi;
 mod ops;
 mod orders;
 mod signatures;

@@ -145,14 +145,7 @@ fn main() -> ExitCode {
                     waybill::cli::Verdict::Invalid(_) => ExitCode::from(1),
                 }
             }
-            Err(waybill::cli::SignError::Config(errors)) => {
-                waybill::cli::print_errors(&errors);
-                ExitCode::from(2)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
+            Err(e) => usage_error(e),
         },
         Command::Sign {
             source,
@@ -164,14 +157,7 @@ fn main() -> ExitCode {
                 print!("{out}");
                 ExitCode::SUCCESS
             }
-            Err(waybill::cli::SignError::Config(errors)) => {
-                waybill::cli::print_errors(&errors);
-                ExitCode::from(2)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
+            Err(e) => usage_error(e),
         },
         Command::Serve { config, log_format } => serve(config.config, log_format),
         Command::Simulate {
@@ -202,6 +188,16 @@ fn main() -> ExitCode {
             simulate(listen, config)
         }
     }
+}
+
+/// A usage or config error of a command that does not serve: said on
+/// stderr, exit 2.
+fn usage_error(e: waybill::cli::SignError) -> ExitCode {
+    match e {
+        waybill::cli::SignError::Config(errors) => waybill::cli::print_errors(&errors),
+        e => eprintln!("error: {e}"),
+    }
+    ExitCode::from(2)
 }
 
 fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {

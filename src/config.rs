@@ -210,7 +210,12 @@ pub struct PartnerConfig {
 
 #[derive(Debug, Clone)]
 pub struct DownstreamConfig {
+    /// `http://` (the simulator) or `https://` (a real carrier).
     pub base_url: String,
+    /// `downstream.ca_file`: the only certificates an `https://`
+    /// downstream is verified against (DER, read from the PEM at load);
+    /// empty: the platform's roots (webpki's).
+    pub ca_certs: Vec<Vec<u8>>,
     pub timeout: Duration,
     pub max_attempts: u32,
     pub backoff_initial: Duration,
@@ -1069,15 +1074,24 @@ impl Walker<'_> {
         let base_url = self
             .opt_str(t, "base_url", p)
             .unwrap_or_else(|| "http://127.0.0.1:9090".into());
-        if base_url
-            .parse::<http::Uri>()
-            .map_or(true, |u| u.scheme_str() != Some("http"))
-        {
+        if base_url.parse::<http::Uri>().map_or(true, |u| {
+            !matches!(u.scheme_str(), Some("http" | "https")) || u.host().is_none()
+        }) {
             self.bad(
                 "downstream.base_url",
-                format!("must be an http:// URL, found {base_url:?}"),
+                format!("must be an http:// or https:// URL, found {base_url:?}"),
             );
         }
+        let ca_certs = match self.opt_str(t, "ca_file", p) {
+            None => Vec::new(),
+            Some(path) => match read_certificates(std::path::Path::new(&path)) {
+                Ok(certs) => certs,
+                Err(why) => {
+                    self.bad("downstream.ca_file", why);
+                    Vec::new()
+                }
+            },
+        };
         let timeout = self
             .opt_duration(t, "timeout", p)
             .unwrap_or(Duration::from_secs(2));
@@ -1101,6 +1115,7 @@ impl Walker<'_> {
         self.unknown(t, p);
         DownstreamConfig {
             base_url: base_url.trim_end_matches('/').to_string(),
+            ca_certs,
             timeout,
             max_attempts,
             backoff_initial,
@@ -1109,6 +1124,21 @@ impl Walker<'_> {
             breaker_cooldown,
         }
     }
+}
+
+/// The certificates of a PEM file, as DER; at least one.
+fn read_certificates(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
 }
 
 fn valid_name(n: &str) -> bool {
@@ -1263,6 +1293,35 @@ mod tests {
         assert!(k.contains(&"sources[0].signature.tolerance"), "{k:?}");
         assert!(k.contains(&"sources[1].signature.encoding"), "{k:?}");
         assert!(k.contains(&"sources[2].signature.header"), "{k:?}");
+    }
+
+    /// Contract 10.2: `https://` downstreams, and `ca_file` read and
+    /// checked at load, naming the key when it is wrong.
+    #[test]
+    fn downstreams_may_be_https_with_a_ca_file_checked_at_load() {
+        let cfg = |url: &str, ca: &str| format!("[downstream]\nbase_url = \"{url}\"\n{ca}\n");
+        let ok = Config::parse(&cfg("https://carrier.example/api/", ""), &no_env()).unwrap();
+        assert_eq!(ok.downstream.base_url, "https://carrier.example/api");
+        assert!(ok.downstream.ca_certs.is_empty());
+        for bad in ["ftp://carrier.example", "carrier.example", "https://"] {
+            let e = Config::parse(&cfg(bad, ""), &no_env()).unwrap_err();
+            assert_eq!(keys(&e), ["downstream.base_url"], "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        for path in [&missing, &garbage] {
+            let ca = format!("ca_file = {:?}", path.display().to_string());
+            let e = Config::parse(&cfg("https://carrier.example", &ca), &no_env()).unwrap_err();
+            assert_eq!(keys(&e), ["downstream.ca_file"], "{}", path.display());
+        }
+        let pem = dir.path().join("ca.pem");
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&pem, generated.cert.pem()).unwrap();
+        let ca = format!("ca_file = {:?}", pem.display().to_string());
+        let ok = Config::parse(&cfg("https://localhost:9443", &ca), &no_env()).unwrap();
+        assert_eq!(ok.downstream.ca_certs, [generated.cert.der().to_vec()]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! per service, and the caller's `Idempotency-Key` on every attempt, so a
 //! retry after a lost answer never buys or charges twice.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -219,8 +219,38 @@ pub fn backoff(
 
 pub struct Downstream {
     config: DownstreamConfig,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     breakers: [Guarded; 3],
+}
+
+/// Certificates of `https://` downstreams are verified against `ca_certs`
+/// alone when given (`downstream.ca_file`), else against the platform's
+/// roots as webpki ships them. `http://` stays plain; an `https://` URL is
+/// never tried in plain text.
+fn tls_config(ca_certs: &[Vec<u8>]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    if ca_certs.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        // Parsed at config load; a certificate webpki cannot use as a
+        // root is left out, and the handshake then fails with its name.
+        let (_, ignored) = roots.add_parsable_certificates(
+            ca_certs
+                .iter()
+                .map(|c| rustls::pki_types::CertificateDer::from(c.clone())),
+        );
+        if ignored > 0 {
+            tracing::warn!(
+                ignored,
+                "downstream.ca_file: certificates not usable as roots"
+            );
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"))
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 enum Attempt {
@@ -230,9 +260,16 @@ enum Attempt {
 
 impl Downstream {
     pub fn new(config: &DownstreamConfig) -> Downstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeout));
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.timeout));
+        http.set_nodelay(true);
+        // The TLS layer above decides the scheme.
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(&config.ca_certs))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let breaker = |service| Guarded {
             service,
             breaker: Mutex::new(Breaker::new(
@@ -370,6 +407,15 @@ impl Downstream {
                 let connect = e
                     .downcast_ref::<hyper_util::client::legacy::Error>()
                     .is_some_and(|e| e.is_connect());
+                if connect {
+                    // A refused connection, or a TLS handshake that
+                    // failed (an unknown CA, a wrong name): say which.
+                    tracing::warn!(
+                        url = %self.config.base_url,
+                        error = %error_chain(e.as_ref()),
+                        "cannot connect to the downstream"
+                    );
+                }
                 Attempt::Failed(if connect {
                     "connect_error"
                 } else {
@@ -386,6 +432,19 @@ impl Downstream {
             }),
         }
     }
+}
+
+/// An error and its causes, `: `-separated: hyper's own message says
+/// only "client error (Connect)".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -457,6 +516,7 @@ mod tests {
         // Nothing listens on the discard port: every attempt fails at once.
         Downstream::new(&DownstreamConfig {
             base_url: "http://127.0.0.1:9".into(),
+            ca_certs: Vec::new(),
             timeout: Duration::from_secs(1),
             max_attempts: 1,
             backoff_initial: Duration::from_millis(1),
@@ -531,6 +591,7 @@ mod tests {
         let addr = two_in_three().await;
         let d = Downstream::new(&DownstreamConfig {
             base_url: format!("http://{addr}"),
+            ca_certs: Vec::new(),
             timeout: Duration::from_secs(2),
             max_attempts: 3,
             backoff_initial: Duration::from_millis(1),

@@ -69,6 +69,12 @@ enum Command {
         /// Chance that an emitted webhook is held back and sent after the next one.
         #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
         reorder_rate: f64,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, requires = "tls_key", value_name = "PEM")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert", value_name = "PEM")]
+        tls_key: Option<PathBuf>,
         /// Log lines as JSON or as text.
         #[arg(long, value_enum, default_value = "json")]
         log_format: LogFormat,
@@ -171,9 +177,21 @@ fn main() -> ExitCode {
             secret,
             duplicate_rate,
             reorder_rate,
+            tls_cert,
+            tls_key,
             log_format,
         } => {
             telemetry::init_logging(log_format);
+            let tls = match tls_cert.zip(tls_key) {
+                None => None,
+                Some((cert, key)) => match waybill::simulator::tls_server_config(&cert, &key) {
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
             let config = waybill::simulator::SimConfig {
                 stock: stock.into_iter().collect(),
                 default_stock: 1000,
@@ -184,6 +202,7 @@ fn main() -> ExitCode {
                 emit: emit_webhooks.zip(secret),
                 duplicate_rate,
                 reorder_rate,
+                tls,
             };
             simulate(listen, config)
         }

@@ -40,6 +40,28 @@ pub struct SimConfig {
     pub emit: Option<(String, String)>,
     pub duplicate_rate: f64,
     pub reorder_rate: f64,
+    /// Serve HTTPS with this certificate and key (`--tls-cert`,
+    /// `--tls-key`), as a real carrier does.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A TLS server config from a PEM certificate chain and a PEM private key.
+pub fn tls_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map(Arc::new)
+        .map_err(|e| format!("TLS: {e}"))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,18 +128,31 @@ pub async fn run(listener: TcpListener, config: SimConfig, shutdown: impl Future
         rng: Mutex::new(rng),
         counter: std::sync::atomic::AtomicU64::new(0),
     });
+    let tls = sim.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let sim = sim.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let sim = sim.clone();
                         async move { sim.serve(req).await }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let http = http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                            Err(e) => tracing::info!(error = %e, "TLS handshake failed"),
+                        },
+                    }
                 });
             }
             _ = &mut shutdown => return,

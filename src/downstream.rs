@@ -383,7 +383,7 @@ impl Downstream {
         let mut req = Request::builder()
             .method(method.clone())
             .uri(uri)
-            .header("idempotency-key", key);
+            .header("idempotency-key", header_safe_key(key).as_ref());
         let payload = match body {
             Some(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
@@ -391,8 +391,12 @@ impl Downstream {
             }
             None => Bytes::new(),
         };
-        let Ok(req) = req.body(Full::new(payload)) else {
-            return Attempt::Failed("connect_error");
+        let req = match req.body(Full::new(payload)) {
+            Ok(req) => req,
+            Err(e) => {
+                tracing::error!(error = %e, path, "cannot build a downstream request");
+                return Attempt::Failed("connect_error");
+            }
         };
         let sent = tokio::time::timeout(self.config.timeout, async {
             let resp = self.client.request(req).await?;
@@ -434,6 +438,21 @@ impl Downstream {
     }
 }
 
+/// The key as a header value: as it is when it is printable ASCII (what
+/// every business key made of our ids is), else a digest of it, so that
+/// an order id in any script still gives one stable key per operation
+/// instead of a request that cannot be built.
+fn header_safe_key(key: &str) -> std::borrow::Cow<'_, str> {
+    if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    use sha2::Digest;
+    std::borrow::Cow::Owned(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    ))
+}
+
 /// An error and its causes, `: `-separated: hyper's own message says
 /// only "client error (Connect)".
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -450,6 +469,26 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (found by the API fuzzer): an order id with characters
+    /// a header cannot carry made every inventory call unbuildable, and
+    /// the order a 503. Keys are now always header values, stable ones.
+    #[test]
+    fn every_business_key_is_a_stable_header_value() {
+        assert_eq!(header_safe_key("reserve:acme:o-1"), "reserve:acme:o-1");
+        for odd in [
+            "reserve:acme:\u{85}é😍",
+            "reserve:acme:a b",
+            "",
+            &"k".repeat(300),
+        ] {
+            let safe = header_safe_key(odd);
+            assert!(http::HeaderValue::from_str(&safe).is_ok(), "{odd:?}");
+            assert!(safe.starts_with("sha256:"), "{odd:?}");
+            assert_eq!(safe, header_safe_key(odd), "stable");
+        }
+        assert_ne!(header_safe_key("a b"), header_safe_key("a  b"));
+    }
 
     #[test]
     fn consecutive_failures_open_the_breaker_until_the_cooldown() {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::identity::FieldIssue;
 
 /// ISO 3166-1 alpha-2, as assigned (249 codes), sorted for binary search.
-const COUNTRIES: [&str; 249] = [
+pub const COUNTRIES: [&str; 249] = [
     "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
     "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
     "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
@@ -61,8 +61,35 @@ pub struct NewShipment {
     pub reference: Option<String>,
 }
 
-/// Longest accepted text field.
+/// Longest accepted text field, in characters.
 const MAX_TEXT: usize = 255;
+
+/// A number with no fractional part, as JSON Schema counts integers:
+/// `5`, `5.0` and `5e0` are all 5.
+fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    if let Some(v) = n.as_u64() {
+        return Some(v);
+    }
+    let text = n.to_string();
+    if let Some((whole, fraction)) = text.split_once('.')
+        && !fraction.is_empty()
+        && fraction.bytes().all(|b| b == b'0')
+    {
+        return whole.parse().ok();
+    }
+    // An exponent: exact as a float for every whole number it can be.
+    n.as_f64()
+        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
+        .map(|f| f as u64)
+}
+
+/// Blank: nothing but Unicode White_Space. Languages disagree at the
+/// edges (ECMA's `\s` takes U+FEFF but not U+0085; Python's `isspace`
+/// also takes U+001C to U+001F), so docs/openapi.json spells this set out
+/// as a character class instead of writing `\S`.
+fn blank(s: &str) -> bool {
+    s.chars().all(char::is_whitespace)
+}
 
 struct Reader<'a> {
     issues: &'a mut Vec<FieldIssue>,
@@ -83,15 +110,15 @@ impl Reader<'_> {
                 self.issues.push(FieldIssue::new(field, "missing"));
                 None
             }
-            Some(Value::String(s)) if s.trim().is_empty() => {
+            Some(Value::String(s)) if blank(s) => {
                 self.issues
                     .push(FieldIssue::new(field, "must not be empty"));
                 None
             }
-            Some(Value::String(s)) if s.len() > MAX_TEXT => {
+            Some(Value::String(s)) if s.chars().count() > MAX_TEXT => {
                 self.issues.push(FieldIssue::new(
                     field,
-                    format!("longer than {MAX_TEXT} bytes"),
+                    format!("longer than {MAX_TEXT} characters"),
                 ));
                 None
             }
@@ -110,7 +137,7 @@ impl Reader<'_> {
                 self.issues.push(FieldIssue::new(field, "missing"));
                 None
             }
-            Some(Value::Number(n)) => match n.as_u64() {
+            Some(Value::Number(n)) => match whole_number(n) {
                 Some(v) if v > 0 => Some(v),
                 _ => {
                     self.issues
@@ -123,6 +150,17 @@ impl Reader<'_> {
                     .push(FieldIssue::new(field, "must be a positive integer"));
                 None
             }
+        }
+    }
+
+    fn at_most(&mut self, value: Option<u64>, field: &str, max: u64) -> Option<u64> {
+        match value {
+            Some(v) if v > max => {
+                self.issues
+                    .push(FieldIssue::new(field, format!("must be at most {max}")));
+                None
+            }
+            v => v,
         }
     }
 
@@ -255,6 +293,12 @@ pub struct NewOrder {
 
 /// Order lines accepted at most.
 const MAX_ITEMS: usize = 100;
+/// Bounds that keep every amount and count exact in a JSON number and in
+/// the signed 64-bit integers payment and inventory services use (a
+/// quantity past `i64::MAX` made the inventory refuse the call, which
+/// surfaced as a 503 instead of the 400 it is).
+pub const MAX_QUANTITY: u64 = 1_000_000;
+pub const MAX_AMOUNT_CENTS: u64 = 1_000_000_000_000;
 
 impl NewOrder {
     /// Every bad field is reported, each under its JSON pointer.
@@ -269,6 +313,7 @@ impl NewOrder {
         let order_id = r.text(obj, "", "order_id", true);
         let customer_id = r.text(obj, "", "customer_id", true);
         let amount_cents = r.positive(obj, "", "amount_cents");
+        let amount_cents = r.at_most(amount_cents, "/amount_cents", MAX_AMOUNT_CENTS);
         let currency = match r.text(obj, "", "currency", true) {
             Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => Some(c),
             Some(_) => {
@@ -296,6 +341,7 @@ impl NewOrder {
                     };
                     let sku = r.text(it, &base, "sku", true);
                     let quantity = r.positive(it, &base, "quantity");
+                    let quantity = r.at_most(quantity, &format!("{base}/quantity"), MAX_QUANTITY);
                     if let (Some(sku), Some(quantity)) = (sku, quantity) {
                         items.push(Item { sku, quantity });
                     }
@@ -386,6 +432,33 @@ mod tests {
             ]
         );
         assert!(NewOrder::parse(&json!([])).is_err());
+        // Regression (found by the API fuzzer): bounded, so that no
+        // downstream meets a number it cannot hold.
+        let mut big = order();
+        big["amount_cents"] = json!(MAX_AMOUNT_CENTS + 1);
+        big["items"] = json!([{"sku": "S", "quantity": 9_223_372_036_854_775_808u64}]);
+        let issues: Vec<(String, String)> = NewOrder::parse(&big)
+            .unwrap_err()
+            .into_iter()
+            .map(|i| (i.field, i.issue))
+            .collect();
+        assert_eq!(
+            issues,
+            [
+                (
+                    "/amount_cents".into(),
+                    format!("must be at most {MAX_AMOUNT_CENTS}")
+                ),
+                (
+                    "/items/0/quantity".into(),
+                    format!("must be at most {MAX_QUANTITY}")
+                ),
+            ]
+        );
+        let mut edge = order();
+        edge["amount_cents"] = json!(MAX_AMOUNT_CENTS);
+        edge["items"] = json!([{"sku": "S", "quantity": MAX_QUANTITY}]);
+        assert!(NewOrder::parse(&edge).is_ok());
     }
 
     #[test]
@@ -404,6 +477,48 @@ mod tests {
         }
         for c in ["UK", "XX", "de", "DEU"] {
             assert!(COUNTRIES.binary_search(&c).is_err(), "{c}");
+        }
+    }
+
+    /// Regression (found by the API fuzzer against docs/openapi.json):
+    /// what the document calls valid is accepted. Integers written as
+    /// `5.0` or `5e0` are integers; text is measured in characters, not
+    /// bytes; blank means whitespace as clients' `isspace` counts it.
+    #[test]
+    fn what_the_api_description_calls_valid_is_accepted() {
+        let number = |text: &str| whole_number(&serde_json::from_str(text).unwrap());
+        assert_eq!(number("5"), Some(5));
+        assert_eq!(number("324190460.0"), Some(324_190_460));
+        assert_eq!(number("5e0"), Some(5));
+        assert_eq!(number("1e16"), Some(10_000_000_000_000_000));
+        assert_eq!(number("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(number("0.1e1"), Some(1));
+        for not_whole in ["5.5", "-1", "-1.0", "1e30"] {
+            assert_eq!(number(not_whole), None, "{not_whole}");
+        }
+        let mut body = valid();
+        body["parcels"][0]["weight_grams"] = serde_json::from_str("500.0").unwrap();
+        body["reference"] = json!("ü".repeat(255));
+        assert!(NewShipment::parse(&body).is_ok());
+        body["reference"] = json!("ü".repeat(256));
+        assert_eq!(
+            issues(body),
+            [(
+                "/reference".to_string(),
+                "longer than 255 characters".to_string()
+            )]
+        );
+        let mut body = valid();
+        body["carrier"] = json!("\u{85} \u{3000}\t");
+        assert_eq!(
+            issues(body),
+            [("/carrier".to_string(), "must not be empty".to_string())]
+        );
+        // Not White_Space, so not blank, whatever other definitions say.
+        for c in ['\u{1f}', '\u{feff}'] {
+            let mut body = valid();
+            body["carrier"] = json!(c.to_string());
+            assert!(NewShipment::parse(&body).is_ok(), "{c:?}");
         }
     }
 

@@ -214,6 +214,12 @@ fn write_preamble(
     let value = value.ok_or_else(|| {
         ApiError::validation_failed(vec![FieldIssue::new("", "the body is not valid JSON")])
     })?;
+    if !value.is_object() {
+        return Err(ApiError::validation_failed(vec![FieldIssue::new(
+            "",
+            "the body must be a JSON object",
+        )]));
+    }
     Ok((key, value))
 }
 
@@ -445,6 +451,9 @@ fn get_order(app: &App, partner: &Partner, id: &str, request_id: &str) -> Respon
 
 /// `page_size` at most (contract 5.1).
 const MAX_PAGE_SIZE: usize = 100;
+/// `page` at most: a bound the API description can state (a hundred
+/// million orders at the largest page size).
+const MAX_PAGE: usize = 1_000_000;
 
 fn list_orders(
     app: &App,
@@ -458,8 +467,11 @@ fn list_orders(
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "page" => match v.parse::<usize>() {
-                Ok(n) if n >= 1 => page = n,
-                _ => issues.push(FieldIssue::new("page", "must be an integer of at least 1")),
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => page = n,
+                _ => issues.push(FieldIssue::new(
+                    "page",
+                    format!("must be an integer from 1 to {MAX_PAGE}"),
+                )),
             },
             "page_size" => match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => page_size = n,

@@ -57,6 +57,15 @@ backoff = {{ initial = "5ms", max = "20ms" }}
     Gateway::start(&config)
 }
 
+async fn carrier_connect_errors(addr: SocketAddr) -> f64 {
+    let metrics = get(addr, "/metrics").await;
+    metric(
+        &String::from_utf8_lossy(&metrics.body),
+        "waybill_downstream_requests_total",
+        r#"service="carrier",outcome="connect_error""#,
+    )
+}
+
 async fn buy(addr: SocketAddr, id: &str) -> Resp {
     post(
         addr,
@@ -85,16 +94,7 @@ async fn a_label_is_bought_over_tls_from_a_carrier_the_ca_file_vouches_for() {
             .as_str()
             .is_some_and(|t| !t.is_empty())
     );
-    let metrics = get(gw.addr, "/metrics").await;
-    let text = String::from_utf8_lossy(&metrics.body);
-    assert_eq!(
-        metric(
-            &text,
-            "waybill_downstream_requests_total",
-            r#"service="carrier",outcome="connect_error""#
-        ),
-        0.0
-    );
+    assert_eq!(carrier_connect_errors(gw.addr).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,16 +118,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_clearly() {
             .expect("a TLS failure answers, never hangs");
         assert_eq!(r.status, 503, "{name}: {:?}", r.body);
         assert_eq!(r.code(), "UPSTREAM_UNAVAILABLE", "{name}");
-        let metrics = get(gw.addr, "/metrics").await;
-        let text = String::from_utf8_lossy(&metrics.body);
-        assert!(
-            metric(
-                &text,
-                "waybill_downstream_requests_total",
-                r#"service="carrier",outcome="connect_error""#
-            ) >= 1.0,
-            "{name}: {text}"
-        );
+        assert!(carrier_connect_errors(gw.addr).await >= 1.0, "{name}");
         let logged = gw.await_log(1, |v| v["message"] == "cannot connect to the downstream");
         let error = logged[0]["error"]
             .as_str()

@@ -19,7 +19,11 @@ pub mod metric {
     pub const DOWNSTREAM: &str = "waybill_downstream_requests_total";
     pub const CIRCUIT_OPEN: &str = "waybill_circuit_open";
     pub const STORE_GROUP_SIZE: &str = "waybill_store_commit_group_size";
-    pub const STORE_FLUSH_SECONDS: &str = "waybill_store_flush_seconds";
+    /// The store's durable flush (contract 10.4's name).
+    pub const STORE_FLUSH_SECONDS: &str = "waybill_flush_duration_seconds";
+    pub const INBOX_OLDEST_AGE: &str = "waybill_inbox_oldest_age_seconds";
+    pub const SOURCE_LAST_ACCEPTED: &str = "waybill_source_last_accepted_timestamp_seconds";
+    pub const BUILD_INFO: &str = "waybill_build_info";
     pub const SWEPT: &str = "waybill_retention_swept_total";
     pub const COMPONENT_UP: &str = "waybill_component_up";
     pub const STORE_SIZE: &str = "waybill_store_size_bytes";
@@ -93,6 +97,16 @@ pub fn metrics_handle() -> PrometheusHandle {
                 "Time of one store flush (fsync)"
             );
             metrics::describe_counter!(metric::SWEPT, "Events forgotten after their retention");
+            metrics::describe_gauge!(
+                metric::INBOX_OLDEST_AGE,
+                "Age of the oldest event waiting for the state machine, 0 when none waits"
+            );
+            metrics::describe_gauge!(
+                metric::SOURCE_LAST_ACCEPTED,
+                "When each source last had an event accepted (unix seconds)"
+            );
+            metrics::describe_gauge!(metric::BUILD_INFO, "1, labelled with the version");
+            metrics::gauge!(metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()

@@ -38,6 +38,12 @@ pub(super) fn handle(
         _ => {
             metrics::gauge!(crate::telemetry::metric::INBOX_PENDING)
                 .set(app.store.inbox_pending() as f64);
+            // One read: the first arrival past the cursor.
+            let oldest = app.store.oldest_pending_ms().ok().flatten();
+            let age = oldest.map_or(0.0, |at| {
+                crate::clock::now_ms().saturating_sub(at) as f64 / 1000.0
+            });
+            metrics::gauge!(crate::telemetry::metric::INBOX_OLDEST_AGE).set(age);
             let mut resp = Response::new(app.metrics.render().into());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

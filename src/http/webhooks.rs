@@ -72,6 +72,8 @@ pub async fn handle(app: &App, req: Request<Incoming>, source_name: &str) -> Res
             received_at_ms,
         }) => {
             count(outcome::ACCEPTED);
+            metrics::gauge!(crate::telemetry::metric::SOURCE_LAST_ACCEPTED, "source" => name.to_string())
+                .set(received_at_ms as f64 / 1000.0);
             let body = json!({
                 "status": "accepted",
                 "source": name,

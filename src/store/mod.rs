@@ -786,6 +786,21 @@ impl Store {
         self.shared.inbox_pending.load(Ordering::Relaxed)
     }
 
+    /// When the oldest event the state machine has not passed yet arrived;
+    /// None when the inbox is empty.
+    pub fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
+        if self.inbox_pending() <= 0 {
+            return Ok(None);
+        }
+        let tree = &self.shared.tree;
+        let cursor = read_cursor(tree)?;
+        let first = tree
+            .range(codec::seq_key(b'n', cursor + 1)..codec::seq_key(b'n', u64::MAX))
+            .next()
+            .transpose()?;
+        Ok(first.and_then(|(_, v)| codec::Arrival::decode(&v).map(|a| a.received_at_ms)))
+    }
+
     /// The inbox in arrival order: (sequence, source, event id).
     pub fn inbox(&self) -> Result<Vec<(u64, String, String)>, StoreError> {
         let tree = &self.shared.tree;
@@ -1574,6 +1589,21 @@ mod tests {
         assert!((0..200).all(|i| !store.knows("s", &format!("g{i}")).unwrap()));
         assert_eq!(entries(), 0);
         assert_eq!(store.shared.tree.scan_prefix(b"n").count(), 0);
+    }
+
+    /// Contract 10.4: the age of the oldest event waiting for the state
+    /// machine, from the first arrival past the cursor; none once drained.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_oldest_pending_event_is_the_first_past_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&cfg(dir.path())).unwrap();
+        assert_eq!(store.oldest_pending_ms().unwrap(), None);
+        store.ingest(event("first", 100, 1, true)).await.unwrap();
+        store.ingest(event("second", 200, 1, true)).await.unwrap();
+        assert_eq!(store.oldest_pending_ms().unwrap(), Some(100));
+        store.start_dispatcher(Vec::new()).unwrap();
+        store.settle().await.unwrap();
+        assert_eq!(store.oldest_pending_ms().unwrap(), None);
     }
 
     #[tokio::test]

@@ -56,3 +56,31 @@ async fn metrics_use_route_templates_and_count_outcomes() {
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
 }
+
+/// Contract 10.4: build info, each source's last accepted time, the
+/// inbox's oldest age and the flush histogram under its contract name.
+#[tokio::test]
+async fn operator_metrics_are_exposed() {
+    let app = spawn_app().await;
+    let body = br#"{"id":"metrics-10-4"}"#;
+    let h = signed(SchemeKind::Github, GH_SECRET, body, 0, "metrics-10-4");
+    assert_eq!(app.webhook("gh", &h, body).await.status, 202);
+    let text = app.metrics().await;
+    let version = format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"));
+    assert_eq!(metric(&text, "waybill_build_info", &version), 1.0, "{text}");
+    let last = metric(
+        &text,
+        "waybill_source_last_accepted_timestamp_seconds",
+        r#"source="gh""#,
+    );
+    assert!((last - now() as f64).abs() < 60.0, "{last}: {text}");
+    assert!(
+        text.contains("# TYPE waybill_inbox_oldest_age_seconds gauge"),
+        "{text}"
+    );
+    assert!(metric(&text, "waybill_inbox_oldest_age_seconds", "") >= 0.0);
+    assert!(
+        text.contains("waybill_flush_duration_seconds_bucket"),
+        "{text}"
+    );
+}

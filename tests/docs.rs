@@ -118,7 +118,6 @@ async fn the_integrator_guide_runs_as_written() {
             .args(["-euo", "pipefail", "-c", &script])
             .current_dir(&work)
             .env("PATH", &path)
-            .env_remove("WAYBILL_CONFIG")
             .env("WAYBILL_CONFIG", &config_path)
             .output()
             .unwrap();

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::clock::now_ms;
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors, ServerConfig, StoreConfig};
 use crate::downstream::Downstream;
 use crate::health::{Component, Health};
 use crate::http::Stop;
@@ -49,12 +50,37 @@ pub enum ServeError {
     ComponentFailed(Component),
 }
 
-pub struct App {
-    pub config: Arc<Config>,
-    pub store: Arc<Store>,
+/// What a reload replaces as one: the config and everything built from
+/// it that requests use. A request takes the current one as it starts and
+/// keeps it to its end, so it runs under one config from first check to
+/// answer, and requests in flight during a reload finish under the old.
+pub struct Live {
+    /// The running config. Its `[server]` and `[store]` are always those
+    /// the process started with: they take a restart to change.
+    pub config: Config,
     pub ingest: Ingest,
     pub partners: Partners,
-    pub downstream: Downstream,
+    /// Shared with the previous `Live` when `[downstream]` is unchanged,
+    /// so its breakers keep their state across a reload.
+    pub downstream: Arc<Downstream>,
+}
+
+/// How a reload went (contract 10.5).
+#[derive(Debug)]
+pub enum Reload {
+    /// In force; the keys listed changed but take a restart, and were kept.
+    Applied { needs_restart: Vec<&'static str> },
+    /// The file was refused as a whole; the running config is kept.
+    Rejected(ConfigErrors),
+}
+
+pub struct App {
+    live: ArcSwap<Live>,
+    /// `[server]` and `[store]` as the process started with them; a reload
+    /// keeps them (`Config::needs_restart`).
+    pub server: ServerConfig,
+    pub store_config: StoreConfig,
+    pub store: Arc<Store>,
     pub metrics: PrometheusHandle,
     pub health: Arc<Health>,
     /// Requests past their body and not yet answered (`max_in_flight`).
@@ -63,13 +89,58 @@ pub struct App {
 }
 
 impl App {
-    /// What the use cases work with.
-    pub fn ports(&self) -> crate::service::Ports<'_> {
+    /// The config in force now, with what is built from it.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// What the use cases work with, under the config `live`.
+    pub fn ports<'a>(&'a self, live: &'a Live) -> crate::service::Ports<'a> {
         crate::service::Ports {
             store: &self.store,
-            downstream: &self.downstream,
-            config: &self.config,
+            downstream: &live.downstream,
         }
+    }
+
+    /// Puts a freshly loaded config in force for every request that starts
+    /// from now on, or refuses it whole (contract 10.5). Sources, secrets,
+    /// status maps, partners, keys, rate limits, the admin token and the
+    /// downstream change together; `[server]` and `[store]` keep their
+    /// running values, and the keys that differ are reported.
+    pub fn reload(&self, loaded: Result<Config, ConfigErrors>) -> Reload {
+        let mut config = match loaded {
+            Ok(config) => config,
+            Err(errors) => {
+                for issue in &errors.0 {
+                    tracing::error!(key = %issue.key, why = %issue.why, "invalid config; reload refused, running config kept");
+                }
+                metrics::counter!(metric::CONFIG_RELOADS, "result" => "rejected").increment(1);
+                return Reload::Rejected(errors);
+            }
+        };
+        let old = self.live();
+        let needs_restart = old.config.needs_restart(&config);
+        for key in &needs_restart {
+            tracing::warn!(
+                key,
+                "changed in the config file; takes effect only after a restart"
+            );
+        }
+        config.server = self.server.clone();
+        config.store = self.store_config.clone();
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
+        let live = Live::build(config, &self.store, Some(&old));
+        self.store.set_sources(live.config.sources.clone());
+        tracing::info!(
+            sources = live.config.sources.len(),
+            partners = live.config.partners.len(),
+            "config reloaded"
+        );
+        self.live.store(Arc::new(live));
+        metrics::counter!(metric::CONFIG_RELOADS, "result" => "ok").increment(1);
+        Reload::Applied { needs_restart }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -96,16 +167,13 @@ impl App {
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))??;
         let store = Arc::new(store);
-        let ingest = Ingest::new(&config, store.clone());
-        let partners = Partners::new(&config.partners);
-        let downstream = Downstream::new(&config.downstream);
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight));
+        let live = Live::build(config, &store, None);
         Ok(Arc::new(App {
-            config: Arc::new(config),
+            server: live.config.server.clone(),
+            store_config: live.config.store.clone(),
+            live: ArcSwap::from_pointee(live),
             store,
-            ingest,
-            partners,
-            downstream,
             metrics,
             health,
             in_flight,
@@ -162,6 +230,25 @@ impl App {
     }
 }
 
+impl Live {
+    /// Builds what requests use from `config`; what `previous` built is
+    /// kept where its config is unchanged (limiters, breakers).
+    fn build(config: Config, store: &Arc<Store>, previous: Option<&Live>) -> Live {
+        let ingest = Ingest::new(&config, store.clone(), previous.map(|p| &p.ingest));
+        let partners = Partners::new(&config.partners, previous.map(|p| &p.partners));
+        let downstream = match previous {
+            Some(p) if p.config.downstream == config.downstream => p.downstream.clone(),
+            _ => Arc::new(Downstream::new(&config.downstream)),
+        };
+        Live {
+            config,
+            ingest,
+            partners,
+            downstream,
+        }
+    }
+}
+
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -187,8 +274,13 @@ async fn housekeeping(app: Arc<App>) {
         if n % UPKEEP_EVERY == 0 {
             app.metrics.run_upkeep();
             let store = app.store.clone();
-            if let Ok(bytes) = tokio::task::spawn_blocking(move || store.size_bytes()).await {
-                metrics::gauge!(metric::STORE_SIZE).set(bytes as f64);
+            if let Ok((size, free)) =
+                tokio::task::spawn_blocking(move || (store.size_bytes(), store.free_bytes())).await
+            {
+                metrics::gauge!(metric::STORE_SIZE).set(size as f64);
+                if let Some(free) = free {
+                    metrics::gauge!(metric::STORE_FREE).set(free as f64);
+                }
             }
         }
         sweep(&app.store, &alive).await;
@@ -206,7 +298,7 @@ async fn fulfilment(app: Arc<App>) {
         tick.tick().await;
         alive.beat();
         if let Err(e) =
-            crate::service::orders::fulfil_due(app.ports(), now_ms(), FULFIL_BATCH).await
+            crate::service::orders::fulfil_due(app.ports(&app.live()), now_ms(), FULFIL_BATCH).await
         {
             tracing::warn!(error = %e, "background fulfilment failed; trying again");
         }

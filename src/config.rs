@@ -108,7 +108,7 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
@@ -119,7 +119,7 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub path: PathBuf,
     pub dedupe_retention: Duration,
@@ -208,7 +208,7 @@ pub struct PartnerConfig {
     pub rate_limit: Option<RateLimit>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DownstreamConfig {
     /// `http://` (the simulator) or `https://` (a real carrier).
     pub base_url: String,
@@ -325,6 +325,51 @@ impl Config {
 
     pub fn source(&self, name: &str) -> Option<&SourceConfig> {
         self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// The keys of `[server]` and `[store]` whose value differs in `new`:
+    /// they are bound at start (the listener, the store's files, the
+    /// connection and in-flight caps), so a reload cannot change them.
+    /// `store.dedupe_retention` is not among them: it is only the default
+    /// of each source's retention, which a reload does change.
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.server, &new.server);
+        let (s, t) = (&self.store, &new.store);
+        [
+            ("server.listen", a.listen != b.listen),
+            (
+                "server.max_body_bytes",
+                a.max_body_bytes != b.max_body_bytes,
+            ),
+            ("server.max_in_flight", a.max_in_flight != b.max_in_flight),
+            (
+                "server.max_connections",
+                a.max_connections != b.max_connections,
+            ),
+            (
+                "server.request_timeout",
+                a.request_timeout != b.request_timeout,
+            ),
+            (
+                "server.shutdown_grace",
+                a.shutdown_grace != b.shutdown_grace,
+            ),
+            ("store.path", s.path != t.path),
+            (
+                "store.idempotency_retention",
+                s.idempotency_retention != t.idempotency_retention,
+            ),
+            (
+                "store.in_progress_timeout",
+                s.in_progress_timeout != t.in_progress_timeout,
+            ),
+            ("store.cache_mb", s.cache_bytes != t.cache_bytes),
+            ("store.min_free_mb", s.min_free_bytes != t.min_free_bytes),
+            ("store.segment_mb", s.segment_bytes != t.segment_bytes),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 
     /// A human summary for `check-config`: names and origins, never values.
@@ -685,7 +730,11 @@ impl Walker<'_> {
     fn admin(&mut self, t: &mut Table) -> Option<Secret> {
         let token = self.opt_str(t, "token", "admin");
         self.unknown(t, "admin");
-        let raw = token?;
+        let Some(raw) = token else {
+            self.warnings
+                .push("no admin.token is configured; /admin is disabled".into());
+            return None;
+        };
         // The one secret whose absence does not refuse start: without it the
         // admin API is simply off.
         if let Some(name) = raw.strip_prefix("env:")

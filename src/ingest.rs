@@ -19,7 +19,9 @@ use crate::store::{IngestResult, NewEvent, Store, StoreError};
 pub struct Source {
     pub config: SourceConfig,
     keys: Vec<Vec<u8>>,
-    limiter: Option<Limiter>,
+    /// Shared with the source's previous incarnation when a reload left
+    /// its limit alone, so a reload never hands a sender a fresh burst.
+    limiter: Option<Arc<Limiter>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +51,10 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(config: &Config, store: Arc<Store>) -> Ingest {
+    /// The sources of `config`; those of `previous` (the config being
+    /// replaced by a reload) keep their limiter's state where their limit
+    /// is unchanged.
+    pub fn new(config: &Config, store: Arc<Store>, previous: Option<&Ingest>) -> Ingest {
         let sources = config
             .sources
             .iter()
@@ -59,10 +64,14 @@ impl Ingest {
                     .iter()
                     .filter_map(|k| s.scheme.key_from_secret(k.expose()).ok())
                     .collect();
+                let kept = previous
+                    .and_then(|p| p.sources.get(&s.name))
+                    .filter(|old| old.config.rate_limit == s.rate_limit)
+                    .and_then(|old| old.limiter.clone());
                 let source = Source {
                     config: s.clone(),
                     keys,
-                    limiter: s.rate_limit.map(Limiter::new),
+                    limiter: kept.or_else(|| s.rate_limit.map(|l| Arc::new(Limiter::new(l)))),
                 };
                 (s.name.clone(), Arc::new(source))
             })

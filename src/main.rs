@@ -227,7 +227,8 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
     // feature is off in normal builds.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let (config, origin) = match Config::load(config.as_deref()) {
+    let config_path = config;
+    let (config, origin) = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(errors) => {
             for issue in &errors.0 {
@@ -266,7 +267,18 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match waybill::app::run(config, listener, shutdown).await {
+        let app = match waybill::app::App::start(config).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the store");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = reload_on_hangup(app.clone(), config_path) {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+        match app.serve(listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "stopped with an error");
@@ -359,6 +371,35 @@ fn simulate(listen: std::net::SocketAddr, config: waybill::simulator::SimConfig)
         waybill::simulator::run(listener, config, shutdown).await;
         ExitCode::SUCCESS
     })
+}
+
+/// `SIGHUP` re-reads the config file the gateway started with and puts
+/// it in force, or refuses it whole (contract 10.5). The handler is
+/// installed before serving, so a hangup sent right after start is never
+/// the default (fatal) action.
+fn reload_on_hangup(
+    app: std::sync::Arc<waybill::app::App>,
+    path: Option<PathBuf>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("hangup received; reloading the config");
+            let path = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || Config::load(path.as_deref()))
+                .await
+                .map_err(|e| {
+                    waybill::config::ConfigErrors(vec![waybill::config::Issue {
+                        key: String::new(),
+                        why: format!("reading the config failed: {e}"),
+                    }])
+                })
+                .and_then(|r| r.map(|(config, _)| config));
+            app.reload(loaded);
+        }
+    });
+    Ok(())
 }
 
 /// Installs the SIGTERM and SIGINT handlers now, before the gateway says it

@@ -4,23 +4,31 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
-use crate::config::PartnerConfig;
+use crate::config::{PartnerConfig, RateLimit};
 use crate::ratelimit::Limiter;
 
 pub struct Partner {
     pub name: String,
     keys: Vec<Vec<u8>>,
-    pub limiter: Option<Limiter>,
+    /// Kept across a reload that leaves the partner's limit alone.
+    pub limiter: Option<Arc<Limiter>>,
+    rate_limit: Option<RateLimit>,
 }
 
 pub struct Partners(Vec<Arc<Partner>>);
 
 impl Partners {
-    pub fn new(configs: &[PartnerConfig]) -> Partners {
+    /// The partners of `configs`; those of `previous` (replaced by a
+    /// reload) keep their limiter's state where their limit is unchanged.
+    pub fn new(configs: &[PartnerConfig], previous: Option<&Partners>) -> Partners {
         Partners(
             configs
                 .iter()
                 .map(|p| {
+                    let kept = previous
+                        .and_then(|prev| prev.0.iter().find(|old| old.name == p.name))
+                        .filter(|old| old.rate_limit == p.rate_limit)
+                        .and_then(|old| old.limiter.clone());
                     Arc::new(Partner {
                         name: p.name.clone(),
                         keys: p
@@ -28,7 +36,8 @@ impl Partners {
                             .iter()
                             .map(|k| k.expose().as_bytes().to_vec())
                             .collect(),
-                        limiter: p.rate_limit.map(Limiter::new),
+                        limiter: kept.or_else(|| p.rate_limit.map(|l| Arc::new(Limiter::new(l)))),
+                        rate_limit: p.rate_limit,
                     })
                 })
                 .collect(),
@@ -70,7 +79,7 @@ mod tests {
             &NoEnv,
         )
         .unwrap();
-        let p = Partners::new(&cfg.partners);
+        let p = Partners::new(&cfg.partners, None);
         assert_eq!(p.authenticate(b"old-key").unwrap().name, "acme");
         assert_eq!(p.authenticate(b"new-key").unwrap().name, "acme");
         assert_eq!(p.authenticate(b"globex-key").unwrap().name, "globex");

@@ -27,6 +27,9 @@ pub mod metric {
     pub const SWEPT: &str = "waybill_retention_swept_total";
     pub const COMPONENT_UP: &str = "waybill_component_up";
     pub const STORE_SIZE: &str = "waybill_store_size_bytes";
+    pub const CONFIG_RELOADS: &str = "waybill_config_reloads_total";
+    pub const PARKED: &str = "waybill_parked_events";
+    pub const STORE_FREE: &str = "waybill_store_free_bytes";
 }
 
 /// Webhook outcomes, the label values of `waybill_webhooks_total`.
@@ -104,6 +107,23 @@ pub fn metrics_handle() -> PrometheusHandle {
             metrics::describe_gauge!(
                 metric::SOURCE_LAST_ACCEPTED,
                 "When each source last had an event accepted (unix seconds)"
+            );
+            metrics::describe_gauge!(
+                metric::PARKED,
+                "Events parked until their shipment or order exists"
+            );
+            metrics::describe_gauge!(metric::STORE_SIZE, "Bytes the store takes on disk");
+            metrics::describe_gauge!(
+                metric::STORE_FREE,
+                "Free bytes on the store's file system (below store.min_free_mb writes stop)"
+            );
+            metrics::describe_gauge!(
+                metric::COMPONENT_UP,
+                "1 while a background component runs and beats, else 0"
+            );
+            metrics::describe_counter!(
+                metric::CONFIG_RELOADS,
+                "Config reloads (SIGHUP) by result: ok or rejected"
             );
             metrics::describe_gauge!(metric::BUILD_INFO, "1, labelled with the version");
             metrics::gauge!(metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

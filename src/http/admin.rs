@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::{ApiError, Body, json_response};
 use super::{LogFields, RequestId};
-use crate::app::App;
+use crate::app::{App, Live};
 use crate::clock::rfc3339_ms;
 use crate::identity::FieldIssue;
 use crate::store::{EventFilter, OutcomeRecord, StateError, StoredEvent};
@@ -29,13 +29,13 @@ const MAX_SCAN: usize = 100_000;
 /// second concurrent scan would only take the other core from intake.
 static SEARCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: &App, live: &Live, req: Request<Incoming>) -> Response<Body> {
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    let Some(token) = &app.config.admin_token else {
+    let Some(token) = &live.config.admin_token else {
         return ApiError::not_found("route").into_response(&request_id);
     };
     let presented = req

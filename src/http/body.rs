@@ -21,7 +21,7 @@ pub(super) async fn read(
     app: &App,
     req: Request<Incoming>,
 ) -> Result<(http::request::Parts, Bytes), BodyError> {
-    let max = app.config.server.max_body_bytes;
+    let max = app.server.max_body_bytes;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -32,7 +32,7 @@ pub(super) async fn read(
     }
     let (parts, body) = req.into_parts();
     match tokio::time::timeout(
-        app.config.server.request_timeout,
+        app.server.request_timeout,
         Limited::new(body, max).collect(),
     )
     .await

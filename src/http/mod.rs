@@ -240,10 +240,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Outpu
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(app.config.server.request_timeout)
+        .header_read_timeout(app.server.request_timeout)
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
-    let cap = connection_cap(app.config.server.max_connections);
+    let cap = connection_cap(app.server.max_connections);
     let connections = Arc::new(Semaphore::new(cap));
     let graceful = GracefulShutdown::new();
     let accept_backoff = Backoff::default();
@@ -255,7 +255,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Outpu
             conn = accept(&listener, &connections, &accept_backoff) => {
                 let (stream, slot) = conn;
                 let svc = service(app.clone());
-                let io = timed(stream, app.config.server.request_timeout);
+                let io = timed(stream, app.server.request_timeout);
                 let conn = graceful.watch(builder.serve_connection(io, svc));
                 tokio::spawn(async move {
                     let _slot = slot;
@@ -267,7 +267,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Outpu
         }
     };
     app.draining.store(true, Ordering::Relaxed);
-    let grace = tokio::time::sleep(app.config.server.shutdown_grace);
+    let grace = tokio::time::sleep(app.server.shutdown_grace);
     tokio::pin!(grace);
     match reason {
         Stop::Requested => {
@@ -292,7 +292,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Outpu
                         // Answered (mostly 503) and closed; not waited for.
                         let (stream, slot) = conn;
                         let svc = service(app.clone());
-                        let io = timed(stream, app.config.server.request_timeout);
+                        let io = timed(stream, app.server.request_timeout);
                         let conn = builder.serve_connection(io, svc);
                         tokio::spawn(async move {
                             let _slot = slot;
@@ -491,17 +491,21 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 
 async fn router(app: &App, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    // The config this request runs under, to its end, whatever a reload
+    // does meanwhile.
+    let live = app.live();
+    let live = &*live;
     match Route::of(&path) {
-        Route::Webhook(name) => webhooks::handle(app, req, name).await,
+        Route::Webhook(name) => webhooks::handle(app, live, req, name).await,
         Route::AdminEvents | Route::AdminEvent | Route::AdminRedeliver | Route::AdminOther => {
-            admin::handle(app, req).await
+            admin::handle(app, live, req).await
         }
-        Route::V1Shipments => v1::handle(app, req, v1::V1Route::Shipments).await,
-        Route::V1Orders => v1::handle(app, req, v1::V1Route::Orders).await,
-        Route::V1Order => v1::handle(app, req, v1::V1Route::Order).await,
-        Route::V1Shipment => v1::handle(app, req, v1::V1Route::Shipment).await,
-        Route::V1Label => v1::handle(app, req, v1::V1Route::Label).await,
-        Route::V1Cancel => v1::handle(app, req, v1::V1Route::Cancel).await,
+        Route::V1Shipments => v1::handle(app, live, req, v1::V1Route::Shipments).await,
+        Route::V1Orders => v1::handle(app, live, req, v1::V1Route::Orders).await,
+        Route::V1Order => v1::handle(app, live, req, v1::V1Route::Order).await,
+        Route::V1Shipment => v1::handle(app, live, req, v1::V1Route::Shipment).await,
+        Route::V1Label => v1::handle(app, live, req, v1::V1Route::Label).await,
+        Route::V1Cancel => v1::handle(app, live, req, v1::V1Route::Cancel).await,
         _ => {
             let id = req
                 .extensions()

@@ -44,6 +44,7 @@ pub(super) fn handle(
                 crate::clock::now_ms().saturating_sub(at) as f64 / 1000.0
             });
             metrics::gauge!(crate::telemetry::metric::INBOX_OLDEST_AGE).set(age);
+            metrics::gauge!(crate::telemetry::metric::PARKED).set(app.store.parked() as f64);
             let mut resp = Response::new(app.metrics.render().into());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::body::{self, BodyError};
 use super::error::{ApiError, Body, json_bytes, json_response};
 use super::{LogFields, RequestId};
-use crate::app::App;
+use crate::app::{App, Live};
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::domain::order::OrderStatus;
 use crate::domain::request::{NewOrder, NewShipment};
@@ -28,12 +28,13 @@ use crate::telemetry::metric;
 
 /// How long a claim holds a key before another request may resume it.
 fn lease(app: &App) -> Duration {
-    app.config.store.in_progress_timeout
+    app.store_config.in_progress_timeout
 }
 
 /// One authenticated `/v1` request, as its handler needs it.
 struct Call<'a> {
     app: &'a App,
+    live: &'a Live,
     partner: &'a Partner,
     parts: &'a http::request::Parts,
     path: &'a str,
@@ -74,7 +75,12 @@ pub(super) enum V1Route {
     Order,
 }
 
-pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) -> Response<Body> {
+pub(super) async fn handle(
+    app: &App,
+    live: &Live,
+    req: Request<Incoming>,
+    route: V1Route,
+) -> Response<Body> {
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -90,7 +96,7 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) ->
     if !allow.split(", ").any(|m| m == method.as_str()) {
         return ApiError::method_not_allowed(allow).into_response(&request_id);
     }
-    let max = app.config.server.max_body_bytes;
+    let max = app.server.max_body_bytes;
     let (parts, body) = match body::read(app, req).await {
         Ok(read) => read,
         Err(BodyError::TooLarge) => {
@@ -116,7 +122,7 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let Some(partner) = app.partners.authenticate(presented.as_bytes()) else {
+    let Some(partner) = live.partners.authenticate(presented.as_bytes()) else {
         return ApiError::unauthenticated().into_response(&request_id);
     };
     let mut fields = LogFields {
@@ -148,6 +154,7 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>, route: V1Route) ->
     }
     let mut call = Call {
         app,
+        live,
         partner: &partner,
         parts: &parts,
         path: &path,
@@ -251,13 +258,14 @@ async fn create_shipment(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
             Ok(checked) => checked,
             Err(answer) => return answer,
         };
+    let live = call.live;
     let (app, partner, _, _, request_id, fields) = call.split();
     let record = shipments::new_record(&partner.name, &request);
     fields.shipment_id = Some(record.shipment_id.clone());
     let done = Done::new(app, partner, &key, &fingerprint);
     let finalize =
         |rec: &ShipmentRecord| done.answer(StatusCode::CREATED, shipment_view(rec).to_string());
-    match shipments::create(app.ports(), record, &finalize).await {
+    match shipments::create(app.ports(live), record, &finalize).await {
         Ok(rec) => {
             count(ENDPOINT, "executed");
             let mut resp = json_bytes(StatusCode::CREATED, shipment_view(&rec).to_string());
@@ -288,7 +296,7 @@ impl<'a> Done<'a> {
             key,
             fingerprint,
             expires_at_ms: now_ms()
-                .saturating_add(app.config.store.idempotency_retention.as_millis() as u64),
+                .saturating_add(app.store_config.idempotency_retention.as_millis() as u64),
         }
     }
 
@@ -331,13 +339,14 @@ async fn create_order(call: &mut Call<'_>, body: Bytes) -> Response<Body> {
             Ok(checked) => checked,
             Err(answer) => return answer,
         };
+    let live = call.live;
     let (app, partner, _, _, request_id, fields) = call.split();
     let done = Done::new(app, partner, &key, &fingerprint);
     let finalize = |placed: Placed, order: &OrderRecord| {
         let (status, body) = placed_answer(placed, order, request_id);
         done.answer(status, body)
     };
-    match orders::place(app.ports(), &partner.name, &key, &request, &finalize).await {
+    match orders::place(app.ports(live), &partner.name, &key, &request, &finalize).await {
         Ok((placed, order)) => {
             count(ENDPOINT, "executed");
             if let Some(s) = &order.progress.shipment_id {
@@ -562,7 +571,7 @@ async fn refuse(
                 fingerprint: fingerprint.to_string(),
                 status: error.status.as_u16(),
                 body: error.body_bytes(request_id),
-                expires_at_ms: now_ms() + app.config.store.idempotency_retention.as_millis() as u64,
+                expires_at_ms: now_ms() + app.store_config.idempotency_retention.as_millis() as u64,
             },
         };
         if let Err(e) = app.store.finish(completion).await {
@@ -594,6 +603,7 @@ fn own_shipment(
 }
 
 async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
+    let live = call.live;
     let (app, partner, parts, path, request_id, fields) = call.split();
     const ENDPOINT: &str = "/v1/shipments/{shipment_id}/label";
     let (key, value) = match write_preamble(parts, &body, fields) {
@@ -625,7 +635,7 @@ async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body>
     fail::fail_point!("label-after-claim", |_| std::process::abort());
     let done = Done::new(app, partner, &key, &fingerprint);
     let finalize = |label: &Value| done.answer(StatusCode::CREATED, label.to_string());
-    match shipments::buy_label(app.ports(), &shipment, &format, &finalize).await {
+    match shipments::buy_label(app.ports(live), &shipment, &format, &finalize).await {
         Ok(label) => {
             count(ENDPOINT, "executed");
             json_bytes(StatusCode::CREATED, label.to_string())
@@ -635,6 +645,7 @@ async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body>
 }
 
 async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
+    let live = call.live;
     let (app, partner, parts, path, request_id, fields) = call.split();
     const ENDPOINT: &str = "/v1/shipments/{shipment_id}/cancel";
     let (key, value) = match write_preamble(parts, &body, fields) {
@@ -654,10 +665,10 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
         partner: partner.name.clone(),
         key: key.clone(),
         fingerprint: fingerprint.clone(),
-        expires_at_ms: now_ms() + app.config.store.idempotency_retention.as_millis() as u64,
+        expires_at_ms: now_ms() + app.store_config.idempotency_retention.as_millis() as u64,
         render: shipment_view,
     };
-    match shipments::cancel(app.ports(), &shipment, answer).await {
+    match shipments::cancel(app.ports(live), &shipment, answer).await {
         Ok(rec) => {
             count(ENDPOINT, "executed");
             json_response(StatusCode::OK, &shipment_view(&rec))

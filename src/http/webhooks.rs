@@ -8,19 +8,24 @@ use serde_json::json;
 use super::body::{self, BodyError};
 use super::error::{ApiError, Body, json_response};
 use super::{LogFields, RequestId};
-use crate::app::App;
+use crate::app::{App, Live};
 use crate::clock::rfc3339_ms;
 use crate::ingest::{Outcome, Refusal};
 use crate::signature::Rejection;
 use crate::telemetry::{metric, outcome};
 
-pub async fn handle(app: &App, req: Request<Incoming>, source_name: &str) -> Response<Body> {
+pub async fn handle(
+    app: &App,
+    live: &Live,
+    req: Request<Incoming>,
+    source_name: &str,
+) -> Response<Body> {
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    let Some(source) = app.ingest.source(source_name) else {
+    let Some(source) = live.ingest.source(source_name) else {
         return ApiError::not_found("source").into_response(&request_id);
     };
     if req.method() != Method::POST {
@@ -35,7 +40,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, source_name: &str) -> Res
         ..LogFields::default()
     };
 
-    let max = app.config.server.max_body_bytes;
+    let max = app.server.max_body_bytes;
     let (parts, body) = match body::read(app, req).await {
         Ok(read) => read,
         Err(BodyError::TooLarge) => {
@@ -66,7 +71,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, source_name: &str) -> Res
             return with_fields(e.into_response(&request_id), fields);
         }
     };
-    let resp = match app.ingest.receive(&source, &parts.headers, body).await {
+    let resp = match live.ingest.receive(&source, &parts.headers, body).await {
         Ok(Outcome::Accepted {
             event_id,
             received_at_ms,

@@ -14,7 +14,6 @@ pub mod labels;
 pub mod orders;
 pub mod shipments;
 
-use crate::config::Config;
 use crate::downstream::{Downstream, Service};
 use crate::store::{StateError, Store};
 
@@ -49,5 +48,4 @@ impl From<StateError> for Refusal {
 pub struct Ports<'a> {
     pub store: &'a Store,
     pub downstream: &'a Downstream,
-    pub config: &'a Config,
 }

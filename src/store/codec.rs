@@ -38,6 +38,13 @@ use serde::{Deserialize, Serialize};
 
 pub const SEQ_KEY: &[u8] = b"m/seq";
 pub const CURSOR_KEY: &[u8] = b"m/cursor";
+/// How many events dispatch has parked, less those it has unparked: kept
+/// by the state machine, in the batch that parks or unparks them.
+pub const PARKED_KEY: &[u8] = b"m/parked";
+/// How many parked events retention has forgotten: kept by the writer, in
+/// the batch that forgets them. Parked now is the difference; two keys,
+/// so that each has one writer.
+pub const PARKED_SWEPT_KEY: &[u8] = b"m/parked-swept";
 
 pub fn event_key(source: &str, event_id: &str) -> Vec<u8> {
     prefixed(b'e', source, event_id)
@@ -202,6 +209,12 @@ impl Arrival {
 
     pub fn decode(v: &[u8]) -> Option<Arrival> {
         serde_json::from_slice(v).ok()
+    }
+
+    pub fn is_parked(&self) -> bool {
+        self.outcome
+            .as_ref()
+            .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
     }
 }
 

@@ -20,6 +20,7 @@ pub mod segments;
 mod state;
 mod writer;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
@@ -210,6 +211,9 @@ struct Shared {
     tree: sled::Tree,
     durable_seq: AtomicU64,
     inbox_pending: AtomicI64,
+    /// The values of `PARKED_KEY` and `PARKED_SWEPT_KEY` as last written.
+    parked_marked: AtomicU64,
+    parked_swept: AtomicU64,
     /// False once sled failed a write or a flush. sled cannot recover from
     /// that in-process, so the threads that see it stop, and supervision
     /// restarts the process on the same data.
@@ -234,6 +238,10 @@ struct Shared {
     /// sends one per pass rather than one per group.
     wake_pending: AtomicBool,
     dispatcher_running: AtomicBool,
+    /// The sources the state machine interprets events with: their status
+    /// maps and pointers. A reload swaps them whole, and each event is
+    /// interpreted under one version.
+    sources: arc_swap::ArcSwap<HashMap<String, SourceConfig>>,
     /// Distinguishes this run of the process: an idempotency claim made by
     /// an earlier run belongs to a request that died with it.
     epoch: u64,
@@ -370,6 +378,8 @@ impl Store {
                 pending += 1;
             }
         }
+        let parked_marked = read_u64(&tree, codec::PARKED_KEY)?;
+        let parked_swept = read_u64(&tree, codec::PARKED_SWEPT_KEY)?;
         let log_file = std::fs::File::open(cfg.path.join("db")).ok();
         let shared = Arc::new(Shared {
             db,
@@ -377,6 +387,8 @@ impl Store {
             tree,
             durable_seq: AtomicU64::new(seq),
             inbox_pending: AtomicI64::new(pending),
+            parked_marked: AtomicU64::new(parked_marked),
+            parked_swept: AtomicU64::new(parked_swept),
             healthy: AtomicBool::new(true),
             low_space: AtomicBool::new(false),
             path: cfg.path.clone(),
@@ -388,6 +400,7 @@ impl Store {
             state_tx: std::sync::Mutex::new(None),
             wake_pending: AtomicBool::new(false),
             dispatcher_running: AtomicBool::new(false),
+            sources: arc_swap::ArcSwap::from_pointee(HashMap::new()),
             epoch: fastrand::u64(1..),
         });
         metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
@@ -441,9 +454,9 @@ impl Store {
             .state_tx
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(tx);
+        self.set_sources(sources);
         let machine = StateMachine {
             shared: self.shared.clone(),
-            sources: sources.into_iter().map(|s| (s.name.clone(), s)).collect(),
         };
         self.shared
             .dispatcher_running
@@ -457,6 +470,14 @@ impl Store {
             .unwrap_or_else(PoisonError::into_inner)
             .push(handle);
         Ok(())
+    }
+
+    /// Replaces the sources the state machine interprets events with
+    /// (a config reload); events from now on are read with these.
+    pub fn set_sources(&self, sources: Vec<SourceConfig>) {
+        self.shared.sources.store(Arc::new(
+            sources.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        ));
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Msg>, StoreError> {
@@ -786,6 +807,13 @@ impl Store {
         self.shared.inbox_pending.load(Ordering::Relaxed)
     }
 
+    /// Events parked now (`waybill_parked_events`): parked by dispatch and
+    /// neither unparked, redelivered nor forgotten by retention since.
+    pub fn parked(&self) -> u64 {
+        let marked = self.shared.parked_marked.load(Ordering::Relaxed);
+        marked.saturating_sub(self.shared.parked_swept.load(Ordering::Relaxed))
+    }
+
     /// When the oldest event the state machine has not passed yet arrived;
     /// None when the inbox is empty.
     pub fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
@@ -938,6 +966,12 @@ impl Store {
         self.shared.db.size_on_disk().unwrap_or(0) + self.shared.segments.size_bytes()
     }
 
+    /// Free space on the store's file system, for `waybill_store_free_bytes`
+    /// (the disk-filling alert); None when it cannot be read.
+    pub fn free_bytes(&self) -> Option<u64> {
+        fs2::available_space(&self.shared.path).ok()
+    }
+
     /// Whether an identity is remembered (not yet swept).
     pub fn knows(&self, source: &str, event_id: &str) -> Result<bool, StoreError> {
         Ok(self
@@ -955,6 +989,7 @@ impl Store {
         let tree = &self.shared.tree;
         let cursor = read_cursor(tree)?;
         let mut problems = Vec::new();
+        let mut parked = 0u64;
         for kv in tree.scan_prefix(b"n") {
             let (k, v) = kv?;
             let (Some(seq), Some(a)) = (codec::parse_seq_key(b'n', &k), codec::Arrival::decode(&v))
@@ -976,6 +1011,7 @@ impl Store {
             if !a.dispatch {
                 continue;
             }
+            parked += u64::from(a.is_parked());
             let dispatched = a.outcome.is_some();
             if seq <= cursor && !dispatched {
                 problems.push(format!(
@@ -989,6 +1025,13 @@ impl Store {
                     a.source, a.event_id
                 ));
             }
+        }
+        let counted = read_u64(tree, codec::PARKED_KEY)?
+            .saturating_sub(read_u64(tree, codec::PARKED_SWEPT_KEY)?);
+        if counted != parked {
+            problems.push(format!(
+                "the parked count says {counted} where {parked} events are parked"
+            ));
         }
         // No charge without its order's shipment; no order waiting for
         // fulfilment outside the queue.
@@ -1090,6 +1133,7 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
         .unwrap_or(0);
     let mut batch = sled::Batch::default();
     let mut dropped = 0;
+    let mut parked = 0;
     for kv in tree.range(codec::seq_key(b'n', checkpoint + 1)..codec::seq_key(b'n', u64::MAX)) {
         let (k, v) = kv?;
         let (Some(seq), Some(a)) = (codec::parse_seq_key(b'n', &k), codec::Arrival::decode(&v))
@@ -1107,7 +1151,12 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
             // Its retention entry stays: the sweep skips what is gone.
             writer::forget_event(&mut batch, &a.source, &a.event_id, seq, &meta);
             dropped += 1;
+            parked += u64::from(a.is_parked());
         }
+    }
+    if parked > 0 {
+        let swept = read_u64(tree, codec::PARKED_SWEPT_KEY)? + parked;
+        batch.insert(codec::PARKED_SWEPT_KEY, swept.to_be_bytes().to_vec());
     }
     if dropped > 0 {
         tracing::warn!(
@@ -1152,8 +1201,12 @@ fn read_arrival(tree: &sled::Tree, seq: u64) -> Result<Option<codec::Arrival>, S
 }
 
 fn read_cursor(tree: &sled::Tree) -> Result<u64, StoreError> {
+    read_u64(tree, codec::CURSOR_KEY)
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
     Ok(tree
-        .get(codec::CURSOR_KEY)?
+        .get(key)?
         .and_then(|v| codec::decode_u64(&v))
         .unwrap_or(0))
 }

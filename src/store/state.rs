@@ -20,7 +20,6 @@ use tokio::sync::oneshot;
 
 use super::codec::{self, Arrival, DispatchOutcome, OrderRecord, OutcomeRecord, ShipmentRecord};
 use super::{STALL_AFTER, Shared, StoreError};
-use crate::config::SourceConfig;
 use crate::domain::shipment::{Applied, ShipmentStatus, StatusEvent};
 use crate::health::Component;
 use crate::idempotency::{self, Decision};
@@ -215,7 +214,6 @@ impl Replies {
 
 pub(super) struct StateMachine {
     pub(super) shared: Arc<Shared>,
-    pub(super) sources: HashMap<String, SourceConfig>,
 }
 
 /// One batch's worth of changes, with the shipments it touched cached so
@@ -231,6 +229,8 @@ struct Pass<'a> {
     /// Order id → the partners with an order of that id.
     partners: HashMap<String, Vec<String>>,
     counted: Vec<(String, DispatchOutcome)>,
+    /// Events this pass parked, less those it unparked.
+    parked: i64,
 }
 
 impl<'a> Pass<'a> {
@@ -245,6 +245,7 @@ impl<'a> Pass<'a> {
             dirty_orders: HashSet::new(),
             partners: HashMap::new(),
             counted: Vec::new(),
+            parked: 0,
         }
     }
 
@@ -330,7 +331,14 @@ impl<'a> Pass<'a> {
                 );
             }
         }
+        let marked = shared.parked_marked.load(Ordering::Relaxed);
+        let marked = marked.saturating_add_signed(self.parked);
+        if self.parked != 0 {
+            self.batch
+                .insert(codec::PARKED_KEY, marked.to_be_bytes().to_vec());
+        }
         shared.apply(self.batch)?;
+        shared.parked_marked.store(marked, Ordering::Relaxed);
         Ok(self.counted)
     }
 }
@@ -516,6 +524,7 @@ impl StateMachine {
             let mut pass = Pass::new(tree);
             let mut last = cursor;
             let mut dispatched = 0i64;
+            let sources = self.shared.sources.load_full();
             for kv in tree.range(codec::seq_key(b'n', cursor + 1)..).take(PASS) {
                 let (k, v) = kv?;
                 let Some(seq) = codec::parse_seq_key(b'n', &k) else {
@@ -530,7 +539,7 @@ impl StateMachine {
                     continue;
                 }
                 dispatched += 1;
-                let interpretation = match (self.sources.get(&arrival.source), &arrival.fields) {
+                let interpretation = match (sources.get(&arrival.source), &arrival.fields) {
                     (None, _) => Interpretation::Dead {
                         reason: format!("source {} is no longer configured", arrival.source),
                     },
@@ -569,7 +578,7 @@ impl StateMachine {
         arrival: &mut Arrival,
     ) -> Result<OutcomeRecord, StateError> {
         let event = super::read_event(&self.shared, &arrival.source, &arrival.event_id, true)?;
-        let interpretation = match (&event, self.sources.get(&arrival.source)) {
+        let interpretation = match (&event, self.shared.sources.load().get(&arrival.source)) {
             (None, _) => Interpretation::Dead {
                 reason: "the event record is missing".into(),
             },
@@ -654,7 +663,9 @@ impl StateMachine {
             Interpretation::Dead { reason } => record.reason = Some(reason),
             Interpretation::NotDispatched => record.outcome = DispatchOutcome::Stored,
         }
+        let was_parked = arrival.is_parked();
         arrival.outcome = Some(record.clone());
+        pass.parked += i64::from(arrival.is_parked()) - i64::from(was_parked);
         pass.batch
             .insert(codec::seq_key(b'n', seq).to_vec(), arrival.encode());
         if record.outcome != DispatchOutcome::Stored {

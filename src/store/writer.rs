@@ -253,9 +253,17 @@ impl Writer {
     fn sweep(&mut self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         let tree = &self.shared.tree;
         let cursor = super::read_cursor(tree)?;
-        let plan = plan_sweep(tree, now_ms, limit, cursor)?;
+        let mut plan = plan_sweep(tree, now_ms, limit, cursor)?;
+        let parked_swept = self.shared.parked_swept.load(Ordering::Relaxed) + plan.parked;
+        if plan.parked > 0 {
+            plan.batch
+                .insert(codec::PARKED_SWEPT_KEY, parked_swept.to_be_bytes().to_vec());
+        }
         if plan.swept > 0 {
             self.shared.apply(plan.batch)?;
+            self.shared
+                .parked_swept
+                .store(parked_swept, Ordering::Relaxed);
         }
         if plan.swept < limit {
             self.sweep_segments(now_ms, cursor)?;
@@ -325,6 +333,8 @@ impl Writer {
 pub(super) struct SweepPlan {
     batch: sled::Batch,
     swept: usize,
+    /// Of those, how many were parked.
+    parked: u64,
 }
 
 /// Reads up to about `limit` expired events, a retention entry at a time,
@@ -346,6 +356,7 @@ pub(super) fn plan_sweep(
 ) -> Result<SweepPlan, StoreError> {
     let mut batch = sled::Batch::default();
     let mut swept = 0;
+    let mut parked = 0;
     let mut passed_over = 0;
     for kv in tree.range(codec::expiry_key(0, 0)..codec::expiry_key(now_ms, 0)) {
         if swept >= limit || passed_over >= 4 * limit {
@@ -367,11 +378,15 @@ pub(super) fn plan_sweep(
                     waiting.push(seq);
                 }
                 (Some(a), Some((_, meta, _))) => {
+                    parked += u64::from(a.is_parked());
                     forget_event(&mut batch, &a.source, &a.event_id, seq, &meta);
                 }
                 // Reused by a later copy after this one expired: only this
                 // copy's arrival goes.
-                (Some(_), None) => batch.remove(codec::seq_key(b'n', seq).to_vec()),
+                (Some(a), None) => {
+                    parked += u64::from(a.is_parked());
+                    batch.remove(codec::seq_key(b'n', seq).to_vec());
+                }
                 // Gone already (forgotten on open after a crash).
                 (None, _) => {}
             }
@@ -385,7 +400,11 @@ pub(super) fn plan_sweep(
             batch.insert(k, codec::encode_seqs(&waiting));
         }
     }
-    Ok(SweepPlan { batch, swept })
+    Ok(SweepPlan {
+        batch,
+        swept,
+        parked,
+    })
 }
 
 /// Removes an event's record, its arrival and its search entries.

@@ -163,6 +163,51 @@ async fn an_unknown_tracking_number_is_parked_then_applied_when_its_label_is_rec
     assert_eq!(status(&app, "shp_later"), ShipmentStatus::Delivered);
 }
 
+/// `waybill_parked_events` follows every way into and out of parking:
+/// dispatch parks, a label unparks, a restart remembers, retention forgets.
+#[tokio::test]
+async fn the_parked_count_follows_parking_unparking_restarts_and_retention() {
+    let app = spawn_app().await;
+    assert_eq!(app.app.store.parked(), 0);
+    let at = "2026-11-20T10:00:00Z";
+    for (id, tn) in [
+        ("pk-1", "TN-PK-A"),
+        ("pk-2", "TN-PK-A"),
+        ("pk-3", "TN-PK-B"),
+    ] {
+        assert_eq!(
+            send_tracking(&app, id, tn, "in_transit", at).await.status,
+            202
+        );
+    }
+    app.settle().await;
+    assert_eq!(app.app.store.parked(), 3);
+    let m = app.metrics().await;
+    assert!(m.contains("\nwaybill_parked_events "), "{m}");
+
+    shipment_with_label(&app, "shp_pk_a", "TN-PK-A").await;
+    assert_eq!(app.app.store.parked(), 1, "both events of TN-PK-A unparked");
+    // A redelivery that parks it again leaves the count where it was.
+    assert_eq!(
+        app.admin_post("/admin/events/ep/pk-3/redeliver")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(app.app.store.parked(), 1);
+
+    let app = app.restart().await;
+    assert_eq!(app.app.store.parked(), 1, "kept in the store");
+
+    // Retention forgets the parked event (and the others) at a far later time.
+    let later = waybill::clock::now_ms() + 400 * 86_400_000;
+    while app.app.store.sweep_expired(later, 256).await.unwrap() > 0 {}
+    assert!(app.app.store.outcome("ep", "pk-3").unwrap().is_none());
+    assert_eq!(app.app.store.parked(), 0);
+    let app = app.restart().await;
+    assert_eq!(app.app.store.parked(), 0);
+}
+
 #[tokio::test]
 async fn payment_events_wait_for_their_order() {
     let app = spawn_app().await;

@@ -185,6 +185,8 @@ pub struct TestApp {
     /// The running gateway, for what its HTTP API does not offer yet
     /// (creating shipments, recording labels) and to wait for dispatch.
     pub app: Arc<App>,
+    /// The config file it started with, for reloads of an edited copy.
+    pub config_text: String,
     opts: Options,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
@@ -240,6 +242,7 @@ async fn start(dir: tempfile::TempDir, opts: Options) -> TestApp {
         addr,
         dir,
         app,
+        config_text: text,
         opts,
         shutdown: Some(tx),
         handle: Some(handle),

@@ -12,6 +12,7 @@ mod labels;
 mod openapi;
 mod ops;
 mod orders;
+mod reload;
 mod signatures;
 mod transport;
 mod v1;

@@ -30,6 +30,31 @@ pub mod metric {
     pub const CONFIG_RELOADS: &str = "waybill_config_reloads_total";
     pub const PARKED: &str = "waybill_parked_events";
     pub const STORE_FREE: &str = "waybill_store_free_bytes";
+
+    /// Every name above: what the dashboard and the alert rules may use
+    /// (tests/ops.rs checks them against it).
+    pub const ALL: &[&str] = &[
+        HTTP_REQUESTS,
+        HTTP_DURATION,
+        HTTP_IN_FLIGHT,
+        WEBHOOKS,
+        INBOX_PENDING,
+        DISPATCH,
+        IDEMPOTENCY,
+        DOWNSTREAM,
+        CIRCUIT_OPEN,
+        STORE_GROUP_SIZE,
+        STORE_FLUSH_SECONDS,
+        INBOX_OLDEST_AGE,
+        SOURCE_LAST_ACCEPTED,
+        BUILD_INFO,
+        SWEPT,
+        COMPONENT_UP,
+        STORE_SIZE,
+        CONFIG_RELOADS,
+        PARKED,
+        STORE_FREE,
+    ];
 }
 
 /// Webhook outcomes, the label values of `waybill_webhooks_total`.

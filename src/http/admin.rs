@@ -7,8 +7,8 @@ use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value, json};
-use subtle::ConstantTimeEq;
 
+use super::console;
 use super::error::{ApiError, Body, json_response};
 use super::{LogFields, RequestId};
 use crate::app::{App, Live};
@@ -38,13 +38,14 @@ pub async fn handle(app: &App, live: &Live, req: Request<Incoming>) -> Response<
     let Some(token) = &live.config.admin_token else {
         return ApiError::not_found("route").into_response(&request_id);
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+    let credential = console::credential(req.headers(), token);
+    let path = req.uri().path().to_string();
+    // The console's page answers a browser without credentials with its
+    // sign-in form, and takes the token from it.
+    if path == "/admin/ui" {
+        return console::handle(app, req, token, credential, &request_id).await;
+    }
+    if !console::allowed(credential, req.method(), req.headers()) {
         return ApiError::unauthenticated().into_response(&request_id);
     }
     let _slot = match super::admit(app) {
@@ -52,7 +53,6 @@ pub async fn handle(app: &App, live: &Live, req: Request<Incoming>) -> Response<
         Err(e) => return e.into_response(&request_id),
     };
 
-    let path = req.uri().path().to_string();
     let segments: Vec<String> = path
         .trim_start_matches("/admin/")
         .split('/')
@@ -73,6 +73,8 @@ pub async fn handle(app: &App, live: &Live, req: Request<Incoming>) -> Response<
         (["events", _, _], _) => Err(ApiError::method_not_allowed("GET")),
         (["events", source, id, "redeliver"], &Method::POST) => redeliver(app, source, id).await,
         (["events", _, _, "redeliver"], _) => Err(ApiError::method_not_allowed("POST")),
+        (["redeliver"], &Method::POST) => bulk_redeliver(app, req).await,
+        (["redeliver"], _) => Err(ApiError::method_not_allowed("POST")),
         _ => Err(ApiError::not_found("route")),
     };
     let mut resp = match result {
@@ -94,6 +96,22 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal()
 }
 
+/// A time filter (`since`, `until`): RFC 3339, as unix milliseconds.
+fn time_filter(key: &str, v: &str, issues: &mut Vec<FieldIssue>) -> Option<u64> {
+    match crate::mapping::parse_time(&Value::String(v.to_string()))
+        .and_then(|ms| u64::try_from(ms).ok())
+    {
+        Some(ms) => Some(ms),
+        None => {
+            issues.push(FieldIssue::new(
+                key,
+                "must be an RFC 3339 time after 1970, like 2026-11-30T08:00:00Z",
+            ));
+            None
+        }
+    }
+}
+
 async fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
     let mut filter = EventFilter::default();
     let mut limit = DEFAULT_LIMIT;
@@ -108,6 +126,16 @@ async fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
             "event_id" => filter.event_id = Some(v),
             "tracking_number" => filter.tracking_number = Some(v),
             "order_id" => filter.order_id = Some(v),
+            "event_type" => filter.event_type = Some(v),
+            "since" => filter.since_ms = time_filter("since", &v, &mut issues),
+            "until" => filter.until_ms = time_filter("until", &v, &mut issues),
+            "cursor" => match v.parse::<u64>() {
+                Ok(seq) => filter.before_seq = Some(seq),
+                Err(_) => issues.push(FieldIssue::new(
+                    "cursor",
+                    "must be a next_cursor from an earlier page",
+                )),
+            },
             "outcome" if OUTCOMES.contains(&v.as_str()) => filter.outcome = Some(v),
             "outcome" => issues.push(FieldIssue::new(
                 "outcome",
@@ -137,12 +165,193 @@ async fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
         .iter()
         .map(|(ev, outcome)| Value::Object(summary(ev, outcome.as_ref())))
         .collect();
+    // The cursor is the sequence number the next page starts below: it
+    // stays valid whatever arrives meanwhile, and a page cut short by the
+    // scan bound hands the rest of the store to the next request.
+    let next_cursor = found.next_before.map(|seq| seq.to_string());
     let body = if found.complete {
-        json!({ "events": events })
+        json!({ "events": events, "next_cursor": next_cursor })
     } else {
-        json!({ "events": events, "incomplete": true })
+        json!({ "events": events, "next_cursor": next_cursor, "incomplete": true })
     };
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// What `POST /admin/redeliver` asks for (contract 10.6).
+struct Bulk {
+    filter: EventFilter,
+    limit: usize,
+    dry_run: bool,
+}
+
+const BULK_DEFAULT: usize = 1000;
+const BULK_MAX: usize = 10_000;
+/// Redeliveries queued to the state machine at once: it serves what waits
+/// as one round with one flush, so a batch costs a few flushes, not one
+/// per event.
+const BULK_IN_FLIGHT: usize = 64;
+
+fn parse_bulk(body: &[u8]) -> Result<Bulk, Vec<FieldIssue>> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|_| vec![FieldIssue::new("", "the body must be a JSON object")])?;
+    let Value::Object(fields) = value else {
+        return Err(vec![FieldIssue::new("", "the body must be a JSON object")]);
+    };
+    let mut issues = Vec::new();
+    let mut bulk = Bulk {
+        filter: EventFilter::default(),
+        limit: BULK_DEFAULT,
+        dry_run: false,
+    };
+    let text = |k: &str, v: &Value, issues: &mut Vec<FieldIssue>| match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => {
+            issues.push(FieldIssue::new(k, "must be a non-empty string"));
+            None
+        }
+    };
+    for (k, v) in &fields {
+        match k.as_str() {
+            "outcome" => match v.as_str() {
+                Some(o @ ("dead" | "parked")) => bulk.filter.outcome = Some(o.to_string()),
+                _ => issues.push(FieldIssue::new("outcome", "must be \"dead\" or \"parked\"")),
+            },
+            "source" => bulk.filter.source = text(k, v, &mut issues),
+            "event_type" => bulk.filter.event_type = text(k, v, &mut issues),
+            "since" | "until" => {
+                let at = text(k, v, &mut issues).and_then(|t| time_filter(k, &t, &mut issues));
+                if k == "since" {
+                    bulk.filter.since_ms = at;
+                } else {
+                    bulk.filter.until_ms = at;
+                }
+            }
+            "limit" => match v.as_u64() {
+                Some(n) if (1..=BULK_MAX as u64).contains(&n) => bulk.limit = n as usize,
+                _ => issues.push(FieldIssue::new(
+                    "limit",
+                    format!("must be an integer from 1 to {BULK_MAX}"),
+                )),
+            },
+            "dry_run" => match v.as_bool() {
+                Some(b) => bulk.dry_run = b,
+                None => issues.push(FieldIssue::new("dry_run", "must be true or false")),
+            },
+            other => issues.push(FieldIssue::new(other, "is not a field of this request")),
+        }
+    }
+    if bulk.filter.outcome.is_none() && !fields.contains_key("outcome") {
+        issues.push(FieldIssue::new(
+            "outcome",
+            "is required: \"dead\" or \"parked\"",
+        ));
+    }
+    if issues.is_empty() {
+        Ok(bulk)
+    } else {
+        Err(issues)
+    }
+}
+
+/// Redelivers every parked or dead event that matches, up to `limit`,
+/// newest first. The search runs on the blocking pool a bounded slice at a
+/// time, one search at a time; the redeliveries go to the state machine,
+/// which applies each with the config in force.
+async fn bulk_redeliver(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let (_, body) = match super::body::read(app, req).await {
+        Ok(read) => read,
+        Err(super::body::BodyError::TooLarge) => {
+            return Err(ApiError::payload_too_large(app.server.max_body_bytes));
+        }
+        Err(super::body::BodyError::Timeout) => return Err(ApiError::request_timeout()),
+        Err(super::body::BodyError::Unreadable) => {
+            return Err(ApiError::validation_failed(vec![FieldIssue::new(
+                "",
+                "the request body could not be read",
+            )]));
+        }
+    };
+    let bulk = parse_bulk(&body).map_err(ApiError::validation_failed)?;
+    let mut matched: Vec<(String, String)> = Vec::new();
+    {
+        let _turn = SEARCHES.acquire().await.map_err(store_error)?;
+        let mut filter = bulk.filter.clone();
+        loop {
+            let store = app.store.clone();
+            let page = filter.clone();
+            let want = bulk.limit - matched.len();
+            let found = tokio::task::spawn_blocking(move || store.search(&page, want, MAX_SCAN))
+                .await
+                .map_err(store_error)?
+                .map_err(store_error)?;
+            matched.extend(
+                found
+                    .events
+                    .into_iter()
+                    .map(|(ev, _)| (ev.source, ev.event_id)),
+            );
+            match found.next_before {
+                Some(seq) if matched.len() < bulk.limit => filter.before_seq = Some(seq),
+                _ => break,
+            }
+        }
+    }
+    let mut outcomes: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let mut redelivered = 0u64;
+    let mut skipped = 0u64;
+    if !bulk.dry_run {
+        let mut running = tokio::task::JoinSet::new();
+        let mut names = matched.iter().cloned();
+        loop {
+            while running.len() < BULK_IN_FLIGHT {
+                let Some((source, id)) = names.next() else {
+                    break;
+                };
+                let store = app.store.clone();
+                running.spawn(async move { store.redeliver(&source, &id).await });
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            match done.map_err(store_error)? {
+                Ok(out) => {
+                    redelivered += 1;
+                    *outcomes.entry(out.outcome.as_str()).or_default() += 1;
+                }
+                // Redelivered or forgotten since the search: nothing to do.
+                Err(StateError::NotFound | StateError::NotRedeliverable(_)) => skipped += 1,
+                Err(e) => {
+                    tracing::error!(error = %e, redelivered, "bulk redelivery stopped");
+                    return Err(ApiError::store_unavailable());
+                }
+            }
+        }
+        tracing::info!(
+            matched = matched.len(),
+            redelivered,
+            skipped,
+            "bulk redelivery"
+        );
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "matched": matched.len(),
+            "redelivered": redelivered,
+            "skipped": skipped,
+            "outcomes": outcomes,
+            "dry_run": bulk.dry_run,
+        }),
+    ))
 }
 
 fn summary(ev: &StoredEvent, outcome: Option<&OutcomeRecord>) -> Map<String, Value> {

@@ -25,6 +25,7 @@
 
 mod admin;
 mod body;
+mod console;
 pub mod error;
 mod ops;
 pub use ops::OPENAPI;
@@ -94,6 +95,8 @@ enum Route<'a> {
     AdminEvents,
     AdminEvent,
     AdminRedeliver,
+    AdminBulkRedeliver,
+    AdminUi,
     /// Any other `/admin` path: still the admin handler's, which checks the
     /// token before it says the path does not exist.
     AdminOther,
@@ -117,6 +120,8 @@ pub const TEMPLATES: &[&str] = &[
     "/admin/events",
     "/admin/events/{source}/{event_id}",
     "/admin/events/{source}/{event_id}/redeliver",
+    "/admin/redeliver",
+    "/admin/ui",
     "/v1/shipments",
     "/v1/orders",
     "/v1/orders/{order_id}",
@@ -133,6 +138,8 @@ impl<'a> Route<'a> {
             "/metrics" => Route::Metrics,
             "/openapi.json" => Route::OpenApi,
             "/admin/events" => Route::AdminEvents,
+            "/admin/redeliver" => Route::AdminBulkRedeliver,
+            "/admin/ui" => Route::AdminUi,
             "/v1/shipments" => Route::V1Shipments,
             "/v1/orders" => Route::V1Orders,
             _ if path == "/admin" || path.starts_with("/admin/") => {
@@ -179,6 +186,8 @@ impl<'a> Route<'a> {
             Route::AdminEvents => "/admin/events",
             Route::AdminEvent => "/admin/events/{source}/{event_id}",
             Route::AdminRedeliver => "/admin/events/{source}/{event_id}/redeliver",
+            Route::AdminBulkRedeliver => "/admin/redeliver",
+            Route::AdminUi => "/admin/ui",
             Route::AdminOther => "/admin",
             Route::V1Shipments => "/v1/shipments",
             Route::V1Orders => "/v1/orders",
@@ -497,9 +506,12 @@ async fn router(app: &App, req: Request<Incoming>) -> Response<Body> {
     let live = &*live;
     match Route::of(&path) {
         Route::Webhook(name) => webhooks::handle(app, live, req, name).await,
-        Route::AdminEvents | Route::AdminEvent | Route::AdminRedeliver | Route::AdminOther => {
-            admin::handle(app, live, req).await
-        }
+        Route::AdminEvents
+        | Route::AdminEvent
+        | Route::AdminRedeliver
+        | Route::AdminBulkRedeliver
+        | Route::AdminUi
+        | Route::AdminOther => admin::handle(app, live, req).await,
         Route::V1Shipments => v1::handle(app, live, req, v1::V1Route::Shipments).await,
         Route::V1Orders => v1::handle(app, live, req, v1::V1Route::Orders).await,
         Route::V1Order => v1::handle(app, live, req, v1::V1Route::Order).await,
@@ -559,6 +571,8 @@ mod tests {
             | Route::AdminEvents
             | Route::AdminEvent
             | Route::AdminRedeliver
+            | Route::AdminBulkRedeliver
+            | Route::AdminUi
             | Route::V1Shipments
             | Route::V1Shipment
             | Route::V1Orders
@@ -585,6 +599,8 @@ mod tests {
             Route::AdminEvents,
             Route::AdminEvent,
             Route::AdminRedeliver,
+            Route::AdminBulkRedeliver,
+            Route::AdminUi,
             Route::AdminOther,
             Route::V1Shipments,
             Route::V1Shipment,

@@ -117,6 +117,10 @@ pub struct Search {
     pub events: Vec<(StoredEvent, Option<OutcomeRecord>)>,
     /// False when the scan bound stopped it before the end of its index.
     pub complete: bool,
+    /// Where the next page starts (`EventFilter::before_seq`): the last
+    /// sequence number read, when the page or the scan bound ended the
+    /// search before the end of what could match; None at the end.
+    pub next_before: Option<u64>,
 }
 
 /// Search criteria for stored events; every one given must match.
@@ -127,7 +131,20 @@ pub struct EventFilter {
     pub tracking_number: Option<String>,
     pub order_id: Option<String>,
     pub outcome: Option<String>,
+    pub event_type: Option<String>,
+    /// Received at or after / at or before (unix milliseconds).
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    /// Only events older than this arrival (a cursor: the previous page's
+    /// `next_before`).
+    pub before_seq: Option<u64>,
 }
+
+/// Sequence numbers follow arrival, and arrival times nearly do: an event
+/// is stamped when its request is read and numbered when the writer takes
+/// it, which a request's own deadlines keep within seconds. A newest-first
+/// search with `since` stops once it is this far past it.
+const SINCE_SLACK_MS: u64 = 5 * 60 * 1000;
 
 type Reply = oneshot::Sender<Result<IngestResult, StoreError>>;
 
@@ -885,14 +902,22 @@ impl Store {
     ) -> Result<Search, StoreError> {
         let tree = &self.shared.tree;
         type Names<'t> =
-            Box<dyn Iterator<Item = Result<Option<(String, String)>, StoreError>> + 't>;
+            Box<dyn Iterator<Item = Result<Option<(u64, String, String)>, StoreError>> + 't>;
+        let before = filter.before_seq.unwrap_or(u64::MAX);
         // Search entries are keys only: the arrival under their sequence
         // number names the event.
         let by_name = |kv: sled::Result<(sled::IVec, sled::IVec)>| {
             let Some(seq) = codec::seq_suffix(&kv?.0) else {
                 return Ok(None);
             };
-            Ok(read_arrival(tree, seq)?.map(|a| (a.source, a.event_id)))
+            Ok(read_arrival(tree, seq)?.map(|a| (seq, a.source, a.event_id)))
+        };
+        let under = |tag: u8, text: &str| -> Names<'_> {
+            Box::new(
+                tree.range(codec::text_prefix(tag, text)..codec::text_seq_key(tag, text, before))
+                    .rev()
+                    .map(by_name),
+            )
         };
         let candidates: Names<'_> = match (
             &filter.source,
@@ -901,26 +926,24 @@ impl Store {
             &filter.order_id,
         ) {
             (Some(source), Some(id), _, _) => {
-                Box::new(std::iter::once(Ok(Some((source.clone(), id.clone())))))
+                Box::new(std::iter::once(Ok(Some((0, source.clone(), id.clone())))))
             }
-            (_, _, Some(tn), _) => Box::new(
-                tree.scan_prefix(codec::text_prefix(b'T', tn))
-                    .rev()
-                    .map(by_name),
-            ),
-            (_, _, _, Some(order)) => Box::new(
-                tree.scan_prefix(codec::text_prefix(b'O', order))
-                    .rev()
-                    .map(by_name),
-            ),
+            (_, _, Some(tn), _) => under(b'T', tn),
+            (_, _, _, Some(order)) => under(b'O', order),
             _ => Box::new(
-                tree.scan_prefix(b"n")
+                tree.range(codec::seq_key(b'n', 0)..codec::seq_key(b'n', before))
                     .rev()
-                    .map(|kv| Ok(codec::Arrival::decode(&kv?.1).map(|a| (a.source, a.event_id)))),
+                    .map(|kv| {
+                        let (k, v) = kv?;
+                        Ok(codec::parse_seq_key(b'n', &k)
+                            .zip(codec::Arrival::decode(&v))
+                            .map(|(seq, a)| (seq, a.source, a.event_id)))
+                    }),
             ),
         };
         let mut out = Vec::new();
         let mut complete = true;
+        let mut next_before = None;
         for (scanned, name) in candidates.enumerate() {
             if out.len() >= limit {
                 break;
@@ -929,12 +952,25 @@ impl Store {
                 complete = false;
                 break;
             }
-            let Some((source, id)) = name? else {
+            let Some((seq, source, id)) = name? else {
                 continue;
             };
+            next_before = Some(seq);
             let Some(ev) = read_event(&self.shared, &source, &id, false)? else {
                 continue;
             };
+            if ev.seq >= before {
+                continue;
+            }
+            let at = ev.meta.received_at_ms;
+            if filter
+                .since_ms
+                .is_some_and(|since| at.saturating_add(SINCE_SLACK_MS) < since)
+            {
+                // Everything further is older still.
+                next_before = None;
+                break;
+            }
             let outcome = read_arrival(tree, ev.seq)?.and_then(|a| a.outcome);
             let matches = filter.source.as_ref().is_none_or(|s| *s == source)
                 && filter.event_id.as_ref().is_none_or(|e| *e == id)
@@ -947,6 +983,12 @@ impl Store {
                     .as_ref()
                     .is_none_or(|o| ev.meta.order_id.as_ref() == Some(o))
                 && filter
+                    .event_type
+                    .as_ref()
+                    .is_none_or(|t| ev.meta.event_type.as_ref() == Some(t))
+                && filter.since_ms.is_none_or(|since| at >= since)
+                && filter.until_ms.is_none_or(|until| at <= until)
+                && filter
                     .outcome
                     .as_ref()
                     .is_none_or(|o| ev.outcome_name(outcome.as_ref()) == o);
@@ -954,9 +996,19 @@ impl Store {
                 out.push((ev, outcome));
             }
         }
+        // A page cut short by its limit or the scan bound goes on from the
+        // last entry read; one that ran out of entries is the last.
+        if complete && out.len() < limit {
+            next_before = None;
+        }
+        // A single named event has no next page.
+        if filter.source.is_some() && filter.event_id.is_some() {
+            next_before = None;
+        }
         Ok(Search {
             events: out,
             complete,
+            next_before,
         })
     }
 

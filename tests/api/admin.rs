@@ -1,8 +1,9 @@
 //! Contract 8 admin API: the token, search by every key, one event with
-//! redacted headers, redelivery of dead events.
+//! redelivery of dead events, one at a time and in bulk (10.6).
 
 use serde_json::json;
 use waybill::signature::SchemeKind;
+use waybill::store::DispatchOutcome;
 
 use crate::helpers::*;
 
@@ -216,4 +217,433 @@ async fn a_dead_event_is_redelivered_once_its_cause_is_fixed() {
         .await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
+}
+
+fn admin_json_post(
+    app: &TestApp,
+    path: &str,
+    body: serde_json::Value,
+) -> impl std::future::Future<Output = Resp> {
+    let mut h = TestApp::admin_headers();
+    h.push(("Content-Type".into(), "application/json".into()));
+    let addr = app.addr;
+    let path = path.to_string();
+    async move { post(addr, &path, &h, body.to_string()).await }
+}
+
+/// Sends `n` tracking updates whose time is read from a pointer that holds
+/// garbage (the app runs with `occurred_at = "/result/when"`): each is dead.
+async fn dead_events(app: &TestApp, prefix: &str, tn: &str, n: usize) {
+    for i in 0..n {
+        let body = json!({"id": format!("{prefix}-{i}"), "description": "tracker.updated",
+            "result": {"tracking_code": tn, "status": "in_transit", "when": "sometime",
+                "updated_at": format!("2026-11-20T10:{:02}:00Z", i % 60)}})
+        .to_string();
+        let h = signed(SchemeKind::Easypost, EP_SECRET, body.as_bytes(), 0, "");
+        assert_eq!(app.webhook("ep", &h, body.as_bytes()).await.status, 202);
+    }
+}
+
+#[tokio::test]
+async fn search_pages_with_a_cursor_and_filters_by_time_and_type() {
+    let app = spawn_app().await;
+    for i in 0..7 {
+        let body = tracking_body(
+            &format!("pg-{i}"),
+            "TN-PAGE",
+            "in_transit",
+            "2026-11-20T10:00:00Z",
+        );
+        let h = signed(SchemeKind::Easypost, EP_SECRET, &body, 0, "");
+        assert_eq!(app.webhook("ep", &h, &body).await.status, 202);
+    }
+    // Every event so far was received at or before `mid`, the next one after.
+    let mid = waybill::clock::now_ms();
+    while waybill::clock::now_ms() <= mid {
+        std::hint::spin_loop();
+    }
+    let (until, since) = (
+        waybill::clock::rfc3339_ms(mid),
+        waybill::clock::rfc3339_ms(mid + 1),
+    );
+    // A later one of another type, which the source stores without
+    // dispatching.
+    let body = json!({"id": "pg-other", "description": "tracker.created",
+        "result": {"tracking_code": "TN-PAGE", "status": "in_transit", "updated_at": "2026-11-20T10:00:00Z"}})
+    .to_string();
+    let h = signed(SchemeKind::Easypost, EP_SECRET, body.as_bytes(), 0, "");
+    assert_eq!(app.webhook("ep", &h, body.as_bytes()).await.status, 202);
+
+    // Pages of 3 walk all eight, newest first, each once, then stop.
+    for by in ["source=ep", "tracking_number=TN-PAGE"] {
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        for page in 0.. {
+            assert!(page < 5, "{by}: the pages never end");
+            let r = app
+                .admin_get(&format!("/admin/events?{by}&limit=3&cursor={cursor}"))
+                .await
+                .json();
+            for e in r["events"].as_array().unwrap() {
+                seen.push(e["event_id"].as_str().unwrap().to_string());
+            }
+            match r["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_string(),
+                None => {
+                    assert!(r["next_cursor"].is_null(), "{r}");
+                    break;
+                }
+            }
+        }
+        let mut expected: Vec<String> = (0..7).rev().map(|i| format!("pg-{i}")).collect();
+        // Only events for the state machine are indexed by tracking number.
+        if by == "source=ep" {
+            expected.insert(0, "pg-other".into());
+        }
+        assert_eq!(seen, expected, "{by}");
+    }
+
+    let r = app
+        .admin_get("/admin/events?source=ep&event_type=tracker.created")
+        .await
+        .json();
+    assert_eq!(r["events"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["events"][0]["event_id"], "pg-other");
+    let since = app
+        .admin_get(&format!("/admin/events?source=ep&since={since}"))
+        .await
+        .json();
+    assert_eq!(since["events"].as_array().unwrap().len(), 1, "{since}");
+    let until = app
+        .admin_get(&format!("/admin/events?source=ep&until={until}"))
+        .await
+        .json();
+    assert_eq!(until["events"].as_array().unwrap().len(), 7, "{until}");
+    assert!(until["next_cursor"].is_null());
+
+    for bad in [
+        "since=yesterday",
+        "until=2026-13-01T00:00:00Z",
+        "cursor=abc",
+    ] {
+        let r = app.admin_get(&format!("/admin/events?{bad}")).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert_eq!(r.code(), "VALIDATION_FAILED");
+    }
+}
+
+/// `POST /admin/redeliver`: a dry run counts and changes nothing; the real
+/// one redelivers what matches the filter, answers the new outcomes, and a
+/// repeat finds nothing left to do.
+#[tokio::test]
+async fn dead_events_are_redelivered_in_bulk_by_filter_with_a_dry_run_first() {
+    let app = spawn_app_with(Options {
+        occurred_at: "/result/when",
+        ..Options::default()
+    })
+    .await;
+    shipment_with_label(&app, "shp_bulk", "TN-BULK").await;
+    dead_events(&app, "bulk", "TN-BULK", 12).await;
+    // Dead events of another source must not be touched by a source filter.
+    // (a time in milliseconds where seconds belong: out of range, dead).
+    let other = json!({"type": "tracking.updated", "data": {"tracking_number": "TN-BULK",
+        "status": "IN_TRANSIT", "occurred_at": 99_999_999_999_999u64}})
+    .to_string();
+    let h = signed(
+        SchemeKind::StandardWebhooks,
+        SW_SECRET,
+        other.as_bytes(),
+        now(),
+        "simc-dead",
+    );
+    assert_eq!(app.webhook("simc", &h, other.as_bytes()).await.status, 202);
+    app.settle().await;
+    assert_eq!(
+        app.admin_get("/admin/events/simc/simc-dead").await.json()["outcome"],
+        "dead"
+    );
+
+    // The operator fixes the pointer (a reload), then looks before acting.
+    let fixed = app
+        .config_text
+        .replace("/result/when", "/result/updated_at");
+    assert!(matches!(
+        app.app.reload(waybill::config::Config::parse(
+            &fixed,
+            &waybill::config::ProcessEnv
+        )),
+        waybill::app::Reload::Applied { .. }
+    ));
+    let dry = admin_json_post(
+        &app,
+        "/admin/redeliver",
+        json!({"outcome": "dead", "source": "ep", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(dry.status, 200, "{:?}", dry.body);
+    let dry = dry.json();
+    assert_eq!(dry["matched"], 12, "{dry}");
+    assert_eq!(dry["redelivered"], 0);
+    assert_eq!(
+        app.app
+            .store
+            .outcome("ep", "bulk-0")
+            .unwrap()
+            .unwrap()
+            .attempts,
+        1,
+        "a dry run changes nothing"
+    );
+
+    // A limit takes the newest first.
+    let some = admin_json_post(
+        &app,
+        "/admin/redeliver",
+        json!({"outcome": "dead", "source": "ep", "limit": 5}),
+    )
+    .await
+    .json();
+    assert_eq!(some["matched"], 5, "{some}");
+    assert_eq!(some["redelivered"], 5);
+    assert_eq!(
+        app.app
+            .store
+            .outcome("ep", "bulk-11")
+            .unwrap()
+            .unwrap()
+            .outcome,
+        DispatchOutcome::Applied
+    );
+    let rest = admin_json_post(
+        &app,
+        "/admin/redeliver",
+        json!({"outcome": "dead", "source": "ep"}),
+    )
+    .await
+    .json();
+    assert_eq!(rest["matched"], 7, "{rest}");
+    assert_eq!(rest["redelivered"], 7);
+    let applied_or_stale = rest["outcomes"]["applied"].as_u64().unwrap_or(0)
+        + rest["outcomes"]["stale"].as_u64().unwrap_or(0);
+    assert_eq!(applied_or_stale, 7, "{rest}");
+    // Repeated: nothing of ep is dead any more; simc's event was never touched.
+    let again = admin_json_post(
+        &app,
+        "/admin/redeliver",
+        json!({"outcome": "dead", "source": "ep"}),
+    )
+    .await
+    .json();
+    assert_eq!(
+        (again["matched"].as_u64(), again["redelivered"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let simc = app.app.store.outcome("simc", "simc-dead").unwrap().unwrap();
+    assert_eq!((simc.outcome, simc.attempts), (DispatchOutcome::Dead, 1));
+    for i in 0..12 {
+        let o = app
+            .app
+            .store
+            .outcome("ep", &format!("bulk-{i}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.attempts, 2, "bulk-{i} redelivered exactly once");
+    }
+}
+
+#[tokio::test]
+async fn parked_events_are_redelivered_in_bulk_once_their_shipment_exists_elsewhere() {
+    let app = spawn_app().await;
+    let at = "2026-11-20T10:00:00Z";
+    for i in 0..4 {
+        let r = send_tracking(&app, &format!("bp-{i}"), "TN-BULK-PARK", "in_transit", at).await;
+        assert_eq!(r.status, 202);
+    }
+    app.settle().await;
+    let r = admin_json_post(&app, "/admin/redeliver", json!({"outcome": "parked"}))
+        .await
+        .json();
+    // Still no shipment: redelivered, and parked again.
+    assert!(r["matched"].as_u64().unwrap() >= 4, "{r}");
+    assert!(r["outcomes"]["parked"].as_u64().unwrap() >= 4, "{r}");
+    assert_eq!(
+        app.app
+            .store
+            .outcome("ep", "bp-0")
+            .unwrap()
+            .unwrap()
+            .outcome,
+        DispatchOutcome::Parked
+    );
+}
+
+#[tokio::test]
+async fn bulk_redelivery_refuses_bad_requests_and_changes_nothing() {
+    let app = spawn_app().await;
+    let cases = [
+        json!({}),
+        json!({"outcome": "applied"}),
+        json!({"outcome": "dead", "limit": 0}),
+        json!({"outcome": "dead", "limit": 10001}),
+        json!({"outcome": "dead", "since": "last week"}),
+        json!({"outcome": "dead", "dry_run": "yes"}),
+        json!({"outcome": "dead", "sauce": "ep"}),
+        json!(["dead"]),
+    ];
+    for body in cases {
+        let r = admin_json_post(&app, "/admin/redeliver", body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {:?}", r.body);
+        assert_eq!(r.code(), "VALIDATION_FAILED");
+    }
+    let r = post(
+        app.addr,
+        "/admin/redeliver",
+        &TestApp::admin_headers(),
+        r#"{"outcome":"dead"}"#.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 415, "no content type");
+    let r = admin_json_post(&app, "/admin/redeliver", json!({"outcome": "dead"})).await;
+    assert_eq!(r.status, 200);
+    let unauth = post(app.addr, "/admin/redeliver", &[], "{}".to_string()).await;
+    assert_eq!(unauth.status, 401);
+    assert_eq!(app.admin_get("/admin/redeliver").await.status, 405);
+}
+
+/// A search the scan bound cuts short hands its place to the next page, so
+/// a filter that matches nothing still walks the whole store, a bounded
+/// slice per request, and ends.
+#[tokio::test]
+async fn a_search_cut_short_by_its_scan_bound_goes_on_from_its_cursor() {
+    let app = spawn_app().await;
+    for i in 0..10 {
+        let body = tracking_body(
+            &format!("sb-{i}"),
+            "TN-SB",
+            "in_transit",
+            "2026-11-20T10:00:00Z",
+        );
+        let h = signed(SchemeKind::Easypost, EP_SECRET, &body, 0, "");
+        assert_eq!(app.webhook("ep", &h, &body).await.status, 202);
+    }
+    app.settle().await;
+    let mut filter = waybill::store::EventFilter {
+        event_id: Some("sb-0".into()),
+        ..Default::default()
+    };
+    let mut slices = 0;
+    let found = loop {
+        slices += 1;
+        assert!(slices <= 4, "the slices never end");
+        let page = app.app.store.search(&filter, 100, 3).unwrap();
+        if !page.events.is_empty() {
+            break page;
+        }
+        assert!(!page.complete);
+        filter.before_seq = Some(page.next_before.expect("more to read"));
+    };
+    // sb-0 is the oldest: the fourth slice of three (newest first).
+    assert_eq!(slices, 4);
+    assert_eq!(found.events[0].0.event_id, "sb-0");
+    assert_eq!(found.next_before, None);
+}
+
+#[tokio::test]
+async fn the_console_signs_in_with_the_token_and_its_cookie_cannot_post_cross_site() {
+    let app = spawn_app().await;
+    let page = get(app.addr, "/admin/ui").await;
+    assert_eq!(page.status, 401);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = String::from_utf8(page.body.to_vec()).unwrap();
+    assert!(html.contains("data-mode=\"sign-in\""));
+    let csp = page.header("content-security-policy").unwrap().to_string();
+    assert!(
+        csp.contains("script-src 'nonce-") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let nonce = csp
+        .split("'nonce-")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    assert!(html.contains(&format!("<script nonce=\"{nonce}\">")));
+
+    let form = |token: &str| {
+        let body = format!("token={token}");
+        let addr = app.addr;
+        async move {
+            post(
+                addr,
+                "/admin/ui",
+                &[(
+                    "Content-Type".into(),
+                    "application/x-www-form-urlencoded".into(),
+                )],
+                body,
+            )
+            .await
+        }
+    };
+    let wrong = form("nope").await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("set-cookie").is_none());
+    let ok = form(ADMIN_TOKEN).await;
+    assert_eq!(ok.status, 303);
+    assert_eq!(ok.header("location"), Some("/admin/ui"));
+    let cookie = ok.header("set-cookie").unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(ADMIN_TOKEN),
+        "the cookie holds a digest, not the token"
+    );
+    let session = vec![(
+        "Cookie".to_string(),
+        cookie.split(';').next().unwrap().to_string(),
+    )];
+    let mut client = Client::new(app.addr);
+    let console = client
+        .send("GET", "/admin/ui", &session, bytes::Bytes::new())
+        .await;
+    assert_eq!(console.status, 200);
+    assert!(String::from_utf8_lossy(&console.body).contains("data-mode=\"console\""));
+    let events = client
+        .send("GET", "/admin/events", &session, bytes::Bytes::new())
+        .await;
+    assert_eq!(events.status, 200);
+    // A POST with the cookie alone (what a cross-site form could send) is
+    // refused; the console's own requests carry its header.
+    let forged = client
+        .send(
+            "POST",
+            "/admin/events/ep/x/redeliver",
+            &session,
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(forged.status, 401);
+    let mut own = session.clone();
+    own.push(("X-Waybill-Console".into(), "1".into()));
+    let real = client
+        .send(
+            "POST",
+            "/admin/events/ep/x/redeliver",
+            &own,
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(real.status, 404, "authenticated: the event does not exist");
+    assert_eq!(
+        app.admin_get("/admin/ui").await.status,
+        200,
+        "the bearer token works too"
+    );
 }

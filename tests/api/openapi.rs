@@ -92,7 +92,9 @@ async fn the_router_and_the_document_name_the_same_operations() {
 }
 
 /// Every operation documents the answers every request can get (405 and
-/// the error body), and every error response uses the one error schema.
+/// the error body), and every error response uses the one error schema;
+/// the console's page answers a browser in HTML, its sign-in form
+/// included.
 #[test]
 fn every_operation_documents_its_errors_with_the_error_body() {
     let doc = document();
@@ -108,7 +110,8 @@ fn every_operation_documents_its_errors_with_the_error_body() {
                 "{method} {template} has no operationId"
             );
             for (status, response) in responses {
-                if status.starts_with('4') || status.starts_with('5') {
+                let page = template == "/admin/ui" && response["content"]["text/html"].is_object();
+                if (status.starts_with('4') || status.starts_with('5')) && !page {
                     assert_eq!(
                         response["content"]["application/json"]["schema"]["$ref"],
                         "#/components/schemas/Error",

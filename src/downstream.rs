@@ -227,7 +227,7 @@ pub struct Downstream {
 /// alone when given (`downstream.ca_file`), else against the platform's
 /// roots as webpki ships them. `http://` stays plain; an `https://` URL is
 /// never tried in plain text.
-fn tls_config(ca_certs: &[Vec<u8>]) -> rustls::ClientConfig {
+pub(crate) fn tls_config(ca_certs: &[Vec<u8>]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     if ca_certs.is_empty() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());

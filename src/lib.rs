@@ -32,6 +32,7 @@
     )
 )]
 
+pub mod admin_client;
 pub mod app;
 pub mod canonical;
 pub mod cli;

@@ -112,6 +112,13 @@ enum Command {
         /// The delivery's body, byte for byte.
         file: PathBuf,
     },
+    /// Search, show and redeliver stored events through a running
+    /// gateway's admin API; the admin token is read from
+    /// WAYBILL_ADMIN_TOKEN.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Print a completion script for a shell.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -119,9 +126,195 @@ enum Command {
     },
 }
 
+/// Where the gateway's admin API is.
+#[derive(clap::Args)]
+struct Target {
+    /// The gateway's base URL, http:// or https://.
+    #[arg(long, env = "WAYBILL_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+}
+
+/// The filters a search and a bulk redelivery share.
+#[derive(clap::Args)]
+struct EventFilters {
+    /// Events from this source.
+    #[arg(long)]
+    source: Option<String>,
+    /// Events of this type.
+    #[arg(long)]
+    event_type: Option<String>,
+    /// Received at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Received at or before this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Events that match, newest first, one JSON object per line; a page
+    /// at a time (the cursor of the next one goes to stderr) or all pages.
+    Search {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        filters: EventFilters,
+        /// This event id (with --source: that event).
+        #[arg(long)]
+        event_id: Option<String>,
+        /// Events for this tracking number.
+        #[arg(long)]
+        tracking_number: Option<String>,
+        /// Events for this order.
+        #[arg(long)]
+        order_id: Option<String>,
+        /// applied, stale, ignored, parked, dead, pending or stored.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Events per page, 1 to 1000.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Start at this page (a cursor printed by an earlier search).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Follow every page to the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One event: its fields, headers (signatures redacted) and payload.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// The event's source.
+        source: String,
+        /// The event's id.
+        event_id: String,
+    },
+    /// Dispatch again one parked or dead event (SOURCE EVENT_ID), or every
+    /// one matching --outcome and the filters.
+    Redeliver {
+        #[command(flatten)]
+        target: Target,
+        /// The event's source (with EVENT_ID: that one event).
+        #[arg(value_name = "SOURCE", requires = "event_id", conflicts_with_all = ["outcome", "dry_run", "limit"])]
+        event_source: Option<String>,
+        /// The event's id.
+        #[arg(value_name = "EVENT_ID")]
+        event_id: Option<String>,
+        /// Every event with this outcome: dead or parked.
+        #[arg(long, required_unless_present = "event_source")]
+        outcome: Option<String>,
+        #[command(flatten)]
+        filters: EventFilters,
+        /// At most this many, newest first (1 to 10000; default 1000).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Only count what would be redelivered.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn events(command: EventsCommand) -> ExitCode {
+    use waybill::admin_client::{AdminClient, EventsError, Filters, TOKEN_ENV};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = std::env::var(TOKEN_ENV).ok();
+    let shared = |f: EventFilters| {
+        Filters::default()
+            .with("source", f.source)
+            .with("event_type", f.event_type)
+            .with("since", f.since)
+            .with("until", f.until)
+    };
+    let result: Result<String, EventsError> = runtime.block_on(async move {
+        match command {
+            EventsCommand::Search {
+                target,
+                filters,
+                event_id,
+                tracking_number,
+                order_id,
+                outcome,
+                limit,
+                cursor,
+                all,
+            } => {
+                let client = AdminClient::new(&target.url, token)?;
+                let filters = shared(filters)
+                    .with("event_id", event_id)
+                    .with("tracking_number", tracking_number)
+                    .with("order_id", order_id)
+                    .with("outcome", outcome)
+                    .with("limit", limit.map(|l| l.to_string()));
+                let (lines, next) = client.search(&filters, cursor, all).await?;
+                if let Some(next) = next {
+                    eprintln!("more: --cursor {next}");
+                }
+                Ok(lines)
+            }
+            EventsCommand::Show {
+                target,
+                source,
+                event_id,
+            } => {
+                AdminClient::new(&target.url, token)?
+                    .show(&source, &event_id)
+                    .await
+            }
+            EventsCommand::Redeliver {
+                target,
+                event_source,
+                event_id,
+                outcome,
+                filters,
+                limit,
+                dry_run,
+            } => {
+                let client = AdminClient::new(&target.url, token)?;
+                if let (Some(source), Some(id)) = (event_source, event_id) {
+                    return client.redeliver_one(&source, &id).await;
+                }
+                let mut request = serde_json::Map::new();
+                for (k, v) in shared(filters).with("outcome", outcome).pairs {
+                    request.insert(k.into(), v.into());
+                }
+                if let Some(limit) = limit {
+                    request.insert("limit".into(), limit.into());
+                }
+                request.insert("dry_run".into(), dry_run.into());
+                client.redeliver_many(request).await
+            }
+        }
+    });
+    match result {
+        Ok(out) => {
+            use std::io::Write;
+            match std::io::stdout().write_all(out.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Events { command } => events(command),
         Command::CheckConfig { config } => {
             ExitCode::from(waybill::cli::check_config(config.config.as_deref()) as u8)
         }

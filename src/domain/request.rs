@@ -66,7 +66,7 @@ const MAX_TEXT: usize = 255;
 
 /// A number with no fractional part, as JSON Schema counts integers:
 /// `5`, `5.0` and `5e0` are all 5.
-fn whole_number(n: &serde_json::Number) -> Option<u64> {
+pub fn whole_number(n: &serde_json::Number) -> Option<u64> {
     if let Some(v) = n.as_u64() {
         return Some(v);
     }

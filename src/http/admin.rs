@@ -96,16 +96,18 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal()
 }
 
-/// A time filter (`since`, `until`): RFC 3339, as unix milliseconds.
+/// A time filter (`since`, `until`): any RFC 3339 time, as unix
+/// milliseconds; one before 1970 is 1970, before every event.
 fn time_filter(key: &str, v: &str, issues: &mut Vec<FieldIssue>) -> Option<u64> {
-    match crate::mapping::parse_time(&Value::String(v.to_string()))
-        .and_then(|ms| u64::try_from(ms).ok())
-    {
-        Some(ms) => Some(ms),
-        None => {
+    use time::format_description::well_known::Rfc3339;
+    match time::OffsetDateTime::parse(v, &Rfc3339) {
+        Ok(t) => {
+            Some(u64::try_from((t.unix_timestamp_nanos() / 1_000_000).max(0)).unwrap_or(u64::MAX))
+        }
+        Err(_) => {
             issues.push(FieldIssue::new(
                 key,
-                "must be an RFC 3339 time after 1970, like 2026-11-30T08:00:00Z",
+                "must be an RFC 3339 time, like 2026-11-30T08:00:00Z",
             ));
             None
         }
@@ -226,7 +228,7 @@ fn parse_bulk(body: &[u8]) -> Result<Bulk, Vec<FieldIssue>> {
                     bulk.filter.until_ms = at;
                 }
             }
-            "limit" => match v.as_u64() {
+            "limit" => match v.as_number().and_then(crate::domain::request::whole_number) {
                 Some(n) if (1..=BULK_MAX as u64).contains(&n) => bulk.limit = n as usize,
                 _ => issues.push(FieldIssue::new(
                     "limit",

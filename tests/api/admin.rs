@@ -647,3 +647,40 @@ async fn the_console_signs_in_with_the_token_and_its_cookie_cannot_post_cross_si
         "the bearer token works too"
     );
 }
+
+/// Regressions (the API fuzzer): any RFC 3339 time is a valid bound, the
+/// year 49 and an offset of +14:20 included; one before 1970 bounds
+/// nothing out (since) or everything (until). `limit` 1674.0 is 1674.
+#[tokio::test]
+async fn times_before_1970_are_valid_bounds_and_whole_numbers_are_integers() {
+    let app = spawn_app().await;
+    let body = tracking_body("old-1", "TN-OLD", "in_transit", "2026-11-20T10:00:00Z");
+    let h = signed(SchemeKind::Easypost, EP_SECRET, &body, 0, "");
+    assert_eq!(app.webhook("ep", &h, &body).await.status, 202);
+    let since = app
+        .admin_get("/admin/events?source=ep&since=0049-11-11T03:54:55.693940Z")
+        .await;
+    assert_eq!(since.status, 200, "{:?}", since.body);
+    assert_eq!(since.json()["events"].as_array().unwrap().len(), 1);
+    let until = app
+        .admin_get("/admin/events?source=ep&until=0970-04-19T22%3A20%3A33.194%2B14%3A20")
+        .await;
+    assert_eq!(until.status, 200, "{:?}", until.body);
+    assert_eq!(until.json()["events"].as_array().unwrap().len(), 0);
+    let bulk = admin_json_post(
+        &app,
+        "/admin/redeliver",
+        json!({"since": "0049-11-11T03:54:55.693940Z", "limit": 12, "outcome": "parked", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(bulk.status, 200, "{:?}", bulk.body);
+    // A whole number written with a fraction is an integer, as JSON
+    // Schema says.
+    let bulk = admin_json_post(
+        &app,
+        "/admin/redeliver",
+        json!({"outcome": "parked", "limit": 1674.0, "dry_run": true}),
+    )
+    .await;
+    assert_eq!(bulk.status, 200, "{:?}", bulk.body);
+}

@@ -184,31 +184,99 @@ pub fn decode_u64(v: &[u8]) -> Option<u64> {
 
 /// One arrival, in the `n` index: enough for the state machine to apply
 /// the event without reading or parsing its body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Arrival {
-    #[serde(rename = "s")]
     pub source: String,
-    #[serde(rename = "e")]
     pub event_id: String,
     /// Whether the event is for the state machine (else: stored only).
-    #[serde(rename = "d")]
     pub dispatch: bool,
-    #[serde(rename = "r")]
     pub received_at_ms: u64,
-    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<crate::mapping::Fields>,
     /// What dispatch did; set once the cursor has passed this arrival.
-    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<OutcomeRecord>,
 }
 
+/// Arrival flags: what follows the fixed head.
+const DISPATCH: u8 = 1;
+const FIELDS: u8 = 2;
+const OUTCOME: u8 = 4;
+
 impl Arrival {
+    /// Binary, the largest record an event keeps in sled and the one the
+    /// state machine reads and rewrites: a flags byte, the arrival time
+    /// (u64), source and event id; then, when present, the mapped fields
+    /// (key, status, occurred_at) and the outcome (its kind, attempts, time,
+    /// reason, shipment id). Strings are a LEB128 length and their bytes;
+    /// optional ones count the length plus one, 0 for none.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an arrival serialises")
+        let mut v = Vec::with_capacity(64 + self.source.len() + self.event_id.len());
+        let mut flags = 0;
+        if self.dispatch {
+            flags |= DISPATCH;
+        }
+        if self.fields.is_some() {
+            flags |= FIELDS;
+        }
+        if self.outcome.is_some() {
+            flags |= OUTCOME;
+        }
+        v.push(flags);
+        v.extend_from_slice(&self.received_at_ms.to_be_bytes());
+        put_str(&mut v, &self.source);
+        put_str(&mut v, &self.event_id);
+        if let Some(f) = &self.fields {
+            put_str(&mut v, &f.key);
+            put_str(&mut v, &f.status);
+            put_opt(&mut v, f.occurred_at.as_deref());
+        }
+        if let Some(o) = &self.outcome {
+            v.push(o.outcome.code());
+            put_varint(&mut v, u64::from(o.attempts));
+            v.extend_from_slice(&o.at_ms.to_be_bytes());
+            put_opt(&mut v, o.reason.as_deref());
+            put_opt(&mut v, o.shipment_id.as_deref());
+        }
+        v
     }
 
+    /// None for anything that is not exactly one encoded arrival.
     pub fn decode(v: &[u8]) -> Option<Arrival> {
-        serde_json::from_slice(v).ok()
+        let mut r = Reader(v);
+        let flags = r.byte()?;
+        if flags & !(DISPATCH | FIELDS | OUTCOME) != 0 {
+            return None;
+        }
+        let received_at_ms = r.u64()?;
+        let source = r.string()?;
+        let event_id = r.string()?;
+        let fields = if flags & FIELDS != 0 {
+            Some(crate::mapping::Fields {
+                key: r.string()?,
+                status: r.string()?,
+                occurred_at: r.opt()?,
+            })
+        } else {
+            None
+        };
+        let outcome = if flags & OUTCOME != 0 {
+            Some(OutcomeRecord {
+                outcome: DispatchOutcome::from_code(r.byte()?)?,
+                attempts: u32::try_from(r.varint()?).ok()?,
+                at_ms: r.u64()?,
+                reason: r.opt()?,
+                shipment_id: r.opt()?,
+            })
+        } else {
+            None
+        };
+        r.0.is_empty().then_some(Arrival {
+            source,
+            event_id,
+            dispatch: flags & DISPATCH != 0,
+            received_at_ms,
+            fields,
+            outcome,
+        })
     }
 
     pub fn is_parked(&self) -> bool {
@@ -382,6 +450,84 @@ pub fn decode_event(v: &[u8]) -> Option<(Ident, EventMeta, Vec<u8>)> {
     Some((ident, meta, pointer))
 }
 
+fn put_varint(v: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        v.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    v.push(n as u8);
+}
+
+fn put_str(v: &mut Vec<u8>, s: &str) {
+    put_varint(v, s.len() as u64);
+    v.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt(v: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => v.push(0),
+        Some(s) => {
+            put_varint(v, s.len() as u64 + 1);
+            v.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+/// Reads what `put_*` wrote; None at the first thing that does not fit.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(*b)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let (head, rest) = self.0.split_at_checked(8)?;
+        self.0 = rest;
+        Some(u64::from_be_bytes(head.try_into().ok()?))
+    }
+
+    /// The shortest LEB128 form only (what `put_varint` writes), so that a
+    /// record has one encoding.
+    fn varint(&mut self) -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return None;
+            }
+            n |= bits << shift;
+            if b & 0x80 == 0 {
+                return (shift == 0 || b != 0).then_some(n);
+            }
+        }
+        None
+    }
+
+    fn bytes(&mut self, len: u64) -> Option<String> {
+        let (s, rest) = self.0.split_at_checked(usize::try_from(len).ok()?)?;
+        self.0 = rest;
+        String::from_utf8(s.to_vec()).ok()
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = self.varint()?;
+        self.bytes(len)
+    }
+
+    /// An optional string: None when it is absent, Some(None) when the
+    /// record does not fit.
+    fn opt(&mut self) -> Option<Option<String>> {
+        match self.varint()? {
+            0 => Some(None),
+            n => self.bytes(n - 1).map(Some),
+        }
+    }
+}
+
 /// What dispatch did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -397,6 +543,24 @@ pub enum DispatchOutcome {
 }
 
 impl DispatchOutcome {
+    const ALL: [DispatchOutcome; 6] = [
+        DispatchOutcome::Applied,
+        DispatchOutcome::Stale,
+        DispatchOutcome::Ignored,
+        DispatchOutcome::Parked,
+        DispatchOutcome::Dead,
+        DispatchOutcome::Stored,
+    ];
+
+    /// Its byte in a binary arrival.
+    fn code(self) -> u8 {
+        Self::ALL.iter().position(|o| *o == self).unwrap_or(0) as u8
+    }
+
+    fn from_code(code: u8) -> Option<DispatchOutcome> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DispatchOutcome::Applied => "applied",
@@ -597,6 +761,42 @@ mod tests {
             outcome: None,
         };
         assert_eq!(Arrival::decode(&a.encode()), Some(a));
+        let full = Arrival {
+            source: "easypost".into(),
+            event_id: "evt_\u{e9}1".into(),
+            dispatch: true,
+            received_at_ms: 1_764_000_000_000,
+            fields: Some(crate::mapping::Fields {
+                key: "1Z999".into(),
+                status: "in_transit".into(),
+                occurred_at: Some("\"2026-11-30T08:00:00Z\"".into()),
+            }),
+            outcome: Some(OutcomeRecord {
+                outcome: DispatchOutcome::Parked,
+                reason: Some("no shipment".into()),
+                shipment_id: None,
+                attempts: 300,
+                at_ms: 7,
+            }),
+        };
+        let enc = full.encode();
+        assert_eq!(Arrival::decode(&enc), Some(full));
+        for cut in 0..enc.len() {
+            assert_eq!(Arrival::decode(&enc[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = enc.clone();
+        longer.push(0);
+        assert_eq!(Arrival::decode(&longer), None, "trailing bytes");
+        let mut r = Reader(&[0x80, 0x00]);
+        assert_eq!(r.varint(), None, "a padded varint");
+        let mut v = Vec::new();
+        put_varint(&mut v, u64::MAX);
+        assert_eq!(Reader(&v).varint(), Some(u64::MAX));
+        let mut over = v.clone();
+        if let Some(last) = over.last_mut() {
+            *last = 0x02;
+        }
+        assert_eq!(Reader(&over).varint(), None, "past 64 bits");
         assert!(expiry_key(1, 999) < expiry_key(2, 0));
         assert_eq!(parse_expiry_key(&expiry_key(5, 6)), Some((5, 6)));
         let seqs = [1, 256, u64::MAX];
@@ -612,5 +812,65 @@ mod tests {
             split_name(&name("src", "id\0with nul")),
             Some(("src".into(), "id\0with nul".into()))
         );
+    }
+
+    fn arrival() -> impl proptest::strategy::Strategy<Value = Arrival> {
+        use proptest::prelude::*;
+        let text = || ".{0,40}";
+        let fields = proptest::option::of((text(), text(), proptest::option::of(text())).prop_map(
+            |(key, status, occurred_at)| crate::mapping::Fields {
+                key,
+                status,
+                occurred_at,
+            },
+        ));
+        let outcome = proptest::option::of(
+            (
+                0u8..6,
+                any::<u32>(),
+                any::<u64>(),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+            )
+                .prop_map(|(code, attempts, at_ms, reason, shipment_id)| {
+                    OutcomeRecord {
+                        outcome: DispatchOutcome::from_code(code).unwrap(),
+                        reason,
+                        shipment_id,
+                        attempts,
+                        at_ms,
+                    }
+                }),
+        );
+        (text(), text(), any::<bool>(), any::<u64>(), fields, outcome).prop_map(
+            |(source, event_id, dispatch, received_at_ms, fields, outcome)| Arrival {
+                source,
+                event_id,
+                dispatch,
+                received_at_ms,
+                fields,
+                outcome,
+            },
+        )
+    }
+
+    proptest::proptest! {
+        /// Every arrival reads back as written, unicode and extremes
+        /// included.
+        #[test]
+        fn arrivals_round_trip(a in arrival()) {
+            proptest::prop_assert_eq!(Arrival::decode(&a.encode()), Some(a));
+        }
+
+        /// Bytes that are not an arrival are refused, never a panic.
+        #[test]
+        fn any_bytes_decode_or_are_refused_without_panicking(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)
+        ) {
+            // What decodes has exactly one encoding: these bytes.
+            if let Some(a) = Arrival::decode(&bytes) {
+                proptest::prop_assert_eq!(a.encode(), bytes);
+            }
+        }
     }
 }

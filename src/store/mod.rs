@@ -1223,9 +1223,9 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
 
 /// The version of the store's layout, kept under `F`: 2 put payloads in
 /// segments, 3 made index records binary, search entries keys alone and
-/// retention entries one per group. A store written by another layout is
-/// refused, not misread.
-const FORMAT: u64 = 3;
+/// retention entries one per group, 4 made arrivals binary. A store
+/// written by another layout is refused, not misread.
+const FORMAT: u64 = 4;
 
 fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
     match tree

@@ -368,6 +368,67 @@ pub fn frame(meta: &[u8], rest: &[u8]) -> Vec<u8> {
     v
 }
 
+/// What a segment record carries besides its payload: everything the
+/// event's index entries are made of, so that the segments alone can
+/// rebuild an index that sled had not flushed yet (`Store::open`).
+/// Written by `encode_logged`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged<'a> {
+    pub ident: Ident,
+    /// `encode_index_meta`.
+    pub index_meta: &'a [u8],
+    /// `Arrival::encode`, as accepted (no outcome); it names the event,
+    /// and so its key.
+    pub arrival: &'a [u8],
+}
+
+/// A segment record: the identity, then the index metadata and arrival
+/// (each a u32 length and its bytes), then the payload as the request's
+/// task packed it (`lz4(encode_payload)`), to the end.
+pub fn encode_logged(logged: &Logged<'_>, packed: &[u8]) -> Vec<u8> {
+    let parts = [logged.index_meta, logged.arrival];
+    let mut v =
+        Vec::with_capacity(56 + 8 + parts.iter().map(|p| p.len()).sum::<usize>() + packed.len());
+    v.extend_from_slice(&logged.ident.encode());
+    for part in parts {
+        v.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        v.extend_from_slice(part);
+    }
+    v.extend_from_slice(packed);
+    v
+}
+
+/// A segment record's index part and packed payload.
+pub fn decode_logged(v: &[u8]) -> Option<(Logged<'_>, &[u8])> {
+    let ident = Ident::decode(v.get(..56)?)?;
+    let mut rest = v.get(56..)?;
+    let mut part = || -> Option<&[u8]> {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let (p, tail) = rest.get(4..)?.split_at_checked(len)?;
+        rest = tail;
+        Some(p)
+    };
+    let (index_meta, arrival) = (part()?, part()?);
+    Some((
+        Logged {
+            ident,
+            index_meta,
+            arrival,
+        },
+        rest,
+    ))
+}
+
+/// The metadata and body of a segment record's payload, unpacked.
+pub fn unpack_payload(packed: &[u8]) -> Option<(EventMeta, Vec<u8>)> {
+    decode_payload(&lz4_flex::decompress_size_prepended(packed).ok()?)
+}
+
+/// The packed form of a payload, as a segment record holds it.
+pub fn pack_payload(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
+    lz4_flex::compress_prepend_size(&encode_payload(meta, body))
+}
+
 /// The metadata and body of a payload segment's record.
 pub fn decode_payload(v: &[u8]) -> Option<(EventMeta, Vec<u8>)> {
     let len = u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as usize;
@@ -412,7 +473,7 @@ pub fn encode_index_meta(meta: &EventMeta) -> Vec<u8> {
     v
 }
 
-fn decode_index_meta(v: &[u8], received_at_ms: u64) -> Option<EventMeta> {
+pub fn decode_index_meta(v: &[u8], received_at_ms: u64) -> Option<EventMeta> {
     let mut rest = v.get(1..)?;
     let mut next = || -> Option<Option<String>> {
         let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
@@ -787,6 +848,26 @@ mod tests {
         let mut longer = enc.clone();
         longer.push(0);
         assert_eq!(Arrival::decode(&longer), None, "trailing bytes");
+        let arrival_bytes = enc.clone();
+        let logged = Logged {
+            ident: Ident {
+                received_at_ms: 1,
+                expires_at_ms: 2,
+                seq: 3,
+                content_hash: [4; 32],
+            },
+            index_meta: b"meta",
+            arrival: &arrival_bytes,
+        };
+        let record = encode_logged(&logged, b"packed payload");
+        assert_eq!(
+            decode_logged(&record),
+            Some((logged.clone(), &b"packed payload"[..]))
+        );
+        // A record cut inside its index part is refused.
+        for cut in 0..56 + 8 + 4 + arrival_bytes.len() {
+            assert_eq!(decode_logged(&record[..cut]), None, "cut at {cut}");
+        }
         let mut r = Reader(&[0x80, 0x00]);
         assert_eq!(r.varint(), None, "a padded varint");
         let mut v = Vec::new();

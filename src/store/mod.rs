@@ -159,8 +159,9 @@ struct Prepared {
     dispatch: bool,
     tracking_number: Option<String>,
     order_id: Option<String>,
-    /// Headers and body, for the payload segment.
-    payload: Vec<u8>,
+    /// Headers and body, compressed here rather than on the writer thread
+    /// (`codec::pack_payload`).
+    packed: Vec<u8>,
     /// The index record's metadata (no headers), encoded.
     index_meta: Vec<u8>,
     arrival: Vec<u8>,
@@ -193,7 +194,7 @@ impl Prepared {
             tracking_number: ev.tracking_number,
             order_id: ev.order_id,
             index_meta: codec::encode_index_meta(&meta),
-            payload: codec::encode_payload(&meta, &ev.body),
+            packed: codec::pack_payload(&meta, &ev.body),
             arrival: arrival.encode(),
         }
     }
@@ -370,11 +371,21 @@ impl Store {
 
     /// `open`, with the threads reporting to `health`.
     pub fn open_supervised(cfg: &StoreConfig, health: Arc<Health>) -> Result<Store, StoreError> {
+        // Accepted events are durable in the segments; sled holds their
+        // index and is flushed in the background (and with every state
+        // machine round), and `replay_log` rebuilds what it had not
+        // flushed when the process died.
         let db = sled::Config::new()
             .path(&cfg.path)
             .cache_capacity(cfg.cache_bytes)
+            .flush_every_ms(Some(SLED_FLUSH_MS))
             .open()?;
         let tree = db.open_tree("state")?;
+        let segments = segments::Segments::open(&cfg.path.join("segments"), cfg.segment_bytes)
+            .map_err(|e| StoreError::Unavailable(format!("segments: {e}")))?;
+        check_format(&tree)?;
+        replay_log(&tree, &segments)?;
+        drop_dangling(&tree, &segments)?;
         let seq = match tree.get(codec::SEQ_KEY)? {
             Some(v) => u64::from_be_bytes(
                 v.as_ref()
@@ -383,10 +394,6 @@ impl Store {
             ),
             None => 0,
         };
-        let segments = segments::Segments::open(&cfg.path.join("segments"), cfg.segment_bytes)
-            .map_err(|e| StoreError::Unavailable(format!("segments: {e}")))?;
-        check_format(&tree)?;
-        drop_dangling(&tree, &segments)?;
         let cursor = read_cursor(&tree)?;
         let mut pending = 0i64;
         for kv in tree.range(codec::seq_key(b'n', cursor + 1)..codec::seq_key(b'n', u64::MAX)) {
@@ -1160,8 +1167,12 @@ fn read_event(
             .segments
             .read(&pointer)
             .map_err(|e| StoreError::Unavailable(format!("payload of {source}/{event_id}: {e}")))?;
-        codec::decode_payload(&stored)
-            .ok_or_else(|| StoreError::Unavailable("corrupt payload".into()))?
+        codec::decode_logged(&stored)
+            .filter(|(logged, _)| logged.ident.seq == ident.seq)
+            .and_then(|(_, packed)| codec::unpack_payload(packed))
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!("the payload of {source}/{event_id} is corrupt"))
+            })?
     } else {
         (meta, Vec::new())
     };
@@ -1172,6 +1183,118 @@ fn read_event(
         meta,
         body,
     }))
+}
+
+/// How often sled writes its log out by itself. Nothing waits for it: an
+/// event is acknowledged once its segment is synced, and what sled had not
+/// flushed is replayed from the segments on open.
+const SLED_FLUSH_MS: u64 = 500;
+
+/// Rebuilds the index of the events whose segment records outlived a
+/// crash that took sled's unflushed writes: every record past the last
+/// sequence number sled holds (`SEQ_KEY`, written with every group), read
+/// from the newest segments back to the one where sled's index resumes.
+/// The records are synced first, so the checkpoint that follows may say
+/// they are durable.
+fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), StoreError> {
+    let seg_err = |e: std::io::Error| StoreError::Unavailable(format!("segments: {e}"));
+    let indexed = read_u64(tree, codec::SEQ_KEY)?;
+    let mut tail = Vec::new();
+    for id in segments.ids().map_err(seg_err)?.into_iter().rev() {
+        let records = segments.records(id).map_err(seg_err)?;
+        let starts_before = records
+            .first()
+            .and_then(|(_, body)| codec::decode_logged(body))
+            .is_some_and(|(logged, _)| logged.ident.seq <= indexed);
+        tail.push((id, records));
+        if starts_before {
+            break;
+        }
+    }
+    let mut batch = sled::Batch::default();
+    let mut infos: std::collections::BTreeMap<u64, codec::SegmentInfo> = Default::default();
+    let mut last = indexed;
+    for (id, records) in tail.into_iter().rev() {
+        for (pointer, body) in records {
+            let Some((logged, _)) = codec::decode_logged(&body) else {
+                tracing::error!(
+                    segment = id,
+                    offset = pointer.offset,
+                    "unreadable segment record skipped"
+                );
+                continue;
+            };
+            let seq = logged.ident.seq;
+            if seq <= last {
+                continue;
+            }
+            let Some(arrival) = codec::Arrival::decode(logged.arrival) else {
+                tracing::error!(
+                    segment = id,
+                    seq,
+                    "unreadable arrival in a segment record skipped"
+                );
+                continue;
+            };
+            let key = codec::event_key(&arrival.source, &arrival.event_id);
+            let newer = tree
+                .get(&key)?
+                .and_then(|v| codec::event_ident(&v))
+                .is_some_and(|i| i.seq > seq);
+            if !newer {
+                batch.insert(
+                    key,
+                    codec::assemble_event(&logged.ident, &pointer.encode(), logged.index_meta),
+                );
+            }
+            batch.insert(codec::seq_key(b'n', seq).to_vec(), logged.arrival);
+            if let Some(meta) =
+                codec::decode_index_meta(logged.index_meta, logged.ident.received_at_ms)
+            {
+                if let Some(tn) = &meta.tracking_number {
+                    batch.insert(codec::text_seq_key(b'T', tn, seq), Vec::new());
+                }
+                if let Some(order) = &meta.order_id {
+                    batch.insert(codec::text_seq_key(b'O', order, seq), Vec::new());
+                }
+            }
+            batch.insert(
+                codec::expiry_key(logged.ident.expires_at_ms, seq).to_vec(),
+                codec::encode_seqs(&[seq]),
+            );
+            let info = match infos.entry(id) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(
+                    tree.get(codec::segment_key(id))?
+                        .and_then(|v| serde_json::from_slice(&v).ok())
+                        .unwrap_or_default(),
+                ),
+            };
+            info.max_expires_at_ms = info.max_expires_at_ms.max(logged.ident.expires_at_ms);
+            info.last_seq = info.last_seq.max(seq);
+            last = seq;
+        }
+    }
+    if last == indexed {
+        return Ok(());
+    }
+    for (id, info) in &infos {
+        segments.sync(*id).map_err(seg_err)?;
+        batch.insert(
+            codec::segment_key(*id).to_vec(),
+            serde_json::to_vec(info).unwrap_or_default(),
+        );
+    }
+    batch.insert(codec::SEQ_KEY, last.to_be_bytes().to_vec());
+    batch.insert(codec::DURABLE_KEY, last.to_be_bytes().to_vec());
+    tracing::warn!(
+        from = indexed + 1,
+        to = last,
+        "rebuilt the index of events the segments held and sled had not flushed"
+    );
+    tree.apply_batch(batch)?;
+    tree.flush()?;
+    Ok(())
 }
 
 /// Forgets the events written after the last flush checkpoint whose

@@ -129,7 +129,14 @@ impl Writer {
                         seq: self.seq,
                         content_hash: ev.content_hash,
                     };
-                    payloads.push(std::mem::take(&mut ev.payload));
+                    payloads.push(codec::encode_logged(
+                        &codec::Logged {
+                            ident,
+                            index_meta: &ev.index_meta,
+                            arrival: &ev.arrival,
+                        },
+                        &ev.packed,
+                    ));
                     index.push((key.clone(), ident, std::mem::take(&mut ev.index_meta)));
                     self.note_expiry(ev.expires_at_ms);
                     // Events of one group with one retention share a
@@ -446,8 +453,7 @@ pub(super) fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Gro
             .flat_map(|g| g.segments.iter())
             .try_for_each(|f| f.sync_data())
             .map_err(|e| StoreError::Unavailable(format!("segment sync: {e}")))
-            .inspect_err(|e| shared.fail("segment sync", e))
-            .and_then(|_| shared.sync());
+            .inspect_err(|e| shared.fail("segment sync", e));
         metrics::histogram!(metric::STORE_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
         match flushed {
             Ok(_) => {

@@ -342,11 +342,15 @@ pub fn segment_key(id: u64) -> [u8; 9] {
 }
 
 /// A segment's retention facts: when its last event expires, and its
-/// newest event's sequence (it may go once the inbox is past it).
+/// newest event's sequence (it may go once the inbox is past it); and how
+/// far into it the index goes, so that on open only what lies beyond is
+/// read back (`replay_log`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SegmentInfo {
     pub max_expires_at_ms: u64,
     pub last_seq: u64,
+    #[serde(default)]
+    pub end: u64,
 }
 
 pub fn encode_meta(meta: &EventMeta) -> Vec<u8> {

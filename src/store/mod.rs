@@ -1192,50 +1192,40 @@ const SLED_FLUSH_MS: u64 = 500;
 
 /// Rebuilds the index of the events whose segment records outlived a
 /// crash that took sled's unflushed writes: every record past the last
-/// sequence number sled holds (`SEQ_KEY`, written with every group), read
-/// from the newest segments back to the one where sled's index resumes.
-/// The records are synced first, so the checkpoint that follows may say
-/// they are durable.
+/// sequence number sled holds (`SEQ_KEY`, written with every group). Each
+/// segment's info says how far into it the index goes (`end`), so only
+/// the records beyond are read, one at a time. They are synced before
+/// the checkpoint that follows says they are durable.
 fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), StoreError> {
     let seg_err = |e: std::io::Error| StoreError::Unavailable(format!("segments: {e}"));
     let indexed = read_u64(tree, codec::SEQ_KEY)?;
-    let mut tail = Vec::new();
-    for id in segments.ids().map_err(seg_err)?.into_iter().rev() {
-        let records = segments.records(id).map_err(seg_err)?;
-        let starts_before = records
-            .first()
-            .and_then(|(_, body)| codec::decode_logged(body))
-            .is_some_and(|(logged, _)| logged.ident.seq <= indexed);
-        tail.push((id, records));
-        if starts_before {
-            break;
-        }
-    }
     let mut batch = sled::Batch::default();
-    let mut infos: std::collections::BTreeMap<u64, codec::SegmentInfo> = Default::default();
+    let mut touched = Vec::new();
     let mut last = indexed;
-    for (id, records) in tail.into_iter().rev() {
-        for (pointer, body) in records {
-            let Some((logged, _)) = codec::decode_logged(&body) else {
+    for id in segments.ids().map_err(seg_err)? {
+        let mut info: codec::SegmentInfo = tree
+            .get(codec::segment_key(id))?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        if segments.len(id).map_err(seg_err)? <= info.end {
+            continue;
+        }
+        let before = last;
+        segments.each_record(id, info.end, |pointer, body| {
+            let Some((logged, arrival)) = codec::decode_logged(body)
+                .and_then(|(l, _)| codec::Arrival::decode(l.arrival).map(|a| (l, a)))
+            else {
                 tracing::error!(
                     segment = id,
                     offset = pointer.offset,
                     "unreadable segment record skipped"
                 );
-                continue;
+                return Ok(());
             };
             let seq = logged.ident.seq;
             if seq <= last {
-                continue;
+                return Ok(());
             }
-            let Some(arrival) = codec::Arrival::decode(logged.arrival) else {
-                tracing::error!(
-                    segment = id,
-                    seq,
-                    "unreadable arrival in a segment record skipped"
-                );
-                continue;
-            };
             let key = codec::event_key(&arrival.source, &arrival.event_id);
             let newer = tree
                 .get(&key)?
@@ -1262,23 +1252,20 @@ fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), St
                 codec::expiry_key(logged.ident.expires_at_ms, seq).to_vec(),
                 codec::encode_seqs(&[seq]),
             );
-            let info = match infos.entry(id) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => e.insert(
-                    tree.get(codec::segment_key(id))?
-                        .and_then(|v| serde_json::from_slice(&v).ok())
-                        .unwrap_or_default(),
-                ),
-            };
             info.max_expires_at_ms = info.max_expires_at_ms.max(logged.ident.expires_at_ms);
             info.last_seq = info.last_seq.max(seq);
+            info.end = pointer.end();
             last = seq;
+            Ok(())
+        })?;
+        if last != before {
+            touched.push((id, info));
         }
     }
-    if last == indexed {
+    if touched.is_empty() {
         return Ok(());
     }
-    for (id, info) in &infos {
+    for (id, info) in &touched {
         segments.sync(*id).map_err(seg_err)?;
         batch.insert(
             codec::segment_key(*id).to_vec(),

@@ -37,6 +37,11 @@ pub struct Pointer {
 impl Pointer {
     pub const ENCODED: usize = 20;
 
+    /// Where the next record starts.
+    pub fn end(&self) -> u64 {
+        self.offset + HEADER as u64 + u64::from(self.len)
+    }
+
     pub fn encode(&self) -> [u8; Self::ENCODED] {
         let mut out = [0u8; Self::ENCODED];
         for (dst, src) in out.iter_mut().zip(
@@ -148,33 +153,48 @@ impl Segments {
         Ok((pointers, active.file.try_clone()?))
     }
 
-    /// Every whole record of a segment, in order, with its pointer (the
-    /// tail was cut on open): what `Store::open` replays.
-    pub fn records(&self, id: u64) -> io::Result<Vec<(Pointer, Vec<u8>)>> {
-        let data = std::fs::read(self.dir.join(file_name(id)))?;
-        let mut out = Vec::new();
-        let mut at = 0usize;
-        while let Some(header) = data.get(at..at + HEADER) {
-            let (len, crc) = header.split_at(4);
-            let len = u32::from_be_bytes(len.try_into().map_err(|_| invalid("header"))?);
-            let crc = u32::from_be_bytes(crc.try_into().map_err(|_| invalid("header"))?);
-            let Some(body) = data.get(at + HEADER..at + HEADER + len as usize) else {
-                break;
-            };
-            if crc32fast::hash(body) != crc {
-                break;
+    /// The segment's length on disk.
+    pub fn len(&self, id: u64) -> io::Result<u64> {
+        Ok(std::fs::metadata(self.dir.join(file_name(id)))?.len())
+    }
+
+    /// Each whole record of a segment from `offset` on, in order, with its
+    /// pointer, read a record at a time (the tail was cut on open): what
+    /// `Store::open` replays. Ends at the first record that is not whole.
+    pub fn each_record(
+        &self,
+        id: u64,
+        offset: u64,
+        mut f: impl FnMut(Pointer, &[u8]) -> Result<(), crate::store::StoreError>,
+    ) -> Result<(), crate::store::StoreError> {
+        use std::io::{BufReader, Read, Seek, SeekFrom};
+        let io_err =
+            |e: io::Error| crate::store::StoreError::Unavailable(format!("segment {id}: {e}"));
+        let mut file = File::open(self.dir.join(file_name(id))).map_err(io_err)?;
+        file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut at = offset;
+        let mut header = [0u8; HEADER];
+        let mut body = Vec::new();
+        loop {
+            if reader.read_exact(&mut header).is_err() {
+                return Ok(());
             }
-            out.push((
-                Pointer {
-                    segment: id,
-                    offset: at as u64,
-                    len,
-                },
-                body.to_vec(),
-            ));
-            at += HEADER + len as usize;
+            let (len, crc) = header.split_at(4);
+            let len = u32::from_be_bytes(len.try_into().unwrap_or_default());
+            let crc = u32::from_be_bytes(crc.try_into().unwrap_or_default());
+            body.resize(len as usize, 0);
+            if reader.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
+                return Ok(());
+            }
+            let pointer = Pointer {
+                segment: id,
+                offset: at,
+                len,
+            };
+            f(pointer, &body)?;
+            at = pointer.end();
         }
-        Ok(out)
     }
 
     /// Syncs a segment's data to the device.
@@ -319,12 +339,31 @@ mod tests {
             assert!(s.contains(p));
             assert_eq!(Pointer::decode(&p.encode()), Some(*p));
         }
-        let replayed: Vec<Vec<u8>> = [1, 2]
-            .iter()
-            .flat_map(|id| s.records(*id).unwrap())
-            .map(|(_, body)| body)
-            .collect();
-        assert_eq!(replayed, payloads);
+        let mut replayed = Vec::new();
+        for id in [1, 2] {
+            s.each_record(id, 0, |p, body| {
+                replayed.push((p, body.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        }
+        let pointers: Vec<Pointer> = first.iter().chain(&second).copied().collect();
+        assert_eq!(
+            replayed.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            pointers
+        );
+        assert_eq!(
+            replayed.into_iter().map(|(_, b)| b).collect::<Vec<_>>(),
+            payloads
+        );
+        // From a record's end on: the rest of its segment.
+        let mut rest = 0;
+        s.each_record(1, first[0].end(), |_, _| {
+            rest += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(rest, 1);
         assert_eq!(s.ids().unwrap(), [1, 2]);
         s.delete(1).unwrap();
         s.delete(2).unwrap(); // the active one stays

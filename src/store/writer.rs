@@ -191,6 +191,7 @@ impl Writer {
             }
             if let Some(last) = pointers.last() {
                 self.segment.last_seq = self.seq;
+                self.segment.end = last.end();
                 batch.insert(
                     codec::segment_key(last.segment).to_vec(),
                     serde_json::to_vec(&self.segment).unwrap_or_default(),

@@ -218,15 +218,8 @@ enum EventsCommand {
 
 fn events(command: EventsCommand) -> ExitCode {
     use waybill::admin_client::{AdminClient, EventsError, Filters, TOKEN_ENV};
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     let token = std::env::var(TOKEN_ENV).ok();
     let shared = |f: EventFilters| {
@@ -309,6 +302,15 @@ fn events(command: EventsCommand) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// A runtime from `builder`, or None after saying why on stderr.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .inspect_err(|e| eprintln!("cannot start the runtime: {e}"))
+        .ok()
 }
 
 fn main() -> ExitCode {
@@ -435,15 +437,8 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
@@ -535,15 +530,8 @@ fn parse_stock(s: &str) -> Result<(String, i64), String> {
 }
 
 fn simulate(listen: std::net::SocketAddr, config: waybill::simulator::SimConfig) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(listen).await {

@@ -119,6 +119,13 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Apply the PostgreSQL schema migrations this binary carries to a
+    /// database (safe while other replicas start); print what was done.
+    Migrate {
+        /// The database, as a libpq URL or key=value string.
+        #[arg(long, env = "WAYBILL_DATABASE_URL", value_name = "URL")]
+        database_url: String,
+    },
     /// Print a completion script for a shell.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -304,6 +311,29 @@ fn events(command: EventsCommand) -> ExitCode {
     }
 }
 
+fn migrate(url: &str) -> ExitCode {
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        let done = async {
+            let store = waybill::store::postgres::PgStore::connect(url, 2)?;
+            let applied = store.migrate().await?;
+            Ok::<_, waybill::store::StoreError>((applied, store.schema_version().await?))
+        };
+        match done.await {
+            Ok((applied, version)) => {
+                println!("applied {applied} migration(s); the schema is at version {version}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 /// A runtime from `builder`, or None after saying why on stderr.
 fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
     builder
@@ -317,6 +347,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Events { command } => events(command),
+        Command::Migrate { database_url } => migrate(&database_url),
         Command::CheckConfig { config } => {
             ExitCode::from(waybill::cli::check_config(config.config.as_deref()) as u8)
         }

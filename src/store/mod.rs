@@ -16,6 +16,7 @@
 //! first (in the tree, or earlier in the same group).
 
 pub mod codec;
+pub mod postgres;
 pub mod segments;
 mod state;
 mod writer;

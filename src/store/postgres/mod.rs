@@ -1,0 +1,314 @@
+//! The PostgreSQL adapter, for several replicas on one database
+//! (contract 10.7). This part holds the schema migrations and webhook
+//! intake; the database is the only coordinator between replicas.
+//!
+//! - Migrations are embedded, versioned, and applied under an advisory
+//!   lock, so replicas that start together apply each one once.
+//! - Intake is group committed: the requests waiting when a transaction
+//!   starts go in one multi-row `INSERT … ON CONFLICT`, and each is
+//!   answered after the commit (`synchronous_commit` stays on). The
+//!   unique key on (source, event_id) decides new or duplicate, across
+//!   replicas: a copy racing another replica's waits for its commit and
+//!   then sees it.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::NoTls;
+
+use super::{IngestResult, NewEvent, StoreError};
+
+/// Embedded migrations, in order: (version, name, SQL).
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "events", include_str!("0001_events.sql"))];
+
+/// The advisory lock migrations run under (any fixed number; this one
+/// spells "waybill").
+const MIGRATION_LOCK: i64 = 0x0077_6179_6269_6c6c;
+
+/// Requests one intake transaction takes at most.
+const MAX_GROUP: usize = 512;
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("database: {e}"))
+}
+
+type Pending = (NewEvent, oneshot::Sender<Result<IngestResult, StoreError>>);
+
+pub struct PgStore {
+    pool: Pool,
+    tx: mpsc::Sender<Pending>,
+}
+
+impl PgStore {
+    /// A pool of `pool_size` connections to `url` (a libpq URL or
+    /// key=value string), and the intake task. Connects lazily.
+    pub fn connect(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(db_err)?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(2))
+            .build()
+            .map_err(db_err)?;
+        let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
+        tokio::spawn(intake(pool.clone(), rx));
+        Ok(PgStore { pool, tx })
+    }
+
+    /// Applies the migrations this database lacks; how many it applied.
+    /// Safe to run from several replicas at once.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let mut client = self.pool.get().await.map_err(db_err)?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db_err)?;
+        let applied = apply_migrations(&mut client).await;
+        // Released whatever happened; a broken connection releases it too.
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db_err);
+        let applied = applied?;
+        unlocked?;
+        Ok(applied)
+    }
+
+    /// The schema version the database is at (0: none).
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        let client = self.pool.get().await.map_err(db_err)?;
+        let row = client
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM waybill_migrations",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(row.get(0))
+    }
+
+    /// Stores a new event durably, or says it is a duplicate of the stored
+    /// copy (contract 3.3), answering after the transaction's commit.
+    pub async fn ingest(&self, event: NewEvent) -> Result<IngestResult, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((event, reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the intake task stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the intake task stopped".into()))?
+    }
+}
+
+async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<usize, StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS waybill_migrations (
+                version INT PRIMARY KEY,
+                name TEXT NOT NULL,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(db_err)?;
+    let mut applied = 0;
+    for (version, name, sql) in MIGRATIONS {
+        let tx = client.transaction().await.map_err(db_err)?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM waybill_migrations WHERE version = $1",
+                &[version],
+            )
+            .await
+            .map_err(db_err)?
+            .is_some();
+        if done {
+            continue;
+        }
+        tx.batch_execute(sql).await.map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO waybill_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        tracing::info!(version, name, "database migration applied");
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// The intake task: takes what waits, one transaction per group.
+async fn intake(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let pending = std::mem::take(&mut group);
+        let (events, replies): (Vec<NewEvent>, Vec<_>) = pending.into_iter().unzip();
+        match commit(&pool, &events).await {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, events = events.len(), "intake transaction failed");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Whether an event is the first copy of its identity in the group.
+enum InGroup {
+    First,
+    Copy,
+}
+
+/// One transaction for a group: every new identity inserted (an expired
+/// stored copy replaced), then the stored copy of every duplicate read.
+/// The answers, in the group's order.
+async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, StoreError> {
+    // A statement may not touch a row twice: later copies in the group are
+    // answered from the first.
+    let mut seen = std::collections::HashSet::new();
+    let roles: Vec<InGroup> = events
+        .iter()
+        .map(|e| {
+            if seen.insert((e.source.as_str(), e.event_id.as_str())) {
+                InGroup::First
+            } else {
+                InGroup::Copy
+            }
+        })
+        .collect();
+    let firsts: Vec<&NewEvent> = events
+        .iter()
+        .zip(&roles)
+        .filter(|(_, r)| matches!(r, InGroup::First))
+        .map(|(e, _)| e)
+        .collect();
+    let col = |f: fn(&NewEvent) -> String| firsts.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let opt = |f: fn(&NewEvent) -> Option<String>| firsts.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let sources = col(|e| e.source.clone());
+    let ids = col(|e| e.event_id.clone());
+    let received: Vec<i64> = firsts.iter().map(|e| ms(e.received_at_ms)).collect();
+    let expires: Vec<i64> = firsts.iter().map(|e| ms(e.expires_at_ms)).collect();
+    let hashes: Vec<Vec<u8>> = firsts.iter().map(|e| e.content_hash.to_vec()).collect();
+    let dispatch: Vec<bool> = firsts.iter().map(|e| e.dispatch).collect();
+    let types = opt(|e| e.event_type.clone());
+    let tracking = opt(|e| e.tracking_number.clone());
+    let orders = opt(|e| e.order_id.clone());
+    let headers = col(|e| serde_json::to_string(&e.headers).unwrap_or_else(|_| "[]".into()));
+    let fields = opt(|e| {
+        e.fields
+            .as_ref()
+            .and_then(|f| serde_json::to_string(f).ok())
+    });
+    let bodies: Vec<Vec<u8>> = firsts.iter().map(|e| e.body.to_vec()).collect();
+
+    let mut client = pool.get().await.map_err(db_err)?;
+    let tx = client.transaction().await.map_err(db_err)?;
+    let inserted = tx
+        .query(
+            "INSERT INTO events (source, event_id, received_at_ms, expires_at_ms, content_hash,
+                                 dispatch, event_type, tracking_number, order_id, headers, fields, body)
+             SELECT s, e, r, x, h, d, t, tn, o, hd::jsonb, f::jsonb, b
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bool[],
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[])
+                  AS n(s, e, r, x, h, d, t, tn, o, hd, f, b)
+             ON CONFLICT (source, event_id) DO UPDATE SET
+                 seq = nextval(pg_get_serial_sequence('events', 'seq')),
+                 received_at_ms = EXCLUDED.received_at_ms, expires_at_ms = EXCLUDED.expires_at_ms,
+                 content_hash = EXCLUDED.content_hash, dispatch = EXCLUDED.dispatch,
+                 event_type = EXCLUDED.event_type, tracking_number = EXCLUDED.tracking_number,
+                 order_id = EXCLUDED.order_id, headers = EXCLUDED.headers,
+                 fields = EXCLUDED.fields, body = EXCLUDED.body
+             WHERE events.expires_at_ms <= EXCLUDED.received_at_ms
+             RETURNING source, event_id",
+            &[
+                &sources, &ids, &received, &expires, &hashes, &dispatch, &types, &tracking,
+                &orders, &headers, &fields, &bodies,
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    let new: std::collections::HashSet<(String, String)> = inserted
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    // The stored copies of the duplicates, as committed by whoever won.
+    let (dup_sources, dup_ids): (Vec<String>, Vec<String>) = firsts
+        .iter()
+        .filter(|e| !new.contains(&(e.source.clone(), e.event_id.clone())))
+        .map(|e| (e.source.clone(), e.event_id.clone()))
+        .unzip();
+    let mut stored = std::collections::HashMap::new();
+    if !dup_sources.is_empty() {
+        for row in tx
+            .query(
+                "SELECT source, event_id, received_at_ms, content_hash FROM events
+                 WHERE (source, event_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+                &[&dup_sources, &dup_ids],
+            )
+            .await
+            .map_err(db_err)?
+        {
+            let key: (String, String) = (row.get(0), row.get(1));
+            let at: i64 = row.get(2);
+            let hash: Vec<u8> = row.get(3);
+            stored.insert(key, (u64::try_from(at).unwrap_or(0), hash));
+        }
+    }
+    tx.commit().await.map_err(db_err)?;
+
+    // Each identity of the group: when its stored copy arrived, its
+    // content hash, and whether this group stored it.
+    let mut identities = std::collections::HashMap::new();
+    for e in &firsts {
+        let key = (e.source.clone(), e.event_id.clone());
+        let known = if new.contains(&key) {
+            (e.received_at_ms, e.content_hash.to_vec(), true)
+        } else {
+            let (at, hash) = stored.remove(&key).ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "{}/{} vanished while being stored",
+                    e.source, e.event_id
+                ))
+            })?;
+            (at, hash, false)
+        };
+        identities.insert(key, known);
+    }
+    events
+        .iter()
+        .zip(&roles)
+        .map(|(e, role)| {
+            let key = (e.source.clone(), e.event_id.clone());
+            let (at, hash, stored_here) = identities
+                .get(&key)
+                .ok_or_else(|| StoreError::Unavailable("an identity left its group".into()))?;
+            Ok(match role {
+                InGroup::First if *stored_here => IngestResult::Accepted {
+                    received_at_ms: e.received_at_ms,
+                },
+                _ => IngestResult::Duplicate {
+                    first_received_at_ms: *at,
+                    conflict: hash.as_slice() != e.content_hash.as_slice(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// Milliseconds as PostgreSQL's BIGINT holds them.
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

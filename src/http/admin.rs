@@ -1,6 +1,8 @@
-//! `/admin`: search events, show one, redeliver parked or dead ones
-//! (contract 8, 9.5, 9.13). The token is checked before anything else,
-//! routing and body size included; without a configured token every
+//! `/admin`: search events, show one, redeliver parked or dead ones one at
+//! a time or in bulk (contract 8, 9.5, 9.13, 10.6). The token (or the
+//! console's session, `http::console`) is checked before anything else,
+//! routing and body size included; only the console's page answers
+//! without it, with its sign-in form. Without a configured token every
 //! `/admin` path is 404.
 
 use http::{Method, Request, Response, StatusCode, header};

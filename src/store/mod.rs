@@ -1,13 +1,17 @@
-//! The only module that knows sled.
+//! The embedded store: sled for the index and state, segment files for
+//! the events (`segments`); `postgres` is the PostgreSQL adapter.
 //!
 //! Three threads write, each owning its keys (see `codec`):
 //! - the writer (`writer.rs`) takes every ingest request waiting in its
 //!   queue, decides new-or-duplicate for each against the tree and the rest
-//!   of the group, and applies the group as one atomic sled batch;
-//! - the flusher takes every group handed over since its last flush, calls
-//!   `flush` and `fdatasync` once, and only then answers the waiting
-//!   requests (sled acknowledges writes before they are on disk). While one
-//!   flush runs the next group is gathered and applied: the group commit;
+//!   of the group, appends the new events' records to the active segment
+//!   and applies the group's index as one atomic sled batch;
+//! - the flusher takes every group handed over since its last flush,
+//!   `fdatasync`s the segments they wrote once, and only then answers the
+//!   waiting requests. While one flush runs the next group is gathered and
+//!   applied: the group commit. sled writes its log out in the background;
+//!   what it had not when the process died is rebuilt from the segments on
+//!   open (`replay_log`);
 //! - the state machine (`state.rs`) drains the inbox into shipments and
 //!   runs the commands that change shipments.
 //!

@@ -87,9 +87,13 @@ async fn migrations_apply_once_when_replicas_start_together() {
     for run in runs {
         applied += run.await.unwrap();
     }
-    assert_eq!(applied, 1, "each migration is applied by one replica");
+    let latest = waybill::store::postgres::schema_version_of_build();
+    assert_eq!(
+        applied, latest as usize,
+        "each migration is applied by one replica"
+    );
     for r in &replicas {
-        assert_eq!(r.schema_version().await.unwrap(), 1);
+        assert_eq!(r.schema_version().await.unwrap(), latest);
         assert_eq!(r.migrate().await.unwrap(), 0, "nothing left to apply");
     }
     schema.drop().await;
@@ -232,10 +236,13 @@ async fn waybill_migrate_applies_the_schema_once() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let latest = waybill::store::postgres::schema_version_of_build();
     let (code, out, err) = run(&url);
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.contains("applied 1 migration(s); the schema is at version 1"),
+        out.contains(&format!(
+            "applied {latest} migration(s); the schema is at version {latest}"
+        )),
         "{out}"
     );
     let (code, out, _) = run(&url);
@@ -244,5 +251,171 @@ async fn waybill_migrate_applies_the_schema_once() {
     let (code, _, err) = run("postgres://nobody@127.0.0.1:1/none");
     assert_eq!(code, Some(1));
     assert!(err.contains("database"), "{err}");
+    schema.drop().await;
+}
+
+fn carrier_source() -> std::collections::HashMap<String, waybill::config::SourceConfig> {
+    let config = waybill::config::Config::parse(
+        r#"
+        [[sources]]
+        name = "carrier"
+        kind = "tracking"
+        secrets = ["s"]
+        signature = { scheme = "github" }
+        event_id = "/id"
+        [sources.mapping]
+        tracking_number = "/t"
+        status = "/s"
+        occurred_at = "/at"
+        [sources.mapping.status_map]
+        pre_transit = "LABEL_CREATED"
+        in_transit = "IN_TRANSIT"
+        out_for_delivery = "OUT_FOR_DELIVERY"
+        delivered = "DELIVERED"
+        "#,
+        &waybill::config::ProcessEnv,
+    )
+    .unwrap();
+    config
+        .sources
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect()
+}
+
+fn shipment(id: &str, tn: &str) -> waybill::store::ShipmentRecord {
+    waybill::store::ShipmentRecord {
+        shipment_id: id.into(),
+        partner: "acme".into(),
+        order_id: format!("o-{id}"),
+        created_at_ms: 1_000,
+        tracking_number: Some(tn.into()),
+        label: None,
+        details: serde_json::json!({}),
+        timeline: waybill::domain::shipment::Timeline::new(1_000),
+        label_intent: None,
+    }
+}
+
+/// Guarantee 3 with three dispatchers: a backlog of 600 tracking events
+/// over 20 shipments (and some for tracking numbers nobody has), drained
+/// by three replicas at once, each claiming with SKIP LOCKED. Every event
+/// is dispatched exactly once, and every shipment holds what the ordering
+/// rule makes of its events, whichever replica applied which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
+    let Some((url, schema)) = schema().await else {
+        return;
+    };
+    let sources = Arc::new(carrier_source());
+    let replicas: Vec<Arc<PgStore>> = (0..3)
+        .map(|_| Arc::new(PgStore::connect(&url, 4).unwrap()))
+        .collect();
+    replicas[0].migrate().await.unwrap();
+    for i in 0..20 {
+        replicas[0]
+            .put_shipment(&shipment(&format!("shp_{i}"), &format!("TN-{i}")))
+            .await
+            .unwrap();
+    }
+    let statuses = [
+        "pre_transit",
+        "in_transit",
+        "out_for_delivery",
+        "delivered",
+        "held",
+    ];
+    let mut rng = fastrand::Rng::with_seed(12);
+    let mut reference: std::collections::HashMap<String, waybill::domain::shipment::Timeline> = (0
+        ..20)
+        .map(|i| {
+            (
+                format!("TN-{i}"),
+                waybill::domain::shipment::Timeline::new(1_000),
+            )
+        })
+        .collect();
+    let mut parked = 0;
+    for n in 0..600u64 {
+        let tn = format!("TN-{}", rng.usize(0..23));
+        let status = statuses[rng.usize(0..statuses.len())];
+        let at = format!(
+            "\"2026-11-{:02}T{:02}:00:00Z\"",
+            rng.u32(1..28),
+            rng.u32(0..24)
+        );
+        let fields = waybill::mapping::Fields {
+            key: tn.clone(),
+            status: status.into(),
+            occurred_at: Some(at),
+        };
+        let id = format!("e{n}");
+        if let waybill::mapping::Interpretation::Tracking { event, .. } =
+            waybill::mapping::interpret_fields(&sources["carrier"], &id, 2_000 + n, &fields)
+        {
+            match reference.get_mut(&tn) {
+                Some(t) => {
+                    t.apply(event);
+                }
+                None => parked += 1,
+            }
+        }
+        let mut ev = event(&id, 2_000 + n, 3_600_000, 1);
+        ev.tracking_number = Some(tn);
+        ev.fields = Some(fields);
+        assert!(matches!(
+            replicas[(n % 3) as usize].ingest(ev).await.unwrap(),
+            IngestResult::Accepted { .. }
+        ));
+    }
+
+    let mut drains = Vec::new();
+    for r in &replicas {
+        let (r, sources) = (r.clone(), sources.clone());
+        drains.push(tokio::spawn(async move {
+            let mut mine = 0;
+            loop {
+                let n = r.dispatch(&sources, 25).await.unwrap();
+                if n == 0 {
+                    return mine;
+                }
+                mine += n;
+            }
+        }));
+    }
+    let mut total = 0;
+    for d in drains {
+        total += d.await.unwrap();
+    }
+    assert_eq!(total, 600, "each event dispatched once, by one replica");
+    let q = |sql: &str| sql.replace("events", &format!("{}.events", schema.name));
+    let row = schema
+        .client
+        .query_one(
+            &q("SELECT count(*) FILTER (WHERE outcome IS NULL), count(*) FILTER (WHERE attempts <> 1),
+                       count(*) FILTER (WHERE outcome->>'outcome' = 'parked') FROM events"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (pending, not_once, parked_rows): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((pending, not_once), (0, 0));
+    assert_eq!(parked_rows, parked);
+    for i in 0..20 {
+        let rec = replicas[i % 3]
+            .shipment(&format!("shp_{i}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            rec.timeline,
+            reference[&format!("TN-{i}")],
+            "shp_{i} holds what the rule makes of its events"
+        );
+    }
+    // Nothing is left for a second pass.
+    assert_eq!(replicas[0].dispatch(&sources, 25).await.unwrap(), 0);
+    let o = replicas[1].outcome("carrier", "e0").await.unwrap().unwrap();
+    assert_eq!(o.attempts, 1);
     schema.drop().await;
 }

@@ -1,6 +1,7 @@
 //! The PostgreSQL adapter, for several replicas on one database
-//! (contract 10.7). This part holds the schema migrations and webhook
-//! intake; the database is the only coordinator between replicas.
+//! (contract 10.7). This part holds the schema migrations, webhook intake
+//! and the dispatch of tracking events to shipments; the database is the
+//! only coordinator between replicas.
 //!
 //! - Migrations are embedded, versioned, and applied under an advisory
 //!   lock, so replicas that start together apply each one once.
@@ -15,10 +16,24 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
+use std::collections::HashMap;
+
+use super::codec::{DispatchOutcome, OutcomeRecord, ShipmentRecord};
 use super::{IngestResult, NewEvent, StoreError};
+use crate::config::{SourceConfig, SourceKind};
+use crate::domain::shipment::Applied;
+use crate::mapping::{Fields, Interpretation, interpret_fields};
 
 /// Embedded migrations, in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "events", include_str!("0001_events.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "events", include_str!("0001_events.sql")),
+    (2, "dispatch", include_str!("0002_dispatch.sql")),
+];
+
+/// The schema version this build expects: its last migration's.
+pub fn schema_version_of_build() -> i32 {
+    MIGRATIONS.last().map_or(0, |(v, _, _)| *v)
+}
 
 /// The advisory lock migrations run under (any fixed number; this one
 /// spells "waybill").
@@ -102,6 +117,194 @@ impl PgStore {
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the intake task stopped".into()))?
+    }
+}
+
+impl PgStore {
+    /// Stores a shipment (with its tracking number, if it has one).
+    pub async fn put_shipment(&self, rec: &ShipmentRecord) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(db_err)?;
+        let json = serde_json::to_string(rec).map_err(db_err)?;
+        client
+            .execute(
+                "INSERT INTO shipments (shipment_id, tracking_number, record) VALUES ($1, $2, $3::text::jsonb)
+                 ON CONFLICT (shipment_id) DO UPDATE SET tracking_number = EXCLUDED.tracking_number,
+                     record = EXCLUDED.record",
+                &[&rec.shipment_id, &rec.tracking_number, &json],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub async fn shipment(&self, shipment_id: &str) -> Result<Option<ShipmentRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(db_err)?;
+        let row = client
+            .query_opt(
+                "SELECT record::text FROM shipments WHERE shipment_id = $1",
+                &[&shipment_id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(db_err))
+            .transpose()
+    }
+
+    /// An event's dispatch outcome, once it has one.
+    pub async fn outcome(
+        &self,
+        source: &str,
+        event_id: &str,
+    ) -> Result<Option<OutcomeRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(db_err)?;
+        let row = client
+            .query_opt(
+                "SELECT outcome::text FROM events WHERE source = $1 AND event_id = $2",
+                &[&source, &event_id],
+            )
+            .await
+            .map_err(db_err)?;
+        match row.and_then(|r| r.get::<_, Option<String>>(0)) {
+            Some(json) => serde_json::from_str(&json).map(Some).map_err(db_err),
+            None => Ok(None),
+        }
+    }
+
+    /// Dispatches up to `limit` pending events in one transaction (contract
+    /// 4): claims them with `FOR UPDATE SKIP LOCKED`, so dispatchers on
+    /// other replicas take others; locks their shipments in tracking-number
+    /// order, so two dispatchers never wait on each other in a cycle;
+    /// applies each event and records its outcome; commits all of it at
+    /// once. A crash before the commit leaves the events pending for any
+    /// dispatcher. How many it dispatched.
+    ///
+    /// Payment events wait for orders, which live in the embedded store
+    /// only so far: they are not claimed, and stay pending.
+    pub async fn dispatch(
+        &self,
+        sources: &HashMap<String, SourceConfig>,
+        limit: i64,
+    ) -> Result<usize, StoreError> {
+        let payment_sources: Vec<&str> = sources
+            .values()
+            .filter(|s| s.kind == SourceKind::Payment)
+            .map(|s| s.name.as_str())
+            .collect();
+        let mut client = self.pool.get().await.map_err(db_err)?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let claimed = tx
+            .query(
+                "SELECT seq, source, event_id, received_at_ms, fields::text, attempts FROM events
+                 WHERE dispatch AND outcome IS NULL AND source <> ALL($2)
+                 ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                &[&limit, &payment_sources],
+            )
+            .await
+            .map_err(db_err)?;
+        let mut work = Vec::with_capacity(claimed.len());
+        for row in &claimed {
+            let source: String = row.get(1);
+            let event_id: String = row.get(2);
+            let received_at_ms = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
+            let fields: Option<Fields> = row
+                .get::<_, Option<String>>(4)
+                .and_then(|f| serde_json::from_str(&f).ok());
+            let interpretation = match (sources.get(&source), &fields) {
+                (None, _) => Interpretation::Dead {
+                    reason: format!("source {source} is no longer configured"),
+                },
+                (Some(cfg), Some(fields)) => {
+                    interpret_fields(cfg, &event_id, received_at_ms, fields)
+                }
+                (Some(_), None) => Interpretation::NotDispatched,
+            };
+            work.push((row.get::<_, i64>(0), row.get::<_, i32>(5), interpretation));
+        }
+        let mut tracking: Vec<String> = work
+            .iter()
+            .filter_map(|(_, _, i)| match i {
+                Interpretation::Tracking {
+                    tracking_number, ..
+                } => Some(tracking_number.clone()),
+                _ => None,
+            })
+            .collect();
+        tracking.sort();
+        tracking.dedup();
+        let mut shipments: HashMap<String, ShipmentRecord> = HashMap::new();
+        for row in tx
+            .query(
+                "SELECT tracking_number, record::text FROM shipments
+                 WHERE tracking_number = ANY($1) ORDER BY tracking_number FOR UPDATE",
+                &[&tracking],
+            )
+            .await
+            .map_err(db_err)?
+        {
+            let rec: ShipmentRecord =
+                serde_json::from_str(row.get::<_, &str>(1)).map_err(db_err)?;
+            shipments.insert(row.get(0), rec);
+        }
+        let mut touched = std::collections::BTreeSet::new();
+        let mut dispatched = 0;
+        for (seq, attempts, interpretation) in work {
+            let mut record = OutcomeRecord {
+                outcome: DispatchOutcome::Dead,
+                reason: None,
+                shipment_id: None,
+                attempts: u32::try_from(attempts).unwrap_or(0) + 1,
+                at_ms: crate::clock::now_ms(),
+            };
+            match interpretation {
+                Interpretation::Payment { .. } => continue,
+                Interpretation::Tracking {
+                    tracking_number,
+                    event,
+                } => match shipments.get_mut(&tracking_number) {
+                    None => {
+                        record.outcome = DispatchOutcome::Parked;
+                        record.reason = Some(format!(
+                            "no shipment has tracking number {tracking_number} yet"
+                        ));
+                    }
+                    Some(shipment) => {
+                        record.outcome = match shipment.timeline.apply(event) {
+                            Applied::Applied => DispatchOutcome::Applied,
+                            Applied::Stale => DispatchOutcome::Stale,
+                        };
+                        record.shipment_id = Some(shipment.shipment_id.clone());
+                        touched.insert(tracking_number);
+                    }
+                },
+                Interpretation::Ignored { reason } => {
+                    record.outcome = DispatchOutcome::Ignored;
+                    record.reason = Some(reason);
+                }
+                Interpretation::Dead { reason } => record.reason = Some(reason),
+                Interpretation::NotDispatched => record.outcome = DispatchOutcome::Stored,
+            }
+            let json = serde_json::to_string(&record).map_err(db_err)?;
+            tx.execute(
+                "UPDATE events SET outcome = $2::text::jsonb, attempts = attempts + 1 WHERE seq = $1",
+                &[&seq, &json],
+            )
+            .await
+            .map_err(db_err)?;
+            dispatched += 1;
+        }
+        for tn in touched {
+            if let Some(rec) = shipments.get(&tn) {
+                let json = serde_json::to_string(rec).map_err(db_err)?;
+                tx.execute(
+                    "UPDATE shipments SET record = $2::text::jsonb WHERE shipment_id = $1",
+                    &[&rec.shipment_id, &json],
+                )
+                .await
+                .map_err(db_err)?;
+            }
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(dispatched)
     }
 }
 

@@ -12,11 +12,11 @@
 //!   replicas: a copy racing another replica's waits for its commit and
 //!   then sees it.
 
+use std::collections::HashMap;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
-
-use std::collections::HashMap;
 
 use super::codec::{DispatchOutcome, OutcomeRecord, ShipmentRecord};
 use super::{IngestResult, NewEvent, StoreError};
@@ -55,7 +55,8 @@ pub struct PgStore {
 
 impl PgStore {
     /// A pool of `pool_size` connections to `url` (a libpq URL or
-    /// key=value string), and the intake task. Connects lazily.
+    /// key=value string), and the intake task, spawned on the current
+    /// tokio runtime. Connects lazily.
     pub fn connect(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
         let config: tokio_postgres::Config = url.parse().map_err(db_err)?;
         let manager = Manager::from_config(

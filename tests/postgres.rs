@@ -419,3 +419,36 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
     assert_eq!(o.attempts, 1);
     schema.drop().await;
 }
+
+/// A database that is down fails the intake at once; one that accepts
+/// connections and never answers fails it at the deadline instead of
+/// holding the request. Nothing hangs, and nothing is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_or_silent_fails_the_intake_instead_of_holding_it() {
+    // Down: nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let down = PgStore::connect(&format!("postgres://x@127.0.0.1:{port}/none"), 2).unwrap();
+    assert!(down.ingest(event("d", 1, 10, 1)).await.is_err());
+
+    // Silent: accepts, reads, never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        loop {
+            let (c, _) = silent.accept().await.unwrap();
+            conns.push(c);
+        }
+    });
+    let store = PgStore::connect(&format!("postgres://x@{addr}/none"), 2).unwrap();
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        store.ingest(event("s", 1, 10, 1)),
+    )
+    .await
+    .expect("the intake answers within its deadline");
+    assert!(answer.is_err(), "{answer:?}");
+    held.abort();
+}

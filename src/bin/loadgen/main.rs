@@ -362,15 +362,12 @@ impl Generator {
                 run = self.run_id,
                 sku = n % 100
             );
-            return Request::builder()
-                .method("POST")
-                .uri("/v1/orders")
-                .header("host", "127.0.0.1")
-                .header("content-type", "application/json")
-                .header("authorization", format!("Bearer {api_key}"))
-                .header("idempotency-key", format!("lo-{}-{n}", self.run_id))
-                .body(Full::new(Bytes::from(body)))
-                .expect("request");
+            return v1_post(
+                "/v1/orders",
+                api_key,
+                &format!("lo-{}-{n}", self.run_id),
+                body,
+            );
         }
         if let Some((api_key, cycle)) = &self.shipments {
             let n = cycle.map_or(n, |c| n % c.max(1));
@@ -379,15 +376,12 @@ impl Generator {
                 r#"{{"order_id":"lg-{run}-{n}","carrier":"ups","service":"ground","from":{address},"to":{address},"parcels":[{{"weight_grams":1200,"length_cm":30,"width_cm":20,"height_cm":10}}]}}"#,
                 run = self.run_id
             );
-            return Request::builder()
-                .method("POST")
-                .uri("/v1/shipments")
-                .header("host", "127.0.0.1")
-                .header("content-type", "application/json")
-                .header("authorization", format!("Bearer {api_key}"))
-                .header("idempotency-key", format!("lg-{}-{n}", self.run_id))
-                .body(Full::new(Bytes::from(body)))
-                .expect("request");
+            return v1_post(
+                "/v1/shipments",
+                api_key,
+                &format!("lg-{}-{n}", self.run_id),
+                body,
+            );
         }
         // A duplicate repeats an id already sent (or in flight) in this run.
         let n = if n > 0 && rng.f64() < self.duplicate_ratio {
@@ -631,4 +625,17 @@ impl Receiver {
     async fn recv(&self) -> Option<Instant> {
         self.0.lock().await.recv().await
     }
+}
+
+/// An integrator's write: a JSON `POST` with its key and idempotency key.
+fn v1_post(uri: &str, api_key: &str, idempotency_key: &str, body: String) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {api_key}"))
+        .header("idempotency-key", idempotency_key)
+        .body(Full::new(Bytes::from(body)))
+        .expect("request")
 }

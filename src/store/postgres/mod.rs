@@ -39,6 +39,12 @@ pub fn schema_version_of_build() -> i32 {
 /// spells "waybill").
 const MIGRATION_LOCK: i64 = 0x0077_6179_6269_6c6c;
 
+/// How long getting a connection, or one intake transaction, may take: a
+/// database that stops answering fails requests (503, and the sender
+/// retries) rather than holding them. A transaction that committed after
+/// its deadline is answered as a duplicate on that retry.
+const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Requests one intake transaction takes at most.
 const MAX_GROUP: usize = 512;
 
@@ -68,6 +74,10 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(DB_TIMEOUT))
+            .create_timeout(Some(DB_TIMEOUT))
+            .recycle_timeout(Some(DB_TIMEOUT))
             .build()
             .map_err(db_err)?;
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
@@ -354,7 +364,10 @@ async fn intake(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         let pending = std::mem::take(&mut group);
         let (events, replies): (Vec<NewEvent>, Vec<_>) = pending.into_iter().unzip();
-        match commit(&pool, &events).await {
+        let committed = tokio::time::timeout(DB_TIMEOUT, commit(&pool, &events))
+            .await
+            .unwrap_or_else(|_| Err(db_err("the intake transaction timed out")));
+        match committed {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(Ok(answer));

@@ -80,7 +80,7 @@ pub struct App {
     /// keeps them (`Config::needs_restart`).
     pub server: ServerConfig,
     pub store_config: StoreConfig,
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Store>,
     pub metrics: PrometheusHandle,
     pub health: Arc<Health>,
     /// Requests past their body and not yet answered (`max_in_flight`).
@@ -97,7 +97,7 @@ impl App {
     /// What the use cases work with, under the config `live`.
     pub fn ports<'a>(&'a self, live: &'a Live) -> crate::service::Ports<'a> {
         crate::service::Ports {
-            store: &self.store,
+            store: self.store.as_ref(),
             downstream: &live.downstream,
         }
     }
@@ -156,17 +156,8 @@ impl App {
     pub async fn start(config: Config) -> Result<Arc<App>, StoreError> {
         let metrics = telemetry::metrics_handle();
         let health = Health::new();
-        let store_cfg = config.store.clone();
-        let sources = config.sources.clone();
-        let store_health = health.clone();
-        let store = tokio::task::spawn_blocking(move || {
-            let store = Store::open_supervised(&store_cfg, store_health)?;
-            store.start_dispatcher(sources)?;
-            Ok::<_, StoreError>(store)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        let store = Arc::new(store);
+        let store =
+            crate::store::open(&config.store, health.clone(), config.sources.clone()).await?;
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight));
         let live = Live::build(config, &store, None);
         Ok(Arc::new(App {
@@ -189,9 +180,10 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
+        let inbox_pending = self.store.inbox_pending().await.unwrap_or(-1);
         tracing::info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            inbox_pending = self.store.inbox_pending(),
+            inbox_pending,
             "waybill serving"
         );
         let housekeeping = tokio::spawn(housekeeping(self.clone()));
@@ -233,7 +225,7 @@ impl App {
 impl Live {
     /// Builds what requests use from `config`; what `previous` built is
     /// kept where its config is unchanged (limiters, breakers).
-    fn build(config: Config, store: &Arc<Store>, previous: Option<&Live>) -> Live {
+    fn build(config: Config, store: &Arc<dyn Store>, previous: Option<&Live>) -> Live {
         let ingest = Ingest::new(&config, store.clone(), previous.map(|p| &p.ingest));
         let partners = Partners::new(&config.partners, previous.map(|p| &p.partners));
         let downstream = match previous {
@@ -283,7 +275,7 @@ async fn housekeeping(app: Arc<App>) {
                 }
             }
         }
-        sweep(&app.store, &alive).await;
+        sweep(app.store.as_ref(), &alive).await;
     }
 }
 
@@ -305,7 +297,7 @@ async fn fulfilment(app: Arc<App>) {
     }
 }
 
-async fn sweep(store: &Store, alive: &crate::health::Alive) {
+async fn sweep(store: &dyn Store, alive: &crate::health::Alive) {
     for _ in 0..SWEEP_SLICES {
         alive.beat();
         match store.sweep_expired(now_ms(), SWEEP_BATCH).await {

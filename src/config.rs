@@ -90,6 +90,14 @@ impl Secret {
     }
 }
 
+/// Two secrets are equal when their values are: a reload that only moves
+/// a secret to another origin changes nothing.
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.value == other.value
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secret({})", self.origin)
@@ -136,6 +144,32 @@ pub struct StoreConfig {
     /// Retention deletes whole segments, so smaller ones give disk back
     /// sooner and larger ones mean fewer files.
     pub segment_bytes: u64,
+    pub backend: StoreBackend,
+}
+
+impl StoreBackend {
+    fn url(&self) -> Option<&Secret> {
+        match self {
+            StoreBackend::Postgres { url, .. } => Some(url),
+            StoreBackend::Sled => None,
+        }
+    }
+
+    fn pool_size(&self) -> Option<usize> {
+        match self {
+            StoreBackend::Postgres { pool_size, .. } => Some(*pool_size),
+            StoreBackend::Sled => None,
+        }
+    }
+}
+
+/// Where the store lives (contract 10.8).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreBackend {
+    /// Embedded, under `path`: one process.
+    Sled,
+    /// A PostgreSQL database any number of processes share.
+    Postgres { url: Secret, pool_size: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,6 +400,15 @@ impl Config {
             ("store.cache_mb", s.cache_bytes != t.cache_bytes),
             ("store.min_free_mb", s.min_free_bytes != t.min_free_bytes),
             ("store.segment_mb", s.segment_bytes != t.segment_bytes),
+            (
+                "store.backend",
+                std::mem::discriminant(&s.backend) != std::mem::discriminant(&t.backend),
+            ),
+            ("store.url", s.backend.url() != t.backend.url()),
+            (
+                "store.pool_size",
+                s.backend.pool_size() != t.backend.pool_size(),
+            ),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -722,9 +765,46 @@ impl Walker<'_> {
                 .opt_uint(t, "segment_mb", p, 1, 1 << 12)
                 .map(|mb| mb as u64 * 1024 * 1024)
                 .unwrap_or(64 * 1024 * 1024),
+            backend: self.backend(t),
         };
         self.unknown(t, p);
         cfg
+    }
+
+    fn backend(&mut self, t: &mut Table) -> StoreBackend {
+        let p = "store";
+        let url = self.opt_str(t, "url", p);
+        let pool_size = self
+            .opt_uint(t, "pool_size", p, 2, 1024)
+            .map_or(16, |n| n as usize);
+        match self.opt_str(t, "backend", p).as_deref() {
+            None | Some("sled") => {
+                if url.is_some() {
+                    self.bad("store.url", "only used with backend = \"postgres\"");
+                }
+                StoreBackend::Sled
+            }
+            Some("postgres") => match url {
+                None => {
+                    self.bad(
+                        "store.url",
+                        "required with backend = \"postgres\" (e.g. \"env:WAYBILL_DATABASE_URL\")",
+                    );
+                    StoreBackend::Sled
+                }
+                Some(raw) => match self.secret(&raw, "store.url") {
+                    Some(url) => StoreBackend::Postgres { url, pool_size },
+                    None => StoreBackend::Sled,
+                },
+            },
+            Some(other) => {
+                self.bad(
+                    "store.backend",
+                    format!("must be \"sled\" or \"postgres\", found \"{other}\""),
+                );
+                StoreBackend::Sled
+            }
+        }
     }
 
     fn admin(&mut self, t: &mut Table) -> Option<Secret> {

@@ -176,6 +176,17 @@ pub fn decide(record: Option<&Record>, fingerprint: &str, now_ms: u64, epoch: u6
     }
 }
 
+/// `decide` where processes share the keys (several replicas on one
+/// database): another process's claim may be alive whatever its epoch, so
+/// only the end of its lease makes it resumable.
+pub fn decide_leased(record: Option<&Record>, fingerprint: &str, now_ms: u64) -> Decision {
+    let owner = match record {
+        Some(Record::InProgress { epoch, .. }) => *epoch,
+        _ => 0,
+    };
+    decide(record, fingerprint, now_ms, owner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

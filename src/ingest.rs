@@ -47,14 +47,14 @@ pub enum Refusal {
 
 pub struct Ingest {
     sources: HashMap<String, Arc<Source>>,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
 }
 
 impl Ingest {
     /// The sources of `config`; those of `previous` (the config being
     /// replaced by a reload) keep their limiter's state where their limit
     /// is unchanged.
-    pub fn new(config: &Config, store: Arc<Store>, previous: Option<&Ingest>) -> Ingest {
+    pub fn new(config: &Config, store: Arc<dyn Store>, previous: Option<&Ingest>) -> Ingest {
         let sources = config
             .sources
             .iter()

@@ -119,12 +119,16 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
-    /// Apply the PostgreSQL schema migrations this binary carries to a
-    /// database (safe while other replicas start); print what was done.
+    /// Apply the PostgreSQL schema migrations this binary carries to the
+    /// database the config's `[store] url` names, or to --database-url
+    /// (safe while other replicas start); print what was done.
     Migrate {
-        /// The database, as a libpq URL or key=value string.
-        #[arg(long, env = "WAYBILL_DATABASE_URL", value_name = "URL")]
-        database_url: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The database, as a libpq URL or key=value string, instead of the
+        /// config's.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
     /// Print a completion script for a shell.
     Completions {
@@ -311,13 +315,34 @@ fn events(command: EventsCommand) -> ExitCode {
     }
 }
 
+/// The database URL of the config at `path`, or the exit code after
+/// saying why there is none.
+fn database_of(path: Option<&std::path::Path>) -> Result<String, ExitCode> {
+    match Config::load(path) {
+        Ok((config, _)) => match config.store.backend {
+            waybill::config::StoreBackend::Postgres { url, .. } => Ok(url.expose().to_string()),
+            waybill::config::StoreBackend::Sled => {
+                eprintln!(
+                    "error: the config's store is sled; migrations are for backend = \"postgres\" (or give --database-url)"
+                );
+                Err(ExitCode::from(2))
+            }
+        },
+        Err(errors) => {
+            waybill::cli::print_errors(&errors);
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn migrate(url: &str) -> ExitCode {
     let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let done = async {
-            let store = waybill::store::postgres::PgStore::connect(url, 2)?;
+            let store =
+                waybill::store::postgres::PgStore::connect(url, 2, waybill::health::Health::new())?;
             let applied = store.migrate().await?;
             Ok::<_, waybill::store::StoreError>((applied, store.schema_version().await?))
         };
@@ -347,7 +372,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Events { command } => events(command),
-        Command::Migrate { database_url } => migrate(&database_url),
+        Command::Migrate {
+            config,
+            database_url,
+        } => match database_url.map_or_else(|| database_of(config.config.as_deref()), Ok) {
+            Ok(url) => migrate(&url),
+            Err(code) => code,
+        },
         Command::CheckConfig { config } => {
             ExitCode::from(waybill::cli::check_config(config.config.as_deref()) as u8)
         }

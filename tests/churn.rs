@@ -7,7 +7,7 @@
 mod support;
 
 use bytes::Bytes;
-use waybill::store::{NewEvent, Store};
+use waybill::store::{NewEvent, SledStore, Store};
 
 const ROUNDS: u64 = 60;
 const PER_ROUND: usize = 300;
@@ -48,7 +48,7 @@ async fn disk_use_levels_off_under_steady_churn() {
     let mut cfg = support::store_config(dir.path());
     cfg.segment_bytes = 256 * 1024;
     let store = std::sync::Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&cfg).unwrap())
+        tokio::task::spawn_blocking(move || SledStore::open(&cfg).unwrap())
             .await
             .unwrap(),
     );

@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use waybill::store::Store as _;
 
 use support::*;
 use tokio::sync::Mutex;
@@ -181,7 +182,7 @@ async fn acknowledged_events_survive_kill_9() {
             );
             // Either still waiting in the inbox, or dispatched exactly once
             // (no shipment has these tracking numbers: parked).
-            let outcome = store.outcome("carrier", id).unwrap();
+            let outcome = store.outcome("carrier", id).await.unwrap();
             match (inbox_ids.contains(id.as_str()), outcome) {
                 (true, None) => {}
                 (false, Some(o)) => {
@@ -193,7 +194,7 @@ async fn acknowledged_events_survive_kill_9() {
                 }
             }
         }
-        assert_eq!(store.inbox_pending() as usize, inbox.len());
+        assert_eq!(store.inbox_pending().await.unwrap() as usize, inbox.len());
         // Nothing half-written, acknowledged or not.
         let problems = store.integrity_problems().unwrap();
         assert!(

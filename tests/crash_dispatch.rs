@@ -17,7 +17,7 @@ use serde_json::json;
 use support::*;
 use waybill::config::{Config, ProcessEnv};
 use waybill::domain::shipment::{MAX_CARRIER_EVENTS, ShipmentStatus, StatusEvent, Timeline};
-use waybill::store::{DispatchOutcome, NewEvent, ShipmentRecord, Store};
+use waybill::store::{DispatchOutcome, NewEvent, ShipmentRecord, SledStore, Store};
 
 const SHIPMENTS: usize = 100;
 const BACKLOG: usize = 3000;
@@ -62,11 +62,11 @@ RETURNED = "RETURNED"
     )
 }
 
-async fn open(dir: &Path) -> Arc<Store> {
+async fn open(dir: &Path) -> Arc<SledStore> {
     open_store(&dir.join("data")).await
 }
 
-async fn close(store: Arc<Store>) {
+async fn close(store: Arc<SledStore>) {
     close_store(store).await
 }
 
@@ -145,7 +145,7 @@ async fn check(dir: &Path, events: &[Generated]) -> usize {
         .collect();
     let mut dispatched_to: HashMap<String, HashSet<String>> = HashMap::new();
     for (id, tn, status, _) in events {
-        let outcome = store.outcome("carrier", id).unwrap();
+        let outcome = store.outcome("carrier", id).await.unwrap();
         match (inbox.contains(id), outcome) {
             (true, None) => {}
             (false, Some(o)) => {
@@ -169,7 +169,7 @@ async fn check(dir: &Path, events: &[Generated]) -> usize {
     }
     for s in 0..SHIPMENTS {
         let sid = format!("shp_{s}");
-        let rec = store.shipment(&sid).unwrap().unwrap();
+        let rec = store.shipment(&sid).await.unwrap().unwrap();
         let ids: Vec<String> = rec
             .timeline
             .history()
@@ -232,21 +232,24 @@ async fn dispatch_is_exactly_once_across_kill_9() {
         for s in 0..SHIPMENTS {
             let sid = format!("shp_{s}");
             store
-                .create_shipment(ShipmentRecord {
-                    shipment_id: sid.clone(),
-                    partner: "acme".into(),
-                    order_id: format!("o{s}"),
-                    created_at_ms: 1_000,
-                    tracking_number: None,
-                    label: None,
-                    details: json!({}),
-                    timeline: Timeline::new(1_000),
-                    label_intent: None,
-                })
+                .create_shipment(
+                    ShipmentRecord {
+                        shipment_id: sid.clone(),
+                        partner: "acme".into(),
+                        order_id: format!("o{s}"),
+                        created_at_ms: 1_000,
+                        tracking_number: None,
+                        label: None,
+                        details: json!({}),
+                        timeline: Timeline::new(1_000),
+                        label_intent: None,
+                    },
+                    None,
+                )
                 .await
                 .unwrap();
             store
-                .record_label(&sid, &format!("TN-{s}"), json!({}), 2_000)
+                .record_label(&sid, &format!("TN-{s}"), json!({}), 2_000, None)
                 .await
                 .unwrap();
         }
@@ -298,6 +301,7 @@ async fn dispatch_is_exactly_once_across_kill_9() {
         }
         let got = store
             .shipment(&format!("shp_{s}"))
+            .await
             .unwrap()
             .unwrap()
             .timeline;

@@ -10,6 +10,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use waybill::store::Store as _;
 
 use serde_json::{Value, json};
 use support::*;
@@ -129,9 +130,10 @@ async fn an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_char
             Vec::<String>::new(),
             "{failpoint}"
         );
-        let order = store.order("acme", &order_id).unwrap().unwrap();
+        let order = store.order("acme", &order_id).await.unwrap().unwrap();
         let shipment = store
             .shipment(order.progress.shipment_id.as_deref().unwrap())
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(shipment.order_id, order_id);

@@ -8,50 +8,12 @@
 use std::sync::Arc;
 
 use waybill::store::postgres::PgStore;
-use waybill::store::{IngestResult, NewEvent};
+use waybill::store::{IngestResult, NewEvent, Store};
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+#[path = "support/mod.rs"]
+mod support;
 
-/// A fresh schema on the test database: its URL (the schema first on the
-/// search path) and a guard that drops it. None when no server answers.
-async fn schema() -> Option<(String, Schema)> {
-    let base = std::env::var("WAYBILL_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.into());
-    let connected = tokio_postgres::connect(&base, tokio_postgres::NoTls).await;
-    let (client, conn) = match connected {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("WAYBILL_REQUIRE_POSTGRES").is_none(),
-                "PostgreSQL is required here and {base} does not answer: {e}"
-            );
-            eprintln!("skipped: no PostgreSQL at {base} ({e}); set WAYBILL_TEST_DATABASE_URL");
-            return None;
-        }
-    };
-    tokio::spawn(conn);
-    let name = format!("t_{:016x}", fastrand::u64(..));
-    client
-        .batch_execute(&format!("CREATE SCHEMA {name}"))
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-csearch_path%3D{name}");
-    Some((url, Schema { client, name }))
-}
-
-struct Schema {
-    client: tokio_postgres::Client,
-    name: String,
-}
-
-impl Schema {
-    async fn drop(self) {
-        self.client
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .await
-            .unwrap();
-    }
-}
+use support::pg::schema;
 
 fn event(id: &str, at: u64, retention: u64, hash: u8) -> NewEvent {
     NewEvent {
@@ -72,11 +34,13 @@ fn event(id: &str, at: u64, retention: u64, hash: u8) -> NewEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_once_when_replicas_start_together() {
-    let Some((url, schema)) = schema().await else {
+    let Some(schema) = schema().await else {
         return;
     };
     let replicas: Vec<Arc<PgStore>> = (0..3)
-        .map(|_| Arc::new(PgStore::connect(&url, 4).unwrap()))
+        .map(|_| {
+            Arc::new(PgStore::connect(&schema.url, 4, waybill::health::Health::new()).unwrap())
+        })
         .collect();
     let mut runs = Vec::new();
     for r in &replicas {
@@ -96,7 +60,6 @@ async fn migrations_apply_once_when_replicas_start_together() {
         assert_eq!(r.schema_version().await.unwrap(), latest);
         assert_eq!(r.migrate().await.unwrap(), 0, "nothing left to apply");
     }
-    schema.drop().await;
 }
 
 /// Guarantee 2 across replicas: 40 concurrent copies of one event spread
@@ -104,11 +67,13 @@ async fn migrations_apply_once_when_replicas_start_together() {
 /// duplicate answers with the first copy's time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_copies_over_three_replicas_store_one_event() {
-    let Some((url, schema)) = schema().await else {
+    let Some(schema) = schema().await else {
         return;
     };
     let replicas: Vec<Arc<PgStore>> = (0..3)
-        .map(|_| Arc::new(PgStore::connect(&url, 4).unwrap()))
+        .map(|_| {
+            Arc::new(PgStore::connect(&schema.url, 4, waybill::health::Health::new()).unwrap())
+        })
         .collect();
     replicas[0].migrate().await.unwrap();
     let mut copies = Vec::new();
@@ -144,7 +109,6 @@ async fn forty_copies_over_three_replicas_store_one_event() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 1);
-    schema.drop().await;
 }
 
 /// Within one group commit and across them: a copy in the same group, a
@@ -152,10 +116,10 @@ async fn forty_copies_over_three_replicas_store_one_event() {
 /// one's retention, which replaces it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_conflicts_and_expired_identities_are_told_apart() {
-    let Some((url, schema)) = schema().await else {
+    let Some(schema) = schema().await else {
         return;
     };
-    let store = Arc::new(PgStore::connect(&url, 4).unwrap());
+    let store = Arc::new(PgStore::connect(&schema.url, 4, waybill::health::Health::new()).unwrap());
     store.migrate().await.unwrap();
     // Many at once, so they share groups: a and its copy, b, c.
     let mut tasks = Vec::new();
@@ -214,14 +178,13 @@ async fn duplicates_conflicts_and_expired_identities_are_told_apart() {
             conflict: false
         }
     );
-    schema.drop().await;
 }
 
 /// `waybill migrate` on the built binary: applies what is missing, then
 /// nothing; a database that does not answer is exit 1, said on stderr.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waybill_migrate_applies_the_schema_once() {
-    let Some((url, schema)) = schema().await else {
+    let Some(schema) = schema().await else {
         return;
     };
     let run = |url: &str| {
@@ -237,7 +200,7 @@ async fn waybill_migrate_applies_the_schema_once() {
         )
     };
     let latest = waybill::store::postgres::schema_version_of_build();
-    let (code, out, err) = run(&url);
+    let (code, out, err) = run(&schema.url);
     assert_eq!(code, Some(0), "{err}");
     assert!(
         out.contains(&format!(
@@ -245,13 +208,12 @@ async fn waybill_migrate_applies_the_schema_once() {
         )),
         "{out}"
     );
-    let (code, out, _) = run(&url);
+    let (code, out, _) = run(&schema.url);
     assert_eq!(code, Some(0));
     assert!(out.contains("applied 0 migration(s)"), "{out}");
     let (code, _, err) = run("postgres://nobody@127.0.0.1:1/none");
     assert_eq!(code, Some(1));
     assert!(err.contains("database"), "{err}");
-    schema.drop().await;
 }
 
 fn carrier_source() -> std::collections::HashMap<String, waybill::config::SourceConfig> {
@@ -283,13 +245,13 @@ fn carrier_source() -> std::collections::HashMap<String, waybill::config::Source
         .collect()
 }
 
-fn shipment(id: &str, tn: &str) -> waybill::store::ShipmentRecord {
+fn shipment(id: &str) -> waybill::store::ShipmentRecord {
     waybill::store::ShipmentRecord {
         shipment_id: id.into(),
         partner: "acme".into(),
         order_id: format!("o-{id}"),
         created_at_ms: 1_000,
-        tracking_number: Some(tn.into()),
+        tracking_number: None,
         label: None,
         details: serde_json::json!({}),
         timeline: waybill::domain::shipment::Timeline::new(1_000),
@@ -304,17 +266,27 @@ fn shipment(id: &str, tn: &str) -> waybill::store::ShipmentRecord {
 /// rule makes of its events, whichever replica applied which.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
-    let Some((url, schema)) = schema().await else {
+    let Some(schema) = schema().await else {
         return;
     };
-    let sources = Arc::new(carrier_source());
+    let sources = carrier_source();
     let replicas: Vec<Arc<PgStore>> = (0..3)
-        .map(|_| Arc::new(PgStore::connect(&url, 4).unwrap()))
+        .map(|_| {
+            Arc::new(PgStore::connect(&schema.url, 4, waybill::health::Health::new()).unwrap())
+        })
         .collect();
     replicas[0].migrate().await.unwrap();
+    for r in &replicas {
+        r.set_sources(sources.values().cloned().collect());
+    }
     for i in 0..20 {
+        let id = format!("shp_{i}");
         replicas[0]
-            .put_shipment(&shipment(&format!("shp_{i}"), &format!("TN-{i}")))
+            .create_shipment(shipment(&id), None)
+            .await
+            .unwrap();
+        replicas[0]
+            .record_label(&id, &format!("TN-{i}"), serde_json::json!({}), 1_000, None)
             .await
             .unwrap();
     }
@@ -329,10 +301,13 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
     let mut reference: std::collections::HashMap<String, waybill::domain::shipment::Timeline> = (0
         ..20)
         .map(|i| {
-            (
-                format!("TN-{i}"),
-                waybill::domain::shipment::Timeline::new(1_000),
-            )
+            // As recording the label leaves it.
+            let mut t = waybill::domain::shipment::Timeline::new(1_000);
+            t.apply(waybill::domain::shipment::StatusEvent::gateway(
+                waybill::domain::shipment::ShipmentStatus::LabelCreated,
+                1_000,
+            ));
+            (format!("TN-{i}"), t)
         })
         .collect();
     let mut parked = 0;
@@ -371,11 +346,11 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
 
     let mut drains = Vec::new();
     for r in &replicas {
-        let (r, sources) = (r.clone(), sources.clone());
+        let r = r.clone();
         drains.push(tokio::spawn(async move {
             let mut mine = 0;
             loop {
-                let n = r.dispatch(&sources, 25).await.unwrap();
+                let n = r.dispatch(25).await.unwrap();
                 if n == 0 {
                     return mine;
                 }
@@ -388,7 +363,7 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
         total += d.await.unwrap();
     }
     assert_eq!(total, 600, "each event dispatched once, by one replica");
-    let q = |sql: &str| sql.replace("events", &format!("{}.events", schema.name));
+    let q = |sql: &str| schema.q(sql);
     let row = schema
         .client
         .query_one(
@@ -414,10 +389,9 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
         );
     }
     // Nothing is left for a second pass.
-    assert_eq!(replicas[0].dispatch(&sources, 25).await.unwrap(), 0);
+    assert_eq!(replicas[0].dispatch(25).await.unwrap(), 0);
     let o = replicas[1].outcome("carrier", "e0").await.unwrap().unwrap();
     assert_eq!(o.attempts, 1);
-    schema.drop().await;
 }
 
 /// A database that is down fails the intake at once; one that accepts
@@ -429,7 +403,12 @@ async fn a_database_down_or_silent_fails_the_intake_instead_of_holding_it() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let down = PgStore::connect(&format!("postgres://x@127.0.0.1:{port}/none"), 2).unwrap();
+    let down = PgStore::connect(
+        &format!("postgres://x@127.0.0.1:{port}/none"),
+        2,
+        waybill::health::Health::new(),
+    )
+    .unwrap();
     assert!(down.ingest(event("d", 1, 10, 1)).await.is_err());
 
     // Silent: accepts, reads, never answers.
@@ -442,7 +421,12 @@ async fn a_database_down_or_silent_fails_the_intake_instead_of_holding_it() {
             conns.push(c);
         }
     });
-    let store = PgStore::connect(&format!("postgres://x@{addr}/none"), 2).unwrap();
+    let store = PgStore::connect(
+        &format!("postgres://x@{addr}/none"),
+        2,
+        waybill::health::Health::new(),
+    )
+    .unwrap();
     let answer = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         store.ingest(event("s", 1, 10, 1)),
@@ -451,4 +435,134 @@ async fn a_database_down_or_silent_fails_the_intake_instead_of_holding_it() {
     .expect("the intake answers within its deadline");
     assert!(answer.is_err(), "{answer:?}");
     held.abort();
+}
+
+/// Idempotency keys shared by replicas: a claim holds the key against
+/// every process until its lease ends, and then any process may resume
+/// it; a final answer is replayed by all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_holds_every_replica_until_its_lease_ends() {
+    use waybill::idempotency::Decision;
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let a = PgStore::connect(&schema.url, 2, waybill::health::Health::new()).unwrap();
+    let b = PgStore::connect(&schema.url, 2, waybill::health::Health::new()).unwrap();
+    a.migrate().await.unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(
+        a.claim("acme", "k1", "fp", hour).await.unwrap(),
+        Decision::Run
+    );
+    assert_eq!(
+        b.claim("acme", "k1", "fp", hour).await.unwrap(),
+        Decision::InProgress
+    );
+    assert_eq!(
+        a.claim("acme", "k1", "fp", hour).await.unwrap(),
+        Decision::InProgress
+    );
+    assert_eq!(
+        b.claim("acme", "k1", "other", hour).await.unwrap(),
+        Decision::Conflict
+    );
+    // Another process cannot release it; its owner can.
+    b.release("acme", "k1").await;
+    assert_eq!(
+        b.claim("acme", "k1", "fp", hour).await.unwrap(),
+        Decision::InProgress
+    );
+    a.release("acme", "k1").await;
+    assert_eq!(
+        b.claim("acme", "k1", "fp", hour).await.unwrap(),
+        Decision::Run
+    );
+    // A claim whose lease has ended (its process died) is resumed.
+    assert_eq!(
+        a.claim("acme", "k2", "fp", std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        Decision::Run
+    );
+    assert_eq!(
+        b.claim("acme", "k2", "fp", hour).await.unwrap(),
+        Decision::Run
+    );
+    assert_eq!(
+        a.claim("acme", "k2", "fp", hour).await.unwrap(),
+        Decision::InProgress
+    );
+    // The final answer, written by one, is replayed by the other.
+    b.finish(waybill::store::Completion {
+        partner: "acme".into(),
+        key: "k2".into(),
+        record: waybill::idempotency::Record::Done {
+            fingerprint: "fp".into(),
+            status: 201,
+            body: "{}".into(),
+            expires_at_ms: u64::MAX / 2,
+        },
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        a.claim("acme", "k2", "fp", hour).await.unwrap(),
+        Decision::Replay {
+            status: 201,
+            body: "{}".into()
+        }
+    );
+}
+
+/// Background fulfilment shared by replicas: a due order is taken by one
+/// process at a time, and when that process dies without writing the
+/// order, another takes it once the claim runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_fulfilment_is_taken_by_one_replica_and_passes_on_when_it_dies() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let a = PgStore::connect(&schema.url, 2, waybill::health::Health::new()).unwrap();
+    let b = PgStore::connect(&schema.url, 2, waybill::health::Health::new()).unwrap();
+    a.migrate().await.unwrap();
+    let order = |id: &str| waybill::store::OrderRecord {
+        order_id: id.into(),
+        partner: "acme".into(),
+        key: format!("k-{id}"),
+        created_at_ms: 1,
+        request: serde_json::json!({}),
+        status: waybill::domain::order::OrderStatus::PaymentSuccessPendingFulfillment,
+        progress: Default::default(),
+        failure_reason: None,
+        payments: Default::default(),
+        fulfil_due_ms: Some(1_000),
+        fulfil_attempts: 1,
+    };
+    for id in ["o1", "o2"] {
+        a.create_order(order(id)).await.unwrap();
+        a.write_order(waybill::store::OrderWrite {
+            order: order(id),
+            new_shipment: None,
+            label: None,
+            completion: None,
+            unschedule: None,
+        })
+        .await
+        .unwrap();
+    }
+    let now = 5_000;
+    let taken = a.due_fulfilments(now, 1).await.unwrap();
+    assert_eq!(taken, vec![(1_000, "acme".to_string(), "o1".to_string())]);
+    // B gets the other one, not A's.
+    let other = b.due_fulfilments(now, 10).await.unwrap();
+    assert_eq!(other, vec![(1_000, "acme".to_string(), "o2".to_string())]);
+    assert!(b.due_fulfilments(now, 10).await.unwrap().is_empty());
+    // A dies with o1 taken: once the claim runs out, B takes it.
+    drop(a);
+    let later = now + 3_600_000;
+    let resumed = b.due_fulfilments(later, 10).await.unwrap();
+    assert!(
+        resumed.contains(&(1_000, "acme".to_string(), "o1".to_string())),
+        "{resumed:?}"
+    );
 }

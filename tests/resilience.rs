@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
+use waybill::store::Store as _;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -477,7 +478,7 @@ async fn a_panicking_state_machine_stops_the_process_and_a_restart_applies_the_i
     }
     gw.terminate();
     let store = open_store(&dir.path().join("data")).await;
-    assert_eq!(store.inbox_pending(), 0);
+    assert_eq!(store.inbox_pending().await.unwrap(), 0);
     assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
     close_store(store).await;
 }

@@ -71,7 +71,7 @@ pub async fn handle(app: &App, live: &Live, req: Request<Incoming>) -> Response<
     ) {
         (["events"], &Method::GET) => search(app, req.uri().query().unwrap_or("")).await,
         (["events"], _) => Err(ApiError::method_not_allowed("GET")),
-        (["events", source, id], &Method::GET) => show(app, source, id),
+        (["events", source, id], &Method::GET) => show(app, source, id).await,
         (["events", _, _], _) => Err(ApiError::method_not_allowed("GET")),
         (["events", source, id, "redeliver"], &Method::POST) => redeliver(app, source, id).await,
         (["events", _, _, "redeliver"], _) => Err(ApiError::method_not_allowed("POST")),
@@ -159,10 +159,10 @@ async fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
         return Err(ApiError::validation_failed(issues));
     }
     let _turn = SEARCHES.acquire().await.map_err(store_error)?;
-    let store = app.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.search(&filter, limit, MAX_SCAN))
+    let found = app
+        .store
+        .search(&filter, limit, MAX_SCAN)
         .await
-        .map_err(store_error)?
         .map_err(store_error)?;
     let events: Vec<Value> = found
         .events
@@ -290,12 +290,11 @@ async fn bulk_redeliver(app: &App, req: Request<Incoming>) -> Result<Response<Bo
         let _turn = SEARCHES.acquire().await.map_err(store_error)?;
         let mut filter = bulk.filter.clone();
         loop {
-            let store = app.store.clone();
-            let page = filter.clone();
             let want = bulk.limit - matched.len();
-            let found = tokio::task::spawn_blocking(move || store.search(&page, want, MAX_SCAN))
+            let found = app
+                .store
+                .search(&filter, want, MAX_SCAN)
                 .await
-                .map_err(store_error)?
                 .map_err(store_error)?;
             matched.extend(
                 found
@@ -371,15 +370,16 @@ fn summary(ev: &StoredEvent, outcome: Option<&OutcomeRecord>) -> Map<String, Val
     m
 }
 
-fn show(app: &App, source: &str, id: &str) -> Result<Response<Body>, ApiError> {
+async fn show(app: &App, source: &str, id: &str) -> Result<Response<Body>, ApiError> {
     // The supervision tests make one request panic here.
     fail::fail_point!("admin-show");
     let ev = app
         .store
         .event(source, id)
+        .await
         .map_err(store_error)?
         .ok_or_else(|| ApiError::not_found("event"))?;
-    let outcome = app.store.outcome(source, id).map_err(store_error)?;
+    let outcome = app.store.outcome(source, id).await.map_err(store_error)?;
     let mut m = summary(&ev, outcome.as_ref());
     let mut headers = Map::new();
     for (k, v) in &ev.meta.headers {

@@ -420,7 +420,7 @@ async fn edge(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body
 
     let mut resp = match route {
         Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi => {
-            ops::handle(&app, &route, &method, &request_id)
+            ops::handle(&app, &route, &method, &request_id).await
         }
         _ => {
             req.extensions_mut().insert(RequestId(request_id.clone()));

@@ -12,7 +12,7 @@ use crate::app::App;
 /// and checked against the router by `tests/api/openapi.rs`.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
-pub(super) fn handle(
+pub(super) async fn handle(
     app: &App,
     route: &Route<'_>,
     method: &Method,
@@ -36,15 +36,18 @@ pub(super) fn handle(
             resp
         }
         _ => {
-            metrics::gauge!(crate::telemetry::metric::INBOX_PENDING)
-                .set(app.store.inbox_pending() as f64);
-            // One read: the first arrival past the cursor.
-            let oldest = app.store.oldest_pending_ms().ok().flatten();
+            // A gauge the store cannot read now keeps its last value.
+            if let Ok(pending) = app.store.inbox_pending().await {
+                metrics::gauge!(crate::telemetry::metric::INBOX_PENDING).set(pending as f64);
+            }
+            let oldest = app.store.oldest_pending_ms().await.ok().flatten();
             let age = oldest.map_or(0.0, |at| {
                 crate::clock::now_ms().saturating_sub(at) as f64 / 1000.0
             });
             metrics::gauge!(crate::telemetry::metric::INBOX_OLDEST_AGE).set(age);
-            metrics::gauge!(crate::telemetry::metric::PARKED).set(app.store.parked() as f64);
+            if let Ok(parked) = app.store.parked().await {
+                metrics::gauge!(crate::telemetry::metric::PARKED).set(parked as f64);
+            }
             let mut resp = Response::new(app.metrics.render().into());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -163,12 +163,12 @@ pub(super) async fn handle(
     };
     let resp = match route {
         V1Route::Shipments => create_shipment(&mut call, body).await,
-        V1Route::Shipment => get_shipment(app, &partner, &id, &request_id),
+        V1Route::Shipment => get_shipment(app, &partner, &id, &request_id).await,
         V1Route::Label => buy_label(&mut call, &id, body).await,
         V1Route::Cancel => cancel(&mut call, &id, body).await,
         V1Route::Orders if method == Method::POST => create_order(&mut call, body).await,
-        V1Route::Orders => list_orders(app, &partner, parts.uri.query(), &request_id),
-        V1Route::Order => get_order(app, &partner, &id, &request_id),
+        V1Route::Orders => list_orders(app, &partner, parts.uri.query(), &request_id).await,
+        V1Route::Order => get_order(app, &partner, &id, &request_id).await,
     };
     let fields = call.fields;
     with_fields(resp, fields)
@@ -434,9 +434,9 @@ pub fn order_view(order: &OrderRecord, shipment: Option<&ShipmentRecord>) -> Val
     })
 }
 
-fn order_with_shipment(app: &App, order: &OrderRecord) -> Result<Value, ApiError> {
+async fn order_with_shipment(app: &App, order: &OrderRecord) -> Result<Value, ApiError> {
     let shipment = match &order.progress.shipment_id {
-        Some(id) => app.store.shipment(id).map_err(|e| {
+        Some(id) => app.store.shipment(id).await.map_err(|e| {
             tracing::error!(error = %e, "reading a shipment failed");
             ApiError::store_unavailable()
         })?,
@@ -445,12 +445,17 @@ fn order_with_shipment(app: &App, order: &OrderRecord) -> Result<Value, ApiError
     Ok(order_view(order, shipment.as_ref()))
 }
 
-fn get_order(app: &App, partner: &Partner, id: &str, request_id: &str) -> Response<Body> {
-    let found = app.store.order(&partner.name, id).map_err(|e| {
+async fn get_order(app: &App, partner: &Partner, id: &str, request_id: &str) -> Response<Body> {
+    let found = app.store.order(&partner.name, id).await.map_err(|e| {
         tracing::error!(error = %e, "reading an order failed");
         ApiError::store_unavailable()
     });
-    match found.and_then(|o| o.map(|o| order_with_shipment(app, &o)).transpose()) {
+    let viewed = match found {
+        Ok(Some(o)) => order_with_shipment(app, &o).await.map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    match viewed {
         Ok(Some(view)) => json_response(StatusCode::OK, &view),
         // Another partner's order does not exist for this one.
         Ok(None) => ApiError::not_found("order").into_response(request_id),
@@ -464,7 +469,7 @@ const MAX_PAGE_SIZE: usize = 100;
 /// million orders at the largest page size).
 const MAX_PAGE: usize = 1_000_000;
 
-fn list_orders(
+async fn list_orders(
     app: &App,
     partner: &Partner,
     query: Option<&str>,
@@ -496,20 +501,26 @@ fn list_orders(
         return ApiError::validation_failed(issues).into_response(request_id);
     }
     let skip = (page - 1).saturating_mul(page_size);
-    let listed = app
-        .store
-        .orders(&partner.name, skip, page_size)
-        .map_err(|e| {
+    let listed = match app.store.orders(&partner.name, skip, page_size).await {
+        Ok((count, orders)) => {
+            let mut results = Vec::with_capacity(orders.len());
+            let mut failed = None;
+            for o in &orders {
+                match order_with_shipment(app, o).await {
+                    Ok(view) => results.push(view),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            failed.map_or(Ok((count, results)), Err)
+        }
+        Err(e) => {
             tracing::error!(error = %e, "listing orders failed");
-            ApiError::store_unavailable()
-        })
-        .and_then(|(count, orders)| {
-            let results = orders
-                .iter()
-                .map(|o| order_with_shipment(app, o))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((count, results))
-        });
+            Err(ApiError::store_unavailable())
+        }
+    };
     match listed {
         Ok((count, results)) => json_response(
             StatusCode::OK,
@@ -576,23 +587,23 @@ async fn refuse(
         };
         if let Err(e) = app.store.finish(completion).await {
             tracing::error!(error = %e, "storing a final answer failed");
-            app.store.release(&partner.name, key);
+            app.store.release(&partner.name, key).await;
             return ApiError::store_unavailable().into_response(request_id);
         }
     } else {
-        app.store.release(&partner.name, key);
+        app.store.release(&partner.name, key).await;
     }
     error.into_response(request_id)
 }
 
 /// The shipment behind `id` for this partner; None when it is another's
 /// or does not exist.
-fn own_shipment(
+async fn own_shipment(
     app: &App,
     partner: &Partner,
     id: &str,
 ) -> Result<Option<ShipmentRecord>, ApiError> {
-    match app.store.shipment(id) {
+    match app.store.shipment(id).await {
         Ok(Some(rec)) if rec.partner == partner.name => Ok(Some(rec)),
         Ok(_) => Ok(None),
         Err(e) => {
@@ -621,7 +632,7 @@ async fn buy_label(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body>
             .into_response(request_id);
         }
     };
-    let shipment = match own_shipment(app, partner, id) {
+    let shipment = match own_shipment(app, partner, id).await {
         Ok(Some(s)) => s,
         Ok(None) => return ApiError::not_found("shipment").into_response(request_id),
         Err(e) => return e.into_response(request_id),
@@ -652,7 +663,7 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
         Ok(k) => k,
         Err(e) => return e.into_response(request_id),
     };
-    let shipment = match own_shipment(app, partner, id) {
+    let shipment = match own_shipment(app, partner, id).await {
         Ok(Some(s)) => s,
         Ok(None) => return ApiError::not_found("shipment").into_response(request_id),
         Err(e) => return e.into_response(request_id),
@@ -677,8 +688,8 @@ async fn cancel(call: &mut Call<'_>, id: &str, body: Bytes) -> Response<Body> {
     }
 }
 
-fn get_shipment(app: &App, partner: &Partner, id: &str, request_id: &str) -> Response<Body> {
-    match app.store.shipment(id) {
+async fn get_shipment(app: &App, partner: &Partner, id: &str, request_id: &str) -> Response<Body> {
+    match app.store.shipment(id).await {
         Ok(Some(rec)) if rec.partner == partner.name => {
             json_response(StatusCode::OK, &shipment_view(&rec))
         }

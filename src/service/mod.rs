@@ -46,6 +46,6 @@ impl From<StateError> for Refusal {
 /// What the use cases work with.
 #[derive(Clone, Copy)]
 pub struct Ports<'a> {
-    pub store: &'a Store,
+    pub store: &'a dyn Store,
     pub downstream: &'a Downstream,
 }

@@ -353,6 +353,7 @@ async fn buy(ports: Ports<'_>, order: &OrderRecord) -> Result<Bought, Refusal> {
     let Some(shipment) = ports
         .store
         .shipment(shipment_id)
+        .await
         .map_err(StateError::from)?
     else {
         return Err(Refusal::Store(StateError::NotFound));
@@ -425,8 +426,8 @@ fn due(attempts: u32) -> u64 {
 /// it confirmed.
 pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<usize, StateError> {
     let mut confirmed = 0;
-    for (due_at, partner, order_id) in ports.store.due_fulfilments(now_ms, limit)? {
-        let Some(mut order) = ports.store.order(&partner, &order_id)? else {
+    for (due_at, partner, order_id) in ports.store.due_fulfilments(now_ms, limit).await? {
+        let Some(mut order) = ports.store.order(&partner, &order_id).await? else {
             continue;
         };
         let waiting = order.status == OrderStatus::PaymentSuccessPendingFulfillment

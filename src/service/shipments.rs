@@ -39,7 +39,7 @@ pub async fn create(
     let completion = finalize(&record);
     ports
         .store
-        .create_shipment_answered(record.clone(), completion)
+        .create_shipment(record.clone(), Some(completion))
         .await
         .map_err(Refusal::Store)?;
     Ok(record)
@@ -70,7 +70,7 @@ pub async fn buy_label(
     fail::fail_point!("label-before-commit", |_| std::process::abort());
     match ports
         .store
-        .record_label_answered(
+        .record_label(
             &shipment.shipment_id,
             &sold.tracking_number,
             sold.label.clone(),

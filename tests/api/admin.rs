@@ -182,6 +182,7 @@ async fn a_dead_event_is_redelivered_once_its_cause_is_fixed() {
         app.app
             .store
             .shipment("shp_dead")
+            .await
             .unwrap()
             .unwrap()
             .timeline
@@ -196,6 +197,7 @@ async fn a_dead_event_is_redelivered_once_its_cause_is_fixed() {
         app.app
             .store
             .outcome("ep", "dead-1")
+            .await
             .unwrap()
             .unwrap()
             .attempts,
@@ -388,6 +390,7 @@ async fn dead_events_are_redelivered_in_bulk_by_filter_with_a_dry_run_first() {
         app.app
             .store
             .outcome("ep", "bulk-0")
+            .await
             .unwrap()
             .unwrap()
             .attempts,
@@ -405,14 +408,23 @@ async fn dead_events_are_redelivered_in_bulk_by_filter_with_a_dry_run_first() {
     .json();
     assert_eq!(some["matched"], 5, "{some}");
     assert_eq!(some["redelivered"], 5);
+    // The redeliveries run concurrently: whichever reaches the shipment
+    // first moves it (applied), the others join its history (stale).
     assert_eq!(
+        some["outcomes"],
+        json!({"applied": 1, "stale": 4}),
+        "{some}"
+    );
+    assert_ne!(
         app.app
             .store
             .outcome("ep", "bulk-11")
+            .await
             .unwrap()
             .unwrap()
             .outcome,
-        DispatchOutcome::Applied
+        DispatchOutcome::Dead,
+        "the newest were taken"
     );
     let rest = admin_json_post(
         &app,
@@ -438,13 +450,20 @@ async fn dead_events_are_redelivered_in_bulk_by_filter_with_a_dry_run_first() {
         (again["matched"].as_u64(), again["redelivered"].as_u64()),
         (Some(0), Some(0))
     );
-    let simc = app.app.store.outcome("simc", "simc-dead").unwrap().unwrap();
+    let simc = app
+        .app
+        .store
+        .outcome("simc", "simc-dead")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((simc.outcome, simc.attempts), (DispatchOutcome::Dead, 1));
     for i in 0..12 {
         let o = app
             .app
             .store
             .outcome("ep", &format!("bulk-{i}"))
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(o.attempts, 2, "bulk-{i} redelivered exactly once");
@@ -470,6 +489,7 @@ async fn parked_events_are_redelivered_in_bulk_once_their_shipment_exists_elsewh
         app.app
             .store
             .outcome("ep", "bp-0")
+            .await
             .unwrap()
             .unwrap()
             .outcome,
@@ -515,6 +535,11 @@ async fn bulk_redelivery_refuses_bad_requests_and_changes_nothing() {
 /// slice per request, and ends.
 #[tokio::test]
 async fn a_search_cut_short_by_its_scan_bound_goes_on_from_its_cursor() {
+    if on_postgres() {
+        // The scan bound is the embedded store's: PostgreSQL answers each
+        // filter through an index in one query, and its searches complete.
+        return;
+    }
     let app = spawn_app().await;
     for i in 0..10 {
         let body = tracking_body(
@@ -535,7 +560,7 @@ async fn a_search_cut_short_by_its_scan_bound_goes_on_from_its_cursor() {
     let found = loop {
         slices += 1;
         assert!(slices <= 4, "the slices never end");
-        let page = app.app.store.search(&filter, 100, 3).unwrap();
+        let page = app.app.store.search(&filter, 100, 3).await.unwrap();
         if !page.events.is_empty() {
             break page;
         }

@@ -9,10 +9,11 @@ use waybill::store::DispatchOutcome;
 
 use crate::helpers::*;
 
-fn status(app: &TestApp, shipment_id: &str) -> ShipmentStatus {
+async fn status(app: &TestApp, shipment_id: &str) -> ShipmentStatus {
     app.app
         .store
         .shipment(shipment_id)
+        .await
         .unwrap()
         .unwrap()
         .timeline
@@ -48,11 +49,11 @@ async fn shuffled_and_repeated_tracking_updates_give_the_rules_status() {
         }
         app.settle().await;
         assert_eq!(
-            status(&app, &sid),
+            status(&app, &sid).await,
             ShipmentStatus::Delivered,
             "order {order:?}"
         );
-        let rec = app.app.store.shipment(&sid).unwrap().unwrap();
+        let rec = app.app.store.shipment(&sid).await.unwrap().unwrap();
         let h: Vec<(ShipmentStatus, i64, Option<String>)> = rec
             .timeline
             .history()
@@ -98,13 +99,17 @@ async fn a_status_missing_from_the_map_is_ignored() {
         202
     );
     app.settle().await;
-    let o = app.app.store.outcome("ep", "ign-1").unwrap().unwrap();
+    let o = app.app.store.outcome("ep", "ign-1").await.unwrap().unwrap();
     assert_eq!(o.outcome, DispatchOutcome::Ignored);
-    assert_eq!(status(&app, "shp_ignored"), ShipmentStatus::LabelCreated);
+    assert_eq!(
+        status(&app, "shp_ignored").await,
+        ShipmentStatus::LabelCreated
+    );
     assert_eq!(
         app.app
             .store
             .shipment("shp_ignored")
+            .await
             .unwrap()
             .unwrap()
             .timeline
@@ -136,15 +141,27 @@ async fn an_unknown_tracking_number_is_parked_then_applied_when_its_label_is_rec
     app.settle().await;
     for id in ["park-1", "park-2"] {
         assert_eq!(
-            app.app.store.outcome("ep", id).unwrap().unwrap().outcome,
+            app.app
+                .store
+                .outcome("ep", id)
+                .await
+                .unwrap()
+                .unwrap()
+                .outcome,
             DispatchOutcome::Parked
         );
     }
 
     shipment_with_label(&app, "shp_later", "TN-LATER").await;
     // Applied in the same write as the label: no waiting.
-    assert_eq!(status(&app, "shp_later"), ShipmentStatus::InTransit);
-    let o1 = app.app.store.outcome("ep", "park-1").unwrap().unwrap();
+    assert_eq!(status(&app, "shp_later").await, ShipmentStatus::InTransit);
+    let o1 = app
+        .app
+        .store
+        .outcome("ep", "park-1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(o1.shipment_id.as_deref(), Some("shp_later"));
     assert!(matches!(
         o1.outcome,
@@ -160,7 +177,7 @@ async fn an_unknown_tracking_number_is_parked_then_applied_when_its_label_is_rec
     )
     .await;
     app.settle().await;
-    assert_eq!(status(&app, "shp_later"), ShipmentStatus::Delivered);
+    assert_eq!(status(&app, "shp_later").await, ShipmentStatus::Delivered);
 }
 
 /// `waybill_parked_events` follows every way into and out of parking:
@@ -168,7 +185,7 @@ async fn an_unknown_tracking_number_is_parked_then_applied_when_its_label_is_rec
 #[tokio::test]
 async fn the_parked_count_follows_parking_unparking_restarts_and_retention() {
     let app = spawn_app().await;
-    assert_eq!(app.app.store.parked(), 0);
+    assert_eq!(app.app.store.parked().await.unwrap(), 0);
     let at = "2026-11-20T10:00:00Z";
     for (id, tn) in [
         ("pk-1", "TN-PK-A"),
@@ -181,12 +198,16 @@ async fn the_parked_count_follows_parking_unparking_restarts_and_retention() {
         );
     }
     app.settle().await;
-    assert_eq!(app.app.store.parked(), 3);
+    assert_eq!(app.app.store.parked().await.unwrap(), 3);
     let m = app.metrics().await;
     assert!(m.contains("\nwaybill_parked_events "), "{m}");
 
     shipment_with_label(&app, "shp_pk_a", "TN-PK-A").await;
-    assert_eq!(app.app.store.parked(), 1, "both events of TN-PK-A unparked");
+    assert_eq!(
+        app.app.store.parked().await.unwrap(),
+        1,
+        "both events of TN-PK-A unparked"
+    );
     // A redelivery that parks it again leaves the count where it was.
     assert_eq!(
         app.admin_post("/admin/events/ep/pk-3/redeliver")
@@ -194,18 +215,22 @@ async fn the_parked_count_follows_parking_unparking_restarts_and_retention() {
             .status,
         200
     );
-    assert_eq!(app.app.store.parked(), 1);
+    assert_eq!(app.app.store.parked().await.unwrap(), 1);
 
     let app = app.restart().await;
-    assert_eq!(app.app.store.parked(), 1, "kept in the store");
+    assert_eq!(
+        app.app.store.parked().await.unwrap(),
+        1,
+        "kept in the store"
+    );
 
     // Retention forgets the parked event (and the others) at a far later time.
     let later = waybill::clock::now_ms() + 400 * 86_400_000;
     while app.app.store.sweep_expired(later, 256).await.unwrap() > 0 {}
-    assert!(app.app.store.outcome("ep", "pk-3").unwrap().is_none());
-    assert_eq!(app.app.store.parked(), 0);
+    assert!(app.app.store.outcome("ep", "pk-3").await.unwrap().is_none());
+    assert_eq!(app.app.store.parked().await.unwrap(), 0);
     let app = app.restart().await;
-    assert_eq!(app.app.store.parked(), 0);
+    assert_eq!(app.app.store.parked().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -221,7 +246,13 @@ async fn payment_events_wait_for_their_order() {
         .collect();
     assert_eq!(app.webhook("pay", &h, body.as_bytes()).await.status, 202);
     app.settle().await;
-    let o = app.app.store.outcome("pay", "pay-1").unwrap().unwrap();
+    let o = app
+        .app
+        .store
+        .outcome("pay", "pay-1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(o.outcome, DispatchOutcome::Parked);
     assert!(o.reason.unwrap().contains("ord-9"));
 }

@@ -34,7 +34,7 @@ request_timeout = "{request_timeout}"
 shutdown_grace = "5s"
 
 [store]
-path = "{path}"
+{store}
 {admin}
 
 [[sources]]
@@ -151,6 +151,49 @@ rate_limit = { per_second = 1, burst = 2 }
 
 pub const ADMIN_TOKEN: &str = "admin-test-token";
 
+/// Which adapter this build of the suite runs on: the `api` test target
+/// on sled, `api_postgres` (the same files) on PostgreSQL, each app in a
+/// schema of its own.
+pub fn on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME") == "api_postgres"
+}
+
+/// Where an app keeps its data: a directory, and on PostgreSQL a schema.
+struct Storage {
+    dir: tempfile::TempDir,
+    pg: Option<crate::support::pg::Schema>,
+}
+
+impl Storage {
+    async fn new() -> Storage {
+        let pg = if on_postgres() {
+            match crate::support::pg::schema().await {
+                Some(schema) => Some(schema),
+                // `schema` said why; the whole suite is skipped, not each
+                // test's body.
+                None => std::process::exit(0),
+            }
+        } else {
+            None
+        };
+        Storage {
+            dir: tempfile::tempdir().unwrap(),
+            pg,
+        }
+    }
+
+    /// The config's `[store]` keys.
+    fn section(&self) -> String {
+        match &self.pg {
+            Some(schema) => format!(
+                "backend = \"postgres\"\nurl = \"{}\"\npool_size = 4",
+                schema.url
+            ),
+            None => format!("path = \"{}\"", self.dir.path().join("data").display()),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Options {
     pub max_body_bytes: usize,
@@ -181,7 +224,7 @@ impl Default for Options {
 
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
+    storage: Storage,
     /// The running gateway, for what its HTTP API does not offer yet
     /// (creating shipments, recording labels) and to wait for dispatch.
     pub app: Arc<App>,
@@ -197,13 +240,12 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(opts: Options) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    start(dir, opts).await
+    start(Storage::new().await, opts).await
 }
 
-async fn start(dir: tempfile::TempDir, opts: Options) -> TestApp {
+async fn start(storage: Storage, opts: Options) -> TestApp {
     let text = BASE
-        .replace("{path}", &dir.path().join("data").display().to_string())
+        .replace("{store}", &storage.section())
         .replace("{max_body_bytes}", &opts.max_body_bytes.to_string())
         .replace("{max_in_flight}", &opts.max_in_flight.to_string())
         .replace("{max_connections}", &opts.max_connections.to_string())
@@ -240,7 +282,7 @@ async fn start(dir: tempfile::TempDir, opts: Options) -> TestApp {
     });
     TestApp {
         addr,
-        dir,
+        storage,
         app,
         config_text: text,
         opts,
@@ -257,18 +299,11 @@ impl TestApp {
     }
 
     /// Stops and starts again on the same data with other options.
-    pub async fn restart_with(self, opts: Options) -> TestApp {
-        let dir = self.shutdown().await;
-        start(dir, opts).await
-    }
-
-    /// Stops, lets go of the store (and its file lock), and hands back the
-    /// data directory.
-    pub async fn shutdown(mut self) -> tempfile::TempDir {
+    pub async fn restart_with(mut self, opts: Options) -> TestApp {
         self.stop().await;
-        let TestApp { dir, app, .. } = self;
+        let TestApp { storage, app, .. } = self;
         drop(app);
-        dir
+        start(storage, opts).await
     }
 
     /// Waits until everything accepted so far has been dispatched.
@@ -356,7 +391,7 @@ pub async fn shipment_with_label(app: &TestApp, shipment_id: &str, tn: &str) {
         timeline: Timeline::new(now as i64),
         label_intent: None,
     };
-    app.app.store.create_shipment(rec).await.unwrap();
+    app.app.store.create_shipment(rec, None).await.unwrap();
     app.app
         .store
         .record_label(
@@ -364,6 +399,7 @@ pub async fn shipment_with_label(app: &TestApp, shipment_id: &str, tn: &str) {
             tn,
             json!({"label_id": format!("lbl-{shipment_id}")}),
             now,
+            None,
         )
         .await
         .unwrap();

@@ -193,12 +193,21 @@ async fn listen_and_store_changes_are_reported_and_kept_until_a_restart() {
         .config_text
         .replace("[server]\n", "[server]\nlisten = \"127.0.0.1:1\"\n")
         .replace("path = \"", "path = \"/elsewhere")
+        .replace("pool_size = 4", "pool_size = 5")
         .replace("max_in_flight = 256", "max_in_flight = 3");
     let mut changed = reload(&app, &text);
     changed.sort();
     assert_eq!(
         changed,
-        ["server.listen", "server.max_in_flight", "store.path"]
+        [
+            "server.listen",
+            "server.max_in_flight",
+            if on_postgres() {
+                "store.pool_size"
+            } else {
+                "store.path"
+            }
+        ]
     );
     let live = app.app.live();
     assert_eq!(live.config.store.path, running);
@@ -223,7 +232,7 @@ async fn a_reloaded_status_map_is_what_the_state_machine_applies() {
         202
     );
     app.settle().await;
-    let o = app.app.store.outcome("ep", "rl-1").unwrap().unwrap();
+    let o = app.app.store.outcome("ep", "rl-1").await.unwrap().unwrap();
     assert_eq!(o.outcome, DispatchOutcome::Ignored);
 
     let text = app.config_text.replace(
@@ -239,7 +248,7 @@ async fn a_reloaded_status_map_is_what_the_state_machine_applies() {
         202
     );
     app.settle().await;
-    let o = app.app.store.outcome("ep", "rl-2").unwrap().unwrap();
+    let o = app.app.store.outcome("ep", "rl-2").await.unwrap().unwrap();
     assert_eq!(o.outcome, DispatchOutcome::Applied);
 }
 

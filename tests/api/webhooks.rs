@@ -204,19 +204,22 @@ async fn only_accepted_types_reach_the_inbox() {
         202
     );
     app.settle().await;
-    let dir = app.shutdown().await;
-    let store = open_store(&dir.path().join("data")).await;
+    let store = &app.app.store;
     // The state machine took the accepted type out of the inbox (no
     // shipment has its tracking number, so it is parked); the other type
     // never went in.
-    assert!(store.inbox().unwrap().is_empty());
-    let parked = store.outcome("ep", "in-2").unwrap().expect("dispatched");
+    assert_eq!(store.inbox_pending().await.unwrap(), 0);
+    let parked = store
+        .outcome("ep", "in-2")
+        .await
+        .unwrap()
+        .expect("dispatched");
     assert_eq!(parked.outcome, waybill::store::DispatchOutcome::Parked);
-    assert!(store.outcome("ep", "in-1").unwrap().is_none());
-    let ev = store.event("ep", "in-1").unwrap().unwrap();
+    assert!(store.outcome("ep", "in-1").await.unwrap().is_none());
+    let ev = store.event("ep", "in-1").await.unwrap().unwrap();
     assert!(!ev.meta.dispatch);
     assert_eq!(ev.outcome_name(None), "stored");
-    // Signature values never reach the disk.
+    // Signature values never reach the store.
     let sig = ev
         .meta
         .headers

@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use waybill::signature::{Scheme, SchemeKind};
 
+pub mod pg;
+
 #[derive(Debug)]
 pub struct Resp {
     pub status: StatusCode,
@@ -143,23 +145,25 @@ pub fn store_config(data_dir: &std::path::Path) -> waybill::config::StoreConfig 
         cache_bytes: 16 << 20,
         min_free_bytes: 0,
         segment_bytes: 64 << 20,
+        backend: waybill::config::StoreBackend::Sled,
     }
 }
 
 /// Opens a stopped gateway's store, without its state machine.
-pub async fn open_store(data_dir: &std::path::Path) -> std::sync::Arc<waybill::store::Store> {
+pub async fn open_store(data_dir: &std::path::Path) -> std::sync::Arc<waybill::store::SledStore> {
     let cfg = store_config(data_dir);
-    let store =
-        tokio::task::spawn_blocking(move || waybill::store::Store::open(&cfg).expect("open store"))
-            .await
-            .unwrap();
+    let store = tokio::task::spawn_blocking(move || {
+        waybill::store::SledStore::open(&cfg).expect("open store")
+    })
+    .await
+    .unwrap();
     std::sync::Arc::new(store)
 }
 
 /// Closes a store and lets go of its file lock.
-pub async fn close_store(store: std::sync::Arc<waybill::store::Store>) {
+pub async fn close_store(store: std::sync::Arc<waybill::store::SledStore>) {
     tokio::task::spawn_blocking(move || {
-        store.close().expect("close store");
+        waybill::store::Store::close(&*store).expect("close store");
         drop(store);
     })
     .await

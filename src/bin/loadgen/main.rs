@@ -69,9 +69,10 @@ enum Cmd {
     },
     /// Send signed deliveries to a running gateway (or a bare server).
     Run {
-        /// Gateway address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        target: SocketAddr,
+        /// Where to send; several (comma-separated or repeated) spread the
+        /// workers over them, one replica each.
+        #[arg(long, default_value = "127.0.0.1:8080", value_delimiter = ',')]
+        target: Vec<SocketAddr>,
         /// Config naming the source (its first secret and scheme sign the deliveries).
         #[arg(long, default_value = "config/bench.toml")]
         config: PathBuf,
@@ -163,8 +164,8 @@ fn main() {
             });
             let report = rt.block_on(async move {
                 match rate {
-                    None => closed_loop(target, deliveries, concurrency, duration, total).await,
-                    Some(rate) => open_loop(target, deliveries, concurrency, duration, rate).await,
+                    None => closed_loop(&target, deliveries, concurrency, duration, total).await,
+                    Some(rate) => open_loop(&target, deliveries, concurrency, duration, rate).await,
                 }
             });
             report.print(rate, concurrency);
@@ -222,7 +223,7 @@ async fn bare(listen: SocketAddr) {
 
 async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: PathBuf) {
     use waybill::domain::shipment::Timeline;
-    use waybill::store::{NewEvent, ShipmentRecord, Store};
+    use waybill::store::{NewEvent, ShipmentRecord, SledStore, Store};
 
     let text = std::fs::read_to_string(&config)
         .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
@@ -232,12 +233,12 @@ async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: P
     store_cfg.path = dir.clone();
     let open = |cfg: waybill::config::StoreConfig| async move {
         Arc::new(
-            tokio::task::spawn_blocking(move || Store::open(&cfg).expect("open store"))
+            tokio::task::spawn_blocking(move || SledStore::open(&cfg).expect("open store"))
                 .await
                 .unwrap(),
         )
     };
-    let close = |store: Arc<Store>| async move {
+    let close = |store: Arc<SledStore>| async move {
         tokio::task::spawn_blocking(move || store.close().expect("close store"))
             .await
             .unwrap();
@@ -249,21 +250,24 @@ async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: P
     for s in 0..shipments {
         let id = format!("shp_{s}");
         store
-            .create_shipment(ShipmentRecord {
-                shipment_id: id.clone(),
-                partner: "bench".into(),
-                order_id: format!("o{s}"),
-                created_at_ms: 0,
-                tracking_number: None,
-                label: None,
-                details: serde_json::json!({}),
-                timeline: Timeline::new(0),
-                label_intent: None,
-            })
+            .create_shipment(
+                ShipmentRecord {
+                    shipment_id: id.clone(),
+                    partner: "bench".into(),
+                    order_id: format!("o{s}"),
+                    created_at_ms: 0,
+                    tracking_number: None,
+                    label: None,
+                    details: serde_json::json!({}),
+                    timeline: Timeline::new(0),
+                    label_intent: None,
+                },
+                None,
+            )
             .await
             .unwrap();
         store
-            .record_label(&id, &format!("LG{s:012}"), serde_json::json!({}), 1)
+            .record_label(&id, &format!("LG{s:012}"), serde_json::json!({}), 1, None)
             .await
             .unwrap();
     }
@@ -329,7 +333,7 @@ async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: P
     store.start_dispatcher(config.sources.clone()).unwrap();
     store.settle().await.unwrap();
     let secs = t.elapsed().as_secs_f64();
-    assert_eq!(store.inbox_pending(), 0);
+    assert_eq!(store.inbox_pending().await.unwrap(), 0);
     println!(
         "dispatched {events} events over {shipments} shipments in {secs:.2} s: {:.0} events/s",
         events as f64 / secs
@@ -520,7 +524,7 @@ async fn send(
 }
 
 async fn closed_loop(
-    target: SocketAddr,
+    targets: &[SocketAddr],
     deliveries: Arc<Generator>,
     concurrency: usize,
     duration: Duration,
@@ -531,6 +535,7 @@ async fn closed_loop(
     let sent = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for w in 0..concurrency {
+        let target = targets[w % targets.len()];
         let deliveries = deliveries.clone();
         let sent = sent.clone();
         workers.push(tokio::spawn(async move {
@@ -559,7 +564,7 @@ async fn closed_loop(
 }
 
 async fn open_loop(
-    target: SocketAddr,
+    targets: &[SocketAddr],
     deliveries: Arc<Generator>,
     concurrency: usize,
     duration: Duration,
@@ -571,6 +576,7 @@ async fn open_loop(
     let (tx, rx) = async_channel(count as usize);
     let mut workers = Vec::new();
     for w in 0..concurrency {
+        let target = targets[w % targets.len()];
         let deliveries = deliveries.clone();
         let rx = rx.clone();
         workers.push(tokio::spawn(async move {

@@ -1,33 +1,65 @@
-//! The PostgreSQL adapter, for several replicas on one database
-//! (contract 10.7). This part holds the schema migrations, webhook intake
-//! and the dispatch of tracking events to shipments; the database is the
-//! only coordinator between replicas.
+//! The PostgreSQL adapter: any number of processes on one database
+//! (contract 10.8), which is the only coordinator between them.
 //!
 //! - Migrations are embedded, versioned, and applied under an advisory
-//!   lock, so replicas that start together apply each one once.
-//! - Intake is group committed: the requests waiting when a transaction
-//!   starts go in one multi-row `INSERT … ON CONFLICT`, and each is
-//!   answered after the commit (`synchronous_commit` stays on). The
-//!   unique key on (source, event_id) decides new or duplicate, across
-//!   replicas: a copy racing another replica's waits for its commit and
-//!   then sees it.
+//!   lock, so processes that start together apply each one once.
+//! - Intake is group committed (`intake`); a unique key decides new or
+//!   duplicate.
+//! - Dispatch (`state`): every process's dispatcher claims pending events
+//!   with `FOR UPDATE SKIP LOCKED`, applies them and records their
+//!   outcomes in one transaction. Writes that park or unpark events under
+//!   a tracking number or an order id first take a transaction-scoped
+//!   advisory lock on it, so an event is never parked for a shipment or
+//!   order that a concurrent transaction is creating.
+//! - Idempotency keys: a claim is a row with a lease; the final answer is
+//!   written in the transaction of the effect. Another process's claim is
+//!   resumable only once its lease ends.
+//! - Background fulfilment and retention: each item is claimed with
+//!   `SKIP LOCKED` (fulfilment with a lease), so a dead process's work
+//!   passes to the others.
+
+/// Runs `$body` (which may use `?`) in a transaction `$tx` under
+/// `DB_TIMEOUT`, committing when it succeeds.
+macro_rules! in_transaction {
+    ($inner:expr, $tx:ident => $body:expr) => {
+        deadline(async {
+            let mut client = $inner.client().await?;
+            let txn = client.transaction().await.map_err(db_err)?;
+            let $tx: &Tx<'_> = &txn;
+            let out = $body?;
+            txn.commit().await.map_err(db_err)?;
+            Ok::<_, StateError>(out)
+        })
+        .await
+    };
+}
+
+mod intake;
+mod state;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 
+use arc_swap::ArcSwap;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_postgres::NoTls;
 
-use super::codec::{DispatchOutcome, OutcomeRecord, ShipmentRecord};
-use super::{IngestResult, NewEvent, StoreError};
-use crate::config::{SourceConfig, SourceKind};
-use crate::domain::shipment::Applied;
-use crate::mapping::{Fields, Interpretation, interpret_fields};
+use super::{
+    CancelAnswer, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, OrderCreated,
+    OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError, Store, StoreError,
+    StoredEvent,
+};
+use crate::config::SourceConfig;
+use crate::health::{Component, Health};
+use crate::idempotency::Decision;
 
 /// Embedded migrations, in order: (version, name, SQL).
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "events", include_str!("0001_events.sql")),
     (2, "dispatch", include_str!("0002_dispatch.sql")),
+    (3, "state", include_str!("0003_state.sql")),
 ];
 
 /// The schema version this build expects: its last migration's.
@@ -54,16 +86,54 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 
 type Pending = (NewEvent, oneshot::Sender<Result<IngestResult, StoreError>>);
 
+/// How often an idle dispatcher looks for events other processes stored.
+const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Events one dispatch transaction takes at most.
+const PASS: i64 = 256;
+
+/// How long a process keeps a fulfilment it took before another may take
+/// it: longer than one attempt's downstream calls.
+const FULFIL_LEASE_MS: u64 = 60_000;
+
 pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     pool: Pool,
-    tx: mpsc::Sender<Pending>,
+    intake: std::sync::Mutex<Option<mpsc::Sender<Pending>>>,
+    health: Arc<Health>,
+    /// The sources dispatch interprets events with; a reload swaps them.
+    sources: ArcSwap<HashMap<String, SourceConfig>>,
+    /// Wakes this process's dispatcher after its own intake commits.
+    wake: Arc<Notify>,
+    /// Distinguishes this process's claims on idempotency keys.
+    epoch: u64,
+    /// Whether the last probe reached the database.
+    reachable: AtomicBool,
+    probing: AtomicBool,
+    dispatcher_running: AtomicBool,
+    /// The tables' size as last probed.
+    size_bytes: AtomicU64,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Held only to push, take or clone: nothing in such a section can leave
+/// it inconsistent, so a poisoned lock is used as is.
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl PgStore {
     /// A pool of `pool_size` connections to `url` (a libpq URL or
     /// key=value string), and the intake task, spawned on the current
     /// tokio runtime. Connects lazily.
-    pub fn connect(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
+    pub fn connect(
+        url: &str,
+        pool_size: usize,
+        health: Arc<Health>,
+    ) -> Result<PgStore, StoreError> {
         let config: tokio_postgres::Config = url.parse().map_err(db_err)?;
         let manager = Manager::from_config(
             config,
@@ -81,14 +151,29 @@ impl PgStore {
             .build()
             .map_err(db_err)?;
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
-        tokio::spawn(intake(pool.clone(), rx));
-        Ok(PgStore { pool, tx })
+        let wake = Arc::new(Notify::new());
+        let intake = tokio::spawn(intake::run(pool.clone(), rx, wake.clone()));
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                intake: std::sync::Mutex::new(Some(tx)),
+                health,
+                sources: ArcSwap::from_pointee(HashMap::new()),
+                wake,
+                epoch: fastrand::u64(1..),
+                reachable: AtomicBool::new(true),
+                probing: AtomicBool::new(false),
+                dispatcher_running: AtomicBool::new(false),
+                size_bytes: AtomicU64::new(0),
+                tasks: std::sync::Mutex::new(vec![intake]),
+            }),
+        })
     }
 
     /// Applies the migrations this database lacks; how many it applied.
-    /// Safe to run from several replicas at once.
+    /// Safe to run from several processes at once.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
-        let mut client = self.pool.get().await.map_err(db_err)?;
+        let mut client = self.inner.pool.get().await.map_err(db_err)?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await
@@ -106,7 +191,7 @@ impl PgStore {
 
     /// The schema version the database is at (0: none).
     pub async fn schema_version(&self) -> Result<i32, StoreError> {
-        let client = self.pool.get().await.map_err(db_err)?;
+        let client = self.inner.pool.get().await.map_err(db_err)?;
         let row = client
             .query_one(
                 "SELECT COALESCE(MAX(version), 0) FROM waybill_migrations",
@@ -117,206 +202,563 @@ impl PgStore {
         Ok(row.get(0))
     }
 
-    /// Stores a new event durably, or says it is a duplicate of the stored
-    /// copy (contract 3.3), answering after the transaction's commit.
-    pub async fn ingest(&self, event: NewEvent) -> Result<IngestResult, StoreError> {
+    /// Dispatches up to `limit` pending events in one transaction; how
+    /// many. Events another process is dispatching are skipped.
+    pub async fn dispatch(&self, limit: i64) -> Result<usize, StoreError> {
+        deadline(self.inner.dispatch(limit)).await
+    }
+}
+
+impl Inner {
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.pool.get().await.map_err(db_err)
+    }
+
+    async fn dispatch(&self, limit: i64) -> Result<usize, StoreError> {
+        let sources = self.sources.load_full();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let (dispatched, counted) = state::dispatch(&tx, &sources, limit)
+            .await
+            .map_err(state_to_store)?;
+        tx.commit().await.map_err(db_err)?;
+        super::count_dispatched(&counted);
+        Ok(dispatched)
+    }
+
+    /// Checks that the database answers, and reads the tables' size.
+    async fn probe(&self) {
+        let probed = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::int8
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = current_schema() AND c.relkind = 'r'",
+                    &[],
+                )
+                .await
+                .map_err(db_err)?;
+            Ok::<i64, StoreError>(row.get(0))
+        })
+        .await
+        .unwrap_or_else(|_| Err(db_err("the database did not answer")));
+        match probed {
+            Ok(size) => {
+                if !self.reachable.swap(true, Ordering::AcqRel) {
+                    tracing::warn!("the database answers again");
+                }
+                self.size_bytes
+                    .store(u64::try_from(size).unwrap_or(0), Ordering::Relaxed);
+            }
+            Err(e) => {
+                if self.reachable.swap(false, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "the database does not answer; writes are refused until it does");
+                }
+            }
+        }
+    }
+}
+
+/// How long a readiness probe waits for the database.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The dispatcher: applies what is pending, then waits for this process's
+/// intake or, for what other processes stored, the poll interval. A
+/// database that fails is retried: it is not this process's failure.
+async fn dispatcher(inner: Arc<Inner>) {
+    let alive = inner.health.enter(Component::Dispatcher, STALL_AFTER);
+    inner.dispatcher_running.store(true, Ordering::Release);
+    loop {
+        alive.beat();
+        match deadline(inner.dispatch(PASS)).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "dispatch failed; trying again"),
+        }
+        tokio::select! {
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// How long the dispatcher may go without a heartbeat: a pass waits at
+/// most `DB_TIMEOUT`.
+const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs a database operation under `DB_TIMEOUT`: a database that stops
+/// answering fails it (503, and the client retries) rather than holding it.
+async fn deadline<T, E: From<StoreError>>(
+    op: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::time::timeout(DB_TIMEOUT, op)
+        .await
+        .unwrap_or_else(|_| Err(db_err("the database did not answer in time").into()))
+}
+
+fn state_to_store(e: StateError) -> StoreError {
+    match e {
+        StateError::Store(e) => e,
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn ingest(&self, event: NewEvent) -> Result<IngestResult, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((event, reply))
+        let tx = locked(&self.inner.intake)
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
+        tx.send((event, reply))
             .await
             .map_err(|_| StoreError::Unavailable("the intake task stopped".into()))?;
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the intake task stopped".into()))?
     }
-}
 
-impl PgStore {
-    /// Stores a shipment (with its tracking number, if it has one).
-    pub async fn put_shipment(&self, rec: &ShipmentRecord) -> Result<(), StoreError> {
-        let client = self.pool.get().await.map_err(db_err)?;
-        let json = serde_json::to_string(rec).map_err(db_err)?;
-        client
-            .execute(
-                "INSERT INTO shipments (shipment_id, tracking_number, record) VALUES ($1, $2, $3::text::jsonb)
-                 ON CONFLICT (shipment_id) DO UPDATE SET tracking_number = EXCLUDED.tracking_number,
-                     record = EXCLUDED.record",
-                &[&rec.shipment_id, &rec.tracking_number, &json],
-            )
-            .await
-            .map_err(db_err)?;
+    fn start_dispatcher(&self, sources: Vec<SourceConfig>) -> Result<(), StoreError> {
+        self.set_sources(sources);
+        let task = tokio::spawn(dispatcher(self.inner.clone()));
+        locked(&self.inner.tasks).push(task);
         Ok(())
     }
 
-    pub async fn shipment(&self, shipment_id: &str) -> Result<Option<ShipmentRecord>, StoreError> {
-        let client = self.pool.get().await.map_err(db_err)?;
-        let row = client
-            .query_opt(
+    fn set_sources(&self, sources: Vec<SourceConfig>) {
+        self.inner.sources.store(Arc::new(
+            sources.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        ));
+    }
+
+    async fn settle(&self) -> Result<(), StateError> {
+        let last = {
+            let client = self.inner.client().await?;
+            let row = client
+                .query_one("SELECT COALESCE(MAX(seq), 0) FROM events", &[])
+                .await
+                .map_err(db_err)?;
+            row.get::<_, i64>(0)
+        };
+        loop {
+            if deadline(self.inner.dispatch(PASS)).await? > 0 {
+                continue;
+            }
+            let client = self.inner.client().await?;
+            let waiting: i64 = client
+                .query_one(
+                    "SELECT COUNT(*) FROM events WHERE dispatch AND outcome IS NULL AND seq <= $1",
+                    &[&last],
+                )
+                .await
+                .map_err(db_err)?
+                .get(0);
+            if waiting == 0 {
+                return Ok(());
+            }
+            // Another process holds them: its transaction ends soon.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
+        let sources = self.inner.sources.load_full();
+        deadline(async {
+            let mut client = self.inner.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            let (out, counted) = state::redeliver(&tx, &sources, source, event_id).await?;
+            tx.commit().await.map_err(db_err)?;
+            super::count_dispatched(&counted);
+            Ok::<_, StateError>(out)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        partner: &str,
+        key: &str,
+        fingerprint: &str,
+        lease: std::time::Duration,
+    ) -> Result<Decision, StateError> {
+        deadline(async {
+            let mut client = self.inner.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            let decision =
+                state::claim(&tx, partner, key, fingerprint, lease, self.inner.epoch).await?;
+            tx.commit().await.map_err(db_err)?;
+            Ok(decision)
+        })
+        .await
+    }
+
+    async fn release(&self, partner: &str, key: &str) {
+        // Failing, the claim stays until its lease ends: the retry waits
+        // that long (409 IDEMPOTENCY_IN_PROGRESS), nothing runs twice.
+        let released = deadline(async {
+            let client = self.inner.client().await?;
+            client
+                .execute(
+                    "DELETE FROM idempotency_keys WHERE partner = $1 AND key = $2
+                     AND record->>'state' = 'in_progress' AND record->>'epoch' = $3",
+                    &[&partner, &key, &self.inner.epoch.to_string()],
+                )
+                .await
+                .map_err(db_err)
+        })
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "releasing an idempotency key failed");
+        }
+    }
+
+    async fn finish(&self, completion: Completion) -> Result<(), StateError> {
+        in_transaction!(self.inner, tx => state::put_completion(tx, &completion).await)
+    }
+
+    async fn create_shipment(
+        &self,
+        rec: ShipmentRecord,
+        completion: Option<Completion>,
+    ) -> Result<(), StateError> {
+        in_transaction!(self.inner, tx => state::create_shipment(tx, &rec, completion.as_ref()).await)
+    }
+
+    async fn record_intent(
+        &self,
+        shipment_id: &str,
+        request: serde_json::Value,
+    ) -> Result<serde_json::Value, StateError> {
+        in_transaction!(self.inner, tx => state::record_intent(tx, shipment_id, request).await)
+    }
+
+    async fn record_label(
+        &self,
+        shipment_id: &str,
+        tracking_number: &str,
+        label: serde_json::Value,
+        at_ms: u64,
+        completion: Option<Completion>,
+    ) -> Result<LabelRecorded, StateError> {
+        let sources = self.inner.sources.load_full();
+        let (recorded, counted) = in_transaction!(self.inner, tx => state::record_label(
+                tx,
+                &sources,
+                shipment_id,
+                tracking_number,
+                label,
+                at_ms,
+                completion.as_ref(),
+            )
+            .await)?;
+        super::count_dispatched(&counted);
+        Ok(recorded)
+    }
+
+    async fn cancel(
+        &self,
+        shipment_id: &str,
+        at_ms: u64,
+        voided: bool,
+        answer: Option<CancelAnswer>,
+    ) -> Result<ShipmentRecord, StateError> {
+        in_transaction!(self.inner, tx => state::cancel(tx, shipment_id, at_ms, voided, answer).await)
+    }
+
+    async fn shipment(&self, shipment_id: &str) -> Result<Option<ShipmentRecord>, StoreError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            state::read_json(
+                &**client,
                 "SELECT record::text FROM shipments WHERE shipment_id = $1",
                 &[&shipment_id],
             )
             .await
-            .map_err(db_err)?;
-        row.map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(db_err))
-            .transpose()
+        })
+        .await
     }
 
-    /// An event's dispatch outcome, once it has one.
-    pub async fn outcome(
+    async fn create_order(&self, record: OrderRecord) -> Result<OrderCreated, StateError> {
+        let sources = self.inner.sources.load_full();
+        let (created, counted) =
+            in_transaction!(self.inner, tx => state::create_order(tx, &sources, record).await)?;
+        super::count_dispatched(&counted);
+        Ok(created)
+    }
+
+    async fn write_order(&self, write: OrderWrite) -> Result<OrderRecord, StateError> {
+        let sources = self.inner.sources.load_full();
+        let (order, counted) =
+            in_transaction!(self.inner, tx => state::write_order(tx, &sources, write).await)?;
+        super::count_dispatched(&counted);
+        Ok(order)
+    }
+
+    async fn order(
+        &self,
+        partner: &str,
+        order_id: &str,
+    ) -> Result<Option<OrderRecord>, StoreError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            state::read_json(
+                &**client,
+                "SELECT record::text FROM orders WHERE partner = $1 AND order_id = $2",
+                &[&partner, &order_id],
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn orders(
+        &self,
+        partner: &str,
+        skip: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<OrderRecord>), StoreError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            let count: i64 = client
+                .query_one(
+                    "SELECT COUNT(*) FROM orders WHERE partner = $1",
+                    &[&partner],
+                )
+                .await
+                .map_err(db_err)?
+                .get(0);
+            let rows = client
+                .query(
+                    "SELECT record::text FROM orders WHERE partner = $1
+                     ORDER BY created_at_ms DESC, order_id DESC OFFSET $2 LIMIT $3",
+                    &[&partner, &to_i64(skip), &to_i64(limit)],
+                )
+                .await
+                .map_err(db_err)?;
+            let orders = rows
+                .iter()
+                .map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(db_err))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((usize::try_from(count).unwrap_or(0), orders))
+        })
+        .await
+    }
+
+    async fn due_fulfilments(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, String)>, StoreError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            let rows = client
+                .query(
+                    "UPDATE fulfilments f SET claimed_until_ms = $2
+                     FROM (SELECT partner, order_id FROM fulfilments
+                           WHERE due_ms <= $1 AND claimed_until_ms <= $1
+                           ORDER BY due_ms LIMIT $3 FOR UPDATE SKIP LOCKED) c
+                     WHERE f.partner = c.partner AND f.order_id = c.order_id
+                     RETURNING f.due_ms, f.partner, f.order_id",
+                    &[
+                        &ms(now_ms),
+                        &ms(now_ms.saturating_add(FULFIL_LEASE_MS)),
+                        &to_i64(limit),
+                    ],
+                )
+                .await
+                .map_err(db_err)?;
+            let mut due: Vec<(u64, String, String)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+                        r.get(1),
+                        r.get(2),
+                    )
+                })
+                .collect();
+            due.sort();
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT {EVENT_COLUMNS}, body FROM events WHERE source = $1 AND event_id = $2"),
+                    &[&source, &event_id],
+                )
+                .await
+                .map_err(db_err)?;
+            row.map(|r| state::stored_event(&r, true).map(|(ev, _)| ev))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn outcome(
         &self,
         source: &str,
         event_id: &str,
     ) -> Result<Option<OutcomeRecord>, StoreError> {
-        let client = self.pool.get().await.map_err(db_err)?;
-        let row = client
-            .query_opt(
-                "SELECT outcome::text FROM events WHERE source = $1 AND event_id = $2",
-                &[&source, &event_id],
-            )
-            .await
-            .map_err(db_err)?;
-        match row.and_then(|r| r.get::<_, Option<String>>(0)) {
-            Some(json) => serde_json::from_str(&json).map(Some).map_err(db_err),
-            None => Ok(None),
-        }
-    }
-
-    /// Dispatches up to `limit` pending events in one transaction (contract
-    /// 4): claims them with `FOR UPDATE SKIP LOCKED`, so dispatchers on
-    /// other replicas take others; locks their shipments in tracking-number
-    /// order, so two dispatchers never wait on each other in a cycle;
-    /// applies each event and records its outcome; commits all of it at
-    /// once. A crash before the commit leaves the events pending for any
-    /// dispatcher. How many it dispatched.
-    ///
-    /// Payment events wait for orders, which live in the embedded store
-    /// only so far: they are not claimed, and stay pending.
-    pub async fn dispatch(
-        &self,
-        sources: &HashMap<String, SourceConfig>,
-        limit: i64,
-    ) -> Result<usize, StoreError> {
-        let payment_sources: Vec<&str> = sources
-            .values()
-            .filter(|s| s.kind == SourceKind::Payment)
-            .map(|s| s.name.as_str())
-            .collect();
-        let mut client = self.pool.get().await.map_err(db_err)?;
-        let tx = client.transaction().await.map_err(db_err)?;
-        let claimed = tx
-            .query(
-                "SELECT seq, source, event_id, received_at_ms, fields::text, attempts FROM events
-                 WHERE dispatch AND outcome IS NULL AND source <> ALL($2)
-                 ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
-                &[&limit, &payment_sources],
-            )
-            .await
-            .map_err(db_err)?;
-        let mut work = Vec::with_capacity(claimed.len());
-        for row in &claimed {
-            let source: String = row.get(1);
-            let event_id: String = row.get(2);
-            let received_at_ms = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
-            let fields: Option<Fields> = row
-                .get::<_, Option<String>>(4)
-                .and_then(|f| serde_json::from_str(&f).ok());
-            let interpretation = match (sources.get(&source), &fields) {
-                (None, _) => Interpretation::Dead {
-                    reason: format!("source {source} is no longer configured"),
-                },
-                (Some(cfg), Some(fields)) => {
-                    interpret_fields(cfg, &event_id, received_at_ms, fields)
-                }
-                (Some(_), None) => Interpretation::NotDispatched,
-            };
-            work.push((row.get::<_, i64>(0), row.get::<_, i32>(5), interpretation));
-        }
-        let mut tracking: Vec<String> = work
-            .iter()
-            .filter_map(|(_, _, i)| match i {
-                Interpretation::Tracking {
-                    tracking_number, ..
-                } => Some(tracking_number.clone()),
-                _ => None,
-            })
-            .collect();
-        tracking.sort();
-        tracking.dedup();
-        let mut shipments: HashMap<String, ShipmentRecord> = HashMap::new();
-        for row in tx
-            .query(
-                "SELECT tracking_number, record::text FROM shipments
-                 WHERE tracking_number = ANY($1) ORDER BY tracking_number FOR UPDATE",
-                &[&tracking],
-            )
-            .await
-            .map_err(db_err)?
-        {
-            let rec: ShipmentRecord =
-                serde_json::from_str(row.get::<_, &str>(1)).map_err(db_err)?;
-            shipments.insert(row.get(0), rec);
-        }
-        let mut touched = std::collections::BTreeSet::new();
-        let mut dispatched = 0;
-        for (seq, attempts, interpretation) in work {
-            let mut record = OutcomeRecord {
-                outcome: DispatchOutcome::Dead,
-                reason: None,
-                shipment_id: None,
-                attempts: u32::try_from(attempts).unwrap_or(0) + 1,
-                at_ms: crate::clock::now_ms(),
-            };
-            match interpretation {
-                Interpretation::Payment { .. } => continue,
-                Interpretation::Tracking {
-                    tracking_number,
-                    event,
-                } => match shipments.get_mut(&tracking_number) {
-                    None => {
-                        record.outcome = DispatchOutcome::Parked;
-                        record.reason = Some(format!(
-                            "no shipment has tracking number {tracking_number} yet"
-                        ));
-                    }
-                    Some(shipment) => {
-                        record.outcome = match shipment.timeline.apply(event) {
-                            Applied::Applied => DispatchOutcome::Applied,
-                            Applied::Stale => DispatchOutcome::Stale,
-                        };
-                        record.shipment_id = Some(shipment.shipment_id.clone());
-                        touched.insert(tracking_number);
-                    }
-                },
-                Interpretation::Ignored { reason } => {
-                    record.outcome = DispatchOutcome::Ignored;
-                    record.reason = Some(reason);
-                }
-                Interpretation::Dead { reason } => record.reason = Some(reason),
-                Interpretation::NotDispatched => record.outcome = DispatchOutcome::Stored,
-            }
-            let json = serde_json::to_string(&record).map_err(db_err)?;
-            tx.execute(
-                "UPDATE events SET outcome = $2::text::jsonb, attempts = attempts + 1 WHERE seq = $1",
-                &[&seq, &json],
-            )
-            .await
-            .map_err(db_err)?;
-            dispatched += 1;
-        }
-        for tn in touched {
-            if let Some(rec) = shipments.get(&tn) {
-                let json = serde_json::to_string(rec).map_err(db_err)?;
-                tx.execute(
-                    "UPDATE shipments SET record = $2::text::jsonb WHERE shipment_id = $1",
-                    &[&rec.shipment_id, &json],
+        deadline(async {
+            let client = self.inner.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT outcome::text FROM events WHERE source = $1 AND event_id = $2",
+                    &[&source, &event_id],
                 )
                 .await
                 .map_err(db_err)?;
+            match row.and_then(|r| r.get::<_, Option<String>>(0)) {
+                Some(json) => serde_json::from_str(&json).map(Some).map_err(db_err),
+                None => Ok(None),
             }
-        }
-        tx.commit().await.map_err(db_err)?;
-        Ok(dispatched)
+        })
+        .await
     }
+
+    async fn search(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+        _max_scan: usize,
+    ) -> Result<Search, StoreError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            state::search(&**client, filter, limit).await
+        })
+        .await
+    }
+
+    async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            // Events still waiting for dispatch stay until dispatched.
+            let n = client
+                .execute(
+                    "DELETE FROM events WHERE seq IN (
+                         SELECT seq FROM events
+                         WHERE expires_at_ms <= $1 AND NOT (dispatch AND outcome IS NULL)
+                         ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    &[&ms(now_ms), &to_i64(limit)],
+                )
+                .await
+                .map_err(db_err)?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn sweep_idempotency(&self, now_ms: u64, limit: usize) -> Result<usize, StateError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            let n = client
+                .execute(
+                    "DELETE FROM idempotency_keys WHERE (partner, key) IN (
+                         SELECT partner, key FROM idempotency_keys WHERE expires_at_ms < $1
+                         ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    &[&ms(now_ms), &to_i64(limit)],
+                )
+                .await
+                .map_err(db_err)?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn inbox_pending(&self) -> Result<i64, StoreError> {
+        self.count("SELECT COUNT(*) FROM events WHERE dispatch AND outcome IS NULL")
+            .await
+    }
+
+    async fn parked(&self) -> Result<u64, StoreError> {
+        let n = self
+            .count("SELECT COUNT(*) FROM events WHERE outcome->>'outcome' = 'parked'")
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT MIN(received_at_ms) FROM events WHERE dispatch AND outcome IS NULL",
+                    &[],
+                )
+                .await
+                .map_err(db_err)?;
+            Ok(row
+                .get::<_, Option<i64>>(0)
+                .map(|v| u64::try_from(v).unwrap_or(0)))
+        })
+        .await
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes.load(Ordering::Relaxed)
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        // The database's disk is the database's to watch.
+        None
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.reachable.load(Ordering::Acquire)
+            && self.inner.dispatcher_running.load(Ordering::Acquire)
+            && locked(&self.inner.intake).is_some()
+    }
+
+    fn ping(&self) {
+        self.inner.wake.notify_one();
+        if self.inner.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            inner.probe().await;
+            inner.probing.store(false, Ordering::Release);
+        });
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        locked(&self.inner.intake).take();
+        for task in locked(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
+        self.inner
+            .dispatcher_running
+            .store(false, Ordering::Release);
+        self.inner.pool.close();
+        Ok(())
+    }
+}
+
+/// The columns `state::stored_event` reads, in its order.
+const EVENT_COLUMNS: &str = "seq, source, event_id, received_at_ms, event_type, dispatch, \
+     headers::text, tracking_number, order_id, outcome::text";
+
+type Tx<'a> = tokio_postgres::Transaction<'a>;
+
+impl PgStore {
+    async fn count(&self, sql: &str) -> Result<i64, StoreError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            Ok(client.query_one(sql, &[]).await.map_err(db_err)?.get(0))
+        })
+        .await
+    }
+}
+
+/// A count or limit as PostgreSQL's BIGINT holds it.
+fn to_i64(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<usize, StoreError> {
@@ -356,173 +798,6 @@ async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<usiz
         applied += 1;
     }
     Ok(applied)
-}
-
-/// The intake task: takes what waits, one transaction per group.
-async fn intake(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let pending = std::mem::take(&mut group);
-        let (events, replies): (Vec<NewEvent>, Vec<_>) = pending.into_iter().unzip();
-        let committed = tokio::time::timeout(DB_TIMEOUT, commit(&pool, &events))
-            .await
-            .unwrap_or_else(|_| Err(db_err("the intake transaction timed out")));
-        match committed {
-            Ok(answers) => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, events = events.len(), "intake transaction failed");
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// Whether an event is the first copy of its identity in the group.
-enum InGroup {
-    First,
-    Copy,
-}
-
-/// One transaction for a group: every new identity inserted (an expired
-/// stored copy replaced), then the stored copy of every duplicate read.
-/// The answers, in the group's order.
-async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, StoreError> {
-    // A statement may not touch a row twice: later copies in the group are
-    // answered from the first.
-    let mut seen = std::collections::HashSet::new();
-    let roles: Vec<InGroup> = events
-        .iter()
-        .map(|e| {
-            if seen.insert((e.source.as_str(), e.event_id.as_str())) {
-                InGroup::First
-            } else {
-                InGroup::Copy
-            }
-        })
-        .collect();
-    let firsts: Vec<&NewEvent> = events
-        .iter()
-        .zip(&roles)
-        .filter(|(_, r)| matches!(r, InGroup::First))
-        .map(|(e, _)| e)
-        .collect();
-    let col = |f: fn(&NewEvent) -> String| firsts.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let opt = |f: fn(&NewEvent) -> Option<String>| firsts.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let sources = col(|e| e.source.clone());
-    let ids = col(|e| e.event_id.clone());
-    let received: Vec<i64> = firsts.iter().map(|e| ms(e.received_at_ms)).collect();
-    let expires: Vec<i64> = firsts.iter().map(|e| ms(e.expires_at_ms)).collect();
-    let hashes: Vec<Vec<u8>> = firsts.iter().map(|e| e.content_hash.to_vec()).collect();
-    let dispatch: Vec<bool> = firsts.iter().map(|e| e.dispatch).collect();
-    let types = opt(|e| e.event_type.clone());
-    let tracking = opt(|e| e.tracking_number.clone());
-    let orders = opt(|e| e.order_id.clone());
-    let headers = col(|e| serde_json::to_string(&e.headers).unwrap_or_else(|_| "[]".into()));
-    let fields = opt(|e| {
-        e.fields
-            .as_ref()
-            .and_then(|f| serde_json::to_string(f).ok())
-    });
-    let bodies: Vec<Vec<u8>> = firsts.iter().map(|e| e.body.to_vec()).collect();
-
-    let mut client = pool.get().await.map_err(db_err)?;
-    let tx = client.transaction().await.map_err(db_err)?;
-    let inserted = tx
-        .query(
-            "INSERT INTO events (source, event_id, received_at_ms, expires_at_ms, content_hash,
-                                 dispatch, event_type, tracking_number, order_id, headers, fields, body)
-             SELECT s, e, r, x, h, d, t, tn, o, hd::jsonb, f::jsonb, b
-             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bool[],
-                         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[])
-                  AS n(s, e, r, x, h, d, t, tn, o, hd, f, b)
-             ON CONFLICT (source, event_id) DO UPDATE SET
-                 seq = nextval(pg_get_serial_sequence('events', 'seq')),
-                 received_at_ms = EXCLUDED.received_at_ms, expires_at_ms = EXCLUDED.expires_at_ms,
-                 content_hash = EXCLUDED.content_hash, dispatch = EXCLUDED.dispatch,
-                 event_type = EXCLUDED.event_type, tracking_number = EXCLUDED.tracking_number,
-                 order_id = EXCLUDED.order_id, headers = EXCLUDED.headers,
-                 fields = EXCLUDED.fields, body = EXCLUDED.body
-             WHERE events.expires_at_ms <= EXCLUDED.received_at_ms
-             RETURNING source, event_id",
-            &[
-                &sources, &ids, &received, &expires, &hashes, &dispatch, &types, &tracking,
-                &orders, &headers, &fields, &bodies,
-            ],
-        )
-        .await
-        .map_err(db_err)?;
-    let new: std::collections::HashSet<(String, String)> = inserted
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    // The stored copies of the duplicates, as committed by whoever won.
-    let (dup_sources, dup_ids): (Vec<String>, Vec<String>) = firsts
-        .iter()
-        .filter(|e| !new.contains(&(e.source.clone(), e.event_id.clone())))
-        .map(|e| (e.source.clone(), e.event_id.clone()))
-        .unzip();
-    let mut stored = std::collections::HashMap::new();
-    if !dup_sources.is_empty() {
-        for row in tx
-            .query(
-                "SELECT source, event_id, received_at_ms, content_hash FROM events
-                 WHERE (source, event_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
-                &[&dup_sources, &dup_ids],
-            )
-            .await
-            .map_err(db_err)?
-        {
-            let key: (String, String) = (row.get(0), row.get(1));
-            let at: i64 = row.get(2);
-            let hash: Vec<u8> = row.get(3);
-            stored.insert(key, (u64::try_from(at).unwrap_or(0), hash));
-        }
-    }
-    tx.commit().await.map_err(db_err)?;
-
-    // Each identity of the group: when its stored copy arrived, its
-    // content hash, and whether this group stored it.
-    let mut identities = std::collections::HashMap::new();
-    for e in &firsts {
-        let key = (e.source.clone(), e.event_id.clone());
-        let known = if new.contains(&key) {
-            (e.received_at_ms, e.content_hash.to_vec(), true)
-        } else {
-            let (at, hash) = stored.remove(&key).ok_or_else(|| {
-                StoreError::Unavailable(format!(
-                    "{}/{} vanished while being stored",
-                    e.source, e.event_id
-                ))
-            })?;
-            (at, hash, false)
-        };
-        identities.insert(key, known);
-    }
-    events
-        .iter()
-        .zip(&roles)
-        .map(|(e, role)| {
-            let key = (e.source.clone(), e.event_id.clone());
-            let (at, hash, stored_here) = identities
-                .get(&key)
-                .ok_or_else(|| StoreError::Unavailable("an identity left its group".into()))?;
-            Ok(match role {
-                InGroup::First if *stored_here => IngestResult::Accepted {
-                    received_at_ms: e.received_at_ms,
-                },
-                _ => IngestResult::Duplicate {
-                    first_received_at_ms: *at,
-                    conflict: hash.as_slice() != e.content_hash.as_slice(),
-                },
-            })
-        })
-        .collect()
 }
 
 /// Milliseconds as PostgreSQL's BIGINT holds them.

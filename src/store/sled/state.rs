@@ -19,8 +19,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::codec::{self, Arrival, DispatchOutcome, OrderRecord, OutcomeRecord, ShipmentRecord};
-use super::{STALL_AFTER, Shared, StoreError};
-use crate::domain::shipment::{Applied, ShipmentStatus, StatusEvent};
+use super::{STALL_AFTER, Shared};
+use crate::store::{
+    CancelAnswer, Completion, LabelRecorded, OrderCreated, OrderWrite, StateError, StoreError,
+    count_dispatched as count,
+};
+
 use crate::health::Component;
 use crate::idempotency::{self, Decision};
 use crate::mapping::{Interpretation, interpret, interpret_fields};
@@ -36,90 +40,13 @@ const PASS: usize = 256;
 /// Nobody waits on dispatch for an answer: the sender already has its 202.
 const PASS_INTERVAL: Duration = Duration::from_millis(5);
 
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("not found")]
-    NotFound,
-    #[error("not redeliverable: {0}")]
-    NotRedeliverable(String),
-    #[error("conflict: {0}")]
-    Conflict(String),
-    #[error("the shipment is moving or done")]
-    InvalidTransition,
-    /// The shipment already has a label, bought under another key.
-    #[error("the shipment already has label {0}")]
-    LabelExists(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 impl From<sled::Error> for StateError {
     fn from(e: sled::Error) -> Self {
         StateError::Store(e.into())
     }
 }
 
-/// The final answer of an idempotent request, stored under its key in the
-/// same batch as the write it answers for.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    pub partner: String,
-    pub key: String,
-    pub record: idempotency::Record,
-}
-
 type Reply<T> = oneshot::Sender<Result<T, StateError>>;
-
-/// How to store the answer to a cancel, which is the shipment as the
-/// cancel leaves it: rendered on the state machine's thread, in the batch
-/// that changes the shipment.
-#[derive(Debug, Clone)]
-pub struct CancelAnswer {
-    pub partner: String,
-    pub key: String,
-    pub fingerprint: String,
-    pub expires_at_ms: u64,
-    pub render: fn(&ShipmentRecord) -> serde_json::Value,
-}
-
-/// What creating an order found.
-#[derive(Debug, Clone)]
-pub enum OrderCreated {
-    Created(OrderRecord),
-    /// An order with that partner and id was there already.
-    Existing(OrderRecord),
-}
-
-/// A label to record with an order's step.
-#[derive(Debug, Clone)]
-pub struct NewLabel {
-    pub tracking_number: String,
-    pub label: serde_json::Value,
-    pub at_ms: u64,
-}
-
-/// One step of an order's flow, written at once: the order as it now is,
-/// and what comes with the step.
-#[derive(Debug, Clone)]
-pub struct OrderWrite {
-    pub order: OrderRecord,
-    /// The order's shipment, created with the step that records the charge.
-    pub new_shipment: Option<ShipmentRecord>,
-    /// The label of the order's shipment.
-    pub label: Option<NewLabel>,
-    /// The final answer of the request that took the step.
-    pub completion: Option<Completion>,
-    /// The fulfilment entry to remove (its due time), the order having left
-    /// the queue or moved in it.
-    pub unschedule: Option<u64>,
-}
-
-/// A recorded label and what it did to the events parked for it.
-#[derive(Debug, Clone)]
-pub struct LabelRecorded {
-    pub shipment: ShipmentRecord,
-    pub unparked: Vec<(String, DispatchOutcome)>,
-}
 
 pub(super) enum StateMsg {
     Wake,
@@ -601,24 +528,13 @@ impl StateMachine {
         arrival: &mut Arrival,
         interpretation: Interpretation,
     ) -> Result<OutcomeRecord, StateError> {
-        let mut record = OutcomeRecord {
-            outcome: DispatchOutcome::Dead,
-            reason: None,
-            shipment_id: None,
-            attempts: arrival.outcome.as_ref().map_or(0, |o| o.attempts) + 1,
-            at_ms: crate::clock::now_ms(),
-        };
+        let mut record = OutcomeRecord::attempt(arrival.outcome.as_ref().map_or(0, |o| o.attempts));
         match interpretation {
             Interpretation::Tracking {
                 tracking_number,
                 event,
             } => match pass.shipment_for(&tracking_number)? {
-                None => {
-                    record.outcome = DispatchOutcome::Parked;
-                    record.reason = Some(format!(
-                        "no shipment has tracking number {tracking_number} yet"
-                    ));
-                }
+                None => record.park_for_tracking(&tracking_number),
                 Some(shipment_id) => match pass.shipment_mut(&shipment_id)? {
                     None => {
                         record.reason = Some(format!(
@@ -626,11 +542,7 @@ impl StateMachine {
                         ));
                     }
                     Some(shipment) => {
-                        record.outcome = match shipment.timeline.apply(event) {
-                            Applied::Applied => DispatchOutcome::Applied,
-                            Applied::Stale => DispatchOutcome::Stale,
-                        };
-                        record.shipment_id = Some(shipment_id.clone());
+                        record.apply_tracking(shipment, event);
                         pass.touch(&shipment_id);
                     }
                 },
@@ -638,30 +550,23 @@ impl StateMachine {
             Interpretation::Payment { order_id, event } => {
                 let partners = pass.order_partners(&order_id)?;
                 if partners.is_empty() {
-                    record.outcome = DispatchOutcome::Parked;
-                    record.reason = Some(format!("no order {order_id} yet"));
+                    record.park_for_order(&order_id);
                 } else {
-                    // Applied when it changed an order's payment status,
-                    // stale when it only joined the history.
-                    record.outcome = DispatchOutcome::Stale;
-                    for partner in partners {
-                        if let Some(order) = pass.order_mut(&partner, &order_id)? {
-                            let before = order.payments.status();
-                            order.payments.add(event.clone());
-                            if order.payments.status() != before {
-                                record.outcome = DispatchOutcome::Applied;
-                            }
-                            pass.touch_order(&partner, &order_id);
-                        }
+                    for partner in &partners {
+                        pass.order_mut(partner, &order_id)?;
+                        pass.touch_order(partner, &order_id);
                     }
+                    let orders = pass
+                        .orders
+                        .iter_mut()
+                        .filter(|((p, o), _)| *o == order_id && partners.contains(p))
+                        .filter_map(|(_, rec)| rec.as_mut());
+                    record.apply_payment(orders, &event);
                 }
             }
-            Interpretation::Ignored { reason } => {
-                record.outcome = DispatchOutcome::Ignored;
-                record.reason = Some(reason);
+            plain => {
+                record.settle_plain(&plain);
             }
-            Interpretation::Dead { reason } => record.reason = Some(reason),
-            Interpretation::NotDispatched => record.outcome = DispatchOutcome::Stored,
         }
         let was_parked = arrival.is_parked();
         arrival.outcome = Some(record.clone());
@@ -849,35 +754,9 @@ impl StateMachine {
                 "tracking number {tracking_number} belongs to shipment {owner}"
             )));
         }
-        {
-            let shipment = pass
-                .shipment_mut(shipment_id)?
-                .ok_or(StateError::NotFound)?;
-            if shipment.timeline.status() == ShipmentStatus::Cancelled {
-                return Err(StateError::InvalidTransition);
-            }
-            // Recording happens once per shipment: a second purchase, also
-            // one that got the same label from the carrier through the
-            // shared business key, was made under another idempotency key
-            // and is answered LABEL_EXISTS.
-            if shipment.label.is_some() || shipment.tracking_number.is_some() {
-                let existing = shipment
-                    .label
-                    .as_ref()
-                    .and_then(|l| l.get("label_id"))
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                return Err(StateError::LabelExists(existing));
-            }
-            shipment.tracking_number = Some(tracking_number.to_string());
-            shipment.label = Some(label);
-            shipment.label_intent = None;
-            shipment.timeline.apply(StatusEvent::gateway(
-                ShipmentStatus::LabelCreated,
-                clamp_ms(at_ms),
-            ));
-        }
+        pass.shipment_mut(shipment_id)?
+            .ok_or(StateError::NotFound)?
+            .give_label(tracking_number, label, at_ms)?;
         pass.touch(shipment_id);
         pass.batch.insert(
             codec::tracking_key(tracking_number),
@@ -1029,18 +908,14 @@ impl StateMachine {
     ) -> Result<serde_json::Value, StateError> {
         self.shared.check_space()?;
         let mut pass = Pass::new(&self.shared.tree);
-        let shipment = pass
+        let (request, changed) = pass
             .shipment_mut(shipment_id)?
-            .ok_or(StateError::NotFound)?;
-        if shipment.timeline.status() == ShipmentStatus::Cancelled {
-            return Err(StateError::InvalidTransition);
+            .ok_or(StateError::NotFound)?
+            .intend_label(request)?;
+        if changed {
+            pass.touch(shipment_id);
+            pass.commit(&self.shared)?;
         }
-        if let Some(existing) = &shipment.label_intent {
-            return Ok(existing.clone());
-        }
-        shipment.label_intent = Some(request.clone());
-        pass.touch(shipment_id);
-        pass.commit(&self.shared)?;
         Ok(request)
     }
 
@@ -1060,26 +935,7 @@ impl StateMachine {
         let shipment = pass
             .shipment_mut(shipment_id)?
             .ok_or(StateError::NotFound)?;
-        match shipment.timeline.status() {
-            ShipmentStatus::Cancelled => {}
-            ShipmentStatus::Created | ShipmentStatus::LabelCreated => {
-                shipment.timeline.apply(StatusEvent::gateway(
-                    ShipmentStatus::Cancelled,
-                    clamp_ms(at_ms),
-                ));
-            }
-            // The shipment started moving after the request checked it. If
-            // its label is already voided, the cancel has happened at the
-            // carrier and must be recorded; otherwise nothing irreversible
-            // was done and the refusal is clean.
-            _ if voided => {
-                shipment.timeline.apply(StatusEvent::gateway(
-                    ShipmentStatus::Cancelled,
-                    clamp_ms(at_ms),
-                ));
-            }
-            _ => return Err(StateError::InvalidTransition),
-        }
+        shipment.cancel(at_ms, voided)?;
         let record = shipment.clone();
         pass.touch(shipment_id);
         if let Some(a) = answer {
@@ -1137,15 +993,4 @@ fn put_completion(batch: &mut sled::Batch, c: &Completion) {
         codec::idem_key(&c.partner, &c.key),
         codec::encode_record(&c.record),
     );
-}
-
-/// A time in milliseconds as the timeline keeps it.
-fn clamp_ms(ms: u64) -> i64 {
-    i64::try_from(ms).unwrap_or(i64::MAX)
-}
-
-fn count(counted: &[(String, DispatchOutcome)]) {
-    for (source, outcome) in counted {
-        metrics::counter!(metric::DISPATCH, "source" => source.clone(), "outcome" => outcome.as_str()).increment(1);
-    }
 }

@@ -36,6 +36,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::store::records::{
+    DispatchOutcome, EventMeta, OrderRecord, OutcomeRecord, ShipmentRecord,
+};
+
 pub const SEQ_KEY: &[u8] = b"m/seq";
 pub const CURSOR_KEY: &[u8] = b"m/cursor";
 /// How many events dispatch has parked, less those it has unparked: kept
@@ -317,18 +321,6 @@ impl Ident {
     }
 }
 
-/// Everything about a stored event except its body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventMeta {
-    pub received_at_ms: u64,
-    pub event_type: Option<String>,
-    /// Whether the event was put in the inbox for the state machine.
-    pub dispatch: bool,
-    pub headers: Vec<(String, String)>,
-    pub tracking_number: Option<String>,
-    pub order_id: Option<String>,
-}
-
 /// `D`: a sequence number up to which every event was flushed with its
 /// payload, as of the last group commit.
 pub const DURABLE_KEY: &[u8] = b"D";
@@ -593,83 +585,6 @@ impl Reader<'_> {
     }
 }
 
-/// What dispatch did with an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DispatchOutcome {
-    Applied,
-    Stale,
-    Ignored,
-    Parked,
-    Dead,
-    /// Taken out of the inbox without dispatch: its type is no longer
-    /// accepted under the current config. Not a dispatch outcome metric.
-    Stored,
-}
-
-impl DispatchOutcome {
-    const ALL: [DispatchOutcome; 6] = [
-        DispatchOutcome::Applied,
-        DispatchOutcome::Stale,
-        DispatchOutcome::Ignored,
-        DispatchOutcome::Parked,
-        DispatchOutcome::Dead,
-        DispatchOutcome::Stored,
-    ];
-
-    /// Its byte in a binary arrival.
-    fn code(self) -> u8 {
-        Self::ALL.iter().position(|o| *o == self).unwrap_or(0) as u8
-    }
-
-    fn from_code(code: u8) -> Option<DispatchOutcome> {
-        Self::ALL.get(usize::from(code)).copied()
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DispatchOutcome::Applied => "applied",
-            DispatchOutcome::Stale => "stale",
-            DispatchOutcome::Ignored => "ignored",
-            DispatchOutcome::Parked => "parked",
-            DispatchOutcome::Dead => "dead",
-            DispatchOutcome::Stored => "stored",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutcomeRecord {
-    pub outcome: DispatchOutcome,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shipment_id: Option<String>,
-    /// How many times dispatch ran for this event: 1 unless redelivered.
-    pub attempts: u32,
-    pub at_ms: u64,
-}
-
-/// A shipment as stored. `details` holds what the integrator sent (carrier,
-/// service, addresses, parcels); the status lives in `timeline`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShipmentRecord {
-    pub shipment_id: String,
-    pub partner: String,
-    pub order_id: String,
-    pub created_at_ms: u64,
-    pub tracking_number: Option<String>,
-    pub label: Option<serde_json::Value>,
-    pub details: serde_json::Value,
-    pub timeline: crate::domain::shipment::Timeline,
-    /// The carrier request of a label purchase under way, recorded durably
-    /// before the carrier is called: if its answer is lost, a retry sends
-    /// the same request under the same key, and a cancel can still find
-    /// the label through that key and void it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label_intent: Option<serde_json::Value>,
-}
-
 /// `o` partner 0 order_id: an order.
 pub fn order_key(partner: &str, order_id: &str) -> Vec<u8> {
     prefixed(b'o', partner, order_id)
@@ -724,32 +639,6 @@ pub fn parse_fulfil_key(k: &[u8]) -> Option<(u64, String, String)> {
     let due = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
     let (partner, order_id) = split_name(k.get(9..)?)?;
     Some((due, partner, order_id))
-}
-
-/// An order as stored: what the integrator asked for, how far its flow
-/// got, and its payment history. `status` is the order's own status; the
-/// one shown follows its shipment (`domain::order::follow`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OrderRecord {
-    pub order_id: String,
-    pub partner: String,
-    /// The idempotency key that created it: the same order id under
-    /// another key is `ORDER_EXISTS`.
-    pub key: String,
-    pub created_at_ms: u64,
-    /// The request, as parsed (`domain::request::NewOrder`).
-    pub request: serde_json::Value,
-    pub status: crate::domain::order::OrderStatus,
-    pub progress: crate::domain::order::Progress,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_reason: Option<String>,
-    #[serde(default)]
-    pub payments: crate::domain::order::PaymentHistory,
-    /// When background fulfilment is next due, while it waits for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fulfil_due_ms: Option<u64>,
-    #[serde(default)]
-    pub fulfil_attempts: u32,
 }
 
 /// An order's stored form.

@@ -1,0 +1,279 @@
+//! The records both adapters keep: what dispatch did with an event, a
+//! shipment, an order, and a stored event's metadata. Stored as JSON (the
+//! sled adapter's values, the PostgreSQL adapter's JSONB columns), except
+//! `EventMeta`, which each adapter lays out its own way.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::shipment::{Applied, ShipmentStatus, StatusEvent};
+
+/// Everything about a stored event except its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMeta {
+    pub received_at_ms: u64,
+    pub event_type: Option<String>,
+    /// Whether the event was put in the inbox for the state machine.
+    pub dispatch: bool,
+    pub headers: Vec<(String, String)>,
+    pub tracking_number: Option<String>,
+    pub order_id: Option<String>,
+}
+
+/// What dispatch did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchOutcome {
+    Applied,
+    Stale,
+    Ignored,
+    Parked,
+    Dead,
+    /// Taken out of the inbox without dispatch: its type is no longer
+    /// accepted under the current config. Not a dispatch outcome metric.
+    Stored,
+}
+
+impl DispatchOutcome {
+    const ALL: [DispatchOutcome; 6] = [
+        DispatchOutcome::Applied,
+        DispatchOutcome::Stale,
+        DispatchOutcome::Ignored,
+        DispatchOutcome::Parked,
+        DispatchOutcome::Dead,
+        DispatchOutcome::Stored,
+    ];
+
+    /// Its byte in a binary arrival.
+    pub(crate) fn code(self) -> u8 {
+        Self::ALL.iter().position(|o| *o == self).unwrap_or(0) as u8
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<DispatchOutcome> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DispatchOutcome::Applied => "applied",
+            DispatchOutcome::Stale => "stale",
+            DispatchOutcome::Ignored => "ignored",
+            DispatchOutcome::Parked => "parked",
+            DispatchOutcome::Dead => "dead",
+            DispatchOutcome::Stored => "stored",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    pub outcome: DispatchOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipment_id: Option<String>,
+    /// How many times dispatch ran for this event: 1 unless redelivered.
+    pub attempts: u32,
+    pub at_ms: u64,
+}
+
+/// A shipment as stored. `details` holds what the integrator sent (carrier,
+/// service, addresses, parcels); the status lives in `timeline`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShipmentRecord {
+    pub shipment_id: String,
+    pub partner: String,
+    pub order_id: String,
+    pub created_at_ms: u64,
+    pub tracking_number: Option<String>,
+    pub label: Option<serde_json::Value>,
+    pub details: serde_json::Value,
+    pub timeline: crate::domain::shipment::Timeline,
+    /// The carrier request of a label purchase under way, recorded durably
+    /// before the carrier is called: if its answer is lost, a retry sends
+    /// the same request under the same key, and a cancel can still find
+    /// the label through that key and void it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_intent: Option<serde_json::Value>,
+}
+
+/// An order as stored: what the integrator asked for, how far its flow
+/// got, and its payment history. `status` is the order's own status; the
+/// one shown follows its shipment (`domain::order::follow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub order_id: String,
+    pub partner: String,
+    /// The idempotency key that created it: the same order id under
+    /// another key is `ORDER_EXISTS`.
+    pub key: String,
+    pub created_at_ms: u64,
+    /// The request, as parsed (`domain::request::NewOrder`).
+    pub request: serde_json::Value,
+    pub status: crate::domain::order::OrderStatus,
+    pub progress: crate::domain::order::Progress,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[serde(default)]
+    pub payments: crate::domain::order::PaymentHistory,
+    /// When background fulfilment is next due, while it waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fulfil_due_ms: Option<u64>,
+    #[serde(default)]
+    pub fulfil_attempts: u32,
+}
+
+/// The rules of a shipment's own writes, shared by both adapters: each
+/// changes the record in place or refuses, and the adapter stores it.
+impl ShipmentRecord {
+    /// Records the carrier request of a label purchase about to be sent,
+    /// unless one is recorded already: then that one is the request to
+    /// send, so the carrier sees the same body under the same key. Whether
+    /// the record changed is the second value.
+    pub fn intend_label(
+        &mut self,
+        request: serde_json::Value,
+    ) -> Result<(serde_json::Value, bool), super::StateError> {
+        if self.timeline.status() == ShipmentStatus::Cancelled {
+            return Err(super::StateError::InvalidTransition);
+        }
+        if let Some(existing) = &self.label_intent {
+            return Ok((existing.clone(), false));
+        }
+        self.label_intent = Some(request.clone());
+        Ok((request, true))
+    }
+
+    /// Gives the shipment its label, its tracking number and the gateway's
+    /// LABEL_CREATED. Recording happens once per shipment: a second
+    /// purchase, also one that got the same label through the carrier's
+    /// business key, was made under another idempotency key and is
+    /// answered LABEL_EXISTS.
+    pub fn give_label(
+        &mut self,
+        tracking_number: &str,
+        label: serde_json::Value,
+        at_ms: u64,
+    ) -> Result<(), super::StateError> {
+        if self.timeline.status() == ShipmentStatus::Cancelled {
+            return Err(super::StateError::InvalidTransition);
+        }
+        if self.label.is_some() || self.tracking_number.is_some() {
+            let existing = self
+                .label
+                .as_ref()
+                .and_then(|l| l.get("label_id"))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            return Err(super::StateError::LabelExists(existing));
+        }
+        self.tracking_number = Some(tracking_number.to_string());
+        self.label = Some(label);
+        self.label_intent = None;
+        self.timeline.apply(StatusEvent::gateway(
+            ShipmentStatus::LabelCreated,
+            clamp_ms(at_ms),
+        ));
+        Ok(())
+    }
+
+    /// Cancels a shipment that is not moving: the gateway's CANCELLED joins
+    /// its timeline. Already cancelled: nothing changes. Moving or done:
+    /// `InvalidTransition`, unless the label was already voided for this
+    /// cancel: then the cancel has happened at the carrier and is recorded.
+    pub fn cancel(&mut self, at_ms: u64, voided: bool) -> Result<(), super::StateError> {
+        match self.timeline.status() {
+            ShipmentStatus::Cancelled => {}
+            ShipmentStatus::Created | ShipmentStatus::LabelCreated => {
+                self.timeline.apply(StatusEvent::gateway(
+                    ShipmentStatus::Cancelled,
+                    clamp_ms(at_ms),
+                ));
+            }
+            _ if voided => {
+                self.timeline.apply(StatusEvent::gateway(
+                    ShipmentStatus::Cancelled,
+                    clamp_ms(at_ms),
+                ));
+            }
+            _ => return Err(super::StateError::InvalidTransition),
+        }
+        Ok(())
+    }
+}
+
+impl OutcomeRecord {
+    /// The outcome of one dispatch of an event dispatched `attempts` times
+    /// before, to be filled in: dead until shown otherwise.
+    pub fn attempt(attempts: u32) -> OutcomeRecord {
+        OutcomeRecord {
+            outcome: DispatchOutcome::Dead,
+            reason: None,
+            shipment_id: None,
+            attempts: attempts.saturating_add(1),
+            at_ms: crate::clock::now_ms(),
+        }
+    }
+
+    /// No shipment has the event's tracking number yet.
+    pub fn park_for_tracking(&mut self, tracking_number: &str) {
+        self.outcome = DispatchOutcome::Parked;
+        self.reason = Some(format!(
+            "no shipment has tracking number {tracking_number} yet"
+        ));
+    }
+
+    /// No order has the event's order id yet.
+    pub fn park_for_order(&mut self, order_id: &str) {
+        self.outcome = DispatchOutcome::Parked;
+        self.reason = Some(format!("no order {order_id} yet"));
+    }
+
+    /// Applies a tracking event to its shipment.
+    pub fn apply_tracking(&mut self, shipment: &mut ShipmentRecord, event: StatusEvent) {
+        self.outcome = match shipment.timeline.apply(event) {
+            Applied::Applied => DispatchOutcome::Applied,
+            Applied::Stale => DispatchOutcome::Stale,
+        };
+        self.shipment_id = Some(shipment.shipment_id.clone());
+    }
+
+    /// Applies a payment event to every order with its id (partners
+    /// choose order ids independently): applied when it changed an
+    /// order's payment status, stale when it only joined the history.
+    pub fn apply_payment<'a>(
+        &mut self,
+        orders: impl IntoIterator<Item = &'a mut OrderRecord>,
+        event: &crate::domain::order::PaymentEvent,
+    ) {
+        self.outcome = DispatchOutcome::Stale;
+        for order in orders {
+            let before = order.payments.status();
+            order.payments.add(event.clone());
+            if order.payments.status() != before {
+                self.outcome = DispatchOutcome::Applied;
+            }
+        }
+    }
+
+    /// The outcomes that need nothing but the interpretation: ignored,
+    /// dead, or stored without dispatch. False for the others.
+    pub fn settle_plain(&mut self, interpretation: &crate::mapping::Interpretation) -> bool {
+        use crate::mapping::Interpretation;
+        match interpretation {
+            Interpretation::Ignored { reason } => {
+                self.outcome = DispatchOutcome::Ignored;
+                self.reason = Some(reason.clone());
+            }
+            Interpretation::Dead { reason } => self.reason = Some(reason.clone()),
+            Interpretation::NotDispatched => self.outcome = DispatchOutcome::Stored,
+            Interpretation::Tracking { .. } | Interpretation::Payment { .. } => return false,
+        }
+        true
+    }
+}
+
+/// A time in milliseconds as the timeline keeps it.
+pub fn clamp_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}

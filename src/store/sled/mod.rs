@@ -1,0 +1,1878 @@
+//! The embedded adapter: sled for the index and state, segment files for
+//! the events (`segments`). One process owns the directory.
+//!
+//! Three threads write, each owning its keys (see `codec`):
+//! - the writer (`writer.rs`) takes every ingest request waiting in its
+//!   queue, decides new-or-duplicate for each against the tree and the rest
+//!   of the group, appends the new events' records to the active segment
+//!   and applies the group's index as one atomic sled batch;
+//! - the flusher takes every group handed over since its last flush,
+//!   `fdatasync`s the segments they wrote once, and only then answers the
+//!   waiting requests. While one flush runs the next group is gathered and
+//!   applied: the group commit. sled writes its log out in the background;
+//!   what it had not when the process died is rebuilt from the segments on
+//!   open (`replay_log`);
+//! - the state machine (`state.rs`) drains the inbox into shipments and
+//!   runs the commands that change shipments.
+//!
+//! A single writer means no compare-and-swap races: two copies of one event,
+//! however concurrent, are ordered by the queue, and the second sees the
+//! first (in the tree, or earlier in the same group).
+
+pub mod codec;
+pub mod segments;
+mod state;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    CancelAnswer, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, OrderCreated,
+    OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError, StoreError,
+    StoredEvent,
+};
+use crate::config::{SourceConfig, StoreConfig};
+use crate::health::Health;
+use crate::store::Store;
+use crate::telemetry::metric;
+use codec::EventMeta;
+use state::{StateMachine, StateMsg};
+
+/// Requests gathered into one batch at most. Larger groups add latency to
+/// the first request in them without making the flush cheaper.
+const MAX_GROUP: usize = 2048;
+
+/// How long the writer, flusher or state machine may go without a
+/// heartbeat before `/readyz` says the store is stuck. Idle, each is woken
+/// at least every second.
+const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Sequence numbers follow arrival, and arrival times nearly do: an event
+/// is stamped when its request is read and numbered when the writer takes
+/// it, which a request's own deadlines keep within seconds. A newest-first
+/// search with `since` stops once it is this far past it.
+const SINCE_SLACK_MS: u64 = 5 * 60 * 1000;
+
+type Reply = oneshot::Sender<Result<IngestResult, StoreError>>;
+
+/// A new event with everything but its sequence number already encoded,
+/// by the caller's task, so the single writer thread only decides and
+/// copies.
+struct Prepared {
+    key: Vec<u8>,
+    received_at_ms: u64,
+    expires_at_ms: u64,
+    content_hash: [u8; 32],
+    dispatch: bool,
+    tracking_number: Option<String>,
+    order_id: Option<String>,
+    /// Headers and body, compressed here rather than on the writer thread
+    /// (`codec::pack_payload`).
+    packed: Vec<u8>,
+    /// The index record's metadata (no headers), encoded.
+    index_meta: Vec<u8>,
+    arrival: Vec<u8>,
+}
+
+impl Prepared {
+    fn from(ev: NewEvent) -> Prepared {
+        let meta = EventMeta {
+            received_at_ms: ev.received_at_ms,
+            event_type: ev.event_type,
+            dispatch: ev.dispatch,
+            headers: ev.headers,
+            tracking_number: ev.tracking_number.clone(),
+            order_id: ev.order_id.clone(),
+        };
+        let arrival = codec::Arrival {
+            source: ev.source.clone(),
+            event_id: ev.event_id.clone(),
+            dispatch: ev.dispatch,
+            received_at_ms: ev.received_at_ms,
+            fields: ev.fields,
+            outcome: None,
+        };
+        Prepared {
+            key: codec::event_key(&ev.source, &ev.event_id),
+            received_at_ms: ev.received_at_ms,
+            expires_at_ms: ev.expires_at_ms,
+            content_hash: ev.content_hash,
+            dispatch: ev.dispatch,
+            tracking_number: ev.tracking_number,
+            order_id: ev.order_id,
+            index_meta: codec::encode_index_meta(&meta),
+            packed: codec::pack_payload(&meta, &ev.body),
+            arrival: arrival.encode(),
+        }
+    }
+}
+
+enum Msg {
+    Ingest(Box<Prepared>, Reply),
+    /// Wakes an idle writer so that it beats and checks the free space.
+    Ping,
+    Sweep {
+        now_ms: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+}
+
+struct Group {
+    answers: Vec<(Reply, Result<IngestResult, StoreError>)>,
+    last_seq: u64,
+    /// Segment files written by the group: synced before sled's flush.
+    segments: Vec<std::fs::File>,
+}
+
+struct Shared {
+    db: sled::Db,
+    /// sled's own flush on Linux ends in `sync_file_range`, which survives
+    /// the death of the process but neither flushes the device's write cache
+    /// nor the file's metadata (sled grows its file as it goes). An
+    /// `fdatasync` on the same file after each flush closes that gap for
+    /// power loss too.
+    log_file: Option<std::fs::File>,
+    tree: sled::Tree,
+    durable_seq: AtomicU64,
+    inbox_pending: AtomicI64,
+    /// The values of `PARKED_KEY` and `PARKED_SWEPT_KEY` as last written.
+    parked_marked: AtomicU64,
+    parked_swept: AtomicU64,
+    /// False once sled failed a write or a flush. sled cannot recover from
+    /// that in-process, so the threads that see it stop, and supervision
+    /// restarts the process on the same data.
+    healthy: AtomicBool,
+    /// True while free space is below `min_free_bytes`: new writes are
+    /// refused until it is back.
+    low_space: AtomicBool,
+    path: std::path::PathBuf,
+    min_free_bytes: u64,
+    /// Event payloads (headers and body), beside sled's small records.
+    segments: segments::Segments,
+    health: Arc<Health>,
+    /// Batches applied, and how many of them the last flush covered: an
+    /// answer given while `synced < applied` for its own write would be an
+    /// acknowledgement before the flush (the tests check it never is).
+    applied: AtomicU64,
+    synced: AtomicU64,
+    /// Held only to clone, take or send on the sender: nothing in such a
+    /// section can leave it inconsistent, so a poisoned lock is used as is.
+    state_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<StateMsg>>>,
+    /// Set when a wake-up is on its way to the state machine, so the writer
+    /// sends one per pass rather than one per group.
+    wake_pending: AtomicBool,
+    dispatcher_running: AtomicBool,
+    /// The sources the state machine interprets events with: their status
+    /// maps and pointers. A reload swaps them whole, and each event is
+    /// interpreted under one version.
+    sources: arc_swap::ArcSwap<HashMap<String, SourceConfig>>,
+    /// Distinguishes this run of the process: an idempotency claim made by
+    /// an earlier run belongs to a request that died with it.
+    epoch: u64,
+}
+
+impl Shared {
+    /// Makes everything written so far durable.
+    fn sync(&self) -> Result<(), StoreError> {
+        let covered = self.applied.load(Ordering::Acquire);
+        let synced = self
+            .db
+            .flush()
+            .map_err(StoreError::from)
+            .and_then(|_| match &self.log_file {
+                Some(f) => f
+                    .sync_data()
+                    .map_err(|e| StoreError::Unavailable(e.to_string())),
+                None => Ok(()),
+            });
+        synced
+            .inspect(|_| {
+                self.synced.fetch_max(covered, Ordering::AcqRel);
+            })
+            .inspect_err(|e| self.fail("flush", e))
+    }
+
+    /// Applies a batch atomically; a failure is the store's end (`fail`).
+    fn apply(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        self.tree
+            .apply_batch(batch)
+            .map_err(StoreError::from)
+            .inspect(|_| {
+                self.applied.fetch_add(1, Ordering::AcqRel);
+            })
+            .inspect_err(|e| self.fail("write", e))
+    }
+
+    fn fail(&self, what: &str, e: &StoreError) {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(error = %e, what, "the store failed; it stops and the process will exit");
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Refuses new writes while the file system is short of space, so sled
+    /// never meets a full disk. Checked per group, which costs one statvfs.
+    fn check_space(&self) -> Result<(), StoreError> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let low = fs2::available_space(&self.path).is_ok_and(|free| free < self.min_free_bytes);
+        let was_low = self.low_space.swap(low, Ordering::AcqRel);
+        if low != was_low {
+            if low {
+                tracing::error!(
+                    path = %self.path.display(),
+                    min_free_bytes = self.min_free_bytes,
+                    "free disk space is below store.min_free_mb; writes are refused until it is back"
+                );
+            } else {
+                tracing::warn!("free disk space is back; writes resume");
+            }
+        }
+        if low {
+            Err(StoreError::Unavailable(
+                "free disk space is below store.min_free_mb".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn wake_dispatcher(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            self.tell(StateMsg::Wake);
+        }
+    }
+
+    /// Sends the state machine a message that needs no answer; nothing
+    /// happens when it is not running.
+    fn tell(&self, msg: StateMsg) {
+        if let Some(tx) = self
+            .state_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+pub struct SledStore {
+    shared: Arc<Shared>,
+    tx: std::sync::Mutex<Option<mpsc::Sender<Msg>>>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl SledStore {
+    /// Opens the store and starts the writer and flusher. The state machine
+    /// starts separately (`start_dispatcher`), so tools and tests can open a
+    /// store to read it without applying anything.
+    pub fn open(cfg: &StoreConfig) -> Result<SledStore, StoreError> {
+        SledStore::open_supervised(cfg, Health::new())
+    }
+
+    /// `open`, with the threads reporting to `health`.
+    pub fn open_supervised(
+        cfg: &StoreConfig,
+        health: Arc<Health>,
+    ) -> Result<SledStore, StoreError> {
+        // Accepted events are durable in the segments; sled holds their
+        // index and is flushed in the background (and with every state
+        // machine round), and `replay_log` rebuilds what it had not
+        // flushed when the process died.
+        let db = sled::Config::new()
+            .path(&cfg.path)
+            .cache_capacity(cfg.cache_bytes)
+            .flush_every_ms(Some(SLED_FLUSH_MS))
+            .open()?;
+        let tree = db.open_tree("state")?;
+        let segments = segments::Segments::open(&cfg.path.join("segments"), cfg.segment_bytes)
+            .map_err(|e| StoreError::Unavailable(format!("segments: {e}")))?;
+        check_format(&tree)?;
+        replay_log(&tree, &segments)?;
+        drop_dangling(&tree, &segments)?;
+        let seq = match tree.get(codec::SEQ_KEY)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Unavailable("corrupt sequence record".into()))?,
+            ),
+            None => 0,
+        };
+        let cursor = read_cursor(&tree)?;
+        let mut pending = 0i64;
+        for kv in tree.range(codec::seq_key(b'n', cursor + 1)..codec::seq_key(b'n', u64::MAX)) {
+            let (_, v) = kv?;
+            if codec::Arrival::decode(&v).is_some_and(|a| a.dispatch) {
+                pending += 1;
+            }
+        }
+        let parked_marked = read_u64(&tree, codec::PARKED_KEY)?;
+        let parked_swept = read_u64(&tree, codec::PARKED_SWEPT_KEY)?;
+        let log_file = std::fs::File::open(cfg.path.join("db")).ok();
+        let shared = Arc::new(Shared {
+            db,
+            log_file,
+            tree,
+            durable_seq: AtomicU64::new(seq),
+            inbox_pending: AtomicI64::new(pending),
+            parked_marked: AtomicU64::new(parked_marked),
+            parked_swept: AtomicU64::new(parked_swept),
+            healthy: AtomicBool::new(true),
+            low_space: AtomicBool::new(false),
+            path: cfg.path.clone(),
+            min_free_bytes: cfg.min_free_bytes,
+            segments,
+            health,
+            applied: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            state_tx: std::sync::Mutex::new(None),
+            wake_pending: AtomicBool::new(false),
+            dispatcher_running: AtomicBool::new(false),
+            sources: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            epoch: fastrand::u64(1..),
+        });
+        metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
+        let _ = shared.check_space();
+
+        let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
+        let (group_tx, group_rx) = std::sync::mpsc::channel();
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("waybill-writer".into())
+                .spawn(move || {
+                    let segment_id = shared.segments.active_id();
+                    let segment = shared
+                        .tree
+                        .get(codec::segment_key(segment_id))
+                        .ok()
+                        .flatten()
+                        .and_then(|v| serde_json::from_slice(&v).ok())
+                        .unwrap_or_default();
+                    writer::Writer {
+                        shared,
+                        seq,
+                        segment_id,
+                        segment,
+                    }
+                    .run(rx, group_tx)
+                })
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        };
+        let flusher = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("waybill-flusher".into())
+                .spawn(move || writer::flusher(shared, group_rx))
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        };
+        Ok(SledStore {
+            shared,
+            tx: std::sync::Mutex::new(Some(tx)),
+            threads: std::sync::Mutex::new(vec![writer, flusher]),
+        })
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Msg>, StoreError> {
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("store is closing".into()))
+    }
+
+    async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StateError>>) -> StateMsg,
+    ) -> Result<T, StateError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self
+                .shared
+                .state_tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let tx = guard.as_ref().ok_or_else(|| {
+                StoreError::Unavailable("the state machine is not running".into())
+            })?;
+            tx.send(make(reply))
+                .map_err(|_| StoreError::Unavailable("the state machine stopped".into()))?;
+        }
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the state machine stopped".into()))?
+    }
+
+    /// Batches applied so far, and how many a completed flush covers.
+    pub fn writes_applied_and_synced(&self) -> (u64, u64) {
+        (
+            self.shared.applied.load(Ordering::Acquire),
+            self.shared.synced.load(Ordering::Acquire),
+        )
+    }
+
+    /// The highest sequence number covered by a completed flush.
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// The inbox in arrival order: (sequence, source, event id).
+    pub fn inbox(&self) -> Result<Vec<(u64, String, String)>, StoreError> {
+        let tree = &self.shared.tree;
+        let cursor = read_cursor(tree)?;
+        let mut out = Vec::new();
+        for kv in tree.range(codec::seq_key(b'n', cursor + 1)..codec::seq_key(b'n', u64::MAX)) {
+            let (k, v) = kv?;
+            if let (Some(seq), Some(a)) =
+                (codec::parse_seq_key(b'n', &k), codec::Arrival::decode(&v))
+                && a.dispatch
+            {
+                out.push((seq, a.source, a.event_id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether an identity is remembered (not yet swept).
+    pub fn knows(&self, source: &str, event_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .shared
+            .tree
+            .contains_key(codec::event_key(source, event_id))?)
+    }
+
+    /// Checks that nothing is half-written or dispatched twice: every
+    /// arrival names its stored event; every dispatched arrival up to the
+    /// cursor has an outcome and none past it has one; every charged order
+    /// has its shipment and every order waiting for fulfilment its queue
+    /// entry. Returns one line per problem; empty means whole.
+    pub fn integrity_problems(&self) -> Result<Vec<String>, StoreError> {
+        let tree = &self.shared.tree;
+        let cursor = read_cursor(tree)?;
+        let mut problems = Vec::new();
+        let mut parked = 0u64;
+        for kv in tree.scan_prefix(b"n") {
+            let (k, v) = kv?;
+            let (Some(seq), Some(a)) = (codec::parse_seq_key(b'n', &k), codec::Arrival::decode(&v))
+            else {
+                problems.push(format!("unreadable arrival {k:?}"));
+                continue;
+            };
+            match read_event(&self.shared, &a.source, &a.event_id, true) {
+                Ok(Some(ev)) if ev.seq == seq && ev.meta.dispatch == a.dispatch => {}
+                Ok(_) => problems.push(format!(
+                    "arrival {seq} names no stored event {}/{}",
+                    a.source, a.event_id
+                )),
+                Err(e) => problems.push(format!(
+                    "arrival {seq}: the payload of {}/{} is unreadable: {e}",
+                    a.source, a.event_id
+                )),
+            }
+            if !a.dispatch {
+                continue;
+            }
+            parked += u64::from(a.is_parked());
+            let dispatched = a.outcome.is_some();
+            if seq <= cursor && !dispatched {
+                problems.push(format!(
+                    "{}/{} is past the cursor with no outcome",
+                    a.source, a.event_id
+                ));
+            }
+            if seq > cursor && dispatched {
+                problems.push(format!(
+                    "{}/{} is in the inbox and was dispatched too",
+                    a.source, a.event_id
+                ));
+            }
+        }
+        let counted = read_u64(tree, codec::PARKED_KEY)?
+            .saturating_sub(read_u64(tree, codec::PARKED_SWEPT_KEY)?);
+        if counted != parked {
+            problems.push(format!(
+                "the parked count says {counted} where {parked} events are parked"
+            ));
+        }
+        // No charge without its order's shipment; no order waiting for
+        // fulfilment outside the queue.
+        for kv in tree.scan_prefix(b"o") {
+            let (_, v) = kv?;
+            let Ok(order) = serde_json::from_slice::<OrderRecord>(&v) else {
+                problems.push("unreadable order record".into());
+                continue;
+            };
+            let name = format!("order {}/{}", order.partner, order.order_id);
+            if order.progress.transaction_id.is_some() {
+                match &order.progress.shipment_id {
+                    Some(id) if read_shipment(tree, id)?.is_some() => {}
+                    _ => problems.push(format!("{name} is charged without its shipment")),
+                }
+            }
+            if let Some(due) = order.fulfil_due_ms
+                && !tree.contains_key(codec::fulfil_key(due, &order.partner, &order.order_id))?
+            {
+                problems.push(format!("{name} waits for fulfilment outside the queue"));
+            }
+        }
+        Ok(problems)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SledStore {
+    /// Stops the state machine and the writer after the requests already
+    /// queued, waits for their flush, and flushes once more.
+    fn close(&self) -> Result<(), StoreError> {
+        self.shared
+            .state_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let threads: Vec<_> = self
+            .threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        self.shared.sync()
+    }
+
+    /// Starts the state machine: pending inbox entries are applied at once,
+    /// then every new one as it arrives.
+    fn start_dispatcher(&self, sources: Vec<SourceConfig>) -> Result<(), StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self
+            .shared
+            .state_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(tx);
+        self.set_sources(sources);
+        let machine = StateMachine {
+            shared: self.shared.clone(),
+        };
+        self.shared
+            .dispatcher_running
+            .store(true, Ordering::Relaxed);
+        let handle = std::thread::Builder::new()
+            .name("waybill-state".into())
+            .spawn(move || machine.run(rx))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(handle);
+        Ok(())
+    }
+
+    /// Replaces the sources the state machine interprets events with
+    /// (a config reload); events from now on are read with these.
+    fn set_sources(&self, sources: Vec<SourceConfig>) {
+        self.shared.sources.store(Arc::new(
+            sources.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        ));
+    }
+
+    /// Remembers a new event durably, or reports the first copy. Returns only
+    /// after a flush covering the answer (guarantee 1).
+    async fn ingest(&self, event: NewEvent) -> Result<IngestResult, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Msg::Ingest(Box::new(Prepared::from(event)), reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+
+    /// Forgets up to `limit` events whose retention ended before `now_ms`;
+    /// returns how many. Cost is proportional to what expires: the retention
+    /// index is ordered by expiry, so the scan stops at the first live entry.
+    async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        // The same reads the writer is about to do, done first here: they
+        // bring the expired records into the cache, so the writer's pass
+        // holds up intake only for the writes.
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let cursor = read_cursor(&shared.tree)?;
+            writer::plan_sweep(&shared.tree, now_ms, limit, cursor).map(drop)
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable("sweep planning stopped".into()))??;
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Msg::Sweep {
+                now_ms,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+
+    /// Resolves once every event accepted before the call has been
+    /// dispatched.
+    async fn settle(&self) -> Result<(), StateError> {
+        self.command(StateMsg::Settle).await
+    }
+
+    async fn create_shipment(
+        &self,
+        rec: ShipmentRecord,
+        completion: Option<Completion>,
+    ) -> Result<(), StateError> {
+        self.command(|reply| StateMsg::CreateShipment(Box::new(rec), completion, reply))
+            .await
+    }
+
+    /// Claims an idempotency key for a request with this fingerprint, or
+    /// says what the request gets instead (replay, conflict, in progress).
+    async fn claim(
+        &self,
+        partner: &str,
+        key: &str,
+        fingerprint: &str,
+        lease: std::time::Duration,
+    ) -> Result<crate::idempotency::Decision, StateError> {
+        self.command(|reply| StateMsg::Claim {
+            partner: partner.to_string(),
+            key: key.to_string(),
+            fingerprint: fingerprint.to_string(),
+            lease,
+            reply,
+        })
+        .await
+    }
+
+    /// Forgets up to `limit` stored idempotent answers whose retention ended
+    /// before `now_ms`; returns how many.
+    async fn sweep_idempotency(&self, now_ms: u64, limit: usize) -> Result<usize, StateError> {
+        self.command(|reply| StateMsg::SweepIdempotency {
+            now_ms,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Gives up this run's claim on a key (the answer was not final).
+    async fn release(&self, partner: &str, key: &str) {
+        self.shared.tell(StateMsg::Release {
+            partner: partner.to_string(),
+            key: key.to_string(),
+        });
+    }
+
+    async fn record_label(
+        &self,
+        shipment_id: &str,
+        tracking_number: &str,
+        label: serde_json::Value,
+        at_ms: u64,
+        completion: Option<Completion>,
+    ) -> Result<LabelRecorded, StateError> {
+        self.command(|reply| StateMsg::RecordLabel {
+            shipment_id: shipment_id.to_string(),
+            tracking_number: tracking_number.to_string(),
+            label,
+            at_ms,
+            completion,
+            reply,
+        })
+        .await
+    }
+
+    /// Records the carrier request of a label purchase before it is sent,
+    /// durably; returns the request to send, which is an earlier
+    /// purchase's when there was one.
+    async fn record_intent(
+        &self,
+        shipment_id: &str,
+        request: serde_json::Value,
+    ) -> Result<serde_json::Value, StateError> {
+        self.command(|reply| StateMsg::RecordIntent {
+            shipment_id: shipment_id.to_string(),
+            request,
+            reply,
+        })
+        .await
+    }
+
+    /// Creates an order durably, or answers the one already there with its
+    /// partner and id.
+    async fn create_order(&self, record: OrderRecord) -> Result<OrderCreated, StateError> {
+        self.command(|reply| StateMsg::CreateOrder {
+            record: Box::new(record),
+            reply,
+        })
+        .await
+    }
+
+    /// Records a step of an order's flow; durable on return.
+    async fn write_order(&self, write: OrderWrite) -> Result<OrderRecord, StateError> {
+        self.command(|reply| StateMsg::WriteOrder {
+            write: Box::new(write),
+            reply,
+        })
+        .await
+    }
+
+    async fn order(
+        &self,
+        partner: &str,
+        order_id: &str,
+    ) -> Result<Option<OrderRecord>, StoreError> {
+        read_order(&self.shared.tree, partner, order_id)
+    }
+
+    /// A partner's orders, newest first: `limit` of them after skipping
+    /// `skip`, and how many the partner has.
+    async fn orders(
+        &self,
+        partner: &str,
+        skip: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<OrderRecord>), StoreError> {
+        let tree = &self.shared.tree;
+        let mut count = 0;
+        let mut page = Vec::new();
+        for kv in tree.scan_prefix(codec::order_list_prefix(partner)).rev() {
+            let (k, _) = kv?;
+            if count >= skip
+                && page.len() < limit
+                && let Some(id) = codec::order_from_list_key(partner, &k)
+                && let Some(rec) = read_order(tree, partner, &id)?
+            {
+                page.push(rec);
+            }
+            count += 1;
+        }
+        Ok((count, page))
+    }
+
+    /// Orders whose background fulfilment is due at `now_ms`, soonest
+    /// first, at most `limit`: (due, partner, order id).
+    async fn due_fulfilments(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self
+            .shared
+            .tree
+            .range(
+                codec::fulfil_key(0, "", "")..codec::fulfil_key(now_ms.saturating_add(1), "", ""),
+            )
+            .take(limit)
+        {
+            let (k, _) = kv?;
+            if let Some(entry) = codec::parse_fulfil_key(&k) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Cancels a shipment that is not moving; durable on return.
+    async fn cancel(
+        &self,
+        shipment_id: &str,
+        at_ms: u64,
+        voided: bool,
+        answer: Option<CancelAnswer>,
+    ) -> Result<ShipmentRecord, StateError> {
+        self.command(|reply| StateMsg::Cancel {
+            shipment_id: shipment_id.to_string(),
+            at_ms,
+            voided,
+            answer,
+            reply,
+        })
+        .await
+    }
+
+    /// Stores the final answer of an idempotent request that wrote nothing
+    /// else (a refusal that is final); durable on return.
+    async fn finish(&self, completion: Completion) -> Result<(), StateError> {
+        self.command(|reply| StateMsg::Finish { completion, reply })
+            .await
+    }
+
+    /// Dispatches a parked or dead event again; its new outcome.
+    async fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
+        self.command(|reply| StateMsg::Redeliver {
+            source: source.to_string(),
+            event_id: event_id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.is_healthy()
+            && !self.shared.low_space.load(Ordering::Acquire)
+            && self.shared.dispatcher_running.load(Ordering::Relaxed)
+            && self
+                .tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+    }
+
+    /// Wakes the writer and the state machine so that they beat (and the
+    /// writer checks the free space) while idle. Never waits.
+    fn ping(&self) {
+        if let Ok(tx) = self.sender() {
+            let _ = tx.try_send(Msg::Ping);
+        }
+        self.shared.tell(StateMsg::Wake);
+    }
+
+    async fn inbox_pending(&self) -> Result<i64, StoreError> {
+        Ok(self.shared.inbox_pending.load(Ordering::Relaxed))
+    }
+
+    /// Events parked now (`waybill_parked_events`): parked by dispatch and
+    /// neither unparked, redelivered nor forgotten by retention since.
+    async fn parked(&self) -> Result<u64, StoreError> {
+        let marked = self.shared.parked_marked.load(Ordering::Relaxed);
+        Ok(marked.saturating_sub(self.shared.parked_swept.load(Ordering::Relaxed)))
+    }
+
+    /// When the oldest event the state machine has not passed yet arrived;
+    /// None when the inbox is empty.
+    async fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
+        if self.shared.inbox_pending.load(Ordering::Relaxed) <= 0 {
+            return Ok(None);
+        }
+        let tree = &self.shared.tree;
+        let cursor = read_cursor(tree)?;
+        let first = tree
+            .range(codec::seq_key(b'n', cursor + 1)..codec::seq_key(b'n', u64::MAX))
+            .next()
+            .transpose()?;
+        Ok(first.and_then(|(_, v)| codec::Arrival::decode(&v).map(|a| a.received_at_ms)))
+    }
+
+    async fn event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        read_event(&self.shared, source, event_id, true)
+    }
+
+    /// What dispatch did with an event; None before it was dispatched (or
+    /// when it is not for the state machine).
+    async fn outcome(
+        &self,
+        source: &str,
+        event_id: &str,
+    ) -> Result<Option<OutcomeRecord>, StoreError> {
+        let tree = &self.shared.tree;
+        let Some(ident) = tree
+            .get(codec::event_key(source, event_id))?
+            .and_then(|v| codec::event_ident(&v))
+        else {
+            return Ok(None);
+        };
+        Ok(read_arrival(tree, ident.seq)?.and_then(|a| a.outcome))
+    }
+
+    async fn shipment(&self, shipment_id: &str) -> Result<Option<ShipmentRecord>, StoreError> {
+        read_shipment(&self.shared.tree, shipment_id)
+    }
+
+    async fn search(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<Search, StoreError> {
+        let shared = self.shared.clone();
+        let filter = filter.clone();
+        tokio::task::spawn_blocking(move || search(&shared, &filter, limit, max_scan))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    /// Bytes the store takes on disk: sled's files and the payload
+    /// segments.
+    fn size_bytes(&self) -> u64 {
+        self.shared.db.size_on_disk().unwrap_or(0) + self.shared.segments.size_bytes()
+    }
+
+    /// Free space on the store's file system, for `waybill_store_free_bytes`
+    /// (the disk-filling alert); None when it cannot be read.
+    fn free_bytes(&self) -> Option<u64> {
+        fs2::available_space(&self.shared.path).ok()
+    }
+}
+
+/// Events matching every given criterion, newest first. An index picks
+/// the candidates (the exact id, the tracking number, the order id, or
+/// arrival order); the rest of the criteria filter them. At most
+/// `max_scan` candidates are read, so a search that matches little on a
+/// large store is bounded; `Search::complete` says whether it got to
+/// the end. Reads block.
+fn search(
+    shared: &Shared,
+    filter: &EventFilter,
+    limit: usize,
+    max_scan: usize,
+) -> Result<Search, StoreError> {
+    let tree = &shared.tree;
+    type Names<'t> =
+        Box<dyn Iterator<Item = Result<Option<(u64, String, String)>, StoreError>> + 't>;
+    let before = filter.before_seq.unwrap_or(u64::MAX);
+    // Search entries are keys only: the arrival under their sequence
+    // number names the event.
+    let by_name = |kv: sled::Result<(sled::IVec, sled::IVec)>| {
+        let Some(seq) = codec::seq_suffix(&kv?.0) else {
+            return Ok(None);
+        };
+        Ok(read_arrival(tree, seq)?.map(|a| (seq, a.source, a.event_id)))
+    };
+    let under = |tag: u8, text: &str| -> Names<'_> {
+        Box::new(
+            tree.range(codec::text_prefix(tag, text)..codec::text_seq_key(tag, text, before))
+                .rev()
+                .map(by_name),
+        )
+    };
+    let candidates: Names<'_> = match (
+        &filter.source,
+        &filter.event_id,
+        &filter.tracking_number,
+        &filter.order_id,
+    ) {
+        (Some(source), Some(id), _, _) => {
+            Box::new(std::iter::once(Ok(Some((0, source.clone(), id.clone())))))
+        }
+        (_, _, Some(tn), _) => under(b'T', tn),
+        (_, _, _, Some(order)) => under(b'O', order),
+        _ => Box::new(
+            tree.range(codec::seq_key(b'n', 0)..codec::seq_key(b'n', before))
+                .rev()
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    Ok(codec::parse_seq_key(b'n', &k)
+                        .zip(codec::Arrival::decode(&v))
+                        .map(|(seq, a)| (seq, a.source, a.event_id)))
+                }),
+        ),
+    };
+    let mut out = Vec::new();
+    let mut complete = true;
+    let mut next_before = None;
+    for (scanned, name) in candidates.enumerate() {
+        if out.len() >= limit {
+            break;
+        }
+        if scanned >= max_scan {
+            complete = false;
+            break;
+        }
+        let Some((seq, source, id)) = name? else {
+            continue;
+        };
+        next_before = Some(seq);
+        let Some(ev) = read_event(shared, &source, &id, false)? else {
+            continue;
+        };
+        if ev.seq >= before {
+            continue;
+        }
+        let at = ev.meta.received_at_ms;
+        if filter
+            .since_ms
+            .is_some_and(|since| at.saturating_add(SINCE_SLACK_MS) < since)
+        {
+            // Everything further is older still.
+            next_before = None;
+            break;
+        }
+        let outcome = read_arrival(tree, ev.seq)?.and_then(|a| a.outcome);
+        let matches = filter.source.as_ref().is_none_or(|s| *s == source)
+            && filter.event_id.as_ref().is_none_or(|e| *e == id)
+            && filter
+                .tracking_number
+                .as_ref()
+                .is_none_or(|t| ev.meta.tracking_number.as_ref() == Some(t))
+            && filter
+                .order_id
+                .as_ref()
+                .is_none_or(|o| ev.meta.order_id.as_ref() == Some(o))
+            && filter
+                .event_type
+                .as_ref()
+                .is_none_or(|t| ev.meta.event_type.as_ref() == Some(t))
+            && filter.since_ms.is_none_or(|since| at >= since)
+            && filter.until_ms.is_none_or(|until| at <= until)
+            && filter
+                .outcome
+                .as_ref()
+                .is_none_or(|o| ev.outcome_name(outcome.as_ref()) == o);
+        if matches {
+            out.push((ev, outcome));
+        }
+    }
+    // A page cut short by its limit or the scan bound goes on from the
+    // last entry read; one that ran out of entries is the last.
+    if complete && out.len() < limit {
+        next_before = None;
+    }
+    // A single named event has no next page.
+    if filter.source.is_some() && filter.event_id.is_some() {
+        next_before = None;
+    }
+    Ok(Search {
+        events: out,
+        complete,
+        next_before,
+    })
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// An event's index record; with `payload`, also its headers and body from
+/// its segment (a search needs neither).
+fn read_event(
+    shared: &Shared,
+    source: &str,
+    event_id: &str,
+    payload: bool,
+) -> Result<Option<StoredEvent>, StoreError> {
+    let Some(v) = shared.tree.get(codec::event_key(source, event_id))? else {
+        return Ok(None);
+    };
+    let (ident, meta, pointer) = codec::decode_event(&v)
+        .ok_or_else(|| StoreError::Unavailable("corrupt event record".into()))?;
+    let (meta, body) = if payload {
+        let pointer = segments::Pointer::decode(&pointer)
+            .ok_or_else(|| StoreError::Unavailable("corrupt payload pointer".into()))?;
+        let stored = shared
+            .segments
+            .read(&pointer)
+            .map_err(|e| StoreError::Unavailable(format!("payload of {source}/{event_id}: {e}")))?;
+        codec::decode_logged(&stored)
+            .filter(|(logged, _)| logged.ident.seq == ident.seq)
+            .and_then(|(_, packed)| codec::unpack_payload(packed))
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!("the payload of {source}/{event_id} is corrupt"))
+            })?
+    } else {
+        (meta, Vec::new())
+    };
+    Ok(Some(StoredEvent {
+        source: source.to_string(),
+        event_id: event_id.to_string(),
+        seq: ident.seq,
+        meta,
+        body,
+    }))
+}
+
+/// How often sled writes its log out by itself. Nothing waits for it: an
+/// event is acknowledged once its segment is synced, and what sled had not
+/// flushed is replayed from the segments on open.
+const SLED_FLUSH_MS: u64 = 500;
+
+/// Rebuilds the index of the events whose segment records outlived a
+/// crash that took sled's unflushed writes: every record past the last
+/// sequence number sled holds (`SEQ_KEY`, written with every group). Each
+/// segment's info says how far into it the index goes (`end`), so only
+/// the records beyond are read, one at a time. They are synced before
+/// the checkpoint that follows says they are durable.
+fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), StoreError> {
+    let seg_err = |e: std::io::Error| StoreError::Unavailable(format!("segments: {e}"));
+    let indexed = read_u64(tree, codec::SEQ_KEY)?;
+    let mut batch = sled::Batch::default();
+    let mut touched = Vec::new();
+    let mut last = indexed;
+    for id in segments.ids().map_err(seg_err)? {
+        let mut info: codec::SegmentInfo = tree
+            .get(codec::segment_key(id))?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        if segments.len(id).map_err(seg_err)? <= info.end {
+            continue;
+        }
+        let before = last;
+        segments.each_record(id, info.end, |pointer, body| {
+            let Some((logged, arrival)) = codec::decode_logged(body)
+                .and_then(|(l, _)| codec::Arrival::decode(l.arrival).map(|a| (l, a)))
+            else {
+                tracing::error!(
+                    segment = id,
+                    offset = pointer.offset,
+                    "unreadable segment record skipped"
+                );
+                return Ok(());
+            };
+            let seq = logged.ident.seq;
+            if seq <= last {
+                return Ok(());
+            }
+            let key = codec::event_key(&arrival.source, &arrival.event_id);
+            let newer = tree
+                .get(&key)?
+                .and_then(|v| codec::event_ident(&v))
+                .is_some_and(|i| i.seq > seq);
+            if !newer {
+                batch.insert(
+                    key,
+                    codec::assemble_event(&logged.ident, &pointer.encode(), logged.index_meta),
+                );
+            }
+            batch.insert(codec::seq_key(b'n', seq).to_vec(), logged.arrival);
+            if let Some(meta) =
+                codec::decode_index_meta(logged.index_meta, logged.ident.received_at_ms)
+            {
+                if let Some(tn) = &meta.tracking_number {
+                    batch.insert(codec::text_seq_key(b'T', tn, seq), Vec::new());
+                }
+                if let Some(order) = &meta.order_id {
+                    batch.insert(codec::text_seq_key(b'O', order, seq), Vec::new());
+                }
+            }
+            batch.insert(
+                codec::expiry_key(logged.ident.expires_at_ms, seq).to_vec(),
+                codec::encode_seqs(&[seq]),
+            );
+            info.max_expires_at_ms = info.max_expires_at_ms.max(logged.ident.expires_at_ms);
+            info.last_seq = info.last_seq.max(seq);
+            info.end = pointer.end();
+            last = seq;
+            Ok(())
+        })?;
+        if last != before {
+            touched.push((id, info));
+        }
+    }
+    if touched.is_empty() {
+        return Ok(());
+    }
+    for (id, info) in &touched {
+        segments.sync(*id).map_err(seg_err)?;
+        batch.insert(
+            codec::segment_key(*id).to_vec(),
+            serde_json::to_vec(info).unwrap_or_default(),
+        );
+    }
+    batch.insert(codec::SEQ_KEY, last.to_be_bytes().to_vec());
+    batch.insert(codec::DURABLE_KEY, last.to_be_bytes().to_vec());
+    tracing::warn!(
+        from = indexed + 1,
+        to = last,
+        "rebuilt the index of events the segments held and sled had not flushed"
+    );
+    tree.apply_batch(batch)?;
+    tree.flush()?;
+    Ok(())
+}
+
+/// Forgets the events written after the last flush checkpoint whose
+/// payload did not reach its segment (a crash cut the segment's tail):
+/// they were never acknowledged, and an index entry must never point at
+/// nothing.
+fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), StoreError> {
+    let checkpoint = tree
+        .get(codec::DURABLE_KEY)?
+        .and_then(|v| codec::decode_u64(&v))
+        .unwrap_or(0);
+    let mut batch = sled::Batch::default();
+    let mut dropped = 0;
+    let mut parked = 0;
+    for kv in tree.range(codec::seq_key(b'n', checkpoint + 1)..codec::seq_key(b'n', u64::MAX)) {
+        let (k, v) = kv?;
+        let (Some(seq), Some(a)) = (codec::parse_seq_key(b'n', &k), codec::Arrival::decode(&v))
+        else {
+            continue;
+        };
+        let Some(record) = tree.get(codec::event_key(&a.source, &a.event_id))? else {
+            continue;
+        };
+        let Some((ident, meta, pointer)) = codec::decode_event(&record) else {
+            continue;
+        };
+        let whole = segments::Pointer::decode(&pointer).is_some_and(|p| segments.contains(&p));
+        if ident.seq == seq && !whole {
+            // Its retention entry stays: the sweep skips what is gone.
+            writer::forget_event(&mut batch, &a.source, &a.event_id, seq, &meta);
+            dropped += 1;
+            parked += u64::from(a.is_parked());
+        }
+    }
+    if parked > 0 {
+        let swept = read_u64(tree, codec::PARKED_SWEPT_KEY)? + parked;
+        batch.insert(codec::PARKED_SWEPT_KEY, swept.to_be_bytes().to_vec());
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "forgot events whose payloads a crash cut before they were acknowledged"
+        );
+        tree.apply_batch(batch)?;
+        tree.flush()?;
+    }
+    Ok(())
+}
+
+/// The version of the store's layout, kept under `F`: 2 put payloads in
+/// segments, 3 made index records binary, search entries keys alone and
+/// retention entries one per group, 4 made arrivals binary. A store
+/// written by another layout is refused, not misread.
+const FORMAT: u64 = 4;
+
+fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
+    match tree
+        .get(codec::FORMAT_KEY)?
+        .and_then(|v| codec::decode_u64(&v))
+    {
+        Some(FORMAT) => Ok(()),
+        Some(other) => Err(StoreError::Unavailable(format!(
+            "the store has layout {other}; this build reads layout {FORMAT}"
+        ))),
+        None if tree.is_empty() => {
+            tree.insert(codec::FORMAT_KEY, FORMAT.to_be_bytes().to_vec())?;
+            Ok(())
+        }
+        None => Err(StoreError::Unavailable(format!(
+            "the store was written by an earlier layout; this build reads layout {FORMAT}"
+        ))),
+    }
+}
+
+fn read_arrival(tree: &sled::Tree, seq: u64) -> Result<Option<codec::Arrival>, StoreError> {
+    Ok(tree
+        .get(codec::seq_key(b'n', seq))?
+        .and_then(|v| codec::Arrival::decode(&v)))
+}
+
+fn read_cursor(tree: &sled::Tree) -> Result<u64, StoreError> {
+    read_u64(tree, codec::CURSOR_KEY)
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+    Ok(tree
+        .get(key)?
+        .and_then(|v| codec::decode_u64(&v))
+        .unwrap_or(0))
+}
+
+fn read_order(
+    tree: &sled::Tree,
+    partner: &str,
+    order_id: &str,
+) -> Result<Option<OrderRecord>, StoreError> {
+    match tree.get(codec::order_key(partner, order_id))? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Unavailable(format!("corrupt order record: {e}"))),
+    }
+}
+
+fn read_shipment(
+    tree: &sled::Tree,
+    shipment_id: &str,
+) -> Result<Option<ShipmentRecord>, StoreError> {
+    match tree.get(codec::shipment_key(shipment_id))? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Unavailable(format!("corrupt shipment record: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use bytes::Bytes;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn cfg(path: &Path) -> StoreConfig {
+        StoreConfig {
+            path: path.to_path_buf(),
+            dedupe_retention: Duration::from_secs(60),
+            idempotency_retention: Duration::from_secs(60),
+            in_progress_timeout: Duration::from_secs(30),
+            cache_bytes: 8 << 20,
+            min_free_bytes: 0,
+            segment_bytes: 1 << 20,
+            backend: crate::config::StoreBackend::Sled,
+        }
+    }
+
+    fn event(id: &str, at: u64, hash: u8, dispatch: bool) -> NewEvent {
+        NewEvent {
+            source: "s".into(),
+            event_id: id.into(),
+            received_at_ms: at,
+            expires_at_ms: at + 1000,
+            content_hash: [hash; 32],
+            dispatch,
+            event_type: None,
+            headers: vec![],
+            tracking_number: None,
+            order_id: None,
+            fields: None,
+            body: Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn accepts_once_then_reports_duplicates_and_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        assert_eq!(
+            store.ingest(event("a", 10, 1, true)).await.unwrap(),
+            IngestResult::Accepted { received_at_ms: 10 }
+        );
+        assert_eq!(
+            store.ingest(event("a", 20, 1, true)).await.unwrap(),
+            IngestResult::Duplicate {
+                first_received_at_ms: 10,
+                conflict: false
+            }
+        );
+        assert_eq!(
+            store.ingest(event("a", 30, 2, true)).await.unwrap(),
+            IngestResult::Duplicate {
+                first_received_at_ms: 10,
+                conflict: true
+            }
+        );
+        assert_eq!(store.inbox().unwrap().len(), 1);
+        assert_eq!(store.inbox_pending().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_copies_yield_one_acceptance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(&cfg(dir.path())).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.ingest(event("same", 100 + i, 1, true)).await.unwrap()
+            }));
+        }
+        let mut accepted = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), IngestResult::Accepted { .. }) {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 1);
+        assert_eq!(store.inbox().unwrap().len(), 1);
+    }
+
+    /// Replies come from the flusher only after the flush that covers them:
+    /// every acknowledged event's sequence is already durable when its
+    /// caller hears back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledgements_follow_the_flush_that_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(&cfg(dir.path())).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("e{i}");
+                store.ingest(event(&id, 10, 1, i % 2 == 0)).await.unwrap();
+                let durable = store.durable_seq();
+                let seq = store.event("s", &id).await.unwrap().unwrap().seq;
+                assert!(
+                    seq <= durable,
+                    "{id} acknowledged at seq {seq} with only {durable} flushed"
+                );
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(store.integrity_problems().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(&cfg(dir.path())).unwrap();
+            store.ingest(event("a", 10, 1, true)).await.unwrap();
+            store.ingest(event("b", 11, 1, false)).await.unwrap();
+            store.close().unwrap();
+        }
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        assert_eq!(store.inbox_pending().await.unwrap(), 1);
+        assert!(matches!(
+            store.ingest(event("b", 50, 1, false)).await.unwrap(),
+            IngestResult::Duplicate {
+                first_received_at_ms: 11,
+                ..
+            }
+        ));
+        // Sequence numbers continue rather than restart.
+        store.ingest(event("c", 60, 1, true)).await.unwrap();
+        let seqs: Vec<u64> = store.inbox().unwrap().iter().map(|e| e.0).collect();
+        assert_eq!(seqs, [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn sweep_forgets_only_what_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        store.ingest(event("old", 0, 1, false)).await.unwrap(); // expires at 1000
+        store.ingest(event("new", 5000, 1, false)).await.unwrap(); // expires at 6000
+        assert_eq!(store.sweep_expired(999, 100).await.unwrap(), 0);
+        assert_eq!(store.sweep_expired(1001, 100).await.unwrap(), 1);
+        assert!(!store.knows("s", "old").unwrap());
+        assert!(store.event("s", "old").await.unwrap().is_none());
+        assert!(store.knows("s", "new").unwrap());
+        // Once forgotten, the same id is a new event again.
+        assert!(matches!(
+            store.ingest(event("old", 7000, 1, false)).await.unwrap(),
+            IngestResult::Accepted { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_expired_identity_reused_before_the_sweep_survives_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        store.ingest(event("x", 0, 1, false)).await.unwrap(); // expires at 1000
+        // Past its retention but not yet swept: accepted as new.
+        assert!(matches!(
+            store.ingest(event("x", 2000, 2, false)).await.unwrap(),
+            IngestResult::Accepted {
+                received_at_ms: 2000
+            }
+        ));
+        assert_eq!(store.sweep_expired(1500, 100).await.unwrap(), 1);
+        assert!(store.knows("s", "x").unwrap());
+        assert_eq!(
+            store
+                .event("s", "x")
+                .await
+                .unwrap()
+                .unwrap()
+                .meta
+                .received_at_ms,
+            2000
+        );
+        // The first copy's arrival went with it: one event, listed once.
+        let all = store
+            .search(&EventFilter::default(), 10, 100)
+            .await
+            .unwrap();
+        assert_eq!(all.events.len(), 1);
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn an_expired_event_still_in_the_inbox_is_kept_until_dispatched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        store.ingest(event("waiting", 0, 1, true)).await.unwrap();
+        // No state machine runs here: the event stays in the inbox, and the
+        // sweep leaves it whole.
+        assert_eq!(store.sweep_expired(5000, 100).await.unwrap(), 0);
+        assert!(store.knows("s", "waiting").unwrap());
+        assert_eq!(store.inbox().unwrap().len(), 1);
+        assert!(store.integrity_problems().unwrap().is_empty());
+    }
+
+    /// Guarantee 1 for the state machine's commands: each answers only
+    /// after a flush that covers its own write (the round's group commit).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_answer_after_the_flush_that_covers_their_write() {
+        use crate::domain::order::{OrderStatus, Progress};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        store.start_dispatcher(Vec::new()).unwrap();
+        let covered = |store: &SledStore, what: &str| {
+            let (applied, synced) = store.writes_applied_and_synced();
+            assert!(applied > 0, "{what} wrote nothing");
+            assert_eq!(synced, applied, "{what} answered before its flush");
+        };
+        let completion = |key: &str| Completion {
+            partner: "p".into(),
+            key: key.into(),
+            record: crate::idempotency::Record::Done {
+                fingerprint: "f".into(),
+                status: 201,
+                body: "{}".into(),
+                expires_at_ms: u64::MAX / 2,
+            },
+        };
+        let shipment = ShipmentRecord {
+            shipment_id: "s1".into(),
+            partner: "p".into(),
+            order_id: "o1".into(),
+            created_at_ms: 1,
+            tracking_number: None,
+            label: None,
+            details: serde_json::json!({}),
+            timeline: crate::domain::shipment::Timeline::new(1),
+            label_intent: None,
+        };
+        store
+            .create_shipment(shipment, Some(completion("k1")))
+            .await
+            .unwrap();
+        covered(&store, "create");
+        store
+            .record_intent("s1", serde_json::json!({"format": "PDF"}))
+            .await
+            .unwrap();
+        covered(&store, "intent");
+        store
+            .record_label(
+                "s1",
+                "TN1",
+                serde_json::json!({"label_id": "l1"}),
+                2,
+                Some(completion("k2")),
+            )
+            .await
+            .unwrap();
+        covered(&store, "label");
+        store.finish(completion("k3")).await.unwrap();
+        covered(&store, "finish");
+        store.cancel("s1", 3, false, None).await.unwrap();
+        covered(&store, "cancel");
+        let order = OrderRecord {
+            order_id: "o1".into(),
+            partner: "p".into(),
+            key: "k4".into(),
+            created_at_ms: 1,
+            request: serde_json::json!({}),
+            status: OrderStatus::Pending,
+            progress: Progress::default(),
+            failure_reason: None,
+            payments: Default::default(),
+            fulfil_due_ms: None,
+            fulfil_attempts: 0,
+        };
+        let created = store.create_order(order).await.unwrap();
+        covered(&store, "create order");
+        let OrderCreated::Created(mut order) = created else {
+            panic!("created")
+        };
+        order.status = OrderStatus::Failure;
+        store
+            .write_order(OrderWrite {
+                order,
+                new_shipment: None,
+                label: None,
+                completion: Some(completion("k4")),
+                unschedule: None,
+            })
+            .await
+            .unwrap();
+        covered(&store, "order step");
+        // A replay of an answer is given after the flush that covers it.
+        let decision = store
+            .claim("p", "k4", "f", std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(matches!(
+            decision,
+            crate::idempotency::Decision::Replay { .. }
+        ));
+        covered(&store, "replay");
+    }
+
+    /// Retention deletes whole payload segments once every event in them
+    /// has expired and been swept; live events stay readable.
+    #[tokio::test]
+    async fn retention_deletes_whole_segments_of_expired_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = cfg(dir.path());
+        config.segment_bytes = 512;
+        let store = SledStore::open(&config).unwrap();
+        // The state machine moves the inbox cursor past every arrival; a
+        // segment goes only once the cursor is past it.
+        store.start_dispatcher(Vec::new()).unwrap();
+        let body = Bytes::from(format!("{{\"pad\":\"{}\"}}", "y".repeat(2000)));
+        for i in 0..40 {
+            let mut ev = event(&format!("old-{i}"), 10, 1, false);
+            ev.body = body.clone();
+            store.ingest(ev).await.unwrap();
+        }
+        let before = store.shared.segments.ids().unwrap();
+        assert!(before.len() > 5, "{before:?}");
+        for i in 0..3 {
+            let mut ev = event(&format!("new-{i}"), 5_000, 2, false);
+            ev.body = body.clone();
+            store.ingest(ev).await.unwrap();
+        }
+        store.settle().await.unwrap();
+        let size_before = store.size_bytes();
+        assert_eq!(store.sweep_expired(4_000, 1000).await.unwrap(), 40);
+        let after = store.shared.segments.ids().unwrap();
+        assert!(after.len() <= 2, "{after:?}");
+        assert!(store.size_bytes() < size_before || after.len() < before.len());
+        for i in 0..3 {
+            let ev = store
+                .event("s", &format!("new-{i}"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(ev.body, body.to_vec());
+        }
+        assert!(store.event("s", "old-0").await.unwrap().is_none());
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    }
+
+    /// An event whose payload a crash cut from its segment, written after
+    /// the last flush checkpoint, is forgotten on open: never served, never
+    /// a duplicate of itself.
+    #[tokio::test]
+    async fn an_event_whose_payload_was_cut_is_forgotten_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(&cfg(dir.path())).unwrap();
+            store.ingest(event("kept", 10, 1, true)).await.unwrap();
+            store.ingest(event("cut", 20, 1, true)).await.unwrap();
+            store.close().unwrap();
+        }
+        // Cut the last record's bytes, as a crash before its sync could;
+        // and move the checkpoint back as if its group were not yet flushed.
+        let seg = dir.path().join("segments").join(format!("{:016x}.seg", 1));
+        let size = std::fs::metadata(&seg).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(size - 2)
+            .unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("state").unwrap();
+            tree.insert(codec::DURABLE_KEY, 1u64.to_be_bytes().to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        assert!(store.event("s", "kept").await.unwrap().is_some());
+        assert!(!store.knows("s", "cut").unwrap());
+        assert_eq!(store.inbox().unwrap().len(), 1);
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+        // The same delivery again is new.
+        assert!(matches!(
+            store.ingest(event("cut", 30, 1, true)).await.unwrap(),
+            IngestResult::Accepted { .. }
+        ));
+        // The forgotten event's retention entry stayed behind: the sweep
+        // passes over what is gone and leaves nothing of it.
+        store.start_dispatcher(Vec::new()).unwrap();
+        store.settle().await.unwrap();
+        while store.sweep_expired(10_000, 100).await.unwrap() > 0 {}
+        assert_eq!(store.shared.tree.scan_prefix(b"x").count(), 0);
+        assert_eq!(store.shared.tree.scan_prefix(b"n").count(), 0);
+        assert!(!store.knows("s", "kept").unwrap());
+    }
+
+    /// A retention entry names the events of a whole group commit: the
+    /// sweep forgets those that may go, keeps the entry while one of them
+    /// waits in the inbox, and removes it once the inbox is past it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_retention_entry_keeps_only_its_waiting_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SledStore::open(&cfg(dir.path())).unwrap());
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .ingest(event(&format!("g{i}"), 0, 1, i % 10 == 0))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let entries = || store.shared.tree.scan_prefix(b"x").count();
+        println!("200 events in {} retention entries", entries());
+        // Every event is named by exactly one entry.
+        let mut named: Vec<u64> = store
+            .shared
+            .tree
+            .scan_prefix(b"x")
+            .flat_map(|kv| codec::decode_seqs(&kv.unwrap().1).collect::<Vec<_>>())
+            .collect();
+        named.sort_unstable();
+        assert_eq!(named, (1..=200).collect::<Vec<u64>>());
+        while store.sweep_expired(5000, 64).await.unwrap() > 0 {}
+        let known = (0..200)
+            .filter(|i| store.knows("s", &format!("g{i}")).unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(known, (0..200).step_by(10).collect::<Vec<_>>());
+        assert!(entries() > 0);
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+
+        store.start_dispatcher(Vec::new()).unwrap();
+        store.settle().await.unwrap();
+        while store.sweep_expired(5000, 64).await.unwrap() > 0 {}
+        assert!((0..200).all(|i| !store.knows("s", &format!("g{i}")).unwrap()));
+        assert_eq!(entries(), 0);
+        assert_eq!(store.shared.tree.scan_prefix(b"n").count(), 0);
+    }
+
+    /// Contract 10.4: the age of the oldest event waiting for the state
+    /// machine, from the first arrival past the cursor; none once drained.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_oldest_pending_event_is_the_first_past_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        assert_eq!(store.oldest_pending_ms().await.unwrap(), None);
+        store.ingest(event("first", 100, 1, true)).await.unwrap();
+        store.ingest(event("second", 200, 1, true)).await.unwrap();
+        assert_eq!(store.oldest_pending_ms().await.unwrap(), Some(100));
+        store.start_dispatcher(Vec::new()).unwrap();
+        store.settle().await.unwrap();
+        assert_eq!(store.oldest_pending_ms().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn sweep_is_bounded_by_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        for i in 0..10 {
+            store
+                .ingest(event(&format!("e{i}"), i, 1, false))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.sweep_expired(u64::MAX / 2, 4).await.unwrap(), 4);
+        assert_eq!(store.sweep_expired(u64::MAX / 2, 100).await.unwrap(), 6);
+        assert_eq!(store.sweep_expired(u64::MAX / 2, 100).await.unwrap(), 0);
+    }
+
+    async fn moving_shipment(dir: &Path) -> SledStore {
+        let config = crate::config::Config::parse(
+            r#"
+            [[sources]]
+            name = "c"
+            kind = "tracking"
+            secrets = ["x"]
+            signature = { scheme = "github" }
+            [sources.mapping]
+            tracking_number = "/tn"
+            status = "/st"
+            [sources.mapping.status_map]
+            transit = "IN_TRANSIT"
+            "#,
+            &crate::config::NoEnv,
+        )
+        .unwrap();
+        let store = SledStore::open(&cfg(dir)).unwrap();
+        store.start_dispatcher(config.sources).unwrap();
+        store
+            .create_shipment(
+                ShipmentRecord {
+                    shipment_id: "s1".into(),
+                    partner: "p".into(),
+                    order_id: "o".into(),
+                    created_at_ms: 1,
+                    tracking_number: None,
+                    label: None,
+                    details: serde_json::json!({}),
+                    timeline: crate::domain::shipment::Timeline::new(1),
+                    label_intent: None,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        store
+            .record_label("s1", "TN", serde_json::json!({"label_id": "l1"}), 2, None)
+            .await
+            .unwrap();
+        let mut ev = event("move", 10, 1, true);
+        ev.source = "c".into();
+        ev.tracking_number = Some("TN".into());
+        ev.fields = Some(crate::mapping::Fields {
+            key: "TN".into(),
+            status: "transit".into(),
+            occurred_at: None,
+        });
+        store.ingest(ev).await.unwrap();
+        store.settle().await.unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn a_moving_shipment_refuses_a_cancel_unless_its_label_was_voided_for_it() {
+        use crate::domain::shipment::ShipmentStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let store = moving_shipment(dir.path()).await;
+        assert_eq!(
+            store
+                .shipment("s1")
+                .await
+                .unwrap()
+                .unwrap()
+                .timeline
+                .status(),
+            ShipmentStatus::InTransit
+        );
+        assert!(matches!(
+            store.cancel("s1", 20, false, None).await,
+            Err(StateError::InvalidTransition)
+        ));
+        assert_eq!(
+            store
+                .shipment("s1")
+                .await
+                .unwrap()
+                .unwrap()
+                .timeline
+                .status(),
+            ShipmentStatus::InTransit
+        );
+        // The carrier already voided the label for this cancel: it is recorded.
+        let rec = store.cancel("s1", 20, true, None).await.unwrap();
+        assert_eq!(rec.timeline.status(), ShipmentStatus::Cancelled);
+        // And a label cannot be recorded on a cancelled shipment.
+        assert!(matches!(
+            store
+                .record_label("s1", "TN", serde_json::json!({}), 30, None)
+                .await,
+            Err(StateError::InvalidTransition)
+        ));
+    }
+}

@@ -1,0 +1,247 @@
+//! Three `waybill serve` processes on one PostgreSQL database (contract
+//! 10.8): every guarantee of section 1 holds across them. Intake
+//! deduplicates across replicas, an idempotency key runs once whichever
+//! replica gets each retry, and `kill -9` of one replica under load loses
+//! nothing it acknowledged while the others finish its inbox.
+//! `tests/support/pg.rs` says where the database is and what happens
+//! without one.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::json;
+use support::pg::{Schema, schema};
+use support::*;
+use waybill::signature::SchemeKind;
+
+const SECRET: &str = "whsec_cmVwbGljYXMtdGVzdC1rZXktMDAwMDAwMDAwMA==";
+
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("waybill.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+backend = "postgres"
+url = "env:WAYBILL_DATABASE_URL"
+pool_size = 8
+[[partners]]
+name = "acme"
+api_keys = ["acme-key"]
+[[sources]]
+name = "carrier"
+kind = "tracking"
+secrets = ["{SECRET}"]
+signature = {{ scheme = "standard-webhooks" }}
+event_type = "/type"
+accept_event_types = ["tracking.updated"]
+[sources.mapping]
+tracking_number = "/data/tracking_number"
+status = "/data/status"
+occurred_at = "/data/occurred_at"
+[sources.mapping.status_map]
+IN_TRANSIT = "IN_TRANSIT"
+DELIVERED = "DELIVERED"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Three replicas on `schema`, started one after the other (each applies
+/// or finds the migrations).
+fn replicas(dir: &Path, schema: &Schema) -> Vec<Gateway> {
+    let config = write_config(dir);
+    (0..3)
+        .map(|_| Gateway::start_with_env(&config, &[("WAYBILL_DATABASE_URL", &schema.url)]))
+        .collect()
+}
+
+fn delivery(id: &str, tn: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    let body = json!({"type": "tracking.updated", "data": {"tracking_number": tn,
+        "status": "IN_TRANSIT", "occurred_at": "2026-11-20T10:00:00Z"}})
+    .to_string()
+    .into_bytes();
+    let h = signed(SchemeKind::StandardWebhooks, SECRET, &body, now(), id);
+    (h, body)
+}
+
+async fn count(schema: &Schema, sql: &str) -> i64 {
+    schema
+        .client
+        .query_one(&schema.q(sql), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_copies_over_three_replicas_get_one_202() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gateways = replicas(dir.path(), &schema);
+    let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.addr).collect();
+    let (h, body) = delivery("evt-one", "TN-ONE");
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let (addr, h, body) = (addrs[i % 3], h.clone(), body.clone());
+        sends.spawn(async move { post(addr, "/webhooks/carrier", &h, body).await.status });
+    }
+    let mut statuses = Vec::new();
+    while let Some(s) = sends.join_next().await {
+        statuses.push(s.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        39,
+        "{statuses:?}"
+    );
+    assert_eq!(count(&schema, "SELECT count(*) FROM events").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_retries_of_one_key_over_three_replicas_create_one_shipment() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gateways = replicas(dir.path(), &schema);
+    let address =
+        json!({"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "US"});
+    let body = json!({"order_id": "o-1", "carrier": "ups", "service": "ground", "from": address,
+        "to": address, "parcels": [{"weight_grams": 100, "length_cm": 1, "width_cm": 1, "height_cm": 1}]})
+    .to_string();
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (addr, body) = (gateways[i % 3].addr, body.clone());
+        sends.spawn(
+            async move { post(addr, "/v1/shipments", &partner_headers("one-key"), body).await },
+        );
+    }
+    let mut created = HashSet::new();
+    while let Some(r) = sends.join_next().await {
+        let r = r.unwrap();
+        match r.status.as_u16() {
+            201 => {
+                created.insert(r.json()["shipment_id"].as_str().unwrap().to_string());
+            }
+            409 => assert_eq!(r.code(), "IDEMPOTENCY_IN_PROGRESS"),
+            other => panic!("unexpected {other}: {:?}", r.body),
+        }
+    }
+    assert_eq!(created.len(), 1, "every answer names the one shipment");
+    assert_eq!(count(&schema, "SELECT count(*) FROM shipments").await, 1);
+    // A retry after all that replays the stored answer, on any replica.
+    for g in &gateways {
+        let r = post(
+            g.addr,
+            "/v1/shipments",
+            &partner_headers("one-key"),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+        assert!(created.contains(r.json()["shipment_id"].as_str().unwrap()));
+    }
+}
+
+/// `kill -9` of one replica while three take a stream of deliveries:
+/// every delivery any of them acknowledged is stored, and the two left
+/// dispatch everything, the dead one's share included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_one_replica_under_load_loses_nothing_it_acknowledged() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateways = replicas(dir.path(), &schema);
+    let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.addr).collect();
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut senders = tokio::task::JoinSet::new();
+    for (r, addr) in addrs.iter().enumerate() {
+        let (addr, acked) = (*addr, acked_tx.clone());
+        senders.spawn(async move {
+            for n in 0..300 {
+                let id = format!("r{r}-{n}");
+                let (h, body) = delivery(&id, &format!("TN-{}", n % 7));
+                let answered = Client::new(addr)
+                    .try_send("POST", "/webhooks/carrier", &h, body)
+                    .await;
+                match answered {
+                    Ok(resp) if resp.status == 202 => {
+                        let _ = acked.send(id);
+                    }
+                    // The killed replica stops answering: its sender stops.
+                    _ => return,
+                }
+            }
+        });
+    }
+    drop(acked_tx);
+    // Kill replica 0 once it has acknowledged some of its deliveries.
+    let mut acked = HashSet::new();
+    while acked
+        .iter()
+        .filter(|id: &&String| id.starts_with("r0-"))
+        .count()
+        < 50
+    {
+        acked.insert(acked_rx.recv().await.expect("deliveries are acknowledged"));
+    }
+    let killed = gateways.remove(0);
+    drop(killed);
+    while let Some(id) = acked_rx.recv().await {
+        acked.insert(id);
+    }
+    while senders.join_next().await.is_some() {}
+    assert!(
+        acked.len() > 50 + 2 * 250,
+        "the others kept going: {}",
+        acked.len()
+    );
+
+    // Nothing acknowledged is missing.
+    let rows = schema
+        .client
+        .query(&schema.q("SELECT event_id FROM events"), &[])
+        .await
+        .unwrap();
+    let stored: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<&String> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+
+    // The survivors dispatch everything, the dead replica's share too.
+    let mut pending = i64::MAX;
+    for _ in 0..500 {
+        pending = count(
+            &schema,
+            "SELECT count(*) FROM events WHERE dispatch AND outcome IS NULL",
+        )
+        .await;
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(pending, 0, "the inbox drains on the replicas left");
+    assert_eq!(
+        count(&schema, "SELECT count(*) FROM events WHERE attempts <> 1").await,
+        0,
+        "each event dispatched once"
+    );
+}

@@ -1,0 +1,142 @@
+//! A schema of its own on the test database for each test that runs on
+//! PostgreSQL. The machines run PostgreSQL 15 on 127.0.0.1:5432 with a
+//! database `test` (`WAYBILL_TEST_DATABASE_URL` overrides). Without a
+//! server the tests say they were skipped and why, and pass, unless
+//! `WAYBILL_REQUIRE_POSTGRES` is set (`.ci/run` sets it): then they fail.
+
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+pub fn base_url() -> String {
+    std::env::var("WAYBILL_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.into())
+}
+
+/// A fresh schema, dropped with the guard.
+pub struct Schema {
+    /// A URL whose connections work in the schema (first on their search
+    /// path).
+    pub url: String,
+    pub name: String,
+    /// A connection for the test's own queries (they name the schema).
+    pub client: tokio_postgres::Client,
+}
+
+/// A fresh schema on the test database; None (after saying why) when no
+/// server answers and none is required.
+pub async fn schema() -> Option<Schema> {
+    let base = base_url();
+    let (client, conn) = match tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("WAYBILL_REQUIRE_POSTGRES").is_none(),
+                "PostgreSQL is required here and {base} does not answer: {e}"
+            );
+            eprintln!(
+                "skipped: no PostgreSQL at {base} ({e}); set WAYBILL_TEST_DATABASE_URL to run the PostgreSQL tests"
+            );
+            return None;
+        }
+    };
+    tokio::spawn(conn);
+    drop_stale(&client).await;
+    let name = format!("t_{}_{:016x}", now_secs(), fastrand::u64(..));
+    client
+        .batch_execute(&format!("CREATE SCHEMA {name}"))
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-csearch_path%3D{name}");
+    Some(Schema { url, name, client })
+}
+
+impl Schema {
+    /// `sql` with the tables named in the schema.
+    pub fn q(&self, sql: &str) -> String {
+        let mut out = sql.to_string();
+        for t in [
+            "events",
+            "shipments",
+            "orders",
+            "idempotency_keys",
+            "fulfilments",
+        ] {
+            out = out.replace(&format!(" {t}"), &format!(" {}.{t}", self.name));
+        }
+        out
+    }
+}
+
+impl Drop for Schema {
+    /// Drops the schema from a thread of its own, without waiting for it:
+    /// a gateway of the test may still hold a transaction in it until the
+    /// test's runtime is gone, so the thread retries for a while. A schema
+    /// it could not drop (the process ended first) is dropped by a later
+    /// run's `schema` an hour on.
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            for _ in 0..60 {
+                if drop_schema(&name).is_some() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        });
+    }
+}
+
+/// Drops a schema unless a lock holds it for more than a second.
+fn drop_schema(name: &str) -> Option<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&base_url(), tokio_postgres::NoTls)
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "SET lock_timeout = '1s'; DROP SCHEMA IF EXISTS {name} CASCADE"
+            ))
+            .await
+            .ok()
+    })
+}
+
+/// Drops the schemas earlier runs left behind, an hour after they were
+/// made (their names carry the time).
+async fn drop_stale(client: &tokio_postgres::Client) {
+    let Ok(rows) = client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname ~ '^t_[0-9]+_[0-9a-f]+$'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    let hour_ago = now_secs().saturating_sub(3600);
+    for row in rows {
+        let name: String = row.get(0);
+        let made: u64 = name
+            .split('_')
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(u64::MAX);
+        if made < hour_ago {
+            let _ = client
+                .batch_execute(&format!(
+                    "SET lock_timeout = '1s'; DROP SCHEMA IF EXISTS {name} CASCADE"
+                ))
+                .await;
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1362,6 +1362,51 @@ mod tests {
         assert!(text.contains("MISSING_SECRET is not set"), "{text}");
     }
 
+    /// Contract 10.8: the store's backend, its URL as a secret reference,
+    /// and what is refused.
+    #[test]
+    fn the_postgres_backend_takes_its_url_from_a_secret_reference() {
+        let env = MapEnv(HashMap::from([("DB", "postgres://u:pw@db/waybill")]));
+        let cfg = Config::parse(
+            "[store]\nbackend = \"postgres\"\nurl = \"env:DB\"\npool_size = 4",
+            &env,
+        )
+        .unwrap();
+        match &cfg.store.backend {
+            StoreBackend::Postgres { url, pool_size } => {
+                assert_eq!(url.expose(), "postgres://u:pw@db/waybill");
+                assert_eq!(*pool_size, 4);
+                assert!(!format!("{:?}", cfg.store).contains("pw"), "never shown");
+            }
+            other => panic!("{other:?}"),
+        }
+        let sled = Config::parse("", &no_env()).unwrap();
+        assert_eq!(sled.store.backend, StoreBackend::Sled);
+        for (text, key, why) in [
+            ("backend = \"postgres\"", "store.url", "required"),
+            (
+                "backend = \"postgres\"\nurl = \"env:UNSET\"",
+                "store.url",
+                "UNSET is not set",
+            ),
+            (
+                "backend = \"mysql\"",
+                "store.backend",
+                "\"sled\" or \"postgres\"",
+            ),
+            ("url = \"postgres://x\"", "store.url", "only used with"),
+            (
+                "backend = \"postgres\"\nurl = \"x\"\npool_size = 1",
+                "store.pool_size",
+                "",
+            ),
+        ] {
+            let err = Config::parse(&format!("[store]\n{text}"), &no_env()).unwrap_err();
+            assert!(keys(&err).contains(&key), "{text}: {err}");
+            assert!(err.to_string().contains(why), "{text}: {err}");
+        }
+    }
+
     #[test]
     fn secrets_resolve_from_env_file_and_literal() {
         let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,9 @@
 //! (`abort`, a real process death) at each step boundary of buying a label:
 //! after claiming the key, after the carrier answered, and before the local
 //! commit. After a restart, retrying with the same key gives one label,
-//! bought once at the carrier, never two, and the key is never stuck.
+//! bought once at the carrier, never two, and the key is never stuck. On
+//! both adapters: sled, and PostgreSQL (`support::pg`), where the retry
+//! waits out the dead process's claim (a short lease here).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -14,13 +16,18 @@ use serde_json::Value;
 use support::*;
 use waybill::simulator::SimConfig;
 
-fn write_config(dir: &Path, sim: SocketAddr) -> std::path::PathBuf {
+fn write_config(dir: &Path, sim: SocketAddr, on_postgres: bool) -> std::path::PathBuf {
+    let store = if on_postgres {
+        "backend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"\npool_size = 4\nin_progress_timeout = \"1s\"".to_string()
+    } else {
+        format!("path = \"{}\"", dir.join("data").display())
+    };
     let text = format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 [store]
-path = "{}"
+{store}
 [[partners]]
 name = "acme"
 api_keys = ["acme-key"]
@@ -28,8 +35,7 @@ api_keys = ["acme-key"]
 base_url = "http://{sim}"
 timeout = "1s"
 backoff = {{ initial = "5ms", max = "20ms" }}
-"#,
-        dir.join("data").display()
+"#
     );
     let path = dir.join("waybill.toml");
     std::fs::write(&path, text).unwrap();
@@ -49,6 +55,15 @@ async fn buy(addr: SocketAddr, id: &str, key: &str) -> Result<Resp, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_label_purchase_killed_at_any_step_is_bought_once() {
+    killed_at_each_step(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_label_purchase_killed_at_any_step_is_bought_once() {
+    killed_at_each_step(true).await;
+}
+
+async fn killed_at_each_step(on_postgres: bool) {
     let sim = start_sim(SimConfig {
         default_stock: 1000,
         ..SimConfig::default()
@@ -61,16 +76,27 @@ async fn a_label_purchase_killed_at_any_step_is_bought_once() {
         "label-before-commit",
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let config = write_config(dir.path(), sim);
-        let gw =
-            Gateway::start_with_env(&config, &[("FAILPOINTS", &format!("{failpoint}=return"))]);
+        let Some(pg) = support::pg::if_postgres(on_postgres).await else {
+            return;
+        };
+        let url = pg.as_ref().map_or(String::new(), |s| s.url.clone());
+        let config = write_config(dir.path(), sim, on_postgres);
+        let env = [("WAYBILL_DATABASE_URL", url.as_str())];
+        let failing = format!("{failpoint}=return");
+        let gw = Gateway::start_with_env(&config, &[env[0], ("FAILPOINTS", &failing)]);
         let id = create_shipment(gw.addr, failpoint).await;
         let key = format!("buy-{failpoint}");
         let died = buy(gw.addr, &id, &key).await;
         died_at(gw, &died, failpoint);
 
-        let gw = Gateway::start(&config);
-        let first = buy(gw.addr, &id, &key).await.unwrap();
+        let gw = Gateway::start_with_env(&config, &env);
+        // On PostgreSQL the retry waits out the dead claim's lease; on
+        // sled the restart freed the key.
+        let first = if pg.is_some() {
+            past_dead_claim(async || buy(gw.addr, &id, &key).await.unwrap()).await
+        } else {
+            buy(gw.addr, &id, &key).await.unwrap()
+        };
         assert_eq!(first.status, 201, "{failpoint}: {:?}", first.body);
         let label = first.json();
         let replay = buy(gw.addr, &id, &key).await.unwrap();

@@ -3,21 +3,24 @@
 //! reservation, after the charge, after the charge is recorded, after the
 //! shipment, after the label. After a restart, the retry with the same key
 //! finishes the order, the payment service has one charge, the inventory
-//! one reservation, the carrier one label, and the store is whole.
+//! one reservation, the carrier one label, and the store is whole. On
+//! both adapters: sled, and PostgreSQL (`support::pg`).
 
 #[path = "support/mod.rs"]
 mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use waybill::store::Store as _;
+use waybill::store::Store;
+use waybill::store::postgres::PgStore;
 
 use serde_json::{Value, json};
+use support::pg::Schema;
 use support::*;
 use waybill::simulator::SimConfig;
 
-fn write_config(dir: &Path, sim: SocketAddr) -> std::path::PathBuf {
-    write_gateway_config(
+fn write_config(dir: &Path, sim: SocketAddr, pg: Option<&Schema>) -> std::path::PathBuf {
+    let path = write_gateway_config(
         dir,
         "",
         &format!(
@@ -31,7 +34,18 @@ timeout = "1s"
 backoff = {{ initial = "5ms", max = "20ms" }}
 "#
         ),
-    )
+    );
+    if pg.is_some() {
+        let text = std::fs::read_to_string(&path).unwrap().replacen(
+            "[store]\n",
+            // A short lease: the dead process's claim holds its key until
+            // the lease ends (docs/OPERATIONS.md).
+            "[store]\nbackend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"\npool_size = 4\nin_progress_timeout = \"1s\"\n",
+            1,
+        );
+        std::fs::write(&path, text.replacen("path = ", "# path = ", 1)).unwrap();
+    }
+    path
 }
 
 async fn place(addr: SocketAddr, order_id: &str, key: &str) -> Result<Resp, String> {
@@ -61,6 +75,15 @@ fn rows<'a>(ledger: &'a Value, kind: &str, key: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_charged_once() {
+    killed_between_steps(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_an_order_killed_between_any_two_steps_is_finished_and_charged_once() {
+    killed_between_steps(true).await;
+}
+
+async fn killed_between_steps(on_postgres: bool) {
     let sim = start_sim(SimConfig {
         default_stock: 1000,
         ..SimConfig::default()
@@ -74,24 +97,37 @@ async fn an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_char
         "order-after-label",
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let config = write_config(dir.path(), sim);
-        let gw =
-            Gateway::start_with_env(&config, &[("FAILPOINTS", &format!("{failpoint}=return"))]);
+        let Some(pg) = support::pg::if_postgres(on_postgres).await else {
+            return;
+        };
+        let url = pg.as_ref().map_or(String::new(), |s| s.url.clone());
+        let config = write_config(dir.path(), sim, pg.as_ref());
+        let env = [("WAYBILL_DATABASE_URL", url.as_str())];
+        let failing = format!("{failpoint}=return");
+        let gw = Gateway::start_with_env(&config, &[env[0], ("FAILPOINTS", &failing)]);
         let order_id = format!("o-{failpoint}");
         let key = format!("key-{failpoint}");
         let died = place(gw.addr, &order_id, &key).await;
         died_at(gw, &died, failpoint);
 
-        let gw = Gateway::start(&config);
-        let first = place(gw.addr, &order_id, &key).await.unwrap();
+        let gw = Gateway::start_with_env(&config, &env);
+        // On PostgreSQL the retry waits out the dead claim's lease; on
+        // sled the restart freed the key.
+        let first = if pg.is_some() {
+            past_dead_claim(async || place(gw.addr, &order_id, &key).await.unwrap()).await
+        } else {
+            place(gw.addr, &order_id, &key).await.unwrap()
+        };
         assert_eq!(first.status, 201, "{failpoint}: {:?}", first.body);
         let answer = first.json();
         assert_eq!(answer["status"], "CONFIRMED", "{failpoint}");
-        // The request's log line names the order and its shipment.
-        let logged = gw.await_log(1, |v| {
-            v["message"] == "request" && v["order_id"] == order_id.as_str()
-        });
+        // The request's log line names the order and its shipment (the
+        // retries that waited out a lease are logged too, without one).
+        let with_order =
+            |v: &Value| v["message"] == "request" && v["order_id"] == order_id.as_str();
+        let logged = gw.await_log(1, |v| with_order(v) && v["shipment_id"].is_string());
         assert_eq!(logged.len(), 1, "{failpoint}");
+        let seen = gw.log_lines(with_order).len();
         assert_eq!(logged[0]["shipment_id"], answer["shipment_id"]);
         assert_eq!(logged[0]["partner"], "acme");
         let replay = place(gw.addr, &order_id, &key).await.unwrap();
@@ -101,10 +137,8 @@ async fn an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_char
             .unwrap();
         assert_eq!(other.code(), "ORDER_EXISTS", "{failpoint}");
         // The replay and the refusal are logged with the order too.
-        let logged = gw.await_log(3, |v| {
-            v["message"] == "request" && v["order_id"] == order_id.as_str()
-        });
-        assert_eq!(logged.len(), 3, "{failpoint}");
+        let logged = gw.await_log(seen + 2, with_order);
+        assert_eq!(logged.len(), seen + 2, "{failpoint}");
 
         let ledger = get(sim, "/_sim/ledger").await.json();
         let charges = rows(&ledger, "charges", &format!("charge:acme:{order_id}"));
@@ -124,12 +158,20 @@ async fn an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_char
         assert_eq!(labels[0]["tracking_number"], answer["tracking_number"]);
         gw.terminate();
 
-        let store = open_store(&dir.path().join("data")).await;
-        assert_eq!(
-            store.integrity_problems().unwrap(),
-            Vec::<String>::new(),
-            "{failpoint}"
-        );
+        let store: std::sync::Arc<dyn Store> = match &pg {
+            None => {
+                let store = open_store(&dir.path().join("data")).await;
+                assert_eq!(
+                    store.integrity_problems().unwrap(),
+                    Vec::<String>::new(),
+                    "{failpoint}"
+                );
+                store
+            }
+            Some(schema) => std::sync::Arc::new(
+                PgStore::connect(&schema.url, 2, waybill::health::Health::new()).unwrap(),
+            ),
+        };
         let order = store.order("acme", &order_id).await.unwrap().unwrap();
         let shipment = store
             .shipment(order.progress.shipment_id.as_deref().unwrap())
@@ -138,6 +180,8 @@ async fn an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_char
             .unwrap();
         assert_eq!(shipment.order_id, order_id);
         assert!(shipment.label.is_some(), "{failpoint}");
-        close_store(store).await;
+        tokio::task::spawn_blocking(move || store.close().unwrap())
+            .await
+            .unwrap();
     }
 }

@@ -245,3 +245,128 @@ async fn kill_9_of_one_replica_under_load_loses_nothing_it_acknowledged() {
         "each event dispatched once"
     );
 }
+
+/// A TCP proxy to the database that can be cut: while cut it drops every
+/// connection it carries and refuses new ones.
+struct Proxy {
+    addr: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(to: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cuts, watch) = tokio::sync::watch::channel(0u64);
+        let flag = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let mut cut_now = watch.clone();
+                // Only cuts from now on end this connection.
+                cut_now.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_now.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            cut,
+            cuts,
+            task,
+        }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            self.cuts.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `probe` every 20 ms until it holds, for at most ten seconds.
+async fn eventually(mut probe: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Contract 10.8: while the database is unreachable `/readyz` is 503 and
+/// webhooks and writes answer 503 `STORE_UNAVAILABLE` with `Retry-After:
+/// 5`, acknowledging nothing; once it is back the gateway is ready and
+/// takes them again by itself, and the retried delivery is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_503_with_retry_after_and_heals_by_itself() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let base: tokio_postgres::Config = support::pg::base_url().parse().unwrap();
+    let port = base.get_ports().first().copied().unwrap_or(5432);
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let url = schema
+        .url
+        .replace(&format!("127.0.0.1:{port}"), &proxy.addr.to_string());
+    assert_ne!(url, schema.url, "the database is reached through the proxy");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let gateway = Gateway::start_with_env(&config, &[("WAYBILL_DATABASE_URL", &url)]);
+    let addr = gateway.addr;
+    assert_eq!(get(addr, "/readyz").await.status, 200);
+
+    proxy.set_cut(true);
+    let (h, body) = delivery("evt-outage", "TN-OUT");
+    let refused = post(addr, "/webhooks/carrier", &h, body.clone()).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(refused.code(), "STORE_UNAVAILABLE");
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    let address =
+        json!({"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "US"});
+    let shipment = json!({"order_id": "o-out", "carrier": "ups", "service": "ground",
+        "from": address, "to": address,
+        "parcels": [{"weight_grams": 100, "length_cm": 1, "width_cm": 1, "height_cm": 1}]})
+    .to_string();
+    let write = post(addr, "/v1/shipments", &partner_headers("k-out"), shipment).await;
+    assert_eq!(write.status, 503, "{:?}", write.body);
+    assert_eq!(write.code(), "STORE_UNAVAILABLE");
+    assert!(
+        eventually(async || get(addr, "/readyz").await.status == 503).await,
+        "/readyz turns 503 while the database is away"
+    );
+    assert_eq!(get(addr, "/healthz").await.status, 200, "alive all along");
+
+    proxy.set_cut(false);
+    assert!(
+        eventually(async || get(addr, "/readyz").await.status == 200).await,
+        "ready again once the database is back"
+    );
+    let stored = post(addr, "/webhooks/carrier", &h, body.clone()).await;
+    assert_eq!(stored.status, 202, "{:?}", stored.body);
+    assert_eq!(post(addr, "/webhooks/carrier", &h, body).await.status, 200);
+    assert_eq!(count(&schema, "SELECT count(*) FROM events").await, 1);
+}

@@ -153,6 +153,22 @@ pub struct CancelAnswer {
     pub render: fn(&ShipmentRecord) -> serde_json::Value,
 }
 
+impl CancelAnswer {
+    /// The stored answer: the shipment as the cancel left it.
+    pub fn completion(self, shipment: &ShipmentRecord) -> Completion {
+        Completion {
+            partner: self.partner,
+            key: self.key,
+            record: crate::idempotency::Record::Done {
+                fingerprint: self.fingerprint,
+                status: 200,
+                body: (self.render)(shipment).to_string(),
+                expires_at_ms: self.expires_at_ms,
+            },
+        }
+    }
+}
+
 /// What creating an order found.
 #[derive(Debug, Clone)]
 pub enum OrderCreated {

@@ -467,3 +467,18 @@ pub fn died_at(gw: Gateway, died: &Result<Resp, String>, failpoint: &str) {
         "{failpoint}: {status:?}"
     );
 }
+
+/// Sends until the answer is not 409 `IDEMPOTENCY_IN_PROGRESS`, at most
+/// 100 times 50 ms apart, as a client retrying on it does: on PostgreSQL a
+/// claim whose process died holds its key until its lease ends.
+pub async fn past_dead_claim(mut send: impl AsyncFnMut() -> Resp) -> Resp {
+    let mut answer = send().await;
+    for _ in 0..100 {
+        if answer.code() != "IDEMPOTENCY_IN_PROGRESS" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        answer = send().await;
+    }
+    answer
+}

@@ -140,3 +140,14 @@ fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// For a test body that runs on either adapter: `Some(None)` on sled,
+/// `Some(Some(schema))` on PostgreSQL, None when PostgreSQL is wanted and
+/// missing (after `schema` said why): skip.
+pub async fn if_postgres(on_postgres: bool) -> Option<Option<Schema>> {
+    if on_postgres {
+        schema().await.map(Some)
+    } else {
+        Some(None)
+    }
+}

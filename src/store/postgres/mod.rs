@@ -269,12 +269,24 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 async fn dispatcher(inner: Arc<Inner>) {
     let alive = inner.health.enter(Component::Dispatcher, STALL_AFTER);
     inner.dispatcher_running.store(true, Ordering::Release);
+    let mut failing = false;
     loop {
         alive.beat();
         match deadline(inner.dispatch(PASS)).await {
-            Ok(n) if n > 0 => continue,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "dispatch failed; trying again"),
+            Ok(n) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("dispatch works again");
+                }
+                if n > 0 {
+                    continue;
+                }
+            }
+            // Once per outage, not once per poll.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "dispatch failed; trying again until it works");
+            }
+            Err(_) => {}
         }
         tokio::select! {
             _ = inner.wake.notified() => {}
@@ -636,39 +648,28 @@ impl Store for PgStore {
     }
 
     async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        deadline(async {
-            let client = self.inner.client().await?;
-            // Events still waiting for dispatch stay until dispatched.
-            let n = client
-                .execute(
-                    "DELETE FROM events WHERE seq IN (
-                         SELECT seq FROM events
-                         WHERE expires_at_ms <= $1 AND NOT (dispatch AND outcome IS NULL)
-                         ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                    &[&ms(now_ms), &to_i64(limit)],
-                )
-                .await
-                .map_err(db_err)?;
-            Ok(usize::try_from(n).unwrap_or(0))
-        })
+        // Events still waiting for dispatch stay until dispatched.
+        self.sweep(
+            "DELETE FROM events WHERE seq IN (
+                 SELECT seq FROM events
+                 WHERE expires_at_ms <= $1 AND NOT (dispatch AND outcome IS NULL)
+                 ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            now_ms,
+            limit,
+        )
         .await
     }
 
     async fn sweep_idempotency(&self, now_ms: u64, limit: usize) -> Result<usize, StateError> {
-        deadline(async {
-            let client = self.inner.client().await?;
-            let n = client
-                .execute(
-                    "DELETE FROM idempotency_keys WHERE (partner, key) IN (
-                         SELECT partner, key FROM idempotency_keys WHERE expires_at_ms < $1
-                         ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                    &[&ms(now_ms), &to_i64(limit)],
-                )
-                .await
-                .map_err(db_err)?;
-            Ok(usize::try_from(n).unwrap_or(0))
-        })
-        .await
+        Ok(self
+            .sweep(
+                "DELETE FROM idempotency_keys WHERE (partner, key) IN (
+                     SELECT partner, key FROM idempotency_keys WHERE expires_at_ms < $1
+                     ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                now_ms,
+                limit,
+            )
+            .await?)
     }
 
     async fn inbox_pending(&self) -> Result<i64, StoreError> {
@@ -747,6 +748,20 @@ const EVENT_COLUMNS: &str = "seq, source, event_id, received_at_ms, event_type, 
 type Tx<'a> = tokio_postgres::Transaction<'a>;
 
 impl PgStore {
+    /// Runs a retention `DELETE` of at most `$2` rows expired at `$1`;
+    /// rows another process is deleting are skipped. How many it deleted.
+    async fn sweep(&self, sql: &str, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            let n = client
+                .execute(sql, &[&ms(now_ms), &to_i64(limit)])
+                .await
+                .map_err(db_err)?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn count(&self, sql: &str) -> Result<i64, StoreError> {
         deadline(async {
             let client = self.inner.client().await?;

@@ -39,6 +39,28 @@ fn order_lock(order_id: &str) -> String {
     format!("o:{order_id}")
 }
 
+/// An event of a source the config no longer has.
+fn gone(source: &str) -> Interpretation {
+    Interpretation::Dead {
+        reason: format!("source {source} is no longer configured"),
+    }
+}
+
+/// A stored event read again from its body with the current config
+/// (redelivery, unparking).
+fn reread(
+    sources: &Sources,
+    source: &str,
+    event_id: &str,
+    received_at_ms: u64,
+    body: &[u8],
+) -> Interpretation {
+    match sources.get(source) {
+        None => gone(source),
+        Some(cfg) => interpret(cfg, event_id, received_at_ms, body),
+    }
+}
+
 /// The key an interpretation parks under, if any.
 fn lock_of(interpretation: &Interpretation) -> Option<String> {
     match interpretation {
@@ -282,12 +304,8 @@ impl<'a> Pass<'a> {
             let source: String = row.get(1);
             let event_id: String = row.get(2);
             let received_at_ms = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
-            let interpretation = match self.sources.get(&source) {
-                None => Interpretation::Dead {
-                    reason: format!("source {source} is no longer configured"),
-                },
-                Some(cfg) => interpret(cfg, &event_id, received_at_ms, row.get::<_, &[u8]>(4)),
-            };
+            let interpretation =
+                reread(self.sources, &source, &event_id, received_at_ms, row.get(4));
             let attempts = u32::try_from(row.get::<_, i32>(5)).unwrap_or(0);
             let out = self
                 .apply(row.get(0), &source, attempts, interpretation)
@@ -412,9 +430,7 @@ pub(super) async fn dispatch(
             .get::<_, Option<&str>>(4)
             .and_then(|f| serde_json::from_str(f).ok());
         let interpretation = match (sources.get(&source), &fields) {
-            (None, _) => Interpretation::Dead {
-                reason: format!("source {source} is no longer configured"),
-            },
+            (None, _) => gone(&source),
             (Some(cfg), Some(fields)) => interpret_fields(cfg, &event_id, received_at_ms, fields),
             (Some(_), None) => Interpretation::NotDispatched,
         };
@@ -445,12 +461,7 @@ pub(super) async fn redeliver(
         .map_err(db_err)?
         .ok_or(StateError::NotFound)?;
     let received_at_ms = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
-    let interpretation = match sources.get(source) {
-        None => Interpretation::Dead {
-            reason: format!("source {source} is no longer configured"),
-        },
-        Some(cfg) => interpret(cfg, event_id, received_at_ms, row.get::<_, &[u8]>(2)),
-    };
+    let interpretation = reread(sources, source, event_id, received_at_ms, row.get(2));
     lock(tx, lock_of(&interpretation)).await?;
     // Read again under the row lock: another process may have moved it.
     let row = tx
@@ -632,21 +643,7 @@ pub(super) async fn cancel(
     pass.dirty_shipments.insert(shipment_id.to_string());
     pass.finish().await?;
     if let Some(a) = answer {
-        let body = (a.render)(&record).to_string();
-        put_completion(
-            tx,
-            &Completion {
-                partner: a.partner,
-                key: a.key,
-                record: idempotency::Record::Done {
-                    fingerprint: a.fingerprint,
-                    status: 200,
-                    body,
-                    expires_at_ms: a.expires_at_ms,
-                },
-            },
-        )
-        .await?;
+        put_completion(tx, &a.completion(&record)).await?;
     }
     Ok(record)
 }

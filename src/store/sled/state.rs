@@ -939,20 +939,7 @@ impl StateMachine {
         let record = shipment.clone();
         pass.touch(shipment_id);
         if let Some(a) = answer {
-            let body = (a.render)(&record).to_string();
-            put_completion(
-                &mut pass.batch,
-                &Completion {
-                    partner: a.partner,
-                    key: a.key,
-                    record: idempotency::Record::Done {
-                        fingerprint: a.fingerprint,
-                        status: 200,
-                        body,
-                        expires_at_ms: a.expires_at_ms,
-                    },
-                },
-            );
+            put_completion(&mut pass.batch, &a.completion(&record));
         }
         pass.commit(&self.shared)?;
         Ok(record)

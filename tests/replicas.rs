@@ -20,7 +20,8 @@ use waybill::signature::SchemeKind;
 
 const SECRET: &str = "whsec_cmVwbGljYXMtdGVzdC1rZXktMDAwMDAwMDAwMA==";
 
-fn write_config(dir: &Path) -> std::path::PathBuf {
+/// The replicas' config, with `extra` (TOML) at the end.
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("waybill.toml");
     std::fs::write(
         &path,
@@ -49,6 +50,7 @@ occurred_at = "/data/occurred_at"
 [sources.mapping.status_map]
 IN_TRANSIT = "IN_TRANSIT"
 DELIVERED = "DELIVERED"
+{extra}
 "#
         ),
     )
@@ -59,7 +61,11 @@ DELIVERED = "DELIVERED"
 /// Three replicas on `schema`, started one after the other (each applies
 /// or finds the migrations).
 fn replicas(dir: &Path, schema: &Schema) -> Vec<Gateway> {
-    let config = write_config(dir);
+    replicas_with(dir, schema, "")
+}
+
+fn replicas_with(dir: &Path, schema: &Schema, extra: &str) -> Vec<Gateway> {
+    let config = write_config(dir, extra);
     (0..3)
         .map(|_| Gateway::start_with_env(&config, &[("WAYBILL_DATABASE_URL", &schema.url)]))
         .collect()
@@ -334,7 +340,7 @@ async fn a_database_outage_is_503_with_retry_after_and_heals_by_itself() {
         .replace(&format!("127.0.0.1:{port}"), &proxy.addr.to_string());
     assert_ne!(url, schema.url, "the database is reached through the proxy");
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = write_config(dir.path(), "");
     let gateway = Gateway::start_with_env(&config, &[("WAYBILL_DATABASE_URL", &url)]);
     let addr = gateway.addr;
     assert_eq!(get(addr, "/readyz").await.status, 200);
@@ -369,4 +375,80 @@ async fn a_database_outage_is_503_with_retry_after_and_heals_by_itself() {
     assert_eq!(stored.status, 202, "{:?}", stored.body);
     assert_eq!(post(addr, "/webhooks/carrier", &h, body).await.status, 200);
     assert_eq!(count(&schema, "SELECT count(*) FROM events").await, 1);
+}
+
+/// A paid order whose label could not be bought waits in the fulfilment
+/// queue; `kill -9` of the replica that took it does not strand it: the
+/// others fulfil it once the carrier is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_replica_leaves_its_pending_fulfilment_to_the_others() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let sim = start_sim(waybill::simulator::SimConfig {
+        default_stock: 100,
+        ..Default::default()
+    })
+    .await;
+    let split = split_downstream(sim).await;
+    split
+        .carrier_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateways = replicas_with(
+        dir.path(),
+        &schema,
+        &format!(
+            "[downstream]\nbase_url = \"http://{}\"\ntimeout = \"1s\"\nbackoff = {{ initial = \"5ms\", max = \"20ms\" }}",
+            split.addr
+        ),
+    );
+    let body = json!({
+        "order_id": "o-stranded", "customer_id": "cus-1", "amount_cents": 1000, "currency": "EUR",
+        "items": [{"sku": "SKU-1", "quantity": 1}],
+        "ship_to": {"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "DE"},
+    })
+    .to_string();
+    let placed = post(
+        gateways[0].addr,
+        "/v1/orders",
+        &partner_headers("k-stranded"),
+        body,
+    )
+    .await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    assert_eq!(
+        placed.json()["status"],
+        "PAYMENT_SUCCESS_PENDING_FULFILLMENT"
+    );
+    // The replica that charged it dies before its first background try.
+    drop(gateways.remove(0));
+    split
+        .carrier_down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let survivor = gateways[0].addr;
+    let confirmed = eventually(async || {
+        let order = Client::new(survivor)
+            .send(
+                "GET",
+                "/v1/orders/o-stranded",
+                &partner_headers("x"),
+                bytes::Bytes::new(),
+            )
+            .await
+            .json();
+        order["status"] == "CONFIRMED"
+    })
+    .await;
+    assert!(confirmed, "a surviving replica fulfilled the order");
+    let ledger = get(sim, "/_sim/ledger").await.json();
+    let charges = ledger["charges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["idempotency_key"] == "charge:acme:o-stranded")
+        .count();
+    assert_eq!(charges, 1, "charged once");
+    assert_eq!(count(&schema, "SELECT count(*) FROM fulfilments").await, 0);
 }

@@ -482,3 +482,72 @@ pub async fn past_dead_claim(mut send: impl AsyncFnMut() -> Resp) -> Resp {
     }
     answer
 }
+
+/// A downstream in front of a simulator whose carrier can be switched off:
+/// while `carrier_down` is set, every `/carrier` call answers 503; the rest
+/// goes on to the simulator.
+pub struct SplitDownstream {
+    pub addr: SocketAddr,
+    pub carrier_down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub async fn split_downstream(sim: SocketAddr) -> SplitDownstream {
+    use http_body_util::{BodyExt, Full};
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let carrier_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let down = carrier_down.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let down = down.clone();
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let down = down.clone();
+                    async move {
+                        let method = req.method().to_string();
+                        let path = req.uri().path().to_string();
+                        let headers: Vec<(String, String)> = ["idempotency-key", "content-type"]
+                            .iter()
+                            .filter_map(|h| {
+                                req.headers()
+                                    .get(*h)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(|v| (h.to_string(), v.to_string()))
+                            })
+                            .collect();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let (status, body) =
+                            if path.starts_with("/carrier") && down.load(Ordering::SeqCst) {
+                                (
+                                    http::StatusCode::SERVICE_UNAVAILABLE,
+                                    bytes::Bytes::from_static(b"{}"),
+                                )
+                            } else {
+                                match Client::new(sim)
+                                    .try_send(&method, &path, &headers, body)
+                                    .await
+                                {
+                                    Ok(r) => (r.status, r.body),
+                                    Err(_) => (http::StatusCode::BAD_GATEWAY, bytes::Bytes::new()),
+                                }
+                            };
+                        let mut resp = http::Response::new(Full::new(body));
+                        *resp.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    SplitDownstream { addr, carrier_down }
+}

@@ -217,29 +217,7 @@ async fn waybill_migrate_applies_the_schema_once() {
 }
 
 fn carrier_source() -> std::collections::HashMap<String, waybill::config::SourceConfig> {
-    let config = waybill::config::Config::parse(
-        r#"
-        [[sources]]
-        name = "carrier"
-        kind = "tracking"
-        secrets = ["s"]
-        signature = { scheme = "github" }
-        event_id = "/id"
-        [sources.mapping]
-        tracking_number = "/t"
-        status = "/s"
-        occurred_at = "/at"
-        [sources.mapping.status_map]
-        pre_transit = "LABEL_CREATED"
-        in_transit = "IN_TRANSIT"
-        out_for_delivery = "OUT_FOR_DELIVERY"
-        delivered = "DELIVERED"
-        "#,
-        &waybill::config::ProcessEnv,
-    )
-    .unwrap();
-    config
-        .sources
+    support::carrier_sources()
         .into_iter()
         .map(|s| (s.name.clone(), s))
         .collect()

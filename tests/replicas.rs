@@ -403,12 +403,7 @@ async fn kill_9_of_a_replica_leaves_its_pending_fulfilment_to_the_others() {
             split.addr
         ),
     );
-    let body = json!({
-        "order_id": "o-stranded", "customer_id": "cus-1", "amount_cents": 1000, "currency": "EUR",
-        "items": [{"sku": "SKU-1", "quantity": 1}],
-        "ship_to": {"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "DE"},
-    })
-    .to_string();
+    let body = order_body("o-stranded", "cus-1", "SKU-1", 1).to_string();
     let placed = post(
         gateways[0].addr,
         "/v1/orders",

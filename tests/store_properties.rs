@@ -25,28 +25,7 @@ const STATUSES: [&str; 5] = [
 ];
 
 fn sources() -> Vec<SourceConfig> {
-    waybill::config::Config::parse(
-        r#"
-        [[sources]]
-        name = "carrier"
-        kind = "tracking"
-        secrets = ["s"]
-        signature = { scheme = "github" }
-        event_id = "/id"
-        [sources.mapping]
-        tracking_number = "/t"
-        status = "/s"
-        occurred_at = "/at"
-        [sources.mapping.status_map]
-        pre_transit = "LABEL_CREATED"
-        in_transit = "IN_TRANSIT"
-        out_for_delivery = "OUT_FOR_DELIVERY"
-        delivered = "DELIVERED"
-        "#,
-        &waybill::config::ProcessEnv,
-    )
-    .unwrap()
-    .sources
+    support::carrier_sources()
 }
 
 /// One generated delivery: (status index, day, hour, sent twice).

@@ -502,18 +502,6 @@ pub async fn gated_carrier() -> GatedCarrier {
     }
 }
 
-/// The body of an order of `quantity` of `sku` for `customer`.
-pub fn order_body(order_id: &str, customer: &str, sku: &str, quantity: u64) -> Value {
-    json!({
-        "order_id": order_id,
-        "customer_id": customer,
-        "amount_cents": 2599,
-        "currency": "EUR",
-        "items": [{"sku": sku, "quantity": quantity}],
-        "ship_to": {"name": "Ada", "street1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
-    })
-}
-
 pub async fn place_order(app: &TestApp, key: &str, body: &Value) -> Resp {
     post(app.addr, "/v1/orders", &headers(key), body.to_string()).await
 }

@@ -551,3 +551,42 @@ pub async fn split_downstream(sim: SocketAddr) -> SplitDownstream {
     });
     SplitDownstream { addr, carrier_down }
 }
+
+/// The body of an order of `quantity` of `sku` for `customer`.
+pub fn order_body(order_id: &str, customer: &str, sku: &str, quantity: u64) -> Value {
+    serde_json::json!({
+        "order_id": order_id,
+        "customer_id": customer,
+        "amount_cents": 2599,
+        "currency": "EUR",
+        "items": [{"sku": sku, "quantity": quantity}],
+        "ship_to": {"name": "Ada", "street1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+    })
+}
+
+/// A `carrier` tracking source with pointers `/id`, `/t`, `/s`, `/at` and
+/// four statuses mapped (`held` is not), for tests that build events.
+pub fn carrier_sources() -> Vec<waybill::config::SourceConfig> {
+    waybill::config::Config::parse(
+        r#"
+        [[sources]]
+        name = "carrier"
+        kind = "tracking"
+        secrets = ["s"]
+        signature = { scheme = "github" }
+        event_id = "/id"
+        [sources.mapping]
+        tracking_number = "/t"
+        status = "/s"
+        occurred_at = "/at"
+        [sources.mapping.status_map]
+        pre_transit = "LABEL_CREATED"
+        in_transit = "IN_TRANSIT"
+        out_for_delivery = "OUT_FOR_DELIVERY"
+        delivered = "DELIVERED"
+        "#,
+        &waybill::config::ProcessEnv,
+    )
+    .unwrap()
+    .sources
+}

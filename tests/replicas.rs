@@ -385,15 +385,7 @@ async fn kill_9_of_a_replica_leaves_its_pending_fulfilment_to_the_others() {
     let Some(schema) = schema().await else {
         return;
     };
-    let sim = start_sim(waybill::simulator::SimConfig {
-        default_stock: 100,
-        ..Default::default()
-    })
-    .await;
-    let split = split_downstream(sim).await;
-    split
-        .carrier_down
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sim, split) = sim_with_carrier_down().await;
     let dir = tempfile::tempdir().unwrap();
     let mut gateways = replicas_with(
         dir.path(),

@@ -531,15 +531,7 @@ pub async fn app_with_gated_carrier() -> (TestApp, GatedCarrier) {
 /// A gateway in front of a simulator whose carrier is down until
 /// `carrier_down` is cleared; the simulator's address for its ledger.
 pub async fn app_with_carrier_down() -> (TestApp, SplitDownstream, SocketAddr) {
-    let sim = start_sim(SimConfig {
-        default_stock: 1000,
-        ..SimConfig::default()
-    })
-    .await;
-    let split = split_downstream(sim).await;
-    split
-        .carrier_down
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sim, split) = sim_with_carrier_down().await;
     let app = spawn_app_with(Options {
         downstream: format!("http://{}", split.addr),
         ..Options::default()

@@ -590,3 +590,19 @@ pub fn carrier_sources() -> Vec<waybill::config::SourceConfig> {
     .unwrap()
     .sources
 }
+
+/// A simulator (stock for all) behind a `split_downstream` whose carrier is
+/// down until `carrier_down` is cleared: the simulator's address (for its
+/// ledger) and the downstream to configure.
+pub async fn sim_with_carrier_down() -> (SocketAddr, SplitDownstream) {
+    let sim = start_sim(waybill::simulator::SimConfig {
+        default_stock: 1000,
+        ..Default::default()
+    })
+    .await;
+    let split = split_downstream(sim).await;
+    split
+        .carrier_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    (sim, split)
+}

@@ -1678,7 +1678,18 @@ mod tests {
             .set_len(size - 2)
             .unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            // sled lets go of its file lock when the last reference to
+            // its database is dropped, which on a loaded machine was seen
+            // to come a moment after the store's close returned.
+            let mut opened = sled::open(dir.path());
+            for _ in 0..250 {
+                if opened.is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                opened = sled::open(dir.path());
+            }
+            let db = opened.unwrap();
             let tree = db.open_tree("state").unwrap();
             tree.insert(codec::DURABLE_KEY, 1u64.to_be_bytes().to_vec())
                 .unwrap();

@@ -12,7 +12,6 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use waybill::store::Store;
-use waybill::store::postgres::PgStore;
 
 use serde_json::{Value, json};
 use support::pg::Schema;
@@ -168,9 +167,7 @@ async fn killed_between_steps(on_postgres: bool) {
                 );
                 store
             }
-            Some(schema) => std::sync::Arc::new(
-                PgStore::connect(&schema.url, 2, waybill::health::Health::new()).unwrap(),
-            ),
+            Some(schema) => std::sync::Arc::new(schema.store(2)),
         };
         let order = store.order("acme", &order_id).await.unwrap().unwrap();
         let shipment = store

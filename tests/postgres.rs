@@ -37,11 +37,7 @@ async fn migrations_apply_once_when_replicas_start_together() {
     let Some(schema) = schema().await else {
         return;
     };
-    let replicas: Vec<Arc<PgStore>> = (0..3)
-        .map(|_| {
-            Arc::new(PgStore::connect(&schema.url, 4, waybill::health::Health::new()).unwrap())
-        })
-        .collect();
+    let replicas: Vec<Arc<PgStore>> = (0..3).map(|_| Arc::new(schema.store(4))).collect();
     let mut runs = Vec::new();
     for r in &replicas {
         let r = r.clone();
@@ -70,11 +66,7 @@ async fn forty_copies_over_three_replicas_store_one_event() {
     let Some(schema) = schema().await else {
         return;
     };
-    let replicas: Vec<Arc<PgStore>> = (0..3)
-        .map(|_| {
-            Arc::new(PgStore::connect(&schema.url, 4, waybill::health::Health::new()).unwrap())
-        })
-        .collect();
+    let replicas: Vec<Arc<PgStore>> = (0..3).map(|_| Arc::new(schema.store(4))).collect();
     replicas[0].migrate().await.unwrap();
     let mut copies = Vec::new();
     for i in 0..40u64 {
@@ -119,7 +111,7 @@ async fn duplicates_conflicts_and_expired_identities_are_told_apart() {
     let Some(schema) = schema().await else {
         return;
     };
-    let store = Arc::new(PgStore::connect(&schema.url, 4, waybill::health::Health::new()).unwrap());
+    let store = Arc::new(schema.store(4));
     store.migrate().await.unwrap();
     // Many at once, so they share groups: a and its copy, b, c.
     let mut tasks = Vec::new();
@@ -248,11 +240,7 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
         return;
     };
     let sources = carrier_source();
-    let replicas: Vec<Arc<PgStore>> = (0..3)
-        .map(|_| {
-            Arc::new(PgStore::connect(&schema.url, 4, waybill::health::Health::new()).unwrap())
-        })
-        .collect();
+    let replicas: Vec<Arc<PgStore>> = (0..3).map(|_| Arc::new(schema.store(4))).collect();
     replicas[0].migrate().await.unwrap();
     for r in &replicas {
         r.set_sources(sources.values().cloned().collect());
@@ -424,8 +412,8 @@ async fn a_claim_holds_every_replica_until_its_lease_ends() {
     let Some(schema) = schema().await else {
         return;
     };
-    let a = PgStore::connect(&schema.url, 2, waybill::health::Health::new()).unwrap();
-    let b = PgStore::connect(&schema.url, 2, waybill::health::Health::new()).unwrap();
+    let a = schema.store(2);
+    let b = schema.store(2);
     a.migrate().await.unwrap();
     let hour = std::time::Duration::from_secs(3600);
     assert_eq!(
@@ -500,8 +488,8 @@ async fn a_due_fulfilment_is_taken_by_one_replica_and_passes_on_when_it_dies() {
     let Some(schema) = schema().await else {
         return;
     };
-    let a = PgStore::connect(&schema.url, 2, waybill::health::Health::new()).unwrap();
-    let b = PgStore::connect(&schema.url, 2, waybill::health::Health::new()).unwrap();
+    let a = schema.store(2);
+    let b = schema.store(2);
     a.migrate().await.unwrap();
     let order = |id: &str| waybill::store::OrderRecord {
         order_id: id.into(),

@@ -375,6 +375,20 @@ async fn a_database_outage_is_503_with_retry_after_and_heals_by_itself() {
     assert_eq!(stored.status, 202, "{:?}", stored.body);
     assert_eq!(post(addr, "/webhooks/carrier", &h, body).await.status, 200);
     assert_eq!(count(&schema, "SELECT count(*) FROM events").await, 1);
+    // The dispatcher, which failed all through the outage, works again.
+    let schema = &schema;
+    assert!(
+        eventually(async || {
+            count(
+                schema,
+                "SELECT count(*) FROM events WHERE outcome IS NOT NULL",
+            )
+            .await
+                == 1
+        })
+        .await,
+        "the event is dispatched after the outage"
+    );
 }
 
 /// A paid order whose label could not be bought waits in the fulfilment

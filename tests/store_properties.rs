@@ -177,12 +177,7 @@ fn any_arrival_order_and_label_time_give_the_rules_shipment_on_postgres() {
     let runtime = runtime();
     let Some((store, _schema)) = runtime.block_on(async {
         let schema = support::pg::schema().await?;
-        let store = waybill::store::postgres::PgStore::connect(
-            &schema.url,
-            4,
-            waybill::health::Health::new(),
-        )
-        .unwrap();
+        let store = schema.store(4);
         store.migrate().await.unwrap();
         store.start_dispatcher(sources()).unwrap();
         Some((store, schema))

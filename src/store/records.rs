@@ -274,6 +274,6 @@ impl OutcomeRecord {
 }
 
 /// A time in milliseconds as the timeline keeps it.
-pub fn clamp_ms(ms: u64) -> i64 {
+fn clamp_ms(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }

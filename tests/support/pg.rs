@@ -157,3 +157,16 @@ pub async fn if_postgres(on_postgres: bool) -> Option<Option<Schema>> {
         Some(None)
     }
 }
+
+impl Schema {
+    /// A store on the schema with `pool_size` connections, as one replica
+    /// would open it (not migrated, no dispatcher).
+    pub fn store(&self, pool_size: usize) -> waybill::store::postgres::PgStore {
+        waybill::store::postgres::PgStore::connect(
+            &self.url,
+            pool_size,
+            waybill::health::Health::new(),
+        )
+        .unwrap()
+    }
+}

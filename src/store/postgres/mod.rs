@@ -376,15 +376,9 @@ impl Store for PgStore {
 
     async fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
         let sources = self.inner.sources.load_full();
-        deadline(async {
-            let mut client = self.inner.client().await?;
-            let tx = client.transaction().await.map_err(db_err)?;
-            let (out, counted) = state::redeliver(&tx, &sources, source, event_id).await?;
-            tx.commit().await.map_err(db_err)?;
-            super::count_dispatched(&counted);
-            Ok::<_, StateError>(out)
-        })
-        .await
+        let (out, counted) = in_transaction!(self.inner, tx => state::redeliver(tx, &sources, source, event_id).await)?;
+        super::count_dispatched(&counted);
+        Ok(out)
     }
 
     async fn claim(
@@ -394,15 +388,8 @@ impl Store for PgStore {
         fingerprint: &str,
         lease: std::time::Duration,
     ) -> Result<Decision, StateError> {
-        deadline(async {
-            let mut client = self.inner.client().await?;
-            let tx = client.transaction().await.map_err(db_err)?;
-            let decision =
-                state::claim(&tx, partner, key, fingerprint, lease, self.inner.epoch).await?;
-            tx.commit().await.map_err(db_err)?;
-            Ok(decision)
-        })
-        .await
+        let epoch = self.inner.epoch;
+        in_transaction!(self.inner, tx => state::claim(tx, partner, key, fingerprint, lease, epoch).await)
     }
 
     async fn release(&self, partner: &str, key: &str) {

@@ -112,7 +112,6 @@ fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
 /// for one shipment or order in it see each other.
 struct Pass<'a> {
     tx: &'a Tx<'a>,
-    sources: &'a Sources,
     shipments: HashMap<String, ShipmentRecord>,
     by_tracking: HashMap<String, Option<String>>,
     orders: HashMap<(String, String), OrderRecord>,
@@ -124,10 +123,9 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    fn new(tx: &'a Tx<'a>, sources: &'a Sources) -> Pass<'a> {
+    fn new(tx: &'a Tx<'a>) -> Pass<'a> {
         Pass {
             tx,
-            sources,
             shipments: HashMap::new(),
             by_tracking: HashMap::new(),
             orders: HashMap::new(),
@@ -286,7 +284,12 @@ impl<'a> Pass<'a> {
 
     /// Dispatches again every event parked under `value` in `column`
     /// (`tracking_number` or `order_id`), read with the current config.
-    async fn unpark(&mut self, column: &str, value: &str) -> Result<Counted, StoreError> {
+    async fn unpark(
+        &mut self,
+        sources: &Sources,
+        column: &str,
+        value: &str,
+    ) -> Result<Counted, StoreError> {
         let rows = self
             .tx
             .query(
@@ -304,8 +307,7 @@ impl<'a> Pass<'a> {
             let source: String = row.get(1);
             let event_id: String = row.get(2);
             let received_at_ms = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
-            let interpretation =
-                reread(self.sources, &source, &event_id, received_at_ms, row.get(4));
+            let interpretation = reread(sources, &source, &event_id, received_at_ms, row.get(4));
             let attempts = u32::try_from(row.get::<_, i32>(5)).unwrap_or(0);
             let out = self
                 .apply(row.get(0), &source, attempts, interpretation)
@@ -319,6 +321,7 @@ impl<'a> Pass<'a> {
     /// tracking number (whose advisory lock the caller holds).
     async fn label(
         &mut self,
+        sources: &Sources,
         shipment_id: &str,
         tracking_number: &str,
         label: serde_json::Value,
@@ -338,16 +341,9 @@ impl<'a> Pass<'a> {
         self.dirty_shipments.insert(shipment_id.to_string());
         self.by_tracking
             .insert(tracking_number.to_string(), Some(shipment_id.to_string()));
-        // The row's tracking number first: the unique key then refuses a
-        // second shipment with it.
-        self.tx
-            .execute(
-                "UPDATE shipments SET tracking_number = $2 WHERE shipment_id = $1",
-                &[&shipment_id, &tracking_number],
-            )
-            .await
-            .map_err(db_err)?;
-        Ok(self.unpark("tracking_number", tracking_number).await?)
+        Ok(self
+            .unpark(sources, "tracking_number", tracking_number)
+            .await?)
     }
 
     /// Writes what changed; what dispatch counted.
@@ -438,7 +434,7 @@ pub(super) async fn dispatch(
         work.push((row.get::<_, i64>(0), source, attempts, interpretation));
     }
     lock(tx, work.iter().filter_map(|(_, _, _, i)| lock_of(i))).await?;
-    let mut pass = Pass::new(tx, sources);
+    let mut pass = Pass::new(tx);
     let n = work.len();
     for (seq, source, attempts, interpretation) in work {
         pass.apply(seq, &source, attempts, interpretation).await?;
@@ -476,7 +472,7 @@ pub(super) async fn redeliver(
         )));
     }
     let attempts = u32::try_from(row.get::<_, i32>(3)).unwrap_or(0);
-    let mut pass = Pass::new(tx, sources);
+    let mut pass = Pass::new(tx);
     let out = pass
         .apply(row.get(0), source, attempts, interpretation)
         .await?;
@@ -587,8 +583,7 @@ pub(super) async fn record_intent(
     shipment_id: &str,
     request: serde_json::Value,
 ) -> Result<serde_json::Value, StateError> {
-    let sources = Sources::new();
-    let mut pass = Pass::new(tx, &sources);
+    let mut pass = Pass::new(tx);
     let (request, changed) = pass
         .shipment_mut(shipment_id)
         .await?
@@ -611,9 +606,9 @@ pub(super) async fn record_label(
     completion: Option<&Completion>,
 ) -> Result<(LabelRecorded, Counted), StateError> {
     lock(tx, [tracking_lock(tracking_number)]).await?;
-    let mut pass = Pass::new(tx, sources);
+    let mut pass = Pass::new(tx);
     let unparked = pass
-        .label(shipment_id, tracking_number, label, at_ms)
+        .label(sources, shipment_id, tracking_number, label, at_ms)
         .await?;
     let shipment = pass
         .shipments
@@ -632,8 +627,7 @@ pub(super) async fn cancel(
     voided: bool,
     answer: Option<CancelAnswer>,
 ) -> Result<ShipmentRecord, StateError> {
-    let sources = Sources::new();
-    let mut pass = Pass::new(tx, &sources);
+    let mut pass = Pass::new(tx);
     let shipment = pass
         .shipment_mut(shipment_id)
         .await?
@@ -667,7 +661,7 @@ pub(super) async fn create_order(
         )
         .await
         .map_err(db_err)?;
-    let mut pass = Pass::new(tx, sources);
+    let mut pass = Pass::new(tx);
     if inserted == 0 {
         let existing = pass
             .order_mut(&rec.partner, &rec.order_id)
@@ -676,7 +670,7 @@ pub(super) async fn create_order(
             .ok_or(StateError::NotFound)?;
         return Ok((OrderCreated::Existing(existing), Vec::new()));
     }
-    pass.unpark("order_id", &rec.order_id).await?;
+    pass.unpark(sources, "order_id", &rec.order_id).await?;
     let stored = pass
         .order_mut(&rec.partner, &rec.order_id)
         .await?
@@ -701,7 +695,7 @@ pub(super) async fn write_order(
     let mut keys = vec![order_lock(&order.order_id)];
     keys.extend(label.as_ref().map(|l| tracking_lock(&l.tracking_number)));
     lock(tx, keys).await?;
-    let mut pass = Pass::new(tx, sources);
+    let mut pass = Pass::new(tx);
     let current = pass
         .order_mut(&order.partner, &order.order_id)
         .await?
@@ -721,7 +715,7 @@ pub(super) async fn write_order(
             .shipment_id
             .clone()
             .ok_or(StateError::NotFound)?;
-        pass.label(&shipment_id, &l.tracking_number, l.label, l.at_ms)
+        pass.label(sources, &shipment_id, &l.tracking_number, l.label, l.at_ms)
             .await?;
     }
     let (partner, order_id) = (&order.partner, &order.order_id);

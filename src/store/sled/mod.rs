@@ -1846,35 +1846,22 @@ mod tests {
         store
     }
 
+    async fn status(store: &SledStore) -> crate::domain::shipment::ShipmentStatus {
+        let shipment = store.shipment("s1").await.unwrap().unwrap();
+        shipment.timeline.status()
+    }
+
     #[tokio::test]
     async fn a_moving_shipment_refuses_a_cancel_unless_its_label_was_voided_for_it() {
         use crate::domain::shipment::ShipmentStatus;
         let dir = tempfile::tempdir().unwrap();
         let store = moving_shipment(dir.path()).await;
-        assert_eq!(
-            store
-                .shipment("s1")
-                .await
-                .unwrap()
-                .unwrap()
-                .timeline
-                .status(),
-            ShipmentStatus::InTransit
-        );
+        assert_eq!(status(&store).await, ShipmentStatus::InTransit);
         assert!(matches!(
             store.cancel("s1", 20, false, None).await,
             Err(StateError::InvalidTransition)
         ));
-        assert_eq!(
-            store
-                .shipment("s1")
-                .await
-                .unwrap()
-                .unwrap()
-                .timeline
-                .status(),
-            ShipmentStatus::InTransit
-        );
+        assert_eq!(status(&store).await, ShipmentStatus::InTransit);
         // The carrier already voided the label for this cancel: it is recorded.
         let rec = store.cancel("s1", 20, true, None).await.unwrap();
         assert_eq!(rec.timeline.status(), ShipmentStatus::Cancelled);

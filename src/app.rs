@@ -85,6 +85,8 @@ pub struct App {
     pub health: Arc<Health>,
     /// Requests past their body and not yet answered (`max_in_flight`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Bodies read and not yet verified (`max_unverified_mb`).
+    pub unverified: crate::http::Unverified,
     pub draining: AtomicBool,
 }
 
@@ -159,6 +161,7 @@ impl App {
         let store =
             crate::store::open(&config.store, health.clone(), config.sources.clone()).await?;
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight));
+        let unverified = crate::http::Unverified::new(config.server.max_unverified_bytes);
         let live = Live::build(config, &store, None);
         Ok(Arc::new(App {
             server: live.config.server.clone(),
@@ -168,6 +171,7 @@ impl App {
             metrics,
             health,
             in_flight,
+            unverified,
             draining: AtomicBool::new(false),
         }))
     }
@@ -180,9 +184,21 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
+        self.serve_with_ops(listener, None, shutdown).await
+    }
+
+    /// `serve`, with the operational routes also on `ops`
+    /// (`server.ops_listen`), outside the public connection cap.
+    pub async fn serve_with_ops(
+        self: Arc<App>,
+        listener: TcpListener,
+        ops: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
         let inbox_pending = self.store.inbox_pending().await.unwrap_or(-1);
         tracing::info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            ops_listen = ops.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
             inbox_pending,
             "waybill serving"
         );
@@ -195,7 +211,7 @@ impl App {
                 _ = health.failed() => Stop::Failed,
             }
         };
-        let stopped = crate::http::serve(listener, self.clone(), stop).await;
+        let stopped = crate::http::serve(listener, ops, self.clone(), stop).await;
         self.health.stopping();
         housekeeping.abort();
         fulfilment.abort();

@@ -124,7 +124,16 @@ pub struct ServerConfig {
     /// Open connections at most (kept below the descriptor limit).
     pub max_connections: usize,
     pub request_timeout: Duration,
+    /// A request's head must arrive within this, and an idle kept-alive
+    /// connection is closed after it (contract 11.2).
+    pub header_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Request bodies held before their signature or API key is verified,
+    /// in total (contract 11.2).
+    pub max_unverified_bytes: u64,
+    /// A listener of its own for `/healthz`, `/readyz` and `/metrics`,
+    /// outside the public connection cap.
+    pub ops_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -385,9 +394,18 @@ impl Config {
                 a.request_timeout != b.request_timeout,
             ),
             (
+                "server.header_timeout",
+                a.header_timeout != b.header_timeout,
+            ),
+            (
                 "server.shutdown_grace",
                 a.shutdown_grace != b.shutdown_grace,
             ),
+            (
+                "server.max_unverified_mb",
+                a.max_unverified_bytes != b.max_unverified_bytes,
+            ),
+            ("server.ops_listen", a.ops_listen != b.ops_listen),
             ("store.path", s.path != t.path),
             (
                 "store.idempotency_retention",
@@ -732,10 +750,43 @@ impl Walker<'_> {
             request_timeout: self
                 .opt_duration(t, "request_timeout", p)
                 .unwrap_or(Duration::from_secs(30)),
+            header_timeout: self
+                .opt_duration(t, "header_timeout", p)
+                .unwrap_or(Duration::from_secs(5)),
             shutdown_grace: self
                 .opt_duration(t, "shutdown_grace", p)
                 .unwrap_or(Duration::from_secs(10)),
+            max_unverified_bytes: self
+                .opt_uint(t, "max_unverified_mb", p, 1, 1 << 20)
+                .map_or(256 << 20, |mb| (mb as u64) << 20),
+            ops_listen: self.opt_str(t, "ops_listen", p).and_then(|s| {
+                s.parse()
+                    .map_err(|_| {
+                        self.bad(
+                            "server.ops_listen",
+                            format!("not a socket address like 127.0.0.1:9091: {s:?}"),
+                        )
+                    })
+                    .ok()
+            }),
         };
+        // Large bodies may take only part of the bound (the rest is kept
+        // for small ones), and that part must hold one whole body.
+        if crate::http::large_share(cfg.max_unverified_bytes) < cfg.max_body_bytes as u64 {
+            self.bad(
+                "server.max_unverified_mb",
+                format!(
+                    "too small: three quarters of it must hold a body of server.max_body_bytes ({} bytes)",
+                    cfg.max_body_bytes
+                ),
+            );
+        }
+        if cfg
+            .ops_listen
+            .is_some_and(|ops| ops == cfg.listen && ops.port() != 0)
+        {
+            self.bad("server.ops_listen", "must differ from server.listen");
+        }
         self.unknown(t, p);
         cfg
     }

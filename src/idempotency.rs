@@ -22,12 +22,19 @@ pub fn valid_key(key: &str) -> bool {
     (1..=MAX_KEY_BYTES).contains(&key.len()) && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
-/// The key from the `Idempotency-Key` header or the body's
-/// `idempotency_key` (a body that is not JSON offers none).
-pub fn key_from(header: Option<&[u8]>, body: Option<&Value>) -> Result<String, KeyError> {
-    let from_header = match header {
-        None => None,
-        Some(raw) => match std::str::from_utf8(raw).ok().and_then(unquote) {
+/// The key from the `Idempotency-Key` header (`headers`: every value sent
+/// under that name) or the body's `idempotency_key` (a body that is not
+/// JSON offers none). Two headers are refused rather than one picked:
+/// a proxy and the server could each read a different one.
+pub fn key_from(headers: &[&[u8]], body: Option<&Value>) -> Result<String, KeyError> {
+    let from_header = match headers {
+        [] => None,
+        [_, _, ..] => {
+            return Err(KeyError::Invalid(
+                "send one Idempotency-Key header, not several",
+            ));
+        }
+        [raw] => match std::str::from_utf8(raw).ok().and_then(unquote) {
             Some(k) if valid_key(&k) => Some(k),
             _ => {
                 return Err(KeyError::Invalid(
@@ -195,7 +202,7 @@ mod tests {
     /// Contract 10.3: a key sent as an RFC 8941 string is its content.
     #[test]
     fn a_quoted_key_is_the_same_key_as_its_content() {
-        let key = |h: &str| key_from(Some(h.as_bytes()), None);
+        let key = |h: &str| key_from(&[h.as_bytes()], None);
         assert_eq!(key("\"abc-123\"").unwrap(), "abc-123");
         assert_eq!(key("abc-123").unwrap(), "abc-123");
         assert_eq!(key(r#""a\"b\\c""#).unwrap(), r#"a"b\c"#);
@@ -216,10 +223,7 @@ mod tests {
         }
         // The quoted header and the unquoted body field name one key.
         let body = json!({"idempotency_key": "abc-123"});
-        assert_eq!(
-            key_from(Some(b"\"abc-123\""), Some(&body)).unwrap(),
-            "abc-123"
-        );
+        assert_eq!(key_from(&[b"\"abc-123\""], Some(&body)).unwrap(), "abc-123");
     }
 
     #[test]
@@ -235,29 +239,30 @@ mod tests {
     #[test]
     fn the_key_comes_from_header_or_body_and_they_must_agree() {
         let body = json!({"idempotency_key": "k1"});
-        assert_eq!(key_from(Some(b"k1"), None), Ok("k1".into()));
-        assert_eq!(key_from(None, Some(&body)), Ok("k1".into()));
-        assert_eq!(key_from(Some(b"k1"), Some(&body)), Ok("k1".into()));
+        assert_eq!(key_from(&[b"k1"], None), Ok("k1".into()));
+        assert_eq!(key_from(&[], Some(&body)), Ok("k1".into()));
+        assert_eq!(key_from(&[b"k1"], Some(&body)), Ok("k1".into()));
         assert!(matches!(
-            key_from(Some(b"k2"), Some(&body)),
+            key_from(&[b"k2"], Some(&body)),
             Err(KeyError::Invalid(_))
         ));
-        assert_eq!(key_from(None, Some(&json!({}))), Err(KeyError::Required));
-        assert_eq!(key_from(None, None), Err(KeyError::Required));
+        assert_eq!(key_from(&[], Some(&json!({}))), Err(KeyError::Required));
         assert!(matches!(
-            key_from(Some(b""), None),
+            key_from(&[b"k1", b"k1"], None),
             Err(KeyError::Invalid(_))
         ));
+        assert_eq!(key_from(&[], None), Err(KeyError::Required));
+        assert!(matches!(key_from(&[b""], None), Err(KeyError::Invalid(_))));
         assert!(matches!(
-            key_from(None, Some(&json!({"idempotency_key": ""}))),
-            Err(KeyError::Invalid(_))
-        ));
-        assert!(matches!(
-            key_from(None, Some(&json!({"idempotency_key": 5}))),
+            key_from(&[], Some(&json!({"idempotency_key": ""}))),
             Err(KeyError::Invalid(_))
         ));
         assert!(matches!(
-            key_from(Some(b"a b"), None),
+            key_from(&[], Some(&json!({"idempotency_key": 5}))),
+            Err(KeyError::Invalid(_))
+        ));
+        assert!(matches!(
+            key_from(&[b"a b"], None),
             Err(KeyError::Invalid(_))
         ));
     }

@@ -7,11 +7,23 @@ use sha2::{Digest, Sha256};
 
 use crate::canonical;
 use crate::config::{SourceConfig, SourceKind};
+use crate::json::JsonError;
 use crate::mapping::{self, Fields, id_like};
 
 /// Longer ids are refused: an id is a key in the store, and nobody's real
 /// event ids come near this.
 pub const MAX_EVENT_ID_BYTES: usize = 512;
+
+/// Text no store may be given (contract 11.1): PostgreSQL's `text` and
+/// `jsonb` cannot hold U+0000, and a store's refusal would be a 5xx that
+/// a sender retries forever, so it is refused at the edge, the same for
+/// either store.
+pub fn unstorable(text: &str) -> bool {
+    text.contains('\0')
+}
+
+/// The issue of a field that holds U+0000.
+pub const UNSTORABLE: &str = "must not contain U+0000";
 
 /// One problem with one field, as shown in an error's `details`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +63,13 @@ pub fn examine(
     header_id: Option<String>,
     body: &[u8],
 ) -> Result<Examined, Vec<FieldIssue>> {
-    let value: Value = match serde_json::from_slice(body) {
+    let value: Value = match crate::json::parse(body) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return Err(vec![FieldIssue::new("", "body is not a JSON object")]),
-        Err(e) => {
+        Err(JsonError::DuplicateKey(at)) => {
+            return Err(vec![FieldIssue::new(at, "appears twice in its object")]);
+        }
+        Err(JsonError::Syntax(e)) => {
             return Err(vec![FieldIssue::new(
                 "",
                 format!("body is not valid JSON: {e}"),
@@ -92,6 +107,11 @@ pub fn examine(
         .and_then(|ptr| value.pointer(ptr))
         .and_then(Value::as_str)
         .map(str::to_string);
+    if let (Some(ptr), Some(t)) = (&source.event_type, &event_type)
+        && unstorable(t)
+    {
+        issues.push(FieldIssue::new(ptr, UNSTORABLE));
+    }
     let dispatch = source.dispatches(event_type.as_deref());
 
     let fields = if dispatch && source.mapping.is_some() {

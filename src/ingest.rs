@@ -1,6 +1,9 @@
 //! The webhook use case: verify, rate-limit, examine, remember
 //! (contract 3.1 steps 3 to 6). Knows no HTTP status codes: it answers
 //! with an `Outcome` or a `Refusal`, and `http::webhooks` maps those.
+//! Verification is a step of its own (`Ingest::verify` gives a
+//! `Verified`, which `Ingest::accept` takes), so the edge can let go of
+//! what it held for an unverified body the moment the sender is known.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,14 +86,15 @@ impl Ingest {
         self.sources.get(name).cloned()
     }
 
-    /// Handles one delivery of `body` from `source`, whose size the caller
-    /// has already bounded.
-    pub async fn receive(
+    /// Checks the signature of one delivery of `body` from `source`, whose
+    /// size the caller has already bounded. Only a delivery that passes
+    /// can be accepted.
+    pub fn verify<'s>(
         &self,
-        source: &Source,
+        source: &'s Source,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Outcome, Refusal> {
+    ) -> Result<Verified<'s>, Refusal> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -99,15 +103,34 @@ impl Ingest {
             .scheme
             .verify(headers, &body, &source.keys, now.as_secs() as i64)
             .map_err(Refusal::Signature)?;
+        Ok(Verified {
+            source,
+            event_id: verified.event_id,
+            received_at_ms: now.as_millis() as u64,
+            body,
+        })
+    }
+
+    /// Rate-limits, examines and remembers a verified delivery.
+    pub async fn accept(
+        &self,
+        delivery: Verified<'_>,
+        headers: &HeaderMap,
+    ) -> Result<Outcome, Refusal> {
+        let Verified {
+            source,
+            event_id,
+            received_at_ms,
+            body,
+        } = delivery;
         // After the signature, so forged traffic never spends a sender's quota.
         if let Some(limiter) = &source.limiter {
             limiter
                 .check()
                 .map_err(|retry_after_secs| Refusal::RateLimited { retry_after_secs })?;
         }
-        let examined = identity::examine(&source.config, verified.event_id, &body)
-            .map_err(Refusal::InvalidPayload)?;
-        let received_at_ms = now.as_millis() as u64;
+        let examined =
+            identity::examine(&source.config, event_id, &body).map_err(Refusal::InvalidPayload)?;
         let retention_ms = source.config.dedupe_retention.as_millis() as u64;
         let event = NewEvent {
             source: source.config.name.clone(),
@@ -143,6 +166,16 @@ impl Ingest {
             }),
         }
     }
+}
+
+/// A delivery whose signature verified, from `Ingest::verify`: the only
+/// way to `Ingest::accept`, so unverified bytes never reach the store.
+pub struct Verified<'s> {
+    source: &'s Source,
+    /// The id the verified headers carried, where the scheme has one.
+    event_id: Option<String>,
+    received_at_ms: u64,
+    body: Bytes,
 }
 
 /// The headers kept with an event for the admin API: signature values and

@@ -5,6 +5,7 @@
 //! - [`signature`]: the signature schemes; raw bytes and headers in,
 //!   `Verified` or a reason out.
 //! - [`canonical`]: RFC 8785 canonical JSON, with exact integers.
+//! - [`json`]: strict JSON, refusing an object that repeats a name.
 //! - [`identity`]: what a delivery is (event id, type, content hash, whether
 //!   it is dispatched), or which fields are wrong.
 //!
@@ -33,6 +34,7 @@
 )]
 
 pub mod admin_client;
+pub mod alloc;
 pub mod app;
 pub mod canonical;
 pub mod cli;
@@ -45,6 +47,7 @@ pub mod http;
 pub mod idempotency;
 pub mod identity;
 pub mod ingest;
+pub mod json;
 pub mod mapping;
 pub mod partners;
 pub mod ratelimit;

@@ -369,6 +369,7 @@ fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runti
 }
 
 fn main() -> ExitCode {
+    waybill::alloc::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Events { command } => events(command),
@@ -510,6 +511,16 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let ops = match config.server.ops_listen {
+            None => None,
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::error!(ops_listen = %addr, error = %e, "cannot bind");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
         let shutdown = match shutdown_signal() {
             Ok(s) => s,
             Err(e) => {
@@ -528,7 +539,7 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
             tracing::error!(error = %e, "cannot install signal handlers");
             return ExitCode::FAILURE;
         }
-        match app.serve(listener, shutdown).await {
+        match app.serve_with_ops(listener, ops, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "stopped with an error");

@@ -17,6 +17,7 @@ use crate::canonical;
 use crate::config::{SourceConfig, SourceKind};
 use crate::domain::order::{PaymentEvent, PaymentStatus};
 use crate::domain::shipment::{ShipmentStatus, StatusEvent};
+use crate::identity::{UNSTORABLE, unstorable};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interpretation {
@@ -65,6 +66,7 @@ pub fn extract(
     for (name, ptr) in &mapping.required {
         if *name == "status" {
             match value.pointer(ptr) {
+                Some(Value::String(s)) if unstorable(s) => issues.push((ptr.clone(), UNSTORABLE)),
                 Some(Value::String(s)) => status = Some(s.clone()),
                 Some(_) => issues.push((ptr.clone(), "must be a string")),
                 None => issues.push((ptr.clone(), "missing")),
@@ -75,6 +77,14 @@ pub fn extract(
                 Err(issue) => issues.push((ptr.clone(), issue)),
             }
         }
+    }
+    if let Some(ptr) = &mapping.occurred_at
+        && value
+            .pointer(ptr)
+            .and_then(Value::as_str)
+            .is_some_and(unstorable)
+    {
+        issues.push((ptr.clone(), UNSTORABLE));
     }
     match (key, status) {
         (Some(key), Some(status)) if issues.is_empty() => Ok(Fields {
@@ -215,6 +225,7 @@ pub fn id_like(value: &Value, ptr: &str) -> Result<String, &'static str> {
     match value.pointer(ptr) {
         None => Err("missing"),
         Some(Value::String(s)) if s.is_empty() => Err("empty"),
+        Some(Value::String(s)) if unstorable(s) => Err(UNSTORABLE),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Number(n)) => {
             canonical::integer_text(n).ok_or("must be a string or an integer")

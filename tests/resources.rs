@@ -102,13 +102,17 @@ async fn hostile_clients_cannot_starve_signed_senders_or_grow_memory() {
     assert_eq!(get(addr, "/healthz").await.status, 200);
 }
 
-/// A connection that stays silent is closed after `request_timeout`, and
-/// so is one that never reads the answers it asked for (the write
-/// deadline).
+/// A connection that stays silent is closed after `header_timeout`, and
+/// one that never reads the answers it asked for after `request_timeout`
+/// (the write deadline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_never_reading_connections_are_closed_by_their_deadlines() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_gateway_config(dir.path(), "request_timeout = \"1s\"", "");
+    let cfg = write_gateway_config(
+        dir.path(),
+        "request_timeout = \"1s\"\nheader_timeout = \"1s\"",
+        "",
+    );
     let gw = Gateway::start(&cfg);
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(10), read_response(&mut silent)).await;
@@ -144,4 +148,171 @@ async fn silent_and_never_reading_connections_are_closed_by_their_deadlines() {
     );
     writing.abort();
     assert_eq!(get(gw.addr, "/healthz").await.status, 200);
+}
+
+/// A client that sends a made-up signature and most of a 1 MiB body, then
+/// waits. Its connection, or None when the gateway refused it and closed.
+async fn unverified_body(
+    addr: std::net::SocketAddr,
+    body: std::sync::Arc<Vec<u8>>,
+) -> Option<TcpStream> {
+    const FULL: usize = 1 << 20;
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let head = format!(
+        "POST /webhooks/gh HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         X-Hub-Signature-256: sha256={}\r\nX-GitHub-Delivery: forged\r\nContent-Length: {FULL}\r\n\r\n",
+        "0".repeat(64)
+    );
+    s.write_all(head.as_bytes()).await.ok()?;
+    s.write_all(&body[..FULL - 1]).await.ok()?;
+    Some(s)
+}
+
+/// Resident memory sampled every 100 ms for `window`; the highest.
+async fn peak_rss(gw: &Gateway, window: Duration) -> u64 {
+    let mut peak = gw.rss_kib();
+    let samples = (window.as_millis() / 100).max(1);
+    for _ in 0..samples {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(gw.rss_kib());
+    }
+    peak
+}
+
+/// Contract 11.2: 400 clients without credentials, each holding most of a
+/// 1 MiB body, take at most `server.max_unverified_mb` (256 by default);
+/// meanwhile `/healthz` answers within a second and a signed delivery is
+/// accepted within three; once they leave, the memory is given back.
+async fn unverified_bodies_are_bounded(gw: &Gateway) {
+    let addr = gw.addr;
+    let mut client = Client::new(addr);
+    for i in 0..50 {
+        let (h, b) = delivery(&format!("warm-{i}"));
+        assert_eq!(client.send("POST", "/webhooks/gh", &h, b).await.status, 202);
+    }
+    let baseline = gw.rss_kib();
+    let body = std::sync::Arc::new(vec![b' '; 1 << 20]);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..400 {
+        clients.spawn(unverified_body(addr, body.clone()));
+    }
+    let mut held = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        held.extend(done.unwrap());
+    }
+    let peak = peak_rss(gw, Duration::from_secs(2)).await;
+
+    let health = tokio::time::timeout(Duration::from_secs(1), get(addr, "/healthz")).await;
+    assert_eq!(health.expect("/healthz within 1 s").status, 200);
+    let (h, b) = delivery("signed-during");
+    let signed = tokio::time::timeout(
+        Duration::from_secs(3),
+        Client::new(addr).send("POST", "/webhooks/gh", &h, b),
+    )
+    .await
+    .expect("a signed delivery answered within 3 s");
+    assert_eq!(signed.status, 202, "{:?}", signed.body);
+    assert!(
+        peak <= baseline + 256 * 1024,
+        "RSS grew from {baseline} KiB to {peak} KiB with {} clients held",
+        held.len()
+    );
+
+    drop(held);
+    let mut now = gw.rss_kib();
+    for _ in 0..120 {
+        if now <= baseline + 64 * 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        now = gw.rss_kib();
+    }
+    assert!(
+        now <= baseline + 64 * 1024,
+        "RSS still {now} KiB 30 s after the clients left (baseline {baseline} KiB, peak {peak} KiB)"
+    );
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+}
+
+fn gh_config(dir: &std::path::Path) -> std::path::PathBuf {
+    write_gateway_config(
+        dir,
+        "",
+        &format!(
+            "[[sources]]\nname = \"gh\"\nkind = \"store-only\"\nsecrets = [\"{SECRET}\"]\nsignature = {{ scheme = \"github\" }}"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_held_before_verification_are_bounded_and_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&gh_config(dir.path()));
+    unverified_bodies_are_bounded(&gw).await;
+}
+
+/// The same in 512 MiB of address space, where an allocation past the
+/// bound would abort the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_512_mib_of_address_space_unverified_bodies_cannot_abort_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start_with_address_space(&gh_config(dir.path()), 512 << 20);
+    unverified_bodies_are_bounded(&gw).await;
+    assert!(gw.wait_for(Duration::ZERO).is_none(), "the gateway ended");
+}
+
+/// Contract 11.2: silent connections holding every public slot leave
+/// `/healthz`, `/readyz` and `/metrics` answered at once on
+/// `server.ops_listen`, which serves nothing else; each silent connection
+/// is closed after `server.header_timeout`, not the much longer
+/// `request_timeout`, and the public listener answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_at_the_cap_leave_probes_answered_on_the_ops_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_gateway_config(
+        dir.path(),
+        "max_connections = 20\nheader_timeout = \"2s\"\nrequest_timeout = \"60s\"\nops_listen = \"127.0.0.1:0\"",
+        "",
+    );
+    let gw = Gateway::start(&cfg);
+    let ops: std::net::SocketAddr =
+        gw.log_lines(|v| v["message"] == "waybill serving")[0]["ops_listen"]
+            .as_str()
+            .expect("the ops listener is announced")
+            .parse()
+            .unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = tokio::time::timeout(Duration::from_secs(1), get(ops, path))
+            .await
+            .unwrap_or_else(|_| panic!("{path} on the ops listener within 1 s"));
+        assert_eq!(r.status, 200, "{path}");
+    }
+    let r = get(ops, "/openapi.json").await;
+    assert_eq!(
+        r.status, 404,
+        "only the operational routes on the ops listener"
+    );
+    assert_eq!(r.code(), "NOT_FOUND");
+
+    // Each silent connection is closed by the server once its head is
+    // late: the read sees the end, well before `request_timeout`.
+    for s in &mut silent {
+        let _ = tokio::time::timeout(Duration::from_secs(10), read_response(s))
+            .await
+            .expect("closed after header_timeout");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = tokio::time::timeout(Duration::from_secs(5), get(gw.addr, "/healthz"))
+        .await
+        .expect("the public listener answers again");
+    assert_eq!(r.status, 200);
 }

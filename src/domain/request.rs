@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::identity::FieldIssue;
+use crate::identity::{FieldIssue, UNSTORABLE, unstorable};
 
 /// ISO 3166-1 alpha-2, as assigned (249 codes), sorted for binary search.
 pub const COUNTRIES: [&str; 249] = [
@@ -113,6 +113,10 @@ impl Reader<'_> {
             Some(Value::String(s)) if blank(s) => {
                 self.issues
                     .push(FieldIssue::new(field, "must not be empty"));
+                None
+            }
+            Some(Value::String(s)) if unstorable(s) => {
+                self.issues.push(FieldIssue::new(field, UNSTORABLE));
                 None
             }
             Some(Value::String(s)) if s.chars().count() > MAX_TEXT => {

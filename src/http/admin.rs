@@ -15,7 +15,7 @@ use super::error::{ApiError, Body, json_response};
 use super::{LogFields, RequestId};
 use crate::app::{App, Live};
 use crate::clock::rfc3339_ms;
-use crate::identity::FieldIssue;
+use crate::identity::{FieldIssue, UNSTORABLE, unstorable};
 use crate::store::{EventFilter, OutcomeRecord, StateError, StoredEvent};
 
 const OUTCOMES: [&str; 7] = [
@@ -61,6 +61,11 @@ pub async fn handle(app: &App, live: &Live, req: Request<Incoming>) -> Response<
         .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
         .collect();
     let method = req.method().clone();
+    // No event's source or id holds U+0000: there is nothing to find, and
+    // nothing to ask the store.
+    if segments.iter().any(|s| unstorable(s)) {
+        return ApiError::not_found("event").into_response(&request_id);
+    }
     let result = match (
         segments
             .iter()
@@ -93,9 +98,19 @@ pub async fn handle(app: &App, live: &Live, req: Request<Incoming>) -> Response<
     resp
 }
 
-fn store_error(e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "admin store read failed");
+/// A task of a bulk redelivery that ended without an answer (it
+/// panicked): logged, and a 500 for the request.
+fn lost_task(e: tokio::task::JoinError) -> ApiError {
+    tracing::error!(error = %e, "a redelivery task failed");
     ApiError::internal()
+}
+
+/// Searches wait their turn; the semaphore is never closed.
+async fn search_turn() -> tokio::sync::SemaphorePermit<'static> {
+    match SEARCHES.acquire().await {
+        Ok(turn) => turn,
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// A time filter (`since`, `until`): any RFC 3339 time, as unix
@@ -123,6 +138,10 @@ async fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         let v = v.into_owned();
         if v.is_empty() {
+            continue;
+        }
+        if unstorable(&v) {
+            issues.push(FieldIssue::new(k.as_ref(), UNSTORABLE));
             continue;
         }
         match k.as_ref() {
@@ -158,12 +177,8 @@ async fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
     if !issues.is_empty() {
         return Err(ApiError::validation_failed(issues));
     }
-    let _turn = SEARCHES.acquire().await.map_err(store_error)?;
-    let found = app
-        .store
-        .search(&filter, limit, MAX_SCAN)
-        .await
-        .map_err(store_error)?;
+    let _turn = search_turn().await;
+    let found = app.store.search(&filter, limit, MAX_SCAN).await?;
     let events: Vec<Value> = found
         .events
         .iter()
@@ -195,11 +210,12 @@ const BULK_MAX: usize = 10_000;
 /// per event.
 const BULK_IN_FLIGHT: usize = 64;
 
-fn parse_bulk(body: &[u8]) -> Result<Bulk, Vec<FieldIssue>> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|_| vec![FieldIssue::new("", "the body must be a JSON object")])?;
-    let Value::Object(fields) = value else {
-        return Err(vec![FieldIssue::new("", "the body must be a JSON object")]);
+fn parse_bulk(body: &[u8]) -> Result<Bulk, ApiError> {
+    let Value::Object(fields) = crate::json::parse(body).map_err(ApiError::unparsable_body)? else {
+        return Err(ApiError::validation_failed(vec![FieldIssue::new(
+            "",
+            "the body must be a JSON object",
+        )]));
     };
     let mut issues = Vec::new();
     let mut bulk = Bulk {
@@ -208,6 +224,10 @@ fn parse_bulk(body: &[u8]) -> Result<Bulk, Vec<FieldIssue>> {
         dry_run: false,
     };
     let text = |k: &str, v: &Value, issues: &mut Vec<FieldIssue>| match v {
+        Value::String(s) if unstorable(s) => {
+            issues.push(FieldIssue::new(k, UNSTORABLE));
+            None
+        }
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         _ => {
             issues.push(FieldIssue::new(k, "must be a non-empty string"));
@@ -253,7 +273,7 @@ fn parse_bulk(body: &[u8]) -> Result<Bulk, Vec<FieldIssue>> {
     if issues.is_empty() {
         Ok(bulk)
     } else {
-        Err(issues)
+        Err(ApiError::validation_failed(issues))
     }
 }
 
@@ -271,31 +291,17 @@ async fn bulk_redeliver(app: &App, req: Request<Incoming>) -> Result<Response<Bo
     if !json {
         return Err(ApiError::unsupported_media_type());
     }
-    let (_, body) = match super::body::read(app, req).await {
-        Ok(read) => read,
-        Err(super::body::BodyError::TooLarge) => {
-            return Err(ApiError::payload_too_large(app.server.max_body_bytes));
-        }
-        Err(super::body::BodyError::Timeout) => return Err(ApiError::request_timeout()),
-        Err(super::body::BodyError::Unreadable) => {
-            return Err(ApiError::validation_failed(vec![FieldIssue::new(
-                "",
-                "the request body could not be read",
-            )]));
-        }
-    };
-    let bulk = parse_bulk(&body).map_err(ApiError::validation_failed)?;
+    let (_, body, _) = super::body::read(app, req, super::body::Sender::Verified)
+        .await
+        .map_err(|e| e.answer(app, ApiError::validation_failed))?;
+    let bulk = parse_bulk(&body)?;
     let mut matched: Vec<(String, String)> = Vec::new();
     {
-        let _turn = SEARCHES.acquire().await.map_err(store_error)?;
+        let _turn = search_turn().await;
         let mut filter = bulk.filter.clone();
         loop {
             let want = bulk.limit - matched.len();
-            let found = app
-                .store
-                .search(&filter, want, MAX_SCAN)
-                .await
-                .map_err(store_error)?;
+            let found = app.store.search(&filter, want, MAX_SCAN).await?;
             matched.extend(
                 found
                     .events
@@ -325,16 +331,20 @@ async fn bulk_redeliver(app: &App, req: Request<Incoming>) -> Result<Response<Bo
             let Some(done) = running.join_next().await else {
                 break;
             };
-            match done.map_err(store_error)? {
+            match done.map_err(lost_task)? {
                 Ok(out) => {
                     redelivered += 1;
                     *outcomes.entry(out.outcome.as_str()).or_default() += 1;
                 }
                 // Redelivered or forgotten since the search: nothing to do.
                 Err(StateError::NotFound | StateError::NotRedeliverable(_)) => skipped += 1,
+                Err(StateError::Store(e)) => {
+                    tracing::warn!(redelivered, "bulk redelivery stopped");
+                    return Err(e.into());
+                }
                 Err(e) => {
                     tracing::error!(error = %e, redelivered, "bulk redelivery stopped");
-                    return Err(ApiError::store_unavailable());
+                    return Err(ApiError::internal());
                 }
             }
         }
@@ -376,10 +386,9 @@ async fn show(app: &App, source: &str, id: &str) -> Result<Response<Body>, ApiEr
     let ev = app
         .store
         .event(source, id)
-        .await
-        .map_err(store_error)?
+        .await?
         .ok_or_else(|| ApiError::not_found("event"))?;
-    let outcome = app.store.outcome(source, id).await.map_err(store_error)?;
+    let outcome = app.store.outcome(source, id).await?;
     let mut m = summary(&ev, outcome.as_ref());
     let mut headers = Map::new();
     for (k, v) in &ev.meta.headers {
@@ -421,10 +430,10 @@ async fn redeliver(app: &App, source: &str, id: &str) -> Result<Response<Body>, 
         )),
         Err(StateError::NotFound) => Err(ApiError::not_found("event")),
         Err(StateError::NotRedeliverable(why)) => Err(ApiError::not_redeliverable(why)),
-        Err(StateError::Store(e)) => {
-            tracing::error!(error = %e, "redeliver failed");
-            Err(ApiError::store_unavailable())
+        Err(StateError::Store(e)) => Err(e.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "redelivery failed");
+            Err(ApiError::internal())
         }
-        Err(e) => Err(store_error(e)),
     }
 }

@@ -97,7 +97,8 @@ pub async fn handle(
 }
 
 async fn sign_in(app: &App, req: Request<Incoming>, token: &Secret) -> Response<Body> {
-    let Ok((_, body)) = super::body::read(app, req).await else {
+    let Ok((_, body, _)) = super::body::read(app, req, super::body::Sender::Unverified).await
+    else {
         return page(StatusCode::BAD_REQUEST, "The form could not be read.");
     };
     let presented = form_urlencoded::parse(&body)

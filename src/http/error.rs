@@ -8,6 +8,8 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::identity::FieldIssue;
+use crate::json::JsonError;
+use crate::store::StoreError;
 
 pub type Body = Full<Bytes>;
 
@@ -108,6 +110,21 @@ impl ApiError {
         let mut e = ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PAYLOAD", message);
         e.details = details;
         e
+    }
+
+    /// A request body that is not JSON (400 `VALIDATION_FAILED`), or
+    /// whose JSON repeats a name (400 `INVALID_PAYLOAD` naming where,
+    /// contract 11.2: it could be read two ways).
+    pub fn unparsable_body(e: JsonError) -> ApiError {
+        match e {
+            JsonError::DuplicateKey(at) => ApiError::invalid_payload(
+                "a name appears twice in one object of the body",
+                vec![FieldIssue::new(at, "appears twice in its object")],
+            ),
+            JsonError::Syntax(_) => {
+                ApiError::validation_failed(vec![FieldIssue::new("", "the body is not valid JSON")])
+            }
+        }
     }
 
     pub fn unauthenticated() -> ApiError {
@@ -284,6 +301,18 @@ impl ApiError {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
+    }
+}
+
+/// A store that failed to answer, on any route: 503 `STORE_UNAVAILABLE`
+/// with `Retry-After` (contract 11.1), never a 500. The cause is logged
+/// here, once, with the place that met it.
+impl From<StoreError> for ApiError {
+    #[track_caller]
+    fn from(e: StoreError) -> ApiError {
+        let at = std::panic::Location::caller();
+        tracing::error!(error = %e, at = %at, "the store did not answer");
+        ApiError::store_unavailable()
     }
 }
 

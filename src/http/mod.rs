@@ -29,6 +29,8 @@ mod console;
 pub mod error;
 mod ops;
 pub use ops::OPENAPI;
+mod unverified;
+pub use unverified::{Unverified, large_share};
 mod v1;
 mod webhooks;
 
@@ -242,16 +244,45 @@ pub fn connection_cap(configured: usize) -> usize {
     configured.min(budget).max(1)
 }
 
-/// Serves until `stop` resolves, then stops accepting (unless a component
-/// failed), lets in-flight requests finish within `server.shutdown_grace`,
-/// and returns why it stopped.
-pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Output = Stop>) -> Stop {
+/// Connections the operations listener (`server.ops_listen`) holds at
+/// most: probes and scrapers, a handful at a time.
+const OPS_CONNECTIONS: usize = 64;
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Public,
+    /// `server.ops_listen`: `/healthz`, `/readyz` and `/metrics` only.
+    Ops,
+}
+
+/// The address of the client a request came from, put in request
+/// extensions by the edge.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+fn builder(app: &App) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(app.server.request_timeout)
+        .header_read_timeout(app.server.header_timeout)
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
+    builder
+}
+
+/// Serves until `stop` resolves, then stops accepting (unless a component
+/// failed), lets in-flight requests finish within `server.shutdown_grace`,
+/// and returns why it stopped. `ops`, when given, serves the operational
+/// routes on a listener of its own until then.
+pub async fn serve(
+    listener: TcpListener,
+    ops: Option<TcpListener>,
+    app: Arc<App>,
+    stop: impl Future<Output = Stop>,
+) -> Stop {
+    let builder = builder(&app);
+    let ops = ops.map(|ops| tokio::spawn(serve_ops(ops, app.clone())));
     let cap = connection_cap(app.server.max_connections);
     let connections = Arc::new(Semaphore::new(cap));
     let graceful = GracefulShutdown::new();
@@ -262,8 +293,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Outpu
             biased;
             reason = &mut stop => break reason,
             conn = accept(&listener, &connections, &accept_backoff) => {
-                let (stream, slot) = conn;
-                let svc = service(app.clone());
+                let (stream, peer, slot) = conn;
+                let svc = service(app.clone(), peer, Listener::Public);
                 let io = timed(stream, app.server.request_timeout);
                 let conn = graceful.watch(builder.serve_connection(io, svc));
                 tokio::spawn(async move {
@@ -299,8 +330,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Outpu
                     _ = &mut grace => break,
                     conn = accept(&listener, &connections, &accept_backoff) => {
                         // Answered (mostly 503) and closed; not waited for.
-                        let (stream, slot) = conn;
-                        let svc = service(app.clone());
+                        let (stream, peer, slot) = conn;
+                        let svc = service(app.clone(), peer, Listener::Public);
                         let io = timed(stream, app.server.request_timeout);
                         let conn = builder.serve_connection(io, svc);
                         tokio::spawn(async move {
@@ -312,7 +343,29 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Outpu
             }
         }
     }
+    if let Some(ops) = ops {
+        ops.abort();
+    }
     reason
+}
+
+/// The operations listener: its own accept loop and connection cap, so
+/// that probes and scrapes are answered whatever holds the public one.
+async fn serve_ops(listener: TcpListener, app: Arc<App>) {
+    let builder = builder(&app);
+    let connections = Arc::new(Semaphore::new(OPS_CONNECTIONS));
+    let backoff = Backoff::default();
+    loop {
+        let (stream, peer, slot) = accept(&listener, &connections, &backoff).await;
+        let svc = service(app.clone(), peer, Listener::Ops);
+        let conn = builder.serve_connection(timed(stream, app.server.request_timeout), svc);
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = conn.await {
+                transport_error(&e);
+            }
+        });
+    }
 }
 
 type Io = TokioIo<std::pin::Pin<Box<TimeoutStream<tokio::net::TcpStream>>>>;
@@ -327,13 +380,16 @@ fn timed(stream: tokio::net::TcpStream, timeout: Duration) -> Io {
 
 fn service(
     app: Arc<App>,
+    peer: std::net::SocketAddr,
+    listener: Listener,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
     Error = Infallible,
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > {
-    hyper::service::service_fn(move |req| edge(app.clone(), req))
+    let client = ClientAddr(peer.ip());
+    hyper::service::service_fn(move |req| edge(app.clone(), client, listener, req))
 }
 
 /// Waits for a free connection slot, then for a connection. Accept errors
@@ -342,7 +398,11 @@ async fn accept(
     listener: &TcpListener,
     connections: &Arc<Semaphore>,
     backoff: &Backoff,
-) -> (tokio::net::TcpStream, OwnedSemaphorePermit) {
+) -> (
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    OwnedSemaphorePermit,
+) {
     let slot = match connections.clone().acquire_owned().await {
         Ok(slot) => slot,
         // The semaphore is never closed.
@@ -350,9 +410,9 @@ async fn accept(
     };
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 backoff.reset();
-                return (stream, slot);
+                return (stream, peer, slot);
             }
             Err(e) => {
                 let wait = backoff.next();
@@ -404,7 +464,12 @@ fn transport_error(e: &hyper::Error) {
     );
 }
 
-async fn edge(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn edge(
+    app: Arc<App>,
+    client: ClientAddr,
+    listener: Listener,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let _in_flight = InFlight::enter();
     let request_id = req
@@ -419,11 +484,14 @@ async fn edge(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body
     let route = Route::of(&path);
 
     let mut resp = match route {
-        Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi => {
+        Route::Healthz | Route::Readyz | Route::Metrics => {
             ops::handle(&app, &route, &method, &request_id).await
         }
+        _ if listener == Listener::Ops => ApiError::not_found("route").into_response(&request_id),
+        Route::OpenApi => ops::handle(&app, &route, &method, &request_id).await,
         _ => {
             req.extensions_mut().insert(RequestId(request_id.clone()));
+            req.extensions_mut().insert(client);
             // Its own task: it runs to its end even if this connection
             // goes, and its panic is this request's alone.
             let task = {
@@ -475,6 +543,7 @@ async fn edge(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body
         route = template,
         method,
         status,
+        client_addr = %client.0,
         latency_ms = latency.as_secs_f64() * 1000.0,
         source = fields.source.as_deref(),
         event_id = fields.event_id.as_deref(),

@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::body::{self, BodyError};
+use super::body::{self, Sender};
 use super::error::{ApiError, Body, json_bytes, json_response};
 use super::{LogFields, RequestId};
 use crate::app::{App, Live};
@@ -96,20 +96,12 @@ pub(super) async fn handle(
     if !allow.split(", ").any(|m| m == method.as_str()) {
         return ApiError::method_not_allowed(allow).into_response(&request_id);
     }
-    let max = app.server.max_body_bytes;
-    let (parts, body) = match body::read(app, req).await {
+    let (parts, body, hold) = match body::read(app, req, Sender::Unverified).await {
         Ok(read) => read,
-        Err(BodyError::TooLarge) => {
-            return ApiError::payload_too_large(max).into_response(&request_id);
-        }
-        Err(BodyError::Timeout) => return ApiError::request_timeout().into_response(&request_id),
-        Err(BodyError::Unreadable) => {
-            let mut e = ApiError::validation_failed(vec![FieldIssue::new(
-                "",
-                "the request body could not be read",
-            )]);
-            e.close = true;
-            return e.into_response(&request_id);
+        Err(e) => {
+            return e
+                .answer(app, ApiError::validation_failed)
+                .into_response(&request_id);
         }
     };
     let _slot = match super::admit(app) {
@@ -122,7 +114,10 @@ pub(super) async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let Some(partner) = live.partners.authenticate(presented.as_bytes()) else {
+    let partner = live.partners.authenticate(presented.as_bytes());
+    // Known or refused, the body no longer counts as unverified.
+    drop(hold);
+    let Some(partner) = partner else {
         return ApiError::unauthenticated().into_response(&request_id);
     };
     let mut fields = LogFields {
@@ -202,25 +197,26 @@ fn write_preamble(
             return Err(ApiError::unsupported_media_type());
         }
     }
-    // A write without a body counts as `{}`; a body that is not JSON offers
+    // A write without a body counts as `{}`; a body that is not JSON (or
+    // repeats a name, so that its key field could be read two ways) offers
     // no key field, so the key can then only come from the header.
-    let value: Option<Value> = if body.is_empty() {
-        Some(json!({}))
+    let parsed = if body.is_empty() {
+        Ok(json!({}))
     } else {
-        serde_json::from_slice(body).ok()
+        crate::json::parse(body)
     };
-    let key = idempotency::key_from(
-        parts.headers.get("idempotency-key").map(|v| v.as_bytes()),
-        value.as_ref(),
-    )
-    .map_err(|e| match e {
+    let headers: Vec<&[u8]> = parts
+        .headers
+        .get_all("idempotency-key")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let key = idempotency::key_from(&headers, parsed.as_ref().ok()).map_err(|e| match e {
         KeyError::Required => ApiError::idempotency_key_required(),
         KeyError::Invalid(why) => ApiError::idempotency_key_invalid(why),
     })?;
     fields.idempotency_key = Some(key.clone());
-    let value = value.ok_or_else(|| {
-        ApiError::validation_failed(vec![FieldIssue::new("", "the body is not valid JSON")])
-    })?;
+    let value = parsed.map_err(ApiError::unparsable_body)?;
     if !value.is_object() {
         return Err(ApiError::validation_failed(vec![FieldIssue::new(
             "",

@@ -5,7 +5,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::body::{self, BodyError};
+use super::body::{self, BodyError, Sender};
 use super::error::{ApiError, Body, json_response};
 use super::{LogFields, RequestId};
 use crate::app::{App, Live};
@@ -40,27 +40,20 @@ pub async fn handle(
         ..LogFields::default()
     };
 
-    let max = app.server.max_body_bytes;
-    let (parts, body) = match body::read(app, req).await {
+    let (parts, body, hold) = match body::read(app, req, Sender::Unverified).await {
         Ok(read) => read,
-        Err(BodyError::TooLarge) => {
-            count(outcome::TOO_LARGE);
-            return with_fields(
-                ApiError::payload_too_large(max).into_response(&request_id),
-                fields,
-            );
-        }
-        Err(BodyError::Timeout) => {
-            return with_fields(
-                ApiError::request_timeout().into_response(&request_id),
-                fields,
-            );
-        }
-        Err(BodyError::Unreadable) => {
-            let mut e = ApiError::invalid_payload("the request body could not be read", Vec::new());
-            e.close = true;
-            count(outcome::INVALID_PAYLOAD);
-            return with_fields(e.into_response(&request_id), fields);
+        Err(e) => {
+            match e {
+                BodyError::TooLarge => count(outcome::TOO_LARGE),
+                BodyError::Overloaded => count(outcome::UNAVAILABLE),
+                // A client that leaves before it was verified is nobody's:
+                // it moves no counter of the source it named.
+                BodyError::Timeout | BodyError::Unreadable => {}
+            }
+            let answer = e.answer(app, |d| {
+                ApiError::invalid_payload("the body could not be read", d)
+            });
+            return with_fields(answer.into_response(&request_id), fields);
         }
     };
 
@@ -71,7 +64,14 @@ pub async fn handle(
             return with_fields(e.into_response(&request_id), fields);
         }
     };
-    let resp = match live.ingest.receive(&source, &parts.headers, body).await {
+    let verified = live.ingest.verify(&source, &parts.headers, body);
+    // Verified or refused, the body no longer counts as unverified.
+    drop(hold);
+    let received = match verified {
+        Ok(delivery) => live.ingest.accept(delivery, &parts.headers).await,
+        Err(refusal) => Err(refusal),
+    };
+    let resp = match received {
         Ok(Outcome::Accepted {
             event_id,
             received_at_ms,

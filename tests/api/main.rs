@@ -14,6 +14,7 @@ mod ops;
 mod orders;
 mod reload;
 mod signatures;
+mod strict;
 mod transport;
 mod v1;
 mod webhooks;

@@ -28,6 +28,8 @@ mod orders;
 mod reload;
 #[path = "../api/signatures.rs"]
 mod signatures;
+#[path = "../api/strict.rs"]
+mod strict;
 #[path = "../api/transport.rs"]
 mod transport;
 #[path = "../api/v1.rs"]

@@ -286,6 +286,12 @@ impl Gateway {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Gateway::spawn(cmd, config)
+    }
+
+    /// Runs `cmd` as `serve --config config` and waits for it to announce
+    /// its address.
+    fn spawn(mut cmd: Command, config: &std::path::Path) -> Gateway {
         let mut child = cmd
             .args(["serve", "--config"])
             .arg(config)
@@ -605,4 +611,30 @@ pub async fn sim_with_carrier_down() -> (SocketAddr, SplitDownstream) {
         .carrier_down
         .store(true, std::sync::atomic::Ordering::SeqCst);
     (sim, split)
+}
+
+impl Gateway {
+    /// Starts the gateway with its address space limited to `bytes`
+    /// (`RLIMIT_AS`): an allocation past it fails, and a Rust process
+    /// aborts on a failed allocation, as it would in a container at its
+    /// memory limit.
+    pub fn start_with_address_space(config: &std::path::Path, bytes: u64) -> Gateway {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_waybill"));
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Gateway::spawn(cmd, config)
+    }
 }

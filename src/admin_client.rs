@@ -60,6 +60,23 @@ impl Filters {
     }
 }
 
+/// `url` with any `user:password@` before its host replaced by `***@`,
+/// for messages: credentials in a URL are still credentials.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return match url.rfind('@') {
+            Some(at) => format!("***{}", url.get(at..).unwrap_or("")),
+            None => url.to_string(),
+        };
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://***{}{path}", authority.get(at..).unwrap_or("")),
+        None => url.to_string(),
+    }
+}
+
 pub struct AdminClient {
     base: String,
     token: String,
@@ -78,7 +95,8 @@ impl AdminClient {
             || base.parse::<http::Uri>().is_err()
         {
             return Err(EventsError::Usage(format!(
-                "--url {url:?} is not an http:// or https:// URL"
+                "--url {:?} is not an http:// or https:// URL",
+                without_userinfo(url)
             )));
         }
         let mut http = HttpConnector::new();
@@ -113,7 +131,11 @@ impl AdminClient {
             .body(Full::new(body))
             .map_err(|e| EventsError::Usage(e.to_string()))?;
         let resp = self.client.request(req).await.map_err(|e| {
-            EventsError::Failed(format!("cannot reach {}: {}", self.base, chain(&e)))
+            EventsError::Failed(format!(
+                "cannot reach {}: {}",
+                without_userinfo(&self.base),
+                chain(&e)
+            ))
         })?;
         let status = resp.status();
         let bytes = resp
@@ -242,6 +264,25 @@ mod tests {
             f.query(Some("42")),
             "source=ep&since=2026-11-30T00%3A00%3A00%2B01%3A00&cursor=42"
         );
+    }
+
+    #[test]
+    fn credentials_in_the_url_never_reach_a_message() {
+        for url in [
+            "http://user:pw@127.0.0.1:1/x",
+            "https://user:pw@example.invalid",
+            "ftp://user:pw@host",
+            "user:pw@127.0.0.1:8080",
+        ] {
+            let shown = without_userinfo(url);
+            assert!(!shown.contains("pw"), "{shown}");
+            assert!(shown.contains("***@"), "{shown}");
+        }
+        assert_eq!(without_userinfo("http://h:1/a@b"), "http://h:1/a@b");
+        let e = AdminClient::new("ftp://user:pw@host", Some("t".into()))
+            .err()
+            .unwrap();
+        assert!(!e.to_string().contains("pw"), "{e}");
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct App {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Bodies read and not yet verified (`max_unverified_mb`).
     pub unverified: crate::http::Unverified,
+    /// Failed admin authentications per client.
+    pub admin_failures: crate::http::AuthFailures,
     pub draining: AtomicBool,
 }
 
@@ -172,6 +174,7 @@ impl App {
             health,
             in_flight,
             unverified,
+            admin_failures: Default::default(),
             draining: AtomicBool::new(false),
         }))
     }

@@ -5,17 +5,31 @@ use std::path::Path;
 use crate::config::{Config, ConfigErrors};
 use crate::signature::Rejection;
 
+/// Writes `text` to stdout. A reader that stopped reading (`| head -1`)
+/// is no error: it has what it wanted, and the command ends quietly
+/// rather than panicking on the broken pipe.
+pub fn emit(text: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        done => done,
+    }
+}
+
 /// Prints the summary of a valid config, or every bad key.
-/// Returns the process exit code (0 or 2).
+/// Returns the process exit code (0, 1 when stdout fails, or 2).
 pub fn check_config(path: Option<&Path>) -> i32 {
     match Config::load(path) {
         Ok((config, origin)) => {
-            println!("config {origin} is valid");
-            print!("{}", config.summary());
+            let mut out = format!("config {origin} is valid\n{}", config.summary());
             for w in &config.warnings {
-                println!("warning: {w}");
+                out.push_str(&format!("warning: {w}\n"));
             }
-            0
+            match emit(out.as_bytes()) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            }
         }
         Err(errors) => {
             print_errors(&errors);

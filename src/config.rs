@@ -229,6 +229,20 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
+    /// How long an identity of this source is remembered: its
+    /// `dedupe_retention`, and for a scheme that signs a timestamp at least
+    /// twice the tolerance and one second more. Timestamps are whole
+    /// seconds: a delivery received late in one second may be replayed
+    /// until the end of the second twice the tolerance on (contract 11.2).
+    pub fn identity_retention(&self) -> Duration {
+        match self.scheme.tolerance() {
+            Some(tolerance) => self
+                .dedupe_retention
+                .max(tolerance * 2 + Duration::from_secs(1)),
+            None => self.dedupe_retention,
+        }
+    }
+
     /// Whether an event of this type (None when absent) goes to the state
     /// machine. A configured `event_type` pointer that is absent makes the
     /// event a type outside `accept_event_types` (contract 3.3).
@@ -436,11 +450,17 @@ impl Config {
     /// A human summary for `check-config`: names and origins, never values.
     pub fn summary(&self) -> String {
         let mut out = String::new();
-        out.push_str(&format!(
-            "listen {}, store {}\n",
-            self.server.listen,
-            self.store.path.display()
-        ));
+        let store = match &self.store.backend {
+            StoreBackend::Sled => format!("sled at {}", self.store.path.display()),
+            // The url's origin only: the url itself may hold a password.
+            StoreBackend::Postgres { url, pool_size } => {
+                format!("postgres (url {}, pool_size {pool_size})", url.origin)
+            }
+        };
+        out.push_str(&format!("listen {}, store {store}\n", self.server.listen));
+        if let Some(ops) = self.server.ops_listen {
+            out.push_str(&format!("ops_listen {ops} (/healthz, /readyz, /metrics)\n"));
+        }
         for s in &self.sources {
             let origins: Vec<String> = s.secrets.iter().map(|k| k.origin.to_string()).collect();
             out.push_str(&format!(
@@ -467,6 +487,10 @@ impl Config {
         out
     }
 }
+
+/// An admin token shorter than this is warned about: it guards every
+/// event and redelivery.
+const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 fn single(key: &str, why: String) -> ConfigErrors {
     ConfigErrors(vec![Issue {
@@ -869,14 +893,38 @@ impl Walker<'_> {
         // The one secret whose absence does not refuse start: without it the
         // admin API is simply off.
         if let Some(name) = raw.strip_prefix("env:")
-            && self.env.var(name).is_none_or(|v| v.is_empty())
+            && self.env.var(name).is_none()
         {
             self.warnings.push(format!(
                 "admin.token refers to unset environment variable {name}; /admin is disabled"
             ));
             return None;
         }
-        self.secret(&raw, "admin.token")
+        // Blank is refused rather than taken as "off": a token set on
+        // purpose and left empty is a mistake, and `Bearer ` must never
+        // open the admin API.
+        if let Some(name) = raw.strip_prefix("env:")
+            && self.env.var(name).is_some_and(|v| v.trim().is_empty())
+        {
+            self.bad(
+                "admin.token",
+                format!("environment variable {name} is set but blank"),
+            );
+            return None;
+        }
+        let token = self.secret(&raw, "admin.token")?;
+        if token.expose().trim().is_empty() {
+            self.bad("admin.token", "is blank");
+            return None;
+        }
+        let chars = token.expose().chars().count();
+        if chars < MIN_ADMIN_TOKEN_CHARS {
+            self.warnings.push(format!(
+                "admin.token ({}) has {chars} characters; use at least {MIN_ADMIN_TOKEN_CHARS} random ones (for example `openssl rand -hex 32`)",
+                token.origin()
+            ));
+        }
+        Some(token)
     }
 
     fn sources(&mut self, root: &mut Table, default_retention: Duration) -> Vec<SourceConfig> {
@@ -1004,25 +1052,30 @@ impl Walker<'_> {
         };
         self.unknown(t, p);
         // A signed timestamp is accepted for `tolerance` either side of
-        // now, so a captured delivery can be replayed until `tolerance`
-        // after its timestamp; its identity must be remembered at least
-        // that long, or the replay is accepted as new.
-        if let Some(tolerance) = scheme.as_ref().and_then(Scheme::tolerance) {
-            if dedupe_retention < tolerance {
+        // now: a delivery stamped `tolerance` ahead is accepted at once and
+        // can be replayed until `tolerance` after its stamp, twice the
+        // tolerance later. Its identity must be remembered that long, or
+        // the replay is accepted as new (contract 11.2).
+        match scheme.as_ref().map(|s| (s, s.tolerance())) {
+            Some((_, Some(tolerance))) if dedupe_retention < tolerance * 2 => {
                 self.bad(
                     join(p, "dedupe_retention"),
                     format!(
-                        "{} is shorter than the signature tolerance of {}: a captured delivery could be replayed and accepted twice",
+                        "{} is under twice the signature tolerance of {}: a captured delivery stamped ahead could be replayed after its identity is forgotten, and accepted twice",
                         humantime::format_duration(dedupe_retention),
                         humantime::format_duration(tolerance)
                     ),
                 );
-            } else if dedupe_retention < tolerance * 2 {
+            }
+            Some((scheme, None)) if dedupe_retention < Duration::from_secs(86_400) => {
                 self.warnings.push(format!(
-                    "source {}: dedupe_retention is under twice the signature tolerance; a delivery received early (sender's clock ahead) can be replayed after its identity is forgotten",
-                    name.as_deref().unwrap_or("?")
+                    "source {}: the {} scheme signs no timestamp, so remembering identities ({}) is its only defence against a replayed delivery; under 24h, a delivery captured earlier is accepted again",
+                    name.as_deref().unwrap_or("?"),
+                    scheme.name(),
+                    humantime::format_duration(dedupe_retention),
                 ));
             }
+            _ => {}
         }
         if self.issues.len() > before {
             return None;
@@ -1549,8 +1602,12 @@ mod tests {
         assert_eq!(ok.downstream.ca_certs, [generated.cert.der().to_vec()]);
     }
 
+    /// Contract 11.2: the signed window spans twice the tolerance, so a
+    /// retention under that is an error (a replay at 1.5 times the
+    /// tolerance would be accepted twice); identities are then kept one
+    /// second longer, for whole-second timestamps.
     #[test]
-    fn a_dedupe_retention_shorter_than_the_tolerance_is_an_error() {
+    fn a_dedupe_retention_under_twice_the_tolerance_is_an_error() {
         let cfg = |retention: &str| {
             format!(
                 r#"
@@ -1558,19 +1615,83 @@ mod tests {
                 name = "s"
                 kind = "store-only"
                 secrets = ["whsec_dGVzdA=="]
-                signature = {{ scheme = "standard-webhooks", tolerance = "5m" }}
+                signature = {{ scheme = "standard-webhooks", tolerance = "10s" }}
                 dedupe_retention = "{retention}"
                 "#
             )
         };
-        let e = Config::parse(&cfg("4m"), &no_env()).unwrap_err();
-        assert_eq!(keys(&e), ["sources[0].dedupe_retention"]);
-        assert!(e.0[0].why.contains("replayed"), "{}", e.0[0].why);
-        // Exactly the tolerance passes, with a warning below twice it.
-        let ok = Config::parse(&cfg("5m"), &no_env()).unwrap();
-        assert!(ok.warnings.iter().any(|w| w.contains("twice")));
-        let ok = Config::parse(&cfg("10m"), &no_env()).unwrap();
-        assert!(!ok.warnings.iter().any(|w| w.contains("twice")));
+        for short in ["9s", "10s", "15s", "19s"] {
+            let e = Config::parse(&cfg(short), &no_env()).unwrap_err();
+            assert_eq!(keys(&e), ["sources[0].dedupe_retention"], "{short}");
+            assert!(e.0[0].why.contains("replayed"), "{}", e.0[0].why);
+        }
+        let ok = Config::parse(&cfg("20s"), &no_env()).unwrap();
+        assert_eq!(ok.sources[0].identity_retention(), Duration::from_secs(21));
+        let ok = Config::parse(&cfg("1h"), &no_env()).unwrap();
+        assert_eq!(
+            ok.sources[0].identity_retention(),
+            Duration::from_secs(3600)
+        );
+    }
+
+    /// Contract 11.2: a scheme that signs no timestamp relies on dedupe
+    /// alone, so a retention under 24 hours is warned about.
+    #[test]
+    fn an_untimestamped_source_under_a_day_of_retention_is_warned_about() {
+        let cfg = |retention: &str| {
+            format!(
+                "[[sources]]\nname = \"ep\"\nkind = \"store-only\"\nsecrets = [\"x\"]\n\
+                 signature = {{ scheme = \"easypost\" }}\ndedupe_retention = \"{retention}\"\n"
+            )
+        };
+        let warned = |c: &Config| c.warnings.iter().any(|w| w.contains("only defence"));
+        let short = Config::parse(&cfg("1s"), &no_env()).unwrap();
+        assert!(warned(&short), "{:?}", short.warnings);
+        assert_eq!(
+            short.sources[0].identity_retention(),
+            Duration::from_secs(1)
+        );
+        assert!(!warned(&Config::parse(&cfg("24h"), &no_env()).unwrap()));
+    }
+
+    /// Contract 11.2: a blank admin token is refused, a short one warned
+    /// about; an unset variable still only disables `/admin`.
+    #[test]
+    fn a_blank_admin_token_is_refused_and_a_short_one_warned_about() {
+        struct One(&'static str);
+        impl Env for One {
+            fn var(&self, name: &str) -> Option<String> {
+                (name == "TOKEN").then(|| self.0.to_string())
+            }
+        }
+        for (raw, env) in [
+            ("\"   \"", ""),
+            ("\"\"", ""),
+            ("\"env:TOKEN\"", ""),
+            ("\"env:TOKEN\"", " \t"),
+        ] {
+            let e = Config::parse(&format!("[admin]\ntoken = {raw}\n"), &One(env)).unwrap_err();
+            assert_eq!(keys(&e), ["admin.token"], "{raw} {env:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let blank = dir.path().join("token");
+        std::fs::write(&blank, "  \n").unwrap();
+        let e = Config::parse(
+            &format!("[admin]\ntoken = \"file:{}\"\n", blank.display()),
+            &no_env(),
+        )
+        .unwrap_err();
+        assert_eq!(keys(&e), ["admin.token"]);
+
+        let short = Config::parse("[admin]\ntoken = \"x\"\n", &no_env()).unwrap();
+        assert!(short.admin_token.is_some());
+        assert!(short.warnings.iter().any(|w| w.contains("at least 32")));
+        let long = Config::parse(
+            &format!("[admin]\ntoken = \"{}\"\n", "k".repeat(32)),
+            &no_env(),
+        )
+        .unwrap();
+        assert!(!long.warnings.iter().any(|w| w.contains("at least 32")));
     }
 
     #[test]

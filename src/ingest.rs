@@ -131,7 +131,7 @@ impl Ingest {
         }
         let examined =
             identity::examine(&source.config, event_id, &body).map_err(Refusal::InvalidPayload)?;
-        let retention_ms = source.config.dedupe_retention.as_millis() as u64;
+        let retention_ms = source.config.identity_retention().as_millis() as u64;
         let event = NewEvent {
             source: source.config.name.clone(),
             event_id: examined.event_id.clone(),

@@ -301,13 +301,7 @@ fn events(command: EventsCommand) -> ExitCode {
         }
     });
     match result {
-        Ok(out) => {
-            use std::io::Write;
-            match std::io::stdout().write_all(out.as_bytes()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(_) => ExitCode::FAILURE,
-            }
-        }
+        Ok(out) => exit_after(waybill::cli::emit(out.as_bytes()), ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
@@ -347,10 +341,13 @@ fn migrate(url: &str) -> ExitCode {
             Ok::<_, waybill::store::StoreError>((applied, store.schema_version().await?))
         };
         match done.await {
-            Ok((applied, version)) => {
-                println!("applied {applied} migration(s); the schema is at version {version}");
-                ExitCode::SUCCESS
-            }
+            Ok((applied, version)) => exit_after(
+                waybill::cli::emit(
+                    format!("applied {applied} migration(s); the schema is at version {version}\n")
+                        .as_bytes(),
+                ),
+                ExitCode::SUCCESS,
+            ),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
@@ -385,15 +382,11 @@ fn main() -> ExitCode {
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            use std::io::Write;
             // Into a buffer first: written straight to a closed pipe (`|
             // head`), the generator panics.
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "waybill", &mut script);
-            match std::io::stdout().write_all(&script) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(_) => ExitCode::FAILURE,
-            }
+            exit_after(waybill::cli::emit(&script), ExitCode::SUCCESS)
         }
         Command::Verify {
             source,
@@ -403,11 +396,11 @@ fn main() -> ExitCode {
             file,
         } => match waybill::cli::verify(config.config.as_deref(), &source, &headers, &file, at) {
             Ok(verdict) => {
-                print!("{verdict}");
-                match verdict {
+                let code = match verdict {
                     waybill::cli::Verdict::Valid { .. } => ExitCode::SUCCESS,
                     waybill::cli::Verdict::Invalid(_) => ExitCode::from(1),
-                }
+                };
+                exit_after(waybill::cli::emit(verdict.to_string().as_bytes()), code)
             }
             Err(e) => usage_error(e),
         },
@@ -417,10 +410,7 @@ fn main() -> ExitCode {
             curl,
             file,
         } => match waybill::cli::sign(config.config.as_deref(), &source, &file, curl.as_deref()) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
+            Ok(out) => exit_after(waybill::cli::emit(out.as_bytes()), ExitCode::SUCCESS),
             Err(e) => usage_error(e),
         },
         Command::Serve { config, log_format } => serve(config.config, log_format),
@@ -464,6 +454,15 @@ fn main() -> ExitCode {
             };
             simulate(listen, config)
         }
+    }
+}
+
+/// `code`, unless writing the output failed for a reason other than a
+/// reader that went away.
+fn exit_after(written: std::io::Result<()>, code: ExitCode) -> ExitCode {
+    match written {
+        Ok(()) => code,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 

@@ -156,16 +156,17 @@ pub fn interpret_fields(
         None => received_at_ms as i64,
         Some(raw) => {
             let ptr = mapping.occurred_at.as_deref().unwrap_or("occurred_at");
-            match serde_json::from_str::<Value>(raw)
-                .ok()
-                .as_ref()
-                .and_then(parse_time)
-            {
+            let value = serde_json::from_str::<Value>(raw).ok();
+            match value.as_ref().and_then(parse_time) {
                 Some(ms) if crate::clock::in_range(ms) => ms,
                 Some(ms) => {
                     // Epoch milliseconds sent where seconds belong are the
-                    // usual cause: say so to whoever reads the dead letter.
-                    let hint = if ms > crate::clock::LATEST_MS {
+                    // usual cause of a number past the range: say so to
+                    // whoever reads the dead letter. A written time past it
+                    // is something else.
+                    let hint = if ms > crate::clock::LATEST_MS
+                        && value.as_ref().is_some_and(Value::is_number)
+                    {
                         " (unix seconds are expected, not milliseconds)"
                     } else {
                         ""
@@ -368,6 +369,15 @@ mod tests {
             panic!()
         };
         assert!(reason.contains("milliseconds"), "{reason}");
+        // A written time past the range is not mistaken for milliseconds.
+        let Interpretation::Dead { reason } = run(
+            "ups",
+            r#"{"type":"track","tn":"1Z","st":"transit","at":"9999-12-31T23:59:59-23:59"}"#,
+        ) else {
+            panic!("a time past 9999 in UTC was not dead")
+        };
+        assert!(reason.starts_with("/at is outside"), "{reason}");
+        assert!(!reason.contains("milliseconds"), "{reason}");
         // The ends of the range are fine.
         for at in ["0", "253402300799", r#""9999-12-31T23:59:59.999Z""#] {
             let body = format!(r#"{{"type":"track","tn":"1Z","st":"transit","at":{at}}}"#);

@@ -94,3 +94,115 @@ mod tests {
         assert_eq!(l.check(), Ok(()));
     }
 }
+
+/// Failed authentications per client (contract 11.2): at most `burst`
+/// failures, then one more every `interval`, each client apart. GCRA by
+/// hand rather than governor's keyed limiter, because the question asked
+/// before a request is checked is "may this client try?", which must not
+/// use up a try the way governor's `check` does.
+///
+/// Pure: the caller passes the time. Bounded: beyond `MAX_CLIENTS`, the
+/// clients whose failures have all worn off are forgotten first.
+pub struct Failures<K> {
+    interval: std::time::Duration,
+    burst: u32,
+    /// Each client's theoretical arrival time: when its debt of failures
+    /// is paid off.
+    paid_at: std::collections::HashMap<K, std::time::Instant>,
+}
+
+/// Clients tracked at most; past that, a new client is tracked only once
+/// room is made by forgetting those with nothing owed.
+const MAX_CLIENTS: usize = 100_000;
+
+/// What a failure did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// Recorded; the client may try again.
+    Counted,
+    /// This failure used the last try: the client waits this long.
+    Blocked(std::time::Duration),
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Failures<K> {
+    pub fn new(burst: u32, per: std::time::Duration) -> Failures<K> {
+        let burst = burst.max(1);
+        Failures {
+            interval: per / burst,
+            burst,
+            paid_at: std::collections::HashMap::new(),
+        }
+    }
+
+    /// How long `client` must wait before it may try again; None when it
+    /// may now.
+    pub fn blocked(&self, client: &K, now: std::time::Instant) -> Option<std::time::Duration> {
+        let paid_at = *self.paid_at.get(client)?;
+        let allowed_debt = self.interval * (self.burst - 1);
+        let debt = paid_at.saturating_duration_since(now);
+        (debt > allowed_debt).then(|| debt - allowed_debt)
+    }
+
+    /// Records a failed try by `client`.
+    pub fn fail(&mut self, client: &K, now: std::time::Instant) -> Failed {
+        if self.paid_at.len() >= MAX_CLIENTS && !self.paid_at.contains_key(client) {
+            self.paid_at.retain(|_, paid_at| *paid_at > now);
+            if self.paid_at.len() >= MAX_CLIENTS {
+                return Failed::Counted;
+            }
+        }
+        let paid_at = self.paid_at.entry(client.clone()).or_insert(now);
+        *paid_at = (*paid_at).max(now) + self.interval;
+        match self.blocked(client, now) {
+            Some(wait) => Failed::Blocked(wait),
+            None => Failed::Counted,
+        }
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn ten_failures_a_minute_then_one_every_six_seconds() {
+        let mut f = Failures::new(10, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for _ in 0..9 {
+            assert_eq!(f.fail(&"a", t0), Failed::Counted);
+            assert_eq!(f.blocked(&"a", t0), None);
+        }
+        assert_eq!(f.fail(&"a", t0), Failed::Blocked(Duration::from_secs(6)));
+        assert_eq!(f.blocked(&"a", t0), Some(Duration::from_secs(6)));
+        // Another client is not held back by this one.
+        assert_eq!(f.blocked(&"b", t0), None);
+        assert_eq!(f.fail(&"b", t0), Failed::Counted);
+        // Waiting pays the debt down: one more try after six seconds.
+        let later = t0 + Duration::from_secs(6);
+        assert_eq!(f.blocked(&"a", later), None);
+        assert_eq!(f.fail(&"a", later), Failed::Blocked(Duration::from_secs(6)));
+        // A minute of quiet forgives everything.
+        let much_later = later + Duration::from_secs(60);
+        assert_eq!(f.blocked(&"a", much_later), None);
+        for _ in 0..9 {
+            assert_eq!(f.fail(&"a", much_later), Failed::Counted);
+        }
+    }
+
+    #[test]
+    fn the_table_of_clients_stays_bounded() {
+        let mut f = Failures::new(10, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..MAX_CLIENTS {
+            f.fail(&i, t0);
+        }
+        // Full of clients that still owe: a new one is not tracked.
+        assert_eq!(f.fail(&usize::MAX, t0), Failed::Counted);
+        assert_eq!(f.paid_at.len(), MAX_CLIENTS);
+        // Once their debts are paid they make room.
+        let later = t0 + Duration::from_secs(7);
+        f.fail(&usize::MAX, later);
+        assert_eq!(f.paid_at.len(), 1);
+    }
+}

@@ -29,6 +29,7 @@ pub mod metric {
     pub const STORE_SIZE: &str = "waybill_store_size_bytes";
     pub const CONFIG_RELOADS: &str = "waybill_config_reloads_total";
     pub const PARKED: &str = "waybill_parked_events";
+    pub const DEAD: &str = "waybill_dead_events";
     pub const STORE_FREE: &str = "waybill_store_free_bytes";
 
     /// Every name above: what the dashboard and the alert rules may use
@@ -53,6 +54,7 @@ pub mod metric {
         STORE_SIZE,
         CONFIG_RELOADS,
         PARKED,
+        DEAD,
         STORE_FREE,
     ];
 }
@@ -136,6 +138,10 @@ pub fn metrics_handle() -> PrometheusHandle {
             metrics::describe_gauge!(
                 metric::PARKED,
                 "Events parked until their shipment or order exists"
+            );
+            metrics::describe_gauge!(
+                metric::DEAD,
+                "Events in the dead letter now, waiting for an operator"
             );
             metrics::describe_gauge!(metric::STORE_SIZE, "Bytes the store takes on disk");
             metrics::describe_gauge!(

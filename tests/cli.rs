@@ -345,3 +345,64 @@ fn sigterm_drains_flushes_and_exits_0() {
         assert!(v["level"].is_string());
     }
 }
+
+/// `waybill check-config | head -1`: a reader that stops reading ends the
+/// command quietly, not with a panic about a broken pipe. The pipe is
+/// closed before the command writes, so the write always meets it.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    for args in [
+        &["check-config"][..],
+        &["completions", "bash"],
+        &[
+            "sign",
+            "--source",
+            "easypost",
+            "fixtures/easypost_tracker_updated.json",
+        ],
+    ] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("WAYBILL_CONFIG")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.is_empty(), "{args:?} said: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+    }
+}
+
+/// On PostgreSQL the summary names the backend and where its url comes
+/// from, never the url (it may hold a password) nor the unused sled path.
+#[test]
+fn check_config_on_postgres_names_the_backend_not_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pg.toml");
+    std::fs::write(
+        &path,
+        "[store]\nbackend = \"postgres\"\nurl = \"env:WAYBILL_TEST_PG_URL\"\npath = \"unused-sled-dir\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[(
+            "WAYBILL_TEST_PG_URL",
+            "postgres://u:hunter2@db.internal/waybill",
+        )],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("store postgres (url env:WAYBILL_TEST_PG_URL"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("hunter2") && !out.contains("db.internal"),
+        "{out}"
+    );
+    assert!(!out.contains("unused-sled-dir"), "{out}");
+}

@@ -148,5 +148,11 @@ async fn events_searches_pages_shows_and_redelivers_from_the_shell() {
     let (code, _, err) = events(&url, Some(TOKEN), &["redeliver"]);
     assert_eq!(code, 2, "neither an event nor --outcome: {err}");
     assert!(!err.contains(TOKEN));
+    // Credentials written into the URL are not repeated in its errors.
+    for url in ["http://ops:s3cret@127.0.0.1:1", "ftp://ops:s3cret@example"] {
+        let (code, _, err) = events(url, Some(TOKEN), &["search"]);
+        assert_ne!(code, 0, "{url}");
+        assert!(!err.is_empty() && !err.contains("s3cret"), "{err}");
+    }
     assert_eq!(gw.terminate(), Some(0));
 }

@@ -256,3 +256,135 @@ async fn outcomes_are_counted_exactly() {
         0.0
     );
 }
+
+/// Contract 11.3: parked and dead are counted once, when an event becomes
+/// so; redeliveries that leave it so count nothing, and
+/// `waybill_dead_events` says how many are dead now. On a gateway process
+/// of its own (its own recorder) per store.
+async fn redeliveries_that_change_nothing_count_nothing(store: &str, env: &[(&str, &str)]) {
+    const ADMIN: &str = "metrics-admin-token-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("waybill.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+{store}
+[admin]
+token = "{ADMIN}"
+[[sources]]
+name = "carrier"
+kind = "tracking"
+secrets = ["{GH_SECRET}"]
+signature = {{ scheme = "github" }}
+event_id = "/id"
+[sources.mapping]
+tracking_number = "/t"
+status = "/s"
+occurred_at = "/at"
+[sources.mapping.status_map]
+in_transit = "IN_TRANSIT"
+"#,
+            store = store.replace("{dir}", &dir.path().display().to_string()),
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_with_env(&cfg, env);
+    let mut client = Client::new(gw.addr);
+    const PARKED: usize = 1000;
+    const DEAD: usize = 50;
+    for i in 0..PARKED + DEAD {
+        // No shipment has these tracking numbers: parked. A time that is
+        // no time: dead.
+        let at = if i < PARKED {
+            "2026-11-20T10:00:00Z"
+        } else {
+            "soon"
+        };
+        let body =
+            json!({"id": format!("e-{i}"), "t": format!("TN-{i}"), "s": "in_transit", "at": at})
+                .to_string();
+        let h = signed(SchemeKind::Github, GH_SECRET, body.as_bytes(), 0, "");
+        let r = client.send("POST", "/webhooks/carrier", &h, body).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    let metrics = async || String::from_utf8(get(gw.addr, "/metrics").await.body.to_vec()).unwrap();
+    let mut text = metrics().await;
+    for _ in 0..500 {
+        if metric(&text, "waybill_parked_events", "") == PARKED as f64
+            && metric(&text, "waybill_dead_events", "") == DEAD as f64
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        text = metrics().await;
+    }
+    let counted = |text: &str, outcome: &str| {
+        metric(
+            text,
+            "waybill_dispatch_total",
+            &format!("source=\"carrier\",outcome=\"{outcome}\""),
+        )
+    };
+    assert_eq!(
+        metric(&text, "waybill_parked_events", ""),
+        PARKED as f64,
+        "{store}"
+    );
+    assert_eq!(
+        metric(&text, "waybill_dead_events", ""),
+        DEAD as f64,
+        "{store}"
+    );
+    assert_eq!(counted(&text, "parked"), PARKED as f64, "{store}");
+    assert_eq!(counted(&text, "dead"), DEAD as f64, "{store}");
+
+    let admin = vec![
+        ("Authorization".to_string(), format!("Bearer {ADMIN}")),
+        ("Content-Type".to_string(), "application/json".to_string()),
+    ];
+    for outcome in ["parked", "dead"] {
+        for _ in 0..10 {
+            let r = client
+                .send(
+                    "POST",
+                    "/admin/redeliver",
+                    &admin,
+                    format!(r#"{{"outcome":"{outcome}","limit":10000}}"#),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            let n = if outcome == "parked" { PARKED } else { DEAD };
+            assert_eq!(r.json()["outcomes"][outcome], n, "{store}: {:?}", r.body);
+        }
+    }
+    let text = metrics().await;
+    assert_eq!(
+        counted(&text, "parked"),
+        PARKED as f64,
+        "{store}: parked counted again"
+    );
+    assert_eq!(
+        counted(&text, "dead"),
+        DEAD as f64,
+        "{store}: dead counted again"
+    );
+    assert_eq!(metric(&text, "waybill_parked_events", ""), PARKED as f64);
+    assert_eq!(metric(&text, "waybill_dead_events", ""), DEAD as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliveries_that_leave_events_parked_or_dead_count_nothing() {
+    redeliveries_that_change_nothing_count_nothing("path = \"{dir}/data\"\nmin_free_mb = 0", &[])
+        .await;
+    if let Some(schema) = support::pg::schema().await {
+        redeliveries_that_change_nothing_count_nothing(
+            "backend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"",
+            &[("WAYBILL_DATABASE_URL", &schema.url)],
+        )
+        .await;
+    }
+}

@@ -19,6 +19,7 @@ use support::*;
 use waybill::signature::SchemeKind;
 
 const SECRET: &str = "whsec_cmVwbGljYXMtdGVzdC1rZXktMDAwMDAwMDAwMA==";
+const ADMIN: &str = "replicas-admin-token-0123456789abcdef";
 
 /// The replicas' config, with `extra` (TOML) at the end.
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
@@ -340,12 +341,45 @@ async fn a_database_outage_is_503_with_retry_after_and_heals_by_itself() {
         .replace(&format!("127.0.0.1:{port}"), &proxy.addr.to_string());
     assert_ne!(url, schema.url, "the database is reached through the proxy");
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
+    let config = write_config(dir.path(), &format!("[admin]\ntoken = \"{ADMIN}\""));
     let gateway = Gateway::start_with_env(&config, &[("WAYBILL_DATABASE_URL", &url)]);
     let addr = gateway.addr;
     assert_eq!(get(addr, "/readyz").await.status, 200);
 
     proxy.set_cut(true);
+    // Contract 11.1: every route that reads the store, admin included,
+    // answers 503 with Retry-After, never 500.
+    let admin = vec![("Authorization".to_string(), format!("Bearer {ADMIN}"))];
+    let mut admin_json = admin.clone();
+    admin_json.push(("Content-Type".into(), "application/json".into()));
+    for (method, path, headers, body) in [
+        ("GET", "/admin/events", &admin, ""),
+        ("GET", "/admin/events?tracking_number=TN-OUT", &admin, ""),
+        ("GET", "/admin/events/carrier/evt-1", &admin, ""),
+        ("POST", "/admin/events/carrier/evt-1/redeliver", &admin, ""),
+        (
+            "POST",
+            "/admin/redeliver",
+            &admin_json,
+            r#"{"outcome":"dead"}"#,
+        ),
+        (
+            "POST",
+            "/admin/redeliver",
+            &admin_json,
+            r#"{"outcome":"parked","dry_run":true}"#,
+        ),
+        ("GET", "/v1/shipments/shp_0193", &partner_headers("k"), ""),
+        ("GET", "/v1/orders", &partner_headers("k"), ""),
+        ("GET", "/v1/orders/o-1", &partner_headers("k"), ""),
+    ] {
+        let r = Client::new(addr)
+            .send(method, path, headers, body.to_string())
+            .await;
+        assert_eq!(r.status, 503, "{method} {path}: {:?}", r.body);
+        assert_eq!(r.code(), "STORE_UNAVAILABLE", "{method} {path}");
+        assert_eq!(r.header("retry-after"), Some("5"), "{method} {path}");
+    }
     let (h, body) = delivery("evt-outage", "TN-OUT");
     let refused = post(addr, "/webhooks/carrier", &h, body.clone()).await;
     assert_eq!(refused.status, 503, "{:?}", refused.body);

@@ -9,6 +9,7 @@ mod support;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -315,4 +316,77 @@ async fn silent_connections_at_the_cap_leave_probes_answered_on_the_ops_listener
         .await
         .expect("the public listener answers again");
     assert_eq!(r.status, 200);
+}
+
+/// Contract 11.2: guessing the admin token is slowed per client address.
+/// Ten wrong tries a minute (console sign-ins and bearer tokens alike),
+/// then 429 `RATE_LIMITED` with `Retry-After` for every try, the right
+/// token included; the burst is logged at WARN with the address and never
+/// what was sent; once the wait is over the right token works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_admin_token_is_slowed_per_client_and_logged() {
+    const TOKEN: &str = "the-real-admin-token-of-this-gateway";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_gateway_config(dir.path(), "", &format!("[admin]\ntoken = \"{TOKEN}\""));
+    let gw = Gateway::start(&cfg);
+    let mut client = Client::new(gw.addr);
+    let bearer = |t: &str| vec![("Authorization".to_string(), format!("Bearer {t}"))];
+    let form = vec![(
+        "Content-Type".to_string(),
+        "application/x-www-form-urlencoded".to_string(),
+    )];
+    for i in 0..5 {
+        let r = client
+            .send("POST", "/admin/ui", &form, format!("token=guess-form-{i}"))
+            .await;
+        assert_eq!(r.status, 401, "sign-in {i}");
+    }
+    let mut first_refused = None;
+    let mut retry_after = 0;
+    for i in 0..2000 {
+        let r = client
+            .send(
+                "GET",
+                "/admin/events",
+                &bearer(&format!("guess-bearer-{i}")),
+                Bytes::new(),
+            )
+            .await;
+        match r.status.as_u16() {
+            401 => assert!(first_refused.is_none(), "a 401 after a 429, at {i}"),
+            429 => {
+                assert_eq!(r.code(), "RATE_LIMITED");
+                retry_after = r.header("retry-after").unwrap().parse::<u64>().unwrap();
+                first_refused.get_or_insert(i);
+            }
+            other => panic!("{other} at {i}"),
+        }
+    }
+    assert_eq!(first_refused, Some(5), "ten failures, then 429");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // The right token is refused too while the client waits: a guesser
+    // cannot tell a right guess from a wrong one.
+    let r = client
+        .send("GET", "/admin/events", &bearer(TOKEN), Bytes::new())
+        .await;
+    assert_eq!(r.status, 429);
+
+    let warned = gw.await_log(1, |v| {
+        v["level"] == "WARN"
+            && v["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("admin authentication")
+    });
+    assert!(!warned.is_empty(), "no WARN line for the burst");
+    assert_eq!(warned[0]["client_addr"], "127.0.0.1");
+    let all = gw.log.lock().unwrap().join("\n");
+    assert!(!all.contains("guess-"), "a guessed token reached the log");
+    assert!(!all.contains(TOKEN), "the token reached the log");
+
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let r = client
+        .send("GET", "/admin/events", &bearer(TOKEN), Bytes::new())
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }

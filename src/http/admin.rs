@@ -5,6 +5,9 @@
 //! without it, with its sign-in form. Without a configured token every
 //! `/admin` path is 404.
 
+use std::net::IpAddr;
+use std::sync::PoisonError;
+
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
@@ -12,10 +15,11 @@ use serde_json::{Map, Value, json};
 
 use super::console;
 use super::error::{ApiError, Body, json_response};
-use super::{LogFields, RequestId};
+use super::{ClientAddr, LogFields, RequestId};
 use crate::app::{App, Live};
 use crate::clock::rfc3339_ms;
 use crate::identity::{FieldIssue, UNSTORABLE, unstorable};
+use crate::ratelimit::{Failed, Failures};
 use crate::store::{EventFilter, OutcomeRecord, StateError, StoredEvent};
 
 const OUTCOMES: [&str; 7] = [
@@ -31,6 +35,67 @@ const MAX_SCAN: usize = 100_000;
 /// second concurrent scan would only take the other core from intake.
 static SEARCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
+/// Failed admin authentications (a wrong bearer token, session cookie or
+/// console sign-in) per client address: ten a minute, then one every six
+/// seconds (contract 11.2). IPv6 clients count by their /64, which one
+/// host is commonly given whole.
+pub struct AuthFailures(std::sync::Mutex<Failures<IpAddr>>);
+
+impl Default for AuthFailures {
+    fn default() -> AuthFailures {
+        AuthFailures(std::sync::Mutex::new(Failures::new(
+            10,
+            std::time::Duration::from_secs(60),
+        )))
+    }
+}
+
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
+impl AuthFailures {
+    /// 429 `RATE_LIMITED` when `client` has failed too often to try now.
+    pub fn check(&self, client: IpAddr) -> Result<(), ApiError> {
+        let wait = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .blocked(&client_key(client), std::time::Instant::now());
+        match wait {
+            Some(wait) => Err(ApiError::rate_limited(
+                wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication by `client`; the one that uses its
+    /// last try is logged at WARN, with the address and never what it sent.
+    pub fn failed(&self, client: IpAddr) {
+        let failed = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fail(&client_key(client), std::time::Instant::now());
+        if let Failed::Blocked(wait) = failed {
+            tracing::warn!(
+                client_addr = %client,
+                retry_after_s = wait.as_secs_f64().ceil() as u64,
+                "admin authentication failed repeatedly from this client; its tries are refused (429) for a while"
+            );
+        }
+    }
+}
+
 pub async fn handle(app: &App, live: &Live, req: Request<Incoming>) -> Response<Body> {
     let request_id = req
         .extensions()
@@ -40,14 +105,26 @@ pub async fn handle(app: &App, live: &Live, req: Request<Incoming>) -> Response<
     let Some(token) = &live.config.admin_token else {
         return ApiError::not_found("route").into_response(&request_id);
     };
+    let client = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
+    if let Err(e) = app.admin_failures.check(client) {
+        return e.into_response(&request_id);
+    }
     let credential = console::credential(req.headers(), token);
     let path = req.uri().path().to_string();
     // The console's page answers a browser without credentials with its
     // sign-in form, and takes the token from it.
     if path == "/admin/ui" {
-        return console::handle(app, req, token, credential, &request_id).await;
+        return console::handle(app, req, token, credential, client, &request_id).await;
     }
     if !console::allowed(credential, req.method(), req.headers()) {
+        // Asking without credentials guesses nothing; a wrong token or
+        // cookie is a try.
+        if credential == console::Credential::None && console::presented(req.headers()) {
+            app.admin_failures.failed(client);
+        }
         return ApiError::unauthenticated().into_response(&request_id);
     }
     let _slot = match super::admit(app) {

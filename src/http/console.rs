@@ -61,6 +61,22 @@ pub fn credential(headers: &HeaderMap, token: &Secret) -> Credential {
     }
 }
 
+/// Whether the request offers a credential at all (a bearer token or the
+/// console's cookie), right or wrong.
+pub fn presented(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION)
+        || headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .any(|c| {
+                c.trim()
+                    .split_once('=')
+                    .is_some_and(|(name, _)| name == COOKIE)
+            })
+}
+
 /// Whether a console-authenticated request may go on: reads always, writes
 /// only with the console's header.
 pub fn allowed(credential: Credential, method: &Method, headers: &HeaderMap) -> bool {
@@ -86,17 +102,23 @@ pub async fn handle(
     req: Request<Incoming>,
     token: &Secret,
     credential: Credential,
+    client: std::net::IpAddr,
     request_id: &str,
 ) -> Response<Body> {
     match *req.method() {
         Method::GET | Method::HEAD if credential != Credential::None => page(StatusCode::OK, ""),
         Method::GET | Method::HEAD => page(StatusCode::UNAUTHORIZED, ""),
-        Method::POST => sign_in(app, req, token).await,
+        Method::POST => sign_in(app, req, token, client).await,
         _ => ApiError::method_not_allowed("GET, POST").into_response(request_id),
     }
 }
 
-async fn sign_in(app: &App, req: Request<Incoming>, token: &Secret) -> Response<Body> {
+async fn sign_in(
+    app: &App,
+    req: Request<Incoming>,
+    token: &Secret,
+    client: std::net::IpAddr,
+) -> Response<Body> {
     let Ok((_, body, _)) = super::body::read(app, req, super::body::Sender::Unverified).await
     else {
         return page(StatusCode::BAD_REQUEST, "The form could not be read.");
@@ -106,6 +128,7 @@ async fn sign_in(app: &App, req: Request<Incoming>, token: &Secret) -> Response<
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
     if !bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+        app.admin_failures.failed(client);
         return page(StatusCode::UNAUTHORIZED, "That is not the admin token.");
     }
     let mut resp = Response::new(Body::new(Bytes::new()));

@@ -24,6 +24,7 @@
 //! whether it is alive and show the metrics that explain why.
 
 mod admin;
+pub use admin::AuthFailures;
 mod body;
 mod console;
 pub mod error;

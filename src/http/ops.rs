@@ -45,6 +45,9 @@ pub(super) async fn handle(
                 crate::clock::now_ms().saturating_sub(at) as f64 / 1000.0
             });
             metrics::gauge!(crate::telemetry::metric::INBOX_OLDEST_AGE).set(age);
+            if let Ok(dead) = app.store.dead().await {
+                metrics::gauge!(crate::telemetry::metric::DEAD).set(dead as f64);
+            }
             if let Ok(parked) = app.store.parked().await {
                 metrics::gauge!(crate::telemetry::metric::PARKED).set(parked as f64);
             }

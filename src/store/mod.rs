@@ -215,6 +215,20 @@ fn count_dispatched(counted: &[(String, DispatchOutcome)]) {
     }
 }
 
+/// Counts what a redelivery of an event that was `before` did. An event
+/// that stays parked or dead was counted when it became so, and a
+/// redelivery that leaves it so is not counted again (contract 11.3): a
+/// bulk redelivery of dead events that stay dead must not look like new
+/// ones to the dead-events alert.
+fn count_redelivered(before: DispatchOutcome, counted: &[(String, DispatchOutcome)]) {
+    let changed: Vec<_> = counted
+        .iter()
+        .filter(|(_, outcome)| *outcome != before)
+        .cloned()
+        .collect();
+    count_dispatched(&changed);
+}
+
 /// What every adapter does. Reads and writes are async: the sled adapter
 /// answers most from memory, the PostgreSQL one over the network.
 #[async_trait]
@@ -352,6 +366,9 @@ pub trait Store: Send + Sync {
 
     /// Events parked now (`waybill_parked_events`).
     async fn parked(&self) -> Result<u64, StoreError>;
+
+    /// Events dead now (`waybill_dead_events`).
+    async fn dead(&self) -> Result<u64, StoreError>;
 
     /// When the oldest event waiting for dispatch arrived.
     async fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError>;

@@ -60,6 +60,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "events", include_str!("0001_events.sql")),
     (2, "dispatch", include_str!("0002_dispatch.sql")),
     (3, "state", include_str!("0003_state.sql")),
+    (4, "dead", include_str!("0004_dead.sql")),
 ];
 
 /// The schema version this build expects: its last migration's.
@@ -376,8 +377,8 @@ impl Store for PgStore {
 
     async fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
         let sources = self.inner.sources.load_full();
-        let (out, counted) = in_transaction!(self.inner, tx => state::redeliver(tx, &sources, source, event_id).await)?;
-        super::count_dispatched(&counted);
+        let (out, counted, before) = in_transaction!(self.inner, tx => state::redeliver(tx, &sources, source, event_id).await)?;
+        super::count_redelivered(before, &counted);
         Ok(out)
     }
 
@@ -667,6 +668,13 @@ impl Store for PgStore {
     async fn parked(&self) -> Result<u64, StoreError> {
         let n = self
             .count("SELECT COUNT(*) FROM events WHERE outcome->>'outcome' = 'parked'")
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn dead(&self) -> Result<u64, StoreError> {
+        let n = self
+            .count("SELECT COUNT(*) FROM events WHERE outcome->>'outcome' = 'dead'")
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }

@@ -448,7 +448,7 @@ pub(super) async fn redeliver(
     sources: &Sources,
     source: &str,
     event_id: &str,
-) -> Result<(OutcomeRecord, Counted), StateError> {
+) -> Result<(OutcomeRecord, Counted, DispatchOutcome), StateError> {
     let read = "SELECT seq, received_at_ms, body, attempts, outcome->>'outcome' FROM events
                 WHERE source = $1 AND event_id = $2";
     let row = tx
@@ -465,18 +465,21 @@ pub(super) async fn redeliver(
         .await
         .map_err(db_err)?
         .ok_or(StateError::NotFound)?;
-    let redeliverable = matches!(row.get::<_, Option<&str>>(4), Some("parked" | "dead"));
-    if !redeliverable {
-        return Err(StateError::NotRedeliverable(format!(
-            "event {source}/{event_id} is neither parked nor dead"
-        )));
-    }
+    let before = match row.get::<_, Option<&str>>(4) {
+        Some("parked") => DispatchOutcome::Parked,
+        Some("dead") => DispatchOutcome::Dead,
+        _ => {
+            return Err(StateError::NotRedeliverable(format!(
+                "event {source}/{event_id} is neither parked nor dead"
+            )));
+        }
+    };
     let attempts = u32::try_from(row.get::<_, i32>(3)).unwrap_or(0);
     let mut pass = Pass::new(tx);
     let out = pass
         .apply(row.get(0), source, attempts, interpretation)
         .await?;
-    Ok((out, pass.finish().await?))
+    Ok((out, pass.finish().await?, before))
 }
 
 /// Claims a key: a new row with a lease, or the existing row locked and

@@ -49,6 +49,38 @@ pub const PARKED_KEY: &[u8] = b"m/parked";
 /// the batch that forgets them. Parked now is the difference; two keys,
 /// so that each has one writer.
 pub const PARKED_SWEPT_KEY: &[u8] = b"m/parked-swept";
+/// The same two counts for dead events (`waybill_dead_events`). A store
+/// written before they were kept has neither: they are counted once, on
+/// open.
+pub const DEAD_KEY: &[u8] = b"m/dead";
+pub const DEAD_SWEPT_KEY: &[u8] = b"m/dead-swept";
+
+/// Events that are parked and events that are dead, among some set: what
+/// a pass marks or unmarks, or what retention forgets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub parked: u64,
+    pub dead: u64,
+}
+
+impl Held {
+    pub fn of(a: &Arrival) -> Held {
+        let is = |o| a.outcome.as_ref().is_some_and(|r| r.outcome == o);
+        Held {
+            parked: u64::from(is(DispatchOutcome::Parked)),
+            dead: u64::from(is(DispatchOutcome::Dead)),
+        }
+    }
+
+    pub fn add(&mut self, other: Held) {
+        self.parked += other.parked;
+        self.dead += other.dead;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Held::default()
+    }
+}
 
 pub fn event_key(source: &str, event_id: &str) -> Vec<u8> {
     prefixed(b'e', source, event_id)
@@ -281,12 +313,6 @@ impl Arrival {
             fields,
             outcome,
         })
-    }
-
-    pub fn is_parked(&self) -> bool {
-        self.outcome
-            .as_ref()
-            .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
     }
 }
 

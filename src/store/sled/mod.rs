@@ -147,9 +147,11 @@ struct Shared {
     tree: sled::Tree,
     durable_seq: AtomicU64,
     inbox_pending: AtomicI64,
-    /// The values of `PARKED_KEY` and `PARKED_SWEPT_KEY` as last written.
-    parked_marked: AtomicU64,
-    parked_swept: AtomicU64,
+    /// The parked and dead counts as last written: by dispatch
+    /// (`PARKED_KEY`, `DEAD_KEY`) and by retention (`PARKED_SWEPT_KEY`,
+    /// `DEAD_SWEPT_KEY`). Held now is the difference.
+    marked: AtomicHeld,
+    swept: AtomicHeld,
     /// False once sled failed a write or a flush. sled cannot recover from
     /// that in-process, so the threads that see it stop, and supervision
     /// restarts the process on the same data.
@@ -183,7 +185,67 @@ struct Shared {
     epoch: u64,
 }
 
+/// A `codec::Held` that threads read and write.
+#[derive(Default)]
+struct AtomicHeld {
+    parked: AtomicU64,
+    dead: AtomicU64,
+}
+
+impl AtomicHeld {
+    fn load(&self) -> codec::Held {
+        codec::Held {
+            parked: self.parked.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
+        }
+    }
+
+    fn store(&self, h: codec::Held) {
+        self.parked.store(h.parked, Ordering::Relaxed);
+        self.dead.store(h.dead, Ordering::Relaxed);
+    }
+}
+
+/// The keys a `Held` is written under: dispatch's or retention's.
+#[derive(Clone, Copy)]
+enum HeldKeys {
+    Marked,
+    Swept,
+}
+
+impl HeldKeys {
+    fn keys(self) -> (&'static [u8], &'static [u8]) {
+        match self {
+            HeldKeys::Marked => (codec::PARKED_KEY, codec::DEAD_KEY),
+            HeldKeys::Swept => (codec::PARKED_SWEPT_KEY, codec::DEAD_SWEPT_KEY),
+        }
+    }
+
+    fn read(self, tree: &sled::Tree) -> Result<codec::Held, StoreError> {
+        let (parked, dead) = self.keys();
+        Ok(codec::Held {
+            parked: read_u64(tree, parked)?,
+            dead: read_u64(tree, dead)?,
+        })
+    }
+
+    fn write(self, batch: &mut sled::Batch, h: codec::Held) {
+        let (parked, dead) = self.keys();
+        batch.insert(parked, h.parked.to_be_bytes().to_vec());
+        batch.insert(dead, h.dead.to_be_bytes().to_vec());
+    }
+}
+
 impl Shared {
+    /// Events parked and dead now.
+    fn held(&self) -> codec::Held {
+        let (m, s) = (self.marked.load(), self.swept.load());
+        codec::Held {
+            parked: m.parked.saturating_sub(s.parked),
+            dead: m.dead.saturating_sub(s.dead),
+        }
+    }
+
     /// Makes everything written so far durable.
     fn sync(&self) -> Result<(), StoreError> {
         let covered = self.applied.load(Ordering::Acquire);
@@ -323,8 +385,9 @@ impl SledStore {
                 pending += 1;
             }
         }
-        let parked_marked = read_u64(&tree, codec::PARKED_KEY)?;
-        let parked_swept = read_u64(&tree, codec::PARKED_SWEPT_KEY)?;
+        count_dead_once(&tree, cursor)?;
+        let marked = HeldKeys::Marked.read(&tree)?;
+        let swept = HeldKeys::Swept.read(&tree)?;
         let log_file = std::fs::File::open(cfg.path.join("db")).ok();
         let shared = Arc::new(Shared {
             db,
@@ -332,8 +395,8 @@ impl SledStore {
             tree,
             durable_seq: AtomicU64::new(seq),
             inbox_pending: AtomicI64::new(pending),
-            parked_marked: AtomicU64::new(parked_marked),
-            parked_swept: AtomicU64::new(parked_swept),
+            marked: AtomicHeld::default(),
+            swept: AtomicHeld::default(),
             healthy: AtomicBool::new(true),
             low_space: AtomicBool::new(false),
             path: cfg.path.clone(),
@@ -348,6 +411,8 @@ impl SledStore {
             sources: arc_swap::ArcSwap::from_pointee(HashMap::new()),
             epoch: fastrand::u64(1..),
         });
+        shared.marked.store(marked);
+        shared.swept.store(swept);
         metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
         let _ = shared.check_space();
 
@@ -466,7 +531,7 @@ impl SledStore {
         let tree = &self.shared.tree;
         let cursor = read_cursor(tree)?;
         let mut problems = Vec::new();
-        let mut parked = 0u64;
+        let mut held = codec::Held::default();
         for kv in tree.scan_prefix(b"n") {
             let (k, v) = kv?;
             let (Some(seq), Some(a)) = (codec::parse_seq_key(b'n', &k), codec::Arrival::decode(&v))
@@ -488,7 +553,7 @@ impl SledStore {
             if !a.dispatch {
                 continue;
             }
-            parked += u64::from(a.is_parked());
+            held.add(codec::Held::of(&a));
             let dispatched = a.outcome.is_some();
             if seq <= cursor && !dispatched {
                 problems.push(format!(
@@ -503,11 +568,14 @@ impl SledStore {
                 ));
             }
         }
-        let counted = read_u64(tree, codec::PARKED_KEY)?
-            .saturating_sub(read_u64(tree, codec::PARKED_SWEPT_KEY)?);
-        if counted != parked {
+        let (marked, swept) = (HeldKeys::Marked.read(tree)?, HeldKeys::Swept.read(tree)?);
+        let counted = codec::Held {
+            parked: marked.parked.saturating_sub(swept.parked),
+            dead: marked.dead.saturating_sub(swept.dead),
+        };
+        if counted != held {
             problems.push(format!(
-                "the parked count says {counted} where {parked} events are parked"
+                "the counts say {counted:?} where {held:?} events are parked and dead"
             ));
         }
         // No charge without its order's shipment; no order waiting for
@@ -861,8 +929,13 @@ impl Store for SledStore {
     /// Events parked now (`waybill_parked_events`): parked by dispatch and
     /// neither unparked, redelivered nor forgotten by retention since.
     async fn parked(&self) -> Result<u64, StoreError> {
-        let marked = self.shared.parked_marked.load(Ordering::Relaxed);
-        Ok(marked.saturating_sub(self.shared.parked_swept.load(Ordering::Relaxed)))
+        Ok(self.shared.held().parked)
+    }
+
+    /// Events dead now (`waybill_dead_events`), kept the way the parked
+    /// count is.
+    async fn dead(&self) -> Result<u64, StoreError> {
+        Ok(self.shared.held().dead)
     }
 
     /// When the oldest event the state machine has not passed yet arrived;
@@ -1209,7 +1282,7 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
         .unwrap_or(0);
     let mut batch = sled::Batch::default();
     let mut dropped = 0;
-    let mut parked = 0;
+    let mut held = codec::Held::default();
     for kv in tree.range(codec::seq_key(b'n', checkpoint + 1)..codec::seq_key(b'n', u64::MAX)) {
         let (k, v) = kv?;
         let (Some(seq), Some(a)) = (codec::parse_seq_key(b'n', &k), codec::Arrival::decode(&v))
@@ -1227,12 +1300,13 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
             // Its retention entry stays: the sweep skips what is gone.
             writer::forget_event(&mut batch, &a.source, &a.event_id, seq, &meta);
             dropped += 1;
-            parked += u64::from(a.is_parked());
+            held.add(codec::Held::of(&a));
         }
     }
-    if parked > 0 {
-        let swept = read_u64(tree, codec::PARKED_SWEPT_KEY)? + parked;
-        batch.insert(codec::PARKED_SWEPT_KEY, swept.to_be_bytes().to_vec());
+    if !held.is_empty() {
+        let mut swept = HeldKeys::Swept.read(tree)?;
+        swept.add(held);
+        HeldKeys::Swept.write(&mut batch, swept);
     }
     if dropped > 0 {
         tracing::warn!(
@@ -1250,6 +1324,27 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
 /// retention entries one per group, 4 made arrivals binary. A store
 /// written by another layout is refused, not misread.
 const FORMAT: u64 = 4;
+
+/// Counts the dead events of a store written before their count was
+/// kept, once: it has no `DEAD_KEY`. The count starts there and is kept
+/// from then on like the parked one.
+fn count_dead_once(tree: &sled::Tree, cursor: u64) -> Result<(), StoreError> {
+    if tree.get(codec::DEAD_KEY)?.is_some() {
+        return Ok(());
+    }
+    let mut dead = 0u64;
+    for kv in tree.range(codec::seq_key(b'n', 0)..=codec::seq_key(b'n', cursor)) {
+        let (_, v) = kv?;
+        if let Some(a) = codec::Arrival::decode(&v) {
+            dead += codec::Held::of(&a).dead;
+        }
+    }
+    let mut batch = sled::Batch::default();
+    batch.insert(codec::DEAD_KEY, dead.to_be_bytes().to_vec());
+    batch.insert(codec::DEAD_SWEPT_KEY, 0u64.to_be_bytes().to_vec());
+    tree.apply_batch(batch)?;
+    Ok(())
+}
 
 fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
     match tree

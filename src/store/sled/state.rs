@@ -22,7 +22,7 @@ use super::codec::{self, Arrival, DispatchOutcome, OrderRecord, OutcomeRecord, S
 use super::{STALL_AFTER, Shared};
 use crate::store::{
     CancelAnswer, Completion, LabelRecorded, OrderCreated, OrderWrite, StateError, StoreError,
-    count_dispatched as count,
+    count_dispatched as count, count_redelivered,
 };
 
 use crate::health::Component;
@@ -156,8 +156,10 @@ struct Pass<'a> {
     /// Order id → the partners with an order of that id.
     partners: HashMap<String, Vec<String>>,
     counted: Vec<(String, DispatchOutcome)>,
-    /// Events this pass parked, less those it unparked.
-    parked: i64,
+    /// Events this pass made parked or dead, and those it took out of
+    /// either.
+    marked: codec::Held,
+    unmarked: codec::Held,
 }
 
 impl<'a> Pass<'a> {
@@ -172,7 +174,8 @@ impl<'a> Pass<'a> {
             dirty_orders: HashSet::new(),
             partners: HashMap::new(),
             counted: Vec::new(),
-            parked: 0,
+            marked: codec::Held::default(),
+            unmarked: codec::Held::default(),
         }
     }
 
@@ -258,14 +261,16 @@ impl<'a> Pass<'a> {
                 );
             }
         }
-        let marked = shared.parked_marked.load(Ordering::Relaxed);
-        let marked = marked.saturating_add_signed(self.parked);
-        if self.parked != 0 {
-            self.batch
-                .insert(codec::PARKED_KEY, marked.to_be_bytes().to_vec());
+        let before = shared.marked.load();
+        let marked = codec::Held {
+            parked: (before.parked + self.marked.parked).saturating_sub(self.unmarked.parked),
+            dead: (before.dead + self.marked.dead).saturating_sub(self.unmarked.dead),
+        };
+        if marked != before {
+            super::HeldKeys::Marked.write(&mut self.batch, marked);
         }
         shared.apply(self.batch)?;
-        shared.parked_marked.store(marked, Ordering::Relaxed);
+        shared.marked.store(marked);
         Ok(self.counted)
     }
 }
@@ -568,9 +573,11 @@ impl StateMachine {
                 record.settle_plain(&plain);
             }
         }
-        let was_parked = arrival.is_parked();
+        let was = codec::Held::of(arrival);
         arrival.outcome = Some(record.clone());
-        pass.parked += i64::from(arrival.is_parked()) - i64::from(was_parked);
+        let is = codec::Held::of(arrival);
+        pass.marked.add(is);
+        pass.unmarked.add(was);
         pass.batch
             .insert(codec::seq_key(b'n', seq).to_vec(), arrival.encode());
         if record.outcome != DispatchOutcome::Stored {
@@ -951,19 +958,18 @@ impl StateMachine {
             .ok_or(StateError::NotFound)?;
         let seq = event.seq;
         let mut arrival = super::read_arrival(tree, seq)?.ok_or(StateError::NotFound)?;
-        let redeliverable = arrival
-            .outcome
-            .as_ref()
-            .is_some_and(|o| matches!(o.outcome, DispatchOutcome::Parked | DispatchOutcome::Dead));
-        if !redeliverable {
-            return Err(StateError::NotRedeliverable(format!(
-                "event {source}/{event_id} is neither parked nor dead"
-            )));
-        }
+        let before = match arrival.outcome.as_ref().map(|o| o.outcome) {
+            Some(o @ (DispatchOutcome::Parked | DispatchOutcome::Dead)) => o,
+            _ => {
+                return Err(StateError::NotRedeliverable(format!(
+                    "event {source}/{event_id} is neither parked nor dead"
+                )));
+            }
+        };
         let mut pass = Pass::new(tree);
         let out = self.redispatch(&mut pass, seq, &mut arrival)?;
         let counted = pass.commit(&self.shared)?;
-        count(&counted);
+        count_redelivered(before, &counted);
         Ok(out)
     }
 }

@@ -262,16 +262,14 @@ impl Writer {
         let tree = &self.shared.tree;
         let cursor = super::read_cursor(tree)?;
         let mut plan = plan_sweep(tree, now_ms, limit, cursor)?;
-        let parked_swept = self.shared.parked_swept.load(Ordering::Relaxed) + plan.parked;
-        if plan.parked > 0 {
-            plan.batch
-                .insert(codec::PARKED_SWEPT_KEY, parked_swept.to_be_bytes().to_vec());
+        let mut swept = self.shared.swept.load();
+        swept.add(plan.held);
+        if !plan.held.is_empty() {
+            super::HeldKeys::Swept.write(&mut plan.batch, swept);
         }
         if plan.swept > 0 {
             self.shared.apply(plan.batch)?;
-            self.shared
-                .parked_swept
-                .store(parked_swept, Ordering::Relaxed);
+            self.shared.swept.store(swept);
         }
         if plan.swept < limit {
             self.sweep_segments(now_ms, cursor)?;
@@ -341,8 +339,8 @@ impl Writer {
 pub(super) struct SweepPlan {
     batch: sled::Batch,
     swept: usize,
-    /// Of those, how many were parked.
-    parked: u64,
+    /// Of those, how many were parked and how many dead.
+    held: codec::Held,
 }
 
 /// Reads up to about `limit` expired events, a retention entry at a time,
@@ -364,7 +362,7 @@ pub(super) fn plan_sweep(
 ) -> Result<SweepPlan, StoreError> {
     let mut batch = sled::Batch::default();
     let mut swept = 0;
-    let mut parked = 0;
+    let mut held = codec::Held::default();
     let mut passed_over = 0;
     for kv in tree.range(codec::expiry_key(0, 0)..codec::expiry_key(now_ms, 0)) {
         if swept >= limit || passed_over >= 4 * limit {
@@ -386,13 +384,13 @@ pub(super) fn plan_sweep(
                     waiting.push(seq);
                 }
                 (Some(a), Some((_, meta, _))) => {
-                    parked += u64::from(a.is_parked());
+                    held.add(codec::Held::of(&a));
                     forget_event(&mut batch, &a.source, &a.event_id, seq, &meta);
                 }
                 // Reused by a later copy after this one expired: only this
                 // copy's arrival goes.
                 (Some(a), None) => {
-                    parked += u64::from(a.is_parked());
+                    held.add(codec::Held::of(&a));
                     batch.remove(codec::seq_key(b'n', seq).to_vec());
                 }
                 // Gone already (forgotten on open after a crash).
@@ -408,11 +406,7 @@ pub(super) fn plan_sweep(
             batch.insert(k, codec::encode_seqs(&waiting));
         }
     }
-    Ok(SweepPlan {
-        batch,
-        swept,
-        parked,
-    })
+    Ok(SweepPlan { batch, swept, held })
 }
 
 /// Removes an event's record, its arrival and its search entries.

@@ -144,3 +144,172 @@ signature = {{ scheme = "github" }}
     assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
     close_store(store).await;
 }
+
+/// Four senders at once, `n` distinct signed deliveries each: the ids
+/// acknowledged (202). Anything but a 202 or a 503 `STORE_UNAVAILABLE`
+/// fails the test, and so does a gateway that went away.
+async fn burst(addr: std::net::SocketAddr, round: &str, n: usize) -> (Vec<String>, usize) {
+    let senders: Vec<_> = (0..4)
+        .map(|t| {
+            let round = round.to_string();
+            tokio::spawn(async move {
+                let mut client = Client::new(addr);
+                let (mut accepted, mut refused) = (Vec::new(), 0);
+                for i in 0..n {
+                    let id = format!("{round}-{t}-{i}");
+                    let (h, b) = delivery(&id);
+                    let r = client
+                        .try_send("POST", "/webhooks/gh", &h, b)
+                        .await
+                        .unwrap_or_else(|e| panic!("{id}: the gateway went away: {e}"));
+                    match r.status.as_u16() {
+                        202 => accepted.push(id),
+                        503 => {
+                            assert_eq!(r.code(), "STORE_UNAVAILABLE");
+                            refused += 1;
+                        }
+                        other => panic!("{id}: {other} {:?}", r.body),
+                    }
+                }
+                (accepted, refused)
+            })
+        })
+        .collect();
+    let mut all = (Vec::new(), 0);
+    for s in senders {
+        let (accepted, refused) = s.await.expect("a sender failed");
+        all.0.extend(accepted);
+        all.1 += refused;
+    }
+    all
+}
+
+/// Polls `probe` every 20 ms until it holds, for at most `secs` seconds.
+async fn within(secs: u64, mut probe: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..secs * 50 {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Contract 11.2: another process fills the disk to zero right after a
+/// burst of deliveries, while sled still holds their index unwritten and
+/// faster than any free-space check can notice: once a block at a time
+/// until the disk refuses, once in a single write larger than the disk.
+/// The gateway stays up through the seconds of sled's flushes that
+/// follow, answering 503 `STORE_UNAVAILABLE`; once the space is freed it
+/// accepts again by itself; and after a kill -9 every delivery it
+/// acknowledged is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_filling_the_disk_to_zero_is_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount_at = dir.path().join("disk");
+    let _disk = match Tmpfs::mount(&mount_at, "64m") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!(
+                "skipped: a tmpfs could not be mounted for the data directory ({why}); run as root"
+            );
+            return;
+        }
+    };
+    let cfg = dir.path().join("waybill.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "{}"
+min_free_mb = 4
+segment_mb = 2
+[[sources]]
+name = "gh"
+kind = "store-only"
+secrets = ["{SECRET}"]
+signature = {{ scheme = "github" }}
+"#,
+            mount_at.join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut gw = Gateway::start(&cfg);
+    let addr = gw.addr;
+    let fill = mount_at.join("fill");
+    let dd = |args: &[&str]| {
+        let mut c = Command::new("dd");
+        c.arg("if=/dev/zero")
+            .arg(format!("of={}", fill.display()))
+            .args(args)
+            .arg("status=none");
+        c
+    };
+    let mut accepted = Vec::new();
+    for (round, filler) in [
+        ("blocks", dd(&["bs=1M"])),
+        ("one-write", dd(&["bs=96M", "count=1"])),
+    ]
+    .iter_mut()
+    .enumerate()
+    .map(|(i, (name, cmd))| (format!("{name}-{i}"), cmd))
+    {
+        let (ok, refused) = burst(addr, &format!("{round}-before"), 100).await;
+        assert_eq!(
+            (ok.len(), refused),
+            (400, 0),
+            "accepted before the disk fills"
+        );
+        accepted.extend(ok);
+        filler.output().unwrap();
+        assert!(fill.exists());
+        // Deliveries through the next seconds of sled's background
+        // flushes: refused, and the gateway is there to refuse them.
+        let started = std::time::Instant::now();
+        let mut refused = 0;
+        while started.elapsed() < std::time::Duration::from_millis(1500) {
+            let (ok, r) = burst(addr, &format!("{round}-full"), 5).await;
+            assert!(ok.is_empty(), "accepted on a full disk: {ok:?}");
+            refused += r;
+        }
+        assert!(refused > 0);
+        assert_eq!(
+            gw.wait_for(std::time::Duration::ZERO),
+            None,
+            "the gateway stays up"
+        );
+        assert_eq!(get(addr, "/healthz").await.status, 200);
+        assert_eq!(get(addr, "/readyz").await.status, 503);
+
+        std::fs::remove_file(&fill).unwrap();
+        assert!(
+            within(5, async || get(addr, "/readyz").await.status == 200).await,
+            "ready again once the space is back"
+        );
+        let (ok, refused) = burst(addr, &format!("{round}-after"), 25).await;
+        assert_eq!((ok.len(), refused), (100, 0), "intake resumes by itself");
+        accepted.extend(ok);
+    }
+    assert_eq!(
+        gw.wait_for(std::time::Duration::ZERO),
+        None,
+        "the gateway stays up"
+    );
+
+    // Nothing acknowledged is lost, across a kill -9.
+    gw.kill9();
+    let gw = Gateway::start(&cfg);
+    let mut client = Client::new(gw.addr);
+    for id in &accepted {
+        let (h, b) = delivery(id);
+        let r = client.send("POST", "/webhooks/gh", &h, b).await;
+        assert_eq!(r.status, 200, "{id} was acknowledged and then lost");
+    }
+    gw.terminate();
+    let store = open_store(&mount_at.join("data")).await;
+    assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    close_store(store).await;
+}

@@ -21,6 +21,7 @@
 
 pub mod codec;
 pub mod segments;
+mod space;
 mod state;
 mod writer;
 
@@ -156,11 +157,8 @@ struct Shared {
     /// that in-process, so the threads that see it stop, and supervision
     /// restarts the process on the same data.
     healthy: AtomicBool,
-    /// True while free space is below `min_free_bytes`: new writes are
-    /// refused until it is back.
-    low_space: AtomicBool,
-    path: std::path::PathBuf,
-    min_free_bytes: u64,
+    /// The free-space floor and the disk reserve (`space`).
+    space: space::Space,
     /// Event payloads (headers and body), beside sled's small records.
     segments: segments::Segments,
     health: Arc<Health>,
@@ -288,31 +286,10 @@ impl Shared {
     }
 
     /// Refuses new writes while the file system is short of space, so sled
-    /// never meets a full disk. Checked per group, which costs one statvfs.
+    /// never meets a full disk (`space`). Checked per group and per
+    /// command, which costs one statvfs.
     fn check_space(&self) -> Result<(), StoreError> {
-        if self.min_free_bytes == 0 {
-            return Ok(());
-        }
-        let low = fs2::available_space(&self.path).is_ok_and(|free| free < self.min_free_bytes);
-        let was_low = self.low_space.swap(low, Ordering::AcqRel);
-        if low != was_low {
-            if low {
-                tracing::error!(
-                    path = %self.path.display(),
-                    min_free_bytes = self.min_free_bytes,
-                    "free disk space is below store.min_free_mb; writes are refused until it is back"
-                );
-            } else {
-                tracing::warn!("free disk space is back; writes resume");
-            }
-        }
-        if low {
-            Err(StoreError::Unavailable(
-                "free disk space is below store.min_free_mb".into(),
-            ))
-        } else {
-            Ok(())
-        }
+        self.space.check()
     }
 
     fn wake_dispatcher(&self) {
@@ -358,6 +335,11 @@ impl SledStore {
         // index and is flushed in the background (and with every state
         // machine round), and `replay_log` rebuilds what it had not
         // flushed when the process died.
+        std::fs::create_dir_all(&cfg.path)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", cfg.path.display())))?;
+        // Before sled: on a disk another process filled, the headroom is
+        // handed back so that opening can write.
+        let space = space::Space::open(&cfg.path, cfg.min_free_bytes);
         let db = sled::Config::new()
             .path(&cfg.path)
             .cache_capacity(cfg.cache_bytes)
@@ -398,9 +380,7 @@ impl SledStore {
             marked: AtomicHeld::default(),
             swept: AtomicHeld::default(),
             healthy: AtomicBool::new(true),
-            low_space: AtomicBool::new(false),
-            path: cfg.path.clone(),
-            min_free_bytes: cfg.min_free_bytes,
+            space,
             segments,
             health,
             applied: AtomicU64::new(0),
@@ -413,6 +393,7 @@ impl SledStore {
         });
         shared.marked.store(marked);
         shared.swept.store(swept);
+        shared.space.keep_headroom();
         metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
         let _ = shared.check_space();
 
@@ -904,7 +885,7 @@ impl Store for SledStore {
 
     fn is_ready(&self) -> bool {
         self.shared.is_healthy()
-            && !self.shared.low_space.load(Ordering::Acquire)
+            && !self.shared.space.is_low()
             && self.shared.dispatcher_running.load(Ordering::Relaxed)
             && self
                 .tx
@@ -1000,7 +981,7 @@ impl Store for SledStore {
     /// Free space on the store's file system, for `waybill_store_free_bytes`
     /// (the disk-filling alert); None when it cannot be read.
     fn free_bytes(&self) -> Option<u64> {
-        fs2::available_space(&self.shared.path).ok()
+        self.shared.space.free()
     }
 }
 

@@ -138,7 +138,17 @@ impl Segments {
             *active = Active { id, file, len: 0 };
         }
         let start = active.len;
-        active.file.write_all(&records)?;
+        if let Err(e) = active.file.write_all(&records) {
+            // Part of it may be written (a disk that filled mid-write): cut
+            // it, so the segment ends at its last whole group again and
+            // the next append follows that. Truncating needs no space.
+            return match active.file.set_len(start) {
+                Ok(()) => Err(e),
+                Err(cut) => Err(io::Error::other(format!(
+                    "{e}; cutting the partial write failed too: {cut}"
+                ))),
+            };
+        }
         active.len += records.len() as u64;
         let mut offset = start;
         let mut pointers = Vec::with_capacity(sizes.len());

@@ -450,6 +450,11 @@ impl StateMachine {
     fn drain_inbox(&self) -> Result<(), StateError> {
         let tree = &self.shared.tree;
         loop {
+            // Dispatch writes: it waits, the inbox kept, while the disk is
+            // nearly out (`space`).
+            if !self.shared.space.allows_upkeep() {
+                return Ok(());
+            }
             self.shared.health.beat(Component::Dispatcher);
             self.shared.wake_pending.store(false, Ordering::Release);
             let cursor = super::read_cursor(tree)?;

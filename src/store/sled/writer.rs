@@ -56,7 +56,14 @@ impl Writer {
                         limit,
                         reply,
                     } => {
-                        let _ = reply.send(self.sweep(now_ms, limit));
+                        // Retention writes too: it waits while the disk is
+                        // nearly out (`space`).
+                        let swept = if self.shared.space.allows_upkeep() {
+                            self.sweep(now_ms, limit)
+                        } else {
+                            Ok(0)
+                        };
+                        let _ = reply.send(swept);
                     }
                 }
             }
@@ -170,10 +177,18 @@ impl Writer {
         let mut segment_files = Vec::new();
         if self.seq != start_seq {
             let written = self.shared.segments.append(&payloads).map_err(|e| {
+                let full = super::space::is_full(&e);
                 let e = StoreError::Unavailable(format!("segment append: {e}"));
-                // A failed append leaves the file's end unknown: stop, and
-                // let the restart cut the torn tail.
-                self.shared.fail("segment append", &e);
+                if full {
+                    // Another process took the disk: the partial write was
+                    // cut, nothing of the group was kept, and the store
+                    // refuses writes until there is space again.
+                    self.shared.space.met_full_disk();
+                } else {
+                    // The file's end is unknown: stop, and let the restart
+                    // cut the torn tail.
+                    self.shared.fail("segment append", &e);
+                }
                 e
             });
             let (pointers, file) = match written {
@@ -427,13 +442,23 @@ pub(super) fn forget_event(
     batch.remove(codec::event_key(source, id));
 }
 
+/// How often the idle flusher looks at the free space and sled's
+/// headroom: well within sled's own flush interval, for a statvfs and an
+/// fallocate that finds its blocks there.
+const SPACE_WATCH: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub(super) fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Group>) {
     let alive = shared.health.enter(Component::Store, STALL_AFTER);
     loop {
-        let first = match groups.recv_timeout(std::time::Duration::from_secs(1)) {
+        let first = match groups.recv_timeout(SPACE_WATCH) {
             Ok(g) => g,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 alive.beat();
+                // While nothing arrives the writer checks no space: another
+                // process filling the disk is noticed here, and sled's
+                // headroom is kept (`space`).
+                let _ = shared.check_space();
+                shared.space.keep_headroom();
                 continue;
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,

@@ -41,29 +41,21 @@ impl Drop for Tmpfs {
     }
 }
 
-fn delivery(id: &str) -> (Vec<(String, String)>, Vec<u8>) {
-    // About 2 KB, so the small disk fills in a bounded number of requests.
-    let body = format!(r#"{{"id":"{id}","pad":"{}"}}"#, "x".repeat(2000)).into_bytes();
-    (signed(SchemeKind::Github, SECRET, &body, 0, id), body)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_writes_loses_nothing_and_recovers_by_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let mount_at = dir.path().join("disk");
-    let _disk = match Tmpfs::mount(&mount_at, "24m") {
+/// A tmpfs of `size` mounted under `dir`, and a gateway config whose
+/// store lives on it with a 4 MiB floor and `store` added; None (after
+/// saying why) where no tmpfs can be mounted.
+fn small_disk(dir: &Path, size: &str, store: &str) -> Option<(Tmpfs, PathBuf)> {
+    let mount_at = dir.join("disk");
+    let disk = match Tmpfs::mount(&mount_at, size) {
         Ok(d) => d,
         Err(why) => {
             eprintln!(
                 "skipped: a tmpfs could not be mounted for the data directory ({why}); run as root"
             );
-            return;
+            return None;
         }
     };
-    // Ballast to delete later: the space that comes back.
-    let ballast = mount_at.join("ballast");
-    std::fs::write(&ballast, vec![0u8; 8 << 20]).unwrap();
-    let cfg = dir.path().join("waybill.toml");
+    let cfg = dir.join("waybill.toml");
     std::fs::write(
         &cfg,
         format!(
@@ -73,6 +65,7 @@ listen = "127.0.0.1:0"
 [store]
 path = "{}"
 min_free_mb = 4
+{store}
 [[sources]]
 name = "gh"
 kind = "store-only"
@@ -83,6 +76,25 @@ signature = {{ scheme = "github" }}
         ),
     )
     .unwrap();
+    Some((disk, cfg))
+}
+
+fn delivery(id: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    // About 2 KB, so the small disk fills in a bounded number of requests.
+    let body = format!(r#"{{"id":"{id}","pad":"{}"}}"#, "x".repeat(2000)).into_bytes();
+    (signed(SchemeKind::Github, SECRET, &body, 0, id), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_loses_nothing_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((disk, cfg)) = small_disk(dir.path(), "24m", "") else {
+        return;
+    };
+    let mount_at = disk.0.clone();
+    // Ballast to delete later: the space that comes back.
+    let ballast = mount_at.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 8 << 20]).unwrap();
     let gw = Gateway::start(&cfg);
     let mut client = Client::new(gw.addr);
     let mut accepted = Vec::new();
@@ -184,17 +196,6 @@ async fn burst(addr: std::net::SocketAddr, round: &str, n: usize) -> (Vec<String
     all
 }
 
-/// Polls `probe` every 20 ms until it holds, for at most `secs` seconds.
-async fn within(secs: u64, mut probe: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..secs * 50 {
-        if probe().await {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    false
-}
-
 /// Contract 11.2: another process fills the disk to zero right after a
 /// burst of deliveries, while sled still holds their index unwritten and
 /// faster than any free-space check can notice: once a block at a time
@@ -206,37 +207,10 @@ async fn within(secs: u64, mut probe: impl AsyncFnMut() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_process_filling_the_disk_to_zero_is_survived() {
     let dir = tempfile::tempdir().unwrap();
-    let mount_at = dir.path().join("disk");
-    let _disk = match Tmpfs::mount(&mount_at, "64m") {
-        Ok(d) => d,
-        Err(why) => {
-            eprintln!(
-                "skipped: a tmpfs could not be mounted for the data directory ({why}); run as root"
-            );
-            return;
-        }
+    let Some((disk, cfg)) = small_disk(dir.path(), "64m", "segment_mb = 2") else {
+        return;
     };
-    let cfg = dir.path().join("waybill.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-[store]
-path = "{}"
-min_free_mb = 4
-segment_mb = 2
-[[sources]]
-name = "gh"
-kind = "store-only"
-secrets = ["{SECRET}"]
-signature = {{ scheme = "github" }}
-"#,
-            mount_at.join("data").display()
-        ),
-    )
-    .unwrap();
+    let mount_at = disk.0.clone();
     let mut gw = Gateway::start(&cfg);
     let addr = gw.addr;
     let fill = mount_at.join("fill");
@@ -286,7 +260,7 @@ signature = {{ scheme = "github" }}
 
         std::fs::remove_file(&fill).unwrap();
         assert!(
-            within(5, async || get(addr, "/readyz").await.status == 200).await,
+            eventually(5, async || get(addr, "/readyz").await.status == 200).await,
             "ready again once the space is back"
         );
         let (ok, refused) = burst(addr, &format!("{round}-after"), 25).await;

@@ -84,6 +84,34 @@ async fn outcomes_are_counted_exactly() {
             .status,
         400
     );
+    // Contract 11.2: clients that leave mid-body, before anything was
+    // verified, are nobody's: they move no counter of the source they
+    // named. Their requests still end, and are counted by route.
+    let ended = |c: &Counts| {
+        metric(
+            &c.0,
+            "waybill_http_requests_total",
+            "route=\"/webhooks/{source}\",method=\"POST\",status=\"400\"",
+        )
+    };
+    let before_gone = Counts::of(&app).await;
+    let forged = [(
+        "X-Hub-Signature-256".to_string(),
+        format!("sha256={}", "0".repeat(64)),
+    )];
+    for _ in 0..5 {
+        drop(hold_in_flight(app.addr, "/webhooks/gh", &forged, &[b' '; 100]).await);
+    }
+    eventually(5, async || {
+        ended(&Counts::of(&app).await) - ended(&before_gone) >= 5.0
+    })
+    .await;
+    let gone = Counts::of(&app).await;
+    assert_eq!(
+        ended(&gone) - ended(&before_gone),
+        5.0,
+        "the five requests ended"
+    );
     let after = Counts::of(&app).await;
     for (source, outcome, n) in [
         ("gh", "accepted", 1.0),
@@ -312,16 +340,13 @@ in_transit = "IN_TRANSIT"
         assert_eq!(r.status, 202, "{:?}", r.body);
     }
     let metrics = async || String::from_utf8(get(gw.addr, "/metrics").await.body.to_vec()).unwrap();
-    let mut text = metrics().await;
-    for _ in 0..500 {
-        if metric(&text, "waybill_parked_events", "") == PARKED as f64
+    eventually(10, async || {
+        let text = metrics().await;
+        metric(&text, "waybill_parked_events", "") == PARKED as f64
             && metric(&text, "waybill_dead_events", "") == DEAD as f64
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        text = metrics().await;
-    }
+    })
+    .await;
+    let text = metrics().await;
     let counted = |text: &str, outcome: &str| {
         metric(
             text,

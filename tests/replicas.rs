@@ -313,17 +313,6 @@ impl Drop for Proxy {
     }
 }
 
-/// Polls `probe` every 20 ms until it holds, for at most ten seconds.
-async fn eventually(mut probe: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..500 {
-        if probe().await {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    false
-}
-
 /// Contract 10.8: while the database is unreachable `/readyz` is 503 and
 /// webhooks and writes answer 503 `STORE_UNAVAILABLE` with `Retry-After:
 /// 5`, acknowledging nothing; once it is back the gateway is ready and
@@ -395,14 +384,14 @@ async fn a_database_outage_is_503_with_retry_after_and_heals_by_itself() {
     assert_eq!(write.status, 503, "{:?}", write.body);
     assert_eq!(write.code(), "STORE_UNAVAILABLE");
     assert!(
-        eventually(async || get(addr, "/readyz").await.status == 503).await,
+        eventually(10, async || get(addr, "/readyz").await.status == 503).await,
         "/readyz turns 503 while the database is away"
     );
     assert_eq!(get(addr, "/healthz").await.status, 200, "alive all along");
 
     proxy.set_cut(false);
     assert!(
-        eventually(async || get(addr, "/readyz").await.status == 200).await,
+        eventually(10, async || get(addr, "/readyz").await.status == 200).await,
         "ready again once the database is back"
     );
     let stored = post(addr, "/webhooks/carrier", &h, body.clone()).await;
@@ -412,7 +401,7 @@ async fn a_database_outage_is_503_with_retry_after_and_heals_by_itself() {
     // The dispatcher, which failed all through the outage, works again.
     let schema = &schema;
     assert!(
-        eventually(async || {
+        eventually(10, async || {
             count(
                 schema,
                 "SELECT count(*) FROM events WHERE outcome IS NOT NULL",
@@ -463,7 +452,7 @@ async fn kill_9_of_a_replica_leaves_its_pending_fulfilment_to_the_others() {
         .store(false, std::sync::atomic::Ordering::SeqCst);
 
     let survivor = gateways[0].addr;
-    let confirmed = eventually(async || {
+    let confirmed = eventually(10, async || {
         let order = Client::new(survivor)
             .send(
                 "GET",

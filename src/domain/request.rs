@@ -518,6 +518,17 @@ mod tests {
             issues(body),
             [("/carrier".to_string(), "must not be empty".to_string())]
         );
+        // U+0000 is refused wherever it is: no store can hold it, and the
+        // document's pattern excludes it.
+        let mut body = valid();
+        body["from"]["street1"] = json!("1 Main\u{0} St");
+        assert_eq!(
+            issues(body),
+            [(
+                "/from/street1".to_string(),
+                "must not contain U+0000".to_string()
+            )]
+        );
         // Not White_Space, so not blank, whatever other definitions say.
         for c in ['\u{1f}', '\u{feff}'] {
             let mut body = valid();

@@ -4,12 +4,15 @@
 //! - connections: at most `server.max_connections`, kept below the
 //!   descriptor limit; beyond it the accept loop waits for one to close, so
 //!   new clients queue in the kernel's backlog instead of meeting errors;
-//! - time: the head within `request_timeout` (hyper, also between requests
+//! - time: the head within `header_timeout` (hyper, also between requests
 //!   on a kept-alive connection), the body within `request_timeout`
 //!   (`body`), and every write of the answer within `request_timeout` (a
 //!   client that never reads loses its connection, and its memory);
 //! - memory: the head within `MAX_HEAD_BYTES`, the body within
-//!   `max_body_bytes`, error bodies within `error::MAX_DETAILS` details;
+//!   `max_body_bytes`, all bodies not yet verified within
+//!   `max_unverified_mb` (`unverified`), error bodies within
+//!   `error::MAX_DETAILS` details;
+//! - admin tokens: failed tries per client address (`admin::AuthFailures`);
 //! - `max_in_flight`: a request takes a slot only once its body has
 //!   arrived (`admit`), so slow senders cannot starve the others;
 //! - metric labels: route templates and a fixed set of methods.
@@ -21,7 +24,9 @@
 //!
 //! Operational routes (`/healthz`, `/readyz`, `/metrics`) are answered by
 //! `edge` directly, never shed: a gateway at its limit must still say
-//! whether it is alive and show the metrics that explain why.
+//! whether it is alive and show the metrics that explain why. With
+//! `server.ops_listen` they are also served on a listener of their own,
+//! outside the public connection cap.
 
 mod admin;
 pub use admin::AuthFailures;

@@ -267,6 +267,18 @@ pub async fn hold_in_flight(
     stream
 }
 
+/// Polls `probe` every 20 ms until it holds, for at most `secs` seconds;
+/// whether it held.
+pub async fn eventually(secs: u64, mut probe: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..secs * 50 {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// A running gateway process; killed with SIGKILL when dropped.
 pub struct Gateway {
     child: Child,

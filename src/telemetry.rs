@@ -31,6 +31,7 @@ pub mod metric {
     pub const PARKED: &str = "waybill_parked_events";
     pub const DEAD: &str = "waybill_dead_events";
     pub const STORE_FREE: &str = "waybill_store_free_bytes";
+    pub const UNREADABLE: &str = "waybill_store_unreadable_records_total";
 
     /// Every name above: what the dashboard and the alert rules may use
     /// (tests/ops.rs checks them against it).
@@ -56,6 +57,7 @@ pub mod metric {
         PARKED,
         DEAD,
         STORE_FREE,
+        UNREADABLE,
     ];
 }
 
@@ -155,6 +157,10 @@ pub fn metrics_handle() -> PrometheusHandle {
             metrics::describe_counter!(
                 metric::CONFIG_RELOADS,
                 "Config reloads (SIGHUP) by result: ok or rejected"
+            );
+            metrics::describe_counter!(
+                metric::UNREADABLE,
+                "Stored records met that could not be read (corruption): each failed its operation"
             );
             metrics::describe_gauge!(metric::BUILD_INFO, "1, labelled with the version");
             metrics::gauge!(metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

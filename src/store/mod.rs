@@ -31,6 +31,25 @@ pub use sled::SledStore;
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A record is there and cannot be read. Never taken for an absent
+    /// one: that would accept a duplicate, delete live data or skip an
+    /// event. The operation that met it fails (503) and it is counted
+    /// (`waybill_store_unreadable_records_total`).
+    #[error("unreadable record: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// A record, named by `what`, that is there and cannot be read:
+    /// logged at ERROR and counted where it is met.
+    #[track_caller]
+    pub fn corrupt(what: impl Into<String>) -> StoreError {
+        let what = what.into();
+        let at = std::panic::Location::caller();
+        tracing::error!(record = %what, at = %at, "a stored record cannot be read");
+        metrics::counter!(crate::telemetry::metric::UNREADABLE).increment(1);
+        StoreError::Corrupt(what)
+    }
 }
 
 /// An event that passed every check and is to be remembered.

@@ -422,12 +422,25 @@ pub(super) async fn dispatch(
         let source: String = row.get(1);
         let event_id: String = row.get(2);
         let received_at_ms = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
-        let fields: Option<Fields> = row
+        // Fields that are there and cannot be read are no absent ones:
+        // the event goes to the dead letter saying so (a redelivery reads
+        // them from the body again), never quietly out of dispatch.
+        let fields: Option<Result<Fields, _>> = row
             .get::<_, Option<&str>>(4)
-            .and_then(|f| serde_json::from_str(f).ok());
-        let interpretation = match (sources.get(&source), &fields) {
+            .map(serde_json::from_str::<Fields>);
+        let interpretation = match (sources.get(&source), fields) {
             (None, _) => gone(&source),
-            (Some(cfg), Some(fields)) => interpret_fields(cfg, &event_id, received_at_ms, fields),
+            (Some(cfg), Some(Ok(fields))) => {
+                interpret_fields(cfg, &event_id, received_at_ms, &fields)
+            }
+            (Some(_), Some(Err(e))) => {
+                let _ = StoreError::corrupt(format!("the mapped fields of {source}/{event_id}"));
+                Interpretation::Dead {
+                    reason: format!(
+                        "the mapped fields stored at intake cannot be read ({e}); redeliver to read them from the body again"
+                    ),
+                }
+            }
             (Some(_), None) => Interpretation::NotDispatched,
         };
         let attempts = u32::try_from(row.get::<_, i32>(5)).unwrap_or(0);

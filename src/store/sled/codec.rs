@@ -86,6 +86,15 @@ pub fn event_key(source: &str, event_id: &str) -> Vec<u8> {
     prefixed(b'e', source, event_id)
 }
 
+/// An event key as words, for a message: `the identity of SOURCE/ID`.
+pub fn describe_key(key: &[u8]) -> String {
+    let rest = key.get(1..).unwrap_or_default();
+    let mut parts = rest.splitn(2, |b| *b == 0);
+    let source = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let id = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    format!("the identity of {source}/{id}")
+}
+
 fn prefixed(tag: u8, source: &str, event_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + source.len() + event_id.len());
     k.push(tag);

@@ -417,6 +417,7 @@ impl SledStore {
                         seq,
                         segment_id,
                         segment,
+                        unreadable_segments: Default::default(),
                     }
                     .run(rx, group_tx)
                 })
@@ -1346,10 +1347,15 @@ fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
     }
 }
 
+/// The arrival under `seq`; one that is there and cannot be read is an
+/// error, never taken for absent.
 fn read_arrival(tree: &sled::Tree, seq: u64) -> Result<Option<codec::Arrival>, StoreError> {
-    Ok(tree
-        .get(codec::seq_key(b'n', seq))?
-        .and_then(|v| codec::Arrival::decode(&v)))
+    match tree.get(codec::seq_key(b'n', seq))? {
+        None => Ok(None),
+        Some(v) => codec::Arrival::decode(&v)
+            .map(Some)
+            .ok_or_else(|| StoreError::corrupt(format!("the arrival of event {seq}"))),
+    }
 }
 
 fn read_cursor(tree: &sled::Tree) -> Result<u64, StoreError> {
@@ -1948,5 +1954,98 @@ mod tests {
                 .await,
             Err(StateError::InvalidTransition)
         ));
+    }
+
+    /// An identity record that cannot be read is an error: taken for an
+    /// absent one, the copy would be accepted as new and dedupe broken.
+    #[tokio::test]
+    async fn an_unreadable_identity_refuses_its_copy_instead_of_accepting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        store.ingest(event("a", 10, 1, false)).await.unwrap();
+        store
+            .shared
+            .tree
+            .insert(codec::event_key("s", "a"), b"unreadable".to_vec())
+            .unwrap();
+        assert!(matches!(
+            store.ingest(event("a", 20, 1, false)).await,
+            Err(StoreError::Corrupt(what)) if what.contains("s/a")
+        ));
+        // Other identities go on.
+        assert!(matches!(
+            store.ingest(event("b", 30, 1, false)).await,
+            Ok(IngestResult::Accepted { .. })
+        ));
+    }
+
+    /// A segment whose retention entry cannot be read is kept: read as
+    /// zeros it would pass every test for deletion.
+    #[tokio::test]
+    async fn a_segment_with_an_unreadable_retention_entry_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = cfg(dir.path());
+        config.segment_bytes = 512;
+        let store = SledStore::open(&config).unwrap();
+        store.start_dispatcher(Vec::new()).unwrap();
+        let body = Bytes::from(format!("{{\"pad\":\"{}\"}}", "y".repeat(2000)));
+        for i in 0..4 {
+            let mut ev = event(&format!("old-{i}"), 10, 1, false);
+            ev.body = body.clone();
+            store.ingest(ev).await.unwrap();
+        }
+        store.settle().await.unwrap();
+        let first = store.shared.segments.ids().unwrap()[0];
+        store
+            .shared
+            .tree
+            .insert(codec::segment_key(first), b"{not json".to_vec())
+            .unwrap();
+        let mut ev = event("new", 5_000, 2, false);
+        ev.body = body.clone();
+        store.ingest(ev).await.unwrap();
+        assert_eq!(store.sweep_expired(4_000, 1000).await.unwrap(), 4);
+        let ids = store.shared.segments.ids().unwrap();
+        assert!(ids.contains(&first), "{ids:?}");
+        assert!(ids.len() < 5, "the others went: {ids:?}");
+    }
+
+    /// A parked arrival that cannot be read fails the label that would
+    /// unpark it, instead of being passed over (its event never applied).
+    #[tokio::test]
+    async fn an_unreadable_parked_arrival_fails_the_label_instead_of_being_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = moving_shipment(dir.path()).await;
+        let mut ev = event("parked", 40, 3, true);
+        ev.source = "c".into();
+        ev.tracking_number = Some("TN2".into());
+        ev.fields = Some(crate::mapping::Fields {
+            key: "TN2".into(),
+            status: "transit".into(),
+            occurred_at: None,
+        });
+        store.ingest(ev).await.unwrap();
+        store.settle().await.unwrap();
+        assert_eq!(store.parked().await.unwrap(), 1);
+        let seq = store.event("c", "parked").await.unwrap().unwrap().seq;
+        store
+            .shared
+            .tree
+            .insert(codec::seq_key(b'n', seq), b"\xff".to_vec())
+            .unwrap();
+        let mut second = store.shipment("s1").await.unwrap().unwrap();
+        second.shipment_id = "s2".into();
+        second.tracking_number = None;
+        second.label = None;
+        second.timeline = crate::domain::shipment::Timeline::new(1);
+        store.create_shipment(second, None).await.unwrap();
+        assert!(matches!(
+            store
+                .record_label("s2", "TN2", serde_json::json!({"label_id": "l2"}), 50, None)
+                .await,
+            Err(StateError::Store(StoreError::Corrupt(_)))
+        ));
+        // Nothing was recorded: the label can be recorded once repaired.
+        assert!(store.shipment("s2").await.unwrap().unwrap().label.is_none());
     }
 }

@@ -468,8 +468,13 @@ impl StateMachine {
                     break;
                 };
                 last = seq;
+                // An arrival that cannot be read names no event to apply:
+                // reported and counted, and the pass goes on, so that one
+                // bad record does not stop dispatch for every other.
                 let Some(mut arrival) = Arrival::decode(&v) else {
-                    tracing::error!(seq, "unreadable arrival record skipped");
+                    let _ = StoreError::corrupt(format!(
+                        "the arrival of event {seq}, passed over by dispatch"
+                    ));
                     continue;
                 };
                 if !arrival.dispatch {

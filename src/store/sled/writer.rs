@@ -25,6 +25,8 @@ pub(super) struct Writer {
     /// The segment being written and what retention must know of it.
     pub(super) segment_id: u64,
     pub(super) segment: codec::SegmentInfo,
+    /// Segments whose retention entry could not be read, said once each.
+    pub(super) unreadable_segments: std::collections::HashSet<u64>,
 }
 
 impl Writer {
@@ -106,13 +108,18 @@ impl Writer {
             let key = std::mem::take(&mut ev.key);
             let existing = match fresh.get(&key) {
                 Some(i) => Ok(Some(*i)),
-                None => self.shared.tree.get(&key).map(|v| {
-                    v.and_then(|v| codec::event_ident(&v))
-                        .filter(|i| i.expires_at_ms > ev.received_at_ms)
-                }),
+                None => match self.shared.tree.get(&key) {
+                    Err(e) => Err(StoreError::from(e)),
+                    Ok(None) => Ok(None),
+                    // An identity that cannot be read is no absent one:
+                    // taking it for new would accept a duplicate.
+                    Ok(Some(v)) => codec::event_ident(&v)
+                        .ok_or_else(|| StoreError::corrupt(codec::describe_key(&key)))
+                        .map(|i| Some(i).filter(|i| i.expires_at_ms > ev.received_at_ms)),
+                },
             };
             match existing {
-                Err(e) => answers.push((reply, Err(StoreError::from(e)))),
+                Err(e) => answers.push((reply, Err(e))),
                 Ok(Some(first)) => {
                     let result = Ok(IngestResult::Duplicate {
                         first_received_at_ms: first.received_at_ms,
@@ -295,7 +302,7 @@ impl Writer {
     /// Deletes the payload segments whose every event has expired, been
     /// dispatched and been swept: whole files, so disk follows the live
     /// data at no cost per event.
-    fn sweep_segments(&self, now_ms: u64, cursor: u64) -> Result<(), StoreError> {
+    fn sweep_segments(&mut self, now_ms: u64, cursor: u64) -> Result<(), StoreError> {
         let tree = &self.shared.tree;
         let segments = &self.shared.segments;
         let active = segments.active_id();
@@ -317,7 +324,14 @@ impl Writer {
                 continue;
             };
             known.insert(id);
-            let info: codec::SegmentInfo = serde_json::from_slice(&v).unwrap_or_default();
+            // A segment whose entry cannot be read is kept: all zeros
+            // would pass every test below and delete live payloads.
+            let Ok(info) = serde_json::from_slice::<codec::SegmentInfo>(&v) else {
+                if self.unreadable_segments.insert(id) {
+                    let _ = StoreError::corrupt(format!("the retention entry of segment {id}"));
+                }
+                continue;
+            };
             let done = id < active
                 && info.max_expires_at_ms <= now_ms
                 && info.last_seq <= cursor

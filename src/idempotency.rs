@@ -22,11 +22,101 @@ pub fn valid_key(key: &str) -> bool {
     (1..=MAX_KEY_BYTES).contains(&key.len()) && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
+/// An idempotency key that keeps the rules: only `TryFrom` makes one.
+/// Stored as the plain string it is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IdempotencyKey {
+    type Error = KeyError;
+
+    fn try_from(key: String) -> Result<Self, KeyError> {
+        if valid_key(&key) {
+            Ok(IdempotencyKey(key))
+        } else {
+            Err(KeyError::Invalid(
+                "an idempotency key is 1-255 printable ASCII characters without spaces",
+            ))
+        }
+    }
+}
+
+impl TryFrom<&str> for IdempotencyKey {
+    type Error = KeyError;
+
+    fn try_from(key: &str) -> Result<Self, KeyError> {
+        IdempotencyKey::try_from(key.to_string())
+    }
+}
+
+impl From<IdempotencyKey> for String {
+    fn from(k: IdempotencyKey) -> String {
+        k.0
+    }
+}
+
+impl std::fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::Required => f.write_str("an idempotency key is required"),
+            KeyError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The SHA-256 a request is known by under its key (`fingerprint`). Stored
+/// as lower-case hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fingerprint({})", self.to_hex())
+    }
+}
+
+impl TryFrom<String> for Fingerprint {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&text, &mut bytes)
+            .map_err(|e| format!("not a fingerprint ({e}): {text:?}"))?;
+        Ok(Fingerprint(bytes))
+    }
+}
+
+impl From<Fingerprint> for String {
+    fn from(f: Fingerprint) -> String {
+        f.to_hex()
+    }
+}
+
 /// The key from the `Idempotency-Key` header (`headers`: every value sent
 /// under that name) or the body's `idempotency_key` (a body that is not
 /// JSON offers none). Two headers are refused rather than one picked:
 /// a proxy and the server could each read a different one.
-pub fn key_from(headers: &[&[u8]], body: Option<&Value>) -> Result<String, KeyError> {
+pub fn key_from(headers: &[&[u8]], body: Option<&Value>) -> Result<IdempotencyKey, KeyError> {
     let from_header = match headers {
         [] => None,
         [_, _, ..] => {
@@ -56,7 +146,7 @@ pub fn key_from(headers: &[&[u8]], body: Option<&Value>) -> Result<String, KeyEr
         (Some(h), Some(b)) if h != b => Err(KeyError::Invalid(
             "the Idempotency-Key header and the idempotency_key field differ",
         )),
-        (Some(k), _) | (None, Some(k)) => Ok(k),
+        (Some(k), _) | (None, Some(k)) => IdempotencyKey::try_from(k),
         (None, None) => Err(KeyError::Required),
     }
 }
@@ -90,7 +180,7 @@ fn unquote(raw: &str) -> Option<String> {
 
 /// SHA-256 of the method, the concrete path and the RFC 8785 form of the
 /// body without its `idempotency_key`; a write without a body counts as `{}`.
-pub fn fingerprint(method: &str, path: &str, body: Option<&Value>) -> [u8; 32] {
+pub fn fingerprint(method: &str, path: &str, body: Option<&Value>) -> Fingerprint {
     let mut h = Sha256::new();
     h.update(method.as_bytes());
     h.update(b"\n");
@@ -105,7 +195,7 @@ pub fn fingerprint(method: &str, path: &str, body: Option<&Value>) -> [u8; 32] {
         Some(other) => h.update(canonical::to_vec(other)),
         None => h.update(b"{}"),
     }
-    h.finalize().into()
+    Fingerprint(h.finalize().into())
 }
 
 /// Only final answers are kept for replay; anything else leaves the key
@@ -127,16 +217,23 @@ pub fn is_final(status: u16, code: Option<&str>) -> bool {
 pub enum Record {
     /// Claimed by a request of process run `epoch`, until `lease_until_ms`.
     InProgress {
-        fingerprint: String,
+        fingerprint: Fingerprint,
         epoch: u64,
         lease_until_ms: u64,
     },
     Done {
-        fingerprint: String,
+        fingerprint: Fingerprint,
         status: u16,
         body: String,
         expires_at_ms: u64,
     },
+}
+
+/// An answer as stored under a key, to be repeated byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAnswer {
+    pub status: u16,
+    pub body: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,7 +252,12 @@ pub enum Decision {
 /// current time and this process run's epoch. A claim made by an earlier
 /// run (its owner crashed or was restarted) or whose lease ran out is
 /// resumable, so a key is never stuck.
-pub fn decide(record: Option<&Record>, fingerprint: &str, now_ms: u64, epoch: u64) -> Decision {
+pub fn decide(
+    record: Option<&Record>,
+    fingerprint: &Fingerprint,
+    now_ms: u64,
+    epoch: u64,
+) -> Decision {
     match record {
         None => Decision::Run,
         Some(Record::Done { expires_at_ms, .. }) if now_ms >= *expires_at_ms => Decision::Run,
@@ -186,7 +288,7 @@ pub fn decide(record: Option<&Record>, fingerprint: &str, now_ms: u64, epoch: u6
 /// `decide` where processes share the keys (several replicas on one
 /// database): another process's claim may be alive whatever its epoch, so
 /// only the end of its lease makes it resumable.
-pub fn decide_leased(record: Option<&Record>, fingerprint: &str, now_ms: u64) -> Decision {
+pub fn decide_leased(record: Option<&Record>, fingerprint: &Fingerprint, now_ms: u64) -> Decision {
     let owner = match record {
         Some(Record::InProgress { epoch, .. }) => *epoch,
         _ => 0,
@@ -202,7 +304,7 @@ mod tests {
     /// Contract 10.3: a key sent as an RFC 8941 string is its content.
     #[test]
     fn a_quoted_key_is_the_same_key_as_its_content() {
-        let key = |h: &str| key_from(&[h.as_bytes()], None);
+        let key = |h: &str| key_from(&[h.as_bytes()], None).map(String::from);
         assert_eq!(key("\"abc-123\"").unwrap(), "abc-123");
         assert_eq!(key("abc-123").unwrap(), "abc-123");
         assert_eq!(key(r#""a\"b\\c""#).unwrap(), r#"a"b\c"#);
@@ -223,7 +325,10 @@ mod tests {
         }
         // The quoted header and the unquoted body field name one key.
         let body = json!({"idempotency_key": "abc-123"});
-        assert_eq!(key_from(&[b"\"abc-123\""], Some(&body)).unwrap(), "abc-123");
+        assert_eq!(
+            key_from(&[b"\"abc-123\""], Some(&body)).unwrap().as_str(),
+            "abc-123"
+        );
     }
 
     #[test]
@@ -239,9 +344,15 @@ mod tests {
     #[test]
     fn the_key_comes_from_header_or_body_and_they_must_agree() {
         let body = json!({"idempotency_key": "k1"});
-        assert_eq!(key_from(&[b"k1"], None), Ok("k1".into()));
-        assert_eq!(key_from(&[], Some(&body)), Ok("k1".into()));
-        assert_eq!(key_from(&[b"k1"], Some(&body)), Ok("k1".into()));
+        assert_eq!(key_from(&[b"k1"], None).map(String::from), Ok("k1".into()));
+        assert_eq!(
+            key_from(&[], Some(&body)).map(String::from),
+            Ok("k1".into())
+        );
+        assert_eq!(
+            key_from(&[b"k1"], Some(&body)).map(String::from),
+            Ok("k1".into())
+        );
         assert!(matches!(
             key_from(&[b"k2"], Some(&body)),
             Err(KeyError::Invalid(_))
@@ -316,15 +427,16 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let fp = "f1";
+        let fp = &fingerprint("POST", "/a", None);
+        let f2 = &fingerprint("POST", "/b", None);
         let done = Record::Done {
-            fingerprint: fp.into(),
+            fingerprint: *fp,
             status: 201,
             body: "{}".into(),
             expires_at_ms: 1000,
         };
         let claimed = Record::InProgress {
-            fingerprint: fp.into(),
+            fingerprint: *fp,
             epoch: 7,
             lease_until_ms: 500,
         };
@@ -336,14 +448,14 @@ mod tests {
                 body: "{}".into()
             }
         );
-        assert_eq!(decide(Some(&done), "f2", 10, 7), Decision::Conflict);
+        assert_eq!(decide(Some(&done), f2, 10, 7), Decision::Conflict);
         assert_eq!(
             decide(Some(&done), fp, 1000, 7),
             Decision::Run,
             "forgotten after retention"
         );
         assert_eq!(decide(Some(&claimed), fp, 10, 7), Decision::InProgress);
-        assert_eq!(decide(Some(&claimed), "f2", 10, 7), Decision::Conflict);
+        assert_eq!(decide(Some(&claimed), f2, 10, 7), Decision::Conflict);
         assert_eq!(
             decide(Some(&claimed), fp, 500, 7),
             Decision::Run,
@@ -353,6 +465,30 @@ mod tests {
             decide(Some(&claimed), fp, 10, 8),
             Decision::Run,
             "claimed before a restart"
+        );
+    }
+
+    /// Stored records keep their shape: the fingerprint is its hex.
+    #[test]
+    fn a_record_is_stored_with_the_fingerprint_in_hex() {
+        let fp = fingerprint("POST", "/a", None);
+        let text = serde_json::to_string(&Record::InProgress {
+            fingerprint: fp,
+            epoch: 1,
+            lease_until_ms: 2,
+        })
+        .unwrap();
+        assert!(
+            text.contains(&format!("\"fingerprint\":\"{}\"", fp.to_hex())),
+            "{text}"
+        );
+        let back: Record = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back, Record::InProgress { fingerprint, .. } if fingerprint == fp));
+        assert!(
+            serde_json::from_str::<Record>(
+                r#"{"state":"in_progress","fingerprint":"zz","epoch":1,"lease_until_ms":2}"#
+            )
+            .is_err()
         );
     }
 }

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 use crate::config::{PartnerConfig, RateLimit};
+use crate::domain::ids::PartnerName;
 use crate::ratelimit::Limiter;
 
 pub struct Partner {
-    pub name: String,
+    pub name: PartnerName,
     keys: Vec<Vec<u8>>,
     /// Kept across a reload that leaves the partner's limit alone.
     pub limiter: Option<Arc<Limiter>>,
@@ -26,11 +27,11 @@ impl Partners {
                 .iter()
                 .map(|p| {
                     let kept = previous
-                        .and_then(|prev| prev.0.iter().find(|old| old.name == p.name))
+                        .and_then(|prev| prev.0.iter().find(|old| old.name == p.name.as_str()))
                         .filter(|old| old.rate_limit == p.rate_limit)
                         .and_then(|old| old.limiter.clone());
                     Arc::new(Partner {
-                        name: p.name.clone(),
+                        name: PartnerName::from(p.name.as_str()),
                         keys: p
                             .api_keys
                             .iter()

@@ -17,7 +17,7 @@ use serde_json::json;
 use support::*;
 use waybill::config::{Config, ProcessEnv};
 use waybill::domain::shipment::{MAX_CARRIER_EVENTS, ShipmentStatus, StatusEvent, Timeline};
-use waybill::store::{DispatchOutcome, NewEvent, ShipmentRecord, SledStore, Store};
+use waybill::store::{DispatchOutcome, NewEvent, SledStore, Store};
 
 const SHIPMENTS: usize = 100;
 const BACKLOG: usize = 3000;
@@ -155,7 +155,7 @@ async fn check(dir: &Path, events: &[Generated]) -> usize {
                     DispatchOutcome::Applied | DispatchOutcome::Stale => {
                         assert!(!expect_parked && *status != "WEIRD", "{id}: {o:?}");
                         dispatched_to
-                            .entry(o.shipment_id.clone().unwrap())
+                            .entry(o.shipment_id.clone().unwrap().into_string())
                             .or_default()
                             .insert(id.clone());
                     }
@@ -169,7 +169,7 @@ async fn check(dir: &Path, events: &[Generated]) -> usize {
     }
     for s in 0..SHIPMENTS {
         let sid = format!("shp_{s}");
-        let rec = store.shipment(&sid).await.unwrap().unwrap();
+        let rec = store.shipment(&sid.as_str().into()).await.unwrap().unwrap();
         let ids: Vec<String> = rec
             .timeline
             .history()
@@ -232,24 +232,11 @@ async fn dispatch_is_exactly_once_across_kill_9() {
         for s in 0..SHIPMENTS {
             let sid = format!("shp_{s}");
             store
-                .create_shipment(
-                    ShipmentRecord {
-                        shipment_id: sid.clone(),
-                        partner: "acme".into(),
-                        order_id: format!("o{s}"),
-                        created_at_ms: 1_000,
-                        tracking_number: None,
-                        label: None,
-                        details: json!({}),
-                        timeline: Timeline::new(1_000),
-                        label_intent: None,
-                    },
-                    None,
-                )
+                .create_shipment(shipment_record(&sid, "acme", &format!("o{s}"), 1_000), None)
                 .await
                 .unwrap();
             store
-                .record_label(&sid, &format!("TN-{s}"), json!({}), 2_000, None)
+                .record_label(label_for(&sid, &format!("TN-{s}"), 2_000), 2_000, None)
                 .await
                 .unwrap();
         }
@@ -300,7 +287,7 @@ async fn dispatch_is_exactly_once_across_kill_9() {
             }
         }
         let got = store
-            .shipment(&format!("shp_{s}"))
+            .shipment(&format!("shp_{s}").into())
             .await
             .unwrap()
             .unwrap()

@@ -169,9 +169,13 @@ async fn killed_between_steps(on_postgres: bool) {
             }
             Some(schema) => std::sync::Arc::new(schema.store(2)),
         };
-        let order = store.order("acme", &order_id).await.unwrap().unwrap();
+        let order = store
+            .order(&"acme".into(), &order_id.as_str().into())
+            .await
+            .unwrap()
+            .unwrap();
         let shipment = store
-            .shipment(order.progress.shipment_id.as_deref().unwrap())
+            .shipment(order.progress.shipment_id.as_ref().unwrap())
             .await
             .unwrap()
             .unwrap();

@@ -216,17 +216,7 @@ fn carrier_source() -> std::collections::HashMap<String, waybill::config::Source
 }
 
 fn shipment(id: &str) -> waybill::store::ShipmentRecord {
-    waybill::store::ShipmentRecord {
-        shipment_id: id.into(),
-        partner: "acme".into(),
-        order_id: format!("o-{id}"),
-        created_at_ms: 1_000,
-        tracking_number: None,
-        label: None,
-        details: serde_json::json!({}),
-        timeline: waybill::domain::shipment::Timeline::new(1_000),
-        label_intent: None,
-    }
+    support::shipment_record(id, "acme", &format!("o-{id}"), 1_000)
 }
 
 /// Guarantee 3 with three dispatchers: a backlog of 600 tracking events
@@ -252,7 +242,11 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
             .await
             .unwrap();
         replicas[0]
-            .record_label(&id, &format!("TN-{i}"), serde_json::json!({}), 1_000, None)
+            .record_label(
+                support::label_for(&id, &format!("TN-{i}"), 1_000),
+                1_000,
+                None,
+            )
             .await
             .unwrap();
     }
@@ -344,7 +338,7 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
     assert_eq!(parked_rows, parked);
     for i in 0..20 {
         let rec = replicas[i % 3]
-            .shipment(&format!("shp_{i}"))
+            .shipment(&format!("shp_{i}").into())
             .await
             .unwrap()
             .unwrap();
@@ -416,54 +410,49 @@ async fn a_claim_holds_every_replica_until_its_lease_ends() {
     let b = schema.store(2);
     a.migrate().await.unwrap();
     let hour = std::time::Duration::from_secs(3600);
+    let acme = "acme".into();
+    let (k1, k2) = ("k1".try_into().unwrap(), "k2".try_into().unwrap());
+    let fp = waybill::idempotency::fingerprint("POST", "/a", None);
+    let other = waybill::idempotency::fingerprint("POST", "/b", None);
+    assert_eq!(a.claim(&acme, &k1, &fp, hour).await.unwrap(), Decision::Run);
     assert_eq!(
-        a.claim("acme", "k1", "fp", hour).await.unwrap(),
-        Decision::Run
-    );
-    assert_eq!(
-        b.claim("acme", "k1", "fp", hour).await.unwrap(),
+        b.claim(&acme, &k1, &fp, hour).await.unwrap(),
         Decision::InProgress
     );
     assert_eq!(
-        a.claim("acme", "k1", "fp", hour).await.unwrap(),
+        a.claim(&acme, &k1, &fp, hour).await.unwrap(),
         Decision::InProgress
     );
     assert_eq!(
-        b.claim("acme", "k1", "other", hour).await.unwrap(),
+        b.claim(&acme, &k1, &other, hour).await.unwrap(),
         Decision::Conflict
     );
     // Another process cannot release it; its owner can.
-    b.release("acme", "k1").await;
+    b.release(&acme, &k1).await;
     assert_eq!(
-        b.claim("acme", "k1", "fp", hour).await.unwrap(),
+        b.claim(&acme, &k1, &fp, hour).await.unwrap(),
         Decision::InProgress
     );
-    a.release("acme", "k1").await;
-    assert_eq!(
-        b.claim("acme", "k1", "fp", hour).await.unwrap(),
-        Decision::Run
-    );
+    a.release(&acme, &k1).await;
+    assert_eq!(b.claim(&acme, &k1, &fp, hour).await.unwrap(), Decision::Run);
     // A claim whose lease has ended (its process died) is resumed.
     assert_eq!(
-        a.claim("acme", "k2", "fp", std::time::Duration::ZERO)
+        a.claim(&acme, &k2, &fp, std::time::Duration::ZERO)
             .await
             .unwrap(),
         Decision::Run
     );
+    assert_eq!(b.claim(&acme, &k2, &fp, hour).await.unwrap(), Decision::Run);
     assert_eq!(
-        b.claim("acme", "k2", "fp", hour).await.unwrap(),
-        Decision::Run
-    );
-    assert_eq!(
-        a.claim("acme", "k2", "fp", hour).await.unwrap(),
+        a.claim(&acme, &k2, &fp, hour).await.unwrap(),
         Decision::InProgress
     );
     // The final answer, written by one, is replayed by the other.
     b.finish(waybill::store::Completion {
-        partner: "acme".into(),
-        key: "k2".into(),
+        partner: acme.clone(),
+        key: k2.clone(),
         record: waybill::idempotency::Record::Done {
-            fingerprint: "fp".into(),
+            fingerprint: fp,
             status: 201,
             body: "{}".into(),
             expires_at_ms: u64::MAX / 2,
@@ -472,7 +461,7 @@ async fn a_claim_holds_every_replica_until_its_lease_ends() {
     .await
     .unwrap();
     assert_eq!(
-        a.claim("acme", "k2", "fp", hour).await.unwrap(),
+        a.claim(&acme, &k2, &fp, hour).await.unwrap(),
         Decision::Replay {
             status: 201,
             body: "{}".into()
@@ -492,17 +481,15 @@ async fn a_due_fulfilment_is_taken_by_one_replica_and_passes_on_when_it_dies() {
     let b = schema.store(2);
     a.migrate().await.unwrap();
     let order = |id: &str| waybill::store::OrderRecord {
-        order_id: id.into(),
-        partner: "acme".into(),
-        key: format!("k-{id}"),
-        created_at_ms: 1,
-        request: serde_json::json!({}),
         status: waybill::domain::order::OrderStatus::PaymentSuccessPendingFulfillment,
-        progress: Default::default(),
-        failure_reason: None,
-        payments: Default::default(),
         fulfil_due_ms: Some(1_000),
         fulfil_attempts: 1,
+        ..waybill::store::OrderRecord::new(
+            "acme".into(),
+            format!("k-{id}").try_into().unwrap(),
+            waybill::domain::request::NewOrder::example(id),
+            1,
+        )
     };
     for id in ["o1", "o2"] {
         a.create_order(order(id)).await.unwrap();
@@ -518,17 +505,17 @@ async fn a_due_fulfilment_is_taken_by_one_replica_and_passes_on_when_it_dies() {
     }
     let now = 5_000;
     let taken = a.due_fulfilments(now, 1).await.unwrap();
-    assert_eq!(taken, vec![(1_000, "acme".to_string(), "o1".to_string())]);
+    assert_eq!(taken, vec![(1_000, "acme".into(), "o1".into())]);
     // B gets the other one, not A's.
     let other = b.due_fulfilments(now, 10).await.unwrap();
-    assert_eq!(other, vec![(1_000, "acme".to_string(), "o2".to_string())]);
+    assert_eq!(other, vec![(1_000, "acme".into(), "o2".into())]);
     assert!(b.due_fulfilments(now, 10).await.unwrap().is_empty());
     // A dies with o1 taken: once the claim runs out, B takes it.
     drop(a);
     let later = now + 3_600_000;
     let resumed = b.due_fulfilments(later, 10).await.unwrap();
     assert!(
-        resumed.contains(&(1_000, "acme".to_string(), "o1".to_string())),
+        resumed.contains(&(1_000, "acme".into(), "o1".into())),
         "{resumed:?}"
     );
 }

@@ -390,7 +390,11 @@ async fn emitted_tracking_webhooks_reach_the_gateway_and_move_the_shipment() {
     let tn = label["tracking_number"].as_str().unwrap().to_string();
     app.app
         .store
-        .record_label(&id, &tn, label.clone(), waybill::clock::now_ms(), None)
+        .record_label(
+            support::label_for(&id, &tn, waybill::clock::now_ms()),
+            waybill::clock::now_ms(),
+            None,
+        )
         .await
         .unwrap();
     // The simulator sends on its own schedule: wait, bounded, for its four updates.
@@ -408,7 +412,13 @@ async fn emitted_tracking_webhooks_reach_the_gateway_and_move_the_shipment() {
     }
     assert_eq!(seen, 4, "each update once, however often it was sent");
     app.settle().await;
-    let s = app.app.store.shipment(&id).await.unwrap().unwrap();
+    let s = app
+        .app
+        .store
+        .shipment(&id.as_str().into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         s.timeline.status(),
         waybill::domain::shipment::ShipmentStatus::Delivered

@@ -11,10 +11,11 @@ mod support;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use support::{label_for, shipment_record};
 use waybill::config::SourceConfig;
 use waybill::domain::shipment::{ShipmentStatus, StatusEvent, Timeline};
 use waybill::mapping::{Fields, Interpretation, interpret_fields};
-use waybill::store::{DispatchOutcome, NewEvent, ShipmentRecord, Store};
+use waybill::store::{DispatchOutcome, NewEvent, Store};
 
 const STATUSES: [&str; 5] = [
     "pre_transit",
@@ -87,17 +88,7 @@ async fn run_case(store: &dyn Store, case: u64, ds: &[Delivery], label_at: usize
     }
     store
         .create_shipment(
-            ShipmentRecord {
-                shipment_id: shipment_id.clone(),
-                partner: "acme".into(),
-                order_id: format!("o-{case}"),
-                created_at_ms: 1_000,
-                tracking_number: None,
-                label: None,
-                details: serde_json::json!({}),
-                timeline: Timeline::new(1_000),
-                label_intent: None,
-            },
+            shipment_record(&shipment_id, "acme", &format!("o-{case}"), 1_000),
             None,
         )
         .await
@@ -106,7 +97,7 @@ async fn run_case(store: &dyn Store, case: u64, ds: &[Delivery], label_at: usize
         if n == label_at {
             store.settle().await.unwrap();
             store
-                .record_label(&shipment_id, &tn, serde_json::json!({}), 2_000, None)
+                .record_label(label_for(&shipment_id, &tn, 2_000), 2_000, None)
                 .await
                 .unwrap();
         }
@@ -117,12 +108,16 @@ async fn run_case(store: &dyn Store, case: u64, ds: &[Delivery], label_at: usize
     if label_at == ds.len() {
         store.settle().await.unwrap();
         store
-            .record_label(&shipment_id, &tn, serde_json::json!({}), 2_000, None)
+            .record_label(label_for(&shipment_id, &tn, 2_000), 2_000, None)
             .await
             .unwrap();
     }
     store.settle().await.unwrap();
-    let shipment = store.shipment(&shipment_id).await.unwrap().unwrap();
+    let shipment = store
+        .shipment(&shipment_id.as_str().into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(shipment.timeline, reference, "case {case}");
     for (n, d) in ds.iter().enumerate() {
         let o = store

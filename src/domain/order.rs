@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::ids::{ShipmentId, TrackingNumber};
 use super::shipment::ShipmentStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -53,6 +54,25 @@ impl OrderStatus {
     }
 }
 
+/// Why an order failed: its final answer (402 or 422) says the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderFailure {
+    /// The inventory could not reserve the items.
+    InsufficientStock,
+    /// The payment service declined the charge.
+    PaymentFailed,
+}
+
+impl OrderFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderFailure::InsufficientStock => "INSUFFICIENT_STOCK",
+            OrderFailure::PaymentFailed => "PAYMENT_FAILED",
+        }
+    }
+}
+
 /// How far an order's flow got. Each field is recorded durably before the
 /// step that depends on it, so a crash between any two steps leaves an
 /// order that `next` resumes (guarantee 5).
@@ -70,10 +90,10 @@ pub struct Progress {
     pub transaction_id: Option<String>,
     /// Created in the same write that records the charge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shipment_id: Option<String>,
+    pub shipment_id: Option<ShipmentId>,
     /// The label's, once bought.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracking_number: Option<String>,
+    pub tracking_number: Option<TrackingNumber>,
 }
 
 /// The step an order's flow takes next.

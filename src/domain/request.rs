@@ -1,8 +1,10 @@
 //! What an integrator sends to create a shipment, parsed once into types
 //! that cannot be invalid (contract 5.1). Pure.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use super::ids::OrderId;
 
 use crate::identity::{FieldIssue, UNSTORABLE, unstorable};
 
@@ -26,22 +28,22 @@ pub const COUNTRIES: [&str; 249] = [
     "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
     pub name: String,
     pub street1: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub street2: Option<String>,
     pub city: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     pub postal_code: String,
     pub country: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parcel {
     pub weight_grams: u64,
     pub length_cm: u64,
@@ -49,16 +51,59 @@ pub struct Parcel {
     pub height_cm: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NewShipment {
-    pub order_id: String,
+/// What is shipped, how and where: all a shipment holds of its request
+/// besides the integrator's order id. Kept on the shipment record (older
+/// records also hold `order_id` here, which reading passes over).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentDetails {
     pub carrier: String,
     pub service: String,
     pub from: Address,
     pub to: Address,
     pub parcels: Vec<Parcel>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+}
+
+impl Address {
+    fn example() -> Address {
+        Address {
+            name: "A".into(),
+            street1: "1 Main St".into(),
+            street2: None,
+            city: "C".into(),
+            state: None,
+            postal_code: "1".into(),
+            country: "DE".into(),
+            phone: None,
+        }
+    }
+}
+
+impl ShipmentDetails {
+    /// One parcel between two addresses, for shipments made outside the
+    /// API: the load generator's, and tests'.
+    pub fn example(carrier: &str) -> ShipmentDetails {
+        ShipmentDetails {
+            carrier: carrier.into(),
+            service: "standard".into(),
+            from: Address::example(),
+            to: Address::example(),
+            parcels: vec![Parcel {
+                weight_grams: 500,
+                length_cm: 1,
+                width_cm: 1,
+                height_cm: 1,
+            }],
+            reference: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewShipment {
+    pub order_id: OrderId,
+    pub details: ShipmentDetails,
 }
 
 /// Longest accepted text field, in characters.
@@ -265,28 +310,31 @@ impl NewShipment {
             return Err(issues);
         }
         Ok(NewShipment {
-            order_id: order_id.expect("checked"),
-            carrier: carrier.expect("checked"),
-            service: service.expect("checked"),
-            from: from.expect("checked"),
-            to: to.expect("checked"),
-            parcels,
-            reference,
+            order_id: OrderId::from(order_id.expect("checked")),
+            details: ShipmentDetails {
+                carrier: carrier.expect("checked"),
+                service: service.expect("checked"),
+                from: from.expect("checked"),
+                to: to.expect("checked"),
+                parcels,
+                reference,
+            },
         })
     }
 }
 
 /// One line of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     pub sku: String,
     pub quantity: u64,
 }
 
-/// What an integrator sends to create an order (contract 5.1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What an integrator sends to create an order (contract 5.1), kept whole
+/// on the order's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewOrder {
-    pub order_id: String,
+    pub order_id: OrderId,
     pub customer_id: String,
     pub amount_cents: u64,
     /// ISO 4217, upper case.
@@ -305,6 +353,22 @@ pub const MAX_QUANTITY: u64 = 1_000_000;
 pub const MAX_AMOUNT_CENTS: u64 = 1_000_000_000_000;
 
 impl NewOrder {
+    /// One line of one SKU for 10.00 EUR, for orders made outside the
+    /// API: tests'.
+    pub fn example(order_id: &str) -> NewOrder {
+        NewOrder {
+            order_id: order_id.into(),
+            customer_id: "c1".into(),
+            amount_cents: 1_000,
+            currency: "EUR".into(),
+            items: vec![Item {
+                sku: "sku-1".into(),
+                quantity: 1,
+            }],
+            ship_to: Address::example(),
+        }
+    }
+
     /// Every bad field is reported, each under its JSON pointer.
     pub fn parse(body: &Value) -> Result<NewOrder, Vec<FieldIssue>> {
         let Value::Object(obj) = body else {
@@ -365,7 +429,7 @@ impl NewOrder {
                 Some(currency),
                 Some(ship_to),
             ) if issues.is_empty() => Ok(NewOrder {
-                order_id,
+                order_id: OrderId::from(order_id),
                 customer_id,
                 amount_cents,
                 currency,
@@ -469,8 +533,8 @@ mod tests {
     fn a_valid_request_parses() {
         let s = NewShipment::parse(&valid()).unwrap();
         assert_eq!(s.order_id, "o-1");
-        assert_eq!(s.parcels.len(), 1);
-        assert_eq!(s.to.country, "DE");
+        assert_eq!(s.details.parcels.len(), 1);
+        assert_eq!(s.details.to.country, "DE");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::identity::FieldIssue;
 use crate::json::JsonError;
+use crate::service::Refusal;
 use crate::store::StoreError;
 
 pub type Body = Full<Bytes>;
@@ -313,6 +314,31 @@ impl From<StoreError> for ApiError {
         let at = std::panic::Location::caller();
         tracing::error!(error = %e, at = %at, "the store did not answer");
         ApiError::store_unavailable()
+    }
+}
+
+/// A use case's refusal, as its answer (contract 7).
+impl From<&Refusal> for ApiError {
+    fn from(r: &Refusal) -> ApiError {
+        match r {
+            Refusal::InvalidTransition(why) => ApiError::invalid_transition(why),
+            Refusal::LabelExists(label_id) => ApiError::label_exists(label_id.as_str()),
+            Refusal::OrderExists => ApiError::order_exists(),
+            Refusal::Upstream {
+                service,
+                retry_after_secs,
+            } => ApiError::upstream_unavailable(service.as_str(), *retry_after_secs),
+            Refusal::NotFound(what) => ApiError::not_found(what),
+            Refusal::KeyConflict => ApiError::idempotency_conflict(),
+            Refusal::KeyInProgress => ApiError::idempotency_in_progress(),
+            Refusal::Store(e) => ApiError::from(e.clone()),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        ApiError::from(&r)
     }
 }
 

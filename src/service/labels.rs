@@ -6,20 +6,19 @@
 //! and voids it).
 
 use http::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Ports, Refusal};
 use crate::clock::{now_ms, rfc3339_ms};
+use crate::domain::ids::{LabelId, ShipmentId, TrackingNumber};
+use crate::domain::label::{Label, LabelFormat, LabelRequest};
 use crate::downstream::{Answer, Service, Unavailable};
 use crate::store::{ShipmentRecord, StateError};
 
 /// A label the carrier sold, not yet recorded.
 #[derive(Debug, Clone)]
 pub struct Sold {
-    pub label_id: String,
-    pub tracking_number: String,
-    /// The label resource as stored and answered (contract 5.1).
-    pub label: Value,
+    pub label: Label,
     pub at_ms: u64,
 }
 
@@ -27,18 +26,9 @@ pub struct Sold {
 pub async fn purchase(
     ports: Ports<'_>,
     shipment: &ShipmentRecord,
-    format: &str,
+    format: LabelFormat,
 ) -> Result<Sold, Refusal> {
-    let details = &shipment.details;
-    let request = json!({
-        "shipment_id": shipment.shipment_id,
-        "carrier": details.get("carrier"),
-        "service": details.get("service"),
-        "from": details.get("from"),
-        "to": details.get("to"),
-        "parcels": details.get("parcels"),
-        "format": format,
-    });
+    let request = LabelRequest::new(&shipment.shipment_id, &shipment.details, format);
     let request = match ports
         .store
         .record_intent(&shipment.shipment_id, request)
@@ -50,13 +40,8 @@ pub async fn purchase(
                 "the shipment is cancelled".into(),
             ));
         }
-        Err(e) => return Err(Refusal::Store(e)),
+        Err(e) => return Err(e.into()),
     };
-    let format = request
-        .get("format")
-        .and_then(Value::as_str)
-        .unwrap_or(format)
-        .to_string();
     let answer = match ask(ports, &shipment.shipment_id, &request).await {
         Ok(a) if a.status.is_success() => a,
         Ok(a) => {
@@ -79,19 +64,17 @@ pub async fn purchase(
         .body
         .get("carrier")
         .and_then(Value::as_str)
-        .or(details.get("carrier").and_then(Value::as_str));
-    let label = json!({
-        "label_id": label_id,
-        "shipment_id": shipment.shipment_id,
-        "tracking_number": tracking_number,
-        "carrier": carrier,
-        "format": format,
-        "created_at": rfc3339_ms(at_ms),
-    });
+        .unwrap_or(&request.carrier)
+        .to_string();
     Ok(Sold {
-        label_id: label_id.to_string(),
-        tracking_number: tracking_number.to_string(),
-        label,
+        label: Label {
+            label_id: LabelId::from(label_id),
+            shipment_id: shipment.shipment_id.clone(),
+            tracking_number: TrackingNumber::from(tracking_number),
+            carrier: Some(carrier),
+            format: request.format,
+            created_at: rfc3339_ms(at_ms),
+        },
         at_ms,
     })
 }
@@ -107,9 +90,10 @@ fn carrier(retry_after_secs: u64) -> Refusal {
 /// it, or gets back the one bought before under that key.
 pub async fn ask(
     ports: Ports<'_>,
-    shipment_id: &str,
-    request: &Value,
+    shipment_id: &ShipmentId,
+    request: &LabelRequest,
 ) -> Result<Answer, Unavailable> {
+    let body = serde_json::to_value(request).unwrap_or(Value::Null);
     ports
         .downstream
         .call(
@@ -117,14 +101,14 @@ pub async fn ask(
             Method::POST,
             "/carrier/labels",
             &format!("label:{shipment_id}"),
-            Some(request),
+            Some(&body),
         )
         .await
 }
 
 /// Voids a label at the carrier. The carrier's key is the label's, so a
 /// retried void is one void.
-pub async fn void(ports: Ports<'_>, label_id: &str) -> Result<Answer, Unavailable> {
+pub async fn void(ports: Ports<'_>, label_id: &LabelId) -> Result<Answer, Unavailable> {
     ports
         .downstream
         .call(
@@ -138,10 +122,10 @@ pub async fn void(ports: Ports<'_>, label_id: &str) -> Result<Answer, Unavailabl
 }
 
 /// Gives back a label sold for a shipment that was cancelled meanwhile.
-pub async fn void_unwanted(ports: Ports<'_>, label_id: &str) {
+pub async fn void_unwanted(ports: Ports<'_>, label_id: &LabelId) {
     if let Err(u) = void(ports, label_id).await {
         tracing::error!(
-            label_id,
+            label_id = %label_id,
             retry_after = u.retry_after_secs,
             "a label bought for a cancelled shipment could not be voided"
         );

@@ -1,46 +1,116 @@
-//! Use cases of the integrator API: each takes what a handler extracted and
-//! returns an outcome or a refusal, never a status code. The HTTP layer
-//! maps them (`http::v1`); the final answer an idempotent request stores
-//! is rendered by it too and handed in as a [`Finalize`], so that it is
-//! written in the same durable batch as the effect it answers for.
+//! Use cases of the integrator API, end to end: each takes what a handler
+//! extracted and answers an outcome or a [`Refusal`], never a status code.
+//! The idempotent lifecycle (claim, run, store the final answer or give
+//! the key back) is [`keyed`]'s; the answers stored under keys are worded
+//! by the caller through [`Render`] and written in the same durable write
+//! as the effect they answer for.
 //!
 //! - [`labels`]: buying a shipment's label at the carrier, with the intent
 //!   recorded first, and voiding one.
-//! - [`shipments`]: create a shipment, buy its label, cancel it.
-//! - [`orders`]: reserve, charge, create the shipment, buy its label; and
-//!   the background fulfilment of orders whose label could not be bought.
+//! - [`shipments`]: create a shipment, buy its label, cancel it, read it.
+//! - [`orders`]: reserve, charge, create the shipment, buy its label; read
+//!   and list orders; and the background fulfilment of orders whose label
+//!   could not be bought.
 
+pub mod keyed;
 pub mod labels;
 pub mod orders;
 pub mod shipments;
 
+use crate::domain::ids::LabelId;
+use crate::domain::label::Label;
 use crate::downstream::{Downstream, Service};
-use crate::store::{StateError, Store};
+use crate::store::{OrderRecord, ShipmentRecord, StateError, Store, StoreError};
+pub use keyed::{Answered, Keyed, StoredAnswer};
+pub use orders::Placed;
 
 /// Why a use case did not do what it was asked. The HTTP layer maps each
-/// to its answer in one place; whether that answer is final (and stored
-/// under the idempotency key) is the contract's rule, not the use case's.
-#[derive(Debug)]
+/// to its answer in one place; whether one is final (and stored under the
+/// idempotency key) is [`Refusal::is_final`].
+#[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     /// The shipment cannot make this move (cancelled, moving, done).
+    #[error("{0}")]
     InvalidTransition(String),
     /// The shipment has this label, bought under another key.
-    LabelExists(String),
+    #[error("the shipment has label {0}")]
+    LabelExists(LabelId),
     /// The order id is taken by a request with another key.
+    #[error("the order id is taken")]
     OrderExists,
     /// A downstream could not be reached, refused, or answered nonsense;
     /// retrying later may work.
+    #[error("the {} service is unavailable", .service.as_str())]
     Upstream {
         service: Service,
         retry_after_secs: u64,
     },
-    Store(StateError),
+    /// No such shipment or order (named) for this partner.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The key was used for another request.
+    #[error("the idempotency key was used for another request")]
+    KeyConflict,
+    /// A request with the key is still running.
+    #[error("a request with the idempotency key is running")]
+    KeyInProgress,
+    /// The store failed; retrying later may work.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl Refusal {
+    /// Whether the refusal is the request's final answer, stored under its
+    /// key and repeated to its retries (contract 5.2); any other gives the
+    /// key back so that a retry runs.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Refusal::InvalidTransition(_) | Refusal::LabelExists(_) | Refusal::OrderExists
+        )
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
 }
 
 impl From<StateError> for Refusal {
     fn from(e: StateError) -> Self {
-        Refusal::Store(e)
+        match e {
+            StateError::NotFound => Refusal::NotFound("resource"),
+            StateError::InvalidTransition => {
+                Refusal::InvalidTransition("the shipment is moving or done".into())
+            }
+            StateError::LabelExists(id) => Refusal::LabelExists(id),
+            StateError::Store(e) => Refusal::Store(e),
+            // None of these reaches an integrator's request: a minted id,
+            // a carrier's tracking number (handled where a label is
+            // recorded), a redelivery. Should one, it is the store's.
+            other @ (StateError::ShipmentExists(_)
+            | StateError::TrackingNumberTaken { .. }
+            | StateError::NotRedeliverable(_)) => {
+                Refusal::Store(StoreError::Unavailable(other.to_string()))
+            }
+        }
     }
+}
+
+/// How the caller words the answers stored under idempotency keys.
+pub trait Render: Sync {
+    /// A shipment just created (201).
+    fn created(&self, shipment: &ShipmentRecord) -> StoredAnswer;
+    /// A label just bought (201).
+    fn label(&self, label: &Label) -> StoredAnswer;
+    /// How an order request ended.
+    fn placed(&self, placed: Placed, order: &OrderRecord) -> StoredAnswer;
+    /// A final refusal.
+    fn refusal(&self, refusal: &Refusal) -> StoredAnswer;
+    /// The answer to a cancel, the shipment as the cancel leaves it: a
+    /// plain function, since the store calls it inside its write.
+    fn cancelled(&self) -> fn(&ShipmentRecord) -> StoredAnswer;
 }
 
 /// What the use cases work with.

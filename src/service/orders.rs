@@ -18,13 +18,17 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use super::keyed::{self, Answered, Keyed};
 use super::labels::{self, Sold};
-use super::{Ports, Refusal};
+use super::{Ports, Refusal, Render};
 use crate::clock::now_ms;
-use crate::domain::order::{OrderStatus, Progress, Step};
-use crate::domain::request::NewOrder;
-use crate::domain::shipment::{ShipmentStatus, Timeline};
+use crate::domain::ids::{OrderId, PartnerName, TrackingNumber};
+use crate::domain::label::LabelFormat;
+use crate::domain::order::{OrderFailure, OrderStatus, Step};
+use crate::domain::request::{Address, NewOrder, Parcel, ShipmentDetails};
+use crate::domain::shipment::ShipmentStatus;
 use crate::downstream::Service;
+use crate::idempotency::IdempotencyKey;
 use crate::store::{
     Completion, NewLabel, OrderCreated, OrderRecord, OrderWrite, ShipmentRecord, StateError,
 };
@@ -54,30 +58,77 @@ pub enum Placed {
 /// settles the order.
 pub type Finalize<'a> = &'a (dyn Fn(Placed, &OrderRecord) -> Completion + Send + Sync);
 
-/// Places an order, or resumes the one this key placed before.
-pub async fn place(
+/// Places an order for `keyed`'s partner, once per key: a retry after a
+/// failure resumes it where it stopped.
+pub async fn order(
     ports: Ports<'_>,
-    partner: &str,
-    key: &str,
+    keyed: &Keyed,
+    request: &NewOrder,
+    render: &dyn Render,
+) -> Result<Answered<(Placed, OrderRecord)>, Refusal> {
+    keyed::run(ports, keyed, &|r| render.refusal(r), async || {
+        let finalize =
+            |placed: Placed, order: &OrderRecord| keyed.completion(render.placed(placed, order));
+        place(ports, &keyed.partner, &keyed.key, request, &finalize).await
+    })
+    .await
+}
+
+/// An order of `partner`, with its shipment once it has one; another
+/// partner's does not exist for it.
+pub async fn get(
+    ports: Ports<'_>,
+    partner: &PartnerName,
+    id: &OrderId,
+) -> Result<(OrderRecord, Option<ShipmentRecord>), Refusal> {
+    let order = ports
+        .store
+        .order(partner, id)
+        .await?
+        .ok_or(Refusal::NotFound("order"))?;
+    let shipment = shipment_of(ports, &order).await?;
+    Ok((order, shipment))
+}
+
+async fn shipment_of(
+    ports: Ports<'_>,
+    order: &OrderRecord,
+) -> Result<Option<ShipmentRecord>, Refusal> {
+    match &order.progress.shipment_id {
+        Some(id) => Ok(ports.store.shipment(id).await?),
+        None => Ok(None),
+    }
+}
+
+/// A page of `partner`'s orders, newest first, each with its shipment; and
+/// how many the partner has.
+pub async fn list(
+    ports: Ports<'_>,
+    partner: &PartnerName,
+    skip: usize,
+    limit: usize,
+) -> Result<(usize, Vec<(OrderRecord, Option<ShipmentRecord>)>), Refusal> {
+    let (count, orders) = ports.store.orders(partner, skip, limit).await?;
+    let mut page = Vec::with_capacity(orders.len());
+    for order in orders {
+        let shipment = shipment_of(ports, &order).await?;
+        page.push((order, shipment));
+    }
+    Ok((count, page))
+}
+
+/// Places an order, or resumes the one this key placed before.
+async fn place(
+    ports: Ports<'_>,
+    partner: &PartnerName,
+    key: &IdempotencyKey,
     request: &NewOrder,
     finalize: Finalize<'_>,
 ) -> Result<(Placed, OrderRecord), Refusal> {
-    let record = OrderRecord {
-        order_id: request.order_id.clone(),
-        partner: partner.to_string(),
-        key: key.to_string(),
-        created_at_ms: now_ms(),
-        request: serde_json::to_value(request).unwrap_or(Value::Null),
-        status: OrderStatus::Pending,
-        progress: Progress::default(),
-        failure_reason: None,
-        payments: Default::default(),
-        fulfil_due_ms: None,
-        fulfil_attempts: 0,
-    };
+    let record = OrderRecord::new(partner.clone(), key.clone(), request.clone(), now_ms());
     let mut order = match ports.store.create_order(record).await? {
         OrderCreated::Created(o) => o,
-        OrderCreated::Existing(o) if o.key == key => o,
+        OrderCreated::Existing(o) if &o.key == key => o,
         OrderCreated::Existing(_) => return Err(Refusal::OrderExists),
     };
     loop {
@@ -92,16 +143,12 @@ pub async fn place(
 }
 
 fn settled(order: &OrderRecord) -> Placed {
-    match (order.status, order.failure_reason.as_deref()) {
-        (OrderStatus::Failure, Some("INSUFFICIENT_STOCK")) => Placed::InsufficientStock,
+    match (order.status, order.failure_reason) {
+        (OrderStatus::Failure, Some(OrderFailure::InsufficientStock)) => Placed::InsufficientStock,
         (OrderStatus::Failure, _) => Placed::PaymentFailed,
         (OrderStatus::Confirmed, _) => Placed::Confirmed,
         _ => Placed::PendingFulfilment,
     }
-}
-
-fn field(order: &OrderRecord, name: &str) -> Value {
-    order.request.get(name).cloned().unwrap_or(Value::Null)
 }
 
 async fn write(
@@ -137,7 +184,7 @@ async fn reserve(
     finalize: Finalize<'_>,
 ) -> Result<OrderRecord, Refusal> {
     let key = format!("reserve:{}:{}", order.partner, order.order_id);
-    let body = json!({ "items": field(&order, "items") });
+    let body = json!({ "items": order.request.items });
     let answer = ports
         .downstream
         .call(
@@ -162,7 +209,7 @@ async fn reserve(
         StatusCode::UNPROCESSABLE_ENTITY => {
             // Nothing was reserved: the order fails, and that is final.
             order.status = OrderStatus::Failure;
-            order.failure_reason = Some("INSUFFICIENT_STOCK".into());
+            order.failure_reason = Some(OrderFailure::InsufficientStock);
             let completion = finalize(Placed::InsufficientStock, &order);
             Ok(write(ports, order, None, None, Some(completion), None).await?)
         }
@@ -179,9 +226,9 @@ async fn reserve(
 async fn charge(ports: Ports<'_>, mut order: OrderRecord) -> Result<OrderRecord, Refusal> {
     let key = format!("charge:{}:{}", order.partner, order.order_id);
     let body = json!({
-        "amount_cents": field(&order, "amount_cents"),
-        "currency": field(&order, "currency"),
-        "customer_id": field(&order, "customer_id"),
+        "amount_cents": order.request.amount_cents,
+        "currency": order.request.currency,
+        "customer_id": order.request.customer_id,
     });
     let answer = ports
         .downstream
@@ -251,50 +298,41 @@ async fn release(
     }
     order.progress.released = true;
     order.status = OrderStatus::Failure;
-    order.failure_reason = Some("PAYMENT_FAILED".into());
+    order.failure_reason = Some(OrderFailure::PaymentFailed);
     let completion = finalize(Placed::PaymentFailed, &order);
     Ok(write(ports, order, None, None, Some(completion), None).await?)
 }
 
 /// The shipment an order's charge pays for.
 fn order_shipment(order: &OrderRecord) -> ShipmentRecord {
-    let now = now_ms();
-    let units: u64 = field(order, "items")
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|i| i.get("quantity").and_then(Value::as_u64))
-                .sum()
-        })
-        .unwrap_or(1);
-    let ship_to = field(order, "ship_to");
-    let details = json!({
-        "carrier": CARRIER,
-        "service": SERVICE,
-        "from": ship_from(),
-        "to": ship_to,
-        "parcels": [{
-            "weight_grams": units.max(1).saturating_mul(PARCEL_GRAMS_PER_UNIT),
-            "length_cm": 30, "width_cm": 20, "height_cm": 10,
+    let units: u64 = order.request.items.iter().map(|i| i.quantity).sum();
+    let details = ShipmentDetails {
+        carrier: CARRIER.into(),
+        service: SERVICE.into(),
+        from: ship_from(),
+        to: order.request.ship_to.clone(),
+        parcels: vec![Parcel {
+            weight_grams: units.max(1).saturating_mul(PARCEL_GRAMS_PER_UNIT),
+            length_cm: 30,
+            width_cm: 20,
+            height_cm: 10,
         }],
-    });
-    ShipmentRecord {
-        shipment_id: format!("shp_{}", uuid::Uuid::now_v7()),
-        partner: order.partner.clone(),
-        order_id: order.order_id.clone(),
-        created_at_ms: now,
-        tracking_number: None,
-        label: None,
-        details,
-        timeline: Timeline::new(i64::try_from(now).unwrap_or(i64::MAX)),
-        label_intent: None,
-    }
+        reference: None,
+    };
+    super::shipments::new_shipment(&order.partner, &order.order_id, details)
 }
 
-fn ship_from() -> Value {
-    json!({"name": "waybill fulfilment", "street1": "1 Dock Road", "city": "Hamburg",
-           "postal_code": "20457", "country": "DE"})
+fn ship_from() -> Address {
+    Address {
+        name: "waybill fulfilment".into(),
+        street1: "1 Dock Road".into(),
+        street2: None,
+        city: "Hamburg".into(),
+        state: None,
+        postal_code: "20457".into(),
+        country: "DE".into(),
+        phone: None,
+    }
 }
 
 /// Buys the label of a paid order's shipment. Bought: `CONFIRMED`. Not
@@ -311,7 +349,7 @@ async fn fulfil(
     match bought {
         Bought::Label(sold) => {
             order.status = OrderStatus::Confirmed;
-            order.progress.tracking_number = Some(sold.tracking_number.clone());
+            order.progress.tracking_number = Some(sold.label.tracking_number.clone());
             let completion = finalize(Placed::Confirmed, &order);
             record(ports, order, sold, Some(completion), None).await
         }
@@ -342,21 +380,23 @@ enum Bought {
     Label(Sold),
     /// The shipment has its label already (bought through the label
     /// endpoint, or by an earlier attempt), with this tracking number.
-    Already(Option<String>),
+    Already(Option<TrackingNumber>),
     Cancelled,
     /// The carrier could not sell it now.
     NotNow,
 }
 
 async fn buy(ports: Ports<'_>, order: &OrderRecord) -> Result<Bought, Refusal> {
-    let shipment_id = order.progress.shipment_id.as_deref().unwrap_or_default();
+    let Some(shipment_id) = &order.progress.shipment_id else {
+        return Err(Refusal::NotFound("shipment"));
+    };
     let Some(shipment) = ports
         .store
         .shipment(shipment_id)
         .await
         .map_err(StateError::from)?
     else {
-        return Err(Refusal::Store(StateError::NotFound));
+        return Err(Refusal::NotFound("shipment"));
     };
     if shipment.timeline.status() == ShipmentStatus::Cancelled {
         return Ok(Bought::Cancelled);
@@ -364,7 +404,7 @@ async fn buy(ports: Ports<'_>, order: &OrderRecord) -> Result<Bought, Refusal> {
     if shipment.label.is_some() {
         return Ok(Bought::Already(shipment.tracking_number));
     }
-    match labels::purchase(ports, &shipment, "PDF").await {
+    match labels::purchase(ports, &shipment, LabelFormat::Pdf).await {
         Ok(sold) => Ok(Bought::Label(sold)),
         Err(Refusal::InvalidTransition(_)) => Ok(Bought::Cancelled),
         Err(Refusal::Store(e)) => Err(Refusal::Store(e)),
@@ -383,7 +423,6 @@ async fn record(
     unschedule: Option<u64>,
 ) -> Result<OrderRecord, Refusal> {
     let label = NewLabel {
-        tracking_number: sold.tracking_number.clone(),
         label: sold.label.clone(),
         at_ms: sold.at_ms,
     };
@@ -400,7 +439,7 @@ async fn record(
     {
         Ok(o) => Ok(o),
         Err(StateError::InvalidTransition) => {
-            labels::void_unwanted(ports, &sold.label_id).await;
+            labels::void_unwanted(ports, &sold.label.label_id).await;
             order.status = OrderStatus::PaymentSuccessPendingFulfillment;
             order.fulfil_due_ms = None;
             Ok(write(ports, order, None, None, completion, unschedule).await?)
@@ -408,7 +447,7 @@ async fn record(
         Err(StateError::LabelExists(_)) => {
             Ok(write(ports, order, None, None, completion, unschedule).await?)
         }
-        Err(e) => Err(Refusal::Store(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -424,7 +463,7 @@ fn due(attempts: u32) -> u64 {
 /// at `now_ms` (at most `limit`), confirming it, rescheduling it with a
 /// longer wait, or dropping it when its shipment was cancelled. How many
 /// it confirmed.
-pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<usize, StateError> {
+pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<usize, Refusal> {
     let mut confirmed = 0;
     for (due_at, partner, order_id) in ports.store.due_fulfilments(now_ms, limit).await? {
         let Some(mut order) = ports.store.order(&partner, &order_id).await? else {
@@ -439,21 +478,21 @@ pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<u
         }
         let bought = match buy(ports, &order).await {
             Ok(b) => b,
-            Err(Refusal::Store(e)) => return Err(e),
+            Err(Refusal::Store(e)) => return Err(Refusal::Store(e)),
             Err(_) => Bought::NotNow,
         };
         match bought {
             Bought::Label(sold) => {
                 order.status = OrderStatus::Confirmed;
                 order.fulfil_due_ms = None;
-                order.progress.tracking_number = Some(sold.tracking_number.clone());
+                order.progress.tracking_number = Some(sold.label.tracking_number.clone());
                 match record(ports, order, sold, None, Some(due_at)).await {
                     Ok(o) if o.status == OrderStatus::Confirmed => {
                         confirmed += 1;
                         tracing::info!(order_id = %o.order_id, partner = %o.partner, "order fulfilled in the background");
                     }
                     Ok(_) => {}
-                    Err(Refusal::Store(e)) => return Err(e),
+                    Err(Refusal::Store(e)) => return Err(Refusal::Store(e)),
                     Err(_) => {}
                 }
             }

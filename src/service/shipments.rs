@@ -1,58 +1,128 @@
-//! Shipments (contract 5.1): create one, buy its label, cancel it. Each use
-//! case takes what the handler extracted and answers the shipment or label
-//! or a [`Refusal`]; the final answer to store with the effect comes from
-//! the handler's renderer.
+//! Shipments (contract 5.1): create one, buy its label, cancel it, read it.
+//! Each write runs under its idempotency key (`keyed`) and answers the
+//! shipment or label or a [`Refusal`]; the answer stored with the effect
+//! is worded by the caller's [`Render`].
 
 use http::StatusCode;
 use serde_json::Value;
 
+use super::keyed::{self, Answered, Keyed};
 use super::labels;
-use super::{Ports, Refusal};
+use super::{Ports, Refusal, Render};
 use crate::clock::now_ms;
-use crate::domain::request::NewShipment;
-use crate::domain::shipment::{ShipmentStatus, Timeline};
+use crate::domain::ids::{LabelId, OrderId, PartnerName, ShipmentId};
+use crate::domain::label::{Label, LabelFormat};
+use crate::domain::request::{NewShipment, ShipmentDetails};
+use crate::domain::shipment::ShipmentStatus;
 use crate::downstream::Service;
 use crate::store::{CancelAnswer, Completion, ShipmentRecord, StateError};
 
-/// A new shipment for `partner`, not yet stored.
-pub fn new_record(partner: &str, request: &NewShipment) -> ShipmentRecord {
-    let now = now_ms();
-    ShipmentRecord {
-        shipment_id: format!("shp_{}", uuid::Uuid::now_v7()),
-        partner: partner.to_string(),
-        order_id: request.order_id.clone(),
-        created_at_ms: now,
-        tracking_number: None,
-        label: None,
-        details: serde_json::to_value(request).unwrap_or(Value::Null),
-        timeline: Timeline::new(i64::try_from(now).unwrap_or(i64::MAX)),
-        label_intent: None,
+/// A shipment id minted here: `shp_` and a UUIDv7, so ids sort by time.
+pub fn mint_id() -> ShipmentId {
+    ShipmentId::from(format!("shp_{}", uuid::Uuid::now_v7()))
+}
+
+/// A new shipment, not yet stored.
+pub fn new_shipment(
+    partner: &PartnerName,
+    order_id: &OrderId,
+    details: ShipmentDetails,
+) -> ShipmentRecord {
+    ShipmentRecord::new(
+        mint_id(),
+        partner.clone(),
+        order_id.clone(),
+        details,
+        now_ms(),
+    )
+}
+
+/// A new shipment for `partner` as the integrator asked for it.
+pub fn new_record(partner: &PartnerName, request: &NewShipment) -> ShipmentRecord {
+    new_shipment(partner, &request.order_id, request.details.clone())
+}
+
+/// Creates a shipment for `keyed`'s partner, once per key.
+pub async fn create(
+    ports: Ports<'_>,
+    keyed: &Keyed,
+    request: &NewShipment,
+    render: &dyn Render,
+) -> Result<Answered<ShipmentRecord>, Refusal> {
+    keyed::run(ports, keyed, &|r| render.refusal(r), async || {
+        let record = new_record(&keyed.partner, request);
+        let completion = keyed.completion(render.created(&record));
+        ports
+            .store
+            .create_shipment(record.clone(), Some(completion))
+            .await?;
+        Ok(record)
+    })
+    .await
+}
+
+/// The shipment `id` of `partner`; another partner's does not exist for it.
+pub async fn own(
+    ports: Ports<'_>,
+    partner: &PartnerName,
+    id: &ShipmentId,
+) -> Result<ShipmentRecord, Refusal> {
+    match ports.store.shipment(id).await? {
+        Some(rec) if &rec.partner == partner => Ok(rec),
+        _ => Err(Refusal::NotFound("shipment")),
     }
 }
 
-/// Stores a new shipment with the answer of the request that created it.
-pub async fn create(
+/// Buys the label of `keyed`'s partner's shipment `id`, once per key.
+pub async fn label(
     ports: Ports<'_>,
-    record: ShipmentRecord,
-    finalize: &(dyn Fn(&ShipmentRecord) -> Completion + Sync),
-) -> Result<ShipmentRecord, Refusal> {
-    let completion = finalize(&record);
-    ports
-        .store
-        .create_shipment(record.clone(), Some(completion))
+    keyed: &Keyed,
+    id: &ShipmentId,
+    format: LabelFormat,
+    render: &dyn Render,
+) -> Result<Answered<Label>, Refusal> {
+    let shipment = own(ports, &keyed.partner, id).await?;
+    keyed::run(ports, keyed, &|r| render.refusal(r), async || {
+        // The crash tests kill the process at each step boundary: the
+        // process must really die, not one task.
+        fail::fail_point!("label-after-claim", |_| std::process::abort());
+        buy_label(ports, &shipment, format, &|l| {
+            keyed.completion(render.label(l))
+        })
         .await
-        .map_err(Refusal::Store)?;
-    Ok(record)
+    })
+    .await
+}
+
+/// Cancels `keyed`'s partner's shipment `id`, once per key.
+pub async fn cancel_keyed(
+    ports: Ports<'_>,
+    keyed: &Keyed,
+    id: &ShipmentId,
+    render: &dyn Render,
+) -> Result<Answered<ShipmentRecord>, Refusal> {
+    let shipment = own(ports, &keyed.partner, id).await?;
+    let answer = CancelAnswer {
+        partner: keyed.partner.clone(),
+        key: keyed.key.clone(),
+        fingerprint: keyed.fingerprint,
+        expires_at_ms: keyed.expires_at_ms(),
+        render: render.cancelled(),
+    };
+    keyed::run(ports, keyed, &|r| render.refusal(r), async || {
+        cancel(ports, &shipment, answer).await
+    })
+    .await
 }
 
 /// Buys the shipment's label and records it with the request's answer in
 /// one write. A shipment cancelled meanwhile gets the label voided again.
-pub async fn buy_label(
+async fn buy_label(
     ports: Ports<'_>,
     shipment: &ShipmentRecord,
-    format: &str,
-    finalize: &(dyn Fn(&Value) -> Completion + Sync),
-) -> Result<Value, Refusal> {
+    format: LabelFormat,
+    finalize: &(dyn Fn(&Label) -> Completion + Sync),
+) -> Result<Label, Refusal> {
     // A cancelled shipment cannot get a label, even if it had one (9.15).
     if shipment.timeline.status() == ShipmentStatus::Cancelled {
         return Err(Refusal::InvalidTransition(
@@ -60,7 +130,7 @@ pub async fn buy_label(
         ));
     }
     if let Some(label) = &shipment.label {
-        return Err(Refusal::LabelExists(label_id(label)));
+        return Err(Refusal::LabelExists(label.label_id.clone()));
     }
     let sold = labels::purchase(ports, shipment, format).await?;
     // The crash tests kill the process at each step boundary: the process
@@ -70,19 +140,13 @@ pub async fn buy_label(
     fail::fail_point!("label-before-commit", |_| std::process::abort());
     match ports
         .store
-        .record_label(
-            &shipment.shipment_id,
-            &sold.tracking_number,
-            sold.label.clone(),
-            sold.at_ms,
-            Some(completion),
-        )
+        .record_label(sold.label.clone(), sold.at_ms, Some(completion))
         .await
     {
         Ok(_) => Ok(sold.label),
         Err(StateError::InvalidTransition) => {
             // Cancelled while the carrier sold the label: give it back.
-            labels::void_unwanted(ports, &sold.label_id).await;
+            labels::void_unwanted(ports, &sold.label.label_id).await;
             Err(Refusal::InvalidTransition(
                 "the shipment was cancelled".into(),
             ))
@@ -90,29 +154,21 @@ pub async fn buy_label(
         // Another key bought it meanwhile: the shipment has its label.
         Err(StateError::LabelExists(id)) => Err(Refusal::LabelExists(id)),
         // The carrier's tracking number is another shipment's.
-        Err(StateError::Conflict(why)) => {
-            tracing::error!(why, "the carrier's label cannot be recorded");
+        Err(e @ StateError::TrackingNumberTaken { .. }) => {
+            tracing::error!(error = %e, "the carrier's label cannot be recorded");
             Err(Refusal::Upstream {
                 service: Service::Carrier,
                 retry_after_secs: 1,
             })
         }
-        Err(e) => Err(Refusal::Store(e)),
+        Err(e) => Err(e.into()),
     }
-}
-
-fn label_id(label: &Value) -> String {
-    label
-        .get("label_id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// Cancels a shipment that is not moving, voiding its label at the carrier
 /// first, also one sold behind an answer that was lost. Already cancelled:
 /// the shipment as it is.
-pub async fn cancel(
+async fn cancel(
     ports: Ports<'_>,
     shipment: &ShipmentRecord,
     answer: CancelAnswer,
@@ -149,7 +205,7 @@ pub async fn cancel(
         Err(StateError::InvalidTransition) => Err(Refusal::InvalidTransition(
             "the shipment started moving".into(),
         )),
-        Err(e) => Err(Refusal::Store(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -166,15 +222,15 @@ fn carrier_unavailable(retry_after_secs: u64) -> Refusal {
 async fn label_to_void(
     ports: Ports<'_>,
     shipment: &ShipmentRecord,
-) -> Result<Option<String>, Refusal> {
+) -> Result<Option<LabelId>, Refusal> {
     match (&shipment.label, &shipment.label_intent) {
-        (Some(label), _) => Ok(Some(label_id(label))),
+        (Some(label), _) => Ok(Some(label.label_id.clone())),
         (None, Some(intent)) => match labels::ask(ports, &shipment.shipment_id, intent).await {
             Ok(a) if a.status.is_success() => Ok(a
                 .body
                 .get("label_id")
                 .and_then(Value::as_str)
-                .map(str::to_string)),
+                .map(LabelId::from)),
             // The carrier refuses the request: nothing was sold.
             Ok(_) => Ok(None),
             Err(u) => Err(carrier_unavailable(u.retry_after_secs)),

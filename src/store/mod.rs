@@ -12,6 +12,7 @@
 //! once the change is durable, and a method that takes a [`Completion`]
 //! writes that final answer in the same atomic write as its effect.
 
+pub mod core;
 pub mod postgres;
 pub mod records;
 pub mod sled;
@@ -22,8 +23,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::{SourceConfig, StoreBackend, StoreConfig};
+use crate::domain::ids::{LabelId, OrderId, PartnerName, ShipmentId, TrackingNumber};
+use crate::domain::label::{Label, LabelRequest};
 use crate::health::Health;
-use crate::idempotency::Decision;
+use crate::idempotency::{Decision, Fingerprint, IdempotencyKey, StoredAnswer};
 pub use records::{DispatchOutcome, EventMeta, OrderRecord, OutcomeRecord, ShipmentRecord};
 pub use sled::SledStore;
 
@@ -140,13 +143,20 @@ pub enum StateError {
     NotFound,
     #[error("not redeliverable: {0}")]
     NotRedeliverable(String),
-    #[error("conflict: {0}")]
-    Conflict(String),
+    /// A shipment with this id is stored already.
+    #[error("shipment {0} exists")]
+    ShipmentExists(ShipmentId),
+    /// The carrier's tracking number is another shipment's.
+    #[error("tracking number {tracking_number} belongs to shipment {owner}")]
+    TrackingNumberTaken {
+        tracking_number: TrackingNumber,
+        owner: ShipmentId,
+    },
     #[error("the shipment is moving or done")]
     InvalidTransition,
     /// The shipment already has a label, bought under another key.
     #[error("the shipment already has label {0}")]
-    LabelExists(String),
+    LabelExists(LabelId),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -155,8 +165,8 @@ pub enum StateError {
 /// same atomic write as the effect it answers for.
 #[derive(Debug, Clone)]
 pub struct Completion {
-    pub partner: String,
-    pub key: String,
+    pub partner: PartnerName,
+    pub key: IdempotencyKey,
     pub record: crate::idempotency::Record,
 }
 
@@ -165,23 +175,24 @@ pub struct Completion {
 /// atomic write.
 #[derive(Debug, Clone)]
 pub struct CancelAnswer {
-    pub partner: String,
-    pub key: String,
-    pub fingerprint: String,
+    pub partner: PartnerName,
+    pub key: IdempotencyKey,
+    pub fingerprint: Fingerprint,
     pub expires_at_ms: u64,
-    pub render: fn(&ShipmentRecord) -> serde_json::Value,
+    pub render: fn(&ShipmentRecord) -> StoredAnswer,
 }
 
 impl CancelAnswer {
     /// The stored answer: the shipment as the cancel left it.
     pub fn completion(self, shipment: &ShipmentRecord) -> Completion {
+        let answer = (self.render)(shipment);
         Completion {
             partner: self.partner,
             key: self.key,
             record: crate::idempotency::Record::Done {
                 fingerprint: self.fingerprint,
-                status: 200,
-                body: (self.render)(shipment).to_string(),
+                status: answer.status,
+                body: answer.body,
                 expires_at_ms: self.expires_at_ms,
             },
         }
@@ -199,8 +210,7 @@ pub enum OrderCreated {
 /// A label to record with an order's step.
 #[derive(Debug, Clone)]
 pub struct NewLabel {
-    pub tracking_number: String,
-    pub label: serde_json::Value,
+    pub label: Label,
     pub at_ms: u64,
 }
 
@@ -273,15 +283,15 @@ pub trait Store: Send + Sync {
     /// says what the request gets instead (replay, conflict, in progress).
     async fn claim(
         &self,
-        partner: &str,
-        key: &str,
-        fingerprint: &str,
+        partner: &PartnerName,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
         lease: std::time::Duration,
     ) -> Result<Decision, StateError>;
 
     /// Gives up this process's claim on a key (the answer was not final),
     /// so that a retry sent after the answer runs.
-    async fn release(&self, partner: &str, key: &str);
+    async fn release(&self, partner: &PartnerName, key: &IdempotencyKey);
 
     /// Stores the final answer of a request that wrote nothing else.
     async fn finish(&self, completion: Completion) -> Result<(), StateError>;
@@ -298,17 +308,15 @@ pub trait Store: Send + Sync {
     /// returns the request to send, an earlier purchase's when there was one.
     async fn record_intent(
         &self,
-        shipment_id: &str,
-        request: serde_json::Value,
-    ) -> Result<serde_json::Value, StateError>;
+        shipment_id: &ShipmentId,
+        request: LabelRequest,
+    ) -> Result<LabelRequest, StateError>;
 
     /// Records a shipment's label and applies, in the same write, every
     /// tracking event parked for its tracking number.
     async fn record_label(
         &self,
-        shipment_id: &str,
-        tracking_number: &str,
-        label: serde_json::Value,
+        label: Label,
         at_ms: u64,
         completion: Option<Completion>,
     ) -> Result<LabelRecorded, StateError>;
@@ -316,13 +324,16 @@ pub trait Store: Send + Sync {
     /// Cancels a shipment that is not moving.
     async fn cancel(
         &self,
-        shipment_id: &str,
+        shipment_id: &ShipmentId,
         at_ms: u64,
         voided: bool,
         answer: Option<CancelAnswer>,
     ) -> Result<ShipmentRecord, StateError>;
 
-    async fn shipment(&self, shipment_id: &str) -> Result<Option<ShipmentRecord>, StoreError>;
+    async fn shipment(
+        &self,
+        shipment_id: &ShipmentId,
+    ) -> Result<Option<ShipmentRecord>, StoreError>;
 
     /// Creates an order, or answers the one already there with its partner
     /// and id. Payment events parked for the order id are applied with it.
@@ -331,14 +342,17 @@ pub trait Store: Send + Sync {
     /// Records a step of an order's flow with what comes with it.
     async fn write_order(&self, write: OrderWrite) -> Result<OrderRecord, StateError>;
 
-    async fn order(&self, partner: &str, order_id: &str)
-    -> Result<Option<OrderRecord>, StoreError>;
+    async fn order(
+        &self,
+        partner: &PartnerName,
+        order_id: &OrderId,
+    ) -> Result<Option<OrderRecord>, StoreError>;
 
     /// A partner's orders, newest first: `limit` of them after skipping
     /// `skip`, and how many the partner has.
     async fn orders(
         &self,
-        partner: &str,
+        partner: &PartnerName,
         skip: usize,
         limit: usize,
     ) -> Result<(usize, Vec<OrderRecord>), StoreError>;
@@ -351,7 +365,7 @@ pub trait Store: Send + Sync {
         &self,
         now_ms: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, String, String)>, StoreError>;
+    ) -> Result<Vec<(u64, PartnerName, OrderId)>, StoreError>;
 
     async fn event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError>;
 

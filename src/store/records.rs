@@ -5,7 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::ids::{LabelId, OrderId, PartnerName, ShipmentId, TrackingNumber};
+use crate::domain::label::{Label, LabelRequest};
+use crate::domain::order::OrderFailure;
+use crate::domain::request::{NewOrder, ShipmentDetails};
 use crate::domain::shipment::{Applied, ShipmentStatus, StatusEvent};
+use crate::idempotency::IdempotencyKey;
 
 /// Everything about a stored event except its body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +75,7 @@ pub struct OutcomeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shipment_id: Option<String>,
+    pub shipment_id: Option<ShipmentId>,
     /// How many times dispatch ran for this event: 1 unless redelivered.
     pub attempts: u32,
     pub at_ms: u64,
@@ -80,20 +85,20 @@ pub struct OutcomeRecord {
 /// service, addresses, parcels); the status lives in `timeline`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShipmentRecord {
-    pub shipment_id: String,
-    pub partner: String,
-    pub order_id: String,
+    pub shipment_id: ShipmentId,
+    pub partner: PartnerName,
+    pub order_id: OrderId,
     pub created_at_ms: u64,
-    pub tracking_number: Option<String>,
-    pub label: Option<serde_json::Value>,
-    pub details: serde_json::Value,
+    pub tracking_number: Option<TrackingNumber>,
+    pub label: Option<Label>,
+    pub details: ShipmentDetails,
     pub timeline: crate::domain::shipment::Timeline,
     /// The carrier request of a label purchase under way, recorded durably
     /// before the carrier is called: if its answer is lost, a retry sends
     /// the same request under the same key, and a cancel can still find
     /// the label through that key and void it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label_intent: Option<serde_json::Value>,
+    pub label_intent: Option<LabelRequest>,
 }
 
 /// An order as stored: what the integrator asked for, how far its flow
@@ -101,18 +106,18 @@ pub struct ShipmentRecord {
 /// one shown follows its shipment (`domain::order::follow`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderRecord {
-    pub order_id: String,
-    pub partner: String,
+    pub order_id: OrderId,
+    pub partner: PartnerName,
     /// The idempotency key that created it: the same order id under
     /// another key is `ORDER_EXISTS`.
-    pub key: String,
+    pub key: IdempotencyKey,
     pub created_at_ms: u64,
-    /// The request, as parsed (`domain::request::NewOrder`).
-    pub request: serde_json::Value,
+    /// The request, as parsed.
+    pub request: NewOrder,
     pub status: crate::domain::order::OrderStatus,
     pub progress: crate::domain::order::Progress,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_reason: Option<String>,
+    pub failure_reason: Option<OrderFailure>,
     #[serde(default)]
     pub payments: crate::domain::order::PaymentHistory,
     /// When background fulfilment is next due, while it waits for it.
@@ -120,6 +125,55 @@ pub struct OrderRecord {
     pub fulfil_due_ms: Option<u64>,
     #[serde(default)]
     pub fulfil_attempts: u32,
+}
+
+impl ShipmentRecord {
+    /// A shipment as created: no label, its timeline at `created`.
+    pub fn new(
+        shipment_id: ShipmentId,
+        partner: PartnerName,
+        order_id: OrderId,
+        details: ShipmentDetails,
+        created_at_ms: u64,
+    ) -> ShipmentRecord {
+        ShipmentRecord {
+            shipment_id,
+            partner,
+            order_id,
+            created_at_ms,
+            tracking_number: None,
+            label: None,
+            details,
+            timeline: crate::domain::shipment::Timeline::new(
+                i64::try_from(created_at_ms).unwrap_or(i64::MAX),
+            ),
+            label_intent: None,
+        }
+    }
+}
+
+impl OrderRecord {
+    /// An order as placed: pending, nothing done yet.
+    pub fn new(
+        partner: PartnerName,
+        key: IdempotencyKey,
+        request: NewOrder,
+        created_at_ms: u64,
+    ) -> OrderRecord {
+        OrderRecord {
+            order_id: request.order_id.clone(),
+            partner,
+            key,
+            created_at_ms,
+            request,
+            status: crate::domain::order::OrderStatus::Pending,
+            progress: Default::default(),
+            failure_reason: None,
+            payments: Default::default(),
+            fulfil_due_ms: None,
+            fulfil_attempts: 0,
+        }
+    }
 }
 
 /// The rules of a shipment's own writes, shared by both adapters: each
@@ -131,8 +185,8 @@ impl ShipmentRecord {
     /// the record changed is the second value.
     pub fn intend_label(
         &mut self,
-        request: serde_json::Value,
-    ) -> Result<(serde_json::Value, bool), super::StateError> {
+        request: LabelRequest,
+    ) -> Result<(LabelRequest, bool), super::StateError> {
         if self.timeline.status() == ShipmentStatus::Cancelled {
             return Err(super::StateError::InvalidTransition);
         }
@@ -148,12 +202,7 @@ impl ShipmentRecord {
     /// purchase, also one that got the same label through the carrier's
     /// business key, was made under another idempotency key and is
     /// answered LABEL_EXISTS.
-    pub fn give_label(
-        &mut self,
-        tracking_number: &str,
-        label: serde_json::Value,
-        at_ms: u64,
-    ) -> Result<(), super::StateError> {
+    pub fn give_label(&mut self, label: Label, at_ms: u64) -> Result<(), super::StateError> {
         if self.timeline.status() == ShipmentStatus::Cancelled {
             return Err(super::StateError::InvalidTransition);
         }
@@ -161,13 +210,10 @@ impl ShipmentRecord {
             let existing = self
                 .label
                 .as_ref()
-                .and_then(|l| l.get("label_id"))
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+                .map_or_else(|| LabelId::from(""), |l| l.label_id.clone());
             return Err(super::StateError::LabelExists(existing));
         }
-        self.tracking_number = Some(tracking_number.to_string());
+        self.tracking_number = Some(label.tracking_number.clone());
         self.label = Some(label);
         self.label_intent = None;
         self.timeline.apply(StatusEvent::gateway(

@@ -181,7 +181,7 @@ async fn a_dead_event_is_redelivered_once_its_cause_is_fixed() {
     assert_eq!(
         app.app
             .store
-            .shipment("shp_dead")
+            .shipment(&"shp_dead".into())
             .await
             .unwrap()
             .unwrap()

@@ -12,7 +12,7 @@ use crate::helpers::*;
 async fn status(app: &TestApp, shipment_id: &str) -> ShipmentStatus {
     app.app
         .store
-        .shipment(shipment_id)
+        .shipment(&shipment_id.into())
         .await
         .unwrap()
         .unwrap()
@@ -53,7 +53,13 @@ async fn shuffled_and_repeated_tracking_updates_give_the_rules_status() {
             ShipmentStatus::Delivered,
             "order {order:?}"
         );
-        let rec = app.app.store.shipment(&sid).await.unwrap().unwrap();
+        let rec = app
+            .app
+            .store
+            .shipment(&sid.as_str().into())
+            .await
+            .unwrap()
+            .unwrap();
         let h: Vec<(ShipmentStatus, i64, Option<String>)> = rec
             .timeline
             .history()
@@ -108,7 +114,7 @@ async fn a_status_missing_from_the_map_is_ignored() {
     assert_eq!(
         app.app
             .store
-            .shipment("shp_ignored")
+            .shipment(&"shp_ignored".into())
             .await
             .unwrap()
             .unwrap()
@@ -162,7 +168,7 @@ async fn an_unknown_tracking_number_is_parked_then_applied_when_its_label_is_rec
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(o1.shipment_id.as_deref(), Some("shp_later"));
+    assert_eq!(o1.shipment_id, Some("shp_later".into()));
     assert!(matches!(
         o1.outcome,
         DispatchOutcome::Applied | DispatchOutcome::Stale

@@ -10,10 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use waybill::app::App;
 use waybill::config::{Config, ProcessEnv};
-use waybill::domain::shipment::Timeline;
+
 use waybill::signature::SchemeKind;
 use waybill::simulator::SimConfig;
-use waybill::store::ShipmentRecord;
 
 pub use crate::support::*;
 
@@ -380,29 +379,10 @@ pub async fn send_tracking(app: &TestApp, id: &str, tn: &str, status: &str, at: 
 
 pub async fn shipment_with_label(app: &TestApp, shipment_id: &str, tn: &str) {
     let now = waybill::clock::now_ms();
-    let rec = ShipmentRecord {
-        shipment_id: shipment_id.into(),
-        partner: "acme".into(),
-        order_id: format!("order-{shipment_id}"),
-        created_at_ms: now,
-        tracking_number: None,
-        label: None,
-        details: json!({}),
-        timeline: Timeline::new(now as i64),
-        label_intent: None,
-    };
+    let rec = shipment_record(shipment_id, "acme", &format!("order-{shipment_id}"), now);
     app.app.store.create_shipment(rec, None).await.unwrap();
-    app.app
-        .store
-        .record_label(
-            shipment_id,
-            tn,
-            json!({"label_id": format!("lbl-{shipment_id}")}),
-            now,
-            None,
-        )
-        .await
-        .unwrap();
+    let label = label_for(shipment_id, tn, now);
+    app.app.store.record_label(label, now, None).await.unwrap();
 }
 
 /// A gateway in front of a simulator started with `config`.

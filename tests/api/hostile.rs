@@ -193,7 +193,13 @@ async fn a_busy_tracking_number_keeps_a_bounded_history() {
         assert_eq!(r.status, 202);
     }
     app.settle().await;
-    let rec = app.app.store.shipment("shp_busy").await.unwrap().unwrap();
+    let rec = app
+        .app
+        .store
+        .shipment(&"shp_busy".into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.timeline.status().as_str(), "DELIVERED");
     let carrier_events = rec
         .timeline

@@ -111,17 +111,14 @@ async fn tracking_updates_reach_a_shipment_created_through_the_api() {
     )
     .await;
     app.settle().await;
-    app.app
-        .store
-        .record_label(
-            id,
-            "TN-API",
-            json!({"label_id": "lbl_1"}),
-            waybill::clock::now_ms(),
-            None,
-        )
-        .await
-        .unwrap();
+    let now = waybill::clock::now_ms();
+    let label = waybill::domain::label::Label::new(
+        "lbl_1",
+        &id.into(),
+        "TN-API",
+        waybill::clock::rfc3339_ms(now),
+    );
+    app.app.store.record_label(label, now, None).await.unwrap();
     let g = get_shipment(&app, "acme-key", id).await.json();
     assert_eq!(g["status"], "IN_TRANSIT");
     assert_eq!(g["tracking_number"], "TN-API");
@@ -359,15 +356,16 @@ async fn a_claim_left_by_a_request_that_died_is_resumable_after_restart() {
     let body = shipment_body("o-dead");
     // A request claimed the key and the process went down before it
     // answered: the claim is all that is left of it.
-    let fp = hex::encode(waybill::idempotency::fingerprint(
-        "POST",
-        "/v1/shipments",
-        Some(&body),
-    ));
+    let fp = waybill::idempotency::fingerprint("POST", "/v1/shipments", Some(&body));
     let d = app
         .app
         .store
-        .claim("acme", "k-dead", &fp, std::time::Duration::from_secs(3600))
+        .claim(
+            &"acme".into(),
+            &"k-dead".try_into().unwrap(),
+            &fp,
+            std::time::Duration::from_secs(3600),
+        )
         .await
         .unwrap();
     assert_eq!(d, waybill::idempotency::Decision::Run);

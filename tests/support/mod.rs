@@ -650,3 +650,34 @@ impl Gateway {
         Gateway::spawn(cmd, config)
     }
 }
+
+/// A shipment made outside the API, as tests put them in a store: one
+/// parcel, created at `created_at_ms`, no label yet.
+pub fn shipment_record(
+    shipment_id: &str,
+    partner: &str,
+    order_id: &str,
+    created_at_ms: u64,
+) -> waybill::store::ShipmentRecord {
+    waybill::store::ShipmentRecord::new(
+        shipment_id.into(),
+        partner.into(),
+        order_id.into(),
+        waybill::domain::request::ShipmentDetails::example("ups"),
+        created_at_ms,
+    )
+}
+
+/// The label `lbl-<shipment_id>` with tracking number `tracking_number`.
+pub fn label_for(
+    shipment_id: &str,
+    tracking_number: &str,
+    at_ms: u64,
+) -> waybill::domain::label::Label {
+    waybill::domain::label::Label::new(
+        format!("lbl-{shipment_id}"),
+        &shipment_id.into(),
+        tracking_number,
+        waybill::clock::rfc3339_ms(at_ms),
+    )
+}

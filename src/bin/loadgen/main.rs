@@ -222,7 +222,9 @@ async fn bare(listen: SocketAddr) {
 }
 
 async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: PathBuf) {
-    use waybill::domain::shipment::Timeline;
+    use waybill::domain::ids::ShipmentId;
+    use waybill::domain::label::Label;
+    use waybill::domain::request::ShipmentDetails;
     use waybill::store::{NewEvent, ShipmentRecord, SledStore, Store};
 
     let text = std::fs::read_to_string(&config)
@@ -248,28 +250,22 @@ async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: P
     let store = open(store_cfg.clone()).await;
     store.start_dispatcher(config.sources.clone()).unwrap();
     for s in 0..shipments {
-        let id = format!("shp_{s}");
+        let id = ShipmentId::from(format!("shp_{s}"));
         store
             .create_shipment(
-                ShipmentRecord {
-                    shipment_id: id.clone(),
-                    partner: "bench".into(),
-                    order_id: format!("o{s}"),
-                    created_at_ms: 0,
-                    tracking_number: None,
-                    label: None,
-                    details: serde_json::json!({}),
-                    timeline: Timeline::new(0),
-                    label_intent: None,
-                },
+                ShipmentRecord::new(
+                    id.clone(),
+                    "bench".into(),
+                    format!("o{s}").into(),
+                    ShipmentDetails::example("bench"),
+                    0,
+                ),
                 None,
             )
             .await
             .unwrap();
-        store
-            .record_label(&id, &format!("LG{s:012}"), serde_json::json!({}), 1, None)
-            .await
-            .unwrap();
+        let label = Label::new(format!("lbl_{s}"), &id, format!("LG{s:012}"), String::new());
+        store.record_label(label, 1, None).await.unwrap();
     }
     close(store).await;
     println!(

@@ -34,6 +34,31 @@ macro_rules! in_transaction {
     };
 }
 
+/// Runs `store::core` work in one transaction: the unit is written back
+/// and the transaction committed; answers what the body answered and
+/// what it dispatched, for counting.
+macro_rules! in_work {
+    ($inner:expr, $work:ident => $body:expr) => {{
+        let sources = $inner.sources.load_full();
+        deadline(async {
+            let mut client = $inner.client().await?;
+            let txn = client.transaction().await.map_err(db_err)?;
+            let mut unit = state::PgUnit::new(&txn);
+            let mut work = Work::new(&mut unit, &sources);
+            let out = {
+                let $work = &mut work;
+                $body?
+            };
+            let counted = std::mem::take(&mut work.counted);
+            drop(work);
+            unit.finish().await?;
+            txn.commit().await.map_err(db_err)?;
+            Ok::<_, StateError>((out, counted))
+        })
+        .await
+    }};
+}
+
 mod intake;
 mod state;
 
@@ -46,14 +71,18 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_postgres::NoTls;
 
+use super::core::Work;
 use super::{
     CancelAnswer, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, OrderCreated,
     OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError, Store, StoreError,
     StoredEvent,
 };
 use crate::config::SourceConfig;
+use crate::domain::ids::{OrderId, PartnerName, ShipmentId};
+use crate::domain::label::{Label, LabelRequest};
 use crate::health::{Component, Health};
 use crate::idempotency::Decision;
+use crate::idempotency::{Fingerprint, IdempotencyKey};
 
 /// Embedded migrations, in order: (version, name, SQL).
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -376,24 +405,24 @@ impl Store for PgStore {
     }
 
     async fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
-        let sources = self.inner.sources.load_full();
-        let (out, counted, before) = in_transaction!(self.inner, tx => state::redeliver(tx, &sources, source, event_id).await)?;
+        let ((out, before), counted) =
+            in_work!(self.inner, work => work.redeliver(source, event_id).await)?;
         super::count_redelivered(before, &counted);
         Ok(out)
     }
 
     async fn claim(
         &self,
-        partner: &str,
-        key: &str,
-        fingerprint: &str,
+        partner: &PartnerName,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
         lease: std::time::Duration,
     ) -> Result<Decision, StateError> {
         let epoch = self.inner.epoch;
         in_transaction!(self.inner, tx => state::claim(tx, partner, key, fingerprint, lease, epoch).await)
     }
 
-    async fn release(&self, partner: &str, key: &str) {
+    async fn release(&self, partner: &PartnerName, key: &IdempotencyKey) {
         // Failing, the claim stays until its lease ends: the retry waits
         // that long (409 IDEMPOTENCY_IN_PROGRESS), nothing runs twice.
         let released = deadline(async {
@@ -402,7 +431,11 @@ impl Store for PgStore {
                 .execute(
                     "DELETE FROM idempotency_keys WHERE partner = $1 AND key = $2
                      AND record->>'state' = 'in_progress' AND record->>'epoch' = $3",
-                    &[&partner, &key, &self.inner.epoch.to_string()],
+                    &[
+                        &partner.as_str(),
+                        &key.as_str(),
+                        &self.inner.epoch.to_string(),
+                    ],
                 )
                 .await
                 .map_err(db_err)
@@ -414,7 +447,7 @@ impl Store for PgStore {
     }
 
     async fn finish(&self, completion: Completion) -> Result<(), StateError> {
-        in_transaction!(self.inner, tx => state::put_completion(tx, &completion).await)
+        in_transaction!(self.inner, tx => state::put_completion(tx, &completion).await.map_err(StateError::from))
     }
 
     async fn create_shipment(
@@ -422,35 +455,29 @@ impl Store for PgStore {
         rec: ShipmentRecord,
         completion: Option<Completion>,
     ) -> Result<(), StateError> {
-        in_transaction!(self.inner, tx => state::create_shipment(tx, &rec, completion.as_ref()).await)
+        let ((), _) =
+            in_work!(self.inner, work => work.create_shipment(rec, completion.as_ref()).await)?;
+        Ok(())
     }
 
     async fn record_intent(
         &self,
-        shipment_id: &str,
-        request: serde_json::Value,
-    ) -> Result<serde_json::Value, StateError> {
-        in_transaction!(self.inner, tx => state::record_intent(tx, shipment_id, request).await)
+        shipment_id: &ShipmentId,
+        request: LabelRequest,
+    ) -> Result<LabelRequest, StateError> {
+        let ((request, _), _) =
+            in_work!(self.inner, work => work.record_intent(shipment_id, request).await)?;
+        Ok(request)
     }
 
     async fn record_label(
         &self,
-        shipment_id: &str,
-        tracking_number: &str,
-        label: serde_json::Value,
+        label: Label,
         at_ms: u64,
         completion: Option<Completion>,
     ) -> Result<LabelRecorded, StateError> {
-        let sources = self.inner.sources.load_full();
-        let (recorded, counted) = in_transaction!(self.inner, tx => state::record_label(
-                tx,
-                &sources,
-                shipment_id,
-                tracking_number,
-                label,
-                at_ms,
-                completion.as_ref(),
-            )
+        let (recorded, counted) = in_work!(self.inner, work => work
+            .record_label(label, at_ms, completion.as_ref())
             .await)?;
         super::count_dispatched(&counted);
         Ok(recorded)
@@ -458,21 +485,27 @@ impl Store for PgStore {
 
     async fn cancel(
         &self,
-        shipment_id: &str,
+        shipment_id: &ShipmentId,
         at_ms: u64,
         voided: bool,
         answer: Option<CancelAnswer>,
     ) -> Result<ShipmentRecord, StateError> {
-        in_transaction!(self.inner, tx => state::cancel(tx, shipment_id, at_ms, voided, answer).await)
+        let (shipment, _) = in_work!(self.inner, work => work
+            .cancel(shipment_id, at_ms, voided, answer)
+            .await)?;
+        Ok(shipment)
     }
 
-    async fn shipment(&self, shipment_id: &str) -> Result<Option<ShipmentRecord>, StoreError> {
+    async fn shipment(
+        &self,
+        shipment_id: &ShipmentId,
+    ) -> Result<Option<ShipmentRecord>, StoreError> {
         deadline(async {
             let client = self.inner.client().await?;
             state::read_json(
                 &**client,
                 "SELECT record::text FROM shipments WHERE shipment_id = $1",
-                &[&shipment_id],
+                &[&shipment_id.as_str()],
             )
             .await
         })
@@ -480,32 +513,28 @@ impl Store for PgStore {
     }
 
     async fn create_order(&self, record: OrderRecord) -> Result<OrderCreated, StateError> {
-        let sources = self.inner.sources.load_full();
-        let (created, counted) =
-            in_transaction!(self.inner, tx => state::create_order(tx, &sources, record).await)?;
+        let (created, counted) = in_work!(self.inner, work => work.create_order(record).await)?;
         super::count_dispatched(&counted);
         Ok(created)
     }
 
     async fn write_order(&self, write: OrderWrite) -> Result<OrderRecord, StateError> {
-        let sources = self.inner.sources.load_full();
-        let (order, counted) =
-            in_transaction!(self.inner, tx => state::write_order(tx, &sources, write).await)?;
+        let (order, counted) = in_work!(self.inner, work => work.write_order(write).await)?;
         super::count_dispatched(&counted);
         Ok(order)
     }
 
     async fn order(
         &self,
-        partner: &str,
-        order_id: &str,
+        partner: &PartnerName,
+        order_id: &OrderId,
     ) -> Result<Option<OrderRecord>, StoreError> {
         deadline(async {
             let client = self.inner.client().await?;
             state::read_json(
                 &**client,
                 "SELECT record::text FROM orders WHERE partner = $1 AND order_id = $2",
-                &[&partner, &order_id],
+                &[&partner.as_str(), &order_id.as_str()],
             )
             .await
         })
@@ -514,10 +543,11 @@ impl Store for PgStore {
 
     async fn orders(
         &self,
-        partner: &str,
+        partner: &PartnerName,
         skip: usize,
         limit: usize,
     ) -> Result<(usize, Vec<OrderRecord>), StoreError> {
+        let partner = partner.as_str();
         deadline(async {
             let client = self.inner.client().await?;
             let count: i64 = client
@@ -538,7 +568,10 @@ impl Store for PgStore {
                 .map_err(db_err)?;
             let orders = rows
                 .iter()
-                .map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(db_err))
+                .map(|r| {
+                    serde_json::from_str(r.get::<_, &str>(0))
+                        .map_err(|e| StoreError::corrupt(format!("an order of {partner} ({e})")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((usize::try_from(count).unwrap_or(0), orders))
         })
@@ -549,7 +582,7 @@ impl Store for PgStore {
         &self,
         now_ms: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, String, String)>, StoreError> {
+    ) -> Result<Vec<(u64, PartnerName, OrderId)>, StoreError> {
         deadline(async {
             let client = self.inner.client().await?;
             let rows = client
@@ -568,13 +601,13 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(db_err)?;
-            let mut due: Vec<(u64, String, String)> = rows
+            let mut due: Vec<(u64, PartnerName, OrderId)> = rows
                 .iter()
                 .map(|r| {
                     (
                         u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
-                        r.get(1),
-                        r.get(2),
+                        PartnerName::from(r.get::<_, String>(1)),
+                        OrderId::from(r.get::<_, String>(2)),
                     )
                 })
                 .collect();

@@ -1,7 +1,7 @@
-//! Dispatch and the writes that change shipments, orders and idempotency
-//! keys, each inside the caller's transaction. Rows are read `FOR UPDATE`
-//! and written back before the commit; the rules themselves are the
-//! records' (`store::records`), shared with the embedded adapter.
+//! The PostgreSQL unit of work of `store::core` ([`PgUnit`]: one
+//! transaction, its rows read `FOR UPDATE` and written back before the
+//! commit), dispatch's claim of pending events, and the idempotency keys.
+//! What each write does is the core's, shared with the embedded adapter.
 //!
 //! Lock order, to keep transactions from waiting on each other in a
 //! cycle: the advisory locks of the tracking numbers and order ids a
@@ -11,87 +11,20 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use async_trait::async_trait;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{EVENT_COLUMNS, Tx, db_err, ms};
 use crate::clock::now_ms;
-use crate::config::SourceConfig;
-use crate::idempotency::{self, Decision};
-use crate::mapping::{Fields, Interpretation, interpret, interpret_fields};
+use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
+use crate::idempotency::{self, Decision, Fingerprint, IdempotencyKey};
+use crate::mapping::{Fields, Interpretation, interpret_fields};
+use crate::store::core::{Counted, ParkKey, Sources, Stored, Unit, Work, gone};
 use crate::store::{
-    CancelAnswer, Completion, DispatchOutcome, EventFilter, EventMeta, LabelRecorded, OrderCreated,
-    OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError, StoreError,
-    StoredEvent,
+    Completion, EventFilter, EventMeta, OrderRecord, OutcomeRecord, Search, ShipmentRecord,
+    StateError, StoreError, StoredEvent,
 };
-
-type Sources = HashMap<String, SourceConfig>;
-
-/// What dispatch counted: (source, outcome) per event.
-type Counted = Vec<(String, DispatchOutcome)>;
-
-/// The advisory-lock name of a tracking number or an order id.
-fn tracking_lock(tn: &str) -> String {
-    format!("t:{tn}")
-}
-
-fn order_lock(order_id: &str) -> String {
-    format!("o:{order_id}")
-}
-
-/// An event of a source the config no longer has.
-fn gone(source: &str) -> Interpretation {
-    Interpretation::Dead {
-        reason: format!("source {source} is no longer configured"),
-    }
-}
-
-/// A stored event read again from its body with the current config
-/// (redelivery, unparking).
-fn reread(
-    sources: &Sources,
-    source: &str,
-    event_id: &str,
-    received_at_ms: u64,
-    body: &[u8],
-) -> Interpretation {
-    match sources.get(source) {
-        None => gone(source),
-        Some(cfg) => interpret(cfg, event_id, received_at_ms, body),
-    }
-}
-
-/// The key an interpretation parks under, if any.
-fn lock_of(interpretation: &Interpretation) -> Option<String> {
-    match interpretation {
-        Interpretation::Tracking {
-            tracking_number, ..
-        } => Some(tracking_lock(tracking_number)),
-        Interpretation::Payment { order_id, .. } => Some(order_lock(order_id)),
-        _ => None,
-    }
-}
-
-/// Takes the transaction's advisory locks, in one sorted statement.
-async fn lock(tx: &Tx<'_>, keys: impl IntoIterator<Item = String>) -> Result<(), StoreError> {
-    let keys: Vec<String> = keys
-        .into_iter()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if keys.is_empty() {
-        return Ok(());
-    }
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(h) FROM (
-             SELECT DISTINCT hashtextextended(k, 0) AS h FROM UNNEST($1::text[]) AS k ORDER BY 1
-         ) AS sorted",
-        &[&keys],
-    )
-    .await
-    .map_err(db_err)?;
-    Ok(())
-}
 
 /// One JSON record from the first column of a query's only row.
 pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
@@ -100,31 +33,43 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Option<T>, StoreError> {
     let row = client.query_opt(sql, params).await.map_err(db_err)?;
-    row.map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(db_err))
-        .transpose()
+    row.map(|r| {
+        serde_json::from_str(r.get::<_, &str>(0))
+            .map_err(|e| StoreError::corrupt(format!("a stored record ({e})")))
+    })
+    .transpose()
 }
 
 fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(db_err)
 }
 
-/// The rows one transaction reads and changes, cached so that two events
-/// for one shipment or order in it see each other.
-struct Pass<'a> {
-    tx: &'a Tx<'a>,
-    shipments: HashMap<String, ShipmentRecord>,
-    by_tracking: HashMap<String, Option<String>>,
-    orders: HashMap<(String, String), OrderRecord>,
-    partners: HashMap<String, Vec<String>>,
-    dirty_shipments: BTreeSet<String>,
-    dirty_orders: BTreeSet<(String, String)>,
-    outcomes: Vec<(i64, OutcomeRecord)>,
-    counted: Counted,
+/// An outcome column, read.
+fn outcome_of(text: Option<&str>) -> Result<Option<OutcomeRecord>, StoreError> {
+    text.map(|t| {
+        serde_json::from_str(t)
+            .map_err(|e| StoreError::corrupt(format!("an event's outcome ({e})")))
+    })
+    .transpose()
 }
 
-impl<'a> Pass<'a> {
-    fn new(tx: &'a Tx<'a>) -> Pass<'a> {
-        Pass {
+/// The rows one transaction reads and changes, cached so that two events
+/// for one shipment or order in it see each other: the unit of work of
+/// `store::core` on PostgreSQL.
+pub(super) struct PgUnit<'a> {
+    tx: &'a Tx<'a>,
+    shipments: HashMap<ShipmentId, ShipmentRecord>,
+    by_tracking: HashMap<TrackingNumber, Option<ShipmentId>>,
+    orders: HashMap<(PartnerName, OrderId), OrderRecord>,
+    partners: HashMap<OrderId, Vec<PartnerName>>,
+    dirty_shipments: BTreeSet<ShipmentId>,
+    dirty_orders: BTreeSet<(PartnerName, OrderId)>,
+    outcomes: Vec<(i64, OutcomeRecord)>,
+}
+
+impl<'a> PgUnit<'a> {
+    pub(super) fn new(tx: &'a Tx<'a>) -> PgUnit<'a> {
+        PgUnit {
             tx,
             shipments: HashMap::new(),
             by_tracking: HashMap::new(),
@@ -133,7 +78,6 @@ impl<'a> Pass<'a> {
             dirty_shipments: BTreeSet::new(),
             dirty_orders: BTreeSet::new(),
             outcomes: Vec::new(),
-            counted: Vec::new(),
         }
     }
 
@@ -145,216 +89,31 @@ impl<'a> Pass<'a> {
         self.shipments.insert(rec.shipment_id.clone(), rec);
     }
 
-    async fn shipment_mut(&mut self, id: &str) -> Result<Option<&mut ShipmentRecord>, StoreError> {
-        if !self.shipments.contains_key(id) {
-            let found: Option<ShipmentRecord> = read_json(
-                self.tx,
-                "SELECT record::text FROM shipments WHERE shipment_id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await?;
-            match found {
-                Some(rec) => self.keep_shipment(rec),
-                None => return Ok(None),
-            }
-        }
-        Ok(self.shipments.get_mut(id))
+    /// A stored event from `seq, source, event_id, received_at_ms, body,
+    /// outcome` columns.
+    fn stored(row: &Row) -> Result<(Stored, Option<Vec<u8>>), StoreError> {
+        Ok((
+            Stored {
+                seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                source: row.get(1),
+                event_id: row.get(2),
+                received_at_ms: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
+                outcome: outcome_of(row.get(5))?,
+            },
+            Some(row.get(4)),
+        ))
     }
 
-    /// The shipment with this tracking number, locked.
-    async fn shipment_for(&mut self, tn: &str) -> Result<Option<String>, StoreError> {
-        if let Some(hit) = self.by_tracking.get(tn) {
-            return Ok(hit.clone());
-        }
-        let found: Option<ShipmentRecord> = read_json(
-            self.tx,
-            "SELECT record::text FROM shipments WHERE tracking_number = $1 FOR UPDATE",
-            &[&tn],
-        )
-        .await?;
-        let id = found.as_ref().map(|r| r.shipment_id.clone());
-        match found {
-            Some(rec) if !self.shipments.contains_key(&rec.shipment_id) => self.keep_shipment(rec),
-            _ => {}
-        }
-        self.by_tracking.insert(tn.to_string(), id.clone());
-        Ok(id)
-    }
-
-    /// The partners with an order of this id, their orders locked.
-    async fn order_partners(&mut self, order_id: &str) -> Result<Vec<String>, StoreError> {
-        if let Some(found) = self.partners.get(order_id) {
-            return Ok(found.clone());
-        }
-        let rows = self
-            .tx
-            .query(
-                "SELECT partner, record::text FROM orders WHERE order_id = $1
-                 ORDER BY partner FOR UPDATE",
-                &[&order_id],
-            )
-            .await
-            .map_err(db_err)?;
-        let mut found = Vec::new();
-        for row in rows {
-            let partner: String = row.get(0);
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                self.orders.entry((partner.clone(), order_id.to_string()))
-            {
-                slot.insert(serde_json::from_str(row.get(1)).map_err(db_err)?);
-            }
-            found.push(partner);
-        }
-        self.partners.insert(order_id.to_string(), found.clone());
-        Ok(found)
-    }
-
-    async fn order_mut(
-        &mut self,
-        partner: &str,
-        order_id: &str,
-    ) -> Result<Option<&mut OrderRecord>, StoreError> {
-        let key = (partner.to_string(), order_id.to_string());
-        if !self.orders.contains_key(&key) {
-            let found: Option<OrderRecord> = read_json(
-                self.tx,
-                "SELECT record::text FROM orders WHERE partner = $1 AND order_id = $2 FOR UPDATE",
-                &[&partner, &order_id],
-            )
-            .await?;
-            match found {
-                Some(rec) => {
-                    self.orders.insert(key.clone(), rec);
-                }
-                None => return Ok(None),
-            }
-        }
-        Ok(self.orders.get_mut(&key))
-    }
-
-    /// Applies one interpretation of event `seq`, dispatched `attempts`
-    /// times before, and records its outcome.
-    async fn apply(
-        &mut self,
-        seq: i64,
-        source: &str,
-        attempts: u32,
-        interpretation: Interpretation,
-    ) -> Result<OutcomeRecord, StoreError> {
-        let mut record = OutcomeRecord::attempt(attempts);
-        if !record.settle_plain(&interpretation) {
-            match interpretation {
-                Interpretation::Tracking {
-                    tracking_number,
-                    event,
-                } => match self.shipment_for(&tracking_number).await? {
-                    None => record.park_for_tracking(&tracking_number),
-                    Some(id) => {
-                        if let Some(shipment) = self.shipment_mut(&id).await? {
-                            record.apply_tracking(shipment, event);
-                            self.dirty_shipments.insert(id);
-                        }
-                    }
-                },
-                Interpretation::Payment { order_id, event } => {
-                    let partners = self.order_partners(&order_id).await?;
-                    if partners.is_empty() {
-                        record.park_for_order(&order_id);
-                    } else {
-                        let orders = self
-                            .orders
-                            .iter_mut()
-                            .filter(|((p, o), _)| *o == order_id && partners.contains(p))
-                            .map(|(_, rec)| rec);
-                        record.apply_payment(orders, &event);
-                        for p in partners {
-                            self.dirty_orders.insert((p, order_id.clone()));
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        if record.outcome != DispatchOutcome::Stored {
-            self.counted.push((source.to_string(), record.outcome));
-        }
-        self.outcomes.push((seq, record.clone()));
-        Ok(record)
-    }
-
-    /// Dispatches again every event parked under `value` in `column`
-    /// (`tracking_number` or `order_id`), read with the current config.
-    async fn unpark(
-        &mut self,
-        sources: &Sources,
-        column: &str,
-        value: &str,
-    ) -> Result<Counted, StoreError> {
-        let rows = self
-            .tx
-            .query(
-                &format!(
-                    "SELECT seq, source, event_id, received_at_ms, body, attempts FROM events
-                     WHERE {column} = $1 AND outcome->>'outcome' = 'parked'
-                     ORDER BY seq FOR UPDATE"
-                ),
-                &[&value],
-            )
-            .await
-            .map_err(db_err)?;
-        let mut unparked = Vec::new();
-        for row in rows {
-            let source: String = row.get(1);
-            let event_id: String = row.get(2);
-            let received_at_ms = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
-            let interpretation = reread(sources, &source, &event_id, received_at_ms, row.get(4));
-            let attempts = u32::try_from(row.get::<_, i32>(5)).unwrap_or(0);
-            let out = self
-                .apply(row.get(0), &source, attempts, interpretation)
-                .await?;
-            unparked.push((source, out.outcome));
-        }
-        Ok(unparked)
-    }
-
-    /// Gives a shipment its label and applies the events parked for its
-    /// tracking number (whose advisory lock the caller holds).
-    async fn label(
-        &mut self,
-        sources: &Sources,
-        shipment_id: &str,
-        tracking_number: &str,
-        label: serde_json::Value,
-        at_ms: u64,
-    ) -> Result<Counted, StateError> {
-        if let Some(owner) = self.shipment_for(tracking_number).await?
-            && owner != shipment_id
-        {
-            return Err(StateError::Conflict(format!(
-                "tracking number {tracking_number} belongs to shipment {owner}"
-            )));
-        }
-        self.shipment_mut(shipment_id)
-            .await?
-            .ok_or(StateError::NotFound)?
-            .give_label(tracking_number, label, at_ms)?;
-        self.dirty_shipments.insert(shipment_id.to_string());
-        self.by_tracking
-            .insert(tracking_number.to_string(), Some(shipment_id.to_string()));
-        Ok(self
-            .unpark(sources, "tracking_number", tracking_number)
-            .await?)
-    }
-
-    /// Writes what changed; what dispatch counted.
-    async fn finish(self) -> Result<Counted, StoreError> {
+    /// Writes what changed.
+    pub(super) async fn finish(self) -> Result<(), StoreError> {
         for id in &self.dirty_shipments {
             if let Some(rec) = self.shipments.get(id) {
+                let tn = rec.tracking_number.as_ref().map(TrackingNumber::as_str);
                 self.tx
                     .execute(
                         "UPDATE shipments SET tracking_number = $2, record = $3::text::jsonb
                          WHERE shipment_id = $1",
-                        &[id, &rec.tracking_number, &json(rec)?],
+                        &[&id.as_str(), &tn, &json(rec)?],
                     )
                     .await
                     .map_err(db_err)?;
@@ -362,7 +121,14 @@ impl<'a> Pass<'a> {
         }
         for key in &self.dirty_orders {
             if let Some(rec) = self.orders.get(key) {
-                write_order_row(self.tx, rec).await?;
+                self.tx
+                    .execute(
+                        "UPDATE orders SET record = $3::text::jsonb
+                         WHERE partner = $1 AND order_id = $2",
+                        &[&rec.partner.as_str(), &rec.order_id.as_str(), &json(rec)?],
+                    )
+                    .await
+                    .map_err(db_err)?;
             }
         }
         if !self.outcomes.is_empty() {
@@ -387,18 +153,261 @@ impl<'a> Pass<'a> {
                 .await
                 .map_err(db_err)?;
         }
-        Ok(self.counted)
+        Ok(())
     }
 }
 
-async fn write_order_row(tx: &Tx<'_>, rec: &OrderRecord) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE orders SET record = $3::text::jsonb WHERE partner = $1 AND order_id = $2",
-        &[&rec.partner, &rec.order_id, &json(rec)?],
-    )
-    .await
-    .map_err(db_err)?;
-    Ok(())
+#[async_trait]
+impl Unit for PgUnit<'_> {
+    /// Transaction-scoped advisory locks, in one sorted statement.
+    async fn lock(&mut self, keys: &BTreeSet<ParkKey>) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = keys.iter().map(ParkKey::lock_name).collect();
+        self.tx
+            .execute(
+                "SELECT pg_advisory_xact_lock(h) FROM (
+                     SELECT DISTINCT hashtextextended(k, 0) AS h FROM UNNEST($1::text[]) AS k ORDER BY 1
+                 ) AS sorted",
+                &[&names],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn shipment(&mut self, id: &ShipmentId) -> Result<Option<ShipmentRecord>, StoreError> {
+        if !self.shipments.contains_key(id) {
+            let found: Option<ShipmentRecord> = read_json(
+                self.tx,
+                "SELECT record::text FROM shipments WHERE shipment_id = $1 FOR UPDATE",
+                &[&id.as_str()],
+            )
+            .await?;
+            match found {
+                Some(rec) => self.keep_shipment(rec),
+                None => return Ok(None),
+            }
+        }
+        Ok(self.shipments.get(id).cloned())
+    }
+
+    /// The shipment with this tracking number, locked.
+    async fn shipment_for(
+        &mut self,
+        tn: &TrackingNumber,
+    ) -> Result<Option<ShipmentId>, StoreError> {
+        if let Some(hit) = self.by_tracking.get(tn) {
+            return Ok(hit.clone());
+        }
+        let found: Option<ShipmentRecord> = read_json(
+            self.tx,
+            "SELECT record::text FROM shipments WHERE tracking_number = $1 FOR UPDATE",
+            &[&tn.as_str()],
+        )
+        .await?;
+        let id = found.as_ref().map(|r| r.shipment_id.clone());
+        match found {
+            Some(rec) if !self.shipments.contains_key(&rec.shipment_id) => self.keep_shipment(rec),
+            _ => {}
+        }
+        self.by_tracking.insert(tn.clone(), id.clone());
+        Ok(id)
+    }
+
+    fn put_shipment(&mut self, rec: ShipmentRecord) {
+        self.dirty_shipments.insert(rec.shipment_id.clone());
+        self.keep_shipment(rec);
+    }
+
+    async fn insert_shipment(&mut self, rec: ShipmentRecord) -> Result<(), StateError> {
+        let tn = rec.tracking_number.as_ref().map(TrackingNumber::as_str);
+        let inserted = self
+            .tx
+            .execute(
+                "INSERT INTO shipments (shipment_id, tracking_number, record)
+                 VALUES ($1, $2, $3::text::jsonb) ON CONFLICT DO NOTHING",
+                &[&rec.shipment_id.as_str(), &tn, &json(&rec)?],
+            )
+            .await
+            .map_err(db_err)?;
+        if inserted == 0 {
+            return Err(StateError::ShipmentExists(rec.shipment_id));
+        }
+        self.keep_shipment(rec);
+        Ok(())
+    }
+
+    async fn order(
+        &mut self,
+        partner: &PartnerName,
+        order_id: &OrderId,
+    ) -> Result<Option<OrderRecord>, StoreError> {
+        let key = (partner.clone(), order_id.clone());
+        if !self.orders.contains_key(&key) {
+            let found: Option<OrderRecord> = read_json(
+                self.tx,
+                "SELECT record::text FROM orders WHERE partner = $1 AND order_id = $2 FOR UPDATE",
+                &[&partner.as_str(), &order_id.as_str()],
+            )
+            .await?;
+            match found {
+                Some(rec) => {
+                    self.orders.insert(key.clone(), rec);
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(self.orders.get(&key).cloned())
+    }
+
+    /// Every partner's order with this id, locked.
+    async fn orders_with_id(&mut self, order_id: &OrderId) -> Result<Vec<OrderRecord>, StoreError> {
+        if !self.partners.contains_key(order_id) {
+            let rows = self
+                .tx
+                .query(
+                    "SELECT partner, record::text FROM orders WHERE order_id = $1
+                     ORDER BY partner FOR UPDATE",
+                    &[&order_id.as_str()],
+                )
+                .await
+                .map_err(db_err)?;
+            let mut found = Vec::new();
+            for row in rows {
+                let partner = PartnerName::from(row.get::<_, String>(0));
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    self.orders.entry((partner.clone(), order_id.clone()))
+                {
+                    slot.insert(serde_json::from_str(row.get(1)).map_err(|e| {
+                        StoreError::corrupt(format!("the order {partner}/{order_id} ({e})"))
+                    })?);
+                }
+                found.push(partner);
+            }
+            self.partners.insert(order_id.clone(), found);
+        }
+        let partners = self.partners.get(order_id).cloned().unwrap_or_default();
+        Ok(partners
+            .into_iter()
+            .filter_map(|p| self.orders.get(&(p, order_id.clone())).cloned())
+            .collect())
+    }
+
+    fn put_order(&mut self, rec: OrderRecord) {
+        let key = (rec.partner.clone(), rec.order_id.clone());
+        self.dirty_orders.insert(key.clone());
+        self.orders.insert(key, rec);
+    }
+
+    async fn insert_order(&mut self, rec: &OrderRecord) -> Result<bool, StoreError> {
+        let inserted = self
+            .tx
+            .execute(
+                "INSERT INTO orders (partner, order_id, created_at_ms, record)
+                 VALUES ($1, $2, $3, $4::text::jsonb) ON CONFLICT DO NOTHING",
+                &[
+                    &rec.partner.as_str(),
+                    &rec.order_id.as_str(),
+                    &ms(rec.created_at_ms),
+                    &json(rec)?,
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        self.orders
+            .insert((rec.partner.clone(), rec.order_id.clone()), rec.clone());
+        if let Some(partners) = self.partners.get_mut(&rec.order_id) {
+            partners.push(rec.partner.clone());
+        }
+        Ok(true)
+    }
+
+    async fn schedule(&mut self, order: &OrderRecord, due_ms: u64) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "INSERT INTO fulfilments (partner, order_id, due_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (partner, order_id) DO UPDATE SET due_ms = EXCLUDED.due_ms,
+                     claimed_until_ms = 0",
+                &[
+                    &order.partner.as_str(),
+                    &order.order_id.as_str(),
+                    &ms(due_ms),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn unschedule(&mut self, order: &OrderRecord, due_ms: u64) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "DELETE FROM fulfilments WHERE partner = $1 AND order_id = $2 AND due_ms = $3",
+                &[
+                    &order.partner.as_str(),
+                    &order.order_id.as_str(),
+                    &ms(due_ms),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn parked(
+        &mut self,
+        key: &ParkKey,
+    ) -> Result<Vec<(Stored, Option<Vec<u8>>)>, StoreError> {
+        let (column, value) = match key {
+            ParkKey::Tracking(tn) => ("tracking_number", tn.as_str()),
+            ParkKey::Order(id) => ("order_id", id.as_str()),
+        };
+        let rows = self
+            .tx
+            .query(
+                &format!(
+                    "SELECT seq, source, event_id, received_at_ms, body, outcome::text FROM events
+                     WHERE {column} = $1 AND outcome->>'outcome' = 'parked'
+                     ORDER BY seq FOR UPDATE"
+                ),
+                &[&value],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(PgUnit::stored).collect()
+    }
+
+    async fn event(
+        &mut self,
+        source: &str,
+        event_id: &str,
+        locked: bool,
+    ) -> Result<Option<(Stored, Option<Vec<u8>>)>, StoreError> {
+        let sql = format!(
+            "SELECT seq, source, event_id, received_at_ms, body, outcome::text FROM events
+             WHERE source = $1 AND event_id = $2{}",
+            if locked { " FOR UPDATE" } else { "" }
+        );
+        let row = self
+            .tx
+            .query_opt(&sql, &[&source, &event_id])
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(PgUnit::stored).transpose()
+    }
+
+    fn put_outcome(&mut self, event: &Stored, outcome: &OutcomeRecord) {
+        self.outcomes.push((ms(event.seq), outcome.clone()));
+    }
+
+    async fn put_completion(&mut self, completion: &Completion) -> Result<(), StoreError> {
+        put_completion(self.tx, completion).await
+    }
 }
 
 /// Dispatches up to `limit` pending events, oldest first, skipping those
@@ -410,31 +419,38 @@ pub(super) async fn dispatch(
 ) -> Result<(usize, Counted), StateError> {
     let claimed = tx
         .query(
-            "SELECT seq, source, event_id, received_at_ms, fields::text, attempts FROM events
+            "SELECT seq, source, event_id, received_at_ms, fields::text, outcome::text FROM events
              WHERE dispatch AND outcome IS NULL
              ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
             &[&limit],
         )
         .await
         .map_err(db_err)?;
-    let mut work = Vec::with_capacity(claimed.len());
+    let mut events = Vec::with_capacity(claimed.len());
     for row in &claimed {
-        let source: String = row.get(1);
-        let event_id: String = row.get(2);
-        let received_at_ms = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
+        let event = Stored {
+            seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+            source: row.get(1),
+            event_id: row.get(2),
+            received_at_ms: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
+            outcome: outcome_of(row.get(5))?,
+        };
         // Fields that are there and cannot be read are no absent ones:
         // the event goes to the dead letter saying so (a redelivery reads
         // them from the body again), never quietly out of dispatch.
         let fields: Option<Result<Fields, _>> = row
             .get::<_, Option<&str>>(4)
             .map(serde_json::from_str::<Fields>);
-        let interpretation = match (sources.get(&source), fields) {
-            (None, _) => gone(&source),
+        let interpretation = match (sources.get(&event.source), fields) {
+            (None, _) => gone(&event.source),
             (Some(cfg), Some(Ok(fields))) => {
-                interpret_fields(cfg, &event_id, received_at_ms, &fields)
+                interpret_fields(cfg, &event.event_id, event.received_at_ms, &fields)
             }
             (Some(_), Some(Err(e))) => {
-                let _ = StoreError::corrupt(format!("the mapped fields of {source}/{event_id}"));
+                let _ = StoreError::corrupt(format!(
+                    "the mapped fields of {}/{}",
+                    event.source, event.event_id
+                ));
                 Interpretation::Dead {
                     reason: format!(
                         "the mapped fields stored at intake cannot be read ({e}); redeliver to read them from the body again"
@@ -443,56 +459,15 @@ pub(super) async fn dispatch(
             }
             (Some(_), None) => Interpretation::NotDispatched,
         };
-        let attempts = u32::try_from(row.get::<_, i32>(5)).unwrap_or(0);
-        work.push((row.get::<_, i64>(0), source, attempts, interpretation));
+        events.push((event, interpretation));
     }
-    lock(tx, work.iter().filter_map(|(_, _, _, i)| lock_of(i))).await?;
-    let mut pass = Pass::new(tx);
-    let n = work.len();
-    for (seq, source, attempts, interpretation) in work {
-        pass.apply(seq, &source, attempts, interpretation).await?;
-    }
-    Ok((n, pass.finish().await?))
-}
-
-/// Dispatches a parked or dead event again with the current config.
-pub(super) async fn redeliver(
-    tx: &Tx<'_>,
-    sources: &Sources,
-    source: &str,
-    event_id: &str,
-) -> Result<(OutcomeRecord, Counted, DispatchOutcome), StateError> {
-    let read = "SELECT seq, received_at_ms, body, attempts, outcome->>'outcome' FROM events
-                WHERE source = $1 AND event_id = $2";
-    let row = tx
-        .query_opt(read, &[&source, &event_id])
-        .await
-        .map_err(db_err)?
-        .ok_or(StateError::NotFound)?;
-    let received_at_ms = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
-    let interpretation = reread(sources, source, event_id, received_at_ms, row.get(2));
-    lock(tx, lock_of(&interpretation)).await?;
-    // Read again under the row lock: another process may have moved it.
-    let row = tx
-        .query_opt(&format!("{read} FOR UPDATE"), &[&source, &event_id])
-        .await
-        .map_err(db_err)?
-        .ok_or(StateError::NotFound)?;
-    let before = match row.get::<_, Option<&str>>(4) {
-        Some("parked") => DispatchOutcome::Parked,
-        Some("dead") => DispatchOutcome::Dead,
-        _ => {
-            return Err(StateError::NotRedeliverable(format!(
-                "event {source}/{event_id} is neither parked nor dead"
-            )));
-        }
-    };
-    let attempts = u32::try_from(row.get::<_, i32>(3)).unwrap_or(0);
-    let mut pass = Pass::new(tx);
-    let out = pass
-        .apply(row.get(0), source, attempts, interpretation)
-        .await?;
-    Ok((out, pass.finish().await?, before))
+    let n = events.len();
+    let mut unit = PgUnit::new(tx);
+    let mut work = Work::new(&mut unit, sources);
+    work.dispatch(events).await?;
+    let counted = work.counted;
+    unit.finish().await?;
+    Ok((n, counted))
 }
 
 /// Claims a key: a new row with a lease, or the existing row locked and
@@ -500,15 +475,16 @@ pub(super) async fn redeliver(
 /// commit, so exactly one of them runs.
 pub(super) async fn claim(
     tx: &Tx<'_>,
-    partner: &str,
-    key: &str,
-    fingerprint: &str,
+    partner: &PartnerName,
+    key: &IdempotencyKey,
+    fingerprint: &Fingerprint,
     lease: std::time::Duration,
     epoch: u64,
 ) -> Result<Decision, StateError> {
+    let (partner, key) = (partner.as_str(), key.as_str());
     let now = now_ms();
     let claim = json(&idempotency::Record::InProgress {
-        fingerprint: fingerprint.to_string(),
+        fingerprint: *fingerprint,
         epoch,
         lease_until_ms: now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(0)),
     })?;
@@ -543,7 +519,7 @@ pub(super) async fn claim(
 }
 
 /// Stores a request's final answer under its key.
-pub(super) async fn put_completion(tx: &Tx<'_>, c: &Completion) -> Result<(), StateError> {
+pub(super) async fn put_completion(tx: &Tx<'_>, c: &Completion) -> Result<(), StoreError> {
     let expires = match &c.record {
         idempotency::Record::Done { expires_at_ms, .. } => Some(ms(*expires_at_ms)),
         idempotency::Record::InProgress { .. } => None,
@@ -553,209 +529,16 @@ pub(super) async fn put_completion(tx: &Tx<'_>, c: &Completion) -> Result<(), St
          VALUES ($1, $2, $3::text::jsonb, $4)
          ON CONFLICT (partner, key) DO UPDATE SET record = EXCLUDED.record,
              expires_at_ms = EXCLUDED.expires_at_ms",
-        &[&c.partner, &c.key, &json(&c.record)?, &expires],
+        &[
+            &c.partner.as_str(),
+            &c.key.as_str(),
+            &json(&c.record)?,
+            &expires,
+        ],
     )
     .await
     .map_err(db_err)?;
     Ok(())
-}
-
-async fn complete(tx: &Tx<'_>, c: Option<&Completion>) -> Result<(), StateError> {
-    match c {
-        Some(c) => put_completion(tx, c).await,
-        None => Ok(()),
-    }
-}
-
-async fn insert_shipment(tx: &Tx<'_>, rec: &ShipmentRecord) -> Result<(), StateError> {
-    let inserted = tx
-        .execute(
-            "INSERT INTO shipments (shipment_id, tracking_number, record)
-             VALUES ($1, $2, $3::text::jsonb) ON CONFLICT DO NOTHING",
-            &[&rec.shipment_id, &rec.tracking_number, &json(rec)?],
-        )
-        .await
-        .map_err(db_err)?;
-    if inserted == 0 {
-        return Err(StateError::Conflict(format!(
-            "shipment {} exists",
-            rec.shipment_id
-        )));
-    }
-    Ok(())
-}
-
-pub(super) async fn create_shipment(
-    tx: &Tx<'_>,
-    rec: &ShipmentRecord,
-    completion: Option<&Completion>,
-) -> Result<(), StateError> {
-    insert_shipment(tx, rec).await?;
-    complete(tx, completion).await
-}
-
-pub(super) async fn record_intent(
-    tx: &Tx<'_>,
-    shipment_id: &str,
-    request: serde_json::Value,
-) -> Result<serde_json::Value, StateError> {
-    let mut pass = Pass::new(tx);
-    let (request, changed) = pass
-        .shipment_mut(shipment_id)
-        .await?
-        .ok_or(StateError::NotFound)?
-        .intend_label(request)?;
-    if changed {
-        pass.dirty_shipments.insert(shipment_id.to_string());
-        pass.finish().await?;
-    }
-    Ok(request)
-}
-
-pub(super) async fn record_label(
-    tx: &Tx<'_>,
-    sources: &Sources,
-    shipment_id: &str,
-    tracking_number: &str,
-    label: serde_json::Value,
-    at_ms: u64,
-    completion: Option<&Completion>,
-) -> Result<(LabelRecorded, Counted), StateError> {
-    lock(tx, [tracking_lock(tracking_number)]).await?;
-    let mut pass = Pass::new(tx);
-    let unparked = pass
-        .label(sources, shipment_id, tracking_number, label, at_ms)
-        .await?;
-    let shipment = pass
-        .shipments
-        .get(shipment_id)
-        .cloned()
-        .ok_or(StateError::NotFound)?;
-    let counted = pass.finish().await?;
-    complete(tx, completion).await?;
-    Ok((LabelRecorded { shipment, unparked }, counted))
-}
-
-pub(super) async fn cancel(
-    tx: &Tx<'_>,
-    shipment_id: &str,
-    at_ms: u64,
-    voided: bool,
-    answer: Option<CancelAnswer>,
-) -> Result<ShipmentRecord, StateError> {
-    let mut pass = Pass::new(tx);
-    let shipment = pass
-        .shipment_mut(shipment_id)
-        .await?
-        .ok_or(StateError::NotFound)?;
-    shipment.cancel(at_ms, voided)?;
-    let record = shipment.clone();
-    pass.dirty_shipments.insert(shipment_id.to_string());
-    pass.finish().await?;
-    if let Some(a) = answer {
-        put_completion(tx, &a.completion(&record)).await?;
-    }
-    Ok(record)
-}
-
-pub(super) async fn create_order(
-    tx: &Tx<'_>,
-    sources: &Sources,
-    rec: OrderRecord,
-) -> Result<(OrderCreated, Counted), StateError> {
-    lock(tx, [order_lock(&rec.order_id)]).await?;
-    let inserted = tx
-        .execute(
-            "INSERT INTO orders (partner, order_id, created_at_ms, record)
-             VALUES ($1, $2, $3, $4::text::jsonb) ON CONFLICT DO NOTHING",
-            &[
-                &rec.partner,
-                &rec.order_id,
-                &ms(rec.created_at_ms),
-                &json(&rec)?,
-            ],
-        )
-        .await
-        .map_err(db_err)?;
-    let mut pass = Pass::new(tx);
-    if inserted == 0 {
-        let existing = pass
-            .order_mut(&rec.partner, &rec.order_id)
-            .await?
-            .cloned()
-            .ok_or(StateError::NotFound)?;
-        return Ok((OrderCreated::Existing(existing), Vec::new()));
-    }
-    pass.unpark(sources, "order_id", &rec.order_id).await?;
-    let stored = pass
-        .order_mut(&rec.partner, &rec.order_id)
-        .await?
-        .cloned()
-        .ok_or(StateError::NotFound)?;
-    let counted = pass.finish().await?;
-    Ok((OrderCreated::Created(stored), counted))
-}
-
-pub(super) async fn write_order(
-    tx: &Tx<'_>,
-    sources: &Sources,
-    w: OrderWrite,
-) -> Result<(OrderRecord, Counted), StateError> {
-    let OrderWrite {
-        mut order,
-        new_shipment,
-        label,
-        completion,
-        unschedule,
-    } = w;
-    let mut keys = vec![order_lock(&order.order_id)];
-    keys.extend(label.as_ref().map(|l| tracking_lock(&l.tracking_number)));
-    lock(tx, keys).await?;
-    let mut pass = Pass::new(tx);
-    let current = pass
-        .order_mut(&order.partner, &order.order_id)
-        .await?
-        .ok_or(StateError::NotFound)?;
-    // The payment history is dispatch's to change.
-    order.payments = current.payments.clone();
-    *current = order.clone();
-    pass.dirty_orders
-        .insert((order.partner.clone(), order.order_id.clone()));
-    if let Some(rec) = new_shipment {
-        insert_shipment(tx, &rec).await?;
-        pass.keep_shipment(rec);
-    }
-    if let Some(l) = label {
-        let shipment_id = order
-            .progress
-            .shipment_id
-            .clone()
-            .ok_or(StateError::NotFound)?;
-        pass.label(sources, &shipment_id, &l.tracking_number, l.label, l.at_ms)
-            .await?;
-    }
-    let (partner, order_id) = (&order.partner, &order.order_id);
-    if let Some(due) = unschedule {
-        tx.execute(
-            "DELETE FROM fulfilments WHERE partner = $1 AND order_id = $2 AND due_ms = $3",
-            &[partner, order_id, &ms(due)],
-        )
-        .await
-        .map_err(db_err)?;
-    }
-    if let Some(due) = order.fulfil_due_ms {
-        tx.execute(
-            "INSERT INTO fulfilments (partner, order_id, due_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (partner, order_id) DO UPDATE SET due_ms = EXCLUDED.due_ms,
-                 claimed_until_ms = 0",
-            &[partner, order_id, &ms(due)],
-        )
-        .await
-        .map_err(db_err)?;
-    }
-    complete(tx, completion.as_ref()).await?;
-    let counted = pass.finish().await?;
-    Ok((order, counted))
 }
 
 /// A stored event from a row of `EVENT_COLUMNS` (and `body` after them

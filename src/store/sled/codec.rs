@@ -279,7 +279,7 @@ impl Arrival {
             put_varint(&mut v, u64::from(o.attempts));
             v.extend_from_slice(&o.at_ms.to_be_bytes());
             put_opt(&mut v, o.reason.as_deref());
-            put_opt(&mut v, o.shipment_id.as_deref());
+            put_opt(&mut v, o.shipment_id.as_ref().map(|id| id.as_str()));
         }
         v
     }
@@ -309,7 +309,7 @@ impl Arrival {
                 attempts: u32::try_from(r.varint()?).ok()?,
                 at_ms: r.u64()?,
                 reason: r.opt()?,
-                shipment_id: r.opt()?,
+                shipment_id: r.opt()?.map(crate::domain::ids::ShipmentId::from),
             })
         } else {
             None
@@ -845,7 +845,7 @@ mod tests {
                     OutcomeRecord {
                         outcome: DispatchOutcome::from_code(code).unwrap(),
                         reason,
-                        shipment_id,
+                        shipment_id: shipment_id.map(Into::into),
                         attempts,
                         at_ms,
                     }

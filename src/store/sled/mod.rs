@@ -38,7 +38,10 @@ use super::{
     StoredEvent,
 };
 use crate::config::{SourceConfig, StoreConfig};
+use crate::domain::ids::{OrderId, PartnerName, ShipmentId};
+use crate::domain::label::{Label, LabelRequest};
 use crate::health::Health;
+use crate::idempotency::{Fingerprint, IdempotencyKey};
 use crate::store::Store;
 use crate::telemetry::metric;
 use codec::EventMeta;
@@ -571,12 +574,16 @@ impl SledStore {
             let name = format!("order {}/{}", order.partner, order.order_id);
             if order.progress.transaction_id.is_some() {
                 match &order.progress.shipment_id {
-                    Some(id) if read_shipment(tree, id)?.is_some() => {}
+                    Some(id) if read_shipment(tree, id.as_str())?.is_some() => {}
                     _ => problems.push(format!("{name} is charged without its shipment")),
                 }
             }
             if let Some(due) = order.fulfil_due_ms
-                && !tree.contains_key(codec::fulfil_key(due, &order.partner, &order.order_id))?
+                && !tree.contains_key(codec::fulfil_key(
+                    due,
+                    order.partner.as_str(),
+                    order.order_id.as_str(),
+                ))?
             {
                 problems.push(format!("{name} waits for fulfilment outside the queue"));
             }
@@ -704,15 +711,15 @@ impl Store for SledStore {
     /// says what the request gets instead (replay, conflict, in progress).
     async fn claim(
         &self,
-        partner: &str,
-        key: &str,
-        fingerprint: &str,
+        partner: &PartnerName,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
         lease: std::time::Duration,
     ) -> Result<crate::idempotency::Decision, StateError> {
         self.command(|reply| StateMsg::Claim {
-            partner: partner.to_string(),
-            key: key.to_string(),
-            fingerprint: fingerprint.to_string(),
+            partner: partner.clone(),
+            key: key.clone(),
+            fingerprint: *fingerprint,
             lease,
             reply,
         })
@@ -731,25 +738,21 @@ impl Store for SledStore {
     }
 
     /// Gives up this run's claim on a key (the answer was not final).
-    async fn release(&self, partner: &str, key: &str) {
+    async fn release(&self, partner: &PartnerName, key: &IdempotencyKey) {
         self.shared.tell(StateMsg::Release {
-            partner: partner.to_string(),
-            key: key.to_string(),
+            partner: partner.clone(),
+            key: key.clone(),
         });
     }
 
     async fn record_label(
         &self,
-        shipment_id: &str,
-        tracking_number: &str,
-        label: serde_json::Value,
+        label: Label,
         at_ms: u64,
         completion: Option<Completion>,
     ) -> Result<LabelRecorded, StateError> {
         self.command(|reply| StateMsg::RecordLabel {
-            shipment_id: shipment_id.to_string(),
-            tracking_number: tracking_number.to_string(),
-            label,
+            label: Box::new(label),
             at_ms,
             completion,
             reply,
@@ -762,12 +765,12 @@ impl Store for SledStore {
     /// purchase's when there was one.
     async fn record_intent(
         &self,
-        shipment_id: &str,
-        request: serde_json::Value,
-    ) -> Result<serde_json::Value, StateError> {
+        shipment_id: &ShipmentId,
+        request: LabelRequest,
+    ) -> Result<LabelRequest, StateError> {
         self.command(|reply| StateMsg::RecordIntent {
-            shipment_id: shipment_id.to_string(),
-            request,
+            shipment_id: shipment_id.clone(),
+            request: Box::new(request),
             reply,
         })
         .await
@@ -794,23 +797,24 @@ impl Store for SledStore {
 
     async fn order(
         &self,
-        partner: &str,
-        order_id: &str,
+        partner: &PartnerName,
+        order_id: &OrderId,
     ) -> Result<Option<OrderRecord>, StoreError> {
-        read_order(&self.shared.tree, partner, order_id)
+        read_order(&self.shared.tree, partner.as_str(), order_id.as_str())
     }
 
     /// A partner's orders, newest first: `limit` of them after skipping
     /// `skip`, and how many the partner has.
     async fn orders(
         &self,
-        partner: &str,
+        partner: &PartnerName,
         skip: usize,
         limit: usize,
     ) -> Result<(usize, Vec<OrderRecord>), StoreError> {
         let tree = &self.shared.tree;
         let mut count = 0;
         let mut page = Vec::new();
+        let partner = partner.as_str();
         for kv in tree.scan_prefix(codec::order_list_prefix(partner)).rev() {
             let (k, _) = kv?;
             if count >= skip
@@ -831,7 +835,7 @@ impl Store for SledStore {
         &self,
         now_ms: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, String, String)>, StoreError> {
+    ) -> Result<Vec<(u64, PartnerName, OrderId)>, StoreError> {
         let mut out = Vec::new();
         for kv in self
             .shared
@@ -842,8 +846,8 @@ impl Store for SledStore {
             .take(limit)
         {
             let (k, _) = kv?;
-            if let Some(entry) = codec::parse_fulfil_key(&k) {
-                out.push(entry);
+            if let Some((due, partner, order_id)) = codec::parse_fulfil_key(&k) {
+                out.push((due, PartnerName::from(partner), OrderId::from(order_id)));
             }
         }
         Ok(out)
@@ -852,13 +856,13 @@ impl Store for SledStore {
     /// Cancels a shipment that is not moving; durable on return.
     async fn cancel(
         &self,
-        shipment_id: &str,
+        shipment_id: &ShipmentId,
         at_ms: u64,
         voided: bool,
         answer: Option<CancelAnswer>,
     ) -> Result<ShipmentRecord, StateError> {
         self.command(|reply| StateMsg::Cancel {
-            shipment_id: shipment_id.to_string(),
+            shipment_id: shipment_id.clone(),
             at_ms,
             voided,
             answer,
@@ -956,8 +960,11 @@ impl Store for SledStore {
         Ok(read_arrival(tree, ident.seq)?.and_then(|a| a.outcome))
     }
 
-    async fn shipment(&self, shipment_id: &str) -> Result<Option<ShipmentRecord>, StoreError> {
-        read_shipment(&self.shared.tree, shipment_id)
+    async fn shipment(
+        &self,
+        shipment_id: &ShipmentId,
+    ) -> Result<Option<ShipmentRecord>, StoreError> {
+        read_shipment(&self.shared.tree, shipment_id.as_str())
     }
 
     async fn search(
@@ -1128,7 +1135,7 @@ fn read_event(
         return Ok(None);
     };
     let (ident, meta, pointer) = codec::decode_event(&v)
-        .ok_or_else(|| StoreError::Unavailable("corrupt event record".into()))?;
+        .ok_or_else(|| StoreError::corrupt(format!("the event record of {source}/{event_id}")))?;
     let (meta, body) = if payload {
         let pointer = segments::Pointer::decode(&pointer)
             .ok_or_else(|| StoreError::Unavailable("corrupt payload pointer".into()))?;
@@ -1378,7 +1385,7 @@ fn read_order(
         None => Ok(None),
         Some(v) => serde_json::from_slice(&v)
             .map(Some)
-            .map_err(|e| StoreError::Unavailable(format!("corrupt order record: {e}"))),
+            .map_err(|e| StoreError::corrupt(format!("the order {partner}/{order_id} ({e})"))),
     }
 }
 
@@ -1390,7 +1397,7 @@ fn read_shipment(
         None => Ok(None),
         Some(v) => serde_json::from_slice(&v)
             .map(Some)
-            .map_err(|e| StoreError::Unavailable(format!("corrupt shipment record: {e}"))),
+            .map_err(|e| StoreError::corrupt(format!("the shipment {shipment_id} ({e})"))),
     }
 }
 
@@ -1401,6 +1408,33 @@ mod tests {
     use bytes::Bytes;
     use std::path::Path;
     use std::time::Duration;
+
+    use crate::domain::label::{Label, LabelFormat, LabelRequest};
+    use crate::domain::request::{NewOrder, ShipmentDetails};
+
+    fn shipment_details() -> ShipmentDetails {
+        ShipmentDetails::example("ups")
+    }
+
+    /// Shipment `s1` of partner `p`, for order `order_id`.
+    fn example_shipment(order_id: &str) -> ShipmentRecord {
+        ShipmentRecord::new(
+            "s1".into(),
+            "p".into(),
+            order_id.into(),
+            shipment_details(),
+            1,
+        )
+    }
+
+    fn label(label_id: &str, shipment_id: &str, tracking_number: &str) -> Label {
+        Label::new(
+            label_id,
+            &shipment_id.into(),
+            tracking_number,
+            String::new(),
+        )
+    }
 
     fn cfg(path: &Path) -> StoreConfig {
         StoreConfig {
@@ -1598,7 +1632,7 @@ mod tests {
     /// after a flush that covers its own write (the round's group commit).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn commands_answer_after_the_flush_that_covers_their_write() {
-        use crate::domain::order::{OrderStatus, Progress};
+        use crate::domain::order::OrderStatus;
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&cfg(dir.path())).unwrap();
         store.start_dispatcher(Vec::new()).unwrap();
@@ -1607,65 +1641,46 @@ mod tests {
             assert!(applied > 0, "{what} wrote nothing");
             assert_eq!(synced, applied, "{what} answered before its flush");
         };
+        let fingerprint = crate::idempotency::fingerprint("POST", "/x", None);
         let completion = |key: &str| Completion {
             partner: "p".into(),
-            key: key.into(),
+            key: key.try_into().unwrap(),
             record: crate::idempotency::Record::Done {
-                fingerprint: "f".into(),
+                fingerprint,
                 status: 201,
                 body: "{}".into(),
                 expires_at_ms: u64::MAX / 2,
             },
         };
-        let shipment = ShipmentRecord {
-            shipment_id: "s1".into(),
-            partner: "p".into(),
-            order_id: "o1".into(),
-            created_at_ms: 1,
-            tracking_number: None,
-            label: None,
-            details: serde_json::json!({}),
-            timeline: crate::domain::shipment::Timeline::new(1),
-            label_intent: None,
-        };
+        let shipment = example_shipment("o1");
         store
             .create_shipment(shipment, Some(completion("k1")))
             .await
             .unwrap();
         covered(&store, "create");
         store
-            .record_intent("s1", serde_json::json!({"format": "PDF"}))
+            .record_intent(
+                &"s1".into(),
+                LabelRequest::new(&"s1".into(), &shipment_details(), LabelFormat::Pdf),
+            )
             .await
             .unwrap();
         covered(&store, "intent");
         store
-            .record_label(
-                "s1",
-                "TN1",
-                serde_json::json!({"label_id": "l1"}),
-                2,
-                Some(completion("k2")),
-            )
+            .record_label(label("l1", "s1", "TN1"), 2, Some(completion("k2")))
             .await
             .unwrap();
         covered(&store, "label");
         store.finish(completion("k3")).await.unwrap();
         covered(&store, "finish");
-        store.cancel("s1", 3, false, None).await.unwrap();
+        store.cancel(&"s1".into(), 3, false, None).await.unwrap();
         covered(&store, "cancel");
-        let order = OrderRecord {
-            order_id: "o1".into(),
-            partner: "p".into(),
-            key: "k4".into(),
-            created_at_ms: 1,
-            request: serde_json::json!({}),
-            status: OrderStatus::Pending,
-            progress: Progress::default(),
-            failure_reason: None,
-            payments: Default::default(),
-            fulfil_due_ms: None,
-            fulfil_attempts: 0,
-        };
+        let order = OrderRecord::new(
+            "p".into(),
+            "k4".try_into().unwrap(),
+            NewOrder::example("o1"),
+            1,
+        );
         let created = store.create_order(order).await.unwrap();
         covered(&store, "create order");
         let OrderCreated::Created(mut order) = created else {
@@ -1685,7 +1700,12 @@ mod tests {
         covered(&store, "order step");
         // A replay of an answer is given after the flush that covers it.
         let decision = store
-            .claim("p", "k4", "f", std::time::Duration::from_secs(30))
+            .claim(
+                &"p".into(),
+                &"k4".try_into().unwrap(),
+                &fingerprint,
+                std::time::Duration::from_secs(30),
+            )
             .await
             .unwrap();
         assert!(matches!(
@@ -1895,24 +1915,11 @@ mod tests {
         let store = SledStore::open(&cfg(dir)).unwrap();
         store.start_dispatcher(config.sources).unwrap();
         store
-            .create_shipment(
-                ShipmentRecord {
-                    shipment_id: "s1".into(),
-                    partner: "p".into(),
-                    order_id: "o".into(),
-                    created_at_ms: 1,
-                    tracking_number: None,
-                    label: None,
-                    details: serde_json::json!({}),
-                    timeline: crate::domain::shipment::Timeline::new(1),
-                    label_intent: None,
-                },
-                None,
-            )
+            .create_shipment(example_shipment("o"), None)
             .await
             .unwrap();
         store
-            .record_label("s1", "TN", serde_json::json!({"label_id": "l1"}), 2, None)
+            .record_label(label("l1", "s1", "TN"), 2, None)
             .await
             .unwrap();
         let mut ev = event("move", 10, 1, true);
@@ -1929,7 +1936,7 @@ mod tests {
     }
 
     async fn status(store: &SledStore) -> crate::domain::shipment::ShipmentStatus {
-        let shipment = store.shipment("s1").await.unwrap().unwrap();
+        let shipment = store.shipment(&"s1".into()).await.unwrap().unwrap();
         shipment.timeline.status()
     }
 
@@ -1940,18 +1947,16 @@ mod tests {
         let store = moving_shipment(dir.path()).await;
         assert_eq!(status(&store).await, ShipmentStatus::InTransit);
         assert!(matches!(
-            store.cancel("s1", 20, false, None).await,
+            store.cancel(&"s1".into(), 20, false, None).await,
             Err(StateError::InvalidTransition)
         ));
         assert_eq!(status(&store).await, ShipmentStatus::InTransit);
         // The carrier already voided the label for this cancel: it is recorded.
-        let rec = store.cancel("s1", 20, true, None).await.unwrap();
+        let rec = store.cancel(&"s1".into(), 20, true, None).await.unwrap();
         assert_eq!(rec.timeline.status(), ShipmentStatus::Cancelled);
         // And a label cannot be recorded on a cancelled shipment.
         assert!(matches!(
-            store
-                .record_label("s1", "TN", serde_json::json!({}), 30, None)
-                .await,
+            store.record_label(label("l1", "s1", "TN"), 30, None).await,
             Err(StateError::InvalidTransition)
         ));
     }
@@ -2033,19 +2038,25 @@ mod tests {
             .tree
             .insert(codec::seq_key(b'n', seq), b"\xff".to_vec())
             .unwrap();
-        let mut second = store.shipment("s1").await.unwrap().unwrap();
+        let mut second = store.shipment(&"s1".into()).await.unwrap().unwrap();
         second.shipment_id = "s2".into();
         second.tracking_number = None;
         second.label = None;
         second.timeline = crate::domain::shipment::Timeline::new(1);
         store.create_shipment(second, None).await.unwrap();
         assert!(matches!(
-            store
-                .record_label("s2", "TN2", serde_json::json!({"label_id": "l2"}), 50, None)
-                .await,
+            store.record_label(label("l2", "s2", "TN2"), 50, None).await,
             Err(StateError::Store(StoreError::Corrupt(_)))
         ));
         // Nothing was recorded: the label can be recorded once repaired.
-        assert!(store.shipment("s2").await.unwrap().unwrap().label.is_none());
+        assert!(
+            store
+                .shipment(&"s2".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .label
+                .is_none()
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! The state-machine thread: the only writer of shipments and of dispatch
 //! outcomes. It drains the inbox in arrival order and runs the commands
 //! that change shipments (create, record a label, redeliver), one at a
-//! time, so no two of them can interleave on one shipment.
+//! time, so no two of them can interleave on one shipment. What each
+//! command does is `store::core`'s, shared with PostgreSQL; here a `Pass`
+//! (one sled batch) is the unit of work it runs in.
 //!
 //! An event's outcome is written into its arrival entry, and each pass over
 //! the inbox is one atomic sled batch: the new shipment states, the
@@ -10,7 +12,7 @@
 //! (guarantee 3). Parked and dead events need no keys of their own: they
 //! are arrivals whose outcome says so, found through the search indexes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
@@ -18,16 +20,20 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use async_trait::async_trait;
+
 use super::codec::{self, Arrival, DispatchOutcome, OrderRecord, OutcomeRecord, ShipmentRecord};
 use super::{STALL_AFTER, Shared};
+use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
+use crate::domain::label::{Label, LabelRequest};
+use crate::health::Component;
+use crate::idempotency::{self, Decision, Fingerprint, IdempotencyKey};
+use crate::mapping::{Interpretation, interpret_fields};
+use crate::store::core::{ParkKey, Stored, Unit, Work, gone, run_now};
 use crate::store::{
     CancelAnswer, Completion, LabelRecorded, OrderCreated, OrderWrite, StateError, StoreError,
     count_dispatched as count, count_redelivered,
 };
-
-use crate::health::Component;
-use crate::idempotency::{self, Decision};
-use crate::mapping::{Interpretation, interpret, interpret_fields};
 use crate::telemetry::metric;
 
 /// Inbox entries applied in one batch at most.
@@ -58,15 +64,15 @@ pub(super) enum StateMsg {
         oneshot::Sender<Result<(), StateError>>,
     ),
     Claim {
-        partner: String,
-        key: String,
-        fingerprint: String,
+        partner: PartnerName,
+        key: IdempotencyKey,
+        fingerprint: Fingerprint,
         lease: Duration,
         reply: oneshot::Sender<Result<Decision, StateError>>,
     },
     Release {
-        partner: String,
-        key: String,
+        partner: PartnerName,
+        key: IdempotencyKey,
     },
     /// Forgets up to `limit` stored answers whose retention ended.
     SweepIdempotency {
@@ -75,9 +81,7 @@ pub(super) enum StateMsg {
         reply: oneshot::Sender<Result<usize, StateError>>,
     },
     RecordLabel {
-        shipment_id: String,
-        tracking_number: String,
-        label: serde_json::Value,
+        label: Box<Label>,
         at_ms: u64,
         completion: Option<Completion>,
         reply: oneshot::Sender<Result<LabelRecorded, StateError>>,
@@ -93,12 +97,12 @@ pub(super) enum StateMsg {
     /// Records the carrier request of a label purchase before it is sent;
     /// answers the request to send (an earlier one's, if there was one).
     RecordIntent {
-        shipment_id: String,
-        request: serde_json::Value,
-        reply: oneshot::Sender<Result<serde_json::Value, StateError>>,
+        shipment_id: ShipmentId,
+        request: Box<LabelRequest>,
+        reply: oneshot::Sender<Result<LabelRequest, StateError>>,
     },
     Cancel {
-        shipment_id: String,
+        shipment_id: ShipmentId,
         at_ms: u64,
         /// The label was already voided at the carrier for this cancel.
         voided: bool,
@@ -143,19 +147,22 @@ pub(super) struct StateMachine {
     pub(super) shared: Arc<Shared>,
 }
 
-/// One batch's worth of changes, with the shipments it touched cached so
-/// that two events for one shipment in the same pass see each other.
-struct Pass<'a> {
+/// One batch's worth of changes, the unit of work of `store::core`: what
+/// it read is kept, so that two events for one shipment in the same pass
+/// see each other, and what it writes lands in one atomic batch.
+pub(super) struct Pass<'a> {
+    shared: &'a Shared,
     tree: &'a sled::Tree,
     batch: sled::Batch,
-    shipments: HashMap<String, Option<ShipmentRecord>>,
-    dirty: HashSet<String>,
-    tracking: HashMap<String, Option<String>>,
-    orders: HashMap<(String, String), Option<OrderRecord>>,
-    dirty_orders: HashSet<(String, String)>,
+    shipments: HashMap<ShipmentId, Option<ShipmentRecord>>,
+    dirty: HashSet<ShipmentId>,
+    tracking: HashMap<TrackingNumber, Option<ShipmentId>>,
+    orders: HashMap<(PartnerName, OrderId), Option<OrderRecord>>,
+    dirty_orders: HashSet<(PartnerName, OrderId)>,
     /// Order id → the partners with an order of that id.
-    partners: HashMap<String, Vec<String>>,
-    counted: Vec<(String, DispatchOutcome)>,
+    partners: HashMap<OrderId, Vec<PartnerName>>,
+    /// The arrivals whose outcome this pass may write, by sequence number.
+    arrivals: HashMap<u64, Arrival>,
     /// Events this pass made parked or dead, and those it took out of
     /// either.
     marked: codec::Held,
@@ -163,9 +170,10 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    fn new(tree: &'a sled::Tree) -> Pass<'a> {
+    fn new(shared: &'a Shared) -> Pass<'a> {
         Pass {
-            tree,
+            shared,
+            tree: &shared.tree,
             batch: sled::Batch::default(),
             shipments: HashMap::new(),
             dirty: HashSet::new(),
@@ -173,90 +181,46 @@ impl<'a> Pass<'a> {
             orders: HashMap::new(),
             dirty_orders: HashSet::new(),
             partners: HashMap::new(),
-            counted: Vec::new(),
+            arrivals: HashMap::new(),
             marked: codec::Held::default(),
             unmarked: codec::Held::default(),
         }
     }
 
-    fn order_mut(
-        &mut self,
-        partner: &str,
-        order_id: &str,
-    ) -> Result<Option<&mut OrderRecord>, StateError> {
-        let key = (partner.to_string(), order_id.to_string());
-        if !self.orders.contains_key(&key) {
-            let rec = super::read_order(self.tree, partner, order_id)?;
-            self.orders.insert(key.clone(), rec);
-        }
-        Ok(self.orders.get_mut(&key).and_then(Option::as_mut))
+    /// An arrival as a stored event handed to dispatch, kept so that its
+    /// outcome can be written into it.
+    fn stored(&mut self, seq: u64, arrival: Arrival) -> Stored {
+        let stored = Stored {
+            seq,
+            source: arrival.source.clone(),
+            event_id: arrival.event_id.clone(),
+            received_at_ms: arrival.received_at_ms,
+            outcome: arrival.outcome.clone(),
+        };
+        self.arrivals.insert(seq, arrival);
+        stored
     }
 
-    fn put_order(&mut self, rec: OrderRecord) {
-        let key = (rec.partner.clone(), rec.order_id.clone());
-        self.dirty_orders.insert(key.clone());
-        self.orders.insert(key, Some(rec));
+    /// An event's body, read from its segment; None when its record is gone.
+    fn body(&self, source: &str, event_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(super::read_event(self.shared, source, event_id, true)?.map(|ev| ev.body))
     }
 
-    fn touch_order(&mut self, partner: &str, order_id: &str) {
-        self.dirty_orders
-            .insert((partner.to_string(), order_id.to_string()));
-    }
-
-    /// The partners that have an order with this id.
-    fn order_partners(&mut self, order_id: &str) -> Result<Vec<String>, StateError> {
-        if let Some(found) = self.partners.get(order_id) {
-            return Ok(found.clone());
-        }
-        let prefix = codec::order_partner_prefix(order_id);
-        let mut found = Vec::new();
-        for kv in self.tree.scan_prefix(&prefix) {
-            let (k, _) = kv?;
-            if let Some(p) = k.get(prefix.len()..) {
-                found.push(String::from_utf8_lossy(p).into_owned());
-            }
-        }
-        self.partners.insert(order_id.to_string(), found.clone());
-        Ok(found)
-    }
-
-    fn shipment_mut(&mut self, id: &str) -> Result<Option<&mut ShipmentRecord>, StateError> {
-        if !self.shipments.contains_key(id) {
-            let rec = super::read_shipment(self.tree, id)?;
-            self.shipments.insert(id.to_string(), rec);
-        }
-        Ok(self.shipments.get_mut(id).and_then(Option::as_mut))
-    }
-
-    fn touch(&mut self, id: &str) {
-        self.dirty.insert(id.to_string());
-    }
-
-    fn shipment_for(&mut self, tracking_number: &str) -> Result<Option<String>, StateError> {
-        if let Some(hit) = self.tracking.get(tracking_number) {
-            return Ok(hit.clone());
-        }
-        let found = self
-            .tree
-            .get(codec::tracking_key(tracking_number))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned());
-        self.tracking
-            .insert(tracking_number.to_string(), found.clone());
-        Ok(found)
-    }
-
-    /// Writes the touched shipments into the batch and applies it.
-    fn commit(mut self, shared: &Shared) -> Result<Vec<(String, DispatchOutcome)>, StateError> {
+    /// Writes the touched shipments and orders into the batch and applies it.
+    fn commit(mut self) -> Result<(), StateError> {
+        let shared = self.shared;
         for id in &self.dirty {
             if let Some(Some(rec)) = self.shipments.get(id) {
-                self.batch
-                    .insert(codec::shipment_key(id), codec::encode_shipment(rec));
+                self.batch.insert(
+                    codec::shipment_key(id.as_str()),
+                    codec::encode_shipment(rec),
+                );
             }
         }
         for key in &self.dirty_orders {
             if let Some(Some(rec)) = self.orders.get(key) {
                 self.batch.insert(
-                    codec::order_key(&rec.partner, &rec.order_id),
+                    codec::order_key(rec.partner.as_str(), rec.order_id.as_str()),
                     codec::encode_order(rec),
                 );
             }
@@ -271,7 +235,212 @@ impl<'a> Pass<'a> {
         }
         shared.apply(self.batch)?;
         shared.marked.store(marked);
-        Ok(self.counted)
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Unit for Pass<'_> {
+    /// One thread writes: nothing to lock.
+    async fn lock(&mut self, _: &BTreeSet<ParkKey>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn shipment(&mut self, id: &ShipmentId) -> Result<Option<ShipmentRecord>, StoreError> {
+        if !self.shipments.contains_key(id) {
+            let rec = super::read_shipment(self.tree, id.as_str())?;
+            self.shipments.insert(id.clone(), rec);
+        }
+        Ok(self.shipments.get(id).cloned().flatten())
+    }
+
+    async fn shipment_for(
+        &mut self,
+        tracking_number: &TrackingNumber,
+    ) -> Result<Option<ShipmentId>, StoreError> {
+        if let Some(hit) = self.tracking.get(tracking_number) {
+            return Ok(hit.clone());
+        }
+        let found = self
+            .tree
+            .get(codec::tracking_key(tracking_number.as_str()))?
+            .map(|v| ShipmentId::from(String::from_utf8_lossy(&v).into_owned()));
+        self.tracking.insert(tracking_number.clone(), found.clone());
+        Ok(found)
+    }
+
+    fn put_shipment(&mut self, rec: ShipmentRecord) {
+        if let Some(tn) = &rec.tracking_number
+            && self.tracking.get(tn) != Some(&Some(rec.shipment_id.clone()))
+        {
+            self.batch.insert(
+                codec::tracking_key(tn.as_str()),
+                rec.shipment_id.as_str().as_bytes().to_vec(),
+            );
+            self.tracking
+                .insert(tn.clone(), Some(rec.shipment_id.clone()));
+        }
+        self.dirty.insert(rec.shipment_id.clone());
+        self.shipments.insert(rec.shipment_id.clone(), Some(rec));
+    }
+
+    async fn insert_shipment(&mut self, rec: ShipmentRecord) -> Result<(), StateError> {
+        if self.shipment(&rec.shipment_id).await?.is_some() {
+            return Err(StateError::ShipmentExists(rec.shipment_id));
+        }
+        self.put_shipment(rec);
+        Ok(())
+    }
+
+    async fn order(
+        &mut self,
+        partner: &PartnerName,
+        order_id: &OrderId,
+    ) -> Result<Option<OrderRecord>, StoreError> {
+        let key = (partner.clone(), order_id.clone());
+        if !self.orders.contains_key(&key) {
+            let rec = super::read_order(self.tree, partner.as_str(), order_id.as_str())?;
+            self.orders.insert(key.clone(), rec);
+        }
+        Ok(self.orders.get(&key).cloned().flatten())
+    }
+
+    async fn orders_with_id(&mut self, order_id: &OrderId) -> Result<Vec<OrderRecord>, StoreError> {
+        let partners = match self.partners.get(order_id) {
+            Some(found) => found.clone(),
+            None => {
+                let prefix = codec::order_partner_prefix(order_id.as_str());
+                let mut found = Vec::new();
+                for kv in self.tree.scan_prefix(&prefix) {
+                    let (k, _) = kv?;
+                    if let Some(p) = k.get(prefix.len()..) {
+                        found.push(PartnerName::from(String::from_utf8_lossy(p).into_owned()));
+                    }
+                }
+                self.partners.insert(order_id.clone(), found.clone());
+                found
+            }
+        };
+        let mut orders = Vec::with_capacity(partners.len());
+        for partner in &partners {
+            orders.extend(self.order(partner, order_id).await?);
+        }
+        Ok(orders)
+    }
+
+    fn put_order(&mut self, rec: OrderRecord) {
+        let key = (rec.partner.clone(), rec.order_id.clone());
+        self.dirty_orders.insert(key.clone());
+        self.orders.insert(key, Some(rec));
+    }
+
+    async fn insert_order(&mut self, rec: &OrderRecord) -> Result<bool, StoreError> {
+        if self.order(&rec.partner, &rec.order_id).await?.is_some() {
+            return Ok(false);
+        }
+        let (partner, order_id) = (rec.partner.as_str(), rec.order_id.as_str());
+        self.batch.insert(
+            codec::order_list_key(partner, rec.created_at_ms, order_id),
+            Vec::new(),
+        );
+        self.batch
+            .insert(codec::order_partner_key(order_id, partner), Vec::new());
+        // The partners of this id as the store has them, and this one.
+        self.orders_with_id(&rec.order_id).await?;
+        if let Some(partners) = self.partners.get_mut(&rec.order_id) {
+            partners.push(rec.partner.clone());
+        }
+        self.put_order(rec.clone());
+        Ok(true)
+    }
+
+    async fn schedule(&mut self, order: &OrderRecord, due_ms: u64) -> Result<(), StoreError> {
+        self.batch.insert(
+            codec::fulfil_key(due_ms, order.partner.as_str(), order.order_id.as_str()),
+            Vec::new(),
+        );
+        Ok(())
+    }
+
+    async fn unschedule(&mut self, order: &OrderRecord, due_ms: u64) -> Result<(), StoreError> {
+        self.batch.remove(codec::fulfil_key(
+            due_ms,
+            order.partner.as_str(),
+            order.order_id.as_str(),
+        ));
+        Ok(())
+    }
+
+    async fn parked(
+        &mut self,
+        key: &ParkKey,
+    ) -> Result<Vec<(Stored, Option<Vec<u8>>)>, StoreError> {
+        let (tag, text) = match key {
+            ParkKey::Tracking(tn) => (b'T', tn.as_str()),
+            ParkKey::Order(id) => (b'O', id.as_str()),
+        };
+        let cursor = super::read_cursor(self.tree)?;
+        let mut parked = Vec::new();
+        for kv in self.tree.scan_prefix(codec::text_prefix(tag, text)) {
+            let (k, _) = kv?;
+            let Some(seq) = codec::seq_suffix(&k) else {
+                continue;
+            };
+            if seq > cursor {
+                // Still in the inbox: the next pass applies it.
+                continue;
+            }
+            let Some(arrival) = super::read_arrival(self.tree, seq)? else {
+                continue;
+            };
+            if arrival
+                .outcome
+                .as_ref()
+                .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
+            {
+                let body = self.body(&arrival.source, &arrival.event_id)?;
+                parked.push((self.stored(seq, arrival), body));
+            }
+        }
+        Ok(parked)
+    }
+
+    async fn event(
+        &mut self,
+        source: &str,
+        event_id: &str,
+        _locked: bool,
+    ) -> Result<Option<(Stored, Option<Vec<u8>>)>, StoreError> {
+        let Some(ev) = super::read_event(self.shared, source, event_id, true)? else {
+            return Ok(None);
+        };
+        let Some(arrival) = super::read_arrival(self.tree, ev.seq)? else {
+            return Ok(None);
+        };
+        Ok(Some((self.stored(ev.seq, arrival), Some(ev.body))))
+    }
+
+    fn put_outcome(&mut self, event: &Stored, outcome: &OutcomeRecord) {
+        let Some(arrival) = self.arrivals.get_mut(&event.seq) else {
+            // Every event handed to the core came through `stored`.
+            tracing::error!(
+                seq = event.seq,
+                "an outcome for an arrival this pass never read"
+            );
+            return;
+        };
+        let was = codec::Held::of(arrival);
+        arrival.outcome = Some(outcome.clone());
+        let is = codec::Held::of(arrival);
+        self.marked.add(is);
+        self.unmarked.add(was);
+        self.batch
+            .insert(codec::seq_key(b'n', event.seq).to_vec(), arrival.encode());
+    }
+
+    async fn put_completion(&mut self, completion: &Completion) -> Result<(), StoreError> {
+        put_completion(&mut self.batch, completion);
+        Ok(())
     }
 }
 
@@ -394,17 +563,12 @@ impl StateMachine {
                 }
             }
             StateMsg::RecordLabel {
-                shipment_id,
-                tracking_number,
                 label,
                 at_ms,
                 completion,
                 reply,
             } => {
-                replies.after_sync(
-                    reply,
-                    self.record_label(&shipment_id, &tracking_number, label, at_ms, completion),
-                );
+                replies.after_sync(reply, self.record_label(*label, at_ms, completion));
             }
             StateMsg::CreateOrder { record, reply } => {
                 replies.after_sync(reply, self.create_order(*record));
@@ -417,7 +581,7 @@ impl StateMachine {
                 request,
                 reply,
             } => {
-                replies.after_sync(reply, self.record_intent(&shipment_id, request));
+                replies.after_sync(reply, self.record_intent(&shipment_id, *request));
             }
             StateMsg::Cancel {
                 shipment_id,
@@ -458,9 +622,9 @@ impl StateMachine {
             self.shared.health.beat(Component::Dispatcher);
             self.shared.wake_pending.store(false, Ordering::Release);
             let cursor = super::read_cursor(tree)?;
-            let mut pass = Pass::new(tree);
+            let mut pass = Pass::new(&self.shared);
             let mut last = cursor;
-            let mut dispatched = 0i64;
+            let mut events = Vec::new();
             let sources = self.shared.sources.load_full();
             for kv in tree.range(codec::seq_key(b'n', cursor + 1)..).take(PASS) {
                 let (k, v) = kv?;
@@ -471,7 +635,7 @@ impl StateMachine {
                 // An arrival that cannot be read names no event to apply:
                 // reported and counted, and the pass goes on, so that one
                 // bad record does not stop dispatch for every other.
-                let Some(mut arrival) = Arrival::decode(&v) else {
+                let Some(arrival) = Arrival::decode(&v) else {
                     let _ = StoreError::corrupt(format!(
                         "the arrival of event {seq}, passed over by dispatch"
                     ));
@@ -480,27 +644,28 @@ impl StateMachine {
                 if !arrival.dispatch {
                     continue;
                 }
-                dispatched += 1;
                 let interpretation = match (sources.get(&arrival.source), &arrival.fields) {
-                    (None, _) => Interpretation::Dead {
-                        reason: format!("source {} is no longer configured", arrival.source),
-                    },
+                    (None, _) => gone(&arrival.source),
                     (Some(cfg), Some(fields)) => {
                         interpret_fields(cfg, &arrival.event_id, arrival.received_at_ms, fields)
                     }
                     (Some(_), None) => Interpretation::NotDispatched,
                 };
-                self.record(&mut pass, seq, &mut arrival, interpretation)?;
+                events.push((pass.stored(seq, arrival), interpretation));
             }
             if last == cursor {
                 return Ok(());
             }
+            let dispatched = events.len() as i64;
+            let mut work = Work::new(&mut pass, &sources);
+            run_now(work.dispatch(events))?;
+            let counted = work.counted;
             pass.batch
                 .insert(codec::CURSOR_KEY, last.to_be_bytes().to_vec());
             // The crash tests stop the state machine here, with a pass
             // decided and not yet written.
             fail::fail_point!("dispatch-before-commit");
-            let counted = pass.commit(&self.shared)?;
+            pass.commit()?;
             let pending = self
                 .shared
                 .inbox_pending
@@ -511,89 +676,11 @@ impl StateMachine {
         }
     }
 
-    /// Dispatches a stored event again, reading its body with the current
-    /// config (redelivery, unparking).
-    fn redispatch(
-        &self,
-        pass: &mut Pass<'_>,
-        seq: u64,
-        arrival: &mut Arrival,
-    ) -> Result<OutcomeRecord, StateError> {
-        let event = super::read_event(&self.shared, &arrival.source, &arrival.event_id, true)?;
-        let interpretation = match (&event, self.shared.sources.load().get(&arrival.source)) {
-            (None, _) => Interpretation::Dead {
-                reason: "the event record is missing".into(),
-            },
-            (Some(_), None) => Interpretation::Dead {
-                reason: format!("source {} is no longer configured", arrival.source),
-            },
-            (Some(ev), Some(cfg)) => {
-                interpret(cfg, &arrival.event_id, ev.meta.received_at_ms, &ev.body)
-            }
-        };
-        self.record(pass, seq, arrival, interpretation)
-    }
-
-    /// Applies an interpretation into `pass`: the shipment, and the outcome
-    /// written into the arrival entry.
-    fn record(
-        &self,
-        pass: &mut Pass<'_>,
-        seq: u64,
-        arrival: &mut Arrival,
-        interpretation: Interpretation,
-    ) -> Result<OutcomeRecord, StateError> {
-        let mut record = OutcomeRecord::attempt(arrival.outcome.as_ref().map_or(0, |o| o.attempts));
-        match interpretation {
-            Interpretation::Tracking {
-                tracking_number,
-                event,
-            } => match pass.shipment_for(&tracking_number)? {
-                None => record.park_for_tracking(&tracking_number),
-                Some(shipment_id) => match pass.shipment_mut(&shipment_id)? {
-                    None => {
-                        record.reason = Some(format!(
-                            "shipment {shipment_id} of tracking number {tracking_number} is missing"
-                        ));
-                    }
-                    Some(shipment) => {
-                        record.apply_tracking(shipment, event);
-                        pass.touch(&shipment_id);
-                    }
-                },
-            },
-            Interpretation::Payment { order_id, event } => {
-                let partners = pass.order_partners(&order_id)?;
-                if partners.is_empty() {
-                    record.park_for_order(&order_id);
-                } else {
-                    for partner in &partners {
-                        pass.order_mut(partner, &order_id)?;
-                        pass.touch_order(partner, &order_id);
-                    }
-                    let orders = pass
-                        .orders
-                        .iter_mut()
-                        .filter(|((p, o), _)| *o == order_id && partners.contains(p))
-                        .filter_map(|(_, rec)| rec.as_mut());
-                    record.apply_payment(orders, &event);
-                }
-            }
-            plain => {
-                record.settle_plain(&plain);
-            }
-        }
-        let was = codec::Held::of(arrival);
-        arrival.outcome = Some(record.clone());
-        let is = codec::Held::of(arrival);
-        pass.marked.add(is);
-        pass.unmarked.add(was);
-        pass.batch
-            .insert(codec::seq_key(b'n', seq).to_vec(), arrival.encode());
-        if record.outcome != DispatchOutcome::Stored {
-            pass.counted.push((arrival.source.clone(), record.outcome));
-        }
-        Ok(record)
+    /// Commits a command's pass, then counts what it dispatched.
+    fn commit(pass: Pass<'_>, counted: &[(String, DispatchOutcome)]) -> Result<(), StateError> {
+        pass.commit()?;
+        count(counted);
+        Ok(())
     }
 
     /// Stores new shipments, each with the final answer of the request
@@ -607,44 +694,35 @@ impl StateMachine {
         if creates.is_empty() {
             return;
         }
-        let tree = &self.shared.tree;
-        let mut batch = sled::Batch::default();
-        let mut accepted = Vec::new();
-        let mut seen = HashSet::new();
         if let Err(e) = self.shared.check_space() {
             for (_, _, reply) in creates {
                 let _ = reply.send(Err(e.clone().into()));
             }
             return;
         }
+        let sources = self.shared.sources.load_full();
+        let mut pass = Pass::new(&self.shared);
+        let mut work = Work::new(&mut pass, &sources);
+        let mut accepted = Vec::new();
         for (rec, completion, reply) in creates {
-            let key = codec::shipment_key(&rec.shipment_id);
-            match tree.contains_key(&key) {
+            match run_now(work.create_shipment(rec, completion.as_ref())) {
+                Ok(()) => accepted.push(reply),
                 Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                    continue;
+                    let _ = reply.send(Err(e));
                 }
-                Ok(exists) if exists || !seen.insert(rec.shipment_id.clone()) => {
-                    let _ = reply.send(Err(StateError::Conflict(format!(
-                        "shipment {} exists",
-                        rec.shipment_id
-                    ))));
-                    continue;
-                }
-                Ok(_) => {}
             }
-            batch.insert(key, codec::encode_shipment(&rec));
-            if let Some(c) = completion {
-                put_completion(&mut batch, &c);
-            }
-            accepted.push(reply);
         }
         if accepted.is_empty() {
             return;
         }
-        let result = self.shared.apply(batch);
+        let result = pass.commit();
         for reply in accepted {
-            replies.after_sync(reply, result.clone().map_err(StateError::from));
+            let result = match &result {
+                Ok(()) => Ok(()),
+                Err(StateError::Store(e)) => Err(StateError::Store(e.clone())),
+                Err(e) => Err(StateError::Store(StoreError::Unavailable(e.to_string()))),
+            };
+            replies.after_sync(reply, result);
         }
     }
 
@@ -652,22 +730,20 @@ impl StateMachine {
     /// lost in a crash, it was never answered for, and the retry runs again.
     fn claim(
         &self,
-        partner: &str,
-        key: &str,
-        fingerprint: &str,
+        partner: &PartnerName,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Decision, StateError> {
-        let tree = &self.shared.tree;
         // Every write starts with a claim: short of space, none starts.
         self.shared.check_space()?;
-        let k = codec::idem_key(partner, key);
-        let record: Option<idempotency::Record> =
-            tree.get(&k)?.and_then(|v| serde_json::from_slice(&v).ok());
+        let k = codec::idem_key(partner.as_str(), key.as_str());
+        let record = read_key_record(&self.shared.tree, &k)?;
         let now = crate::clock::now_ms();
         let decision = idempotency::decide(record.as_ref(), fingerprint, now, self.shared.epoch);
         if decision == Decision::Run {
             let claim = idempotency::Record::InProgress {
-                fingerprint: fingerprint.to_string(),
+                fingerprint: *fingerprint,
                 epoch: self.shared.epoch,
                 lease_until_ms: now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(0)),
             };
@@ -699,9 +775,7 @@ impl StateMachine {
                 continue;
             };
             let record_key = codec::idem_key(&partner, &key);
-            let record: Option<idempotency::Record> = tree
-                .get(&record_key)?
-                .and_then(|v| serde_json::from_slice(&v).ok());
+            let record = read_key_record(tree, &record_key)?;
             // The key may have been used again since: only the answer this
             // entry indexes is forgotten.
             if let Some(idempotency::Record::Done { expires_at_ms, .. }) = record
@@ -717,11 +791,10 @@ impl StateMachine {
     }
 
     /// Gives up a claim after an answer that is not final, so the retry runs.
-    fn release(&self, partner: &str, key: &str) -> Result<(), StateError> {
+    fn release(&self, partner: &PartnerName, key: &IdempotencyKey) -> Result<(), StateError> {
         let tree = &self.shared.tree;
-        let k = codec::idem_key(partner, key);
-        let record: Option<idempotency::Record> =
-            tree.get(&k)?.and_then(|v| serde_json::from_slice(&v).ok());
+        let k = codec::idem_key(partner.as_str(), key.as_str());
+        let record = read_key_record(tree, &k)?;
         if let Some(idempotency::Record::InProgress { epoch, .. }) = record
             && epoch == self.shared.epoch
         {
@@ -730,270 +803,110 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Records a label: the shipment gets its tracking number, label and the
-    /// gateway's LABEL_CREATED, and every event parked under that tracking
-    /// number is applied in the same batch.
     fn record_label(
         &self,
-        shipment_id: &str,
-        tracking_number: &str,
-        label: serde_json::Value,
+        label: Label,
         at_ms: u64,
         completion: Option<Completion>,
     ) -> Result<LabelRecorded, StateError> {
-        let tree = &self.shared.tree;
-        let mut pass = Pass::new(tree);
-        let unparked = self.apply_label(&mut pass, shipment_id, tracking_number, label, at_ms)?;
-        if let Some(c) = &completion {
-            put_completion(&mut pass.batch, c);
-        }
-        let counted = pass.commit(&self.shared)?;
-        count(&counted);
-        let shipment = super::read_shipment(tree, shipment_id)?.ok_or(StateError::NotFound)?;
-        Ok(LabelRecorded { shipment, unparked })
+        let sources = self.shared.sources.load_full();
+        let mut pass = Pass::new(&self.shared);
+        let mut work = Work::new(&mut pass, &sources);
+        let out = run_now(work.record_label(label, at_ms, completion.as_ref()))?;
+        let counted = work.counted;
+        Self::commit(pass, &counted)?;
+        Ok(out)
     }
 
-    /// Gives a shipment its label, tracking number and the gateway's
-    /// LABEL_CREATED in `pass`, and applies there every event parked for
-    /// that tracking number; what they became.
-    fn apply_label(
-        &self,
-        pass: &mut Pass<'_>,
-        shipment_id: &str,
-        tracking_number: &str,
-        label: serde_json::Value,
-        at_ms: u64,
-    ) -> Result<Vec<(String, DispatchOutcome)>, StateError> {
-        if let Some(owner) = pass.shipment_for(tracking_number)?
-            && owner != shipment_id
-        {
-            return Err(StateError::Conflict(format!(
-                "tracking number {tracking_number} belongs to shipment {owner}"
-            )));
-        }
-        pass.shipment_mut(shipment_id)?
-            .ok_or(StateError::NotFound)?
-            .give_label(tracking_number, label, at_ms)?;
-        pass.touch(shipment_id);
-        pass.batch.insert(
-            codec::tracking_key(tracking_number),
-            shipment_id.as_bytes().to_vec(),
-        );
-        pass.tracking
-            .insert(tracking_number.to_string(), Some(shipment_id.to_string()));
-
-        self.unpark(pass, b'T', tracking_number)
-    }
-
-    /// Dispatches again, in `pass`, every event parked under `text` in the
-    /// search index `tag` (a tracking number, an order id); what they
-    /// became.
-    fn unpark(
-        &self,
-        pass: &mut Pass<'_>,
-        tag: u8,
-        text: &str,
-    ) -> Result<Vec<(String, DispatchOutcome)>, StateError> {
-        let tree = pass.tree;
-        let cursor = super::read_cursor(tree)?;
-        let mut unparked = Vec::new();
-        for kv in tree.scan_prefix(codec::text_prefix(tag, text)) {
-            let (k, _) = kv?;
-            let Some(seq) = codec::seq_suffix(&k) else {
-                continue;
-            };
-            if seq > cursor {
-                // Still in the inbox: the next pass applies it.
-                continue;
-            }
-            let Some(mut arrival) = super::read_arrival(tree, seq)? else {
-                continue;
-            };
-            if arrival
-                .outcome
-                .as_ref()
-                .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
-            {
-                let out = self.redispatch(pass, seq, &mut arrival)?;
-                unparked.push((arrival.source, out.outcome));
-            }
-        }
-        Ok(unparked)
-    }
-
-    /// Creates an order, unless one with its partner and id exists: then
-    /// that one is answered, for the caller to resume or refuse. Payment
-    /// events parked for the order id are applied in the same write.
     fn create_order(&self, rec: OrderRecord) -> Result<OrderCreated, StateError> {
-        let tree = &self.shared.tree;
-        let mut pass = Pass::new(tree);
-        if let Some(existing) = pass.order_mut(&rec.partner, &rec.order_id)? {
-            return Ok(OrderCreated::Existing(existing.clone()));
+        let sources = self.shared.sources.load_full();
+        let mut pass = Pass::new(&self.shared);
+        if run_now(pass.order(&rec.partner, &rec.order_id))?.is_none() {
+            // Only a new order writes: short of space, none is made.
+            self.shared.check_space()?;
         }
-        self.shared.check_space()?;
-        pass.batch.insert(
-            codec::order_list_key(&rec.partner, rec.created_at_ms, &rec.order_id),
-            Vec::new(),
-        );
-        pass.batch.insert(
-            codec::order_partner_key(&rec.order_id, &rec.partner),
-            Vec::new(),
-        );
-        pass.order_partners(&rec.order_id)?;
-        if let Some(partners) = pass.partners.get_mut(&rec.order_id) {
-            partners.push(rec.partner.clone());
-        }
-        pass.put_order(rec.clone());
-        self.unpark(&mut pass, b'O', &rec.order_id)?;
-        let counted = pass.commit(&self.shared)?;
-        count(&counted);
-        let stored =
-            super::read_order(tree, &rec.partner, &rec.order_id)?.ok_or(StateError::NotFound)?;
-        Ok(OrderCreated::Created(stored))
+        let mut work = Work::new(&mut pass, &sources);
+        let out = run_now(work.create_order(rec))?;
+        let counted = work.counted;
+        Self::commit(pass, &counted)?;
+        Ok(out)
     }
 
-    /// Records a step of an order's flow, with what it brings (a new
-    /// shipment, a label, the request's final answer, the fulfilment queue)
-    /// in one durable write. The payment history is the store's: only
-    /// dispatch changes it.
     fn write_order(&self, w: OrderWrite) -> Result<OrderRecord, StateError> {
-        let tree = &self.shared.tree;
-        let mut pass = Pass::new(tree);
-        let OrderWrite {
-            mut order,
-            new_shipment,
-            label,
-            completion,
-            unschedule,
-        } = w;
-        let current = pass
-            .order_mut(&order.partner, &order.order_id)?
-            .ok_or(StateError::NotFound)?;
-        order.payments = current.payments.clone();
-        if let Some(rec) = new_shipment {
-            if pass.shipment_mut(&rec.shipment_id)?.is_some() {
-                return Err(StateError::Conflict(format!(
-                    "shipment {} exists",
-                    rec.shipment_id
-                )));
-            }
-            let id = rec.shipment_id.clone();
-            pass.shipments.insert(id.clone(), Some(rec));
-            pass.touch(&id);
-        }
-        if let Some(l) = label {
-            let shipment_id = order
-                .progress
-                .shipment_id
-                .clone()
-                .ok_or(StateError::NotFound)?;
-            self.apply_label(
-                &mut pass,
-                &shipment_id,
-                &l.tracking_number,
-                l.label,
-                l.at_ms,
-            )?;
-        }
-        if let Some(due) = unschedule {
-            pass.batch
-                .remove(codec::fulfil_key(due, &order.partner, &order.order_id));
-        }
-        if let Some(due) = order.fulfil_due_ms {
-            pass.batch.insert(
-                codec::fulfil_key(due, &order.partner, &order.order_id),
-                Vec::new(),
-            );
-        }
-        if let Some(c) = &completion {
-            put_completion(&mut pass.batch, c);
-        }
-        pass.put_order(order.clone());
-        let counted = pass.commit(&self.shared)?;
-        count(&counted);
-        Ok(order)
+        let sources = self.shared.sources.load_full();
+        let mut pass = Pass::new(&self.shared);
+        let mut work = Work::new(&mut pass, &sources);
+        let out = run_now(work.write_order(w))?;
+        let counted = work.counted;
+        Self::commit(pass, &counted)?;
+        Ok(out)
     }
 
-    /// Records, durably, the carrier request about to be sent for a
-    /// shipment's label, unless one is recorded already: then that one is
-    /// the request to send, so that the carrier sees the same body under
-    /// the same key whatever the retry asked for.
     fn record_intent(
         &self,
-        shipment_id: &str,
-        request: serde_json::Value,
-    ) -> Result<serde_json::Value, StateError> {
+        shipment_id: &ShipmentId,
+        request: LabelRequest,
+    ) -> Result<LabelRequest, StateError> {
         self.shared.check_space()?;
-        let mut pass = Pass::new(&self.shared.tree);
-        let (request, changed) = pass
-            .shipment_mut(shipment_id)?
-            .ok_or(StateError::NotFound)?
-            .intend_label(request)?;
+        let sources = self.shared.sources.load_full();
+        let mut pass = Pass::new(&self.shared);
+        let (request, changed) =
+            run_now(Work::new(&mut pass, &sources).record_intent(shipment_id, request))?;
         if changed {
-            pass.touch(shipment_id);
-            pass.commit(&self.shared)?;
+            pass.commit()?;
         }
         Ok(request)
     }
 
-    /// Cancels a shipment that is not moving: the gateway's CANCELLED joins
-    /// its timeline. Already cancelled: nothing changes. Moving or done:
-    /// `InvalidTransition`, checked again here, unless the label was
-    /// already voided for this cancel.
     fn cancel(
         &self,
-        shipment_id: &str,
+        shipment_id: &ShipmentId,
         at_ms: u64,
         voided: bool,
         answer: Option<CancelAnswer>,
     ) -> Result<ShipmentRecord, StateError> {
-        let tree = &self.shared.tree;
-        let mut pass = Pass::new(tree);
-        let shipment = pass
-            .shipment_mut(shipment_id)?
-            .ok_or(StateError::NotFound)?;
-        shipment.cancel(at_ms, voided)?;
-        let record = shipment.clone();
-        pass.touch(shipment_id);
-        if let Some(a) = answer {
-            put_completion(&mut pass.batch, &a.completion(&record));
-        }
-        pass.commit(&self.shared)?;
-        Ok(record)
+        let sources = self.shared.sources.load_full();
+        let mut pass = Pass::new(&self.shared);
+        let out =
+            run_now(Work::new(&mut pass, &sources).cancel(shipment_id, at_ms, voided, answer))?;
+        pass.commit()?;
+        Ok(out)
     }
 
     fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
-        let tree = &self.shared.tree;
-        let event = super::read_event(&self.shared, source, event_id, false)?
-            .ok_or(StateError::NotFound)?;
-        let seq = event.seq;
-        let mut arrival = super::read_arrival(tree, seq)?.ok_or(StateError::NotFound)?;
-        let before = match arrival.outcome.as_ref().map(|o| o.outcome) {
-            Some(o @ (DispatchOutcome::Parked | DispatchOutcome::Dead)) => o,
-            _ => {
-                return Err(StateError::NotRedeliverable(format!(
-                    "event {source}/{event_id} is neither parked nor dead"
-                )));
-            }
-        };
-        let mut pass = Pass::new(tree);
-        let out = self.redispatch(&mut pass, seq, &mut arrival)?;
-        let counted = pass.commit(&self.shared)?;
+        let sources = self.shared.sources.load_full();
+        let mut pass = Pass::new(&self.shared);
+        let mut work = Work::new(&mut pass, &sources);
+        let (out, before) = run_now(work.redeliver(source, event_id))?;
+        let counted = work.counted;
+        pass.commit()?;
         count_redelivered(before, &counted);
         Ok(out)
     }
 }
 
+/// An idempotency key's record; one that cannot be read is an error, never
+/// an unused key (which would run the request a second time).
+fn read_key_record(tree: &sled::Tree, k: &[u8]) -> Result<Option<idempotency::Record>, StoreError> {
+    match tree.get(k)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|_| StoreError::corrupt("an idempotency key's record")),
+    }
+}
+
 /// Stores a final answer and its retention entry into a batch.
 fn put_completion(batch: &mut sled::Batch, c: &Completion) {
+    let (partner, key) = (c.partner.as_str(), c.key.as_str());
     if let idempotency::Record::Done { expires_at_ms, .. } = &c.record {
         batch.insert(
-            codec::idem_expiry_key(*expires_at_ms, &c.partner, &c.key),
+            codec::idem_expiry_key(*expires_at_ms, partner, key),
             Vec::new(),
         );
     }
     batch.insert(
-        codec::idem_key(&c.partner, &c.key),
+        codec::idem_key(partner, key),
         codec::encode_record(&c.record),
     );
 }

@@ -1,0 +1,97 @@
+//! A shipment's label: what is asked of the carrier, and what it sold.
+//! Pure. Each serialises to the JSON the records and the API have always
+//! held.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{LabelId, ShipmentId, TrackingNumber};
+use super::request::{Address, Parcel, ShipmentDetails};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum LabelFormat {
+    #[default]
+    #[serde(rename = "PDF")]
+    Pdf,
+    #[serde(rename = "ZPL")]
+    Zpl,
+}
+
+impl LabelFormat {
+    pub fn parse(s: &str) -> Option<LabelFormat> {
+        match s {
+            "PDF" => Some(LabelFormat::Pdf),
+            "ZPL" => Some(LabelFormat::Zpl),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LabelFormat::Pdf => "PDF",
+            LabelFormat::Zpl => "ZPL",
+        }
+    }
+}
+
+/// A label the carrier sold, as recorded on its shipment and answered
+/// (contract 5.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    pub label_id: LabelId,
+    pub shipment_id: ShipmentId,
+    pub tracking_number: TrackingNumber,
+    /// The carrier's name for itself, else the shipment's carrier.
+    pub carrier: Option<String>,
+    pub format: LabelFormat,
+    /// RFC 3339, when it was recorded.
+    pub created_at: String,
+}
+
+impl Label {
+    /// The label `label_id` with tracking number `tracking_number` for
+    /// `shipment_id`, recorded at `created_at` (RFC 3339).
+    pub fn new(
+        label_id: impl Into<LabelId>,
+        shipment_id: &ShipmentId,
+        tracking_number: impl Into<TrackingNumber>,
+        created_at: String,
+    ) -> Label {
+        Label {
+            label_id: label_id.into(),
+            shipment_id: shipment_id.clone(),
+            tracking_number: tracking_number.into(),
+            carrier: None,
+            format: LabelFormat::Pdf,
+            created_at,
+        }
+    }
+}
+
+/// The carrier request of a label purchase: recorded on the shipment
+/// before it is sent, so that a retry sends the same body under the same
+/// key and a cancel can still find what a lost answer sold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelRequest {
+    pub shipment_id: ShipmentId,
+    pub carrier: String,
+    pub service: String,
+    pub from: Address,
+    pub to: Address,
+    pub parcels: Vec<Parcel>,
+    pub format: LabelFormat,
+}
+
+impl LabelRequest {
+    /// The request for `shipment`'s label in `format`.
+    pub fn new(shipment_id: &ShipmentId, details: &ShipmentDetails, format: LabelFormat) -> Self {
+        LabelRequest {
+            shipment_id: shipment_id.clone(),
+            carrier: details.carrier.clone(),
+            service: details.service.clone(),
+            from: details.from.clone(),
+            to: details.to.clone(),
+            parcels: details.parcels.clone(),
+            format,
+        }
+    }
+}

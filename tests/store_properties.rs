@@ -2,8 +2,11 @@
 //! tracking events arrive, in whatever order, repeated, and whenever the
 //! shipment's label is recorded among them (so that some are parked and
 //! unparked), every event is dispatched exactly once and the shipment ends
-//! as the ordering rule makes of the whole set. `tests/support/pg.rs` says
-//! where PostgreSQL is and what happens without one.
+//! as the ordering rule makes of the whole set. And a differential test:
+//! one scenario through every write of the port on both adapters, whose
+//! answers, outcome records (reasons included) and records must agree
+//! step by step. `tests/support/pg.rs` says where PostgreSQL is and what
+//! happens without one.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -180,4 +183,371 @@ fn any_arrival_order_and_label_time_give_the_rules_shipment_on_postgres() {
         return;
     };
     check(Arc::new(store), &runtime);
+}
+
+/// The sources of the differential scenario: tracking and payments, and
+/// after a reload (`reloaded`), `held` mapped and the payment source gone.
+fn scenario_sources(reloaded: bool) -> Vec<SourceConfig> {
+    let held = if reloaded { "held = \"EXCEPTION\"" } else { "" };
+    let pay = if reloaded {
+        ""
+    } else {
+        r#"
+        [[sources]]
+        name = "pay"
+        kind = "payment"
+        secrets = ["s"]
+        signature = { scheme = "github" }
+        event_id = "/id"
+        [sources.mapping]
+        order_id = "/o"
+        status = "/s"
+        occurred_at = "/at"
+        [sources.mapping.status_map]
+        succeeded = "SUCCEEDED"
+        refunded = "REFUNDED"
+        "#
+    };
+    let toml = format!(
+        r#"
+        [[sources]]
+        name = "carrier"
+        kind = "tracking"
+        secrets = ["s"]
+        signature = {{ scheme = "github" }}
+        event_id = "/id"
+        [sources.mapping]
+        tracking_number = "/t"
+        status = "/s"
+        occurred_at = "/at"
+        [sources.mapping.status_map]
+        in_transit = "IN_TRANSIT"
+        out_for_delivery = "OUT_FOR_DELIVERY"
+        {held}
+        {pay}
+        "#
+    );
+    waybill::config::Config::parse(&toml, &waybill::config::ProcessEnv)
+        .unwrap()
+        .sources
+}
+
+/// A delivery of `source` as intake stores it: the body, and the fields
+/// the source's mapping reads from it.
+fn delivery(source: &str, id: &str, n: u64, body: serde_json::Value) -> NewEvent {
+    let sources = scenario_sources(false);
+    let config = sources.iter().find(|s| s.name == source).unwrap();
+    let fields = waybill::mapping::extract(config, &body).unwrap();
+    NewEvent {
+        source: source.into(),
+        event_id: id.into(),
+        received_at_ms: 10_000 + n,
+        expires_at_ms: u64::MAX / 2,
+        content_hash: [n as u8; 32],
+        dispatch: true,
+        event_type: None,
+        headers: vec![],
+        tracking_number: (source == "carrier").then(|| fields.key.clone()),
+        order_id: (source == "pay").then(|| fields.key.clone()),
+        fields: Some(fields),
+        body: body.to_string().into(),
+    }
+}
+
+fn tracking(id: &str, n: u64, tn: &str, status: &str, at: serde_json::Value) -> NewEvent {
+    delivery(
+        "carrier",
+        id,
+        n,
+        serde_json::json!({"id": id, "t": tn, "s": status, "at": at}),
+    )
+}
+
+fn payment(id: &str, n: u64, order_id: &str, status: &str, at: serde_json::Value) -> NewEvent {
+    delivery(
+        "pay",
+        id,
+        n,
+        serde_json::json!({"id": id, "o": order_id, "s": status, "at": at}),
+    )
+}
+
+/// An outcome without the time it was recorded, which differs by run.
+fn timeless(outcome: Option<waybill::store::OutcomeRecord>) -> String {
+    format!(
+        "{:?}",
+        outcome.map(|o| waybill::store::OutcomeRecord { at_ms: 0, ..o })
+    )
+}
+
+/// The scenario of the differential test on `store`: every write of the
+/// port, each in the states where it succeeds and where it refuses, with
+/// events that are applied, parked and unparked, ignored, dead, redelivered
+/// under a reloaded config and left behind by a removed source. Returns
+/// what each step answered and, at the end, every outcome record and the
+/// shipments and order as they are left.
+async fn differential_trace(store: &dyn Store) -> Vec<String> {
+    use waybill::domain::order::OrderStatus;
+    use waybill::domain::request::NewOrder;
+    use waybill::idempotency::{Record, fingerprint};
+    use waybill::store::{Completion, NewLabel, OrderCreated, OrderRecord, OrderWrite};
+
+    let mut trace = Vec::new();
+    let mut step = |name: &str, result: String| trace.push(format!("{name}: {result}"));
+    let label = |shipment: &str, tn: &str, at: u64| label_for(shipment, tn, at);
+    use serde_json::json;
+    let events = [
+        tracking("t1", 1, "TN-1", "in_transit", json!("2026-11-02T10:00:00Z")),
+        tracking("t2", 2, "TN-1", "held", json!("2026-11-02T11:00:00Z")),
+        tracking("t3", 3, "TN-1", "in_transit", json!("yesterday")),
+        tracking(
+            "t4",
+            4,
+            "TN-1",
+            "out_for_delivery",
+            json!("2026-11-03T08:00:00Z"),
+        ),
+        tracking("t5", 5, "TN-7", "in_transit", json!("2026-11-02T12:00:00Z")),
+        payment("p1", 6, "o-9", "succeeded", json!(1_796_500_000)),
+        payment("p2", 7, "o-9", "refunded", json!(1_796_600_000)),
+        // Milliseconds where seconds belong.
+        payment("p3", 8, "o-9", "refunded", json!(1_796_600_000_000u64)),
+        tracking("t6", 9, "TN-1", "held", json!("2026-11-03T09:00:00Z")),
+    ];
+
+    for id in ["s1", "s2"] {
+        let created = store
+            .create_shipment(shipment_record(id, "acme", &format!("o-{id}"), 1_000), None)
+            .await;
+        step(&format!("create {id}"), format!("{created:?}"));
+    }
+    let again = store
+        .create_shipment(shipment_record("s1", "acme", "o-x", 1_000), None)
+        .await;
+    step("create s1 again", format!("{again:?}"));
+    // Before any label: t1 parks; t2 is not in the map; t3's time is not
+    // a time; t5 parks for a tracking number nobody has.
+    for event in [&events[0], &events[1], &events[2], &events[4], &events[0]] {
+        let result = store.ingest(event.clone()).await.map(|r| match r {
+            waybill::store::IngestResult::Accepted { .. } => "accepted",
+            waybill::store::IngestResult::Duplicate { .. } => "duplicate",
+        });
+        step(&format!("ingest {}", event.event_id), format!("{result:?}"));
+    }
+    store.settle().await.unwrap();
+    let recorded = store
+        .record_label(label("s1", "TN-1", 2_000), 2_000, None)
+        .await;
+    step("label s1", format!("{recorded:?}"));
+    let taken = store
+        .record_label(label("s2", "TN-1", 2_000), 2_000, None)
+        .await;
+    step("label s2 with s1's number", format!("{taken:?}"));
+    let second = store
+        .record_label(label("s1", "TN-9", 2_000), 2_000, None)
+        .await;
+    step("second label s1", format!("{second:?}"));
+    store.ingest(events[3].clone()).await.unwrap();
+    store.settle().await.unwrap();
+    let moving = store.cancel(&"s1".into(), 3_000, false, None).await;
+    step("cancel moving s1", format!("{moving:?}"));
+    let cancelled = store.cancel(&"s2".into(), 3_000, false, None).await;
+    step("cancel s2", format!("{cancelled:?}"));
+    let late = store
+        .record_label(label("s2", "TN-2", 4_000), 4_000, None)
+        .await;
+    step("label cancelled s2", format!("{late:?}"));
+    let once_more = store.cancel(&"s2".into(), 5_000, false, None).await;
+    step("cancel s2 again", format!("{once_more:?}"));
+
+    // A payment for an order not yet there parks, and is applied with it.
+    store.ingest(events[5].clone()).await.unwrap();
+    store.settle().await.unwrap();
+    let key = |k: &str| waybill::idempotency::IdempotencyKey::try_from(k).unwrap();
+    let order = OrderRecord::new("acme".into(), key("ko"), NewOrder::example("o-9"), 6_000);
+    let created = store.create_order(order.clone()).await;
+    step("create o-9", format!("{created:?}"));
+    let other = OrderRecord::new("acme".into(), key("ko2"), NewOrder::example("o-9"), 6_500);
+    let existing = store.create_order(other).await;
+    step("create o-9 again", format!("{existing:?}"));
+    store.ingest(events[6].clone()).await.unwrap();
+    store.ingest(events[7].clone()).await.unwrap();
+    store.settle().await.unwrap();
+    assert!(
+        matches!(created, Ok(OrderCreated::Created(_))),
+        "{created:?}"
+    );
+    let mut order = store
+        .order(&"acme".into(), &"o-9".into())
+        .await
+        .unwrap()
+        .unwrap();
+    order.status = OrderStatus::PaymentSuccessPendingFulfillment;
+    order.progress.shipment_id = Some("s3".into());
+    order.fulfil_due_ms = Some(7_000);
+    let written = store
+        .write_order(OrderWrite {
+            order: order.clone(),
+            new_shipment: Some(shipment_record("s3", "acme", "o-9", 6_000)),
+            label: None,
+            completion: None,
+            unschedule: None,
+        })
+        .await;
+    step("o-9 charged", format!("{written:?}"));
+    let due = store.due_fulfilments(8_000, 10).await;
+    step("due", format!("{due:?}"));
+    let details = waybill::domain::request::ShipmentDetails::example("ups");
+    for format in [
+        waybill::domain::label::LabelFormat::Zpl,
+        waybill::domain::label::LabelFormat::Pdf,
+    ] {
+        let request = waybill::domain::label::LabelRequest::new(&"s3".into(), &details, format);
+        let intent = store.record_intent(&"s3".into(), request).await;
+        step("intent s3", format!("{intent:?}"));
+    }
+    let mut confirmed = store
+        .order(&"acme".into(), &"o-9".into())
+        .await
+        .unwrap()
+        .unwrap();
+    confirmed.status = OrderStatus::Confirmed;
+    confirmed.fulfil_due_ms = None;
+    let fp = fingerprint("POST", "/v1/orders", None);
+    let completion = |k: &str| Completion {
+        partner: "acme".into(),
+        key: key(k),
+        record: Record::Done {
+            fingerprint: fp,
+            status: 201,
+            body: "{}".into(),
+            expires_at_ms: u64::MAX / 4,
+        },
+    };
+    let written = store
+        .write_order(OrderWrite {
+            order: confirmed,
+            new_shipment: None,
+            label: Some(NewLabel {
+                label: label("s3", "TN-3", 9_000),
+                at_ms: 9_000,
+            }),
+            completion: Some(completion("ko")),
+            unschedule: Some(7_000),
+        })
+        .await;
+    step("o-9 confirmed", format!("{written:?}"));
+    let due = store.due_fulfilments(20_000, 10).await;
+    step("due after", format!("{due:?}"));
+
+    // Keys: a final answer replays, another request under it conflicts, a
+    // claim holds until released.
+    let hour = std::time::Duration::from_secs(3600);
+    let other_fp = fingerprint("POST", "/v1/shipments", None);
+    for (name, k, f) in [
+        ("claim ko", "ko", fp),
+        ("claim ko, other request", "ko", other_fp),
+        ("claim k2", "k2", fp),
+        ("claim k2 again", "k2", fp),
+    ] {
+        let decision = store.claim(&"acme".into(), &key(k), &f, hour).await;
+        step(name, format!("{decision:?}"));
+    }
+    store.release(&"acme".into(), &key("k2")).await;
+    let decision = store.claim(&"acme".into(), &key("k2"), &fp, hour).await;
+    step("claim k2 released", format!("{decision:?}"));
+    let finished = store.finish(completion("k2")).await;
+    step("finish k2", format!("{finished:?}"));
+
+    // A reload maps `held` and drops the payment source: redelivery reads
+    // each event again under it, and new events are read with it.
+    let dead = store.outcome("pay", "p3").await.unwrap();
+    step("outcome p3 before the reload", timeless(dead));
+    store.set_sources(scenario_sources(true));
+    store.ingest(events[8].clone()).await.unwrap();
+    store.settle().await.unwrap();
+    for (source, id) in [
+        ("carrier", "t2"),
+        ("carrier", "t3"),
+        ("pay", "p3"),
+        ("carrier", "t5"),
+        ("carrier", "nope"),
+    ] {
+        let again = store.redeliver(source, id).await.map(|o| timeless(Some(o)));
+        step(&format!("redeliver {id}"), format!("{again:?}"));
+    }
+    store.settle().await.unwrap();
+
+    for event in &events {
+        let outcome = store.outcome(&event.source, &event.event_id).await.unwrap();
+        step(&format!("outcome {}", event.event_id), timeless(outcome));
+    }
+    for id in ["s1", "s2", "s3"] {
+        let shipment = store.shipment(&id.into()).await.unwrap();
+        step(&format!("shipment {id}"), format!("{shipment:?}"));
+    }
+    let order = store.order(&"acme".into(), &"o-9".into()).await.unwrap();
+    step("order o-9", format!("{order:?}"));
+    trace
+}
+
+/// The one list of scenarios on both adapters, compared step by step:
+/// every answer, every outcome record with its reason, every record left.
+#[test]
+fn both_adapters_answer_every_step_of_the_scenario_alike() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let sled_trace = runtime.block_on(async {
+        let store = support::open_store(dir.path()).await;
+        store.start_dispatcher(scenario_sources(false)).unwrap();
+        let trace = differential_trace(store.as_ref()).await;
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .unwrap()
+            .unwrap();
+        trace
+    });
+    // The scenario reaches what it is meant to, so that agreeing means
+    // something.
+    let all = sled_trace.join("\n");
+    for expected in [
+        "create s1 again: Err(ShipmentExists",
+        "label s2 with s1's number: Err(TrackingNumberTaken",
+        "second label s1: Err(LabelExists",
+        "cancel moving s1: Err(InvalidTransition)",
+        "label cancelled s2: Err(InvalidTransition)",
+        "create o-9 again: Ok(Existing",
+        "claim ko: Ok(Replay",
+        "claim ko, other request: Ok(Conflict)",
+        "claim k2 again: Ok(InProgress)",
+        "claim k2 released: Ok(Run)",
+        "outcome t1: Some(OutcomeRecord { outcome: Applied",
+        "outcome t3: Some(OutcomeRecord { outcome: Dead, reason: Some(\"/at is neither",
+        "outcome t5: Some(OutcomeRecord { outcome: Parked",
+        "outcome p1: Some(OutcomeRecord { outcome: Applied",
+        "outcome p3 before the reload: Some(OutcomeRecord { outcome: Dead, reason: Some(\"/at is outside",
+        "outcome t6: Some(OutcomeRecord { outcome: Applied",
+        "redeliver t2: Err(NotRedeliverable",
+        "redeliver t3: Ok(\"Some(OutcomeRecord { outcome: Dead",
+        "redeliver p3: Ok(\"Some(OutcomeRecord { outcome: Dead, reason: Some(\\\"source pay is no longer",
+        "redeliver t5: Ok(\"Some(OutcomeRecord { outcome: Parked",
+        "redeliver nope: Err(NotFound)",
+        "o-9 confirmed: Ok(",
+        "due after: Ok([])",
+    ] {
+        assert!(all.contains(expected), "{expected}\n{all}");
+    }
+    let Some(pg_trace) = runtime.block_on(async {
+        let schema = support::pg::schema().await?;
+        let store = schema.store(4);
+        store.migrate().await.unwrap();
+        store.start_dispatcher(scenario_sources(false)).unwrap();
+        Some(differential_trace(&store).await)
+    }) else {
+        return;
+    };
+    for (sled, pg) in sled_trace.iter().zip(&pg_trace) {
+        assert_eq!(sled, pg, "sled and PostgreSQL part at this step");
+    }
+    assert_eq!(sled_trace.len(), pg_trace.len());
 }

@@ -102,7 +102,9 @@ impl App {
     pub fn ports<'a>(&'a self, live: &'a Live) -> crate::service::Ports<'a> {
         crate::service::Ports {
             store: self.store.as_ref(),
-            downstream: &live.downstream,
+            carrier: live.downstream.as_ref(),
+            payments: live.downstream.as_ref(),
+            inventory: live.downstream.as_ref(),
         }
     }
 

@@ -15,14 +15,15 @@
 pub mod keyed;
 pub mod labels;
 pub mod orders;
+pub mod ports;
 pub mod shipments;
 
 use crate::domain::ids::LabelId;
 use crate::domain::label::Label;
-use crate::downstream::{Downstream, Service};
 use crate::store::{OrderRecord, ShipmentRecord, StateError, Store, StoreError};
 pub use keyed::{Answered, Keyed, StoredAnswer};
 pub use orders::Placed;
+use ports::{Carrier, Failure, Inventory, Payments, Service};
 
 /// Why a use case did not do what it was asked. The HTTP layer maps each
 /// to its answer in one place; whether one is final (and stored under the
@@ -68,6 +69,35 @@ impl Refusal {
             self,
             Refusal::InvalidTransition(_) | Refusal::LabelExists(_) | Refusal::OrderExists
         )
+    }
+
+    /// A call to `service` that did not give its answer; the one place
+    /// such a failure is logged (an unreachable service is logged by the
+    /// client, per attempt).
+    pub fn upstream(service: Service, failure: Failure) -> Refusal {
+        let retry_after_secs = match failure {
+            Failure::Unavailable { retry_after_secs } => retry_after_secs,
+            Failure::Refused { status } => {
+                tracing::warn!(
+                    service = service.as_str(),
+                    status,
+                    "the service refused the call"
+                );
+                1
+            }
+            Failure::Malformed { missing } => {
+                tracing::error!(
+                    service = service.as_str(),
+                    missing,
+                    "the service's answer lacks what a success carries"
+                );
+                1
+            }
+        };
+        Refusal::Upstream {
+            service,
+            retry_after_secs,
+        }
     }
 }
 
@@ -117,5 +147,10 @@ pub trait Render: Sync {
 #[derive(Clone, Copy)]
 pub struct Ports<'a> {
     pub store: &'a dyn Store,
-    pub downstream: &'a Downstream,
+    pub carrier: &'a dyn Carrier,
+    pub payments: &'a dyn Payments,
+    pub inventory: &'a dyn Inventory,
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,11 +15,9 @@
 
 use std::time::Duration;
 
-use http::{Method, StatusCode};
-use serde_json::{Value, json};
-
 use super::keyed::{self, Answered, Keyed};
 use super::labels::{self, Sold};
+use super::ports::{Charge, ChargeRequest, Reservation, Service};
 use super::{Ports, Refusal, Render};
 use crate::clock::now_ms;
 use crate::domain::ids::{OrderId, PartnerName, TrackingNumber};
@@ -27,7 +25,6 @@ use crate::domain::label::LabelFormat;
 use crate::domain::order::{OrderFailure, OrderStatus, Step};
 use crate::domain::request::{Address, NewOrder, Parcel, ShipmentDetails};
 use crate::domain::shipment::ShipmentStatus;
-use crate::downstream::Service;
 use crate::idempotency::IdempotencyKey;
 use crate::store::{
     Completion, NewLabel, OrderCreated, OrderRecord, OrderWrite, ShipmentRecord, StateError,
@@ -151,122 +148,65 @@ fn settled(order: &OrderRecord) -> Placed {
     }
 }
 
-async fn write(
-    ports: Ports<'_>,
-    order: OrderRecord,
-    new_shipment: Option<ShipmentRecord>,
-    label: Option<NewLabel>,
-    completion: Option<Completion>,
-    unschedule: Option<u64>,
-) -> Result<OrderRecord, StateError> {
-    ports
-        .store
-        .write_order(OrderWrite {
-            order,
-            new_shipment,
-            label,
-            completion,
-            unschedule,
-        })
-        .await
-}
-
-fn upstream(service: Service, retry_after_secs: u64) -> Refusal {
-    Refusal::Upstream {
-        service,
-        retry_after_secs,
-    }
-}
-
 async fn reserve(
     ports: Ports<'_>,
     mut order: OrderRecord,
     finalize: Finalize<'_>,
 ) -> Result<OrderRecord, Refusal> {
-    let key = format!("reserve:{}:{}", order.partner, order.order_id);
-    let body = json!({ "items": order.request.items });
-    let answer = ports
-        .downstream
-        .call(
-            Service::Inventory,
-            Method::POST,
-            "/inventory/reservations",
-            &key,
-            Some(&body),
-        )
+    let reservation = ports
+        .inventory
+        .reserve(&order.partner, &order.order_id, &order.request.items)
         .await
-        .map_err(|u| upstream(Service::Inventory, u.retry_after_secs))?;
+        .map_err(|f| Refusal::upstream(Service::Inventory, f))?;
     fail::fail_point!("order-after-reserve", |_| std::process::abort());
-    match answer.status {
-        s if s.is_success() => {
-            let Some(id) = answer.body.get("reservation_id").and_then(Value::as_str) else {
-                tracing::error!("the inventory's answer lacks reservation_id");
-                return Err(upstream(Service::Inventory, 1));
-            };
-            order.progress.reservation_id = Some(id.to_string());
-            Ok(write(ports, order, None, None, None, None).await?)
+    match reservation {
+        Reservation::Reserved { reservation_id } => {
+            order.progress.reservation_id = Some(reservation_id);
+            Ok(ports.store.write_order(OrderWrite::of(order)).await?)
         }
-        StatusCode::UNPROCESSABLE_ENTITY => {
+        Reservation::OutOfStock => {
             // Nothing was reserved: the order fails, and that is final.
             order.status = OrderStatus::Failure;
             order.failure_reason = Some(OrderFailure::InsufficientStock);
             let completion = finalize(Placed::InsufficientStock, &order);
-            Ok(write(ports, order, None, None, Some(completion), None).await?)
-        }
-        other => {
-            tracing::warn!(
-                status = other.as_u16(),
-                "the inventory refused a reservation"
-            );
-            Err(upstream(Service::Inventory, 1))
+            Ok(ports
+                .store
+                .write_order(OrderWrite::of(order).answered(completion))
+                .await?)
         }
     }
 }
 
 async fn charge(ports: Ports<'_>, mut order: OrderRecord) -> Result<OrderRecord, Refusal> {
-    let key = format!("charge:{}:{}", order.partner, order.order_id);
-    let body = json!({
-        "amount_cents": order.request.amount_cents,
-        "currency": order.request.currency,
-        "customer_id": order.request.customer_id,
-    });
-    let answer = ports
-        .downstream
-        .call(
-            Service::Payments,
-            Method::POST,
-            "/payments/charges",
-            &key,
-            Some(&body),
-        )
+    let charge = ports
+        .payments
+        .charge(ChargeRequest {
+            partner: &order.partner,
+            order_id: &order.order_id,
+            amount_cents: order.request.amount_cents,
+            currency: &order.request.currency,
+            customer_id: &order.request.customer_id,
+        })
         .await
-        .map_err(|u| upstream(Service::Payments, u.retry_after_secs))?;
+        .map_err(|f| Refusal::upstream(Service::Payments, f))?;
     fail::fail_point!("order-after-charge", |_| std::process::abort());
-    match answer.status {
-        s if s.is_success() => {
-            let Some(tx) = answer.body.get("transaction_id").and_then(Value::as_str) else {
-                tracing::error!("the payment service's answer lacks transaction_id");
-                return Err(upstream(Service::Payments, 1));
-            };
+    match charge {
+        Charge::Paid { transaction_id } => {
             // The charge and the shipment it pays for are one write: no
             // charge is ever recorded without its order's shipment.
             let shipment = order_shipment(&order);
-            order.progress.transaction_id = Some(tx.to_string());
+            order.progress.transaction_id = Some(transaction_id);
             order.progress.shipment_id = Some(shipment.shipment_id.clone());
-            let order = write(ports, order, Some(shipment), None, None, None).await?;
+            let order = ports
+                .store
+                .write_order(OrderWrite::of(order).with_shipment(shipment))
+                .await?;
             fail::fail_point!("order-after-charge-recorded", |_| std::process::abort());
             Ok(order)
         }
-        StatusCode::PAYMENT_REQUIRED => {
+        Charge::Declined => {
             order.progress.declined = true;
-            Ok(write(ports, order, None, None, None, None).await?)
-        }
-        other => {
-            tracing::warn!(
-                status = other.as_u16(),
-                "the payment service refused a charge"
-            );
-            Err(upstream(Service::Payments, 1))
+            Ok(ports.store.write_order(OrderWrite::of(order)).await?)
         }
     }
 }
@@ -278,29 +218,19 @@ async fn release(
     finalize: Finalize<'_>,
 ) -> Result<OrderRecord, Refusal> {
     let reservation = order.progress.reservation_id.clone().unwrap_or_default();
-    let answer = ports
-        .downstream
-        .call(
-            Service::Inventory,
-            Method::DELETE,
-            &format!("/inventory/reservations/{reservation}"),
-            &format!("release:{}:{}", order.partner, order.order_id),
-            None,
-        )
+    ports
+        .inventory
+        .release(&order.partner, &order.order_id, &reservation)
         .await
-        .map_err(|u| upstream(Service::Inventory, u.retry_after_secs))?;
-    if !(answer.status.is_success() || answer.status == StatusCode::NOT_FOUND) {
-        tracing::warn!(
-            status = answer.status.as_u16(),
-            "the inventory refused a release"
-        );
-        return Err(upstream(Service::Inventory, 1));
-    }
+        .map_err(|f| Refusal::upstream(Service::Inventory, f))?;
     order.progress.released = true;
     order.status = OrderStatus::Failure;
     order.failure_reason = Some(OrderFailure::PaymentFailed);
     let completion = finalize(Placed::PaymentFailed, &order);
-    Ok(write(ports, order, None, None, Some(completion), None).await?)
+    Ok(ports
+        .store
+        .write_order(OrderWrite::of(order).answered(completion))
+        .await?)
 }
 
 /// The shipment an order's charge pays for.
@@ -357,21 +287,30 @@ async fn fulfil(
             order.status = OrderStatus::Confirmed;
             order.progress.tracking_number = tracking_number;
             let completion = finalize(Placed::Confirmed, &order);
-            Ok(write(ports, order, None, None, Some(completion), None).await?)
+            Ok(ports
+                .store
+                .write_order(OrderWrite::of(order).answered(completion))
+                .await?)
         }
         Bought::Cancelled => {
             // The integrator cancelled the shipment: nothing to fulfil,
             // and the order follows its shipment (CANCELLED).
             order.status = OrderStatus::PaymentSuccessPendingFulfillment;
             let completion = finalize(Placed::PendingFulfilment, &order);
-            Ok(write(ports, order, None, None, Some(completion), None).await?)
+            Ok(ports
+                .store
+                .write_order(OrderWrite::of(order).answered(completion))
+                .await?)
         }
         Bought::NotNow => {
             order.status = OrderStatus::PaymentSuccessPendingFulfillment;
             order.fulfil_attempts = 1;
             order.fulfil_due_ms = Some(due(1));
             let completion = finalize(Placed::PendingFulfilment, &order);
-            Ok(write(ports, order, None, None, Some(completion), None).await?)
+            Ok(ports
+                .store
+                .write_order(OrderWrite::of(order).answered(completion))
+                .await?)
         }
     }
 }
@@ -427,26 +366,35 @@ async fn record(
         at_ms: sold.at_ms,
     };
     let confirmed = order.clone();
-    match write(
-        ports,
-        confirmed,
-        None,
-        Some(label),
-        completion.clone(),
+    let step = OrderWrite {
+        label: Some(label),
+        completion: completion.clone(),
         unschedule,
-    )
-    .await
-    {
+        ..OrderWrite::of(confirmed)
+    };
+    match ports.store.write_order(step).await {
         Ok(o) => Ok(o),
         Err(StateError::InvalidTransition) => {
             labels::void_unwanted(ports, &sold.label.label_id).await;
             order.status = OrderStatus::PaymentSuccessPendingFulfillment;
             order.fulfil_due_ms = None;
-            Ok(write(ports, order, None, None, completion, unschedule).await?)
+            Ok(ports
+                .store
+                .write_order(OrderWrite {
+                    completion,
+                    unschedule,
+                    ..OrderWrite::of(order)
+                })
+                .await?)
         }
-        Err(StateError::LabelExists(_)) => {
-            Ok(write(ports, order, None, None, completion, unschedule).await?)
-        }
+        Err(StateError::LabelExists(_)) => Ok(ports
+            .store
+            .write_order(OrderWrite {
+                completion,
+                unschedule,
+                ..OrderWrite::of(order)
+            })
+            .await?),
         Err(e) => Err(e.into()),
     }
 }
@@ -473,7 +421,10 @@ pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<u
             && order.fulfil_due_ms == Some(due_at);
         if !waiting {
             // A stale entry: the order moved on.
-            write(ports, order, None, None, None, Some(due_at)).await?;
+            ports
+                .store
+                .write_order(OrderWrite::of(order).leaving_queue(due_at))
+                .await?;
             continue;
         }
         let bought = match buy(ports, &order).await {
@@ -500,17 +451,26 @@ pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<u
                 order.status = OrderStatus::Confirmed;
                 order.fulfil_due_ms = None;
                 order.progress.tracking_number = tracking_number;
-                write(ports, order, None, None, None, Some(due_at)).await?;
+                ports
+                    .store
+                    .write_order(OrderWrite::of(order).leaving_queue(due_at))
+                    .await?;
                 confirmed += 1;
             }
             Bought::Cancelled => {
                 order.fulfil_due_ms = None;
-                write(ports, order, None, None, None, Some(due_at)).await?;
+                ports
+                    .store
+                    .write_order(OrderWrite::of(order).leaving_queue(due_at))
+                    .await?;
             }
             Bought::NotNow => {
                 order.fulfil_attempts = order.fulfil_attempts.saturating_add(1);
                 order.fulfil_due_ms = Some(due(order.fulfil_attempts));
-                write(ports, order, None, None, None, Some(due_at)).await?;
+                ports
+                    .store
+                    .write_order(OrderWrite::of(order).leaving_queue(due_at))
+                    .await?;
             }
         }
     }

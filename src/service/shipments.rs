@@ -3,18 +3,15 @@
 //! shipment or label or a [`Refusal`]; the answer stored with the effect
 //! is worded by the caller's [`Render`].
 
-use http::StatusCode;
-use serde_json::Value;
-
 use super::keyed::{self, Answered, Keyed};
 use super::labels;
+use super::ports::Service;
 use super::{Ports, Refusal, Render};
 use crate::clock::now_ms;
 use crate::domain::ids::{LabelId, OrderId, PartnerName, ShipmentId};
 use crate::domain::label::{Label, LabelFormat};
 use crate::domain::request::{NewShipment, ShipmentDetails};
 use crate::domain::shipment::ShipmentStatus;
-use crate::downstream::Service;
 use crate::store::{CancelAnswer, Completion, ShipmentRecord, StateError};
 
 /// A shipment id minted here: `shp_` and a UUIDv7, so ids sort by time.
@@ -187,14 +184,12 @@ async fn cancel(
     if status != ShipmentStatus::Cancelled
         && let Some(label_id) = label_to_void(ports, shipment).await?
     {
-        match labels::void(ports, &label_id).await {
-            Ok(a) if a.status.is_success() || a.status == StatusCode::NOT_FOUND => voided = true,
-            Ok(a) => {
-                tracing::warn!(status = a.status.as_u16(), "the carrier refused a void");
-                return Err(carrier_unavailable(1));
-            }
-            Err(u) => return Err(carrier_unavailable(u.retry_after_secs)),
-        }
+        ports
+            .carrier
+            .void_label(&label_id)
+            .await
+            .map_err(|f| Refusal::upstream(Service::Carrier, f))?;
+        voided = true;
     }
     match ports
         .store
@@ -209,13 +204,6 @@ async fn cancel(
     }
 }
 
-fn carrier_unavailable(retry_after_secs: u64) -> Refusal {
-    Refusal::Upstream {
-        service: Service::Carrier,
-        retry_after_secs,
-    }
-}
-
 /// The label a cancel must void: the recorded one, or one a purchase may
 /// have bought behind a lost answer, which asking again under the same key
 /// finds (or buys) so that it is voided like any other.
@@ -225,16 +213,7 @@ async fn label_to_void(
 ) -> Result<Option<LabelId>, Refusal> {
     match (&shipment.label, &shipment.label_intent) {
         (Some(label), _) => Ok(Some(label.label_id.clone())),
-        (None, Some(intent)) => match labels::ask(ports, &shipment.shipment_id, intent).await {
-            Ok(a) if a.status.is_success() => Ok(a
-                .body
-                .get("label_id")
-                .and_then(Value::as_str)
-                .map(LabelId::from)),
-            // The carrier refuses the request: nothing was sold.
-            Ok(_) => Ok(None),
-            Err(u) => Err(carrier_unavailable(u.retry_after_secs)),
-        },
+        (None, Some(intent)) => labels::behind_intent(ports, intent).await,
         (None, None) => Ok(None),
     }
 }

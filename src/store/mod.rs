@@ -230,6 +230,42 @@ pub struct OrderWrite {
     pub unschedule: Option<u64>,
 }
 
+impl OrderWrite {
+    /// The order as it now is, and nothing with it.
+    pub fn of(order: OrderRecord) -> OrderWrite {
+        OrderWrite {
+            order,
+            new_shipment: None,
+            label: None,
+            completion: None,
+            unschedule: None,
+        }
+    }
+
+    pub fn with_shipment(self, shipment: ShipmentRecord) -> OrderWrite {
+        OrderWrite {
+            new_shipment: Some(shipment),
+            ..self
+        }
+    }
+
+    /// With the final answer of the request that took the step.
+    pub fn answered(self, completion: Completion) -> OrderWrite {
+        OrderWrite {
+            completion: Some(completion),
+            ..self
+        }
+    }
+
+    /// Out of the fulfilment queue where it was due at `due_ms`.
+    pub fn leaving_queue(self, due_ms: u64) -> OrderWrite {
+        OrderWrite {
+            unschedule: Some(due_ms),
+            ..self
+        }
+    }
+}
+
 /// A recorded label and what it did to the events parked for it.
 #[derive(Debug, Clone)]
 pub struct LabelRecorded {

@@ -18,22 +18,9 @@ use serde_json::Value;
 use crate::config::DownstreamConfig;
 use crate::telemetry::metric;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    Carrier,
-    Payments,
-    Inventory,
-}
+mod services;
 
-impl Service {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Service::Carrier => "carrier",
-            Service::Payments => "payments",
-            Service::Inventory => "inventory",
-        }
-    }
-}
+pub use crate::service::ports::Service;
 
 /// A service's answer that is final for the caller: a success or a 4xx.
 #[derive(Debug, Clone, PartialEq)]

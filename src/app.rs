@@ -101,7 +101,9 @@ impl App {
     /// What the use cases work with, under the config `live`.
     pub fn ports<'a>(&'a self, live: &'a Live) -> crate::service::Ports<'a> {
         crate::service::Ports {
-            store: self.store.as_ref(),
+            keys: self.store.as_ref(),
+            shipments: self.store.as_ref(),
+            orders: self.store.as_ref(),
             carrier: live.downstream.as_ref(),
             payments: live.downstream.as_ref(),
             inventory: live.downstream.as_ref(),

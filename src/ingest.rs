@@ -16,7 +16,7 @@ use crate::config::{Config, SourceConfig};
 use crate::identity::{self, FieldIssue};
 use crate::ratelimit::Limiter;
 use crate::signature::Rejection;
-use crate::store::{IngestResult, NewEvent, Store, StoreError};
+use crate::store::{IngestResult, Intake, NewEvent, StoreError};
 
 /// A source ready to take deliveries: its config, HMAC keys and limiter.
 pub struct Source {
@@ -50,14 +50,14 @@ pub enum Refusal {
 
 pub struct Ingest {
     sources: HashMap<String, Arc<Source>>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Intake>,
 }
 
 impl Ingest {
     /// The sources of `config`; those of `previous` (the config being
     /// replaced by a reload) keep their limiter's state where their limit
     /// is unchanged.
-    pub fn new(config: &Config, store: Arc<dyn Store>, previous: Option<&Ingest>) -> Ingest {
+    pub fn new(config: &Config, store: Arc<dyn Intake>, previous: Option<&Ingest>) -> Ingest {
         let sources = config
             .sources
             .iter()

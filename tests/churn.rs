@@ -7,7 +7,8 @@
 mod support;
 
 use bytes::Bytes;
-use waybill::store::{NewEvent, SledStore, Store};
+use waybill::store::prelude::*;
+use waybill::store::{NewEvent, SledStore};
 
 const ROUNDS: u64 = 60;
 const PER_ROUND: usize = 300;

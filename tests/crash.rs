@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use waybill::store::Store as _;
+use waybill::store::prelude::*;
 
 use support::*;
 use tokio::sync::Mutex;

@@ -11,13 +11,14 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use waybill::store::prelude::*;
 
 use bytes::Bytes;
 use serde_json::json;
 use support::*;
 use waybill::config::{Config, ProcessEnv};
 use waybill::domain::shipment::{MAX_CARRIER_EVENTS, ShipmentStatus, StatusEvent, Timeline};
-use waybill::store::{DispatchOutcome, NewEvent, SledStore, Store};
+use waybill::store::{DispatchOutcome, NewEvent, SledStore};
 
 const SHIPMENTS: usize = 100;
 const BACKLOG: usize = 3000;

@@ -6,9 +6,10 @@
 //! in a schema of its own, dropped at the end.
 
 use std::sync::Arc;
+use waybill::store::prelude::*;
 
 use waybill::store::postgres::PgStore;
-use waybill::store::{IngestResult, NewEvent, Store};
+use waybill::store::{IngestResult, NewEvent};
 
 #[path = "support/mod.rs"]
 mod support;

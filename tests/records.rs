@@ -8,6 +8,7 @@
 use serde_json::Value;
 use waybill::idempotency::{Decision, Fingerprint};
 use waybill::store::Store;
+use waybill::store::prelude::*;
 
 mod support;
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
-use waybill::store::Store as _;
+use waybill::store::prelude::*;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};

@@ -12,6 +12,7 @@
 mod support;
 
 use std::sync::Arc;
+use waybill::store::prelude::*;
 
 use proptest::prelude::*;
 use support::{label_for, shipment_record};

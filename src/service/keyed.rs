@@ -65,7 +65,7 @@ pub async fn run<T>(
     operation: impl AsyncFnOnce() -> Result<T, Refusal>,
 ) -> Result<Answered<T>, Refusal> {
     let decision = ports
-        .store
+        .keys
         .claim(&keyed.partner, &keyed.key, &keyed.fingerprint, keyed.lease)
         .await?;
     match decision {
@@ -79,18 +79,15 @@ pub async fn run<T>(
     match operation().await {
         Ok(done) => Ok(Answered::Ran(done)),
         Err(refusal) if refusal.is_final() => {
-            let stored = ports
-                .store
-                .finish(keyed.completion(refused(&refusal)))
-                .await;
+            let stored = ports.keys.finish(keyed.completion(refused(&refusal))).await;
             if let Err(e) = stored {
-                ports.store.release(&keyed.partner, &keyed.key).await;
+                ports.keys.release(&keyed.partner, &keyed.key).await;
                 return Err(e.into());
             }
             Err(refusal)
         }
         Err(refusal) => {
-            ports.store.release(&keyed.partner, &keyed.key).await;
+            ports.keys.release(&keyed.partner, &keyed.key).await;
             Err(refusal)
         }
     }

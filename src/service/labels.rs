@@ -27,7 +27,7 @@ pub async fn purchase(
 ) -> Result<Sold, Refusal> {
     let request = LabelRequest::new(&shipment.shipment_id, &shipment.details, format);
     let request = match ports
-        .store
+        .shipments
         .record_intent(&shipment.shipment_id, request)
         .await
     {

@@ -20,7 +20,7 @@ pub mod shipments;
 
 use crate::domain::ids::LabelId;
 use crate::domain::label::Label;
-use crate::store::{OrderRecord, ShipmentRecord, StateError, Store, StoreError};
+use crate::store::{Keys, OrderRecord, Orders, ShipmentRecord, Shipments, StateError, StoreError};
 pub use keyed::{Answered, Keyed, StoredAnswer};
 pub use orders::Placed;
 use ports::{Carrier, Failure, Inventory, Payments, Service};
@@ -146,7 +146,9 @@ pub trait Render: Sync {
 /// What the use cases work with.
 #[derive(Clone, Copy)]
 pub struct Ports<'a> {
-    pub store: &'a dyn Store,
+    pub keys: &'a dyn Keys,
+    pub shipments: &'a dyn Shipments,
+    pub orders: &'a dyn Orders,
     pub carrier: &'a dyn Carrier,
     pub payments: &'a dyn Payments,
     pub inventory: &'a dyn Inventory,

@@ -79,7 +79,7 @@ pub async fn get(
     id: &OrderId,
 ) -> Result<(OrderRecord, Option<ShipmentRecord>), Refusal> {
     let order = ports
-        .store
+        .orders
         .order(partner, id)
         .await?
         .ok_or(Refusal::NotFound("order"))?;
@@ -92,7 +92,7 @@ async fn shipment_of(
     order: &OrderRecord,
 ) -> Result<Option<ShipmentRecord>, Refusal> {
     match &order.progress.shipment_id {
-        Some(id) => Ok(ports.store.shipment(id).await?),
+        Some(id) => Ok(ports.shipments.shipment(id).await?),
         None => Ok(None),
     }
 }
@@ -105,7 +105,7 @@ pub async fn list(
     skip: usize,
     limit: usize,
 ) -> Result<(usize, Vec<(OrderRecord, Option<ShipmentRecord>)>), Refusal> {
-    let (count, orders) = ports.store.orders(partner, skip, limit).await?;
+    let (count, orders) = ports.orders.orders(partner, skip, limit).await?;
     let mut page = Vec::with_capacity(orders.len());
     for order in orders {
         let shipment = shipment_of(ports, &order).await?;
@@ -123,7 +123,7 @@ async fn place(
     finalize: Finalize<'_>,
 ) -> Result<(Placed, OrderRecord), Refusal> {
     let record = OrderRecord::new(partner.clone(), key.clone(), request.clone(), now_ms());
-    let mut order = match ports.store.create_order(record).await? {
+    let mut order = match ports.orders.create_order(record).await? {
         OrderCreated::Created(o) => o,
         OrderCreated::Existing(o) if &o.key == key => o,
         OrderCreated::Existing(_) => return Err(Refusal::OrderExists),
@@ -162,7 +162,7 @@ async fn reserve(
     match reservation {
         Reservation::Reserved { reservation_id } => {
             order.progress.reservation_id = Some(reservation_id);
-            Ok(ports.store.write_order(OrderWrite::of(order)).await?)
+            Ok(ports.orders.write_order(OrderWrite::of(order)).await?)
         }
         Reservation::OutOfStock => {
             // Nothing was reserved: the order fails, and that is final.
@@ -170,7 +170,7 @@ async fn reserve(
             order.failure_reason = Some(OrderFailure::InsufficientStock);
             let completion = finalize(Placed::InsufficientStock, &order);
             Ok(ports
-                .store
+                .orders
                 .write_order(OrderWrite::of(order).answered(completion))
                 .await?)
         }
@@ -198,7 +198,7 @@ async fn charge(ports: Ports<'_>, mut order: OrderRecord) -> Result<OrderRecord,
             order.progress.transaction_id = Some(transaction_id);
             order.progress.shipment_id = Some(shipment.shipment_id.clone());
             let order = ports
-                .store
+                .orders
                 .write_order(OrderWrite::of(order).with_shipment(shipment))
                 .await?;
             fail::fail_point!("order-after-charge-recorded", |_| std::process::abort());
@@ -206,7 +206,7 @@ async fn charge(ports: Ports<'_>, mut order: OrderRecord) -> Result<OrderRecord,
         }
         Charge::Declined => {
             order.progress.declined = true;
-            Ok(ports.store.write_order(OrderWrite::of(order)).await?)
+            Ok(ports.orders.write_order(OrderWrite::of(order)).await?)
         }
     }
 }
@@ -228,7 +228,7 @@ async fn release(
     order.failure_reason = Some(OrderFailure::PaymentFailed);
     let completion = finalize(Placed::PaymentFailed, &order);
     Ok(ports
-        .store
+        .orders
         .write_order(OrderWrite::of(order).answered(completion))
         .await?)
 }
@@ -288,7 +288,7 @@ async fn fulfil(
             order.progress.tracking_number = tracking_number;
             let completion = finalize(Placed::Confirmed, &order);
             Ok(ports
-                .store
+                .orders
                 .write_order(OrderWrite::of(order).answered(completion))
                 .await?)
         }
@@ -298,7 +298,7 @@ async fn fulfil(
             order.status = OrderStatus::PaymentSuccessPendingFulfillment;
             let completion = finalize(Placed::PendingFulfilment, &order);
             Ok(ports
-                .store
+                .orders
                 .write_order(OrderWrite::of(order).answered(completion))
                 .await?)
         }
@@ -308,7 +308,7 @@ async fn fulfil(
             order.fulfil_due_ms = Some(due(1));
             let completion = finalize(Placed::PendingFulfilment, &order);
             Ok(ports
-                .store
+                .orders
                 .write_order(OrderWrite::of(order).answered(completion))
                 .await?)
         }
@@ -330,7 +330,7 @@ async fn buy(ports: Ports<'_>, order: &OrderRecord) -> Result<Bought, Refusal> {
         return Err(Refusal::NotFound("shipment"));
     };
     let Some(shipment) = ports
-        .store
+        .shipments
         .shipment(shipment_id)
         .await
         .map_err(StateError::from)?
@@ -372,14 +372,14 @@ async fn record(
         unschedule,
         ..OrderWrite::of(confirmed)
     };
-    match ports.store.write_order(step).await {
+    match ports.orders.write_order(step).await {
         Ok(o) => Ok(o),
         Err(StateError::InvalidTransition) => {
             labels::void_unwanted(ports, &sold.label.label_id).await;
             order.status = OrderStatus::PaymentSuccessPendingFulfillment;
             order.fulfil_due_ms = None;
             Ok(ports
-                .store
+                .orders
                 .write_order(OrderWrite {
                     completion,
                     unschedule,
@@ -388,7 +388,7 @@ async fn record(
                 .await?)
         }
         Err(StateError::LabelExists(_)) => Ok(ports
-            .store
+            .orders
             .write_order(OrderWrite {
                 completion,
                 unschedule,
@@ -413,8 +413,8 @@ fn due(attempts: u32) -> u64 {
 /// it confirmed.
 pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<usize, Refusal> {
     let mut confirmed = 0;
-    for (due_at, partner, order_id) in ports.store.due_fulfilments(now_ms, limit).await? {
-        let Some(mut order) = ports.store.order(&partner, &order_id).await? else {
+    for (due_at, partner, order_id) in ports.orders.due_fulfilments(now_ms, limit).await? {
+        let Some(mut order) = ports.orders.order(&partner, &order_id).await? else {
             continue;
         };
         let waiting = order.status == OrderStatus::PaymentSuccessPendingFulfillment
@@ -422,7 +422,7 @@ pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<u
         if !waiting {
             // A stale entry: the order moved on.
             ports
-                .store
+                .orders
                 .write_order(OrderWrite::of(order).leaving_queue(due_at))
                 .await?;
             continue;
@@ -452,7 +452,7 @@ pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<u
                 order.fulfil_due_ms = None;
                 order.progress.tracking_number = tracking_number;
                 ports
-                    .store
+                    .orders
                     .write_order(OrderWrite::of(order).leaving_queue(due_at))
                     .await?;
                 confirmed += 1;
@@ -460,7 +460,7 @@ pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<u
             Bought::Cancelled => {
                 order.fulfil_due_ms = None;
                 ports
-                    .store
+                    .orders
                     .write_order(OrderWrite::of(order).leaving_queue(due_at))
                     .await?;
             }
@@ -468,7 +468,7 @@ pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<u
                 order.fulfil_attempts = order.fulfil_attempts.saturating_add(1);
                 order.fulfil_due_ms = Some(due(order.fulfil_attempts));
                 ports
-                    .store
+                    .orders
                     .write_order(OrderWrite::of(order).leaving_queue(due_at))
                     .await?;
             }

@@ -50,7 +50,7 @@ pub async fn create(
         let record = new_record(&keyed.partner, request);
         let completion = keyed.completion(render.created(&record));
         ports
-            .store
+            .shipments
             .create_shipment(record.clone(), Some(completion))
             .await?;
         Ok(record)
@@ -64,7 +64,7 @@ pub async fn own(
     partner: &PartnerName,
     id: &ShipmentId,
 ) -> Result<ShipmentRecord, Refusal> {
-    match ports.store.shipment(id).await? {
+    match ports.shipments.shipment(id).await? {
         Some(rec) if &rec.partner == partner => Ok(rec),
         _ => Err(Refusal::NotFound("shipment")),
     }
@@ -136,7 +136,7 @@ async fn buy_label(
     let completion = finalize(&sold.label);
     fail::fail_point!("label-before-commit", |_| std::process::abort());
     match ports
-        .store
+        .shipments
         .record_label(sold.label.clone(), sold.at_ms, Some(completion))
         .await
     {
@@ -192,7 +192,7 @@ async fn cancel(
         voided = true;
     }
     match ports
-        .store
+        .shipments
         .cancel(&shipment.shipment_id, now_ms(), voided, Some(answer))
         .await
     {

@@ -3,6 +3,7 @@
 //! refusal a label purchase, a cancel and an order can meet, what each
 //! leaves behind, and what a retry then does. No process, no network.
 
+use crate::store::prelude::*;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use crate::domain::label::{Label, LabelFormat, LabelRequest};
 use crate::domain::order::{OrderFailure, OrderStatus};
 use crate::domain::request::{Item, NewOrder, NewShipment, ShipmentDetails};
 use crate::domain::shipment::ShipmentStatus;
-use crate::store::{OrderRecord, ShipmentRecord, SledStore, Store};
+use crate::store::{OrderRecord, ShipmentRecord, SledStore};
 
 /// A call the services saw, with the identity it was made for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +195,9 @@ impl World {
 
     fn ports(&self) -> Ports<'_> {
         Ports {
-            store: self.store.as_ref(),
+            keys: self.store.as_ref(),
+            shipments: self.store.as_ref(),
+            orders: self.store.as_ref(),
             carrier: &self.services,
             payments: &self.services,
             inventory: &self.services,

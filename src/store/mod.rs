@@ -294,14 +294,30 @@ fn count_redelivered(before: DispatchOutcome, counted: &[(String, DispatchOutcom
     count_dispatched(&changed);
 }
 
-/// What every adapter does. Reads and writes are async: the sled adapter
-/// answers most from memory, the PostgreSQL one over the network.
+/// The port's traits, for callers: `use crate::store::prelude::*`.
+pub mod prelude {
+    pub use super::{Dispatch, Events, Intake, Keys, Orders, Shipments, Store, Upkeep};
+}
+
+/// What every adapter does, one trait per role; the composition root
+/// holds the whole (`Arc<dyn Store>`) and each caller uses its roles.
+/// Reads and writes are async: the sled adapter answers most from memory,
+/// the PostgreSQL one over the network.
+pub trait Store: Intake + Dispatch + Keys + Shipments + Orders + Events + Upkeep {}
+
+impl<T: Intake + Dispatch + Keys + Shipments + Orders + Events + Upkeep> Store for T {}
+
+/// Takes in new events.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Intake: Send + Sync {
     /// Remembers a new event durably, or reports the first copy
     /// (contract 3.3). Answers only once the event is durable (guarantee 1).
     async fn ingest(&self, event: NewEvent) -> Result<IngestResult, StoreError>;
+}
 
+/// Applies stored events to shipments and orders.
+#[async_trait]
+pub trait Dispatch: Send + Sync {
     /// Starts dispatch: events already pending are applied at once, then
     /// every new one (contract 4).
     fn start_dispatcher(&self, sources: Vec<SourceConfig>) -> Result<(), StoreError>;
@@ -314,7 +330,11 @@ pub trait Store: Send + Sync {
 
     /// Dispatches a parked or dead event again; its new outcome.
     async fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError>;
+}
 
+/// Idempotency keys: claims and final answers.
+#[async_trait]
+pub trait Keys: Send + Sync {
     /// Claims an idempotency key for a request with this fingerprint, or
     /// says what the request gets instead (replay, conflict, in progress).
     async fn claim(
@@ -331,7 +351,11 @@ pub trait Store: Send + Sync {
 
     /// Stores the final answer of a request that wrote nothing else.
     async fn finish(&self, completion: Completion) -> Result<(), StateError>;
+}
 
+/// Shipments and their labels.
+#[async_trait]
+pub trait Shipments: Send + Sync {
     /// Stores a new shipment, with the final answer of the request that
     /// created it when given.
     async fn create_shipment(
@@ -370,7 +394,11 @@ pub trait Store: Send + Sync {
         &self,
         shipment_id: &ShipmentId,
     ) -> Result<Option<ShipmentRecord>, StoreError>;
+}
 
+/// Orders and their background fulfilment.
+#[async_trait]
+pub trait Orders: Send + Sync {
     /// Creates an order, or answers the one already there with its partner
     /// and id. Payment events parked for the order id are applied with it.
     async fn create_order(&self, record: OrderRecord) -> Result<OrderCreated, StateError>;
@@ -402,7 +430,11 @@ pub trait Store: Send + Sync {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<(u64, PartnerName, OrderId)>, StoreError>;
+}
 
+/// What is stored about events, for operators.
+#[async_trait]
+pub trait Events: Send + Sync {
     async fn event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError>;
 
     /// What dispatch did with an event; None before it was dispatched (or
@@ -422,7 +454,11 @@ pub trait Store: Send + Sync {
         limit: usize,
         max_scan: usize,
     ) -> Result<Search, StoreError>;
+}
 
+/// Retention, gauges, health and shutdown.
+#[async_trait]
+pub trait Upkeep: Send + Sync {
     /// Forgets up to `limit` events whose retention ended before `now_ms`;
     /// how many.
     async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;

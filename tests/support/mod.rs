@@ -163,7 +163,7 @@ pub async fn open_store(data_dir: &std::path::Path) -> std::sync::Arc<waybill::s
 /// Closes a store and lets go of its file lock.
 pub async fn close_store(store: std::sync::Arc<waybill::store::SledStore>) {
     tokio::task::spawn_blocking(move || {
-        waybill::store::Store::close(&*store).expect("close store");
+        waybill::store::Upkeep::close(&*store).expect("close store");
         drop(store);
     })
     .await

@@ -225,7 +225,8 @@ async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: P
     use waybill::domain::ids::ShipmentId;
     use waybill::domain::label::Label;
     use waybill::domain::request::ShipmentDetails;
-    use waybill::store::{NewEvent, ShipmentRecord, SledStore, Store};
+    use waybill::store::prelude::*;
+    use waybill::store::{NewEvent, ShipmentRecord, SledStore};
 
     let text = std::fs::read_to_string(&config)
         .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));

@@ -74,7 +74,7 @@ use tokio_postgres::NoTls;
 use super::core::Work;
 use super::{
     CancelAnswer, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, OrderCreated,
-    OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError, Store, StoreError,
+    OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError, StoreError,
     StoredEvent,
 };
 use crate::config::SourceConfig;
@@ -83,6 +83,7 @@ use crate::domain::label::{Label, LabelRequest};
 use crate::health::{Component, Health};
 use crate::idempotency::Decision;
 use crate::idempotency::{Fingerprint, IdempotencyKey};
+use crate::store::prelude::*;
 
 /// Embedded migrations, in order: (version, name, SQL).
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -347,7 +348,7 @@ fn state_to_store(e: StateError) -> StoreError {
 }
 
 #[async_trait::async_trait]
-impl Store for PgStore {
+impl Intake for PgStore {
     async fn ingest(&self, event: NewEvent) -> Result<IngestResult, StoreError> {
         let (reply, answer) = oneshot::channel();
         let tx = locked(&self.inner.intake)
@@ -360,7 +361,10 @@ impl Store for PgStore {
             .await
             .map_err(|_| StoreError::Unavailable("the intake task stopped".into()))?
     }
+}
 
+#[async_trait::async_trait]
+impl Dispatch for PgStore {
     fn start_dispatcher(&self, sources: Vec<SourceConfig>) -> Result<(), StoreError> {
         self.set_sources(sources);
         let task = tokio::spawn(dispatcher(self.inner.clone()));
@@ -410,7 +414,10 @@ impl Store for PgStore {
         super::count_redelivered(before, &counted);
         Ok(out)
     }
+}
 
+#[async_trait::async_trait]
+impl Keys for PgStore {
     async fn claim(
         &self,
         partner: &PartnerName,
@@ -449,7 +456,10 @@ impl Store for PgStore {
     async fn finish(&self, completion: Completion) -> Result<(), StateError> {
         in_transaction!(self.inner, tx => state::put_completion(tx, &completion).await.map_err(StateError::from))
     }
+}
 
+#[async_trait::async_trait]
+impl Shipments for PgStore {
     async fn create_shipment(
         &self,
         rec: ShipmentRecord,
@@ -511,7 +521,10 @@ impl Store for PgStore {
         })
         .await
     }
+}
 
+#[async_trait::async_trait]
+impl Orders for PgStore {
     async fn create_order(&self, record: OrderRecord) -> Result<OrderCreated, StateError> {
         let (created, counted) = in_work!(self.inner, work => work.create_order(record).await)?;
         super::count_dispatched(&counted);
@@ -616,7 +629,10 @@ impl Store for PgStore {
         })
         .await
     }
+}
 
+#[async_trait::async_trait]
+impl Events for PgStore {
     async fn event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
         deadline(async {
             let client = self.inner.client().await?;
@@ -667,7 +683,10 @@ impl Store for PgStore {
         })
         .await
     }
+}
 
+#[async_trait::async_trait]
+impl Upkeep for PgStore {
     async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         // Events still waiting for dispatch stay until dispatched.
         self.sweep(

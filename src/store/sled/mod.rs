@@ -42,7 +42,7 @@ use crate::domain::ids::{OrderId, PartnerName, ShipmentId};
 use crate::domain::label::{Label, LabelRequest};
 use crate::health::Health;
 use crate::idempotency::{Fingerprint, IdempotencyKey};
-use crate::store::Store;
+use crate::store::prelude::*;
 use crate::telemetry::metric;
 use codec::EventMeta;
 use state::{StateMachine, StateMsg};
@@ -593,31 +593,22 @@ impl SledStore {
 }
 
 #[async_trait::async_trait]
-impl Store for SledStore {
-    /// Stops the state machine and the writer after the requests already
-    /// queued, waits for their flush, and flushes once more.
-    fn close(&self) -> Result<(), StoreError> {
-        self.shared
-            .state_tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        self.tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let threads: Vec<_> = self
-            .threads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-            .collect();
-        for t in threads {
-            let _ = t.join();
-        }
-        self.shared.sync()
+impl Intake for SledStore {
+    /// Remembers a new event durably, or reports the first copy. Returns only
+    /// after a flush covering the answer (guarantee 1).
+    async fn ingest(&self, event: NewEvent) -> Result<IngestResult, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Msg::Ingest(Box::new(Prepared::from(event)), reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
+}
 
+#[async_trait::async_trait]
+impl Dispatch for SledStore {
     /// Starts the state machine: pending inbox entries are applied at once,
     /// then every new one as it arrives.
     fn start_dispatcher(&self, sources: Vec<SourceConfig>) -> Result<(), StoreError> {
@@ -653,60 +644,25 @@ impl Store for SledStore {
         ));
     }
 
-    /// Remembers a new event durably, or reports the first copy. Returns only
-    /// after a flush covering the answer (guarantee 1).
-    async fn ingest(&self, event: NewEvent) -> Result<IngestResult, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Msg::Ingest(Box::new(Prepared::from(event)), reply))
-            .await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
-    }
-
-    /// Forgets up to `limit` events whose retention ended before `now_ms`;
-    /// returns how many. Cost is proportional to what expires: the retention
-    /// index is ordered by expiry, so the scan stops at the first live entry.
-    async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        // The same reads the writer is about to do, done first here: they
-        // bring the expired records into the cache, so the writer's pass
-        // holds up intake only for the writes.
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let cursor = read_cursor(&shared.tree)?;
-            writer::plan_sweep(&shared.tree, now_ms, limit, cursor).map(drop)
-        })
-        .await
-        .map_err(|_| StoreError::Unavailable("sweep planning stopped".into()))??;
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Msg::Sweep {
-                now_ms,
-                limit,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
-    }
-
     /// Resolves once every event accepted before the call has been
     /// dispatched.
     async fn settle(&self) -> Result<(), StateError> {
         self.command(StateMsg::Settle).await
     }
 
-    async fn create_shipment(
-        &self,
-        rec: ShipmentRecord,
-        completion: Option<Completion>,
-    ) -> Result<(), StateError> {
-        self.command(|reply| StateMsg::CreateShipment(Box::new(rec), completion, reply))
-            .await
+    /// Dispatches a parked or dead event again; its new outcome.
+    async fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
+        self.command(|reply| StateMsg::Redeliver {
+            source: source.to_string(),
+            event_id: event_id.to_string(),
+            reply,
+        })
+        .await
     }
+}
 
+#[async_trait::async_trait]
+impl Keys for SledStore {
     /// Claims an idempotency key for a request with this fingerprint, or
     /// says what the request gets instead (replay, conflict, in progress).
     async fn claim(
@@ -726,23 +682,31 @@ impl Store for SledStore {
         .await
     }
 
-    /// Forgets up to `limit` stored idempotent answers whose retention ended
-    /// before `now_ms`; returns how many.
-    async fn sweep_idempotency(&self, now_ms: u64, limit: usize) -> Result<usize, StateError> {
-        self.command(|reply| StateMsg::SweepIdempotency {
-            now_ms,
-            limit,
-            reply,
-        })
-        .await
-    }
-
     /// Gives up this run's claim on a key (the answer was not final).
     async fn release(&self, partner: &PartnerName, key: &IdempotencyKey) {
         self.shared.tell(StateMsg::Release {
             partner: partner.clone(),
             key: key.clone(),
         });
+    }
+
+    /// Stores the final answer of an idempotent request that wrote nothing
+    /// else (a refusal that is final); durable on return.
+    async fn finish(&self, completion: Completion) -> Result<(), StateError> {
+        self.command(|reply| StateMsg::Finish { completion, reply })
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Shipments for SledStore {
+    async fn create_shipment(
+        &self,
+        rec: ShipmentRecord,
+        completion: Option<Completion>,
+    ) -> Result<(), StateError> {
+        self.command(|reply| StateMsg::CreateShipment(Box::new(rec), completion, reply))
+            .await
     }
 
     async fn record_label(
@@ -776,6 +740,34 @@ impl Store for SledStore {
         .await
     }
 
+    /// Cancels a shipment that is not moving; durable on return.
+    async fn cancel(
+        &self,
+        shipment_id: &ShipmentId,
+        at_ms: u64,
+        voided: bool,
+        answer: Option<CancelAnswer>,
+    ) -> Result<ShipmentRecord, StateError> {
+        self.command(|reply| StateMsg::Cancel {
+            shipment_id: shipment_id.clone(),
+            at_ms,
+            voided,
+            answer,
+            reply,
+        })
+        .await
+    }
+
+    async fn shipment(
+        &self,
+        shipment_id: &ShipmentId,
+    ) -> Result<Option<ShipmentRecord>, StoreError> {
+        read_shipment(&self.shared.tree, shipment_id.as_str())
+    }
+}
+
+#[async_trait::async_trait]
+impl Orders for SledStore {
     /// Creates an order durably, or answers the one already there with its
     /// partner and id.
     async fn create_order(&self, record: OrderRecord) -> Result<OrderCreated, StateError> {
@@ -852,37 +844,104 @@ impl Store for SledStore {
         }
         Ok(out)
     }
+}
 
-    /// Cancels a shipment that is not moving; durable on return.
-    async fn cancel(
+#[async_trait::async_trait]
+impl Events for SledStore {
+    async fn event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        read_event(&self.shared, source, event_id, true)
+    }
+
+    /// What dispatch did with an event; None before it was dispatched (or
+    /// when it is not for the state machine).
+    async fn outcome(
         &self,
-        shipment_id: &ShipmentId,
-        at_ms: u64,
-        voided: bool,
-        answer: Option<CancelAnswer>,
-    ) -> Result<ShipmentRecord, StateError> {
-        self.command(|reply| StateMsg::Cancel {
-            shipment_id: shipment_id.clone(),
-            at_ms,
-            voided,
-            answer,
-            reply,
+        source: &str,
+        event_id: &str,
+    ) -> Result<Option<OutcomeRecord>, StoreError> {
+        let tree = &self.shared.tree;
+        let Some(ident) = tree
+            .get(codec::event_key(source, event_id))?
+            .and_then(|v| codec::event_ident(&v))
+        else {
+            return Ok(None);
+        };
+        Ok(read_arrival(tree, ident.seq)?.and_then(|a| a.outcome))
+    }
+
+    async fn search(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<Search, StoreError> {
+        let shared = self.shared.clone();
+        let filter = filter.clone();
+        tokio::task::spawn_blocking(move || search(&shared, &filter, limit, max_scan))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+#[async_trait::async_trait]
+impl Upkeep for SledStore {
+    /// Stops the state machine and the writer after the requests already
+    /// queued, waits for their flush, and flushes once more.
+    fn close(&self) -> Result<(), StoreError> {
+        self.shared
+            .state_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let threads: Vec<_> = self
+            .threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        self.shared.sync()
+    }
+
+    /// Forgets up to `limit` events whose retention ended before `now_ms`;
+    /// returns how many. Cost is proportional to what expires: the retention
+    /// index is ordered by expiry, so the scan stops at the first live entry.
+    async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        // The same reads the writer is about to do, done first here: they
+        // bring the expired records into the cache, so the writer's pass
+        // holds up intake only for the writes.
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let cursor = read_cursor(&shared.tree)?;
+            writer::plan_sweep(&shared.tree, now_ms, limit, cursor).map(drop)
         })
         .await
-    }
-
-    /// Stores the final answer of an idempotent request that wrote nothing
-    /// else (a refusal that is final); durable on return.
-    async fn finish(&self, completion: Completion) -> Result<(), StateError> {
-        self.command(|reply| StateMsg::Finish { completion, reply })
+        .map_err(|_| StoreError::Unavailable("sweep planning stopped".into()))??;
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Msg::Sweep {
+                now_ms,
+                limit,
+                reply,
+            })
             .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
 
-    /// Dispatches a parked or dead event again; its new outcome.
-    async fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
-        self.command(|reply| StateMsg::Redeliver {
-            source: source.to_string(),
-            event_id: event_id.to_string(),
+    /// Forgets up to `limit` stored idempotent answers whose retention ended
+    /// before `now_ms`; returns how many.
+    async fn sweep_idempotency(&self, now_ms: u64, limit: usize) -> Result<usize, StateError> {
+        self.command(|reply| StateMsg::SweepIdempotency {
+            now_ms,
+            limit,
             reply,
         })
         .await
@@ -937,47 +996,6 @@ impl Store for SledStore {
             .next()
             .transpose()?;
         Ok(first.and_then(|(_, v)| codec::Arrival::decode(&v).map(|a| a.received_at_ms)))
-    }
-
-    async fn event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        read_event(&self.shared, source, event_id, true)
-    }
-
-    /// What dispatch did with an event; None before it was dispatched (or
-    /// when it is not for the state machine).
-    async fn outcome(
-        &self,
-        source: &str,
-        event_id: &str,
-    ) -> Result<Option<OutcomeRecord>, StoreError> {
-        let tree = &self.shared.tree;
-        let Some(ident) = tree
-            .get(codec::event_key(source, event_id))?
-            .and_then(|v| codec::event_ident(&v))
-        else {
-            return Ok(None);
-        };
-        Ok(read_arrival(tree, ident.seq)?.and_then(|a| a.outcome))
-    }
-
-    async fn shipment(
-        &self,
-        shipment_id: &ShipmentId,
-    ) -> Result<Option<ShipmentRecord>, StoreError> {
-        read_shipment(&self.shared.tree, shipment_id.as_str())
-    }
-
-    async fn search(
-        &self,
-        filter: &EventFilter,
-        limit: usize,
-        max_scan: usize,
-    ) -> Result<Search, StoreError> {
-        let shared = self.shared.clone();
-        let filter = filter.clone();
-        tokio::task::spawn_blocking(move || search(&shared, &filter, limit, max_scan))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
     /// Bytes the store takes on disk: sled's files and the payload
@@ -1404,7 +1422,6 @@ fn read_shipment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
     use bytes::Bytes;
     use std::path::Path;
     use std::time::Duration;

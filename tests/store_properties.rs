@@ -489,6 +489,11 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
     }
     let order = store.order(&"acme".into(), &"o-9".into()).await.unwrap();
     step("order o-9", format!("{order:?}"));
+    let ids = ["s3".into(), "nope".into(), "s1".into()];
+    let mut found = store.shipments(&ids).await.unwrap();
+    found.sort_by(|a, b| a.shipment_id.as_str().cmp(b.shipment_id.as_str()));
+    let found: Vec<_> = found.iter().map(|s| s.shipment_id.as_str()).collect();
+    step("shipments s3, nope, s1", format!("{found:?}"));
     trace
 }
 
@@ -535,6 +540,7 @@ fn both_adapters_answer_every_step_of_the_scenario_alike() {
         "redeliver nope: Err(NotFound)",
         "o-9 confirmed: Ok(",
         "due after: Ok([])",
+        "shipments s3, nope, s1: [\"s1\", \"s3\"]",
     ] {
         assert!(all.contains(expected), "{expected}\n{all}");
     }

@@ -20,20 +20,14 @@ use crate::app::{App, Live};
 use crate::clock::rfc3339_ms;
 use crate::identity::{FieldIssue, UNSTORABLE, unstorable};
 use crate::ratelimit::{Failed, Failures};
-use crate::store::{EventFilter, OutcomeRecord, StateError, StoredEvent};
+use crate::service::events::{self, Bulk};
+use crate::store::{EventFilter, OutcomeRecord, StoredEvent};
 
 const OUTCOMES: [&str; 7] = [
     "applied", "stale", "ignored", "parked", "dead", "pending", "stored",
 ];
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
-/// Index entries one search reads at most: a search that matches nothing
-/// on a large store ends after this many, saying it is incomplete.
-const MAX_SCAN: usize = 100_000;
-
-/// Searches run one at a time, on the blocking pool: on two cores, a
-/// second concurrent scan would only take the other core from intake.
-static SEARCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// Failed admin authentications (a wrong bearer token, session cookie or
 /// console sign-in) per client address: ten a minute, then one every six
@@ -175,21 +169,6 @@ pub async fn handle(app: &App, live: &Live, req: Request<Incoming>) -> Response<
     resp
 }
 
-/// A task of a bulk redelivery that ended without an answer (it
-/// panicked): logged, and a 500 for the request.
-fn lost_task(e: tokio::task::JoinError) -> ApiError {
-    tracing::error!(error = %e, "a redelivery task failed");
-    ApiError::internal()
-}
-
-/// Searches wait their turn; the semaphore is never closed.
-async fn search_turn() -> tokio::sync::SemaphorePermit<'static> {
-    match SEARCHES.acquire().await {
-        Ok(turn) => turn,
-        Err(_) => std::future::pending().await,
-    }
-}
-
 /// A time filter (`since`, `until`): any RFC 3339 time, as unix
 /// milliseconds; one before 1970 is 1970, before every event.
 fn time_filter(key: &str, v: &str, issues: &mut Vec<FieldIssue>) -> Option<u64> {
@@ -254,8 +233,7 @@ async fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
     if !issues.is_empty() {
         return Err(ApiError::validation_failed(issues));
     }
-    let _turn = search_turn().await;
-    let found = app.store.search(&filter, limit, MAX_SCAN).await?;
+    let found = events::search(app.store.as_ref(), &filter, limit).await?;
     let events: Vec<Value> = found
         .events
         .iter()
@@ -273,19 +251,8 @@ async fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
     Ok(json_response(StatusCode::OK, &body))
 }
 
-/// What `POST /admin/redeliver` asks for (contract 10.6).
-struct Bulk {
-    filter: EventFilter,
-    limit: usize,
-    dry_run: bool,
-}
-
 const BULK_DEFAULT: usize = 1000;
 const BULK_MAX: usize = 10_000;
-/// Redeliveries queued to the state machine at once: it serves what waits
-/// as one round with one flush, so a batch costs a few flushes, not one
-/// per event.
-const BULK_IN_FLIGHT: usize = 64;
 
 fn parse_bulk(body: &[u8]) -> Result<Bulk, ApiError> {
     let Value::Object(fields) = crate::json::parse(body).map_err(ApiError::unparsable_body)? else {
@@ -372,73 +339,14 @@ async fn bulk_redeliver(app: &App, req: Request<Incoming>) -> Result<Response<Bo
         .await
         .map_err(|e| e.answer(app, ApiError::validation_failed))?;
     let bulk = parse_bulk(&body)?;
-    let mut matched: Vec<(String, String)> = Vec::new();
-    {
-        let _turn = search_turn().await;
-        let mut filter = bulk.filter.clone();
-        loop {
-            let want = bulk.limit - matched.len();
-            let found = app.store.search(&filter, want, MAX_SCAN).await?;
-            matched.extend(
-                found
-                    .events
-                    .into_iter()
-                    .map(|(ev, _)| (ev.source, ev.event_id)),
-            );
-            match found.next_before {
-                Some(seq) if matched.len() < bulk.limit => filter.before_seq = Some(seq),
-                _ => break,
-            }
-        }
-    }
-    let mut outcomes: std::collections::BTreeMap<&'static str, u64> = Default::default();
-    let mut redelivered = 0u64;
-    let mut skipped = 0u64;
-    if !bulk.dry_run {
-        let mut running = tokio::task::JoinSet::new();
-        let mut names = matched.iter().cloned();
-        loop {
-            while running.len() < BULK_IN_FLIGHT {
-                let Some((source, id)) = names.next() else {
-                    break;
-                };
-                let store = app.store.clone();
-                running.spawn(async move { store.redeliver(&source, &id).await });
-            }
-            let Some(done) = running.join_next().await else {
-                break;
-            };
-            match done.map_err(lost_task)? {
-                Ok(out) => {
-                    redelivered += 1;
-                    *outcomes.entry(out.outcome.as_str()).or_default() += 1;
-                }
-                // Redelivered or forgotten since the search: nothing to do.
-                Err(StateError::NotFound | StateError::NotRedeliverable(_)) => skipped += 1,
-                Err(StateError::Store(e)) => {
-                    tracing::warn!(redelivered, "bulk redelivery stopped");
-                    return Err(e.into());
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, redelivered, "bulk redelivery stopped");
-                    return Err(ApiError::internal());
-                }
-            }
-        }
-        tracing::info!(
-            matched = matched.len(),
-            redelivered,
-            skipped,
-            "bulk redelivery"
-        );
-    }
+    let report = events::redeliver_all(app.store.as_ref(), app.store.clone(), &bulk).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({
-            "matched": matched.len(),
-            "redelivered": redelivered,
-            "skipped": skipped,
-            "outcomes": outcomes,
+            "matched": report.matched,
+            "redelivered": report.redelivered,
+            "skipped": report.skipped,
+            "outcomes": report.outcomes,
             "dry_run": bulk.dry_run,
         }),
     ))
@@ -460,12 +368,7 @@ fn summary(ev: &StoredEvent, outcome: Option<&OutcomeRecord>) -> Map<String, Val
 async fn show(app: &App, source: &str, id: &str) -> Result<Response<Body>, ApiError> {
     // The supervision tests make one request panic here.
     fail::fail_point!("admin-show");
-    let ev = app
-        .store
-        .event(source, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("event"))?;
-    let outcome = app.store.outcome(source, id).await?;
+    let (ev, outcome) = events::show(app.store.as_ref(), source, id).await?;
     let mut m = summary(&ev, outcome.as_ref());
     let mut headers = Map::new();
     for (k, v) in &ev.meta.headers {
@@ -493,24 +396,16 @@ async fn show(app: &App, source: &str, id: &str) -> Result<Response<Body>, ApiEr
 }
 
 async fn redeliver(app: &App, source: &str, id: &str) -> Result<Response<Body>, ApiError> {
-    match app.store.redeliver(source, id).await {
-        Ok(out) => Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "source": source,
-                "event_id": id,
-                "outcome": out.outcome.as_str(),
-                "reason": out.reason,
-                "shipment_id": out.shipment_id,
-                "attempts": out.attempts,
-            }),
-        )),
-        Err(StateError::NotFound) => Err(ApiError::not_found("event")),
-        Err(StateError::NotRedeliverable(why)) => Err(ApiError::not_redeliverable(why)),
-        Err(StateError::Store(e)) => Err(e.into()),
-        Err(e) => {
-            tracing::error!(error = %e, "redelivery failed");
-            Err(ApiError::internal())
-        }
-    }
+    let out = events::redeliver(app.store.as_ref(), source, id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "source": source,
+            "event_id": id,
+            "outcome": out.outcome.as_str(),
+            "reason": out.reason,
+            "shipment_id": out.shipment_id,
+            "attempts": out.attempts,
+        }),
+    ))
 }

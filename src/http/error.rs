@@ -331,6 +331,7 @@ impl From<&Refusal> for ApiError {
             Refusal::NotFound(what) => ApiError::not_found(what),
             Refusal::KeyConflict => ApiError::idempotency_conflict(),
             Refusal::KeyInProgress => ApiError::idempotency_in_progress(),
+            Refusal::NotRedeliverable(why) => ApiError::not_redeliverable(why.clone()),
             Refusal::Store(e) => ApiError::from(e.clone()),
         }
     }

@@ -11,7 +11,10 @@
 //! - [`orders`]: reserve, charge, create the shipment, buy its label; read
 //!   and list orders; and the background fulfilment of orders whose label
 //!   could not be bought.
+//! - [`events`]: the operator's: search events, show one, redeliver one
+//!   or every one that matches.
 
+pub mod events;
 pub mod keyed;
 pub mod labels;
 pub mod orders;
@@ -55,6 +58,9 @@ pub enum Refusal {
     /// A request with the key is still running.
     #[error("a request with the idempotency key is running")]
     KeyInProgress,
+    /// The event is neither parked nor dead (why).
+    #[error("{0}")]
+    NotRedeliverable(String),
     /// The store failed; retrying later may work.
     #[error(transparent)]
     Store(StoreError),

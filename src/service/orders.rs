@@ -20,7 +20,7 @@ use super::labels::{self, Sold};
 use super::ports::{Charge, ChargeRequest, Reservation, Service};
 use super::{Ports, Refusal, Render};
 use crate::clock::now_ms;
-use crate::domain::ids::{OrderId, PartnerName, TrackingNumber};
+use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
 use crate::domain::label::LabelFormat;
 use crate::domain::order::{OrderFailure, OrderStatus, Step};
 use crate::domain::request::{Address, NewOrder, Parcel, ShipmentDetails};
@@ -106,11 +106,28 @@ pub async fn list(
     limit: usize,
 ) -> Result<(usize, Vec<(OrderRecord, Option<ShipmentRecord>)>), Refusal> {
     let (count, orders) = ports.orders.orders(partner, skip, limit).await?;
-    let mut page = Vec::with_capacity(orders.len());
-    for order in orders {
-        let shipment = shipment_of(ports, &order).await?;
-        page.push((order, shipment));
-    }
+    let ids: Vec<ShipmentId> = orders
+        .iter()
+        .filter_map(|o| o.progress.shipment_id.clone())
+        .collect();
+    let mut shipments: std::collections::HashMap<ShipmentId, ShipmentRecord> = ports
+        .shipments
+        .shipments(&ids)
+        .await?
+        .into_iter()
+        .map(|s| (s.shipment_id.clone(), s))
+        .collect();
+    let page = orders
+        .into_iter()
+        .map(|order| {
+            let shipment = order
+                .progress
+                .shipment_id
+                .as_ref()
+                .and_then(|id| shipments.remove(id));
+            (order, shipment)
+        })
+        .collect();
     Ok((count, page))
 }
 

@@ -394,6 +394,10 @@ pub trait Shipments: Send + Sync {
         &self,
         shipment_id: &ShipmentId,
     ) -> Result<Option<ShipmentRecord>, StoreError>;
+
+    /// The shipments of `ids` that exist, in no particular order: one read
+    /// for a page of orders.
+    async fn shipments(&self, ids: &[ShipmentId]) -> Result<Vec<ShipmentRecord>, StoreError>;
 }
 
 /// Orders and their background fulfilment.

@@ -521,6 +521,20 @@ impl Shipments for PgStore {
         })
         .await
     }
+
+    async fn shipments(&self, ids: &[ShipmentId]) -> Result<Vec<ShipmentRecord>, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(ShipmentId::as_str).collect();
+        deadline(async {
+            let client = self.inner.client().await?;
+            state::read_all_json(
+                &**client,
+                "SELECT record::text FROM shipments WHERE shipment_id = ANY($1)",
+                &[&ids],
+            )
+            .await
+        })
+        .await
+    }
 }
 
 #[async_trait::async_trait]

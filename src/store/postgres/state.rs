@@ -40,6 +40,21 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     .transpose()
 }
 
+/// The JSON records in the first column of every row of a query.
+pub(super) async fn read_all_json<T: serde::de::DeserializeOwned>(
+    client: &(impl tokio_postgres::GenericClient + Sync),
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<T>, StoreError> {
+    let rows = client.query(sql, params).await.map_err(db_err)?;
+    rows.iter()
+        .map(|r| {
+            serde_json::from_str(r.get::<_, &str>(0))
+                .map_err(|e| StoreError::corrupt(format!("a stored record ({e})")))
+        })
+        .collect()
+}
+
 fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(db_err)
 }

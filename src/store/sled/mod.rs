@@ -764,6 +764,14 @@ impl Shipments for SledStore {
     ) -> Result<Option<ShipmentRecord>, StoreError> {
         read_shipment(&self.shared.tree, shipment_id.as_str())
     }
+
+    async fn shipments(&self, ids: &[ShipmentId]) -> Result<Vec<ShipmentRecord>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.extend(read_shipment(&self.shared.tree, id.as_str())?);
+        }
+        Ok(found)
+    }
 }
 
 #[async_trait::async_trait]

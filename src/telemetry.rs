@@ -162,6 +162,10 @@ pub fn metrics_handle() -> PrometheusHandle {
                 metric::UNREADABLE,
                 "Stored records met that could not be read (corruption): each failed its operation"
             );
+            // A counter of rare events is there from the start at 0: one
+            // that appears at its first increment shows `increase` nothing,
+            // and its first occurrence would page nobody.
+            metrics::counter!(metric::UNREADABLE).absolute(0);
             metrics::describe_gauge!(metric::BUILD_INFO, "1, labelled with the version");
             metrics::gauge!(metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle

@@ -413,3 +413,17 @@ async fn redeliveries_that_leave_events_parked_or_dead_count_nothing() {
         .await;
     }
 }
+
+/// A counter of rare events is exported at 0 from the start: one that
+/// appeared at its first increment would show `increase` nothing, and the
+/// first unreadable record would page nobody.
+#[tokio::test]
+async fn the_unreadable_records_counter_is_exported_at_zero_from_the_start() {
+    let app = spawn_app().await;
+    let text = app.metrics().await;
+    assert!(
+        text.lines()
+            .any(|l| l == "waybill_store_unreadable_records_total 0"),
+        "{text}"
+    );
+}

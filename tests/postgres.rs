@@ -520,3 +520,84 @@ async fn a_due_fulfilment_is_taken_by_one_replica_and_passes_on_when_it_dies() {
         "{resumed:?}"
     );
 }
+
+/// A shipment record that cannot be read sends the event for it to the
+/// dead letter, saying so, and dispatch goes on with the others; once the
+/// record is repaired, a redelivery applies the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_shipment_sends_its_event_to_the_dead_letter_not_dispatch_down() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let store = schema.store(2);
+    store.migrate().await.unwrap();
+    store.start_dispatcher(support::carrier_sources()).unwrap();
+    store.create_shipment(shipment("s1"), None).await.unwrap();
+    store
+        .record_label(support::label_for("s1", "TN-1", 1_000), 1_000, None)
+        .await
+        .unwrap();
+    let table = format!("{}.shipments", schema.name);
+    let good: String = schema
+        .client
+        .query_one(
+            &format!("SELECT record::text FROM {table} WHERE shipment_id = 's1'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    schema
+        .client
+        .execute(
+            &format!("UPDATE {table} SET record = '{{\"x\": 1}}' WHERE shipment_id = 's1'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    for (n, (id, tn)) in [("late", "TN-1"), ("other", "TN-9")]
+        .into_iter()
+        .enumerate()
+    {
+        let body = serde_json::json!({"id": id, "t": tn, "s": "in_transit"});
+        store
+            .ingest(NewEvent {
+                event_id: id.into(),
+                tracking_number: Some(tn.into()),
+                fields: Some(waybill::mapping::Fields {
+                    key: tn.into(),
+                    status: "in_transit".into(),
+                    occurred_at: None,
+                }),
+                body: body.to_string().into(),
+                ..event(id, 2_000 + n as u64, 3_600_000, n as u8)
+            })
+            .await
+            .unwrap();
+    }
+    store.settle().await.unwrap();
+    let dead = store.outcome("carrier", "late").await.unwrap().unwrap();
+    let reason = dead.reason.clone().unwrap_or_default();
+    assert_eq!(dead.outcome, waybill::store::DispatchOutcome::Dead);
+    assert!(
+        reason.starts_with("the shipment s1") && reason.ends_with("cannot be read"),
+        "{dead:?}"
+    );
+    let other = store.outcome("carrier", "other").await.unwrap().unwrap();
+    assert_eq!(other.outcome, waybill::store::DispatchOutcome::Parked);
+    schema
+        .client
+        .execute(
+            &format!("UPDATE {table} SET record = $1::text::jsonb WHERE shipment_id = 's1'"),
+            &[&good],
+        )
+        .await
+        .unwrap();
+    let again = store.redeliver("carrier", "late").await.unwrap();
+    assert_eq!(
+        again.outcome,
+        waybill::store::DispatchOutcome::Applied,
+        "{again:?}"
+    );
+    assert_eq!(again.shipment_id, Some("s1".into()));
+}

@@ -190,7 +190,10 @@ impl<'u, U: Unit + ?Sized> Work<'u, U> {
         Ok(outcomes)
     }
 
-    /// Applies one interpretation of `event` and records its outcome.
+    /// Applies one interpretation of `event` and records its outcome. A
+    /// record the event needs that cannot be read sends the event to the
+    /// dead letter with that reason (it is redelivered once repaired),
+    /// instead of stopping dispatch for every other event.
     async fn apply(
         &mut self,
         event: &Stored,
@@ -198,43 +201,14 @@ impl<'u, U: Unit + ?Sized> Work<'u, U> {
     ) -> Result<OutcomeRecord, StoreError> {
         let mut record = OutcomeRecord::attempt(event.attempts());
         if !record.settle_plain(&interpretation) {
-            match interpretation {
-                Interpretation::Tracking {
-                    tracking_number,
-                    event: status,
-                } => {
-                    let tn = TrackingNumber::from(tracking_number);
-                    match self.unit.shipment_for(&tn).await? {
-                        None => record.park_for_tracking(tn.as_str()),
-                        Some(id) => match self.unit.shipment(&id).await? {
-                            None => {
-                                record.reason = Some(format!(
-                                    "shipment {id} of tracking number {tn} is missing"
-                                ));
-                            }
-                            Some(mut shipment) => {
-                                record.apply_tracking(&mut shipment, status);
-                                self.unit.put_shipment(shipment);
-                            }
-                        },
-                    }
+            match self.apply_to_records(&mut record, interpretation).await {
+                Ok(()) => {}
+                Err(StoreError::Corrupt(what)) => {
+                    record.outcome = DispatchOutcome::Dead;
+                    record.reason = Some(format!("{what} cannot be read"));
+                    record.shipment_id = None;
                 }
-                Interpretation::Payment {
-                    order_id,
-                    event: payment,
-                } => {
-                    let id = OrderId::from(order_id);
-                    let mut orders = self.unit.orders_with_id(&id).await?;
-                    if orders.is_empty() {
-                        record.park_for_order(id.as_str());
-                    } else {
-                        record.apply_payment(orders.iter_mut(), &payment);
-                        for order in orders {
-                            self.unit.put_order(order);
-                        }
-                    }
-                }
-                _ => {}
+                Err(e) => return Err(e),
             }
         }
         self.unit.put_outcome(event, &record);
@@ -242,6 +216,53 @@ impl<'u, U: Unit + ?Sized> Work<'u, U> {
             self.counted.push((event.source.clone(), record.outcome));
         }
         Ok(record)
+    }
+
+    /// Applies a tracking or payment event to the records it names, or
+    /// parks it for them. Writes nothing unless every record was read.
+    async fn apply_to_records(
+        &mut self,
+        record: &mut OutcomeRecord,
+        interpretation: Interpretation,
+    ) -> Result<(), StoreError> {
+        match interpretation {
+            Interpretation::Tracking {
+                tracking_number,
+                event: status,
+            } => {
+                let tn = TrackingNumber::from(tracking_number);
+                match self.unit.shipment_for(&tn).await? {
+                    None => record.park_for_tracking(tn.as_str()),
+                    Some(id) => match self.unit.shipment(&id).await? {
+                        None => {
+                            record.reason =
+                                Some(format!("shipment {id} of tracking number {tn} is missing"));
+                        }
+                        Some(mut shipment) => {
+                            record.apply_tracking(&mut shipment, status);
+                            self.unit.put_shipment(shipment);
+                        }
+                    },
+                }
+            }
+            Interpretation::Payment {
+                order_id,
+                event: payment,
+            } => {
+                let id = OrderId::from(order_id);
+                let mut orders = self.unit.orders_with_id(&id).await?;
+                if orders.is_empty() {
+                    record.park_for_order(id.as_str());
+                } else {
+                    record.apply_payment(orders.iter_mut(), &payment);
+                    for order in orders {
+                        self.unit.put_order(order);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Dispatches again every event parked under `key`, read from its body

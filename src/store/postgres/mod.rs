@@ -514,6 +514,7 @@ impl Shipments for PgStore {
             let client = self.inner.client().await?;
             state::read_json(
                 &**client,
+                || format!("the shipment {shipment_id}"),
                 "SELECT record::text FROM shipments WHERE shipment_id = $1",
                 &[&shipment_id.as_str()],
             )
@@ -528,7 +529,8 @@ impl Shipments for PgStore {
             let client = self.inner.client().await?;
             state::read_all_json(
                 &**client,
-                "SELECT record::text FROM shipments WHERE shipment_id = ANY($1)",
+                "SELECT record::text, 'shipment ' || shipment_id FROM shipments
+                 WHERE shipment_id = ANY($1)",
                 &[&ids],
             )
             .await
@@ -560,6 +562,7 @@ impl Orders for PgStore {
             let client = self.inner.client().await?;
             state::read_json(
                 &**client,
+                || format!("the order {partner}/{order_id}"),
                 "SELECT record::text FROM orders WHERE partner = $1 AND order_id = $2",
                 &[&partner.as_str(), &order_id.as_str()],
             )

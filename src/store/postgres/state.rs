@@ -26,21 +26,24 @@ use crate::store::{
     StateError, StoreError, StoredEvent,
 };
 
-/// One JSON record from the first column of a query's only row.
+/// One JSON record, `what` (named in the error when it cannot be read),
+/// from the first column of a query's only row.
 pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     client: &(impl tokio_postgres::GenericClient + Sync),
+    what: impl FnOnce() -> String + Send,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Option<T>, StoreError> {
     let row = client.query_opt(sql, params).await.map_err(db_err)?;
     row.map(|r| {
         serde_json::from_str(r.get::<_, &str>(0))
-            .map_err(|e| StoreError::corrupt(format!("a stored record ({e})")))
+            .map_err(|e| StoreError::corrupt(format!("{} ({e})", what())))
     })
     .transpose()
 }
 
-/// The JSON records in the first column of every row of a query.
+/// The JSON records in the first column of every row of a query, each
+/// named by the second column when it cannot be read.
 pub(super) async fn read_all_json<T: serde::de::DeserializeOwned>(
     client: &(impl tokio_postgres::GenericClient + Sync),
     sql: &str,
@@ -49,8 +52,9 @@ pub(super) async fn read_all_json<T: serde::de::DeserializeOwned>(
     let rows = client.query(sql, params).await.map_err(db_err)?;
     rows.iter()
         .map(|r| {
-            serde_json::from_str(r.get::<_, &str>(0))
-                .map_err(|e| StoreError::corrupt(format!("a stored record ({e})")))
+            serde_json::from_str(r.get::<_, &str>(0)).map_err(|e| {
+                StoreError::corrupt(format!("the record {} ({e})", r.get::<_, &str>(1)))
+            })
         })
         .collect()
 }
@@ -196,6 +200,7 @@ impl Unit for PgUnit<'_> {
         if !self.shipments.contains_key(id) {
             let found: Option<ShipmentRecord> = read_json(
                 self.tx,
+                || format!("the shipment {id}"),
                 "SELECT record::text FROM shipments WHERE shipment_id = $1 FOR UPDATE",
                 &[&id.as_str()],
             )
@@ -216,16 +221,24 @@ impl Unit for PgUnit<'_> {
         if let Some(hit) = self.by_tracking.get(tn) {
             return Ok(hit.clone());
         }
-        let found: Option<ShipmentRecord> = read_json(
-            self.tx,
-            "SELECT record::text FROM shipments WHERE tracking_number = $1 FOR UPDATE",
-            &[&tn.as_str()],
-        )
-        .await?;
-        let id = found.as_ref().map(|r| r.shipment_id.clone());
-        match found {
-            Some(rec) if !self.shipments.contains_key(&rec.shipment_id) => self.keep_shipment(rec),
-            _ => {}
+        // The record comes with the id, in one round trip: dispatch reads
+        // it next.
+        let row = self
+            .tx
+            .query_opt(
+                "SELECT shipment_id, record::text FROM shipments
+                 WHERE tracking_number = $1 FOR UPDATE",
+                &[&tn.as_str()],
+            )
+            .await
+            .map_err(db_err)?;
+        let id = row.as_ref().map(|r| ShipmentId::from(r.get::<_, &str>(0)));
+        if let (Some(row), Some(id)) = (&row, &id)
+            && !self.shipments.contains_key(id)
+        {
+            let rec = serde_json::from_str(row.get::<_, &str>(1))
+                .map_err(|e| StoreError::corrupt(format!("the shipment {id} ({e})")))?;
+            self.keep_shipment(rec);
         }
         self.by_tracking.insert(tn.clone(), id.clone());
         Ok(id)
@@ -263,6 +276,7 @@ impl Unit for PgUnit<'_> {
         if !self.orders.contains_key(&key) {
             let found: Option<OrderRecord> = read_json(
                 self.tx,
+                || format!("the order {partner}/{order_id}"),
                 "SELECT record::text FROM orders WHERE partner = $1 AND order_id = $2 FOR UPDATE",
                 &[&partner.as_str(), &order_id.as_str()],
             )
@@ -516,6 +530,7 @@ pub(super) async fn claim(
     }
     let record: Option<idempotency::Record> = read_json(
         tx,
+        || format!("the idempotency key {partner}/{key}"),
         "SELECT record::text FROM idempotency_keys WHERE partner = $1 AND key = $2 FOR UPDATE",
         &[&partner, &key],
     )

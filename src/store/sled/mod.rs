@@ -2040,6 +2040,51 @@ mod tests {
         assert!(ids.len() < 5, "the others went: {ids:?}");
     }
 
+    /// A shipment record that cannot be read sends the event for it to the
+    /// dead letter, saying so, and dispatch goes on with the others; once
+    /// the record is repaired, a redelivery applies the event.
+    #[tokio::test]
+    async fn an_unreadable_shipment_sends_its_event_to_the_dead_letter_not_dispatch_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = moving_shipment(dir.path()).await;
+        let key = codec::shipment_key("s1");
+        let good = store.shared.tree.get(&key).unwrap().unwrap();
+        store
+            .shared
+            .tree
+            .insert(&key, b"{not json".to_vec())
+            .unwrap();
+        for (id, at, tn) in [("late", 50, "TN"), ("other", 60, "TN-9")] {
+            let mut ev = event(id, at, at as u8, true);
+            ev.source = "c".into();
+            ev.tracking_number = Some(tn.into());
+            ev.fields = Some(crate::mapping::Fields {
+                key: tn.into(),
+                status: "transit".into(),
+                occurred_at: None,
+            });
+            // What the fields are read from again on redelivery.
+            ev.body = Bytes::from(format!(r#"{{"tn":"{tn}","st":"transit"}}"#));
+            store.ingest(ev).await.unwrap();
+        }
+        store.settle().await.unwrap();
+        let dead = store.outcome("c", "late").await.unwrap().unwrap();
+        use crate::store::DispatchOutcome;
+        assert_eq!(dead.outcome, DispatchOutcome::Dead);
+        assert!(
+            dead.reason.as_deref().unwrap().contains("shipment s1")
+                && dead.reason.as_deref().unwrap().ends_with("cannot be read"),
+            "{dead:?}"
+        );
+        let other = store.outcome("c", "other").await.unwrap().unwrap();
+        assert_eq!(other.outcome, DispatchOutcome::Parked);
+        store.shared.tree.insert(&key, good).unwrap();
+        let again = store.redeliver("c", "late").await.unwrap();
+        // It reached its shipment (as a repeat of the status it has).
+        assert_eq!(again.outcome, DispatchOutcome::Stale, "{again:?}");
+        assert_eq!(again.shipment_id, Some("s1".into()));
+    }
+
     /// A parked arrival that cannot be read fails the label that would
     /// unpark it, instead of being passed over (its event never applied).
     #[tokio::test]

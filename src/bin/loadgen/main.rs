@@ -26,6 +26,9 @@ use tokio::net::{TcpListener, TcpStream};
 use waybill::config::{Config, ProcessEnv};
 use waybill::signature::Scheme;
 
+/// Why a run stopped: said on stderr, and the exit code is 1.
+type Failed = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Parser)]
 #[command(name = "loadgen", about = "Load generator for waybill")]
 struct Cli {
@@ -112,12 +115,20 @@ enum Cmd {
     },
 }
 
-fn main() {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failed> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-        .expect("runtime");
+        .build()?;
     match cli.command {
         Cmd::Bare { listen } => rt.block_on(bare(listen)),
         Cmd::Naive {
@@ -126,7 +137,7 @@ fn main() {
             source,
             dir,
         } => {
-            let (scheme, key) = source_key(&config, &source);
+            let (scheme, key) = source_key(&config, &source)?;
             rt.block_on(naive::serve(listen, &dir, scheme, key, &source))
         }
         Cmd::Dispatch {
@@ -150,7 +161,7 @@ fn main() {
             replay_keys,
             orders_api_key,
         } => {
-            let (scheme, key) = source_key(&config, &source);
+            let (scheme, key) = source_key(&config, &source)?;
             let deliveries = Arc::new(Generator {
                 scheme,
                 key,
@@ -167,39 +178,46 @@ fn main() {
                     None => closed_loop(&target, deliveries, concurrency, duration, total).await,
                     Some(rate) => open_loop(&target, deliveries, concurrency, duration, rate).await,
                 }
-            });
+            })?;
             report.print(rate, concurrency);
+            Ok(())
         }
     }
 }
 
+fn read_config(path: &std::path::Path) -> Result<Config, Failed> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    Ok(Config::parse(&text, &ProcessEnv).map_err(|e| e.to_string())?)
+}
+
 /// The signature scheme of a configured source and the key of its first
 /// secret.
-fn source_key(config: &std::path::Path, source: &str) -> (Scheme, Vec<u8>) {
-    let text = std::fs::read_to_string(config)
-        .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
-    let config = Config::parse(&text, &ProcessEnv).unwrap_or_else(|e| panic!("{e}"));
+fn source_key(config: &std::path::Path, source: &str) -> Result<(Scheme, Vec<u8>), Failed> {
+    let config = read_config(config)?;
     let src = config
         .source(source)
-        .unwrap_or_else(|| panic!("no source {source}"))
-        .clone();
+        .ok_or_else(|| format!("no source {source}"))?;
+    let secret = src
+        .secrets
+        .first()
+        .ok_or_else(|| format!("source {source} has no secret"))?;
     let key = src
         .scheme
-        .key_from_secret(src.secrets[0].expose())
-        .expect("key");
-    (src.scheme, key)
+        .key_from_secret(secret.expose())
+        .map_err(|e| format!("source {source}: {e}"))?;
+    Ok((src.scheme.clone(), key))
 }
 
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+        .map_or(0, |d| d.as_secs())
 }
 
-async fn bare(listen: SocketAddr) {
-    let listener = TcpListener::bind(listen).await.expect("bind");
-    println!("bare server on {}", listener.local_addr().unwrap());
+async fn bare(listen: SocketAddr) -> Result<(), Failed> {
+    let listener = TcpListener::bind(listen).await?;
+    println!("bare server on {}", listener.local_addr()?);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -221,35 +239,34 @@ async fn bare(listen: SocketAddr) {
     }
 }
 
-async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: PathBuf) {
+async fn dispatch_bench(
+    config: PathBuf,
+    events: usize,
+    shipments: usize,
+    dir: PathBuf,
+) -> Result<(), Failed> {
     use waybill::domain::ids::ShipmentId;
     use waybill::domain::label::Label;
     use waybill::domain::request::ShipmentDetails;
     use waybill::store::prelude::*;
     use waybill::store::{NewEvent, ShipmentRecord, SledStore};
 
-    let text = std::fs::read_to_string(&config)
-        .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
-    let config = Config::parse(&text, &ProcessEnv).unwrap_or_else(|e| panic!("{e}"));
+    let config = read_config(&config)?;
     let _ = std::fs::remove_dir_all(&dir);
     let mut store_cfg = config.store.clone();
     store_cfg.path = dir.clone();
     let open = |cfg: waybill::config::StoreConfig| async move {
-        Arc::new(
-            tokio::task::spawn_blocking(move || SledStore::open(&cfg).expect("open store"))
-                .await
-                .unwrap(),
-        )
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&cfg)).await??;
+        Ok::<_, Failed>(Arc::new(store))
     };
     let close = |store: Arc<SledStore>| async move {
-        tokio::task::spawn_blocking(move || store.close().expect("close store"))
-            .await
-            .unwrap();
+        tokio::task::spawn_blocking(move || store.close()).await??;
+        Ok::<_, Failed>(())
     };
 
     let t = Instant::now();
-    let store = open(store_cfg.clone()).await;
-    store.start_dispatcher(config.sources.clone()).unwrap();
+    let store = open(store_cfg.clone()).await?;
+    store.start_dispatcher(config.sources.clone())?;
     for s in 0..shipments {
         let id = ShipmentId::from(format!("shp_{s}"));
         store
@@ -263,25 +280,27 @@ async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: P
                 ),
                 None,
             )
-            .await
-            .unwrap();
+            .await?;
         let label = Label::new(format!("lbl_{s}"), &id, format!("LG{s:012}"), String::new());
-        store.record_label(label, 1, None).await.unwrap();
+        store.record_label(label, 1, None).await?;
     }
-    close(store).await;
+    close(store).await?;
     println!(
         "{shipments} labelled shipments in {:.1} s",
         t.elapsed().as_secs_f64()
     );
 
     let t = Instant::now();
-    let store = open(store_cfg.clone()).await;
-    let statuses = ["IN_TRANSIT", "DELIVERED"];
+    let store = open(store_cfg.clone()).await?;
     let mut pending = Vec::new();
     for n in 0..events {
         let tn = format!("LG{:012}", n % shipments);
         let at = format!("2026-11-20T12:{:02}:{:02}Z", (n / 60) % 60, n % 60);
-        let status = statuses[n % 2];
+        let status = if n % 2 == 0 {
+            "IN_TRANSIT"
+        } else {
+            "DELIVERED"
+        };
         let body = format!(
             r#"{{"type":"tracking.updated","data":{{"tracking_number":"{tn}","status":"{status}","occurred_at":"{at}"}}}}"#
         );
@@ -308,35 +327,38 @@ async fn dispatch_bench(config: PathBuf, events: usize, shipments: usize, dir: P
                     body: Bytes::from(body),
                 })
                 .await
-                .unwrap()
         }));
         if pending.len() >= 4096 {
             for p in pending.drain(..) {
-                p.await.unwrap();
+                p.await??;
             }
         }
     }
     for p in pending {
-        p.await.unwrap();
+        p.await??;
     }
-    close(store).await;
+    close(store).await?;
     println!(
         "{events} events in the inbox in {:.1} s",
         t.elapsed().as_secs_f64()
     );
 
-    let store = open(store_cfg).await;
+    let store = open(store_cfg).await?;
     let t = Instant::now();
-    store.start_dispatcher(config.sources.clone()).unwrap();
-    store.settle().await.unwrap();
+    store.start_dispatcher(config.sources.clone())?;
+    store.settle().await?;
     let secs = t.elapsed().as_secs_f64();
-    assert_eq!(store.inbox_pending().await.unwrap(), 0);
+    let left = store.inbox_pending().await?;
+    if left != 0 {
+        return Err(format!("{left} events left in the inbox after settling").into());
+    }
     println!(
         "dispatched {events} events over {shipments} shipments in {secs:.2} s: {:.0} events/s",
         events as f64 / secs
     );
-    close(store).await;
+    close(store).await?;
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 struct Generator {
@@ -450,11 +472,8 @@ impl Report {
         self.tally.latencies_us.sort_unstable();
         let l = &self.tally.latencies_us;
         let pct = |p: f64| -> f64 {
-            if l.is_empty() {
-                return 0.0;
-            }
-            let i = ((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1;
-            l[i] as f64 / 1000.0
+            let i = ((l.len() as f64 * p).ceil() as usize).clamp(1, l.len().max(1)) - 1;
+            l.get(i).map_or(0.0, |&us| f64::from(us) / 1000.0)
         };
         let secs = self.elapsed.as_secs_f64();
         let t = &self.tally;
@@ -526,13 +545,12 @@ async fn closed_loop(
     concurrency: usize,
     duration: Duration,
     total: Option<u64>,
-) -> Report {
+) -> Result<Report, Failed> {
     let started = Instant::now();
     let deadline = started + duration;
     let sent = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let target = targets[w % targets.len()];
+    for (w, &target) in targets.iter().cycle().take(concurrency).enumerate() {
         let deliveries = deliveries.clone();
         let sent = sent.clone();
         workers.push(tokio::spawn(async move {
@@ -552,12 +570,12 @@ async fn closed_loop(
     }
     let mut tally = Tally::default();
     for w in workers {
-        tally.merge(w.await.unwrap());
+        tally.merge(w.await?);
     }
-    Report {
+    Ok(Report {
         tally,
         elapsed: started.elapsed(),
-    }
+    })
 }
 
 async fn open_loop(
@@ -566,14 +584,13 @@ async fn open_loop(
     concurrency: usize,
     duration: Duration,
     rate: u64,
-) -> Report {
+) -> Result<Report, Failed> {
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let count = (duration.as_secs_f64() * rate as f64) as u64;
     let (tx, rx) = async_channel(count as usize);
     let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let target = targets[w % targets.len()];
+    for (w, &target) in targets.iter().cycle().take(concurrency).enumerate() {
         let deliveries = deliveries.clone();
         let rx = rx.clone();
         workers.push(tokio::spawn(async move {
@@ -598,12 +615,12 @@ async fn open_loop(
     drop(tx);
     let mut tally = Tally::default();
     for w in workers {
-        tally.merge(w.await.unwrap());
+        tally.merge(w.await?);
     }
-    Report {
+    Ok(Report {
         tally,
         elapsed: started.elapsed(),
-    }
+    })
 }
 
 /// A multi-consumer queue of intended send times: tokio's mpsc has one

@@ -25,21 +25,26 @@ struct Naive {
     path: String,
 }
 
-pub async fn serve(listen: SocketAddr, dir: &Path, scheme: Scheme, key: Vec<u8>, source: &str) {
+pub async fn serve(
+    listen: SocketAddr,
+    dir: &Path,
+    scheme: Scheme,
+    key: Vec<u8>,
+    source: &str,
+) -> Result<(), super::Failed> {
     let _ = std::fs::remove_dir_all(dir);
     let db = sled::Config::new()
         .path(dir)
         .cache_capacity(16 << 20)
-        .open()
-        .expect("open sled");
+        .open()?;
     let naive = Arc::new(Naive {
         db,
         scheme,
         keys: vec![key],
         path: format!("/webhooks/{source}"),
     });
-    let listener = TcpListener::bind(listen).await.expect("bind");
-    println!("naive pipeline on {}", listener.local_addr().unwrap());
+    let listener = TcpListener::bind(listen).await?;
+    println!("naive pipeline on {}", listener.local_addr()?);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

@@ -4,20 +4,15 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::clock::now_ms;
-use crate::config::{Config, ConfigErrors, ServerConfig, StoreConfig};
-use crate::downstream::Downstream;
+use crate::config::{Config, ConfigErrors};
 use crate::health::{Component, Health};
 use crate::http::Stop;
-use crate::ingest::Ingest;
-use crate::partners::Partners;
+pub use crate::live::Live;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, metric};
 
@@ -50,21 +45,6 @@ pub enum ServeError {
     ComponentFailed(Component),
 }
 
-/// What a reload replaces as one: the config and everything built from
-/// it that requests use. A request takes the current one as it starts and
-/// keeps it to its end, so it runs under one config from first check to
-/// answer, and requests in flight during a reload finish under the old.
-pub struct Live {
-    /// The running config. Its `[server]` and `[store]` are always those
-    /// the process started with: they take a restart to change.
-    pub config: Config,
-    pub ingest: Ingest,
-    pub partners: Partners,
-    /// Shared with the previous `Live` when `[downstream]` is unchanged,
-    /// so its breakers keep their state across a reload.
-    pub downstream: Arc<Downstream>,
-}
-
 /// How a reload went (contract 10.5).
 #[derive(Debug)]
 pub enum Reload {
@@ -74,42 +54,10 @@ pub enum Reload {
     Rejected(ConfigErrors),
 }
 
-pub struct App {
-    live: ArcSwap<Live>,
-    /// `[server]` and `[store]` as the process started with them; a reload
-    /// keeps them (`Config::needs_restart`).
-    pub server: ServerConfig,
-    pub store_config: StoreConfig,
-    pub store: Arc<dyn Store>,
-    pub metrics: PrometheusHandle,
-    pub health: Arc<Health>,
-    /// Requests past their body and not yet answered (`max_in_flight`).
-    pub in_flight: Arc<tokio::sync::Semaphore>,
-    /// Bodies read and not yet verified (`max_unverified_mb`).
-    pub unverified: crate::http::Unverified,
-    /// Failed admin authentications per client.
-    pub admin_failures: crate::http::AuthFailures,
-    pub draining: AtomicBool,
-}
+/// The process: the HTTP layer's state, and the lifecycle around it.
+pub type App = crate::http::State;
 
 impl App {
-    /// The config in force now, with what is built from it.
-    pub fn live(&self) -> Arc<Live> {
-        self.live.load_full()
-    }
-
-    /// What the use cases work with, under the config `live`.
-    pub fn ports<'a>(&'a self, live: &'a Live) -> crate::service::Ports<'a> {
-        crate::service::Ports {
-            keys: self.store.as_ref(),
-            shipments: self.store.as_ref(),
-            orders: self.store.as_ref(),
-            carrier: live.downstream.as_ref(),
-            payments: live.downstream.as_ref(),
-            inventory: live.downstream.as_ref(),
-        }
-    }
-
     /// Puts a freshly loaded config in force for every request that starts
     /// from now on, or refuses it whole (contract 10.5). Sources, secrets,
     /// status maps, partners, keys, rate limits, the admin token and the
@@ -146,18 +94,11 @@ impl App {
             partners = live.config.partners.len(),
             "config reloaded"
         );
-        self.live.store(Arc::new(live));
+        self.set_live(live);
         metrics::counter!(metric::CONFIG_RELOADS, "result" => "ok").increment(1);
         Reload::Applied { needs_restart }
     }
-
-    pub fn is_ready(&self) -> bool {
-        self.store.is_ready()
-            && self.health.is_ready()
-            && !self.draining.load(std::sync::atomic::Ordering::Relaxed)
-    }
 }
-
 impl App {
     /// Opens the store and starts the state machine, which first applies
     /// whatever the inbox still holds.
@@ -166,21 +107,8 @@ impl App {
         let health = Health::new();
         let store =
             crate::store::open(&config.store, health.clone(), config.sources.clone()).await?;
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight));
-        let unverified = crate::http::Unverified::new(config.server.max_unverified_bytes);
         let live = Live::build(config, &store, None);
-        Ok(Arc::new(App {
-            server: live.config.server.clone(),
-            store_config: live.config.store.clone(),
-            live: ArcSwap::from_pointee(live),
-            store,
-            metrics,
-            health,
-            in_flight,
-            unverified,
-            admin_failures: Default::default(),
-            draining: AtomicBool::new(false),
-        }))
+        Ok(Arc::new(App::new(live, store, metrics, health)))
     }
 
     /// Serves until `shutdown` resolves or a background component fails,
@@ -241,25 +169,6 @@ impl App {
                 tracing::info!("store flushed; stopped");
                 Ok(())
             }
-        }
-    }
-}
-
-impl Live {
-    /// Builds what requests use from `config`; what `previous` built is
-    /// kept where its config is unchanged (limiters, breakers).
-    fn build(config: Config, store: &Arc<dyn Store>, previous: Option<&Live>) -> Live {
-        let ingest = Ingest::new(&config, store.clone(), previous.map(|p| &p.ingest));
-        let partners = Partners::new(&config.partners, previous.map(|p| &p.partners));
-        let downstream = match previous {
-            Some(p) if p.config.downstream == config.downstream => p.downstream.clone(),
-            _ => Arc::new(Downstream::new(&config.downstream)),
-        };
-        Live {
-            config,
-            ingest,
-            partners,
-            downstream,
         }
     }
 }

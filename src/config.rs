@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use crate::signature::{Encoding, Scheme, SchemeKind};
+use crate::webhook::signature::{Encoding, Scheme, SchemeKind};
 
 /// The config shipped with the binary, used when no file is named and the
 /// default path does not exist, so `waybill serve` runs on a fresh machine.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::canonical;
+use crate::webhook::canonical;
 
 pub const MAX_KEY_BYTES: usize = 255;
 

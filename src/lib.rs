@@ -1,33 +1,41 @@
 //! waybill: a webhook ingestion, deduplication and idempotency gateway for
-//! shipping integrations.
+//! shipping integrations. ARCHITECTURE.md draws the map; in short:
 //!
 //! The pure core does no I/O:
-//! - [`signature`]: the signature schemes; raw bytes and headers in,
-//!   `Verified` or a reason out.
-//! - [`canonical`]: RFC 8785 canonical JSON, with exact integers.
+//! - [`domain`]: the shipment and order state machines, the requests that
+//!   make them, their ids and labels.
+//! - [`idempotency`]: idempotency keys, request fingerprints, what a known
+//!   key gets.
 //! - [`json`]: strict JSON, refusing an object that repeats a name.
-//! - [`identity`]: what a delivery is (event id, type, content hash, whether
-//!   it is dispatched), or which fields are wrong.
+//! - [`clock`]: times as the API writes them, range-checked.
+//! - in [`webhook`]: the signature schemes, canonical JSON, a delivery's
+//!   identity and the mapping of its fields.
 //!
-//! Around it, the edges:
-//! - [`config`]: the TOML file, secret references, validation of every key.
-//! - [`ratelimit`]: per-source limits on governor.
-//! - [`store`]: the only module that knows sled; group commit and retention.
-//! - [`ingest`]: the webhook use case, tying the above together.
-//! - [`http`]: the hyper server, the bounds on what a client can take, and the only place that
-//!   chooses status codes (`http::error`).
-//! - [`app`]: `run(config, listener, shutdown)`, shared by binary and tests.
-//! - [`cli`]: the subcommands other than `serve`.
-//! - [`health`]: supervision of the background components (crash-only).
-//! - [`simulator`]: `waybill simulate`, the fake carrier, payments and
-//!   inventory services, with fault injection and a ledger.
-//! - [`telemetry`]: logging set-up and every metric name.
+//! The use cases, on ports:
+//! - [`webhook::ingest`]: a delivery, verified, limited and stored.
+//! - [`service`]: the integrator API's and the operator's use cases, on the
+//!   store's roles and the typed carrier, payments and inventory ports.
+//!
+//! The edges:
+//! - [`store`]: the port (one trait per role), the orchestration of its
+//!   writes written once (`store::core`), and the sled and PostgreSQL
+//!   adapters.
+//! - [`downstream`]: the carrier, payments and inventory over HTTP(S), with
+//!   retries and breakers.
+//! - [`http`]: the hyper server, the bounds on what a client can take, and
+//!   the only place that chooses status codes (`http::error`).
+//! - [`config`], [`live`]: the TOML file, and the config in force with what
+//!   is built from it.
+//! - [`partners`], [`ratelimit`]: integrator keys, and the GCRA limits of
+//!   sources, partners and admin sign-ins.
+//! - [`app`]: the process: start, serve, reload, drain; shared by the
+//!   binary and the tests. [`health`]: supervision (crash-only).
+//! - [`telemetry`]: logging and every metric name. [`alloc`]: the
+//!   allocator's settings.
+//! - [`tools`]: the subcommands other than `serve`, and the simulator.
 
-pub mod admin_client;
 pub mod alloc;
 pub mod app;
-pub mod canonical;
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
@@ -35,14 +43,12 @@ pub mod downstream;
 pub mod health;
 pub mod http;
 pub mod idempotency;
-pub mod identity;
-pub mod ingest;
 pub mod json;
-pub mod mapping;
+pub mod live;
 pub mod partners;
 pub mod ratelimit;
 pub mod service;
-pub mod signature;
-pub mod simulator;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
+pub mod webhook;

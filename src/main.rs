@@ -228,7 +228,7 @@ enum EventsCommand {
 }
 
 fn events(command: EventsCommand) -> ExitCode {
-    use waybill::admin_client::{AdminClient, EventsError, Filters, TOKEN_ENV};
+    use waybill::tools::admin_client::{AdminClient, EventsError, Filters, TOKEN_ENV};
     let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
         return ExitCode::FAILURE;
     };
@@ -301,7 +301,7 @@ fn events(command: EventsCommand) -> ExitCode {
         }
     });
     match result {
-        Ok(out) => exit_after(waybill::cli::emit(out.as_bytes()), ExitCode::SUCCESS),
+        Ok(out) => exit_after(waybill::tools::cli::emit(out.as_bytes()), ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
@@ -323,7 +323,7 @@ fn database_of(path: Option<&std::path::Path>) -> Result<String, ExitCode> {
             }
         },
         Err(errors) => {
-            waybill::cli::print_errors(&errors);
+            waybill::tools::cli::print_errors(&errors);
             Err(ExitCode::from(2))
         }
     }
@@ -342,7 +342,7 @@ fn migrate(url: &str) -> ExitCode {
         };
         match done.await {
             Ok((applied, version)) => exit_after(
-                waybill::cli::emit(
+                waybill::tools::cli::emit(
                     format!("applied {applied} migration(s); the schema is at version {version}\n")
                         .as_bytes(),
                 ),
@@ -378,7 +378,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::CheckConfig { config } => {
-            ExitCode::from(waybill::cli::check_config(config.config.as_deref()) as u8)
+            ExitCode::from(waybill::tools::cli::check_config(config.config.as_deref()) as u8)
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -386,7 +386,7 @@ fn main() -> ExitCode {
             // head`), the generator panics.
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "waybill", &mut script);
-            exit_after(waybill::cli::emit(&script), ExitCode::SUCCESS)
+            exit_after(waybill::tools::cli::emit(&script), ExitCode::SUCCESS)
         }
         Command::Verify {
             source,
@@ -394,13 +394,22 @@ fn main() -> ExitCode {
             headers,
             at,
             file,
-        } => match waybill::cli::verify(config.config.as_deref(), &source, &headers, &file, at) {
+        } => match waybill::tools::cli::verify(
+            config.config.as_deref(),
+            &source,
+            &headers,
+            &file,
+            at,
+        ) {
             Ok(verdict) => {
                 let code = match verdict {
-                    waybill::cli::Verdict::Valid { .. } => ExitCode::SUCCESS,
-                    waybill::cli::Verdict::Invalid(_) => ExitCode::from(1),
+                    waybill::tools::cli::Verdict::Valid { .. } => ExitCode::SUCCESS,
+                    waybill::tools::cli::Verdict::Invalid(_) => ExitCode::from(1),
                 };
-                exit_after(waybill::cli::emit(verdict.to_string().as_bytes()), code)
+                exit_after(
+                    waybill::tools::cli::emit(verdict.to_string().as_bytes()),
+                    code,
+                )
             }
             Err(e) => usage_error(e),
         },
@@ -409,8 +418,13 @@ fn main() -> ExitCode {
             config,
             curl,
             file,
-        } => match waybill::cli::sign(config.config.as_deref(), &source, &file, curl.as_deref()) {
-            Ok(out) => exit_after(waybill::cli::emit(out.as_bytes()), ExitCode::SUCCESS),
+        } => match waybill::tools::cli::sign(
+            config.config.as_deref(),
+            &source,
+            &file,
+            curl.as_deref(),
+        ) {
+            Ok(out) => exit_after(waybill::tools::cli::emit(out.as_bytes()), ExitCode::SUCCESS),
             Err(e) => usage_error(e),
         },
         Command::Serve { config, log_format } => serve(config.config, log_format),
@@ -432,15 +446,17 @@ fn main() -> ExitCode {
             telemetry::init_logging(log_format);
             let tls = match tls_cert.zip(tls_key) {
                 None => None,
-                Some((cert, key)) => match waybill::simulator::tls_server_config(&cert, &key) {
-                    Ok(tls) => Some(tls),
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(2);
+                Some((cert, key)) => {
+                    match waybill::tools::simulator::tls_server_config(&cert, &key) {
+                        Ok(tls) => Some(tls),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(2);
+                        }
                     }
-                },
+                }
             };
-            let config = waybill::simulator::SimConfig {
+            let config = waybill::tools::simulator::SimConfig {
                 stock: stock.into_iter().collect(),
                 default_stock: 1000,
                 fail_rate,
@@ -468,9 +484,11 @@ fn exit_after(written: std::io::Result<()>, code: ExitCode) -> ExitCode {
 
 /// A usage or config error of a command that does not serve: said on
 /// stderr, exit 2.
-fn usage_error(e: waybill::cli::SignError) -> ExitCode {
+fn usage_error(e: waybill::tools::cli::SignError) -> ExitCode {
     match e {
-        waybill::cli::SignError::Config(errors) => waybill::cli::print_errors(&errors),
+        waybill::tools::cli::SignError::Config(errors) => {
+            waybill::tools::cli::print_errors(&errors)
+        }
         e => eprintln!("error: {e}"),
     }
     ExitCode::from(2)
@@ -491,7 +509,7 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
             for issue in &errors.0 {
                 tracing::error!(key = %issue.key, why = %issue.why, "invalid config");
             }
-            waybill::cli::print_errors(&errors);
+            waybill::tools::cli::print_errors(&errors);
             return ExitCode::from(2);
         }
     };
@@ -601,7 +619,10 @@ fn parse_stock(s: &str) -> Result<(String, i64), String> {
     }
 }
 
-fn simulate(listen: std::net::SocketAddr, config: waybill::simulator::SimConfig) -> ExitCode {
+fn simulate(
+    listen: std::net::SocketAddr,
+    config: waybill::tools::simulator::SimConfig,
+) -> ExitCode {
     let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
@@ -621,7 +642,7 @@ fn simulate(listen: std::net::SocketAddr, config: waybill::simulator::SimConfig)
             }
         };
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "simulator serving");
-        waybill::simulator::run(listener, config, shutdown).await;
+        waybill::tools::simulator::run(listener, config, shutdown).await;
         ExitCode::SUCCESS
     })
 }

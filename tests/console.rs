@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use base64::Engine;
 use serde_json::{Value, json};
 use support::*;
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 const TOKEN: &str = "console-test-token";
 const SECRET: &str = "ep-secret";

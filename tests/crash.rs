@@ -23,7 +23,7 @@ use waybill::store::prelude::*;
 
 use support::*;
 use tokio::sync::Mutex;
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 const SECRET: &str = "whsec_Y3Jhc2gtdGVzdC1rZXktMDAwMDAwMDAwMDA=";
 const ITERATIONS: usize = 20;

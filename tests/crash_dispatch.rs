@@ -97,7 +97,7 @@ async fn fill_backlog(dir: &Path, round: usize, rng: &mut fastrand::Rng) -> Vec<
         let id = format!("r{round}-e{n}");
         let body = json!({"type": "tracking.updated", "data": {"tracking_number": tn, "status": status, "occurred_at": at}});
         generated.push((id.clone(), tn.clone(), status, at_ms));
-        let fields = waybill::mapping::Fields {
+        let fields = waybill::webhook::mapping::Fields {
             key: tn.clone(),
             status: status.to_string(),
             occurred_at: Some(format!("\"{at}\"")),

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use support::*;
-use waybill::simulator::SimConfig;
+use waybill::tools::simulator::SimConfig;
 
 fn write_config(dir: &Path, sim: SocketAddr, on_postgres: bool) -> std::path::PathBuf {
     let store = if on_postgres {

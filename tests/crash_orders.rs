@@ -20,7 +20,7 @@ use waybill::store::Store;
 use serde_json::{Value, json};
 use support::pg::Schema;
 use support::*;
-use waybill::simulator::SimConfig;
+use waybill::tools::simulator::SimConfig;
 
 fn write_config(dir: &Path, sim: SocketAddr, pg: Option<&Schema>) -> std::path::PathBuf {
     let path = write_gateway_config(

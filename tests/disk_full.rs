@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::*;
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 const SECRET: &str = "gh-secret";
 

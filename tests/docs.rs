@@ -13,7 +13,7 @@
 mod support;
 
 use support::*;
-use waybill::simulator::SimConfig;
+use waybill::tools::simulator::SimConfig;
 
 /// The blocks of a Markdown text fenced as `lang`, in order, each with the
 /// `<!-- tested: TEXT -->` marker right above it, if any.

@@ -15,7 +15,7 @@ mod helpers;
 use helpers::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests_and_closes_connections() {

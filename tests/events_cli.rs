@@ -13,7 +13,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use support::*;
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 const TOKEN: &str = "cli-admin-token";
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 const SECRET: &str = "gh-secret";
 const ADMIN: &str = "admin-token";

@@ -16,7 +16,7 @@ mod helpers;
 use helpers::*;
 use serde_json::json;
 use tokio::net::TcpStream;
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 struct Counts(String);
 

@@ -284,14 +284,19 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
             rng.u32(1..28),
             rng.u32(0..24)
         );
-        let fields = waybill::mapping::Fields {
+        let fields = waybill::webhook::mapping::Fields {
             key: tn.clone(),
             status: status.into(),
             occurred_at: Some(at),
         };
         let id = format!("e{n}");
-        if let waybill::mapping::Interpretation::Tracking { event, .. } =
-            waybill::mapping::interpret_fields(&sources["carrier"], &id, 2_000 + n, &fields)
+        if let waybill::webhook::mapping::Interpretation::Tracking { event, .. } =
+            waybill::webhook::mapping::interpret_fields(
+                &sources["carrier"],
+                &id,
+                2_000 + n,
+                &fields,
+            )
         {
             match reference.get_mut(&tn) {
                 Some(t) => {
@@ -568,7 +573,7 @@ async fn an_unreadable_shipment_sends_its_event_to_the_dead_letter_not_dispatch_
             .ingest(NewEvent {
                 event_id: id.into(),
                 tracking_number: Some(tn.into()),
-                fields: Some(waybill::mapping::Fields {
+                fields: Some(waybill::webhook::mapping::Fields {
                     key: tn.into(),
                     status: "in_transit".into(),
                     occurred_at: None,

@@ -10,7 +10,7 @@
 mod support;
 
 use support::*;
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 fn source(secret: &str) -> String {
     format!(

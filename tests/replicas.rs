@@ -20,7 +20,7 @@ use std::path::Path;
 use serde_json::json;
 use support::pg::{Schema, schema};
 use support::*;
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 const SECRET: &str = "whsec_cmVwbGljYXMtdGVzdC1rZXktMDAwMDAwMDAwMA==";
 const ADMIN: &str = "replicas-admin-token-0123456789abcdef";

@@ -23,8 +23,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use support::*;
-use waybill::signature::SchemeKind;
-use waybill::simulator::SimConfig;
+use waybill::tools::simulator::SimConfig;
+use waybill::webhook::signature::SchemeKind;
 
 const GH_SECRET: &str = "gh-secret";
 const ADMIN: &str = "admin-token";

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 const SECRET: &str = "gh-secret";
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use helpers::*;
 use serde_json::{Value, json};
-use waybill::simulator::SimConfig;
+use waybill::tools::simulator::SimConfig;
 
 fn config() -> SimConfig {
     SimConfig {

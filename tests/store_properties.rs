@@ -22,8 +22,8 @@ use proptest::prelude::*;
 use support::{label_for, shipment_record};
 use waybill::config::SourceConfig;
 use waybill::domain::shipment::{ShipmentStatus, StatusEvent, Timeline};
-use waybill::mapping::{Fields, Interpretation, interpret_fields};
 use waybill::store::{DispatchOutcome, NewEvent, Store};
+use waybill::webhook::mapping::{Fields, Interpretation, interpret_fields};
 
 const STATUSES: [&str; 5] = [
     "pre_transit",
@@ -242,7 +242,7 @@ fn scenario_sources(reloaded: bool) -> Vec<SourceConfig> {
 fn delivery(source: &str, id: &str, n: u64, body: serde_json::Value) -> NewEvent {
     let sources = scenario_sources(false);
     let config = sources.iter().find(|s| s.name == source).unwrap();
-    let fields = waybill::mapping::extract(config, &body).unwrap();
+    let fields = waybill::webhook::mapping::extract(config, &body).unwrap();
     NewEvent {
         source: source.into(),
         event_id: id.into(),

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use support::*;
-use waybill::simulator::SimConfig;
+use waybill::tools::simulator::SimConfig;
 
 /// A self-signed certificate for `localhost` and its key, as PEM files.
 fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -31,7 +31,7 @@ fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 async fn https_sim(cert: &Path, key: &Path) -> SocketAddr {
     start_sim(SimConfig {
         default_stock: 1000,
-        tls: Some(waybill::simulator::tls_server_config(cert, key).unwrap()),
+        tls: Some(waybill::tools::simulator::tls_server_config(cert, key).unwrap()),
         ..SimConfig::default()
     })
     .await

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::ids::OrderId;
 
-use crate::identity::{FieldIssue, UNSTORABLE, unstorable};
+use crate::domain::field::{FieldIssue, UNSTORABLE, unstorable};
 
 /// ISO 3166-1 alpha-2, as assigned (249 codes), sorted for binary search.
 pub const COUNTRIES: [&str; 249] = [

@@ -13,12 +13,13 @@ use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value, json};
 
+use super::State;
 use super::console;
 use super::error::{ApiError, Body, json_response};
 use super::{ClientAddr, LogFields, RequestId};
-use crate::app::{App, Live};
 use crate::clock::rfc3339_ms;
-use crate::identity::{FieldIssue, UNSTORABLE, unstorable};
+use crate::domain::field::{FieldIssue, UNSTORABLE, unstorable};
+use crate::live::Live;
 use crate::ratelimit::{Failed, Failures};
 use crate::service::events::{self, Bulk};
 use crate::store::{EventFilter, OutcomeRecord, StoredEvent};
@@ -90,7 +91,7 @@ impl AuthFailures {
     }
 }
 
-pub async fn handle(app: &App, live: &Live, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: &State, live: &Live, req: Request<Incoming>) -> Response<Body> {
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -187,7 +188,7 @@ fn time_filter(key: &str, v: &str, issues: &mut Vec<FieldIssue>) -> Option<u64> 
     }
 }
 
-async fn search(app: &App, query: &str) -> Result<Response<Body>, ApiError> {
+async fn search(app: &State, query: &str) -> Result<Response<Body>, ApiError> {
     let mut filter = EventFilter::default();
     let mut limit = DEFAULT_LIMIT;
     let mut issues = Vec::new();
@@ -325,7 +326,7 @@ fn parse_bulk(body: &[u8]) -> Result<Bulk, ApiError> {
 /// newest first. The search runs on the blocking pool a bounded slice at a
 /// time, one search at a time; the redeliveries go to the state machine,
 /// which applies each with the config in force.
-async fn bulk_redeliver(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn bulk_redeliver(app: &State, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -365,7 +366,7 @@ fn summary(ev: &StoredEvent, outcome: Option<&OutcomeRecord>) -> Map<String, Val
     m
 }
 
-async fn show(app: &App, source: &str, id: &str) -> Result<Response<Body>, ApiError> {
+async fn show(app: &State, source: &str, id: &str) -> Result<Response<Body>, ApiError> {
     // The supervision tests make one request panic here.
     fail::fail_point!("admin-show");
     let (ev, outcome) = events::show(app.store.as_ref(), source, id).await?;
@@ -395,7 +396,7 @@ async fn show(app: &App, source: &str, id: &str) -> Result<Response<Body>, ApiEr
     Ok(json_response(StatusCode::OK, &Value::Object(m)))
 }
 
-async fn redeliver(app: &App, source: &str, id: &str) -> Result<Response<Body>, ApiError> {
+async fn redeliver(app: &State, source: &str, id: &str) -> Result<Response<Body>, ApiError> {
     let out = events::redeliver(app.store.as_ref(), source, id).await?;
     Ok(json_response(
         StatusCode::OK,

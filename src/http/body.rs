@@ -7,10 +7,10 @@ use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 
+use super::State;
 use super::error::ApiError;
 use super::unverified::Hold;
-use crate::app::App;
-use crate::identity::FieldIssue;
+use crate::domain::field::FieldIssue;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum BodyError {
@@ -26,7 +26,11 @@ impl BodyError {
     /// The answer to a body that could not be read; `unreadable` is how
     /// the route words one whose bytes broke off (its client left, or the
     /// chunked framing was wrong).
-    pub(super) fn answer(self, app: &App, unreadable: fn(Vec<FieldIssue>) -> ApiError) -> ApiError {
+    pub(super) fn answer(
+        self,
+        app: &State,
+        unreadable: fn(Vec<FieldIssue>) -> ApiError,
+    ) -> ApiError {
         // The body was not read to its end: the connection cannot carry
         // another request.
         let mut e = match self {
@@ -54,7 +58,7 @@ pub(super) enum Sender {
 /// The whole body, the request head it came with, and what it holds of
 /// the unverified bound (drop it once the sender is verified).
 pub(super) async fn read(
-    app: &App,
+    app: &State,
     req: Request<Incoming>,
     sender: Sender,
 ) -> Result<(http::request::Parts, Bytes, Hold), BodyError> {
@@ -83,7 +87,7 @@ pub(super) async fn read(
 /// it came; a longer one is copied into one buffer, sized up front when
 /// the length is declared, so that a body never takes twice its size.
 async fn collect(
-    app: &App,
+    app: &State,
     mut body: Incoming,
     max: u64,
     declared: Option<u64>,

@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::State;
 use super::error::{ApiError, Body};
-use crate::app::App;
 use crate::config::Secret;
 
 const PAGE: &str = include_str!("console.html");
@@ -98,7 +98,7 @@ fn session(token: &Secret) -> String {
 
 /// `GET /admin/ui` and the sign-in `POST` from its form.
 pub async fn handle(
-    app: &App,
+    app: &State,
     req: Request<Incoming>,
     token: &Secret,
     credential: Credential,
@@ -114,7 +114,7 @@ pub async fn handle(
 }
 
 async fn sign_in(
-    app: &App,
+    app: &State,
     req: Request<Incoming>,
     token: &Secret,
     client: std::net::IpAddr,

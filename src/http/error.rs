@@ -7,7 +7,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use serde_json::json;
 
-use crate::identity::FieldIssue;
+use crate::domain::field::FieldIssue;
 use crate::json::JsonError;
 use crate::service::Refusal;
 use crate::store::StoreError;

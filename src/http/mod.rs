@@ -35,6 +35,8 @@ mod console;
 pub mod error;
 mod ops;
 pub use ops::OPENAPI;
+mod state;
+pub use state::State;
 mod unverified;
 pub use unverified::{Unverified, large_share};
 mod v1;
@@ -55,7 +57,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_io_timeout::TimeoutStream;
 
-use crate::app::App;
 use crate::telemetry::metric;
 use error::{ApiError, Body};
 
@@ -226,7 +227,7 @@ fn method_label(m: &Method) -> &'static str {
 /// Takes an in-flight slot for a request whose body has arrived, or says
 /// the gateway is overloaded (503 `OVERLOADED`). The slot is given back
 /// when the permit drops, however the request ends.
-fn admit(app: &App) -> Result<OwnedSemaphorePermit, ApiError> {
+fn admit(app: &State) -> Result<OwnedSemaphorePermit, ApiError> {
     app.in_flight
         .clone()
         .try_acquire_owned()
@@ -267,7 +268,7 @@ enum Listener {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::IpAddr);
 
-fn builder(app: &App) -> http1::Builder {
+fn builder(app: &State) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -284,7 +285,7 @@ fn builder(app: &App) -> http1::Builder {
 pub async fn serve(
     listener: TcpListener,
     ops: Option<TcpListener>,
-    app: Arc<App>,
+    app: Arc<State>,
     stop: impl Future<Output = Stop>,
 ) -> Stop {
     let builder = builder(&app);
@@ -357,7 +358,7 @@ pub async fn serve(
 
 /// The operations listener: its own accept loop and connection cap, so
 /// that probes and scrapes are answered whatever holds the public one.
-async fn serve_ops(listener: TcpListener, app: Arc<App>) {
+async fn serve_ops(listener: TcpListener, app: Arc<State>) {
     let builder = builder(&app);
     let connections = Arc::new(Semaphore::new(OPS_CONNECTIONS));
     let backoff = Backoff::default();
@@ -385,7 +386,7 @@ fn timed(stream: tokio::net::TcpStream, timeout: Duration) -> Io {
 }
 
 fn service(
-    app: Arc<App>,
+    app: Arc<State>,
     peer: std::net::SocketAddr,
     listener: Listener,
 ) -> impl hyper::service::Service<
@@ -471,7 +472,7 @@ fn transport_error(e: &hyper::Error) {
 }
 
 async fn edge(
-    app: Arc<App>,
+    app: Arc<State>,
     client: ClientAddr,
     listener: Listener,
     mut req: Request<Incoming>,
@@ -573,7 +574,7 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
-async fn router(app: &App, req: Request<Incoming>) -> Response<Body> {
+async fn router(app: &State, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     // The config this request runs under, to its end, whatever a reload
     // does meanwhile.

@@ -5,15 +5,15 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
 
 use super::Route;
+use super::State;
 use super::error::{ApiError, Body, json_response};
-use crate::app::App;
 
 /// The API described (contract 10.1): `docs/openapi.json`, kept by hand
 /// and checked against the router by `tests/api/openapi.rs`.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 pub(super) async fn handle(
-    app: &App,
+    app: &State,
     route: &Route<'_>,
     method: &Method,
     request_id: &str,

@@ -14,17 +14,18 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::State;
 use super::body::{self, Sender};
 use super::error::{ApiError, Body, json_bytes, json_response};
 use super::{LogFields, RequestId};
-use crate::app::{App, Live};
 use crate::clock::rfc3339_ms;
+use crate::domain::field::FieldIssue;
 use crate::domain::ids::{OrderId, ShipmentId};
 use crate::domain::label::{Label, LabelFormat};
 use crate::domain::order::OrderStatus;
 use crate::domain::request::{NewOrder, NewShipment};
 use crate::idempotency::{self, KeyError};
-use crate::identity::FieldIssue;
+use crate::live::Live;
 use crate::partners::Partner;
 use crate::service::{
     Answered, Keyed, Placed, Ports, Refusal, Render, StoredAnswer, orders, shipments,
@@ -58,7 +59,7 @@ impl V1Route {
 }
 
 pub(super) async fn handle(
-    app: &App,
+    app: &State,
     live: &Live,
     req: Request<Incoming>,
     route: V1Route,
@@ -79,7 +80,7 @@ pub(super) async fn handle(
 /// Everything up to the use case: transport, the partner, its limit; then
 /// the route's handler.
 async fn call(
-    app: &App,
+    app: &State,
     live: &Live,
     req: Request<Incoming>,
     route: V1Route,
@@ -157,7 +158,7 @@ fn with_fields(mut resp: Response<Body>, fields: LogFields) -> Response<Body> {
 
 /// One authenticated `/v1` request, as its handler needs it.
 struct Call<'a> {
-    app: &'a App,
+    app: &'a State,
     partner: &'a Partner,
     ports: Ports<'a>,
     parts: &'a http::request::Parts,

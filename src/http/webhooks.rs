@@ -5,17 +5,18 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use super::State;
 use super::body::{self, BodyError, Sender};
 use super::error::{ApiError, Body, json_response};
 use super::{LogFields, RequestId};
-use crate::app::{App, Live};
 use crate::clock::rfc3339_ms;
-use crate::ingest::{Outcome, Refusal};
-use crate::signature::Rejection;
+use crate::live::Live;
 use crate::telemetry::{metric, outcome};
+use crate::webhook::ingest::{Outcome, Refusal};
+use crate::webhook::signature::Rejection;
 
 pub async fn handle(
-    app: &App,
+    app: &State,
     live: &Live,
     req: Request<Incoming>,
     source_name: &str,

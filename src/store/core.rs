@@ -27,7 +27,7 @@ use super::{
 use crate::config::SourceConfig;
 use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
 use crate::domain::label::{Label, LabelRequest};
-use crate::mapping::{Interpretation, interpret};
+use crate::webhook::mapping::{Interpretation, interpret};
 
 /// The sources events are read with, by name.
 pub type Sources = HashMap<String, SourceConfig>;

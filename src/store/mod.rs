@@ -69,7 +69,7 @@ pub struct NewEvent {
     pub tracking_number: Option<String>,
     pub order_id: Option<String>,
     /// The mapped fields of a dispatched event, read at intake.
-    pub fields: Option<crate::mapping::Fields>,
+    pub fields: Option<crate::webhook::mapping::Fields>,
     pub body: Bytes,
 }
 

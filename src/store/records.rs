@@ -304,8 +304,11 @@ impl OutcomeRecord {
 
     /// The outcomes that need nothing but the interpretation: ignored,
     /// dead, or stored without dispatch. False for the others.
-    pub fn settle_plain(&mut self, interpretation: &crate::mapping::Interpretation) -> bool {
-        use crate::mapping::Interpretation;
+    pub fn settle_plain(
+        &mut self,
+        interpretation: &crate::webhook::mapping::Interpretation,
+    ) -> bool {
+        use crate::webhook::mapping::Interpretation;
         match interpretation {
             Interpretation::Ignored { reason } => {
                 self.outcome = DispatchOutcome::Ignored;

@@ -2,8 +2,8 @@
 //! redelivery of dead events, one at a time and in bulk (10.6).
 
 use serde_json::json;
-use waybill::signature::SchemeKind;
 use waybill::store::DispatchOutcome;
+use waybill::webhook::signature::SchemeKind;
 
 use crate::helpers::*;
 

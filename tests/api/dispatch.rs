@@ -4,8 +4,8 @@
 
 use serde_json::json;
 use waybill::domain::shipment::ShipmentStatus;
-use waybill::signature::SchemeKind;
 use waybill::store::DispatchOutcome;
+use waybill::webhook::signature::SchemeKind;
 
 use crate::helpers::*;
 

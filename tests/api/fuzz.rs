@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 use crate::helpers::*;
 

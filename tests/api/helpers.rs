@@ -11,8 +11,8 @@ use tokio::sync::oneshot;
 use waybill::app::App;
 use waybill::config::{Config, ProcessEnv};
 
-use waybill::signature::SchemeKind;
-use waybill::simulator::SimConfig;
+use waybill::tools::simulator::SimConfig;
+use waybill::webhook::signature::SchemeKind;
 
 pub use crate::support::*;
 

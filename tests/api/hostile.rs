@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use waybill::domain::shipment::MAX_CARRIER_EVENTS;
-use waybill::simulator::SimConfig;
+use waybill::tools::simulator::SimConfig;
 
 use crate::helpers::*;
 
@@ -293,7 +293,7 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() {
     let waiting = tokio::spawn({
         let addr = app.addr;
         let h = signed(
-            waybill::signature::SchemeKind::Github,
+            waybill::webhook::signature::SchemeKind::Github,
             GH_SECRET,
             &body,
             0,

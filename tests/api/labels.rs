@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::json;
-use waybill::simulator::SimConfig;
+use waybill::tools::simulator::SimConfig;
 
 use crate::helpers::*;
 

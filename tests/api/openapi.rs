@@ -130,7 +130,7 @@ fn every_operation_documents_its_errors_with_the_error_body() {
 /// fraction is an integer, as the document's `integer` says.
 #[tokio::test]
 async fn what_the_fuzzer_found_stays_fixed() {
-    let (app, _sim) = app_with_sim(waybill::simulator::SimConfig::default()).await;
+    let (app, _sim) = app_with_sim(waybill::tools::simulator::SimConfig::default()).await;
     let id = new_shipment(&app, "o-fuzz").await;
     for (path, body) in [
         (format!("/v1/shipments/{id}/label"), "null"),

@@ -1,6 +1,6 @@
 //! Contract 8: health, readiness, metrics.
 
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 use crate::helpers::*;
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
-use waybill::signature::SchemeKind;
-use waybill::simulator::SimConfig;
+use waybill::tools::simulator::SimConfig;
+use waybill::webhook::signature::SchemeKind;
 
 use crate::helpers::*;
 

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use waybill::app::Reload;
 use waybill::config::{Config, ProcessEnv};
-use waybill::signature::SchemeKind;
 use waybill::store::DispatchOutcome;
+use waybill::webhook::signature::SchemeKind;
 
 use crate::helpers::*;
 

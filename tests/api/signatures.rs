@@ -1,6 +1,6 @@
 //! Contract 3.2: every scheme, rotation, tolerance, and the 401 codes.
 
-use waybill::signature::{Encoding, SchemeKind};
+use waybill::webhook::signature::{Encoding, SchemeKind};
 
 use crate::helpers::*;
 

@@ -3,7 +3,7 @@
 //! on both stores, and changes nothing.
 
 use serde_json::{Value, json};
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 use crate::helpers::*;
 

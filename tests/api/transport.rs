@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use waybill::signature::SchemeKind;
+use waybill::webhook::signature::SchemeKind;
 
 use crate::helpers::*;
 

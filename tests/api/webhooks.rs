@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use waybill::signature::{Encoding, SchemeKind};
+use waybill::webhook::signature::{Encoding, SchemeKind};
 
 use crate::helpers::*;
 

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use waybill::signature::{Scheme, SchemeKind};
+use waybill::webhook::signature::{Scheme, SchemeKind};
 
 pub mod pg;
 
@@ -171,10 +171,10 @@ pub async fn close_store(store: std::sync::Arc<waybill::store::SledStore>) {
 }
 
 /// A simulator on 127.0.0.1:0, serving until the test's runtime ends.
-pub async fn start_sim(config: waybill::simulator::SimConfig) -> SocketAddr {
+pub async fn start_sim(config: waybill::tools::simulator::SimConfig) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(waybill::simulator::run(
+    tokio::spawn(waybill::tools::simulator::run(
         listener,
         config,
         std::future::pending(),
@@ -613,7 +613,7 @@ pub fn carrier_sources() -> Vec<waybill::config::SourceConfig> {
 /// down until `carrier_down` is cleared: the simulator's address (for its
 /// ledger) and the downstream to configure.
 pub async fn sim_with_carrier_down() -> (SocketAddr, SplitDownstream) {
-    let sim = start_sim(waybill::simulator::SimConfig {
+    let sim = start_sim(waybill::tools::simulator::SimConfig {
         default_stock: 1000,
         ..Default::default()
     })

@@ -24,7 +24,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use waybill::config::{Config, ProcessEnv};
-use waybill::signature::Scheme;
+use waybill::webhook::signature::Scheme;
 
 /// Why a run stopped: said on stderr, and the exit code is 1.
 type Failed = Box<dyn std::error::Error + Send + Sync>;
@@ -304,7 +304,7 @@ async fn dispatch_bench(
         let body = format!(
             r#"{{"type":"tracking.updated","data":{{"tracking_number":"{tn}","status":"{status}","occurred_at":"{at}"}}}}"#
         );
-        let fields = waybill::mapping::Fields {
+        let fields = waybill::webhook::mapping::Fields {
             key: tn.clone(),
             status: status.to_string(),
             occurred_at: Some(format!("\"{at}\"")),

@@ -16,7 +16,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use waybill::signature::Scheme;
+use waybill::webhook::signature::Scheme;
 
 struct Naive {
     db: sled::Db,

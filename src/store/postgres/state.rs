@@ -19,12 +19,12 @@ use super::{EVENT_COLUMNS, Tx, db_err, ms};
 use crate::clock::now_ms;
 use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
 use crate::idempotency::{self, Decision, Fingerprint, IdempotencyKey};
-use crate::mapping::{Fields, Interpretation, interpret_fields};
 use crate::store::core::{Counted, ParkKey, Sources, Stored, Unit, Work, gone};
 use crate::store::{
     Completion, EventFilter, EventMeta, OrderRecord, OutcomeRecord, Search, ShipmentRecord,
     StateError, StoreError, StoredEvent,
 };
+use crate::webhook::mapping::{Fields, Interpretation, interpret_fields};
 
 /// One JSON record, `what` (named in the error when it cannot be read),
 /// from the first column of a query's only row.

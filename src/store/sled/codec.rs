@@ -236,7 +236,7 @@ pub struct Arrival {
     /// Whether the event is for the state machine (else: stored only).
     pub dispatch: bool,
     pub received_at_ms: u64,
-    pub fields: Option<crate::mapping::Fields>,
+    pub fields: Option<crate::webhook::mapping::Fields>,
     /// What dispatch did; set once the cursor has passed this arrival.
     pub outcome: Option<OutcomeRecord>,
 }
@@ -295,7 +295,7 @@ impl Arrival {
         let source = r.string()?;
         let event_id = r.string()?;
         let fields = if flags & FIELDS != 0 {
-            Some(crate::mapping::Fields {
+            Some(crate::webhook::mapping::Fields {
                 key: r.string()?,
                 status: r.string()?,
                 occurred_at: r.opt()?,
@@ -755,7 +755,7 @@ mod tests {
             event_id: "evt_\u{e9}1".into(),
             dispatch: true,
             received_at_ms: 1_764_000_000_000,
-            fields: Some(crate::mapping::Fields {
+            fields: Some(crate::webhook::mapping::Fields {
                 key: "1Z999".into(),
                 status: "in_transit".into(),
                 occurred_at: Some("\"2026-11-30T08:00:00Z\"".into()),
@@ -827,7 +827,7 @@ mod tests {
         use proptest::prelude::*;
         let text = || ".{0,40}";
         let fields = proptest::option::of((text(), text(), proptest::option::of(text())).prop_map(
-            |(key, status, occurred_at)| crate::mapping::Fields {
+            |(key, status, occurred_at)| crate::webhook::mapping::Fields {
                 key,
                 status,
                 occurred_at,

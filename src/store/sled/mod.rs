@@ -1950,7 +1950,7 @@ mod tests {
         let mut ev = event("move", 10, 1, true);
         ev.source = "c".into();
         ev.tracking_number = Some("TN".into());
-        ev.fields = Some(crate::mapping::Fields {
+        ev.fields = Some(crate::webhook::mapping::Fields {
             key: "TN".into(),
             status: "transit".into(),
             occurred_at: None,
@@ -2058,7 +2058,7 @@ mod tests {
             let mut ev = event(id, at, at as u8, true);
             ev.source = "c".into();
             ev.tracking_number = Some(tn.into());
-            ev.fields = Some(crate::mapping::Fields {
+            ev.fields = Some(crate::webhook::mapping::Fields {
                 key: tn.into(),
                 status: "transit".into(),
                 occurred_at: None,
@@ -2094,7 +2094,7 @@ mod tests {
         let mut ev = event("parked", 40, 3, true);
         ev.source = "c".into();
         ev.tracking_number = Some("TN2".into());
-        ev.fields = Some(crate::mapping::Fields {
+        ev.fields = Some(crate::webhook::mapping::Fields {
             key: "TN2".into(),
             status: "transit".into(),
             occurred_at: None,

@@ -28,13 +28,13 @@ use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
 use crate::domain::label::{Label, LabelRequest};
 use crate::health::Component;
 use crate::idempotency::{self, Decision, Fingerprint, IdempotencyKey};
-use crate::mapping::{Interpretation, interpret_fields};
 use crate::store::core::{ParkKey, Stored, Unit, Work, gone, run_now};
 use crate::store::{
     CancelAnswer, Completion, LabelRecorded, OrderCreated, OrderWrite, StateError, StoreError,
     count_dispatched as count, count_redelivered,
 };
 use crate::telemetry::metric;
+use crate::webhook::mapping::{Interpretation, interpret_fields};
 
 /// Inbox entries applied in one batch at most.
 const PASS: usize = 256;

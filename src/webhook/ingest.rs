@@ -13,10 +13,11 @@ use bytes::Bytes;
 use http::HeaderMap;
 
 use crate::config::{Config, SourceConfig};
-use crate::identity::{self, FieldIssue};
+use crate::domain::field::FieldIssue;
 use crate::ratelimit::Limiter;
-use crate::signature::Rejection;
 use crate::store::{IngestResult, Intake, NewEvent, StoreError};
+use crate::webhook::identity;
+use crate::webhook::signature::Rejection;
 
 /// A source ready to take deliveries: its config, HMAC keys and limiter.
 pub struct Source {

@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::canonical;
-use crate::signature::{Scheme, SchemeKind};
+use crate::webhook::canonical;
+use crate::webhook::signature::{Scheme, SchemeKind};
 
 #[derive(Debug, Clone, Default)]
 pub struct SimConfig {

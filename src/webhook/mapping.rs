@@ -13,11 +13,11 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::canonical;
 use crate::config::{SourceConfig, SourceKind};
+use crate::domain::field::{UNSTORABLE, unstorable};
 use crate::domain::order::{PaymentEvent, PaymentStatus};
 use crate::domain::shipment::{ShipmentStatus, StatusEvent};
-use crate::identity::{UNSTORABLE, unstorable};
+use crate::webhook::canonical;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interpretation {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::config::{Config, ConfigErrors};
-use crate::signature::Rejection;
+use crate::webhook::signature::Rejection;
 
 /// Writes `text` to stdout. A reader that stopped reading (`| head -1`)
 /// is no error: it has what it wanted, and the command ends quietly
@@ -134,7 +134,7 @@ pub fn verify_delivery(
                 .is_ok()
         })
         .map_or(1, |i| i + 1);
-    match crate::identity::examine(src, verified.event_id, body) {
+    match crate::webhook::identity::examine(src, verified.event_id, body) {
         Ok(examined) => Ok(Verdict::Valid {
             secret,
             event_id: examined.event_id,

@@ -12,7 +12,7 @@
 //!   of that size come from the arenas and their memory stays with the
 //!   process. A fixed threshold keeps request bodies in mappings of their
 //!   own, so the memory a burst of large bodies took is given back when
-//!   they go (contract 11.2).
+//!   they go (GUARANTEES.md: "Hostile traffic").
 
 /// Applies the settings; call before the runtime starts its threads.
 pub fn tune() {

@@ -45,7 +45,7 @@ pub enum ServeError {
     ComponentFailed(Component),
 }
 
-/// How a reload went (contract 10.5).
+/// How a reload went (GUARANTEES.md: "Reload").
 #[derive(Debug)]
 pub enum Reload {
     /// In force; the keys listed changed but take a restart, and were kept.
@@ -59,7 +59,7 @@ pub type App = crate::http::State;
 
 impl App {
     /// Puts a freshly loaded config in force for every request that starts
-    /// from now on, or refuses it whole (contract 10.5). Sources, secrets,
+    /// from now on, or refuses it whole (GUARANTEES.md: "Reload"). Sources, secrets,
     /// status maps, partners, keys, rate limits, the admin token and the
     /// downstream change together; `[server]` and `[store]` keep their
     /// running values, and the keys that differ are reported.
@@ -211,9 +211,9 @@ async fn housekeeping(app: Arc<App>) {
     }
 }
 
-/// Background fulfilment: every tick, the paid orders whose label is due
-/// for another try (contract 9.6). The queue is in the store, so it
-/// survives restarts.
+/// Background fulfilment: every tick, the paid orders whose label is due for
+/// another try (GUARANTEES.md: "Orders follow their shipment"). The queue is in
+/// the store, so it survives restarts.
 async fn fulfilment(app: Arc<App>) {
     let alive = app.health.enter(Component::Fulfilment, FULFILMENT_STALL);
     let mut tick = tokio::time::interval(TICK);

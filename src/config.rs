@@ -125,11 +125,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub request_timeout: Duration,
     /// A request's head must arrive within this, and an idle kept-alive
-    /// connection is closed after it (contract 11.2).
+    /// connection is closed after it (GUARANTEES.md: "Hostile traffic").
     pub header_timeout: Duration,
     pub shutdown_grace: Duration,
     /// Request bodies held before their signature or API key is verified,
-    /// in total (contract 11.2).
+    /// in total (GUARANTEES.md: "Hostile traffic").
     pub max_unverified_bytes: u64,
     /// A listener of its own for `/healthz`, `/readyz` and `/metrics`,
     /// outside the public connection cap.
@@ -172,7 +172,7 @@ impl StoreBackend {
     }
 }
 
-/// Where the store lives (contract 10.8).
+/// Where the store lives (GUARANTEES.md: "Replicas on PostgreSQL").
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreBackend {
     /// Embedded, under `path`: one process.
@@ -233,7 +233,7 @@ impl SourceConfig {
     /// `dedupe_retention`, and for a scheme that signs a timestamp at least
     /// twice the tolerance and one second more. Timestamps are whole
     /// seconds: a delivery received late in one second may be replayed
-    /// until the end of the second twice the tolerance on (contract 11.2).
+    /// until the end of the second twice the tolerance on (GUARANTEES.md: "Hostile traffic").
     pub fn identity_retention(&self) -> Duration {
         match self.scheme.tolerance() {
             Some(tolerance) => self
@@ -245,7 +245,7 @@ impl SourceConfig {
 
     /// Whether an event of this type (None when absent) goes to the state
     /// machine. A configured `event_type` pointer that is absent makes the
-    /// event a type outside `accept_event_types` (contract 3.3).
+    /// event a type outside `accept_event_types` (GUARANTEES.md: "Event identity").
     pub fn dispatches(&self, event_type: Option<&str>) -> bool {
         if self.kind == SourceKind::StoreOnly {
             return false;
@@ -1055,7 +1055,7 @@ impl Walker<'_> {
         // now: a delivery stamped `tolerance` ahead is accepted at once and
         // can be replayed until `tolerance` after its stamp, twice the
         // tolerance later. Its identity must be remembered that long, or
-        // the replay is accepted as new (contract 11.2).
+        // the replay is accepted as new (GUARANTEES.md: "Hostile traffic").
         match scheme.as_ref().map(|s| (s, s.tolerance())) {
             Some((_, Some(tolerance))) if dedupe_retention < tolerance * 2 => {
                 self.bad(
@@ -1466,8 +1466,8 @@ mod tests {
         assert!(text.contains("MISSING_SECRET is not set"), "{text}");
     }
 
-    /// Contract 10.8: the store's backend, its URL as a secret reference,
-    /// and what is refused.
+    /// "Replicas on PostgreSQL" (GUARANTEES.md): the store's backend, its URL
+    /// as a secret reference, and what is refused.
     #[test]
     fn the_postgres_backend_takes_its_url_from_a_secret_reference() {
         let env = MapEnv(HashMap::from([("DB", "postgres://u:pw@db/waybill")]));
@@ -1573,7 +1573,7 @@ mod tests {
         assert!(k.contains(&"sources[2].signature.header"), "{k:?}");
     }
 
-    /// Contract 10.2: `https://` downstreams, and `ca_file` read and
+    /// "Downstreams" (GUARANTEES.md): `https://` downstreams, and `ca_file` read and
     /// checked at load, naming the key when it is wrong.
     #[test]
     fn downstreams_may_be_https_with_a_ca_file_checked_at_load() {
@@ -1602,7 +1602,7 @@ mod tests {
         assert_eq!(ok.downstream.ca_certs, [generated.cert.der().to_vec()]);
     }
 
-    /// Contract 11.2: the signed window spans twice the tolerance, so a
+    /// "Hostile traffic" (GUARANTEES.md): the signed window spans twice the tolerance, so a
     /// retention under that is an error (a replay at 1.5 times the
     /// tolerance would be accepted twice); identities are then kept one
     /// second longer, for whole-second timestamps.
@@ -1634,7 +1634,7 @@ mod tests {
         );
     }
 
-    /// Contract 11.2: a scheme that signs no timestamp relies on dedupe
+    /// "Hostile traffic" (GUARANTEES.md): a scheme that signs no timestamp relies on dedupe
     /// alone, so a retention under 24 hours is warned about.
     #[test]
     fn an_untimestamped_source_under_a_day_of_retention_is_warned_about() {
@@ -1654,7 +1654,7 @@ mod tests {
         assert!(!warned(&Config::parse(&cfg("24h"), &no_env()).unwrap()));
     }
 
-    /// Contract 11.2: a blank admin token is refused, a short one warned
+    /// "Hostile traffic" (GUARANTEES.md): a blank admin token is refused, a short one warned
     /// about; an unset variable still only disables `/admin`.
     #[test]
     fn a_blank_admin_token_is_refused_and_a_short_one_warned_about() {

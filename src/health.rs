@@ -1,4 +1,5 @@
-//! Crash-only supervision of the background components (contract 10.7).
+//! Crash-only supervision of the background components (GUARANTEES.md: "Nothing
+//! stops the gateway").
 //!
 //! Every long-lived thread or task holds an [`Alive`] for as long as it
 //! runs. When one ends (it returned, or it panicked and unwound) outside an

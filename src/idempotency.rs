@@ -1,4 +1,4 @@
-//! The idempotency rules of contract 5.2, pure: where the key comes from and
+//! The idempotency rules (GUARANTEES.md: "Idempotency keys"), pure: where the key comes from and
 //! what it may be, the request fingerprint, which answers are final, and what
 //! a new request with a known key gets. The store keeps the records; this
 //! module decides.
@@ -301,7 +301,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Contract 10.3: a key sent as an RFC 8941 string is its content.
+    /// "Idempotency keys" (GUARANTEES.md): a key sent as an RFC 8941 string is its content.
     #[test]
     fn a_quoted_key_is_the_same_key_as_its_content() {
         let key = |h: &str| key_from(&[h.as_bytes()], None).map(String::from);

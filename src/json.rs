@@ -1,4 +1,4 @@
-//! Strict JSON for request bodies (contract 11.2). Pure.
+//! Strict JSON for request bodies (GUARANTEES.md: "Hostile traffic"). Pure.
 //!
 //! RFC 8259 leaves an object that repeats a name undefined: serde_json
 //! keeps the last value, other parsers the first, so two readers of one

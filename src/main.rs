@@ -648,7 +648,7 @@ fn simulate(
 }
 
 /// `SIGHUP` re-reads the config file the gateway started with and puts
-/// it in force, or refuses it whole (contract 10.5). The handler is
+/// it in force, or refuses it whole (GUARANTEES.md: "Reload"). The handler is
 /// installed before serving, so a hangup sent right after start is never
 /// the default (fatal) action.
 fn reload_on_hangup(

@@ -1,4 +1,4 @@
-//! Integrator authentication and per-partner rate limits (contract 5).
+//! Integrator authentication and per-partner rate limits (GUARANTEES.md: "The integrator API").
 
 use std::sync::Arc;
 

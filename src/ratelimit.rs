@@ -35,7 +35,7 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 
     /// Takes one cell, or says how many whole seconds to wait: the
-    /// limiter's real wait rounded up, at least 1 (contract 7).
+    /// limiter's real wait rounded up, at least 1 (GUARANTEES.md: "Errors").
     pub fn check(&self) -> Result<(), u64> {
         match self.inner.check() {
             Ok(()) => Ok(()),
@@ -95,7 +95,7 @@ mod tests {
     }
 }
 
-/// Failed authentications per client (contract 11.2): at most `burst`
+/// Failed authentications per client (GUARANTEES.md: "Hostile traffic"): at most `burst`
 /// failures, then one more every `interval`, each client apart. GCRA by
 /// hand rather than governor's keyed limiter, because the question asked
 /// before a request is checked is "may this client try?", which must not

@@ -19,7 +19,7 @@ pub mod metric {
     pub const DOWNSTREAM: &str = "waybill_downstream_requests_total";
     pub const CIRCUIT_OPEN: &str = "waybill_circuit_open";
     pub const STORE_GROUP_SIZE: &str = "waybill_store_commit_group_size";
-    /// The store's durable flush (contract 10.4's name).
+    /// The store's durable flush, under the name operators know.
     pub const STORE_FLUSH_SECONDS: &str = "waybill_flush_duration_seconds";
     pub const INBOX_OLDEST_AGE: &str = "waybill_inbox_oldest_age_seconds";
     pub const SOURCE_LAST_ACCEPTED: &str = "waybill_source_last_accepted_timestamp_seconds";

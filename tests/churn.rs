@@ -1,4 +1,4 @@
-//! Contract 10.9: under a steady load with retention R, disk use levels off.
+//! "Disk" (GUARANTEES.md): under a steady load with retention R, disk use levels off.
 //! The store is driven directly with synthetic times (no waiting): rounds
 //! of new events, each remembered for a few rounds, a dispatch pass and a
 //! retention sweep per round; the bytes on disk are read after each.

@@ -1,4 +1,4 @@
-//! The binary's subcommands and its exit codes (contract 2).
+//! The binary's subcommands and its exit codes (GUARANTEES.md: "Running").
 
 // Tests fail by panicking: the lints that keep panics out of the
 // gateway do not apply here.
@@ -81,8 +81,8 @@ fn check_config_exits_2_naming_each_bad_key() {
     assert_eq!(code, 2);
 }
 
-/// Contract 10.7: a dedupe retention shorter than the signature tolerance
-/// would let a captured delivery be accepted twice.
+/// "Nothing stops the gateway" (GUARANTEES.md): a dedupe retention shorter than
+/// the signature tolerance would let a captured delivery be accepted twice.
 #[test]
 fn check_config_refuses_a_retention_shorter_than_the_tolerance() {
     let dir = tempfile::tempdir().unwrap();
@@ -209,7 +209,7 @@ fn sign_prints_only_headers_and_curl_prints_a_command() {
     assert!(err.contains("nope"), "{err}");
 }
 
-/// Contract 10.3: `verify` on what `sign` printed is valid, names the
+/// "Idempotency keys" (GUARANTEES.md): `verify` on what `sign` printed is valid, names the
 /// secret and the event id; a changed body is invalid (exit 1); an unknown
 /// source or a malformed header is a usage error (exit 2).
 #[test]
@@ -274,7 +274,7 @@ fn verify_checks_a_captured_delivery_and_exits_0_1_or_2() {
     );
 }
 
-/// Contract 10.3: completion scripts, help on every flag, and
+/// "Idempotency keys" (GUARANTEES.md): completion scripts, help on every flag, and
 /// `WAYBILL_CONFIG` shown by `--help`.
 #[test]
 fn completions_and_help_describe_every_flag() {

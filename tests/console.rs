@@ -1,4 +1,4 @@
-//! The web console (`/admin/ui`, contract 10.6) in a real browser:
+//! The web console (`/admin/ui`; GUARANTEES.md: "Admin in bulk") in a real browser:
 //! headless Chromium, driven over the WebDriver protocol by chromedriver,
 //! against the built binary. It signs in, lists the dead events, opens
 //! one, has the operator fix the config (SIGHUP) and redeliver it from the

@@ -1,4 +1,5 @@
-//! Guarantee 1 and 2 under `kill -9`: the built binary takes concurrent
+//! "Durable before acknowledged", "Processed once" (GUARANTEES.md) under
+//! `kill -9`: the built binary takes concurrent
 //! deliveries, is killed at a random moment, and every delivery it
 //! acknowledged must be remembered (re-sending answers duplicate with the
 //! same first_received_at) and, being an accepted type, be in the inbox or

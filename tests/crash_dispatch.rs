@@ -1,4 +1,4 @@
-//! Guarantee 3 under `kill -9`: the built binary works through a backlog of
+//! "Applied once" (GUARANTEES.md) under `kill -9`: the built binary works through a backlog of
 //! thousands of tracking events and is killed at a random point, several
 //! times. After each kill every event is either still in the inbox or was
 //! dispatched exactly once, never both; shipments hold exactly the events

@@ -1,10 +1,10 @@
-//! Guarantees 4 and 5 for label purchase: the built binary is made to die
-//! (`abort`, a real process death) at each step boundary of buying a label:
-//! after claiming the key, after the carrier answered, and before the local
-//! commit. After a restart, retrying with the same key gives one label,
-//! bought once at the carrier, never two, and the key is never stuck. On
-//! both adapters: sled, and PostgreSQL (`support::pg`), where the retry
-//! waits out the dead process's claim (a short lease here).
+//! "Once per key", "No partial state" (GUARANTEES.md) for label purchase: the
+//! built binary is made to die (`abort`, a real process death) at each step
+//! boundary of buying a label: after claiming the key, after the carrier
+//! answered, and before the local commit. After a restart, retrying with the
+//! same key gives one label, bought once at the carrier, never two, and the key
+//! is never stuck. On both adapters: sled, and PostgreSQL (`support::pg`),
+//! where the retry waits out the dead process's claim (a short lease here).
 
 // Tests fail by panicking: the lints that keep panics out of the
 // gateway do not apply here.

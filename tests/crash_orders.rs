@@ -1,10 +1,10 @@
-//! Guarantees 4 and 5 for orders: the built binary dies (`abort`, a real
-//! process death) between every two steps of an order: after the
-//! reservation, after the charge, after the charge is recorded, after the
-//! shipment, after the label. After a restart, the retry with the same key
-//! finishes the order, the payment service has one charge, the inventory
-//! one reservation, the carrier one label, and the store is whole. On
-//! both adapters: sled, and PostgreSQL (`support::pg`).
+//! "Once per key", "No partial state" (GUARANTEES.md) for orders: the built
+//! binary dies (`abort`, a real process death) between every two steps of an
+//! order: after the reservation, after the charge, after the charge is
+//! recorded, after the shipment, after the label. After a restart, the retry
+//! with the same key finishes the order, the payment service has one charge,
+//! the inventory one reservation, the carrier one label, and the store is
+//! whole. On both adapters: sled, and PostgreSQL (`support::pg`).
 
 // Tests fail by panicking: the lints that keep panics out of the
 // gateway do not apply here.

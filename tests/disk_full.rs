@@ -1,9 +1,9 @@
-//! Contract 10.7: a full disk. The data directory is a small tmpfs mounted
-//! by the test (which needs root; elsewhere it says it skipped, and why).
-//! Every 202 given before the disk filled is still there after a kill -9
-//! and a restart; while full, webhooks answer 503 STORE_UNAVAILABLE with
-//! Retry-After 5 and /readyz 503; once space is freed, intake resumes by
-//! itself.
+//! "Nothing stops the gateway" (GUARANTEES.md): a full disk. The data directory
+//! is a small tmpfs mounted by the test (which needs root; elsewhere it says it
+//! skipped, and why). Every 202 given before the disk filled is still there
+//! after a kill -9 and a restart; while full, webhooks answer 503
+//! STORE_UNAVAILABLE with Retry-After 5 and /readyz 503; once space is freed,
+//! intake resumes by itself.
 
 // Tests fail by panicking: the lints that keep panics out of the
 // gateway do not apply here.
@@ -200,7 +200,7 @@ async fn burst(addr: std::net::SocketAddr, round: &str, n: usize) -> (Vec<String
     all
 }
 
-/// Contract 11.2: another process fills the disk to zero right after a
+/// "Hostile traffic" (GUARANTEES.md): another process fills the disk to zero right after a
 /// burst of deliveries, while sled still holds their index unwritten and
 /// faster than any free-space check can notice: once a block at a time
 /// until the disk refuses, once in a single write larger than the disk.

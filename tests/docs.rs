@@ -3,7 +3,9 @@
 //! built gateway (the shipped config, on a free port, in front of the
 //! simulator) with `bash -euo pipefail`, and prints what it promises (the
 //! `# expect:` lines, the marker's TEXT). The README's example source
-//! config is a valid config.
+//! config is a valid config. Every section of docs/GUARANTEES.md the code
+//! names exists, and every file, item and test ARCHITECTURE.md and the
+//! crate docs name is there.
 
 // Tests fail by panicking: the lints that keep panics out of the
 // gateway do not apply here.
@@ -164,4 +166,376 @@ fn the_readme_example_source_is_a_valid_config() {
     let source = config.source("acme-freight").unwrap();
     assert_eq!(source.secrets[0].expose(), "a-long-shared-secret");
     assert_eq!(source.event_id.as_deref(), Some("/event/id"));
+}
+
+/// Every `.rs` file below `dir`, with its text.
+fn rust_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            out.push((path, text));
+        }
+    }
+    out
+}
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A comment's lines joined into one, so that a quoted name wrapped over
+/// two lines reads whole.
+fn unwrapped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let t = line.trim_start();
+        let body = ["//! ", "/// ", "// ", "//!", "///", "//"]
+            .iter()
+            .find_map(|p| t.strip_prefix(p));
+        match body {
+            Some(b) => {
+                out.push_str(b);
+                out.push(' ');
+            }
+            None => {
+                out.push('\n');
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// The section names a text refers to: `GUARANTEES.md: "A", "B"` or
+/// `"A", "B" (GUARANTEES.md)`.
+fn guarantee_refs(text: &str) -> Vec<String> {
+    let quoted = |s: &str| -> Vec<String> {
+        s.split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("GUARANTEES.md") {
+        let (before, after) = rest.split_at(i);
+        let after = &after["GUARANTEES.md".len()..];
+        if let Some(list) = after.strip_prefix(": ") {
+            // "A", "B", ... up to the first character outside the list.
+            let mut end = 0;
+            let mut open = false;
+            for (j, c) in list.char_indices() {
+                match (c, open) {
+                    ('"', _) => open = !open,
+                    (',' | ' ', false) => {}
+                    (_, true) => {}
+                    (_, false) => break,
+                }
+                end = j + c.len_utf8();
+            }
+            out.extend(quoted(&list[..end]));
+        } else if after.starts_with(')') && before.ends_with(" (") {
+            // Walk back over `"A", "B" (`.
+            let head = &before[..before.len() - 2];
+            let mut start = head.len();
+            let mut open = false;
+            for (j, c) in head.char_indices().rev() {
+                match (c, open) {
+                    ('"', _) => open = !open,
+                    (',' | ' ', false) => {}
+                    (_, true) => {}
+                    (_, false) => break,
+                }
+                start = j;
+            }
+            out.extend(quoted(&head[start..]));
+        }
+        rest = after;
+    }
+    out
+}
+
+/// "contract 5.2", "guarantee 1" and the like: numbered references to a
+/// document the repository does not hold.
+fn numbered_reference(text: &str) -> Option<String> {
+    let lower = text.to_lowercase();
+    for word in ["contract ", "contracts ", "guarantee ", "guarantees "] {
+        for (i, _) in lower.match_indices(word) {
+            let after = &lower[i + word.len()..];
+            let boundary = i == 0 || !lower[..i].ends_with(|c: char| c.is_alphanumeric());
+            if boundary && after.starts_with(|c: char| c.is_ascii_digit()) {
+                return Some(lower[i..(i + word.len() + 4).min(lower.len())].to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The code names the guarantees and behaviours it keeps by their section
+/// in docs/GUARANTEES.md, and every name it uses is one; no reference
+/// points at a document outside the repository.
+#[test]
+fn every_section_the_code_names_is_in_the_guarantees() {
+    let guarantees = std::fs::read_to_string(root().join("docs/GUARANTEES.md")).unwrap();
+    let sections: Vec<&str> = guarantees
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .collect();
+    let mut named = 0;
+    let mut wrong = Vec::new();
+    for dir in ["src", "tests"] {
+        // This file describes the forms, with placeholders.
+        let files = rust_files(&root().join(dir))
+            .into_iter()
+            .filter(|(p, _)| !p.ends_with("tests/docs.rs"));
+        for (path, text) in files {
+            for name in guarantee_refs(&unwrapped(&text)) {
+                named += 1;
+                if !sections.contains(&name.as_str()) {
+                    wrong.push(format!("{}: \"{name}\"", path.display()));
+                }
+            }
+            if let Some(at) = numbered_reference(&text) {
+                wrong.push(format!("{}: {at:?}", path.display()));
+            }
+        }
+    }
+    assert!(
+        named > 50,
+        "only {named} references found: the scan is broken"
+    );
+    assert!(
+        wrong.is_empty(),
+        "not sections of GUARANTEES.md:\n{}",
+        wrong.join("\n")
+    );
+    // And every link into it from the other documents lands on a section.
+    let anchors: Vec<String> = sections
+        .iter()
+        .map(|s| {
+            s.to_lowercase()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == ' ' || *c == '-')
+                .collect::<String>()
+                .replace(' ', "-")
+        })
+        .collect();
+    for doc in ["ARCHITECTURE.md", "README.md", "docs"] {
+        let path = root().join(doc);
+        let texts: Vec<(std::path::PathBuf, String)> = if path.is_dir() {
+            std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "md"))
+                .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
+                .collect()
+        } else {
+            vec![(path.clone(), std::fs::read_to_string(&path).unwrap())]
+        };
+        for (path, text) in texts {
+            for part in text.split("GUARANTEES.md#").skip(1) {
+                let anchor: String = part
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                assert!(
+                    anchors.contains(&anchor),
+                    "{}: no section #{anchor}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+/// What a backticked token of ARCHITECTURE.md or the crate docs names, if
+/// it names something in the repository: a file or folder, an item by its
+/// path (`store::core::Work::cancel`, `Refusal::is_final`), or a test.
+enum Named {
+    Path(String),
+    /// A file named without its folder, which the table row gives.
+    File(String),
+    Metric(String),
+    Item(Vec<String>),
+    Test(String),
+}
+
+fn named(token: &str) -> Option<Named> {
+    let token = token.trim_end_matches("()");
+    let plain = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if token.contains(['*', '<', ' ', '|', '{', '='])
+        || token.starts_with('/')
+        || token.contains("://")
+    {
+        return None;
+    }
+    let file_like = [".rs", ".md", ".yml", ".json", ".toml", ".sql", ".html"]
+        .iter()
+        .any(|e| token.ends_with(e));
+    if token.ends_with('/') || (token.contains('/') && file_like) {
+        return Some(Named::Path(token.to_string()));
+    }
+    if file_like {
+        return Some(Named::File(token.to_string()));
+    }
+    if token.starts_with("waybill_") && plain(token) {
+        return Some(Named::Metric(token.to_string()));
+    }
+    if token.contains("::") {
+        let segments: Vec<String> = token.split("::").map(str::to_string).collect();
+        return segments
+            .iter()
+            .all(|s| plain(s) && !s.is_empty())
+            .then_some(Named::Item(segments));
+    }
+    // A test's name: long snake case.
+    (plain(token) && token.matches('_').count() >= 4 && token == token.to_lowercase())
+        .then(|| Named::Test(token.to_string()))
+}
+
+/// Whether `text` defines `name` (a function, type, trait, constant,
+/// module or enum variant).
+fn defines(text: &str, name: &str) -> bool {
+    let kinds = [
+        "fn ", "struct ", "enum ", "trait ", "type ", "const ", "static ", "mod ",
+    ];
+    text.lines().any(|line| {
+        let t = line.trim_start();
+        let t = t
+            .strip_prefix("pub(crate) ")
+            .or_else(|| t.strip_prefix("pub(super) "))
+            .unwrap_or(t);
+        let t = t.strip_prefix("pub ").unwrap_or(t);
+        let t = t.strip_prefix("async ").unwrap_or(t);
+        kinds.iter().any(|k| {
+            t.strip_prefix(k).is_some_and(|rest| {
+                rest.starts_with(name)
+                    && !rest[name.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+            })
+        }) || (t.starts_with(name)
+            && name.starts_with(char::is_uppercase)
+            && rest_is_variant(&t[name.len()..]))
+    })
+}
+
+fn rest_is_variant(rest: &str) -> bool {
+    rest.is_empty() || rest.starts_with([',', ' ', '(', '{'])
+}
+
+/// The text of a module path's files: `store::sled` is src/store/sled/ and
+/// everything below it; the rest of the path is left over.
+fn module_text(segments: &[String]) -> (String, usize) {
+    let mut dir = root().join("src");
+    let mut file: Option<std::path::PathBuf> = None;
+    let mut used = 0;
+    for s in segments {
+        let as_dir = dir.join(s);
+        let as_file = dir.join(format!("{s}.rs"));
+        if as_dir.is_dir() {
+            dir = as_dir;
+            file = None;
+        } else if as_file.is_file() && file.is_none() {
+            file = Some(as_file);
+        } else {
+            break;
+        }
+        used += 1;
+    }
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f).unwrap(),
+        None => rust_files(&dir).into_iter().map(|(_, t)| t).collect(),
+    };
+    (text, used)
+}
+
+/// Whether a file called `name` is anywhere below `dir` (outside target/).
+fn files_named(dir: &std::path::Path, name: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let path = e.unwrap().path();
+        let skip = path
+            .file_name()
+            .is_some_and(|n| n == "target" || n == ".git");
+        !skip
+            && (path.file_name().is_some_and(|n| n == name)
+                || (path.is_dir() && files_named(&path, name)))
+    })
+}
+
+/// ARCHITECTURE.md and the crate docs name files, modules, items and tests
+/// that exist: a rename that leaves the map behind fails here.
+#[test]
+fn every_path_and_name_in_the_architecture_exists() {
+    let architecture = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let lib = std::fs::read_to_string(root().join("src/lib.rs")).unwrap();
+    let crate_docs: String = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let all_src: String = rust_files(&root().join("src"))
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    let all_tests: String = rust_files(&root().join("tests"))
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for (doc, text) in [
+        ("ARCHITECTURE.md", &architecture),
+        ("src/lib.rs", &crate_docs),
+    ] {
+        for token in text.split('`').skip(1).step_by(2) {
+            let Some(what) = named(token) else {
+                continue;
+            };
+            checked += 1;
+            let found = match &what {
+                Named::Path(p) => {
+                    let p = p.trim_end_matches('/');
+                    root().join(p).exists() || root().join("src").join(p).exists()
+                }
+                Named::File(name) => files_named(&root(), name),
+                Named::Metric(name) => all_src.contains(&format!("\"{name}\"")),
+                Named::Item(segments)
+                    if segments[0].starts_with(char::is_lowercase)
+                        && module_text(segments).1 == 0 =>
+                {
+                    // A path into another crate (`sled::Batch`).
+                    checked -= 1;
+                    true
+                }
+                Named::Item(segments) => {
+                    let (text, used) = module_text(segments);
+                    let rest = &segments[used..];
+                    if used == 0 {
+                        // `Type::item`: both defined somewhere in src/.
+                        rest.iter().all(|s| defines(&all_src, s))
+                    } else {
+                        rest.iter().all(|s| defines(&text, s))
+                    }
+                }
+                Named::Test(name) => defines(&all_tests, name) || defines(&all_src, name),
+            };
+            if !found {
+                missing.push(format!("{doc}: `{token}`"));
+            }
+        }
+    }
+    assert!(
+        checked > 100,
+        "only {checked} names checked: the scan is broken"
+    );
+    assert!(
+        missing.is_empty(),
+        "named but not there:\n{}",
+        missing.join("\n")
+    );
 }

@@ -1,4 +1,4 @@
-//! `waybill events search|show|redeliver` (contract 10.6) against the
+//! `waybill events search|show|redeliver` (GUARANTEES.md: "Admin in bulk") against the
 //! built binary: the admin API from the shell, the token from the
 //! environment.
 

@@ -88,7 +88,7 @@ async fn outcomes_are_counted_exactly() {
             .status,
         400
     );
-    // Contract 11.2: clients that leave mid-body, before anything was
+    // "Hostile traffic" (GUARANTEES.md): clients that leave mid-body, before anything was
     // verified, are nobody's: they move no counter of the source they
     // named. Their requests still end, and are counted by route.
     let ended = |c: &Counts| {
@@ -289,7 +289,7 @@ async fn outcomes_are_counted_exactly() {
     );
 }
 
-/// Contract 11.3: parked and dead are counted once, when an event becomes
+/// "Counters" (GUARANTEES.md): parked and dead are counted once, when an event becomes
 /// so; redeliveries that leave it so count nothing, and
 /// `waybill_dead_events` says how many are dead now. On a gateway process
 /// of its own (its own recorder) per store.

@@ -1,4 +1,4 @@
-//! The PostgreSQL adapter against a real server (contract 10.7): the
+//! The PostgreSQL adapter against a real server (GUARANTEES.md: "Nothing stops the gateway"): the
 //! machines run PostgreSQL 15 on 127.0.0.1:5432 with a database `test`
 //! (`WAYBILL_TEST_DATABASE_URL` overrides). Without one, these tests say
 //! they were skipped and why, and pass; `.ci/run` sets
@@ -63,7 +63,7 @@ async fn migrations_apply_once_when_replicas_start_together() {
     }
 }
 
-/// Guarantee 2 across replicas: 40 concurrent copies of one event spread
+/// "Processed once" (GUARANTEES.md) across replicas: 40 concurrent copies of one event spread
 /// over three replicas of the store give exactly one new event, and every
 /// duplicate answers with the first copy's time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +224,7 @@ fn shipment(id: &str) -> waybill::store::ShipmentRecord {
     support::shipment_record(id, "acme", &format!("o-{id}"), 1_000)
 }
 
-/// Guarantee 3 with three dispatchers: a backlog of 600 tracking events
+/// "Applied once" (GUARANTEES.md) with three dispatchers: a backlog of 600 tracking events
 /// over 20 shipments (and some for tracking numbers nobody has), drained
 /// by three replicas at once, each claiming with SKIP LOCKED. Every event
 /// is dispatched exactly once, and every shipment holds what the ordering

@@ -1,4 +1,4 @@
-//! Contract 10.5 on the built binary: `SIGHUP` re-reads the config file.
+//! "Reload" (GUARANTEES.md) on the built binary: `SIGHUP` re-reads the config file.
 //! What a reload changes is tested through `App::reload` in tests/api;
 //! this is the signal, the logs and the counter an operator sees.
 

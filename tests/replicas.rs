@@ -1,5 +1,6 @@
-//! Three `waybill serve` processes on one PostgreSQL database (contract
-//! 10.8): every guarantee of section 1 holds across them. Intake
+//! Three `waybill serve` processes on one PostgreSQL database
+//! (GUARANTEES.md: "Replicas on PostgreSQL"): every guarantee holds across
+//! them. Intake
 //! deduplicates across replicas, an idempotency key runs once whichever
 //! replica gets each retry, and `kill -9` of one replica under load loses
 //! nothing it acknowledged while the others finish its inbox.
@@ -317,7 +318,7 @@ impl Drop for Proxy {
     }
 }
 
-/// Contract 10.8: while the database is unreachable `/readyz` is 503 and
+/// "Replicas on PostgreSQL" (GUARANTEES.md): while the database is unreachable `/readyz` is 503 and
 /// webhooks and writes answer 503 `STORE_UNAVAILABLE` with `Retry-After:
 /// 5`, acknowledging nothing; once it is back the gateway is ready and
 /// takes them again by itself, and the retried delivery is stored once.
@@ -340,8 +341,8 @@ async fn a_database_outage_is_503_with_retry_after_and_heals_by_itself() {
     assert_eq!(get(addr, "/readyz").await.status, 200);
 
     proxy.set_cut(true);
-    // Contract 11.1: every route that reads the store, admin included,
-    // answers 503 with Retry-After, never 500.
+    // "One behaviour, either store" (GUARANTEES.md): every route that reads the
+    // store, admin included, answers 503 with Retry-After, never 500.
     let admin = vec![("Authorization".to_string(), format!("Bearer {ADMIN}"))];
     let mut admin_json = admin.clone();
     admin_json.push(("Content-Type".into(), "application/json".into()));

@@ -1,6 +1,7 @@
-//! Contract 10.7 on the built binary: nothing a downstream, a sender or a
-//! component does stops the gateway from answering. Each test starts the
-//! real process and asserts the contract's answers, not only survival.
+//! "Nothing stops the gateway" (GUARANTEES.md) on the built binary:
+//! nothing a downstream, a sender or a component does stops the gateway
+//! from answering. Each test starts the
+//! real process and asserts the documented answers, not only survival.
 
 // Tests fail by panicking: the lints that keep panics out of the
 // gateway do not apply here.
@@ -296,11 +297,11 @@ async fn fake_carrier(mode: Arc<AtomicU8>) -> SocketAddr {
     addr
 }
 
-/// The chaos test of contract 10.7: webhooks and `/v1` traffic flow while
-/// the carrier fails every call, then hangs, then answers again. Through
-/// all of it `/healthz` answers promptly, intake keeps its answers, labels
-/// answer 503 with the breaker's Retry-After; after healing the next label
-/// succeeds; SIGTERM then exits 0 within the grace.
+/// The chaos test (GUARANTEES.md: "Nothing stops the gateway"): webhooks and
+/// `/v1` traffic flow while the carrier fails every call, then hangs, then
+/// answers again. Through all of it `/healthz` answers promptly, intake keeps
+/// its answers, labels answer 503 with the breaker's Retry-After; after healing
+/// the next label succeeds; SIGTERM then exits 0 within the grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_a_failing_then_hanging_then_healed_carrier() {
     let mode = Arc::new(AtomicU8::new(FAIL));

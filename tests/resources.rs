@@ -1,8 +1,9 @@
-//! Contract 10.7 on the built binary: what an unauthenticated client can
-//! take is bounded. Slow senders, silent connections, clients that never
-//! read their answers and thousands of made-up methods and paths, all at
-//! once; signed webhooks keep getting 202 throughout, memory and
-//! `/metrics` stay bounded, and the gateway never runs out of descriptors.
+//! "Nothing stops the gateway" (GUARANTEES.md) on the built binary: what an
+//! unauthenticated client can take is bounded. Slow senders, silent
+//! connections, clients that never read their answers and thousands of made-up
+//! methods and paths, all at once; signed webhooks keep getting 202 throughout,
+//! memory and `/metrics` stay bounded, and the gateway never runs out of
+//! descriptors.
 
 // Tests fail by panicking: the lints that keep panics out of the
 // gateway do not apply here.
@@ -184,7 +185,7 @@ async fn peak_rss(gw: &Gateway, window: Duration) -> u64 {
     peak
 }
 
-/// Contract 11.2: 400 clients without credentials, each holding most of a
+/// "Hostile traffic" (GUARANTEES.md): 400 clients without credentials, each holding most of a
 /// 1 MiB body, take at most `server.max_unverified_mb` (256 by default);
 /// meanwhile `/healthz` answers within a second and a signed delivery is
 /// accepted within three; once they leave, the memory is given back.
@@ -266,7 +267,7 @@ async fn in_512_mib_of_address_space_unverified_bodies_cannot_abort_the_gateway(
     assert!(gw.wait_for(Duration::ZERO).is_none(), "the gateway ended");
 }
 
-/// Contract 11.2: silent connections holding every public slot leave
+/// "Hostile traffic" (GUARANTEES.md): silent connections holding every public slot leave
 /// `/healthz`, `/readyz` and `/metrics` answered at once on
 /// `server.ops_listen`, which serves nothing else; each silent connection
 /// is closed after `server.header_timeout`, not the much longer
@@ -322,7 +323,7 @@ async fn silent_connections_at_the_cap_leave_probes_answered_on_the_ops_listener
     assert_eq!(r.status, 200);
 }
 
-/// Contract 11.2: guessing the admin token is slowed per client address.
+/// "Hostile traffic" (GUARANTEES.md): guessing the admin token is slowed per client address.
 /// Ten wrong tries a minute (console sign-ins and bearer tokens alike),
 /// then 429 `RATE_LIMITED` with `Retry-After` for every try, the right
 /// token included; the burst is logged at WARN with the address and never

@@ -1,4 +1,4 @@
-//! `waybill simulate` (contract 6): every endpoint, idempotency on each,
+//! `waybill simulate` (GUARANTEES.md: "Downstreams"): every endpoint, idempotency on each,
 //! fault injection that never touches the ledger, and tracking webhooks
 //! that reach a running gateway.
 

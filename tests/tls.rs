@@ -1,4 +1,4 @@
-//! Contract 10.2: HTTPS downstreams, on the built binary, against the
+//! "Downstreams" (GUARANTEES.md): HTTPS downstreams, on the built binary, against the
 //! simulator serving HTTPS with certificates generated here (loopback
 //! only). A label is bought over TLS from a carrier whose certificate
 //! `downstream.ca_file` vouches for; a certificate from an unknown CA is

@@ -1,10 +1,10 @@
 //! What is wrong with a field of a request, and the one text rule every
 //! field shares. Pure.
 
-/// Text no store may be given (contract 11.1): PostgreSQL's `text` and
-/// `jsonb` cannot hold U+0000, and a store's refusal would be a 5xx that
-/// a sender retries forever, so it is refused at the edge, the same for
-/// either store.
+/// Text no store may be given (GUARANTEES.md: "One behaviour, either store"):
+/// PostgreSQL's `text` and `jsonb` cannot hold U+0000, and a store's refusal
+/// would be a 5xx that a sender retries forever, so it is refused at the edge,
+/// the same for either store.
 pub fn unstorable(text: &str) -> bool {
     text.contains('\0')
 }

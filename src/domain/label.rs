@@ -34,7 +34,7 @@ impl LabelFormat {
 }
 
 /// A label the carrier sold, as recorded on its shipment and answered
-/// (contract 5.1).
+/// (GUARANTEES.md: "The integrator API").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Label {
     pub label_id: LabelId,

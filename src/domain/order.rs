@@ -1,5 +1,5 @@
-//! Order status as it follows its shipment (contract 9.6), and payment
-//! events kept in an order's payment history. Pure.
+//! Order status as it follows its shipment (GUARANTEES.md: "Orders follow their
+//! shipment"), and payment events kept in an order's payment history. Pure.
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +75,7 @@ impl OrderFailure {
 
 /// How far an order's flow got. Each field is recorded durably before the
 /// step that depends on it, so a crash between any two steps leaves an
-/// order that `next` resumes (guarantee 5).
+/// order that `next` resumes (GUARANTEES.md: "No partial state").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     #[serde(default, skip_serializing_if = "Option::is_none")]

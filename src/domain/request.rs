@@ -1,5 +1,5 @@
 //! What an integrator sends to create a shipment, parsed once into types
-//! that cannot be invalid (contract 5.1). Pure.
+//! that cannot be invalid (GUARANTEES.md: "The integrator API"). Pure.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -330,7 +330,7 @@ pub struct Item {
     pub quantity: u64,
 }
 
-/// What an integrator sends to create an order (contract 5.1), kept whole
+/// What an integrator sends to create an order (GUARANTEES.md: "The integrator API"), kept whole
 /// on the order's record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewOrder {

@@ -1,5 +1,5 @@
 //! A shipment's status as a pure function of the *set* of status events it
-//! has received (contract 4): carriers deliver late, twice and out of order,
+//! has received (GUARANTEES.md: "Dispatch"): carriers deliver late, twice and out of order,
 //! and the answer must not depend on how they did.
 //!
 //! The rule: if the set holds a terminal event, the terminal event with the

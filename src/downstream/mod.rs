@@ -1,4 +1,4 @@
-//! Calls to the carrier, payments and inventory services (contract 6):
+//! Calls to the carrier, payments and inventory services (GUARANTEES.md: "Downstreams"):
 //! a timeout per attempt, retries with exponential backoff and full jitter
 //! on 5xx, timeouts and connection errors (never on 4xx), a circuit breaker
 //! per service, and the caller's `Idempotency-Key` on every attempt, so a

@@ -1,5 +1,5 @@
 //! `/admin`: search events, show one, redeliver parked or dead ones one at
-//! a time or in bulk (contract 8, 9.5, 9.13, 10.6). The token (or the
+//! a time or in bulk (GUARANTEES.md: "Operations", "Dispatch", "Admin in bulk"). The token (or the
 //! console's session, `http::console`) is checked before anything else,
 //! routing and body size included; only the console's page answers
 //! without it, with its sign-in form. Without a configured token every
@@ -32,7 +32,7 @@ const MAX_LIMIT: usize = 1000;
 
 /// Failed admin authentications (a wrong bearer token, session cookie or
 /// console sign-in) per client address: ten a minute, then one every six
-/// seconds (contract 11.2). IPv6 clients count by their /64, which one
+/// seconds (GUARANTEES.md: "Hostile traffic"). IPv6 clients count by their /64, which one
 /// host is commonly given whole.
 pub struct AuthFailures(std::sync::Mutex<Failures<IpAddr>>);
 

@@ -1,4 +1,4 @@
-//! `/admin/ui`: the web console (contract 10.6). One static page
+//! `/admin/ui`: the web console (GUARANTEES.md: "Admin in bulk"). One static page
 //! (`console.html`) that calls the admin API from the browser; no build
 //! step and nothing fetched from elsewhere.
 //!

@@ -1,5 +1,5 @@
 //! The one place where a failure becomes an HTTP status and an error body
-//! (contract 7). Handlers build an `ApiError`; nothing below the HTTP layer
+//! (GUARANTEES.md: "Errors"). Handlers build an `ApiError`; nothing below the HTTP layer
 //! knows a status code.
 
 use bytes::Bytes;
@@ -114,8 +114,8 @@ impl ApiError {
     }
 
     /// A request body that is not JSON (400 `VALIDATION_FAILED`), or
-    /// whose JSON repeats a name (400 `INVALID_PAYLOAD` naming where,
-    /// contract 11.2: it could be read two ways).
+    /// whose JSON repeats a name (400 `INVALID_PAYLOAD` naming where: it
+    /// could be read two ways; GUARANTEES.md: "Hostile traffic").
     pub fn unparsable_body(e: JsonError) -> ApiError {
         match e {
             JsonError::DuplicateKey(at) => ApiError::invalid_payload(
@@ -233,7 +233,7 @@ impl ApiError {
     }
 
     /// The error body as stored for an idempotent replay.
-    /// The error body of contract 7. At most `MAX_DETAILS` details are
+    /// The error body (GUARANTEES.md: "Errors"). At most `MAX_DETAILS` details are
     /// listed, the last saying how many more there were: a body with
     /// twelve thousand bad parcels must not answer megabytes.
     pub fn body_bytes(&self, request_id: &str) -> String {
@@ -305,9 +305,9 @@ impl ApiError {
     }
 }
 
-/// A store that failed to answer, on any route: 503 `STORE_UNAVAILABLE`
-/// with `Retry-After` (contract 11.1), never a 500. The cause is logged
-/// here, once, with the place that met it.
+/// A store that failed to answer, on any route: 503 `STORE_UNAVAILABLE` with
+/// `Retry-After` (GUARANTEES.md: "One behaviour, either store"), never a 500.
+/// The cause is logged here, once, with the place that met it.
 impl From<StoreError> for ApiError {
     #[track_caller]
     fn from(e: StoreError) -> ApiError {
@@ -317,7 +317,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// A use case's refusal, as its answer (contract 7).
+/// A use case's refusal, as its answer (GUARANTEES.md: "Errors").
 impl From<&Refusal> for ApiError {
     fn from(r: &Refusal) -> ApiError {
         match r {

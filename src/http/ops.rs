@@ -8,7 +8,7 @@ use super::Route;
 use super::State;
 use super::error::{ApiError, Body, json_response};
 
-/// The API described (contract 10.1): `docs/openapi.json`, kept by hand
+/// The API described (GUARANTEES.md: "The API described"): `docs/openapi.json`, kept by hand
 /// and checked against the router by `tests/api/openapi.rs`.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 

@@ -1,5 +1,5 @@
 //! The bound on request bodies held before their sender is verified
-//! (contract 11.2, `server.max_unverified_mb`).
+//! (`server.max_unverified_mb`; GUARANTEES.md: "Hostile traffic").
 //!
 //! A body is read whole before its signature or API key can be checked,
 //! and a slow sender's body does not count against `max_in_flight` (it

@@ -1,4 +1,4 @@
-//! `/v1`: the integrator API. Order of checks (contract 5, 9.7): the route
+//! `/v1`: the integrator API. Order of checks (GUARANTEES.md: "The integrator API"): the route
 //! and method, the body's size and arrival (404, 405, 413, 408), then the
 //! API key (401), the partner's rate limit (429), `Content-Type` on writes
 //! (415), the idempotency key (400), the body (400), and only then the
@@ -377,7 +377,7 @@ impl Call<'_> {
     }
 }
 
-/// `page_size` at most (contract 5.1).
+/// `page_size` at most (GUARANTEES.md: "The integrator API").
 const MAX_PAGE_SIZE: usize = 100;
 /// `page` at most: a bound the API description can state (a hundred
 /// million orders at the largest page size).
@@ -435,7 +435,7 @@ fn replay(stored: StoredAnswer) -> Response<Body> {
     resp
 }
 
-/// The answer to an order request that settled (contract 5.1, 9.8).
+/// The answer to an order request that settled (GUARANTEES.md: "The integrator API").
 fn placed_answer(placed: Placed, order: &OrderRecord, request_id: &str) -> StoredAnswer {
     match placed {
         Placed::Confirmed | Placed::PendingFulfilment => {
@@ -484,13 +484,13 @@ fn history_entry(status: &str, occurred_at_ms: i64, source: &str, event_id: Opti
     })
 }
 
-/// The label resource (contract 5.1), with its members in order of name
+/// The label resource (GUARANTEES.md: "The integrator API"), with its members in order of name
 /// as every answer has them.
 fn label_view(label: &Label) -> Value {
     serde_json::to_value(label).unwrap_or(Value::Null)
 }
 
-/// The Shipment resource of contract 5.1.
+/// The Shipment resource (GUARANTEES.md: "The integrator API").
 fn shipment_view(rec: &ShipmentRecord) -> Value {
     let history: Vec<Value> = rec
         .timeline
@@ -523,7 +523,7 @@ fn shipment_view(rec: &ShipmentRecord) -> Value {
     view
 }
 
-/// The Order resource (contract 9.8): the order, its payments and its
+/// The Order resource (GUARANTEES.md: "The integrator API"): the order, its payments and its
 /// shipment, in the status that follows the shipment.
 fn order_view(order: &OrderRecord, shipment: Option<&ShipmentRecord>) -> Value {
     let status = match shipment {

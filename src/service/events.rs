@@ -1,8 +1,8 @@
-//! The operator's use cases on stored events (contract 8, 10.6): search,
-//! show one, redeliver one, redeliver every parked or dead event that
-//! matches. Searches run one at a time and read a bounded slice of the
-//! index per call; a bulk redelivery pages through its matches, then keeps
-//! a bounded number of redeliveries in flight and tallies what they did.
+//! The operator's use cases on stored events (GUARANTEES.md: "Operations",
+//! "Admin in bulk"): search, show one, redeliver one, redeliver every parked or
+//! dead event that matches. Searches run one at a time and read a bounded slice
+//! of the index per call; a bulk redelivery pages through its matches, then
+//! keeps a bounded number of redeliveries in flight and tallies what they did.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The life of an idempotent write (contract 5.2): claim the key, or say
+//! The life of an idempotent write (GUARANTEES.md: "Idempotency keys"): claim the key, or say
 //! what the request gets instead (the stored answer, a conflict, "in
 //! progress"); run the operation; store its final answer with its effect,
 //! or a final refusal on its own, or give the key back so the retry runs.

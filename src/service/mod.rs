@@ -68,7 +68,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Whether the refusal is the request's final answer, stored under its
-    /// key and repeated to its retries (contract 5.2); any other gives the
+    /// key and repeated to its retries (GUARANTEES.md: "Idempotency keys"); any other gives the
     /// key back so that a retry runs.
     pub fn is_final(&self) -> bool {
         matches!(

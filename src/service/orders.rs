@@ -1,4 +1,4 @@
-//! Orders (contract 5.1): reserve inventory, charge the payment, create the
+//! Orders (GUARANTEES.md: "The integrator API"): reserve inventory, charge the payment, create the
 //! shipment, buy its label. Each downstream call carries a key derived from
 //! the business identity (`reserve:<partner>:<order_id>`,
 //! `charge:<partner>:<order_id>`, `label:<shipment_id>`), never the
@@ -31,7 +31,7 @@ use crate::store::{
 };
 
 /// Where an order's parcel is sent from, with which carrier and service.
-/// The contract leaves the order's shipment details open; these are what
+/// An order names no carrier, service or parcel; these are what
 /// the carrier is asked for.
 const CARRIER: &str = "default";
 const SERVICE: &str = "standard";

@@ -1,4 +1,4 @@
-//! Shipments (contract 5.1): create one, buy its label, cancel it, read it.
+//! Shipments (GUARANTEES.md: "The integrator API"): create one, buy its label, cancel it, read it.
 //! Each write runs under its idempotency key (`keyed`) and answers the
 //! shipment or label or a [`Refusal`]; the answer stored with the effect
 //! is worded by the caller's [`Render`].

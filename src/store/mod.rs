@@ -282,7 +282,7 @@ fn count_dispatched(counted: &[(String, DispatchOutcome)]) {
 
 /// Counts what a redelivery of an event that was `before` did. An event
 /// that stays parked or dead was counted when it became so, and a
-/// redelivery that leaves it so is not counted again (contract 11.3): a
+/// redelivery that leaves it so is not counted again (GUARANTEES.md: "Counters"): a
 /// bulk redelivery of dead events that stay dead must not look like new
 /// ones to the dead-events alert.
 fn count_redelivered(before: DispatchOutcome, counted: &[(String, DispatchOutcome)]) {
@@ -310,8 +310,9 @@ impl<T: Intake + Dispatch + Keys + Shipments + Orders + Events + Upkeep> Store f
 /// Takes in new events.
 #[async_trait]
 pub trait Intake: Send + Sync {
-    /// Remembers a new event durably, or reports the first copy
-    /// (contract 3.3). Answers only once the event is durable (guarantee 1).
+    /// Remembers a new event durably, or reports the first copy (GUARANTEES.md:
+    /// "Event identity"). Answers only once the event is durable
+    /// (GUARANTEES.md: "Durable before acknowledged").
     async fn ingest(&self, event: NewEvent) -> Result<IngestResult, StoreError>;
 }
 
@@ -319,7 +320,7 @@ pub trait Intake: Send + Sync {
 #[async_trait]
 pub trait Dispatch: Send + Sync {
     /// Starts dispatch: events already pending are applied at once, then
-    /// every new one (contract 4).
+    /// every new one (GUARANTEES.md: "Dispatch").
     fn start_dispatcher(&self, sources: Vec<SourceConfig>) -> Result<(), StoreError>;
 
     /// Replaces the sources dispatch interprets events with (a reload).

@@ -1,5 +1,5 @@
 //! `waybill events search|show|redeliver`: the admin API from the shell
-//! (contract 10.6). The token comes from `WAYBILL_ADMIN_TOKEN`, never from
+//! (GUARANTEES.md: "Admin in bulk"). The token comes from `WAYBILL_ADMIN_TOKEN`, never from
 //! the command line, where other users could read it.
 
 use std::fmt::Write as _;

@@ -277,7 +277,7 @@ mod tests {
         }
     }
 
-    /// Contract 10.3: `verify` names the secret that matched and the
+    /// `verify` (GUARANTEES.md: "Running") names the secret that matched and the
     /// identity, or says why not, and never shows a secret.
     #[test]
     fn verify_names_the_secret_or_the_reason() {

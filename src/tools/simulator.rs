@@ -1,6 +1,6 @@
 //! `waybill simulate`: the carrier, payments and inventory services the
 //! gateway calls, on one address, with the faults real ones have
-//! (contract 6). Every side effect it really performs is one row in
+//! (GUARANTEES.md: "Downstreams"). Every side effect it really performs is one row in
 //! `GET /_sim/ledger`, so a test can prove that nothing happened twice;
 //! fault injection never touches the ledger.
 

@@ -1,7 +1,7 @@
 //! RFC 8785 (JSON Canonicalization Scheme) serialisation, with one
 //! documented departure: integers are written exactly as sent instead of
 //! being rounded through a double, so two ids that differ only past 2^53 are
-//! not merged into one event (contract 9.3).
+//! not merged into one event (GUARANTEES.md: "Event identity").
 //!
 //! serde_json's `arbitrary_precision` feature keeps each number's text, which
 //! is what makes exact integers possible here.

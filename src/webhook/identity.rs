@@ -1,5 +1,5 @@
 //! What a verified delivery is: its event id, type, content hash, and
-//! whether it goes to the state machine (contract 3.1 step 5 and 3.3).
+//! whether it goes to the state machine (GUARANTEES.md: "Order of checks", "Event identity").
 //! Pure: bytes and config in, an `Examined` event or field issues out.
 
 use serde_json::Value;
@@ -31,7 +31,7 @@ pub struct Examined {
 }
 
 /// Reads a verified body. `header_id` is the event id the signature scheme's
-/// headers carried, which wins over the body (contract 9.16).
+/// headers carried, which wins over the body (GUARANTEES.md: "Event identity").
 pub fn examine(
     source: &SourceConfig,
     header_id: Option<String>,

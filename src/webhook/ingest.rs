@@ -1,9 +1,9 @@
-//! The webhook use case: verify, rate-limit, examine, remember
-//! (contract 3.1 steps 3 to 6). Knows no HTTP status codes: it answers
-//! with an `Outcome` or a `Refusal`, and `http::webhooks` maps those.
-//! Verification is a step of its own (`Ingest::verify` gives a
-//! `Verified`, which `Ingest::accept` takes), so the edge can let go of
-//! what it held for an unverified body the moment the sender is known.
+//! The webhook use case: verify, rate-limit, examine, remember (GUARANTEES.md:
+//! "Order of checks", from the signature on). Knows no HTTP status codes: it
+//! answers with an `Outcome` or a `Refusal`, and `http::webhooks` maps those.
+//! Verification is a step of its own (`Ingest::verify` gives a `Verified`,
+//! which `Ingest::accept` takes), so the edge can let go of what it held for an
+//! unverified body the moment the sender is known.
 
 use std::collections::HashMap;
 use std::sync::Arc;

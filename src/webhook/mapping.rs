@@ -1,5 +1,5 @@
-//! What a stored event means to the state machine (contract 4, 2.1
-//! `[sources.mapping]`). Pure.
+//! What a stored event means to the state machine, read with the source's
+//! `[sources.mapping]` (GUARANTEES.md: "Dispatch"). Pure.
 //!
 //! Intake reads the mapped fields out of the body once (`Fields`, kept with
 //! the arrival) so that dispatch needs neither the body nor a JSON parse;

@@ -17,7 +17,7 @@ use unicode_normalization::UnicodeNormalization;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Accepts base64 with or without padding, as senders differ (contract 9.1).
+/// Accepts base64 with or without padding, as senders differ (GUARANTEES.md: "Signatures").
 const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
@@ -219,7 +219,7 @@ impl Scheme {
         now_unix: i64,
     ) -> Result<Verified, Rejection> {
         // The webhook-* set wins when complete; the svix-* set is the older
-        // name for the same thing (contract 9.2).
+        // name for the same thing (GUARANTEES.md: "Signatures").
         let set = ["webhook", "svix"].into_iter().find_map(|p| {
             let id = optional_header(headers, &format!("{p}-id"))?;
             let ts = optional_header(headers, &format!("{p}-timestamp"))?;

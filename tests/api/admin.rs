@@ -1,5 +1,6 @@
-//! Contract 8 admin API: the token, search by every key, one event with
-//! redelivery of dead events, one at a time and in bulk (10.6).
+//! The admin API (GUARANTEES.md: "Operations", "Admin in bulk"): the token,
+//! search by every key, one event with redelivery of dead events, one at a time
+//! and in bulk (10.6).
 
 use serde_json::json;
 use waybill::store::DispatchOutcome;

@@ -1,4 +1,4 @@
-//! Contract 4 through the API: tracking deliveries reach shipments by the
+//! "Dispatch" (GUARANTEES.md) through the API: tracking deliveries reach shipments by the
 //! ordering rule, however they arrive; unmapped statuses are ignored;
 //! unknown tracking numbers are parked until their label is recorded.
 

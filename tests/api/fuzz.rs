@@ -1,6 +1,6 @@
 //! Arbitrary JSON values in every mapped field of a tracking and a payment
 //! source, driven through intake, dispatch, the shipment's GET, a cancel
-//! and the admin show: every answer is one of the contract's, nothing
+//! and the admin show: every answer is a documented one, nothing
 //! panics, and the state machine is still running at the end.
 
 use bytes::Bytes;
@@ -57,7 +57,7 @@ fn any_json() -> impl Strategy<Value = Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn arbitrary_values_in_mapped_fields_get_contract_answers_and_never_panic() {
+async fn arbitrary_values_in_mapped_fields_get_documented_answers_and_never_panic() {
     let app = spawn_app().await;
     shipment_with_label(&app, "shp_fuzz", "TN-FUZZ").await;
     let mut runner = TestRunner::new(Config {

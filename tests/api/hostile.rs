@@ -1,4 +1,4 @@
-//! Contract 10.7 in-process: clients that go away, race, flood one
+//! "Nothing stops the gateway" (GUARANTEES.md) in-process: clients that go away, race, flood one
 //! tracking number, invent methods or send enormous invalid bodies.
 
 use std::collections::HashMap;
@@ -26,9 +26,10 @@ async fn start_purchase(app: &TestApp, id: &str, key: &str) -> TcpStream {
     stream
 }
 
-/// Contract 10.7: a client that goes away mid-request does not abandon the
-/// operation; it runs to its end and its answer is stored, so the retry
-/// gets it (409 IN_PROGRESS while it still runs).
+/// "Nothing stops the gateway" (GUARANTEES.md): a client that goes away
+/// mid-request does not abandon the operation; it runs to its end and its
+/// answer is stored, so the retry gets it (409 IN_PROGRESS while it still
+/// runs).
 #[tokio::test]
 async fn a_client_that_disconnects_does_not_abandon_its_label() {
     let (app, mut carrier) = app_with_gated_carrier().await;
@@ -57,7 +58,7 @@ async fn a_client_that_disconnects_does_not_abandon_its_label() {
     assert_eq!(r.json()["label_id"], "lbl_gated");
 }
 
-/// Contract 5.1: two purchases for one shipment under different keys at
+/// "The integrator API" (GUARANTEES.md): two purchases for one shipment under different keys at
 /// the same moment: one label, one 201, one 409 LABEL_EXISTS naming it.
 #[tokio::test]
 async fn two_purchases_at_once_under_two_keys_give_one_label_and_one_conflict() {
@@ -105,7 +106,7 @@ async fn two_purchases_at_once_under_two_keys_give_one_label_and_one_conflict() 
     );
 }
 
-/// Guarantee 5: with the carrier losing answers, a label purchase that
+/// "No partial state" (GUARANTEES.md): with the carrier losing answers, a label purchase that
 /// ended 503 may still have sold a label. A cancel finds it through the
 /// business key and voids it, or answers 503 and changes nothing; it never
 /// says CANCELLED over an active label.

@@ -1,4 +1,4 @@
-//! Labels and cancel (contract 5.1) against the simulator: one label per
+//! Labels and cancel (GUARANTEES.md: "The integrator API") against the simulator: one label per
 //! shipment however the carrier fails, and cancels that void it.
 
 use std::collections::{HashMap, HashSet};

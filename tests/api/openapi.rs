@@ -1,4 +1,4 @@
-//! Contract 10.1: the API described. The document is served as kept in
+//! "The API described" (GUARANTEES.md): the API described. The document is served as kept in
 //! `docs/openapi.json`, and the router and the document name the same
 //! operations: every path the router knows is in the document with
 //! exactly the methods the router accepts there (probed: any answer but

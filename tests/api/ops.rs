@@ -1,4 +1,4 @@
-//! Contract 8: health, readiness, metrics.
+//! "Operations" (GUARANTEES.md): health, readiness, metrics.
 
 use waybill::webhook::signature::SchemeKind;
 
@@ -57,8 +57,8 @@ async fn metrics_use_route_templates_and_count_outcomes() {
     );
 }
 
-/// Contract 10.4: build info, each source's last accepted time, the
-/// inbox's oldest age and the flush histogram under its contract name.
+/// "Operations" (GUARANTEES.md): build info, each source's last accepted time, the
+/// inbox's oldest age and the flush histogram under its documented name.
 #[tokio::test]
 async fn operator_metrics_are_exposed() {
     let app = spawn_app().await;

@@ -1,6 +1,7 @@
-//! Orders (contract 5.1, 5.2, 9.6-9.8) against the simulator: every answer,
-//! each idempotency rule on `/v1/orders`, payment events, orders following
-//! their shipment, background fulfilment, and the money test.
+//! Orders (GUARANTEES.md: "The integrator API", "Idempotency keys", "Orders
+//! follow their shipment") against the simulator: every answer, each
+//! idempotency rule on `/v1/orders`, payment events, orders following their
+//! shipment, background fulfilment, and the money test.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

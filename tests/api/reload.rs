@@ -1,4 +1,4 @@
-//! Contract 10.5 through `App::reload`, the function `SIGHUP` calls (the
+//! "Reload" (GUARANTEES.md) through `App::reload`, the function `SIGHUP` calls (the
 //! signal itself is tested on the binary in tests/cli.rs): a new config is
 //! in force for requests that start after it, whole or not at all.
 

@@ -1,4 +1,4 @@
-//! Contract 3.2: every scheme, rotation, tolerance, and the 401 codes.
+//! "Signatures" (GUARANTEES.md): every scheme, rotation, tolerance, and the 401 codes.
 
 use waybill::webhook::signature::{Encoding, SchemeKind};
 

@@ -1,6 +1,6 @@
-//! Contract 11.1 and 11.2: input a store cannot hold, or that two readers
-//! could read two ways, is refused with a 400 that names where, the same
-//! on both stores, and changes nothing.
+//! "One behaviour, either store", "Hostile traffic" (GUARANTEES.md): input a
+//! store cannot hold, or that two readers could read two ways, is refused with
+//! a 400 that names where, the same on both stores, and changes nothing.
 
 use serde_json::{Value, json};
 use waybill::webhook::signature::SchemeKind;
@@ -34,10 +34,11 @@ fn refused_at(r: &Resp, code: &str, field: &str) {
     );
 }
 
-/// Contract 11.1: U+0000 in an event id, a tracking number, a status, an
-/// event type, an occurred_at or an order id of a validly signed webhook
-/// is 400 `INVALID_PAYLOAD` naming its pointer, on either store, never a
-/// 5xx a sender would retry forever; the genuine delivery is then new.
+/// "One behaviour, either store" (GUARANTEES.md): U+0000 in an event id, a
+/// tracking number, a status, an event type, an occurred_at or an order id of a
+/// validly signed webhook is 400 `INVALID_PAYLOAD` naming its pointer, on
+/// either store, never a 5xx a sender would retry forever; the genuine delivery
+/// is then new.
 #[tokio::test]
 async fn u0000_in_a_webhook_field_is_refused_naming_its_pointer() {
     let app = spawn_app().await;
@@ -109,7 +110,7 @@ fn address() -> Value {
     json!({"name": "A", "street1": "1 Main St", "city": "C", "postal_code": "1", "country": "US"})
 }
 
-/// Contract 11.1: U+0000 in any `/v1` text field is 400
+/// "One behaviour, either store" (GUARANTEES.md): U+0000 in any `/v1` text field is 400
 /// `VALIDATION_FAILED` naming the field, on either store; the key stays
 /// unused, so the same key with a clean body then runs.
 #[tokio::test]
@@ -166,7 +167,7 @@ async fn u0000_in_a_v1_text_field_is_refused_naming_the_field() {
     assert_eq!(r.status, 201, "{:?}", r.body);
 }
 
-/// Contract 11.1: an admin filter holding U+0000 is 400 naming the
+/// "One behaviour, either store" (GUARANTEES.md): an admin filter holding U+0000 is 400 naming the
 /// parameter, and an event id holding it is simply not found; neither
 /// reaches the store.
 #[tokio::test]
@@ -202,7 +203,7 @@ async fn u0000_in_an_admin_filter_is_refused_naming_the_parameter() {
     assert_eq!(app.admin_get("/admin/events?source=gh").await.status, 200);
 }
 
-/// Contract 11.2: a webhook body whose JSON repeats a name, at any depth,
+/// "Hostile traffic" (GUARANTEES.md): a webhook body whose JSON repeats a name, at any depth,
 /// is 400 `INVALID_PAYLOAD` naming it: the identity could be read two
 /// ways. Nothing is stored; the unambiguous delivery is then new.
 #[tokio::test]
@@ -221,7 +222,7 @@ async fn a_webhook_body_that_repeats_a_name_is_refused() {
     assert_eq!(r.status, 202, "{:?}", r.body);
 }
 
-/// Contract 11.2: a `/v1` body that repeats a name is 400
+/// "Hostile traffic" (GUARANTEES.md): a `/v1` body that repeats a name is 400
 /// `INVALID_PAYLOAD`, and two `Idempotency-Key` headers are 400
 /// `IDEMPOTENCY_KEY_INVALID`; neither uses the key.
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Transport rows of contract 3.1 and 7: 404, 405, 408, 413, request ids,
+//! Transport answers (GUARANTEES.md: "Order of checks", "Errors"): 404, 405, 408, 413, request ids,
 //! load shedding, and the drain on shutdown.
 
 use std::net::SocketAddr;
@@ -199,9 +199,9 @@ async fn beyond_max_in_flight_requests_are_shed_but_health_is_served() {
     assert_eq!(r.status, 202);
 }
 
-/// Contract 10.7: a request counts against `max_in_flight` once its body
-/// has arrived, so senders that trickle their bodies cannot take the slots
-/// of signed senders.
+/// "Nothing stops the gateway" (GUARANTEES.md): a request counts against
+/// `max_in_flight` once its body has arrived, so senders that trickle their
+/// bodies cannot take the slots of signed senders.
 #[tokio::test]
 async fn slow_senders_do_not_take_in_flight_slots() {
     let app = spawn_app_with(Options {

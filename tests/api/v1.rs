@@ -1,4 +1,5 @@
-//! Contract 5.1 (create and read shipments) and 5.2 (idempotency).
+//! Creating and reading shipments, and idempotency (GUARANTEES.md: "The
+//! integrator API", "Idempotency keys").
 
 use std::sync::Arc;
 
@@ -161,7 +162,7 @@ async fn a_retry_replays_the_stored_answer_byte_for_byte() {
     assert_eq!(again.body, first.body);
 }
 
-/// Contract 10.3: a key sent as an RFC 8941 string (quotes included, as
+/// "Idempotency keys" (GUARANTEES.md): a key sent as an RFC 8941 string (quotes included, as
 /// the IETF draft writes it) is the same key as its unquoted content.
 #[tokio::test]
 async fn a_quoted_key_and_its_unquoted_form_are_one_key() {

@@ -1,4 +1,5 @@
-//! Contract 3.1 order of checks, 3.3 identity and duplicates.
+//! The order of checks, identity and duplicates (GUARANTEES.md: "Order of
+//! checks", "Event identity").
 
 use std::sync::Arc;
 

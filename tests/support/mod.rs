@@ -36,7 +36,7 @@ impl Resp {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// The error code of a contract-shaped error body.
+    /// The error code of an error body.
     pub fn code(&self) -> String {
         self.json()["error"]["code"]
             .as_str()

@@ -1,5 +1,5 @@
 //! The PostgreSQL adapter: any number of processes on one database
-//! (contract 10.8), which is the only coordinator between them.
+//! (GUARANTEES.md: "Replicas on PostgreSQL"), which is the only coordinator between them.
 //!
 //! - Migrations are embedded, versioned, and applied under an advisory
 //!   lock, so processes that start together apply each one once.

@@ -595,7 +595,7 @@ impl SledStore {
 #[async_trait::async_trait]
 impl Intake for SledStore {
     /// Remembers a new event durably, or reports the first copy. Returns only
-    /// after a flush covering the answer (guarantee 1).
+    /// after a flush covering the answer (GUARANTEES.md: "Durable before acknowledged").
     async fn ingest(&self, event: NewEvent) -> Result<IngestResult, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
@@ -1653,8 +1653,9 @@ mod tests {
         assert!(store.integrity_problems().unwrap().is_empty());
     }
 
-    /// Guarantee 1 for the state machine's commands: each answers only
-    /// after a flush that covers its own write (the round's group commit).
+    /// "Durable before acknowledged" (GUARANTEES.md) for the state machine's
+    /// commands: each answers only after a flush that covers its own write (the
+    /// round's group commit).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn commands_answer_after_the_flush_that_covers_their_write() {
         use crate::domain::order::OrderStatus;
@@ -1890,7 +1891,7 @@ mod tests {
         assert_eq!(store.shared.tree.scan_prefix(b"n").count(), 0);
     }
 
-    /// Contract 10.4: the age of the oldest event waiting for the state
+    /// "Operations" (GUARANTEES.md): the age of the oldest event waiting for the state
     /// machine, from the first arrival past the cursor; none once drained.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_oldest_pending_event_is_the_first_past_the_cursor() {

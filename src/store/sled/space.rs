@@ -1,6 +1,6 @@
 //! Disk space: the floor below which new writes stop, and the headroom
 //! that lets sled write out what it holds when another process takes the
-//! rest of the disk (contract 10.7, 11.2).
+//! rest of the disk (GUARANTEES.md: "Nothing stops the gateway", "Hostile traffic").
 //!
 //! sled cannot recover in-process from a write that fails, so it must
 //! never meet a full disk, and another process can take a disk to zero

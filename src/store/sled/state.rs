@@ -9,7 +9,7 @@
 //! the inbox is one atomic sled batch: the new shipment states, the
 //! outcomes and the moved cursor land together or not at all, so an event
 //! is applied once even if the process dies between any two steps
-//! (guarantee 3). Parked and dead events need no keys of their own: they
+//! (GUARANTEES.md: "Applied once"). Parked and dead events need no keys of their own: they
 //! are arrivals whose outcome says so, found through the search indexes.
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -31,30 +31,13 @@ const ITERATIONS: usize = 20;
 const WORKERS: usize = 8;
 
 fn write_config(dir: &Path) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[store]
-path = "{}"
-[[sources]]
-name = "carrier"
-kind = "tracking"
-secrets = ["{SECRET}"]
-signature = {{ scheme = "standard-webhooks" }}
-event_type = "/type"
-accept_event_types = ["tracking.updated"]
-[sources.mapping]
-tracking_number = "/data/tracking_number"
-status = "/data/status"
-[sources.mapping.status_map]
-IN_TRANSIT = "IN_TRANSIT"
-"#,
-        dir.join("data").display()
+    let carrier = config::tracking_source(
+        "carrier",
+        config::Shape::StandardWebhooks,
+        SECRET,
+        &[("IN_TRANSIT", "IN_TRANSIT")],
     );
-    let path = dir.join("waybill.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    config::write(dir, "", "", &carrier)
 }
 
 fn body(id: &str) -> Vec<u8> {

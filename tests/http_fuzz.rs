@@ -23,7 +23,7 @@ const ADMIN: &str = "admin-token";
 /// Valid requests of each kind, as raw bytes.
 fn seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    let body = br#"{"id":"seed-1","tn":"TN1","st":"transit","at":1763800000}"#;
+    let body = br#"{"id":"seed-1","t":"TN1","s":"transit","at":1763800000}"#;
     let mut head = String::from("POST /webhooks/carrier HTTP/1.1\r\nHost: x\r\n");
     for (k, v) in signed(SchemeKind::Github, SECRET, body, 0, "seed-1") {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -134,29 +134,16 @@ async fn mutated_requests_never_get_a_500_nor_panic_the_gateway() {
         dir.path(),
         "request_timeout = \"1s\"\nmax_body_bytes = 65536",
         &format!(
-            r#"
-[admin]
-token = "{ADMIN}"
-[[sources]]
-name = "carrier"
-kind = "tracking"
-secrets = ["{SECRET}"]
-signature = {{ scheme = "github" }}
-event_id = "/id"
-[sources.mapping]
-tracking_number = "/tn"
-status = "/st"
-occurred_at = "/at"
-[sources.mapping.status_map]
-transit = "IN_TRANSIT"
-[[partners]]
-name = "acme"
-api_keys = ["acme-key"]
-[downstream]
-base_url = "http://127.0.0.1:9"
-timeout = "100ms"
-max_attempts = 1
-"#
+            "{}{}{}\n[downstream]\nbase_url = \"http://127.0.0.1:9\"\ntimeout = \"100ms\"\n\
+             max_attempts = 1\n",
+            config::admin(ADMIN),
+            config::tracking_source(
+                "carrier",
+                config::Shape::Github,
+                SECRET,
+                &[("transit", "IN_TRANSIT")]
+            ),
+            config::partner("acme", "acme-key"),
         ),
     );
     let gw = Gateway::start(&cfg);
@@ -219,7 +206,7 @@ max_attempts = 1
     assert!(panics.is_empty(), "{panics:?}");
     assert_eq!(get(gw.addr, "/healthz").await.status, 200);
     assert_eq!(get(gw.addr, "/readyz").await.status, 200);
-    let body = br#"{"id":"after-fuzz","tn":"TN1","st":"transit"}"#;
+    let body = br#"{"id":"after-fuzz","t":"TN1","s":"transit"}"#;
     let r = post(
         gw.addr,
         "/webhooks/carrier",

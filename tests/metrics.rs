@@ -296,34 +296,13 @@ async fn outcomes_are_counted_exactly() {
 async fn redeliveries_that_change_nothing_count_nothing(store: &str, env: &[(&str, &str)]) {
     const ADMIN: &str = "metrics-admin-token-0123456789abcdef";
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("waybill.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-[store]
-{store}
-[admin]
-token = "{ADMIN}"
-[[sources]]
-name = "carrier"
-kind = "tracking"
-secrets = ["{GH_SECRET}"]
-signature = {{ scheme = "github" }}
-event_id = "/id"
-[sources.mapping]
-tracking_number = "/t"
-status = "/s"
-occurred_at = "/at"
-[sources.mapping.status_map]
-in_transit = "IN_TRANSIT"
-"#,
-            store = store.replace("{dir}", &dir.path().display().to_string()),
-        ),
-    )
-    .unwrap();
+    let carrier = config::tracking_source(
+        "carrier",
+        config::Shape::Github,
+        GH_SECRET,
+        &[("in_transit", "IN_TRANSIT")],
+    );
+    let cfg = config::write(dir.path(), "", store, &(config::admin(ADMIN) + &carrier));
     let gw = Gateway::start_with_env(&cfg, env);
     let mut client = Client::new(gw.addr);
     const PARKED: usize = 1000;
@@ -407,8 +386,7 @@ in_transit = "IN_TRANSIT"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeliveries_that_leave_events_parked_or_dead_count_nothing() {
-    redeliveries_that_change_nothing_count_nothing("path = \"{dir}/data\"\nmin_free_mb = 0", &[])
-        .await;
+    redeliveries_that_change_nothing_count_nothing("", &[]).await;
     if let Some(schema) = support::pg::schema().await {
         redeliveries_that_change_nothing_count_nothing(
             "backend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"",

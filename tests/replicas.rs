@@ -28,40 +28,19 @@ const ADMIN: &str = "replicas-admin-token-0123456789abcdef";
 
 /// The replicas' config, with `extra` (TOML) at the end.
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("waybill.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-[store]
-backend = "postgres"
-url = "env:WAYBILL_DATABASE_URL"
-pool_size = 8
-[[partners]]
-name = "acme"
-api_keys = ["acme-key"]
-[[sources]]
-name = "carrier"
-kind = "tracking"
-secrets = ["{SECRET}"]
-signature = {{ scheme = "standard-webhooks" }}
-event_type = "/type"
-accept_event_types = ["tracking.updated"]
-[sources.mapping]
-tracking_number = "/data/tracking_number"
-status = "/data/status"
-occurred_at = "/data/occurred_at"
-[sources.mapping.status_map]
-IN_TRANSIT = "IN_TRANSIT"
-DELIVERED = "DELIVERED"
-{extra}
-"#
-        ),
+    let carrier = config::tracking_source(
+        "carrier",
+        config::Shape::StandardWebhooks,
+        SECRET,
+        &[("IN_TRANSIT", "IN_TRANSIT"), ("DELIVERED", "DELIVERED")],
+    );
+    let rest = format!("{}{carrier}\n{extra}", config::partner("acme", "acme-key"));
+    config::write(
+        dir,
+        "",
+        "backend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"\npool_size = 8",
+        &rest,
     )
-    .unwrap();
-    path
 }
 
 /// Three replicas on `schema`, started one after the other (each applies

@@ -30,55 +30,34 @@ use waybill::webhook::signature::SchemeKind;
 const GH_SECRET: &str = "gh-secret";
 const ADMIN: &str = "admin-token";
 
-/// A config with a signed tracking source `carrier` (github scheme, id in
-/// `/id`, time in `/at`), the partner `acme`, an admin token, and
+/// A config with a signed tracking source `carrier` (`config::Shape::Github`),
+/// the partner `acme`, an admin token, and
 /// `extra` appended (it may override `[downstream]` keys through
 /// `downstream`).
 fn write_config(dir: &Path, downstream: &str, extra: &str) -> PathBuf {
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-request_timeout = "5s"
-{extra}
-[store]
-path = "{data}"
-min_free_mb = 0
-[admin]
-token = "{ADMIN}"
-[[sources]]
-name = "carrier"
-kind = "tracking"
-secrets = ["{GH_SECRET}"]
-signature = {{ scheme = "github" }}
-event_id = "/id"
-[sources.mapping]
-tracking_number = "/tn"
-status = "/st"
-occurred_at = "/at"
-[sources.mapping.status_map]
-transit = "IN_TRANSIT"
-delivered = "DELIVERED"
-[[partners]]
-name = "acme"
-api_keys = ["acme-key"]
-[downstream]
-base_url = "{downstream}"
-timeout = "300ms"
-max_attempts = 2
-backoff = {{ initial = "5ms", max = "20ms" }}
-breaker = {{ failures = 3, cooldown = "2s" }}
-"#,
-        data = dir.join("data").display()
+    let carrier = config::tracking_source(
+        "carrier",
+        config::Shape::Github,
+        GH_SECRET,
+        &[("transit", "IN_TRANSIT"), ("delivered", "DELIVERED")],
     );
-    let path = dir.join("waybill.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let rest = format!(
+        "{}{carrier}{}\n[downstream]\nbase_url = \"{downstream}\"\ntimeout = \"300ms\"\n\
+         max_attempts = 2\nbackoff = {{ initial = \"5ms\", max = \"20ms\" }}\n\
+         breaker = {{ failures = 3, cooldown = \"2s\" }}\n",
+        config::admin(ADMIN),
+        config::partner("acme", "acme-key"),
+    );
+    config::write(
+        dir,
+        &format!("shutdown_grace = \"5s\"\nrequest_timeout = \"5s\"\n{extra}"),
+        "",
+        &rest,
+    )
 }
 
 fn tracking(id: &str, tn: &str, status: &str, at: &str) -> (Vec<(String, String)>, Vec<u8>) {
-    let body = format!(r#"{{"id":"{id}","tn":"{tn}","st":"{status}","at":{at}}}"#).into_bytes();
+    let body = format!(r#"{{"id":"{id}","t":"{tn}","s":"{status}","at":{at}}}"#).into_bytes();
     (signed(SchemeKind::Github, GH_SECRET, &body, 0, id), body)
 }
 

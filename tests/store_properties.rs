@@ -193,7 +193,6 @@ fn any_arrival_order_and_label_time_give_the_rules_shipment_on_postgres() {
 /// The sources of the differential scenario: tracking and payments, and
 /// after a reload (`reloaded`), `held` mapped and the payment source gone.
 fn scenario_sources(reloaded: bool) -> Vec<SourceConfig> {
-    let held = if reloaded { "held = \"EXCEPTION\"" } else { "" };
     let pay = if reloaded {
         ""
     } else {
@@ -213,25 +212,16 @@ fn scenario_sources(reloaded: bool) -> Vec<SourceConfig> {
         refunded = "REFUNDED"
         "#
     };
-    let toml = format!(
-        r#"
-        [[sources]]
-        name = "carrier"
-        kind = "tracking"
-        secrets = ["s"]
-        signature = {{ scheme = "github" }}
-        event_id = "/id"
-        [sources.mapping]
-        tracking_number = "/t"
-        status = "/s"
-        occurred_at = "/at"
-        [sources.mapping.status_map]
-        in_transit = "IN_TRANSIT"
-        out_for_delivery = "OUT_FOR_DELIVERY"
-        {held}
-        {pay}
-        "#
-    );
+    let mut statuses = vec![
+        ("in_transit", "IN_TRANSIT"),
+        ("out_for_delivery", "OUT_FOR_DELIVERY"),
+    ];
+    if reloaded {
+        statuses.push(("held", "EXCEPTION"));
+    }
+    let toml =
+        support::config::tracking_source("carrier", support::config::Shape::Github, "s", &statuses)
+            + pay;
     waybill::config::Config::parse(&toml, &waybill::config::ProcessEnv)
         .unwrap()
         .sources

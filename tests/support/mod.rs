@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use waybill::webhook::signature::{Scheme, SchemeKind};
 
+pub mod config;
 pub mod pg;
 
 #[derive(Debug)]
@@ -456,16 +457,7 @@ pub async fn create_shipment(addr: SocketAddr, order: &str) -> String {
 /// `server` added to its table, the store under `dir/data` (no free-space
 /// floor), then `rest`. Its path.
 pub fn write_gateway_config(dir: &std::path::Path, server: &str, rest: &str) -> std::path::PathBuf {
-    let path = dir.join("waybill.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[store]\npath = \"{}\"\nmin_free_mb = 0\n{rest}\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    path
+    config::write(dir, server, "", rest)
 }
 
 /// Asserts that `gw` aborted at `failpoint` while answering the request
@@ -585,24 +577,14 @@ pub fn order_body(order_id: &str, customer: &str, sku: &str, quantity: u64) -> V
 /// A `carrier` tracking source with pointers `/id`, `/t`, `/s`, `/at` and
 /// four statuses mapped (`held` is not), for tests that build events.
 pub fn carrier_sources() -> Vec<waybill::config::SourceConfig> {
+    let statuses = [
+        ("pre_transit", "LABEL_CREATED"),
+        ("in_transit", "IN_TRANSIT"),
+        ("out_for_delivery", "OUT_FOR_DELIVERY"),
+        ("delivered", "DELIVERED"),
+    ];
     waybill::config::Config::parse(
-        r#"
-        [[sources]]
-        name = "carrier"
-        kind = "tracking"
-        secrets = ["s"]
-        signature = { scheme = "github" }
-        event_id = "/id"
-        [sources.mapping]
-        tracking_number = "/t"
-        status = "/s"
-        occurred_at = "/at"
-        [sources.mapping.status_map]
-        pre_transit = "LABEL_CREATED"
-        in_transit = "IN_TRANSIT"
-        out_for_delivery = "OUT_FOR_DELIVERY"
-        delivered = "DELIVERED"
-        "#,
+        &config::tracking_source("carrier", config::Shape::Github, "s", &statuses),
         &waybill::config::ProcessEnv,
     )
     .unwrap()

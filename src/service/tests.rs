@@ -174,17 +174,7 @@ struct World {
 impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(&crate::config::StoreConfig {
-            path: dir.path().to_path_buf(),
-            dedupe_retention: Duration::from_secs(60),
-            idempotency_retention: Duration::from_secs(60),
-            in_progress_timeout: Duration::from_secs(30),
-            cache_bytes: 8 << 20,
-            min_free_bytes: 0,
-            segment_bytes: 1 << 20,
-            backend: crate::config::StoreBackend::Sled,
-        })
-        .unwrap();
+        let store = SledStore::open(&crate::store::sled::test_config(dir.path())).unwrap();
         store.start_dispatcher(Vec::new()).unwrap();
         World {
             store: Arc::new(store),

@@ -1427,12 +1427,27 @@ fn read_shipment(
     }
 }
 
+/// A small embedded store at `path` for the crate's own tests: a
+/// minute's retention, an 8 MiB cache, 1 MiB segments, no free-space floor.
+#[cfg(test)]
+pub(crate) fn test_config(path: &std::path::Path) -> StoreConfig {
+    StoreConfig {
+        path: path.to_path_buf(),
+        dedupe_retention: std::time::Duration::from_secs(60),
+        idempotency_retention: std::time::Duration::from_secs(60),
+        in_progress_timeout: std::time::Duration::from_secs(30),
+        cache_bytes: 8 << 20,
+        min_free_bytes: 0,
+        segment_bytes: 1 << 20,
+        backend: crate::config::StoreBackend::Sled,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
     use std::path::Path;
-    use std::time::Duration;
 
     use crate::domain::label::{Label, LabelFormat, LabelRequest};
     use crate::domain::request::{NewOrder, ShipmentDetails};
@@ -1462,16 +1477,7 @@ mod tests {
     }
 
     fn cfg(path: &Path) -> StoreConfig {
-        StoreConfig {
-            path: path.to_path_buf(),
-            dedupe_retention: Duration::from_secs(60),
-            idempotency_retention: Duration::from_secs(60),
-            in_progress_timeout: Duration::from_secs(30),
-            cache_bytes: 8 << 20,
-            min_free_bytes: 0,
-            segment_bytes: 1 << 20,
-            backend: crate::config::StoreBackend::Sled,
-        }
+        super::test_config(path)
     }
 
     fn event(id: &str, at: u64, hash: u8, dispatch: bool) -> NewEvent {

@@ -34,7 +34,7 @@ pub mod metric {
     pub const UNREADABLE: &str = "waybill_store_unreadable_records_total";
 
     /// Every name above: what the dashboard and the alert rules may use
-    /// (tests/ops.rs checks them against it).
+    /// (tests/api/operator_files.rs checks them against it).
     pub const ALL: &[&str] = &[
         HTTP_REQUESTS,
         HTTP_DURATION,

@@ -1,5 +1,5 @@
 //! "Reload" (GUARANTEES.md) through `App::reload`, the function `SIGHUP` calls (the
-//! signal itself is tested on the binary in tests/cli.rs): a new config is
+//! signal itself is tested on the binary in tests/api/cli.rs): a new config is
 //! in force for requests that start after it, whole or not at all.
 
 use std::sync::Arc;

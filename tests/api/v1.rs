@@ -381,7 +381,7 @@ async fn a_claim_left_by_a_request_that_died_is_resumable_after_restart() {
     if on_postgres() {
         // Processes sharing a database cannot tell a claim whose process
         // died from a live replica's: only the end of its lease frees it
-        // (`tests/postgres.rs` shows that).
+        // (`tests/api/postgres_adapter.rs` shows that).
         assert_eq!(r.code(), "IDEMPOTENCY_IN_PROGRESS");
         return;
     }

@@ -2,23 +2,13 @@
 //! fault injection that never touches the ledger, and tracking webhooks
 //! that reach a running gateway.
 
-// Tests fail by panicking: the lints that keep panics out of the
-// gateway do not apply here.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-
-#[path = "support/mod.rs"]
-mod support;
-
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::helpers::*;
 use bytes::Bytes;
-use helpers::*;
 use serde_json::{Value, json};
 use waybill::tools::simulator::SimConfig;
 
@@ -395,7 +385,7 @@ async fn emitted_tracking_webhooks_reach_the_gateway_and_move_the_shipment() {
     app.app
         .store
         .record_label(
-            support::label_for(&id, &tn, waybill::clock::now_ms()),
+            crate::support::label_for(&id, &tn, waybill::clock::now_ms()),
             waybill::clock::now_ms(),
             None,
         )

@@ -5,17 +5,10 @@
 //! refused: 503 `UPSTREAM_UNAVAILABLE` at once, `connect_error` counted,
 //! the reason in the log, and nothing sent in plain text instead.
 
-// Tests fail by panicking: the lints that keep panics out of the
-// gateway do not apply here.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-
-#[path = "support/mod.rs"]
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use support::*;
+use crate::support::*;
 use waybill::tools::simulator::SimConfig;
 
 /// A self-signed certificate for `localhost` and its key, as PEM files.

@@ -7,14 +7,7 @@
 //! names exists, and every file, item and test ARCHITECTURE.md and the
 //! crate docs name is there.
 
-// Tests fail by panicking: the lints that keep panics out of the
-// gateway do not apply here.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-
-#[path = "support/mod.rs"]
-mod support;
-
-use support::*;
+use crate::support::*;
 use waybill::tools::simulator::SimConfig;
 
 /// The blocks of a Markdown text fenced as `lang`, in order, each with the
@@ -293,7 +286,7 @@ fn every_section_the_code_names_is_in_the_guarantees() {
         // This file describes the forms, with placeholders.
         let files = rust_files(&root().join(dir))
             .into_iter()
-            .filter(|(p, _)| !p.ends_with("tests/docs.rs"));
+            .filter(|(p, _)| !p.ends_with("tests/api/docs.rs"));
         for (path, text) in files {
             for name in guarantee_refs(&unwrapped(&text)) {
                 named += 1;

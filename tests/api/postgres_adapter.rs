@@ -5,20 +5,13 @@
 //! `WAYBILL_REQUIRE_POSTGRES` so that CI fails instead. Each test works
 //! in a schema of its own, dropped at the end.
 
-// Tests fail by panicking: the lints that keep panics out of the
-// gateway do not apply here.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::sync::Arc;
 use waybill::store::prelude::*;
 
 use waybill::store::postgres::PgStore;
 use waybill::store::{IngestResult, NewEvent};
 
-#[path = "support/mod.rs"]
-mod support;
-
-use support::pg::schema;
+use crate::support::pg::schema;
 
 fn event(id: &str, at: u64, retention: u64, hash: u8) -> NewEvent {
     NewEvent {
@@ -214,14 +207,14 @@ async fn waybill_migrate_applies_the_schema_once() {
 }
 
 fn carrier_source() -> std::collections::HashMap<String, waybill::config::SourceConfig> {
-    support::carrier_sources()
+    crate::support::carrier_sources()
         .into_iter()
         .map(|s| (s.name.clone(), s))
         .collect()
 }
 
 fn shipment(id: &str) -> waybill::store::ShipmentRecord {
-    support::shipment_record(id, "acme", &format!("o-{id}"), 1_000)
+    crate::support::shipment_record(id, "acme", &format!("o-{id}"), 1_000)
 }
 
 /// "Applied once" (GUARANTEES.md) with three dispatchers: a backlog of 600 tracking events
@@ -248,7 +241,7 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
             .unwrap();
         replicas[0]
             .record_label(
-                support::label_for(&id, &format!("TN-{i}"), 1_000),
+                crate::support::label_for(&id, &format!("TN-{i}"), 1_000),
                 1_000,
                 None,
             )
@@ -540,10 +533,12 @@ async fn an_unreadable_shipment_sends_its_event_to_the_dead_letter_not_dispatch_
     };
     let store = schema.store(2);
     store.migrate().await.unwrap();
-    store.start_dispatcher(support::carrier_sources()).unwrap();
+    store
+        .start_dispatcher(crate::support::carrier_sources())
+        .unwrap();
     store.create_shipment(shipment("s1"), None).await.unwrap();
     store
-        .record_label(support::label_for("s1", "TN-1", 1_000), 1_000, None)
+        .record_label(crate::support::label_for("s1", "TN-1", 1_000), 1_000, None)
         .await
         .unwrap();
     let table = format!("{}.shipments", schema.name);

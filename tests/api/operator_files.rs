@@ -4,10 +4,6 @@
 //! (`.ci/promtool` checks that their PromQL parses and unit-tests the
 //! alerts; this catches a renamed metric without promtool.)
 
-// Tests fail by panicking: the lints that keep panics out of the
-// gateway do not apply here.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::collections::BTreeSet;
 
 use waybill::telemetry::metric;

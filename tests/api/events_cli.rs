@@ -2,17 +2,10 @@
 //! built binary: the admin API from the shell, the token from the
 //! environment.
 
-// Tests fail by panicking: the lints that keep panics out of the
-// gateway do not apply here.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-
-#[path = "support/mod.rs"]
-mod support;
-
 use std::process::Command;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 use waybill::webhook::signature::SchemeKind;
 
 const TOKEN: &str = "cli-admin-token";

@@ -8,18 +8,11 @@
 //! step by step. `tests/support/pg.rs` says where PostgreSQL is and what
 //! happens without one.
 
-// Tests fail by panicking: the lints that keep panics out of the
-// gateway do not apply here.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-
-#[path = "support/mod.rs"]
-mod support;
-
 use std::sync::Arc;
 use waybill::store::prelude::*;
 
+use crate::support::{label_for, shipment_record};
 use proptest::prelude::*;
-use support::{label_for, shipment_record};
 use waybill::config::SourceConfig;
 use waybill::domain::shipment::{ShipmentStatus, StatusEvent, Timeline};
 use waybill::store::{DispatchOutcome, NewEvent, Store};
@@ -34,7 +27,7 @@ const STATUSES: [&str; 5] = [
 ];
 
 fn sources() -> Vec<SourceConfig> {
-    support::carrier_sources()
+    crate::support::carrier_sources()
 }
 
 /// One generated delivery: (status index, day, hour, sent twice).
@@ -168,7 +161,7 @@ fn any_arrival_order_and_label_time_give_the_rules_shipment_on_sled() {
     let runtime = runtime();
     let dir = tempfile::tempdir().unwrap();
     let store = runtime.block_on(async {
-        let store = support::open_store(dir.path()).await;
+        let store = crate::support::open_store(dir.path()).await;
         store.start_dispatcher(sources()).unwrap();
         store
     });
@@ -179,7 +172,7 @@ fn any_arrival_order_and_label_time_give_the_rules_shipment_on_sled() {
 fn any_arrival_order_and_label_time_give_the_rules_shipment_on_postgres() {
     let runtime = runtime();
     let Some((store, _schema)) = runtime.block_on(async {
-        let schema = support::pg::schema().await?;
+        let schema = crate::support::pg::schema().await?;
         let store = schema.store(4);
         store.migrate().await.unwrap();
         store.start_dispatcher(sources()).unwrap();
@@ -219,9 +212,12 @@ fn scenario_sources(reloaded: bool) -> Vec<SourceConfig> {
     if reloaded {
         statuses.push(("held", "EXCEPTION"));
     }
-    let toml =
-        support::config::tracking_source("carrier", support::config::Shape::Github, "s", &statuses)
-            + pay;
+    let toml = crate::support::config::tracking_source(
+        "carrier",
+        crate::support::config::Shape::Github,
+        "s",
+        &statuses,
+    ) + pay;
     waybill::config::Config::parse(&toml, &waybill::config::ProcessEnv)
         .unwrap()
         .sources
@@ -498,7 +494,7 @@ fn both_adapters_answer_every_step_of_the_scenario_alike() {
     let runtime = runtime();
     let dir = tempfile::tempdir().unwrap();
     let sled_trace = runtime.block_on(async {
-        let store = support::open_store(dir.path()).await;
+        let store = crate::support::open_store(dir.path()).await;
         store.start_dispatcher(scenario_sources(false)).unwrap();
         let trace = differential_trace(store.as_ref()).await;
         tokio::task::spawn_blocking(move || store.close())
@@ -539,7 +535,7 @@ fn both_adapters_answer_every_step_of_the_scenario_alike() {
         assert!(all.contains(expected), "{expected}\n{all}");
     }
     let Some(pg_trace) = runtime.block_on(async {
-        let schema = support::pg::schema().await?;
+        let schema = crate::support::pg::schema().await?;
         let store = schema.store(4);
         store.migrate().await.unwrap();
         store.start_dispatcher(scenario_sources(false)).unwrap();

@@ -1,9 +1,5 @@
 //! The binary's subcommands and its exit codes (GUARANTEES.md: "Running").
 
-// Tests fail by panicking: the lints that keep panics out of the
-// gateway do not apply here.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 

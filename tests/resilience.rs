@@ -66,13 +66,7 @@ fn admin() -> Vec<(String, String)> {
 }
 
 async fn buy(addr: SocketAddr, id: &str, key: &str) -> Resp {
-    post(
-        addr,
-        &format!("/v1/shipments/{id}/label"),
-        &partner_headers(key),
-        "{}",
-    )
-    .await
+    Api::acme(addr).buy_label(id, key, "{}").await
 }
 
 async fn get_shipment(addr: SocketAddr, id: &str) -> Resp {

@@ -409,23 +409,13 @@ pub async fn new_shipment(app: &TestApp, order: &str) -> String {
 }
 
 pub async fn buy(app: &TestApp, id: &str, key: &str) -> Resp {
-    post(
-        app.addr,
-        &format!("/v1/shipments/{id}/label"),
-        &headers(key),
-        r#"{"format":"ZPL"}"#,
-    )
-    .await
+    Api::acme(app.addr)
+        .buy_label(id, key, r#"{"format":"ZPL"}"#)
+        .await
 }
 
 pub async fn cancel(app: &TestApp, id: &str, key: &str) -> Resp {
-    post(
-        app.addr,
-        &format!("/v1/shipments/{id}/cancel"),
-        &headers(key),
-        "",
-    )
-    .await
+    Api::acme(app.addr).cancel(id, key).await
 }
 
 pub async fn ledger(sim: SocketAddr) -> Value {
@@ -483,18 +473,11 @@ pub async fn gated_carrier() -> GatedCarrier {
 }
 
 pub async fn place_order(app: &TestApp, key: &str, body: &Value) -> Resp {
-    post(app.addr, "/v1/orders", &headers(key), body.to_string()).await
+    Api::acme(app.addr).place_order(key, body).await
 }
 
 pub async fn get_order(app: &TestApp, api_key: &str, order_id: &str) -> Resp {
-    Client::new(app.addr)
-        .send(
-            "GET",
-            &format!("/v1/orders/{order_id}"),
-            &[("Authorization".into(), format!("Bearer {api_key}"))],
-            bytes::Bytes::new(),
-        )
-        .await
+    Api::with_key(app.addr, api_key).order(order_id).await
 }
 
 /// A gateway whose carrier is a `GatedCarrier`.

@@ -67,28 +67,12 @@ async fn two_purchases_at_once_under_two_keys_give_one_label_and_one_conflict() 
     let a = tokio::spawn({
         let addr = app.addr;
         let id = id.clone();
-        async move {
-            post(
-                addr,
-                &format!("/v1/shipments/{id}/label"),
-                &headers("race-a"),
-                "{}",
-            )
-            .await
-        }
+        async move { Api::acme(addr).buy_label(&id, "race-a", "{}").await }
     });
     let b = tokio::spawn({
         let addr = app.addr;
         let id = id.clone();
-        async move {
-            post(
-                addr,
-                &format!("/v1/shipments/{id}/label"),
-                &headers("race-b"),
-                "{}",
-            )
-            .await
-        }
+        async move { Api::acme(addr).buy_label(&id, "race-b", "{}").await }
     });
     // Both are at the carrier before either is answered.
     carrier.arrived.recv().await.unwrap();
@@ -240,13 +224,7 @@ async fn an_error_body_lists_a_bounded_number_of_details() {
     .await;
     let parcels: Vec<Value> = (0..12_000).map(|_| json!({"weight_grams": -1})).collect();
     let body = json!({"order_id": "o", "carrier": "ups", "service": "s", "parcels": parcels});
-    let r = post(
-        app.addr,
-        "/v1/shipments",
-        &headers("many"),
-        body.to_string(),
-    )
-    .await;
+    let r = Api::acme(app.addr).create_shipment("many", &body).await;
     // The test server's body limit is small: 413 first.
     assert_eq!(r.status, 413);
     let few: Vec<Value> = (0..300).map(|_| json!({"weight_grams": -1})).collect();
@@ -256,13 +234,7 @@ async fn an_error_body_lists_a_bounded_number_of_details() {
         ..Options::default()
     })
     .await;
-    let r = post(
-        big.addr,
-        "/v1/shipments",
-        &headers("many"),
-        body.to_string(),
-    )
-    .await;
+    let r = Api::acme(big.addr).create_shipment("many", &body).await;
     assert_eq!(r.status, 400);
     let details = r.json()["error"]["details"].as_array().unwrap().clone();
     assert_eq!(details.len(), 51);

@@ -60,13 +60,9 @@ async fn a_label_is_bought_once_and_a_second_key_gets_label_exists() {
     .await;
     assert_eq!(other.status, 404);
     assert_eq!(buy(&app, "shp_nope", "label-3").await.status, 404);
-    let bad = post(
-        app.addr,
-        &format!("/v1/shipments/{id}/label"),
-        &headers("label-4"),
-        r#"{"format":"PNG"}"#,
-    )
-    .await;
+    let bad = Api::acme(app.addr)
+        .buy_label(&id, "label-4", r#"{"format":"PNG"}"#)
+        .await;
     assert_eq!(bad.json()["error"]["details"][0]["field"], "/format");
 }
 

@@ -168,13 +168,7 @@ async fn what_the_fuzzer_found_stays_fixed() {
     let body = serde_json::json!({"order_id": "o-float", "carrier": "ups", "service": "ground",
         "from": address, "to": address,
         "parcels": [{"weight_grams": 100.0, "length_cm": 1e1, "width_cm": 1, "height_cm": 1}]});
-    let r = post(
-        app.addr,
-        "/v1/shipments",
-        &headers("k-float"),
-        body.to_string(),
-    )
-    .await;
+    let r = Api::acme(app.addr).create_shipment("k-float", &body).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
 
     // An order id no header can carry still makes one order: the keys

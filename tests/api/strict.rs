@@ -131,22 +131,12 @@ async fn u0000_in_a_v1_text_field_is_refused_naming_the_field() {
     for field in &fields {
         let mut body = shipment.clone();
         *body.pointer_mut(field).unwrap() = json!("x\u{0}y");
-        let r = post(
-            app.addr,
-            "/v1/shipments",
-            &headers("nul-ship"),
-            body.to_string(),
-        )
-        .await;
+        let r = Api::acme(app.addr).create_shipment("nul-ship", &body).await;
         refused_at(&r, "VALIDATION_FAILED", field);
     }
-    let r = post(
-        app.addr,
-        "/v1/shipments",
-        &headers("nul-ship"),
-        shipment.to_string(),
-    )
-    .await;
+    let r = Api::acme(app.addr)
+        .create_shipment("nul-ship", &shipment)
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
 
     let order = order_body("ord-nul", "cust-1", "SKU-1", 1);

@@ -64,13 +64,9 @@ async fn carrier_connect_errors(addr: SocketAddr) -> f64 {
 }
 
 async fn buy(addr: SocketAddr, id: &str) -> Resp {
-    post(
-        addr,
-        &format!("/v1/shipments/{id}/label"),
-        &partner_headers(&format!("label-{id}")),
-        "{}",
-    )
-    .await
+    Api::acme(addr)
+        .buy_label(id, &format!("label-{id}"), "{}")
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

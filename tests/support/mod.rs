@@ -1,6 +1,8 @@
-//! Helpers shared by the test binaries: a small HTTP client over hyper, and
-//! signing deliveries the way each sender does.
-#![allow(dead_code)]
+//! Helpers shared by the test binaries: a small HTTP client over hyper,
+//! the integrator API typed (`api`), the configs the gateways run with
+//! (`config`), and signing deliveries the way each sender does. Each
+//! binary uses some of them.
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -17,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use waybill::webhook::signature::{Scheme, SchemeKind};
 
+pub mod api;
+pub use api::Api;
 pub mod config;
 pub mod pg;
 
@@ -430,11 +434,7 @@ impl Drop for Gateway {
 
 /// The headers of a `/v1` write by partner `acme` (key `acme-key`).
 pub fn partner_headers(key: &str) -> Vec<(String, String)> {
-    vec![
-        ("Authorization".into(), "Bearer acme-key".into()),
-        ("Content-Type".into(), "application/json".into()),
-        ("Idempotency-Key".into(), key.into()),
-    ]
+    api::Api::acme(([127, 0, 0, 1], 0).into()).write_headers(key)
 }
 
 /// Creates a shipment for order `order` as partner `acme`; its id.
@@ -442,13 +442,9 @@ pub async fn create_shipment(addr: SocketAddr, order: &str) -> String {
     let address = serde_json::json!({"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "US"});
     let body = serde_json::json!({"order_id": order, "carrier": "ups", "service": "ground", "from": address, "to": address,
         "parcels": [{"weight_grams": 100, "length_cm": 1, "width_cm": 1, "height_cm": 1}]});
-    let r = post(
-        addr,
-        "/v1/shipments",
-        &partner_headers(&format!("create-{order}")),
-        body.to_string(),
-    )
-    .await;
+    let r = api::Api::acme(addr)
+        .create_shipment(&format!("create-{order}"), &body)
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     r.json()["shipment_id"].as_str().unwrap().to_string()
 }

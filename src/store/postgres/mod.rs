@@ -680,10 +680,7 @@ impl Events for PgStore {
                 )
                 .await
                 .map_err(db_err)?;
-            match row.and_then(|r| r.get::<_, Option<String>>(0)) {
-                Some(json) => serde_json::from_str(&json).map(Some).map_err(db_err),
-                None => Ok(None),
-            }
+            state::outcome_of(row.as_ref().and_then(|r| r.get::<_, Option<&str>>(0)))
         })
         .await
     }

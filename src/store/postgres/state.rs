@@ -64,7 +64,7 @@ fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
 }
 
 /// An outcome column, read.
-fn outcome_of(text: Option<&str>) -> Result<Option<OutcomeRecord>, StoreError> {
+pub(super) fn outcome_of(text: Option<&str>) -> Result<Option<OutcomeRecord>, StoreError> {
     text.map(|t| {
         serde_json::from_str(t)
             .map_err(|e| StoreError::corrupt(format!("an event's outcome ({e})")))

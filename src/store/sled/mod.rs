@@ -1747,18 +1747,24 @@ mod tests {
         covered(&store, "replay");
     }
 
+    /// A store whose segments hold one event of the body given with it,
+    /// its state machine running: it moves the inbox cursor past every
+    /// arrival, and a segment goes only once the cursor is past it.
+    fn one_event_per_segment(dir: &Path) -> (SledStore, Bytes) {
+        let mut config = cfg(dir);
+        config.segment_bytes = 512;
+        let store = SledStore::open(&config).unwrap();
+        store.start_dispatcher(Vec::new()).unwrap();
+        let body = Bytes::from(format!("{{\"pad\":\"{}\"}}", "y".repeat(2000)));
+        (store, body)
+    }
+
     /// Retention deletes whole payload segments once every event in them
     /// has expired and been swept; live events stay readable.
     #[tokio::test]
     async fn retention_deletes_whole_segments_of_expired_payloads() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = cfg(dir.path());
-        config.segment_bytes = 512;
-        let store = SledStore::open(&config).unwrap();
-        // The state machine moves the inbox cursor past every arrival; a
-        // segment goes only once the cursor is past it.
-        store.start_dispatcher(Vec::new()).unwrap();
-        let body = Bytes::from(format!("{{\"pad\":\"{}\"}}", "y".repeat(2000)));
+        let (store, body) = one_event_per_segment(dir.path());
         for i in 0..40 {
             let mut ev = event(&format!("old-{i}"), 10, 1, false);
             ev.body = body.clone();
@@ -2021,11 +2027,7 @@ mod tests {
     #[tokio::test]
     async fn a_segment_with_an_unreadable_retention_entry_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = cfg(dir.path());
-        config.segment_bytes = 512;
-        let store = SledStore::open(&config).unwrap();
-        store.start_dispatcher(Vec::new()).unwrap();
-        let body = Bytes::from(format!("{{\"pad\":\"{}\"}}", "y".repeat(2000)));
+        let (store, body) = one_event_per_segment(dir.path());
         for i in 0..4 {
             let mut ev = event(&format!("old-{i}"), 10, 1, false);
             ev.body = body.clone();

@@ -255,11 +255,14 @@ fn keyed(key: &str) -> Keyed {
     }
 }
 
-fn upstream(service: Service, retry_after_secs: u64) -> impl Fn(&Refusal) -> bool {
-    move |r| {
-        matches!(r, Refusal::Upstream { service: s, retry_after_secs: a }
-            if *s == service && *a == retry_after_secs)
-    }
+/// That `refusal` is `service` unavailable, to be retried after
+/// `retry_after_secs`.
+fn assert_upstream(refusal: Refusal, service: Service, retry_after_secs: u64) {
+    assert!(
+        matches!(&refusal, Refusal::Upstream { service: s, retry_after_secs: a }
+            if *s == service && *a == retry_after_secs),
+        "{refusal:?}"
+    );
 }
 
 fn ran<T: std::fmt::Debug>(result: Result<Answered<T>, Refusal>) -> T {
@@ -305,10 +308,10 @@ async fn a_carrier_that_fails_leaves_the_intent_and_gives_the_key_back() {
     let id = w.new_shipment().await;
     for (failure, retry_after) in [(UNAVAILABLE, 7), (REFUSED, 1), (MALFORMED, 1)] {
         Services::script(&w.services.buys, [Err(failure)]);
-        let refusal = refused(w.label("k", &id).await);
-        assert!(
-            upstream(Service::Carrier, retry_after)(&refusal),
-            "{refusal:?}"
+        assert_upstream(
+            refused(w.label("k", &id).await),
+            Service::Carrier,
+            retry_after,
         );
         let shipment = w.shipment(&id).await;
         assert!(shipment.label.is_none());
@@ -381,8 +384,7 @@ async fn a_tracking_number_of_another_shipment_is_not_recorded() {
     let second = w.new_shipment().await;
     Services::script(&w.services.buys, [sold(1), sold(1)]);
     ran(w.label("k1", &first).await);
-    let refusal = refused(w.label("k2", &second).await);
-    assert!(upstream(Service::Carrier, 1)(&refusal), "{refusal:?}");
+    assert_upstream(refused(w.label("k2", &second).await), Service::Carrier, 1);
     assert!(w.shipment(&second).await.label.is_none());
 }
 
@@ -445,10 +447,10 @@ async fn a_cancel_voids_the_label_first_and_changes_nothing_when_it_cannot() {
     ran(w.label("k", &id).await);
     for (failure, retry_after) in [(UNAVAILABLE, 7), (REFUSED, 1)] {
         Services::script(&w.services.voids, [Err(failure)]);
-        let refusal = refused(w.cancel("c", &id).await);
-        assert!(
-            upstream(Service::Carrier, retry_after)(&refusal),
-            "{refusal:?}"
+        assert_upstream(
+            refused(w.cancel("c", &id).await),
+            Service::Carrier,
+            retry_after,
         );
         let shipment = w.shipment(&id).await;
         assert_eq!(shipment.timeline.status(), ShipmentStatus::LabelCreated);
@@ -470,8 +472,7 @@ async fn a_cancel_finds_and_voids_a_label_sold_behind_a_lost_answer() {
     refused(w.label("k", &id).await);
     // The carrier is still away: nothing changes.
     Services::script(&w.services.buys, [Err(UNAVAILABLE)]);
-    let refusal = refused(w.cancel("c", &id).await);
-    assert!(upstream(Service::Carrier, 7)(&refusal), "{refusal:?}");
+    assert_upstream(refused(w.cancel("c", &id).await), Service::Carrier, 7);
     assert_eq!(
         w.shipment(&id).await.timeline.status(),
         ShipmentStatus::Created
@@ -606,10 +607,10 @@ async fn an_inventory_that_fails_leaves_the_order_pending_for_the_retry() {
     };
     for (failure, retry_after) in [(UNAVAILABLE, 7), (REFUSED, 1), (malformed, 1)] {
         Services::script(&w.services.reserves, [Err(failure)]);
-        let refusal = refused(w.order("k", "o-1").await);
-        assert!(
-            upstream(Service::Inventory, retry_after)(&refusal),
-            "{refusal:?}"
+        assert_upstream(
+            refused(w.order("k", "o-1").await),
+            Service::Inventory,
+            retry_after,
         );
         let order = w.stored_order("o-1").await;
         assert_eq!(order.status, OrderStatus::Pending);
@@ -626,10 +627,8 @@ async fn a_payment_service_that_fails_resumes_at_the_charge() {
     let w = World::new();
     Services::script(&w.services.reserves, [reserved(1)]);
     Services::script(&w.services.charges, [Err(UNAVAILABLE), Err(REFUSED)]);
-    let refusal = refused(w.order("k", "o-1").await);
-    assert!(upstream(Service::Payments, 7)(&refusal), "{refusal:?}");
-    let refusal = refused(w.order("k", "o-1").await);
-    assert!(upstream(Service::Payments, 1)(&refusal), "{refusal:?}");
+    assert_upstream(refused(w.order("k", "o-1").await), Service::Payments, 7);
+    assert_upstream(refused(w.order("k", "o-1").await), Service::Payments, 1);
     let order = w.stored_order("o-1").await;
     assert_eq!(order.progress.reservation_id.as_deref(), Some("res-1"));
     assert_eq!(order.progress.transaction_id, None);
@@ -657,8 +656,7 @@ async fn a_declined_charge_releases_the_reservation_then_fails() {
     Services::script(&w.services.charges, [Ok(Charge::Declined)]);
     // The release fails first: the decline is recorded, the key given back.
     Services::script(&w.services.releases, [Err(UNAVAILABLE)]);
-    let refusal = refused(w.order("k", "o-1").await);
-    assert!(upstream(Service::Inventory, 7)(&refusal), "{refusal:?}");
+    assert_upstream(refused(w.order("k", "o-1").await), Service::Inventory, 7);
     let order = w.stored_order("o-1").await;
     assert!(order.progress.declined);
     assert!(!order.progress.released);

@@ -521,49 +521,54 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(listen = %config.server.listen, error = %e, "cannot bind");
-                return ExitCode::FAILURE;
-            }
+        let served = async {
+            let listener = bind(config.server.listen).await?;
+            let ops = match config.server.ops_listen {
+                None => None,
+                Some(addr) => Some(bind(addr).await?),
+            };
+            let shutdown = shutdown_signal().map_err(fatal("cannot install signal handlers"))?;
+            let app = waybill::app::App::start(config)
+                .await
+                .map_err(fatal("cannot open the store"))?;
+            reload_on_hangup(app.clone(), config_path)
+                .map_err(fatal("cannot install signal handlers"))?;
+            app.serve_with_ops(listener, ops, shutdown)
+                .await
+                .map_err(fatal("stopped with an error"))
         };
-        let ops = match config.server.ops_listen {
-            None => None,
-            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::error!(ops_listen = %addr, error = %e, "cannot bind");
-                    return ExitCode::FAILURE;
-                }
-            },
-        };
-        let shutdown = match shutdown_signal() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install signal handlers");
-                return ExitCode::FAILURE;
-            }
-        };
-        let app = match waybill::app::App::start(config).await {
-            Ok(app) => app,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot open the store");
-                return ExitCode::FAILURE;
-            }
-        };
-        if let Err(e) = reload_on_hangup(app.clone(), config_path) {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-        match app.serve_with_ops(listener, ops, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "stopped with an error");
-                ExitCode::FAILURE
-            }
-        }
+        exit_code(served.await)
     })
+}
+
+/// Why the process could not start, or stopped: logged once at ERROR,
+/// and the exit code is 1.
+struct Fatal {
+    what: &'static str,
+    error: String,
+}
+
+fn fatal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Fatal {
+    move |e| Fatal {
+        what,
+        error: e.to_string(),
+    }
+}
+
+fn exit_code(result: Result<(), Fatal>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal { what, error }) => {
+            tracing::error!(error = %error, "{what}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Fatal> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| fatal("cannot bind")(format!("{addr}: {e}")))
 }
 
 /// A panic anywhere is logged as one ERROR line with its thread and
@@ -627,23 +632,14 @@ fn simulate(
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(listen = %listen, error = %e, "cannot bind");
-                return ExitCode::FAILURE;
-            }
+        let served = async {
+            let listener = bind(listen).await?;
+            let shutdown = shutdown_signal().map_err(fatal("cannot install signal handlers"))?;
+            tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "simulator serving");
+            waybill::tools::simulator::run(listener, config, shutdown).await;
+            Ok(())
         };
-        let shutdown = match shutdown_signal() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install signal handlers");
-                return ExitCode::FAILURE;
-            }
-        };
-        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "simulator serving");
-        waybill::tools::simulator::run(listener, config, shutdown).await;
-        ExitCode::SUCCESS
+        exit_code(served.await)
     })
 }
 

@@ -92,11 +92,7 @@ impl AuthFailures {
 }
 
 pub async fn handle(app: &State, live: &Live, req: Request<Incoming>) -> Response<Body> {
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
+    let request_id = RequestId::of(&req);
     let Some(token) = &live.config.admin_token else {
         return ApiError::not_found("route").into_response(&request_id);
     };

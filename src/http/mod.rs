@@ -71,6 +71,16 @@ const RESERVED_FDS: u64 = 128;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+impl RequestId {
+    /// The id the edge gave `req` (empty if it went around the edge).
+    pub fn of<B>(req: &Request<B>) -> String {
+        req.extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// What a handler learned that belongs on the access-log line.
 #[derive(Debug, Clone, Default)]
 pub struct LogFields {
@@ -594,14 +604,7 @@ async fn router(app: &State, req: Request<Incoming>) -> Response<Body> {
         Route::V1Shipment => v1::handle(app, live, req, v1::V1Route::Shipment).await,
         Route::V1Label => v1::handle(app, live, req, v1::V1Route::Label).await,
         Route::V1Cancel => v1::handle(app, live, req, v1::V1Route::Cancel).await,
-        _ => {
-            let id = req
-                .extensions()
-                .get::<RequestId>()
-                .map(|r| r.0.as_str())
-                .unwrap_or("");
-            ApiError::not_found("route").into_response(id)
-        }
+        _ => ApiError::not_found("route").into_response(&RequestId::of(&req)),
     }
 }
 

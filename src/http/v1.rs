@@ -64,11 +64,7 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     route: V1Route,
 ) -> Response<Body> {
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
+    let request_id = RequestId::of(&req);
     let mut fields = LogFields::default();
     let answer = match call(app, live, req, route, &request_id, &mut fields).await {
         Ok(resp) => resp,

@@ -21,11 +21,7 @@ pub async fn handle(
     req: Request<Incoming>,
     source_name: &str,
 ) -> Response<Body> {
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
+    let request_id = RequestId::of(&req);
     let Some(source) = live.ingest.source(source_name) else {
         return ApiError::not_found("source").into_response(&request_id);
     };

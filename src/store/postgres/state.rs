@@ -124,6 +124,22 @@ impl<'a> PgUnit<'a> {
     }
 
     /// Writes what changed.
+    /// Runs a statement on `order`'s fulfilment queue entry due at `due_ms`.
+    async fn queue(&self, sql: &str, order: &OrderRecord, due_ms: u64) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                sql,
+                &[
+                    &order.partner.as_str(),
+                    &order.order_id.as_str(),
+                    &ms(due_ms),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     pub(super) async fn finish(self) -> Result<(), StoreError> {
         for id in &self.dirty_shipments {
             if let Some(rec) = self.shipments.get(id) {
@@ -357,35 +373,23 @@ impl Unit for PgUnit<'_> {
     }
 
     async fn schedule(&mut self, order: &OrderRecord, due_ms: u64) -> Result<(), StoreError> {
-        self.tx
-            .execute(
-                "INSERT INTO fulfilments (partner, order_id, due_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (partner, order_id) DO UPDATE SET due_ms = EXCLUDED.due_ms,
-                     claimed_until_ms = 0",
-                &[
-                    &order.partner.as_str(),
-                    &order.order_id.as_str(),
-                    &ms(due_ms),
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-        Ok(())
+        self.queue(
+            "INSERT INTO fulfilments (partner, order_id, due_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (partner, order_id) DO UPDATE SET due_ms = EXCLUDED.due_ms,
+                 claimed_until_ms = 0",
+            order,
+            due_ms,
+        )
+        .await
     }
 
     async fn unschedule(&mut self, order: &OrderRecord, due_ms: u64) -> Result<(), StoreError> {
-        self.tx
-            .execute(
-                "DELETE FROM fulfilments WHERE partner = $1 AND order_id = $2 AND due_ms = $3",
-                &[
-                    &order.partner.as_str(),
-                    &order.order_id.as_str(),
-                    &ms(due_ms),
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-        Ok(())
+        self.queue(
+            "DELETE FROM fulfilments WHERE partner = $1 AND order_id = $2 AND due_ms = $3",
+            order,
+            due_ms,
+        )
+        .await
     }
 
     async fn parked(

@@ -184,6 +184,13 @@ fn time_filter(key: &str, v: &str, issues: &mut Vec<FieldIssue>) -> Option<u64> 
     }
 }
 
+/// A cursor as pages give them: a sequence number, 1 to 19 digits (the
+/// API description's pattern; no sign, and never past `u64`).
+fn cursor(v: &str) -> Option<u64> {
+    let digits = (1..=19).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| v.parse().ok()).flatten()
+}
+
 async fn search(app: &State, query: &str) -> Result<Response<Body>, ApiError> {
     let mut filter = EventFilter::default();
     let mut limit = DEFAULT_LIMIT;
@@ -205,9 +212,9 @@ async fn search(app: &State, query: &str) -> Result<Response<Body>, ApiError> {
             "event_type" => filter.event_type = Some(v),
             "since" => filter.since_ms = time_filter("since", &v, &mut issues),
             "until" => filter.until_ms = time_filter("until", &v, &mut issues),
-            "cursor" => match v.parse::<u64>() {
-                Ok(seq) => filter.before_seq = Some(seq),
-                Err(_) => issues.push(FieldIssue::new(
+            "cursor" => match cursor(&v) {
+                Some(seq) => filter.before_seq = Some(seq),
+                None => issues.push(FieldIssue::new(
                     "cursor",
                     "must be a next_cursor from an earlier page",
                 )),

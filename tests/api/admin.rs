@@ -328,6 +328,9 @@ async fn search_pages_with_a_cursor_and_filters_by_time_and_type() {
         "since=yesterday",
         "until=2026-13-01T00:00:00Z",
         "cursor=abc",
+        // No sign, and no number past what a page can give.
+        "cursor=%2B5",
+        "cursor=50102147310438842104",
     ] {
         let r = app.admin_get(&format!("/admin/events?{bad}")).await;
         assert_eq!(r.status, 400, "{bad}");

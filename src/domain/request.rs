@@ -140,6 +140,20 @@ struct Reader<'a> {
     issues: &'a mut Vec<FieldIssue>,
 }
 
+/// The body as a JSON object, or the one issue that it is not.
+fn object(body: &Value) -> Result<&serde_json::Map<String, Value>, Vec<FieldIssue>> {
+    match body {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(vec![FieldIssue::new("", "the body must be a JSON object")]),
+    }
+}
+
+impl<'a> Reader<'a> {
+    fn new(issues: &'a mut Vec<FieldIssue>) -> Reader<'a> {
+        Reader { issues }
+    }
+}
+
 impl Reader<'_> {
     fn text(
         &mut self,
@@ -258,13 +272,9 @@ impl Reader<'_> {
 impl NewShipment {
     /// Every bad field is reported, each under its JSON pointer.
     pub fn parse(body: &Value) -> Result<NewShipment, Vec<FieldIssue>> {
-        let Value::Object(obj) = body else {
-            return Err(vec![FieldIssue::new("", "the body must be a JSON object")]);
-        };
+        let obj = object(body)?;
         let mut issues = Vec::new();
-        let mut r = Reader {
-            issues: &mut issues,
-        };
+        let mut r = Reader::new(&mut issues);
         let order_id = r.text(obj, "", "order_id", true);
         let carrier = r.text(obj, "", "carrier", true);
         let service = r.text(obj, "", "service", true);
@@ -371,13 +381,9 @@ impl NewOrder {
 
     /// Every bad field is reported, each under its JSON pointer.
     pub fn parse(body: &Value) -> Result<NewOrder, Vec<FieldIssue>> {
-        let Value::Object(obj) = body else {
-            return Err(vec![FieldIssue::new("", "the body must be a JSON object")]);
-        };
+        let obj = object(body)?;
         let mut issues = Vec::new();
-        let mut r = Reader {
-            issues: &mut issues,
-        };
+        let mut r = Reader::new(&mut issues);
         let order_id = r.text(obj, "", "order_id", true);
         let customer_id = r.text(obj, "", "customer_id", true);
         let amount_cents = r.positive(obj, "", "amount_cents");

@@ -76,14 +76,8 @@ pub async fn handle(
             count(outcome::ACCEPTED);
             metrics::gauge!(crate::telemetry::metric::SOURCE_LAST_ACCEPTED, "source" => name.to_string())
                 .set(received_at_ms as f64 / 1000.0);
-            let body = json!({
-                "status": "accepted",
-                "source": name,
-                "event_id": event_id,
-                "received_at": rfc3339_ms(received_at_ms),
-            });
-            fields.event_id = Some(event_id);
-            json_response(StatusCode::ACCEPTED, &body)
+            let answer = (StatusCode::ACCEPTED, "accepted", "received_at");
+            delivery_answer(answer, &name, event_id, received_at_ms, &mut fields)
         }
         Ok(Outcome::Duplicate {
             event_id,
@@ -101,14 +95,8 @@ pub async fn handle(
             } else {
                 count(outcome::DUPLICATE);
             }
-            let body = json!({
-                "status": "duplicate",
-                "source": name,
-                "event_id": event_id,
-                "first_received_at": rfc3339_ms(first_received_at_ms),
-            });
-            fields.event_id = Some(event_id);
-            json_response(StatusCode::OK, &body)
+            let answer = (StatusCode::OK, "duplicate", "first_received_at");
+            delivery_answer(answer, &name, event_id, first_received_at_ms, &mut fields)
         }
         Err(Refusal::Signature(Rejection::Stale { .. })) => {
             count(outcome::STALE_TIMESTAMP);
@@ -139,4 +127,23 @@ pub async fn handle(
 fn with_fields(mut resp: Response<Body>, fields: LogFields) -> Response<Body> {
     resp.extensions_mut().insert(fields);
     resp
+}
+
+/// A new or duplicate delivery's answer: its status, source, event id and
+/// when (the first copy) was received, under `at_name`.
+fn delivery_answer(
+    (code, status, at_name): (StatusCode, &str, &str),
+    source: &str,
+    event_id: String,
+    at_ms: u64,
+    fields: &mut LogFields,
+) -> Response<Body> {
+    let body = json!({
+        "status": status,
+        "source": source,
+        "event_id": event_id,
+        at_name: rfc3339_ms(at_ms),
+    });
+    fields.event_id = Some(event_id);
+    json_response(code, &body)
 }

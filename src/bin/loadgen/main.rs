@@ -539,6 +539,57 @@ async fn send(
     }
 }
 
+/// One connection's sender: its share of the deliveries, its kept-alive
+/// connection, and what it measured.
+struct Worker {
+    target: SocketAddr,
+    deliveries: Arc<Generator>,
+    rng: fastrand::Rng,
+    conn: Option<SendRequest<Full<Bytes>>>,
+    tally: Tally,
+}
+
+impl Worker {
+    /// `concurrency` workers spread over `targets`, each with its own seed.
+    fn all(targets: &[SocketAddr], concurrency: usize, deliveries: &Arc<Generator>) -> Vec<Worker> {
+        targets
+            .iter()
+            .cycle()
+            .take(concurrency)
+            .enumerate()
+            .map(|(w, &target)| Worker {
+                target,
+                deliveries: deliveries.clone(),
+                rng: fastrand::Rng::with_seed(w as u64),
+                conn: None,
+                tally: Tally::default(),
+            })
+            .collect()
+    }
+
+    /// Sends one delivery, its latency counted from `since`.
+    async fn send(&mut self, since: Instant) {
+        let req = self.deliveries.request(&mut self.rng);
+        let status = send(self.target, &mut self.conn, req).await;
+        self.tally.record(status, since.elapsed());
+    }
+}
+
+/// What the workers measured, once they are all done.
+async fn report(
+    running: Vec<tokio::task::JoinHandle<Tally>>,
+    started: Instant,
+) -> Result<Report, Failed> {
+    let mut tally = Tally::default();
+    for w in running {
+        tally.merge(w.await?);
+    }
+    Ok(Report {
+        tally,
+        elapsed: started.elapsed(),
+    })
+}
+
 async fn closed_loop(
     targets: &[SocketAddr],
     deliveries: Arc<Generator>,
@@ -549,33 +600,21 @@ async fn closed_loop(
     let started = Instant::now();
     let deadline = started + duration;
     let sent = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for (w, &target) in targets.iter().cycle().take(concurrency).enumerate() {
-        let deliveries = deliveries.clone();
-        let sent = sent.clone();
-        workers.push(tokio::spawn(async move {
-            let mut rng = fastrand::Rng::with_seed(w as u64);
-            let mut conn = None;
-            let mut tally = Tally::default();
-            while Instant::now() < deadline
-                && total.is_none_or(|t| sent.fetch_add(1, Ordering::Relaxed) < t)
-            {
-                let req = deliveries.request(&mut rng);
-                let t0 = Instant::now();
-                let status = send(target, &mut conn, req).await;
-                tally.record(status, t0.elapsed());
-            }
-            tally
-        }));
-    }
-    let mut tally = Tally::default();
-    for w in workers {
-        tally.merge(w.await?);
-    }
-    Ok(Report {
-        tally,
-        elapsed: started.elapsed(),
-    })
+    let running = Worker::all(targets, concurrency, &deliveries)
+        .into_iter()
+        .map(|mut worker| {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                while Instant::now() < deadline
+                    && total.is_none_or(|t| sent.fetch_add(1, Ordering::Relaxed) < t)
+                {
+                    worker.send(Instant::now()).await;
+                }
+                worker.tally
+            })
+        })
+        .collect();
+    report(running, started).await
 }
 
 async fn open_loop(
@@ -589,23 +628,20 @@ async fn open_loop(
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let count = (duration.as_secs_f64() * rate as f64) as u64;
     let (tx, rx) = async_channel(count as usize);
-    let mut workers = Vec::new();
-    for (w, &target) in targets.iter().cycle().take(concurrency).enumerate() {
-        let deliveries = deliveries.clone();
-        let rx = rx.clone();
-        workers.push(tokio::spawn(async move {
-            let mut rng = fastrand::Rng::with_seed(w as u64);
-            let mut conn = None;
-            let mut tally = Tally::default();
-            while let Some(intended) = rx.recv().await {
-                let req = deliveries.request(&mut rng);
-                let status = send(target, &mut conn, req).await;
-                // From the intended send time: waiting for a free connection counts.
-                tally.record(status, intended.elapsed());
-            }
-            tally
-        }));
-    }
+    let running = Worker::all(targets, concurrency, &deliveries)
+        .into_iter()
+        .map(|mut worker| {
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                // From the intended send time: waiting for a free
+                // connection counts.
+                while let Some(intended) = rx.recv().await {
+                    worker.send(intended).await;
+                }
+                worker.tally
+            })
+        })
+        .collect();
     drop(rx);
     for i in 0..count {
         let intended = started + interval * i as u32;
@@ -613,14 +649,7 @@ async fn open_loop(
         tx.send(intended).await;
     }
     drop(tx);
-    let mut tally = Tally::default();
-    for w in workers {
-        tally.merge(w.await?);
-    }
-    Ok(Report {
-        tally,
-        elapsed: started.elapsed(),
-    })
+    report(running, started).await
 }
 
 /// A multi-consumer queue of intended send times: tokio's mpsc has one

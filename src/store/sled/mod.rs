@@ -2094,6 +2094,36 @@ mod tests {
         assert_eq!(again.shipment_id, Some("s1".into()));
     }
 
+    /// A tracking entry that is not text is unreadable, not a lossy guess
+    /// at a shipment id: the event for it goes to the dead letter saying so.
+    #[tokio::test]
+    async fn a_tracking_entry_that_is_not_text_is_unreadable() {
+        use crate::store::DispatchOutcome;
+        let dir = tempfile::tempdir().unwrap();
+        let store = moving_shipment(dir.path()).await;
+        store
+            .shared
+            .tree
+            .insert(codec::tracking_key("TN"), b"s\xff1".to_vec())
+            .unwrap();
+        let mut ev = event("bad-tn", 70, 7, true);
+        ev.source = "c".into();
+        ev.tracking_number = Some("TN".into());
+        ev.fields = Some(crate::webhook::mapping::Fields {
+            key: "TN".into(),
+            status: "transit".into(),
+            occurred_at: None,
+        });
+        store.ingest(ev).await.unwrap();
+        store.settle().await.unwrap();
+        let dead = store.outcome("c", "bad-tn").await.unwrap().unwrap();
+        assert_eq!(dead.outcome, DispatchOutcome::Dead);
+        assert_eq!(
+            dead.reason.as_deref(),
+            Some("the tracking entry of TN cannot be read")
+        );
+    }
+
     /// A parked arrival that cannot be read fails the label that would
     /// unpark it, instead of being passed over (its event never applied).
     #[tokio::test]

@@ -261,10 +261,15 @@ impl Unit for Pass<'_> {
         if let Some(hit) = self.tracking.get(tracking_number) {
             return Ok(hit.clone());
         }
-        let found = self
+        let found = match self
             .tree
             .get(codec::tracking_key(tracking_number.as_str()))?
-            .map(|v| ShipmentId::from(String::from_utf8_lossy(&v).into_owned()));
+        {
+            None => None,
+            Some(v) => Some(ShipmentId::from(utf8(&v, || {
+                format!("the tracking entry of {tracking_number}")
+            })?)),
+        };
         self.tracking.insert(tracking_number.clone(), found.clone());
         Ok(found)
     }
@@ -314,7 +319,9 @@ impl Unit for Pass<'_> {
                 for kv in self.tree.scan_prefix(&prefix) {
                     let (k, _) = kv?;
                     if let Some(p) = k.get(prefix.len()..) {
-                        found.push(PartnerName::from(String::from_utf8_lossy(p).into_owned()));
+                        found.push(PartnerName::from(utf8(p, || {
+                            format!("a partner entry of order {order_id}")
+                        })?));
                     }
                 }
                 self.partners.insert(order_id.clone(), found.clone());
@@ -883,6 +890,12 @@ impl StateMachine {
         count_redelivered(before, &counted);
         Ok(out)
     }
+}
+
+/// An id stored as bytes: text, or an unreadable record (named by `what`),
+/// never a lossy guess.
+fn utf8(bytes: &[u8], what: impl FnOnce() -> String) -> Result<String, StoreError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::corrupt(what()))
 }
 
 /// An idempotency key's record; one that cannot be read is an error, never

@@ -57,13 +57,9 @@ async fn get_shipment(app: &TestApp, api_key: &str, id: &str) -> Resp {
 #[tokio::test]
 async fn a_shipment_is_created_and_read_back() {
     let app = spawn_app().await;
-    let r = create(
-        &app,
-        "acme-key",
-        Some("k-create"),
-        &shipment_body("o-1").to_string(),
-    )
-    .await;
+    let r = Api::acme(app.addr)
+        .create_shipment("k-create", &shipment_body("o-1"))
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let s = r.json();
     let id = s["shipment_id"].as_str().unwrap().to_string();
@@ -94,14 +90,10 @@ async fn a_shipment_is_created_and_read_back() {
 #[tokio::test]
 async fn tracking_updates_reach_a_shipment_created_through_the_api() {
     let app = spawn_app().await;
-    let s = create(
-        &app,
-        "acme-key",
-        Some("k-track"),
-        &shipment_body("o-track").to_string(),
-    )
-    .await
-    .json();
+    let s = Api::acme(app.addr)
+        .create_shipment("k-track", &shipment_body("o-track"))
+        .await
+        .json();
     let id = s["shipment_id"].as_str().unwrap();
     send_tracking(
         &app,
@@ -137,13 +129,9 @@ async fn tracking_updates_reach_a_shipment_created_through_the_api() {
 #[tokio::test]
 async fn a_retry_replays_the_stored_answer_byte_for_byte() {
     let app = spawn_app().await;
-    let first = create(
-        &app,
-        "acme-key",
-        Some("k-replay"),
-        &shipment_body("o-2").to_string(),
-    )
-    .await;
+    let first = Api::acme(app.addr)
+        .create_shipment("k-replay", &shipment_body("o-2"))
+        .await;
     assert_eq!(first.status, 201);
     assert_eq!(first.header("idempotent-replayed"), None);
     // The same request with other key order and spacing is the same request.
@@ -194,23 +182,15 @@ async fn a_quoted_key_and_its_unquoted_form_are_one_key() {
 async fn a_reused_key_for_another_request_is_a_conflict() {
     let app = spawn_app().await;
     assert_eq!(
-        create(
-            &app,
-            "acme-key",
-            Some("k-conf"),
-            &shipment_body("o-3").to_string()
-        )
-        .await
-        .status,
+        Api::acme(app.addr)
+            .create_shipment("k-conf", &shipment_body("o-3"))
+            .await
+            .status,
         201
     );
-    let r = create(
-        &app,
-        "acme-key",
-        Some("k-conf"),
-        &shipment_body("o-4").to_string(),
-    )
-    .await;
+    let r = Api::acme(app.addr)
+        .create_shipment("k-conf", &shipment_body("o-4"))
+        .await;
     assert_eq!(r.status, 409);
     assert_eq!(r.code(), "IDEMPOTENCY_CONFLICT");
 }

@@ -71,54 +71,7 @@ status = "/type"
 "payment_intent.succeeded" = "SUCCEEDED"
 "charge.refunded" = "REFUNDED"
 
-[[sources]]
-name = "sw"
-kind = "store-only"
-secrets = ["{sw_secret}"]
-signature = { scheme = "standard-webhooks" }
-
-[[sources]]
-name = "st"
-kind = "store-only"
-secrets = ["{stripe_secret}"]
-signature = { scheme = "stripe" }
-event_id = "/id"
-
-[[sources]]
-name = "gh"
-kind = "store-only"
-secrets = ["{gh_secret}"]
-signature = { scheme = "github" }
-event_id = "/id"
-
-[[sources]]
-name = "sh"
-kind = "store-only"
-secrets = ["{shop_secret}"]
-signature = { scheme = "shopify" }
-
-[[sources]]
-name = "hash"
-kind = "store-only"
-secrets = ["{hash_secret}"]
-signature = { scheme = "hmac-sha256", header = "X-Sig", encoding = "hex", prefix = "sha256=" }
-
-[[sources]]
-name = "simc"
-kind = "tracking"
-secrets = ["{sw_secret}"]
-signature = { scheme = "standard-webhooks" }
-event_type = "/type"
-accept_event_types = ["tracking.updated"]
-[sources.mapping]
-tracking_number = "/data/tracking_number"
-status = "/data/status"
-occurred_at = "/data/occurred_at"
-[sources.mapping.status_map]
-LABEL_CREATED = "LABEL_CREATED"
-IN_TRANSIT = "IN_TRANSIT"
-OUT_FOR_DELIVERY = "OUT_FOR_DELIVERY"
-DELIVERED = "DELIVERED"
+{builtin}
 
 [downstream]
 base_url = "{downstream}"
@@ -147,6 +100,42 @@ secrets = ["{gh_secret}"]
 signature = { scheme = "github" }
 rate_limit = { per_second = 1, burst = 2 }
 "#;
+
+/// The store-only sources of each remaining scheme, and the simulator's
+/// tracking source.
+fn builtin_sources() -> String {
+    let statuses = [
+        "LABEL_CREATED",
+        "IN_TRANSIT",
+        "OUT_FOR_DELIVERY",
+        "DELIVERED",
+    ]
+    .map(|s| (s, s));
+    [
+        store_only("sw", SW_SECRET, "{ scheme = \"standard-webhooks\" }", None),
+        store_only("st", STRIPE_SECRET, "{ scheme = \"stripe\" }", Some("/id")),
+        store_only("gh", GH_SECRET, "{ scheme = \"github\" }", Some("/id")),
+        store_only("sh", SHOP_SECRET, "{ scheme = \"shopify\" }", None),
+        store_only(
+            "hash",
+            HASH_SECRET,
+            "{ scheme = \"hmac-sha256\", header = \"X-Sig\", encoding = \"hex\", prefix = \"sha256=\" }",
+            None,
+        ),
+        config::tracking_source("simc", config::Shape::StandardWebhooks, SW_SECRET, &statuses),
+    ]
+    .concat()
+}
+
+fn store_only(name: &str, secret: &str, signature: &str, event_id: Option<&str>) -> String {
+    let event_id = event_id
+        .map(|p| format!("event_id = \"{p}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "\n[[sources]]\nname = \"{name}\"\nkind = \"store-only\"\nsecrets = [\"{secret}\"]\n\
+         signature = {signature}\n{event_id}"
+    )
+}
 
 pub const ADMIN_TOKEN: &str = "admin-test-token";
 
@@ -264,7 +253,8 @@ async fn start(storage: Storage, opts: Options) -> TestApp {
         .replace("{stripe_secret}", STRIPE_SECRET)
         .replace("{gh_secret}", GH_SECRET)
         .replace("{shop_secret}", SHOP_SECRET)
-        .replace("{hash_secret}", HASH_SECRET);
+        .replace("{hash_secret}", HASH_SECRET)
+        .replace("{builtin}", &builtin_sources());
     let config = Config::parse(&text, &ProcessEnv).expect("test config");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -21,29 +21,7 @@ use support::*;
 use waybill::tools::simulator::SimConfig;
 
 fn write_config(dir: &Path, sim: SocketAddr, on_postgres: bool) -> std::path::PathBuf {
-    let store = if on_postgres {
-        "backend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"\npool_size = 4\nin_progress_timeout = \"1s\"".to_string()
-    } else {
-        format!("path = \"{}\"", dir.join("data").display())
-    };
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[store]
-{store}
-[[partners]]
-name = "acme"
-api_keys = ["acme-key"]
-[downstream]
-base_url = "http://{sim}"
-timeout = "1s"
-backoff = {{ initial = "5ms", max = "20ms" }}
-"#
-    );
-    let path = dir.join("waybill.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    config::acme_before_simulator(dir, sim, on_postgres)
 }
 
 async fn buy(addr: SocketAddr, id: &str, key: &str) -> Result<Resp, String> {

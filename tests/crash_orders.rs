@@ -23,32 +23,7 @@ use support::*;
 use waybill::tools::simulator::SimConfig;
 
 fn write_config(dir: &Path, sim: SocketAddr, pg: Option<&Schema>) -> std::path::PathBuf {
-    let path = write_gateway_config(
-        dir,
-        "",
-        &format!(
-            r#"
-[[partners]]
-name = "acme"
-api_keys = ["acme-key"]
-[downstream]
-base_url = "http://{sim}"
-timeout = "1s"
-backoff = {{ initial = "5ms", max = "20ms" }}
-"#
-        ),
-    );
-    if pg.is_some() {
-        let text = std::fs::read_to_string(&path).unwrap().replacen(
-            "[store]\n",
-            // A short lease: the dead process's claim holds its key until
-            // the lease ends (docs/OPERATIONS.md).
-            "[store]\nbackend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"\npool_size = 4\nin_progress_timeout = \"1s\"\n",
-            1,
-        );
-        std::fs::write(&path, text.replacen("path = ", "# path = ", 1)).unwrap();
-    }
-    path
+    config::acme_before_simulator(dir, sim, pg.is_some())
 }
 
 async fn place(addr: SocketAddr, order_id: &str, key: &str) -> Result<Resp, String> {

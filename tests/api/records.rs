@@ -131,7 +131,7 @@ async fn records_written_by_earlier_releases_are_read_on_sled() {
         .close()
         .unwrap();
     {
-        let db = sled::Config::new().path(&cfg.path).open().unwrap();
+        let db = waybill::store::sled::open_db(&sled::Config::new().path(&cfg.path)).unwrap();
         let tree = db.open_tree("state").unwrap();
         for rec in lines("shipments") {
             let id = rec["shipment_id"].as_str().unwrap();

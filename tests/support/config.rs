@@ -72,3 +72,25 @@ pub fn write(dir: &std::path::Path, server: &str, store: &str, rest: &str) -> st
     .unwrap();
     path
 }
+
+/// A gateway for partner `acme` in front of the simulator at `sim`, on
+/// sled or on PostgreSQL; there with a one-second claim lease, so that a
+/// key a killed process held is resumable soon (docs/OPERATIONS.md).
+pub fn acme_before_simulator(
+    dir: &std::path::Path,
+    sim: std::net::SocketAddr,
+    on_postgres: bool,
+) -> std::path::PathBuf {
+    let store = if on_postgres {
+        "backend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"\npool_size = 4\n\
+         in_progress_timeout = \"1s\""
+    } else {
+        ""
+    };
+    let rest = format!(
+        "{}\n[downstream]\nbase_url = \"http://{sim}\"\ntimeout = \"1s\"\n\
+         backoff = {{ initial = \"5ms\", max = \"20ms\" }}\n",
+        partner("acme", "acme-key")
+    );
+    write(dir, "", store, &rest)
+}

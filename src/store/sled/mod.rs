@@ -343,11 +343,12 @@ impl SledStore {
         // Before sled: on a disk another process filled, the headroom is
         // handed back so that opening can write.
         let space = space::Space::open(&cfg.path, cfg.min_free_bytes);
-        let db = sled::Config::new()
-            .path(&cfg.path)
-            .cache_capacity(cfg.cache_bytes)
-            .flush_every_ms(Some(SLED_FLUSH_MS))
-            .open()?;
+        let db = open_db(
+            &sled::Config::new()
+                .path(&cfg.path)
+                .cache_capacity(cfg.cache_bytes)
+                .flush_every_ms(Some(SLED_FLUSH_MS)),
+        )?;
         let tree = db.open_tree("state")?;
         let segments = segments::Segments::open(&cfg.path.join("segments"), cfg.segment_bytes)
             .map_err(|e| StoreError::Unavailable(format!("segments: {e}")))?;
@@ -1192,6 +1193,32 @@ fn read_event(
 /// flushed is replayed from the segments on open.
 const SLED_FLUSH_MS: u64 = 500;
 
+/// How long an open waits for sled's file lock to be let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens sled's database, waiting up to `LOCK_WAIT` for its file lock.
+///
+/// sled lets go of the lock when the last handle on its log file closes,
+/// and its background writes hold handles of their own: a database dropped
+/// in this process, or a process that is still exiting, holds it a moment
+/// longer (sled's own tests block on the lock for this reason). Nothing
+/// tells when it is free, so the open is retried; a lock still held after
+/// the wait is another live process on the same directory, and an error.
+pub fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// Rebuilds the index of the events whose segment records outlived a
 /// crash that took sled's unflushed writes: every record past the last
 /// sequence number sled holds (`SEQ_KEY`, written with every group). Each
@@ -1818,18 +1845,7 @@ mod tests {
             .set_len(size - 2)
             .unwrap();
         {
-            // sled lets go of its file lock when the last reference to
-            // its database is dropped, which on a loaded machine was seen
-            // to come a moment after the store's close returned.
-            let mut opened = sled::open(dir.path());
-            for _ in 0..250 {
-                if opened.is_ok() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                opened = sled::open(dir.path());
-            }
-            let db = opened.unwrap();
+            let db = open_db(&sled::Config::new().path(dir.path())).unwrap();
             let tree = db.open_tree("state").unwrap();
             tree.insert(codec::DURABLE_KEY, 1u64.to_be_bytes().to_vec())
                 .unwrap();

@@ -928,39 +928,63 @@ impl Walker<'_> {
     }
 
     fn sources(&mut self, root: &mut Table, default_retention: Duration) -> Vec<SourceConfig> {
-        let items = match root.remove("sources") {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (p, mut t) in self.tables(root, "sources") {
+            if let Some(s) = self.source(&mut t, &p, default_retention, &mut seen) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// The tables of `[[key]]`, each with its path (`key[i]`).
+    fn tables(&mut self, root: &mut Table, key: &str) -> Vec<(String, Table)> {
+        let items = match root.remove(key) {
             None => return Vec::new(),
             Some(Value::Array(items)) => items,
             Some(other) => {
                 self.bad(
-                    "sources",
+                    key,
                     format!(
-                        "must be an array of tables ([[sources]]), found {}",
+                        "must be an array of tables ([[{key}]]), found {}",
                         type_name(&other)
                     ),
                 );
                 return Vec::new();
             }
         };
-        let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
-            let p = format!("sources[{i}]");
-            let Value::Table(mut t) = item else {
-                self.bad(&p, "must be a table");
-                continue;
-            };
-            if let Some(s) = self.source(&mut t, &p, default_retention) {
-                if !seen.insert(s.name.clone()) {
-                    self.bad(
-                        format!("{p}.name"),
-                        format!("duplicate source name {:?}", s.name),
-                    );
-                }
-                out.push(s);
+            let p = format!("{key}[{i}]");
+            match item {
+                Value::Table(t) => out.push((p, t)),
+                _ => self.bad(&p, "must be a table"),
             }
         }
         out
+    }
+
+    /// The `name` of the `what` at `p`: present, well formed, and not one
+    /// of `seen`.
+    fn unique_name(
+        &mut self,
+        t: &mut Table,
+        p: &str,
+        what: &str,
+        seen: &mut HashSet<String>,
+    ) -> Option<String> {
+        let name = self.req_str(t, "name", p)?;
+        if !valid_name(&name) {
+            self.bad(
+                join(p, "name"),
+                "must be 1-64 characters of a-z, 0-9, '-' or '_'",
+            );
+        }
+        if !seen.insert(name.clone()) {
+            self.bad(join(p, "name"), format!("duplicate {what} name {name:?}"));
+        }
+        Some(name)
     }
 
     fn source(
@@ -968,17 +992,10 @@ impl Walker<'_> {
         t: &mut Table,
         p: &str,
         default_retention: Duration,
+        seen: &mut HashSet<String>,
     ) -> Option<SourceConfig> {
         let before = self.issues.len();
-        let name = self.req_str(t, "name", p);
-        if let Some(n) = &name
-            && !valid_name(n)
-        {
-            self.bad(
-                join(p, "name"),
-                "must be 1-64 characters of a-z, 0-9, '-' or '_'",
-            );
-        }
+        let name = self.unique_name(t, p, "source", seen);
         let kind = match self.req_str(t, "kind", p).as_deref() {
             Some("tracking") => Some(SourceKind::Tracking),
             Some("payment") => Some(SourceKind::Payment),
@@ -1254,40 +1271,10 @@ impl Walker<'_> {
     }
 
     fn partners(&mut self, root: &mut Table) -> Vec<PartnerConfig> {
-        let items = match root.remove("partners") {
-            None => return Vec::new(),
-            Some(Value::Array(items)) => items,
-            Some(other) => {
-                self.bad(
-                    "partners",
-                    format!(
-                        "must be an array of tables ([[partners]]), found {}",
-                        type_name(&other)
-                    ),
-                );
-                return Vec::new();
-            }
-        };
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            let p = format!("partners[{i}]");
-            let Value::Table(mut t) = item else {
-                self.bad(&p, "must be a table");
-                continue;
-            };
-            let name = self.req_str(&mut t, "name", &p);
-            if let Some(n) = &name {
-                if !valid_name(n) {
-                    self.bad(
-                        join(&p, "name"),
-                        "must be 1-64 characters of a-z, 0-9, '-' or '_'",
-                    );
-                }
-                if !seen.insert(n.clone()) {
-                    self.bad(join(&p, "name"), format!("duplicate partner name {n:?}"));
-                }
-            }
+        for (p, mut t) in self.tables(root, "partners") {
+            let name = self.unique_name(&mut t, &p, "partner", &mut seen);
             let api_keys = self.secret_list(&mut t, "api_keys", &p);
             let rate_limit = self.rate_limit(&mut t, &p);
             self.unknown(&t, &p);

@@ -1524,6 +1524,19 @@ mod tests {
         }
     }
 
+    /// A "transit" update from source `c` for tracking number `tn`.
+    fn tracking_event(id: &str, at: u64, hash: u8, tn: &str) -> NewEvent {
+        let mut ev = event(id, at, hash, true);
+        ev.source = "c".into();
+        ev.tracking_number = Some(tn.into());
+        ev.fields = Some(crate::webhook::mapping::Fields {
+            key: tn.into(),
+            status: "transit".into(),
+            occurred_at: None,
+        });
+        ev
+    }
+
     #[tokio::test]
     async fn accepts_once_then_reports_duplicates_and_conflicts() {
         let dir = tempfile::tempdir().unwrap();
@@ -1976,15 +1989,10 @@ mod tests {
             .record_label(label("l1", "s1", "TN"), 2, None)
             .await
             .unwrap();
-        let mut ev = event("move", 10, 1, true);
-        ev.source = "c".into();
-        ev.tracking_number = Some("TN".into());
-        ev.fields = Some(crate::webhook::mapping::Fields {
-            key: "TN".into(),
-            status: "transit".into(),
-            occurred_at: None,
-        });
-        store.ingest(ev).await.unwrap();
+        store
+            .ingest(tracking_event("move", 10, 1, "TN"))
+            .await
+            .unwrap();
         store.settle().await.unwrap();
         store
     }
@@ -2080,14 +2088,7 @@ mod tests {
             .insert(&key, b"{not json".to_vec())
             .unwrap();
         for (id, at, tn) in [("late", 50, "TN"), ("other", 60, "TN-9")] {
-            let mut ev = event(id, at, at as u8, true);
-            ev.source = "c".into();
-            ev.tracking_number = Some(tn.into());
-            ev.fields = Some(crate::webhook::mapping::Fields {
-                key: tn.into(),
-                status: "transit".into(),
-                occurred_at: None,
-            });
+            let mut ev = tracking_event(id, at, at as u8, tn);
             // What the fields are read from again on redelivery.
             ev.body = Bytes::from(format!(r#"{{"tn":"{tn}","st":"transit"}}"#));
             store.ingest(ev).await.unwrap();
@@ -2122,15 +2123,10 @@ mod tests {
             .tree
             .insert(codec::tracking_key("TN"), b"s\xff1".to_vec())
             .unwrap();
-        let mut ev = event("bad-tn", 70, 7, true);
-        ev.source = "c".into();
-        ev.tracking_number = Some("TN".into());
-        ev.fields = Some(crate::webhook::mapping::Fields {
-            key: "TN".into(),
-            status: "transit".into(),
-            occurred_at: None,
-        });
-        store.ingest(ev).await.unwrap();
+        store
+            .ingest(tracking_event("bad-tn", 70, 7, "TN"))
+            .await
+            .unwrap();
         store.settle().await.unwrap();
         let dead = store.outcome("c", "bad-tn").await.unwrap().unwrap();
         assert_eq!(dead.outcome, DispatchOutcome::Dead);
@@ -2146,15 +2142,10 @@ mod tests {
     async fn an_unreadable_parked_arrival_fails_the_label_instead_of_being_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let store = moving_shipment(dir.path()).await;
-        let mut ev = event("parked", 40, 3, true);
-        ev.source = "c".into();
-        ev.tracking_number = Some("TN2".into());
-        ev.fields = Some(crate::webhook::mapping::Fields {
-            key: "TN2".into(),
-            status: "transit".into(),
-            occurred_at: None,
-        });
-        store.ingest(ev).await.unwrap();
+        store
+            .ingest(tracking_event("parked", 40, 3, "TN2"))
+            .await
+            .unwrap();
         store.settle().await.unwrap();
         assert_eq!(store.parked().await.unwrap(), 1);
         let seq = store.event("c", "parked").await.unwrap().unwrap().seq;

@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::domain::ids::PartnerName;
 pub use crate::idempotency::StoredAnswer;
 use crate::idempotency::{self, Decision, Fingerprint, IdempotencyKey};
-use crate::store::Completion;
+use crate::store::{Claim, Completion};
 
 /// One idempotent write: whose, under which key, for which request.
 #[derive(Debug, Clone)]
@@ -49,6 +49,16 @@ impl Keyed {
         }
     }
 
+    /// This write's claim on its key.
+    pub fn claim(&self) -> Claim {
+        Claim {
+            partner: self.partner.clone(),
+            key: self.key.clone(),
+            fingerprint: self.fingerprint,
+            lease: self.lease,
+        }
+    }
+
     pub fn expires_at_ms(&self) -> u64 {
         now_ms().saturating_add(u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX))
     }
@@ -64,10 +74,7 @@ pub async fn run<T>(
     refused: &(dyn Fn(&Refusal) -> StoredAnswer + Sync),
     operation: impl AsyncFnOnce() -> Result<T, Refusal>,
 ) -> Result<Answered<T>, Refusal> {
-    let decision = ports
-        .keys
-        .claim(&keyed.partner, &keyed.key, &keyed.fingerprint, keyed.lease)
-        .await?;
+    let decision = ports.keys.claim(&keyed.claim()).await?;
     match decision {
         Decision::Replay { status, body } => {
             return Ok(Answered::Replayed(StoredAnswer { status, body }));

@@ -12,7 +12,7 @@ use crate::domain::ids::{LabelId, OrderId, PartnerName, ShipmentId};
 use crate::domain::label::{Label, LabelFormat};
 use crate::domain::request::{NewShipment, ShipmentDetails};
 use crate::domain::shipment::ShipmentStatus;
-use crate::store::{CancelAnswer, Completion, ShipmentRecord, StateError};
+use crate::store::{Cancel, CancelAnswer, Completion, ShipmentRecord, StateError};
 
 /// A shipment id minted here: `shp_` and a UUIDv7, so ids sort by time.
 pub fn mint_id() -> ShipmentId {
@@ -193,7 +193,12 @@ async fn cancel(
     }
     match ports
         .shipments
-        .cancel(&shipment.shipment_id, now_ms(), voided, Some(answer))
+        .cancel(Cancel {
+            shipment_id: shipment.shipment_id.clone(),
+            at_ms: now_ms(),
+            voided,
+            answer: Some(answer),
+        })
         .await
     {
         Ok(rec) => Ok(rec),

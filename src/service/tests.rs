@@ -20,7 +20,7 @@ use crate::domain::label::{Label, LabelFormat, LabelRequest};
 use crate::domain::order::{OrderFailure, OrderStatus};
 use crate::domain::request::{Item, NewOrder, NewShipment, ShipmentDetails};
 use crate::domain::shipment::ShipmentStatus;
-use crate::store::{OrderRecord, ShipmentRecord, SledStore};
+use crate::store::{Cancel, Claim, OrderRecord, ShipmentRecord, SledStore};
 
 /// A call the services saw, with the identity it was made for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl Carrier for Services {
         );
         let cancel = self.cancelled_during_buy.lock().unwrap().take();
         if let Some((store, id)) = cancel {
-            store.cancel(&id, 1, false, None).await.unwrap();
+            store.cancel(Cancel::at(id, 1)).await.unwrap();
         }
         answer
     }
@@ -404,12 +404,10 @@ async fn keys_in_use_or_used_for_another_request_are_refused() {
     // A key claimed by a request still running.
     let running = keyed("running");
     w.store
-        .claim(
-            &running.partner,
-            &running.key,
-            &running.fingerprint,
-            Duration::from_secs(60),
-        )
+        .claim(&Claim {
+            lease: Duration::from_secs(60),
+            ..running.claim()
+        })
         .await
         .unwrap();
     let refusal = refused(w.label("running", &other).await);

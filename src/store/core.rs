@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use async_trait::async_trait;
 
 use super::{
-    CancelAnswer, Completion, DispatchOutcome, LabelRecorded, NewLabel, OrderCreated, OrderRecord,
+    Cancel, Completion, DispatchOutcome, LabelRecorded, NewLabel, OrderCreated, OrderRecord,
     OrderWrite, OutcomeRecord, ShipmentRecord, StateError, StoreError,
 };
 use crate::config::SourceConfig;
@@ -358,21 +358,15 @@ impl<'u, U: Unit + ?Sized> Work<'u, U> {
 
     /// Cancels a shipment that is not moving, storing the cancel's answer
     /// (the shipment as it leaves it) with it.
-    pub async fn cancel(
-        &mut self,
-        shipment_id: &ShipmentId,
-        at_ms: u64,
-        voided: bool,
-        answer: Option<CancelAnswer>,
-    ) -> Result<ShipmentRecord, StateError> {
+    pub async fn cancel(&mut self, cancel: Cancel) -> Result<ShipmentRecord, StateError> {
         let mut shipment = self
             .unit
-            .shipment(shipment_id)
+            .shipment(&cancel.shipment_id)
             .await?
             .ok_or(StateError::NotFound)?;
-        shipment.cancel(at_ms, voided)?;
+        shipment.cancel(cancel.at_ms, cancel.voided)?;
         self.unit.put_shipment(shipment.clone());
-        if let Some(a) = answer {
+        if let Some(a) = cancel.answer {
             self.unit.put_completion(&a.completion(&shipment)).await?;
         }
         Ok(shipment)

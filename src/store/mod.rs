@@ -170,6 +170,53 @@ pub struct Completion {
     pub record: crate::idempotency::Record,
 }
 
+/// A request's claim on its idempotency key.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub partner: PartnerName,
+    pub key: IdempotencyKey,
+    pub fingerprint: Fingerprint,
+    /// How long the claim holds the key before another request may resume
+    /// it.
+    pub lease: std::time::Duration,
+}
+
+impl Claim {
+    /// The record that holds the key for this claim, made at `now_ms` by
+    /// the process of `epoch`.
+    pub fn record(&self, epoch: u64, now_ms: u64) -> crate::idempotency::Record {
+        crate::idempotency::Record::InProgress {
+            fingerprint: self.fingerprint,
+            epoch,
+            lease_until_ms: now_ms
+                .saturating_add(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+/// A cancel of a shipment that is not moving.
+#[derive(Debug, Clone)]
+pub struct Cancel {
+    pub shipment_id: ShipmentId,
+    pub at_ms: u64,
+    /// The label was already voided at the carrier for this cancel.
+    pub voided: bool,
+    /// Stored with the cancel, when it answers an idempotent request.
+    pub answer: Option<CancelAnswer>,
+}
+
+impl Cancel {
+    /// A cancel at `at_ms` that voided nothing and stores no answer.
+    pub fn at(shipment_id: ShipmentId, at_ms: u64) -> Cancel {
+        Cancel {
+            shipment_id,
+            at_ms,
+            voided: false,
+            answer: None,
+        }
+    }
+}
+
 /// How to store the answer to a cancel, which is the shipment as the
 /// cancel leaves it: rendered where the shipment is changed, in the same
 /// atomic write.
@@ -338,13 +385,7 @@ pub trait Dispatch: Send + Sync {
 pub trait Keys: Send + Sync {
     /// Claims an idempotency key for a request with this fingerprint, or
     /// says what the request gets instead (replay, conflict, in progress).
-    async fn claim(
-        &self,
-        partner: &PartnerName,
-        key: &IdempotencyKey,
-        fingerprint: &Fingerprint,
-        lease: std::time::Duration,
-    ) -> Result<Decision, StateError>;
+    async fn claim(&self, claim: &Claim) -> Result<Decision, StateError>;
 
     /// Gives up this process's claim on a key (the answer was not final),
     /// so that a retry sent after the answer runs.
@@ -383,13 +424,7 @@ pub trait Shipments: Send + Sync {
     ) -> Result<LabelRecorded, StateError>;
 
     /// Cancels a shipment that is not moving.
-    async fn cancel(
-        &self,
-        shipment_id: &ShipmentId,
-        at_ms: u64,
-        voided: bool,
-        answer: Option<CancelAnswer>,
-    ) -> Result<ShipmentRecord, StateError>;
+    async fn cancel(&self, cancel: Cancel) -> Result<ShipmentRecord, StateError>;
 
     async fn shipment(
         &self,

@@ -11,7 +11,9 @@ use waybill::store::prelude::*;
 use waybill::store::postgres::PgStore;
 use waybill::store::{IngestResult, NewEvent};
 
+use crate::support::acme_claim;
 use crate::support::pg::schema;
+use waybill::idempotency::IdempotencyKey;
 
 fn event(id: &str, at: u64, retention: u64, hash: u8) -> NewEvent {
     NewEvent {
@@ -414,40 +416,50 @@ async fn a_claim_holds_every_replica_until_its_lease_ends() {
     a.migrate().await.unwrap();
     let hour = std::time::Duration::from_secs(3600);
     let acme = "acme".into();
-    let (k1, k2) = ("k1".try_into().unwrap(), "k2".try_into().unwrap());
+    let (k1, k2): (IdempotencyKey, IdempotencyKey) =
+        ("k1".try_into().unwrap(), "k2".try_into().unwrap());
     let fp = waybill::idempotency::fingerprint("POST", "/a", None);
     let other = waybill::idempotency::fingerprint("POST", "/b", None);
-    assert_eq!(a.claim(&acme, &k1, &fp, hour).await.unwrap(), Decision::Run);
     assert_eq!(
-        b.claim(&acme, &k1, &fp, hour).await.unwrap(),
+        a.claim(&acme_claim("k1", fp, hour)).await.unwrap(),
+        Decision::Run
+    );
+    assert_eq!(
+        b.claim(&acme_claim("k1", fp, hour)).await.unwrap(),
         Decision::InProgress
     );
     assert_eq!(
-        a.claim(&acme, &k1, &fp, hour).await.unwrap(),
+        a.claim(&acme_claim("k1", fp, hour)).await.unwrap(),
         Decision::InProgress
     );
     assert_eq!(
-        b.claim(&acme, &k1, &other, hour).await.unwrap(),
+        b.claim(&acme_claim("k1", other, hour)).await.unwrap(),
         Decision::Conflict
     );
     // Another process cannot release it; its owner can.
     b.release(&acme, &k1).await;
     assert_eq!(
-        b.claim(&acme, &k1, &fp, hour).await.unwrap(),
+        b.claim(&acme_claim("k1", fp, hour)).await.unwrap(),
         Decision::InProgress
     );
     a.release(&acme, &k1).await;
-    assert_eq!(b.claim(&acme, &k1, &fp, hour).await.unwrap(), Decision::Run);
+    assert_eq!(
+        b.claim(&acme_claim("k1", fp, hour)).await.unwrap(),
+        Decision::Run
+    );
     // A claim whose lease has ended (its process died) is resumed.
     assert_eq!(
-        a.claim(&acme, &k2, &fp, std::time::Duration::ZERO)
+        a.claim(&acme_claim("k2", fp, std::time::Duration::ZERO))
             .await
             .unwrap(),
         Decision::Run
     );
-    assert_eq!(b.claim(&acme, &k2, &fp, hour).await.unwrap(), Decision::Run);
     assert_eq!(
-        a.claim(&acme, &k2, &fp, hour).await.unwrap(),
+        b.claim(&acme_claim("k2", fp, hour)).await.unwrap(),
+        Decision::Run
+    );
+    assert_eq!(
+        a.claim(&acme_claim("k2", fp, hour)).await.unwrap(),
         Decision::InProgress
     );
     // The final answer, written by one, is replayed by the other.
@@ -464,7 +476,7 @@ async fn a_claim_holds_every_replica_until_its_lease_ends() {
     .await
     .unwrap();
     assert_eq!(
-        a.claim(&acme, &k2, &fp, hour).await.unwrap(),
+        a.claim(&acme_claim("k2", fp, hour)).await.unwrap(),
         Decision::Replay {
             status: 201,
             body: "{}".into()

@@ -100,12 +100,11 @@ async fn reads_every_record(store: &dyn Store) {
         let fingerprint: Fingerprint =
             serde_json::from_value(written["fingerprint"].clone()).unwrap();
         let decision = store
-            .claim(
-                &"acme".into(),
-                &key.as_str().try_into().unwrap(),
-                &fingerprint,
+            .claim(&crate::support::acme_claim(
+                key.as_str(),
+                fingerprint,
                 std::time::Duration::from_secs(30),
-            )
+            ))
             .await
             .unwrap();
         assert_eq!(

@@ -11,11 +11,11 @@
 use std::sync::Arc;
 use waybill::store::prelude::*;
 
-use crate::support::{label_for, shipment_record};
+use crate::support::{acme_claim, label_for, shipment_record};
 use proptest::prelude::*;
 use waybill::config::SourceConfig;
 use waybill::domain::shipment::{ShipmentStatus, StatusEvent, Timeline};
-use waybill::store::{DispatchOutcome, NewEvent, Store};
+use waybill::store::{Cancel, DispatchOutcome, NewEvent, Store};
 use waybill::webhook::mapping::{Fields, Interpretation, interpret_fields};
 
 const STATUSES: [&str; 5] = [
@@ -340,15 +340,15 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
     step("second label s1", format!("{second:?}"));
     store.ingest(events[3].clone()).await.unwrap();
     store.settle().await.unwrap();
-    let moving = store.cancel(&"s1".into(), 3_000, false, None).await;
+    let moving = store.cancel(Cancel::at("s1".into(), 3_000)).await;
     step("cancel moving s1", format!("{moving:?}"));
-    let cancelled = store.cancel(&"s2".into(), 3_000, false, None).await;
+    let cancelled = store.cancel(Cancel::at("s2".into(), 3_000)).await;
     step("cancel s2", format!("{cancelled:?}"));
     let late = store
         .record_label(label("s2", "TN-2", 4_000), 4_000, None)
         .await;
     step("label cancelled s2", format!("{late:?}"));
-    let once_more = store.cancel(&"s2".into(), 5_000, false, None).await;
+    let once_more = store.cancel(Cancel::at("s2".into(), 5_000)).await;
     step("cancel s2 again", format!("{once_more:?}"));
 
     // A payment for an order not yet there parks, and is applied with it.
@@ -441,11 +441,11 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
         ("claim k2", "k2", fp),
         ("claim k2 again", "k2", fp),
     ] {
-        let decision = store.claim(&"acme".into(), &key(k), &f, hour).await;
+        let decision = store.claim(&acme_claim(k, f, hour)).await;
         step(name, format!("{decision:?}"));
     }
     store.release(&"acme".into(), &key("k2")).await;
-    let decision = store.claim(&"acme".into(), &key("k2"), &fp, hour).await;
+    let decision = store.claim(&acme_claim("k2", fp, hour)).await;
     step("claim k2 released", format!("{decision:?}"));
     let finished = store.finish(completion("k2")).await;
     step("finish k2", format!("{finished:?}"));

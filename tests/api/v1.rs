@@ -341,12 +341,11 @@ async fn a_claim_left_by_a_request_that_died_is_resumable_after_restart() {
     let d = app
         .app
         .store
-        .claim(
-            &"acme".into(),
-            &"k-dead".try_into().unwrap(),
-            &fp,
+        .claim(&crate::support::acme_claim(
+            "k-dead",
+            fp,
             std::time::Duration::from_secs(3600),
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(d, waybill::idempotency::Decision::Run);

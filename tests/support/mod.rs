@@ -154,6 +154,20 @@ pub fn store_config(data_dir: &std::path::Path) -> waybill::config::StoreConfig 
     }
 }
 
+/// Partner `acme`'s claim on `key` for a request with `fingerprint`.
+pub fn acme_claim(
+    key: &str,
+    fingerprint: waybill::idempotency::Fingerprint,
+    lease: std::time::Duration,
+) -> waybill::store::Claim {
+    waybill::store::Claim {
+        partner: "acme".into(),
+        key: key.try_into().unwrap(),
+        fingerprint,
+        lease,
+    }
+}
+
 /// Opens a stopped gateway's store, without its state machine.
 pub async fn open_store(data_dir: &std::path::Path) -> std::sync::Arc<waybill::store::SledStore> {
     let cfg = store_config(data_dir);

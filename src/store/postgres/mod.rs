@@ -73,7 +73,7 @@ use tokio_postgres::NoTls;
 
 use super::core::Work;
 use super::{
-    CancelAnswer, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, OrderCreated,
+    Cancel, Claim, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, OrderCreated,
     OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError, StoreError,
     StoredEvent,
 };
@@ -82,7 +82,7 @@ use crate::domain::ids::{OrderId, PartnerName, ShipmentId};
 use crate::domain::label::{Label, LabelRequest};
 use crate::health::{Component, Health};
 use crate::idempotency::Decision;
-use crate::idempotency::{Fingerprint, IdempotencyKey};
+use crate::idempotency::IdempotencyKey;
 use crate::store::prelude::*;
 
 /// Embedded migrations, in order: (version, name, SQL).
@@ -418,15 +418,9 @@ impl Dispatch for PgStore {
 
 #[async_trait::async_trait]
 impl Keys for PgStore {
-    async fn claim(
-        &self,
-        partner: &PartnerName,
-        key: &IdempotencyKey,
-        fingerprint: &Fingerprint,
-        lease: std::time::Duration,
-    ) -> Result<Decision, StateError> {
+    async fn claim(&self, claim: &Claim) -> Result<Decision, StateError> {
         let epoch = self.inner.epoch;
-        in_transaction!(self.inner, tx => state::claim(tx, partner, key, fingerprint, lease, epoch).await)
+        in_transaction!(self.inner, tx => state::claim(tx, claim, epoch).await)
     }
 
     async fn release(&self, partner: &PartnerName, key: &IdempotencyKey) {
@@ -493,16 +487,8 @@ impl Shipments for PgStore {
         Ok(recorded)
     }
 
-    async fn cancel(
-        &self,
-        shipment_id: &ShipmentId,
-        at_ms: u64,
-        voided: bool,
-        answer: Option<CancelAnswer>,
-    ) -> Result<ShipmentRecord, StateError> {
-        let (shipment, _) = in_work!(self.inner, work => work
-            .cancel(shipment_id, at_ms, voided, answer)
-            .await)?;
+    async fn cancel(&self, cancel: Cancel) -> Result<ShipmentRecord, StateError> {
+        let (shipment, _) = in_work!(self.inner, work => work.cancel(cancel.clone()).await)?;
         Ok(shipment)
     }
 

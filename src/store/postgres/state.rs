@@ -18,10 +18,10 @@ use tokio_postgres::types::ToSql;
 use super::{EVENT_COLUMNS, Tx, db_err, ms};
 use crate::clock::now_ms;
 use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
-use crate::idempotency::{self, Decision, Fingerprint, IdempotencyKey};
+use crate::idempotency::{self, Decision};
 use crate::store::core::{Counted, ParkKey, Sources, Stored, Unit, Work, gone};
 use crate::store::{
-    Completion, EventFilter, EventMeta, OrderRecord, OutcomeRecord, Search, ShipmentRecord,
+    Claim, Completion, EventFilter, EventMeta, OrderRecord, OutcomeRecord, Search, ShipmentRecord,
     StateError, StoreError, StoredEvent,
 };
 use crate::webhook::mapping::{Fields, Interpretation, interpret_fields};
@@ -506,21 +506,11 @@ pub(super) async fn dispatch(
 /// Claims a key: a new row with a lease, or the existing row locked and
 /// decided on. Concurrent claims of one key wait for the first insert's
 /// commit, so exactly one of them runs.
-pub(super) async fn claim(
-    tx: &Tx<'_>,
-    partner: &PartnerName,
-    key: &IdempotencyKey,
-    fingerprint: &Fingerprint,
-    lease: std::time::Duration,
-    epoch: u64,
-) -> Result<Decision, StateError> {
-    let (partner, key) = (partner.as_str(), key.as_str());
+pub(super) async fn claim(tx: &Tx<'_>, claim: &Claim, epoch: u64) -> Result<Decision, StateError> {
+    let (partner, key) = (claim.partner.as_str(), claim.key.as_str());
     let now = now_ms();
-    let claim = json(&idempotency::Record::InProgress {
-        fingerprint: *fingerprint,
-        epoch,
-        lease_until_ms: now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(0)),
-    })?;
+    let fingerprint = &claim.fingerprint;
+    let claim = json(&claim.record(epoch, now))?;
     let inserted = tx
         .execute(
             "INSERT INTO idempotency_keys (partner, key, record) VALUES ($1, $2, $3::text::jsonb)

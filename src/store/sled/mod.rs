@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CancelAnswer, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, OrderCreated,
+    Cancel, Claim, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, OrderCreated,
     OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError, StoreError,
     StoredEvent,
 };
@@ -41,7 +41,7 @@ use crate::config::{SourceConfig, StoreConfig};
 use crate::domain::ids::{OrderId, PartnerName, ShipmentId};
 use crate::domain::label::{Label, LabelRequest};
 use crate::health::Health;
-use crate::idempotency::{Fingerprint, IdempotencyKey};
+use crate::idempotency::IdempotencyKey;
 use crate::store::prelude::*;
 use crate::telemetry::metric;
 use codec::EventMeta;
@@ -666,18 +666,9 @@ impl Dispatch for SledStore {
 impl Keys for SledStore {
     /// Claims an idempotency key for a request with this fingerprint, or
     /// says what the request gets instead (replay, conflict, in progress).
-    async fn claim(
-        &self,
-        partner: &PartnerName,
-        key: &IdempotencyKey,
-        fingerprint: &Fingerprint,
-        lease: std::time::Duration,
-    ) -> Result<crate::idempotency::Decision, StateError> {
+    async fn claim(&self, claim: &Claim) -> Result<crate::idempotency::Decision, StateError> {
         self.command(|reply| StateMsg::Claim {
-            partner: partner.clone(),
-            key: key.clone(),
-            fingerprint: *fingerprint,
-            lease,
+            claim: Box::new(claim.clone()),
             reply,
         })
         .await
@@ -742,18 +733,9 @@ impl Shipments for SledStore {
     }
 
     /// Cancels a shipment that is not moving; durable on return.
-    async fn cancel(
-        &self,
-        shipment_id: &ShipmentId,
-        at_ms: u64,
-        voided: bool,
-        answer: Option<CancelAnswer>,
-    ) -> Result<ShipmentRecord, StateError> {
+    async fn cancel(&self, cancel: Cancel) -> Result<ShipmentRecord, StateError> {
         self.command(|reply| StateMsg::Cancel {
-            shipment_id: shipment_id.clone(),
-            at_ms,
-            voided,
-            answer,
+            cancel: Box::new(cancel),
             reply,
         })
         .await
@@ -1745,7 +1727,7 @@ mod tests {
         covered(&store, "label");
         store.finish(completion("k3")).await.unwrap();
         covered(&store, "finish");
-        store.cancel(&"s1".into(), 3, false, None).await.unwrap();
+        store.cancel(Cancel::at("s1".into(), 3)).await.unwrap();
         covered(&store, "cancel");
         let order = OrderRecord::new(
             "p".into(),
@@ -1772,12 +1754,12 @@ mod tests {
         covered(&store, "order step");
         // A replay of an answer is given after the flush that covers it.
         let decision = store
-            .claim(
-                &"p".into(),
-                &"k4".try_into().unwrap(),
-                &fingerprint,
-                std::time::Duration::from_secs(30),
-            )
+            .claim(&Claim {
+                partner: "p".into(),
+                key: "k4".try_into().unwrap(),
+                fingerprint,
+                lease: std::time::Duration::from_secs(30),
+            })
             .await
             .unwrap();
         assert!(matches!(
@@ -2009,12 +1991,18 @@ mod tests {
         let store = moving_shipment(dir.path()).await;
         assert_eq!(status(&store).await, ShipmentStatus::InTransit);
         assert!(matches!(
-            store.cancel(&"s1".into(), 20, false, None).await,
+            store.cancel(Cancel::at("s1".into(), 20)).await,
             Err(StateError::InvalidTransition)
         ));
         assert_eq!(status(&store).await, ShipmentStatus::InTransit);
         // The carrier already voided the label for this cancel: it is recorded.
-        let rec = store.cancel(&"s1".into(), 20, true, None).await.unwrap();
+        let rec = store
+            .cancel(Cancel {
+                voided: true,
+                ..Cancel::at("s1".into(), 20)
+            })
+            .await
+            .unwrap();
         assert_eq!(rec.timeline.status(), ShipmentStatus::Cancelled);
         // And a label cannot be recorded on a cancelled shipment.
         assert!(matches!(

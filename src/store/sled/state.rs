@@ -27,10 +27,10 @@ use super::{STALL_AFTER, Shared};
 use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
 use crate::domain::label::{Label, LabelRequest};
 use crate::health::Component;
-use crate::idempotency::{self, Decision, Fingerprint, IdempotencyKey};
+use crate::idempotency::{self, Decision, IdempotencyKey};
 use crate::store::core::{ParkKey, Stored, Unit, Work, gone, run_now};
 use crate::store::{
-    CancelAnswer, Completion, LabelRecorded, OrderCreated, OrderWrite, StateError, StoreError,
+    Cancel, Claim, Completion, LabelRecorded, OrderCreated, OrderWrite, StateError, StoreError,
     count_dispatched as count, count_redelivered,
 };
 use crate::telemetry::metric;
@@ -64,10 +64,7 @@ pub(super) enum StateMsg {
         oneshot::Sender<Result<(), StateError>>,
     ),
     Claim {
-        partner: PartnerName,
-        key: IdempotencyKey,
-        fingerprint: Fingerprint,
-        lease: Duration,
+        claim: Box<Claim>,
         reply: oneshot::Sender<Result<Decision, StateError>>,
     },
     Release {
@@ -102,11 +99,7 @@ pub(super) enum StateMsg {
         reply: oneshot::Sender<Result<LabelRequest, StateError>>,
     },
     Cancel {
-        shipment_id: ShipmentId,
-        at_ms: u64,
-        /// The label was already voided at the carrier for this cancel.
-        voided: bool,
-        answer: Option<CancelAnswer>,
+        cancel: Box<Cancel>,
         reply: oneshot::Sender<Result<ShipmentRecord, StateError>>,
     },
     Finish {
@@ -539,18 +532,12 @@ impl StateMachine {
             StateMsg::CreateShipment(rec, completion, reply) => {
                 self.create_shipments(vec![(*rec, completion, reply)], replies);
             }
-            StateMsg::Claim {
-                partner,
-                key,
-                fingerprint,
-                lease,
-                reply,
-            } => {
+            StateMsg::Claim { claim, reply } => {
                 // Only a replay waits for the round's flush: the answer it
                 // repeats may have been written in this round. Any other
                 // decision rests on a claim, which needs no flush (lost in
                 // a crash, it was never answered for, and the retry runs).
-                match self.claim(&partner, &key, &fingerprint, lease) {
+                match self.claim(&claim) {
                     replay @ Ok(Decision::Replay { .. }) => replies.after_sync(reply, replay),
                     other => {
                         let _ = reply.send(other);
@@ -590,14 +577,8 @@ impl StateMachine {
             } => {
                 replies.after_sync(reply, self.record_intent(&shipment_id, *request));
             }
-            StateMsg::Cancel {
-                shipment_id,
-                at_ms,
-                voided,
-                answer,
-                reply,
-            } => {
-                replies.after_sync(reply, self.cancel(&shipment_id, at_ms, voided, answer));
+            StateMsg::Cancel { cancel, reply } => {
+                replies.after_sync(reply, self.cancel(*cancel));
             }
             StateMsg::Finish { completion, reply } => {
                 let mut batch = sled::Batch::default();
@@ -735,30 +716,20 @@ impl StateMachine {
 
     /// Claims a key for a request, or says why not. A claim needs no flush:
     /// lost in a crash, it was never answered for, and the retry runs again.
-    fn claim(
-        &self,
-        partner: &PartnerName,
-        key: &IdempotencyKey,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Decision, StateError> {
+    fn claim(&self, claim: &Claim) -> Result<Decision, StateError> {
         // Every write starts with a claim: short of space, none starts.
         self.shared.check_space()?;
-        let k = codec::idem_key(partner.as_str(), key.as_str());
+        let k = codec::idem_key(claim.partner.as_str(), claim.key.as_str());
         let record = read_key_record(&self.shared.tree, &k)?;
         let now = crate::clock::now_ms();
-        let decision = idempotency::decide(record.as_ref(), fingerprint, now, self.shared.epoch);
+        let epoch = self.shared.epoch;
+        let decision = idempotency::decide(record.as_ref(), &claim.fingerprint, now, epoch);
         if decision == Decision::Run {
-            let claim = idempotency::Record::InProgress {
-                fingerprint: *fingerprint,
-                epoch: self.shared.epoch,
-                lease_until_ms: now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(0)),
-            };
             // A plain insert, not a batch: sled's batches wait for a flush
             // in progress, and a claim must not.
             self.shared
                 .tree
-                .insert(k, codec::encode_record(&claim))
+                .insert(k, codec::encode_record(&claim.record(epoch, now)))
                 .map_err(StoreError::from)
                 .inspect_err(|e| self.shared.fail("write", e))?;
         }
@@ -865,17 +836,10 @@ impl StateMachine {
         Ok(request)
     }
 
-    fn cancel(
-        &self,
-        shipment_id: &ShipmentId,
-        at_ms: u64,
-        voided: bool,
-        answer: Option<CancelAnswer>,
-    ) -> Result<ShipmentRecord, StateError> {
+    fn cancel(&self, cancel: Cancel) -> Result<ShipmentRecord, StateError> {
         let sources = self.shared.sources.load_full();
         let mut pass = Pass::new(&self.shared);
-        let out =
-            run_now(Work::new(&mut pass, &sources).cancel(shipment_id, at_ms, voided, answer))?;
+        let out = run_now(Work::new(&mut pass, &sources).cancel(cancel))?;
         pass.commit()?;
         Ok(out)
     }

@@ -449,6 +449,15 @@ impl SledStore {
             .ok_or_else(|| StoreError::Unavailable("store is closing".into()))
     }
 
+    /// Runs `op` in the state machine's next round; answered after the
+    /// round's flush, so durable on return.
+    async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&StateMachine) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        self.command(|reply| StateMsg::write(reply, op)).await
+    }
+
     async fn command<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StateError>>) -> StateMsg,
@@ -653,12 +662,9 @@ impl Dispatch for SledStore {
 
     /// Dispatches a parked or dead event again; its new outcome.
     async fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
-        self.command(|reply| StateMsg::Redeliver {
-            source: source.to_string(),
-            event_id: event_id.to_string(),
-            reply,
-        })
-        .await
+        let (source, event_id) = (source.to_string(), event_id.to_string());
+        self.write(move |machine| machine.redeliver(&source, &event_id))
+            .await
     }
 }
 
@@ -685,8 +691,7 @@ impl Keys for SledStore {
     /// Stores the final answer of an idempotent request that wrote nothing
     /// else (a refusal that is final); durable on return.
     async fn finish(&self, completion: Completion) -> Result<(), StateError> {
-        self.command(|reply| StateMsg::Finish { completion, reply })
-            .await
+        self.write(move |machine| machine.finish(&completion)).await
     }
 }
 
@@ -707,13 +712,8 @@ impl Shipments for SledStore {
         at_ms: u64,
         completion: Option<Completion>,
     ) -> Result<LabelRecorded, StateError> {
-        self.command(|reply| StateMsg::RecordLabel {
-            label: Box::new(label),
-            at_ms,
-            completion,
-            reply,
-        })
-        .await
+        self.write(move |machine| machine.record_label(label, at_ms, completion))
+            .await
     }
 
     /// Records the carrier request of a label purchase before it is sent,
@@ -724,21 +724,14 @@ impl Shipments for SledStore {
         shipment_id: &ShipmentId,
         request: LabelRequest,
     ) -> Result<LabelRequest, StateError> {
-        self.command(|reply| StateMsg::RecordIntent {
-            shipment_id: shipment_id.clone(),
-            request: Box::new(request),
-            reply,
-        })
-        .await
+        let id = shipment_id.clone();
+        self.write(move |machine| machine.record_intent(&id, request))
+            .await
     }
 
     /// Cancels a shipment that is not moving; durable on return.
     async fn cancel(&self, cancel: Cancel) -> Result<ShipmentRecord, StateError> {
-        self.command(|reply| StateMsg::Cancel {
-            cancel: Box::new(cancel),
-            reply,
-        })
-        .await
+        self.write(move |machine| machine.cancel(cancel)).await
     }
 
     async fn shipment(
@@ -762,20 +755,13 @@ impl Orders for SledStore {
     /// Creates an order durably, or answers the one already there with its
     /// partner and id.
     async fn create_order(&self, record: OrderRecord) -> Result<OrderCreated, StateError> {
-        self.command(|reply| StateMsg::CreateOrder {
-            record: Box::new(record),
-            reply,
-        })
-        .await
+        self.write(move |machine| machine.create_order(record))
+            .await
     }
 
     /// Records a step of an order's flow; durable on return.
     async fn write_order(&self, write: OrderWrite) -> Result<OrderRecord, StateError> {
-        self.command(|reply| StateMsg::WriteOrder {
-            write: Box::new(write),
-            reply,
-        })
-        .await
+        self.write(move |machine| machine.write_order(write)).await
     }
 
     async fn order(
@@ -930,12 +916,8 @@ impl Upkeep for SledStore {
     /// Forgets up to `limit` stored idempotent answers whose retention ended
     /// before `now_ms`; returns how many.
     async fn sweep_idempotency(&self, now_ms: u64, limit: usize) -> Result<usize, StateError> {
-        self.command(|reply| StateMsg::SweepIdempotency {
-            now_ms,
-            limit,
-            reply,
-        })
-        .await
+        self.write(move |machine| machine.sweep_idempotency(now_ms, limit))
+            .await
     }
 
     fn is_ready(&self) -> bool {

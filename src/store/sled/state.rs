@@ -56,6 +56,8 @@ type Reply<T> = oneshot::Sender<Result<T, StateError>>;
 
 pub(super) enum StateMsg {
     Wake,
+    /// A write run in the round, answered after the round's flush.
+    Write(Box<dyn FnOnce(&StateMachine, &mut Replies) + Send>),
     /// Answered once every inbox entry present when it is handled is applied.
     Settle(oneshot::Sender<Result<(), StateError>>),
     CreateShipment(
@@ -71,46 +73,19 @@ pub(super) enum StateMsg {
         partner: PartnerName,
         key: IdempotencyKey,
     },
-    /// Forgets up to `limit` stored answers whose retention ended.
-    SweepIdempotency {
-        now_ms: u64,
-        limit: usize,
-        reply: oneshot::Sender<Result<usize, StateError>>,
-    },
-    RecordLabel {
-        label: Box<Label>,
-        at_ms: u64,
-        completion: Option<Completion>,
-        reply: oneshot::Sender<Result<LabelRecorded, StateError>>,
-    },
-    CreateOrder {
-        record: Box<OrderRecord>,
-        reply: oneshot::Sender<Result<OrderCreated, StateError>>,
-    },
-    WriteOrder {
-        write: Box<OrderWrite>,
-        reply: oneshot::Sender<Result<OrderRecord, StateError>>,
-    },
-    /// Records the carrier request of a label purchase before it is sent;
-    /// answers the request to send (an earlier one's, if there was one).
-    RecordIntent {
-        shipment_id: ShipmentId,
-        request: Box<LabelRequest>,
-        reply: oneshot::Sender<Result<LabelRequest, StateError>>,
-    },
-    Cancel {
-        cancel: Box<Cancel>,
-        reply: oneshot::Sender<Result<ShipmentRecord, StateError>>,
-    },
-    Finish {
-        completion: Completion,
-        reply: oneshot::Sender<Result<(), StateError>>,
-    },
-    Redeliver {
-        source: String,
-        event_id: String,
-        reply: oneshot::Sender<Result<OutcomeRecord, StateError>>,
-    },
+}
+
+impl StateMsg {
+    /// `op`, run by the state machine in its round; its result goes to
+    /// `reply` after the round's flush.
+    pub(super) fn write<T: Send + 'static>(
+        reply: Reply<T>,
+        op: impl FnOnce(&StateMachine) -> Result<T, StateError> + Send + 'static,
+    ) -> StateMsg {
+        StateMsg::Write(Box::new(move |machine, replies| {
+            replies.after_sync(reply, op(machine))
+        }))
+    }
 }
 
 /// Replies that may go out only once everything written before them is
@@ -119,7 +94,7 @@ pub(super) enum StateMsg {
 /// only read wait too, since what they read (a replayed answer, say) may
 /// have been written earlier in the same round.
 #[derive(Default)]
-struct Replies(Vec<AfterSync>);
+pub(super) struct Replies(Vec<AfterSync>);
 
 /// Sends one reply, given how the round's flush went.
 type AfterSync = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
@@ -529,6 +504,7 @@ impl StateMachine {
         match msg {
             StateMsg::Wake => {}
             StateMsg::Settle(reply) => replies.after_sync(reply, self.drain_inbox()),
+            StateMsg::Write(write) => write(self, replies),
             StateMsg::CreateShipment(rec, completion, reply) => {
                 self.create_shipments(vec![(*rec, completion, reply)], replies);
             }
@@ -544,54 +520,10 @@ impl StateMachine {
                     }
                 }
             }
-            StateMsg::SweepIdempotency {
-                now_ms,
-                limit,
-                reply,
-            } => {
-                replies.after_sync(reply, self.sweep_idempotency(now_ms, limit));
-            }
             StateMsg::Release { partner, key } => {
                 if let Err(e) = self.release(&partner, &key) {
                     tracing::warn!(error = %e, "releasing an idempotency key failed");
                 }
-            }
-            StateMsg::RecordLabel {
-                label,
-                at_ms,
-                completion,
-                reply,
-            } => {
-                replies.after_sync(reply, self.record_label(*label, at_ms, completion));
-            }
-            StateMsg::CreateOrder { record, reply } => {
-                replies.after_sync(reply, self.create_order(*record));
-            }
-            StateMsg::WriteOrder { write, reply } => {
-                replies.after_sync(reply, self.write_order(*write));
-            }
-            StateMsg::RecordIntent {
-                shipment_id,
-                request,
-                reply,
-            } => {
-                replies.after_sync(reply, self.record_intent(&shipment_id, *request));
-            }
-            StateMsg::Cancel { cancel, reply } => {
-                replies.after_sync(reply, self.cancel(*cancel));
-            }
-            StateMsg::Finish { completion, reply } => {
-                let mut batch = sled::Batch::default();
-                put_completion(&mut batch, &completion);
-                let result = self.shared.apply(batch).map_err(StateError::from);
-                replies.after_sync(reply, result);
-            }
-            StateMsg::Redeliver {
-                source,
-                event_id,
-                reply,
-            } => {
-                replies.after_sync(reply, self.redeliver(&source, &event_id));
             }
         }
     }
@@ -738,7 +670,7 @@ impl StateMachine {
 
     /// Forgets stored answers past their retention, oldest first; the index
     /// is ordered by expiry, so the cost is proportional to what expires.
-    fn sweep_idempotency(&self, now_ms: u64, limit: usize) -> Result<usize, StateError> {
+    pub(super) fn sweep_idempotency(&self, now_ms: u64, limit: usize) -> Result<usize, StateError> {
         let tree = &self.shared.tree;
         let mut batch = sled::Batch::default();
         let mut swept = 0;
@@ -781,7 +713,14 @@ impl StateMachine {
         Ok(())
     }
 
-    fn record_label(
+    /// Stores the final answer of a request that wrote nothing else.
+    pub(super) fn finish(&self, completion: &Completion) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        put_completion(&mut batch, completion);
+        self.shared.apply(batch).map_err(StateError::from)
+    }
+
+    pub(super) fn record_label(
         &self,
         label: Label,
         at_ms: u64,
@@ -796,7 +735,7 @@ impl StateMachine {
         Ok(out)
     }
 
-    fn create_order(&self, rec: OrderRecord) -> Result<OrderCreated, StateError> {
+    pub(super) fn create_order(&self, rec: OrderRecord) -> Result<OrderCreated, StateError> {
         let sources = self.shared.sources.load_full();
         let mut pass = Pass::new(&self.shared);
         if run_now(pass.order(&rec.partner, &rec.order_id))?.is_none() {
@@ -810,7 +749,7 @@ impl StateMachine {
         Ok(out)
     }
 
-    fn write_order(&self, w: OrderWrite) -> Result<OrderRecord, StateError> {
+    pub(super) fn write_order(&self, w: OrderWrite) -> Result<OrderRecord, StateError> {
         let sources = self.shared.sources.load_full();
         let mut pass = Pass::new(&self.shared);
         let mut work = Work::new(&mut pass, &sources);
@@ -820,7 +759,7 @@ impl StateMachine {
         Ok(out)
     }
 
-    fn record_intent(
+    pub(super) fn record_intent(
         &self,
         shipment_id: &ShipmentId,
         request: LabelRequest,
@@ -836,7 +775,7 @@ impl StateMachine {
         Ok(request)
     }
 
-    fn cancel(&self, cancel: Cancel) -> Result<ShipmentRecord, StateError> {
+    pub(super) fn cancel(&self, cancel: Cancel) -> Result<ShipmentRecord, StateError> {
         let sources = self.shared.sources.load_full();
         let mut pass = Pass::new(&self.shared);
         let out = run_now(Work::new(&mut pass, &sources).cancel(cancel))?;
@@ -844,7 +783,11 @@ impl StateMachine {
         Ok(out)
     }
 
-    fn redeliver(&self, source: &str, event_id: &str) -> Result<OutcomeRecord, StateError> {
+    pub(super) fn redeliver(
+        &self,
+        source: &str,
+        event_id: &str,
+    ) -> Result<OutcomeRecord, StateError> {
         let sources = self.shared.sources.load_full();
         let mut pass = Pass::new(&self.shared);
         let mut work = Work::new(&mut pass, &sources);

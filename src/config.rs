@@ -299,6 +299,65 @@ impl Env for NoEnv {
     }
 }
 
+/// The sources the crate's unit tests read events with, from one config:
+/// - `carrier` (tracking): the event id at `/id`, the type at `/type`, of
+///   which only `tracker.updated` is dispatched; the tracking number at
+///   `/tn`, the status at `/st` (`transit`, `delivered`), the time at `/at`;
+/// - `pay` (payment): the order id at `/order`, the status at `/st` (`ok`,
+///   `refund`);
+/// - `hashed` (store-only): identified by its content.
+#[cfg(test)]
+pub(crate) fn test_sources() -> Vec<SourceConfig> {
+    const SOURCES: &str = r#"
+        [[sources]]
+        name = "carrier"
+        kind = "tracking"
+        secrets = ["x"]
+        signature = { scheme = "github" }
+        event_id = "/id"
+        event_type = "/type"
+        accept_event_types = ["tracker.updated"]
+        [sources.mapping]
+        tracking_number = "/tn"
+        status = "/st"
+        occurred_at = "/at"
+        [sources.mapping.status_map]
+        transit = "IN_TRANSIT"
+        delivered = "DELIVERED"
+
+        [[sources]]
+        name = "pay"
+        kind = "payment"
+        secrets = ["x"]
+        signature = { scheme = "github" }
+        [sources.mapping]
+        order_id = "/order"
+        status = "/st"
+        [sources.mapping.status_map]
+        ok = "SUCCEEDED"
+        refund = "REFUNDED"
+
+        [[sources]]
+        name = "hashed"
+        kind = "store-only"
+        secrets = ["x"]
+        signature = { scheme = "github" }
+    "#;
+    match Config::parse(SOURCES, &NoEnv) {
+        Ok(config) => config.sources,
+        Err(e) => unreachable!("the test sources parse: {e:?}"),
+    }
+}
+
+/// One of `test_sources`, by name.
+#[cfg(test)]
+pub(crate) fn test_source(name: &str) -> SourceConfig {
+    test_sources()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| unreachable!("no test source {name}"))
+}
+
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
@@ -1705,22 +1764,7 @@ mod tests {
 
     #[test]
     fn dispatch_follows_accept_event_types() {
-        let text = r#"
-            [[sources]]
-            name = "t"
-            kind = "tracking"
-            secrets = ["x"]
-            signature = { scheme = "github" }
-            event_type = "/type"
-            accept_event_types = ["tracker.updated"]
-            [sources.mapping]
-            tracking_number = "/t"
-            status = "/s"
-            [sources.mapping.status_map]
-            delivered = "DELIVERED"
-        "#;
-        let cfg = Config::parse(text, &no_env()).unwrap();
-        let s = cfg.source("t").unwrap();
+        let s = test_source("carrier");
         assert!(s.dispatches(Some("tracker.updated")));
         assert!(!s.dispatches(Some("tracker.created")));
         assert!(!s.dispatches(None));

@@ -257,40 +257,10 @@ pub fn parse_time(v: &Value) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, NoEnv};
-
-    const CONFIG: &str = r#"
-        [[sources]]
-        name = "ups"
-        kind = "tracking"
-        secrets = ["x"]
-        signature = { scheme = "github" }
-        event_type = "/type"
-        accept_event_types = ["track"]
-        [sources.mapping]
-        tracking_number = "/tn"
-        status = "/st"
-        occurred_at = "/at"
-        [sources.mapping.status_map]
-        transit = "IN_TRANSIT"
-        delivered = "DELIVERED"
-
-        [[sources]]
-        name = "pay"
-        kind = "payment"
-        secrets = ["x"]
-        signature = { scheme = "github" }
-        [sources.mapping]
-        order_id = "/order"
-        status = "/st"
-        [sources.mapping.status_map]
-        ok = "SUCCEEDED"
-        refund = "REFUNDED"
-    "#;
 
     fn run(source: &str, body: &str) -> Interpretation {
-        let cfg = Config::parse(CONFIG, &NoEnv).unwrap();
-        interpret(cfg.source(source).unwrap(), "ev1", 5_000, body.as_bytes())
+        let source = crate::config::test_source(source);
+        interpret(&source, "ev1", 5_000, body.as_bytes())
     }
 
     #[test]
@@ -302,20 +272,22 @@ mod tests {
             ("1795176000.5", 1_795_176_000_500),
             ("null", 5_000),
         ] {
-            let body = format!(r#"{{"type":"track","tn":"1Z","st":"transit","at":{at}}}"#);
+            let body =
+                format!(r#"{{"type":"tracker.updated","tn":"1Z","st":"transit","at":{at}}}"#);
             assert_eq!(
-                run("ups", &body),
+                run("carrier", &body),
                 Interpretation::Tracking {
                     tracking_number: "1Z".into(),
-                    event: StatusEvent::carrier(ShipmentStatus::InTransit, ms, "ups", "ev1"),
+                    event: StatusEvent::carrier(ShipmentStatus::InTransit, ms, "carrier", "ev1"),
                 },
                 "{at}"
             );
         }
         // Absent occurred_at: the time it was received.
-        let Interpretation::Tracking { event, .. } =
-            run("ups", r#"{"type":"track","tn":1234,"st":"delivered"}"#)
-        else {
+        let Interpretation::Tracking { event, .. } = run(
+            "carrier",
+            r#"{"type":"tracker.updated","tn":1234,"st":"delivered"}"#,
+        ) else {
             panic!()
         };
         assert_eq!(event.occurred_at_ms, 5_000);
@@ -324,22 +296,25 @@ mod tests {
     #[test]
     fn unmapped_statuses_are_ignored_and_bad_times_are_dead() {
         assert!(matches!(
-            run("ups", r#"{"type":"track","tn":"1Z","st":"weird"}"#),
+            run(
+                "carrier",
+                r#"{"type":"tracker.updated","tn":"1Z","st":"weird"}"#
+            ),
             Interpretation::Ignored { .. }
         ));
         let Interpretation::Dead { reason } = run(
-            "ups",
-            r#"{"type":"track","tn":"1Z","st":"transit","at":"yesterday"}"#,
+            "carrier",
+            r#"{"type":"tracker.updated","tn":"1Z","st":"transit","at":"yesterday"}"#,
         ) else {
             panic!()
         };
         assert!(reason.contains("/at"), "{reason}");
         assert!(matches!(
-            run("ups", r#"{"type":"track","st":"transit"}"#),
+            run("carrier", r#"{"type":"tracker.updated","st":"transit"}"#),
             Interpretation::Dead { .. }
         ));
         assert_eq!(
-            run("ups", r#"{"type":"other"}"#),
+            run("carrier", r#"{"type":"other"}"#),
             Interpretation::NotDispatched
         );
     }
@@ -355,24 +330,25 @@ mod tests {
             r#""1969-12-31T23:59:59Z""#,
             "123456789012345678901234567890",
         ] {
-            let body = format!(r#"{{"type":"track","tn":"1Z","st":"transit","at":{at}}}"#);
-            let Interpretation::Dead { reason } = run("ups", &body) else {
+            let body =
+                format!(r#"{{"type":"tracker.updated","tn":"1Z","st":"transit","at":{at}}}"#);
+            let Interpretation::Dead { reason } = run("carrier", &body) else {
                 panic!("{at} was not dead")
             };
             assert!(reason.starts_with("/at "), "{reason}");
             assert!(reason.len() < 200, "{reason}");
         }
         let Interpretation::Dead { reason } = run(
-            "ups",
-            r#"{"type":"track","tn":"1Z","st":"transit","at":1763800000000}"#,
+            "carrier",
+            r#"{"type":"tracker.updated","tn":"1Z","st":"transit","at":1763800000000}"#,
         ) else {
             panic!()
         };
         assert!(reason.contains("milliseconds"), "{reason}");
         // A written time past the range is not mistaken for milliseconds.
         let Interpretation::Dead { reason } = run(
-            "ups",
-            r#"{"type":"track","tn":"1Z","st":"transit","at":"9999-12-31T23:59:59-23:59"}"#,
+            "carrier",
+            r#"{"type":"tracker.updated","tn":"1Z","st":"transit","at":"9999-12-31T23:59:59-23:59"}"#,
         ) else {
             panic!("a time past 9999 in UTC was not dead")
         };
@@ -380,9 +356,10 @@ mod tests {
         assert!(!reason.contains("milliseconds"), "{reason}");
         // The ends of the range are fine.
         for at in ["0", "253402300799", r#""9999-12-31T23:59:59.999Z""#] {
-            let body = format!(r#"{{"type":"track","tn":"1Z","st":"transit","at":{at}}}"#);
+            let body =
+                format!(r#"{{"type":"tracker.updated","tn":"1Z","st":"transit","at":{at}}}"#);
             assert!(
-                matches!(run("ups", &body), Interpretation::Tracking { .. }),
+                matches!(run("carrier", &body), Interpretation::Tracking { .. }),
                 "{at}"
             );
         }

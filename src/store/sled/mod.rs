@@ -1488,10 +1488,10 @@ mod tests {
         }
     }
 
-    /// A "transit" update from source `c` for tracking number `tn`.
+    /// A "transit" update from source `carrier` for tracking number `tn`.
     fn tracking_event(id: &str, at: u64, hash: u8, tn: &str) -> NewEvent {
         let mut ev = event(id, at, hash, true);
-        ev.source = "c".into();
+        ev.source = "carrier".into();
         ev.tracking_number = Some(tn.into());
         ev.fields = Some(crate::webhook::mapping::Fields {
             key: tn.into(),
@@ -1927,24 +1927,10 @@ mod tests {
     }
 
     async fn moving_shipment(dir: &Path) -> SledStore {
-        let config = crate::config::Config::parse(
-            r#"
-            [[sources]]
-            name = "c"
-            kind = "tracking"
-            secrets = ["x"]
-            signature = { scheme = "github" }
-            [sources.mapping]
-            tracking_number = "/tn"
-            status = "/st"
-            [sources.mapping.status_map]
-            transit = "IN_TRANSIT"
-            "#,
-            &crate::config::NoEnv,
-        )
-        .unwrap();
         let store = SledStore::open(&cfg(dir)).unwrap();
-        store.start_dispatcher(config.sources).unwrap();
+        store
+            .start_dispatcher(crate::config::test_sources())
+            .unwrap();
         store
             .create_shipment(example_shipment("o"), None)
             .await
@@ -2060,11 +2046,13 @@ mod tests {
         for (id, at, tn) in [("late", 50, "TN"), ("other", 60, "TN-9")] {
             let mut ev = tracking_event(id, at, at as u8, tn);
             // What the fields are read from again on redelivery.
-            ev.body = Bytes::from(format!(r#"{{"tn":"{tn}","st":"transit"}}"#));
+            ev.body = Bytes::from(format!(
+                r#"{{"type":"tracker.updated","tn":"{tn}","st":"transit"}}"#
+            ));
             store.ingest(ev).await.unwrap();
         }
         store.settle().await.unwrap();
-        let dead = store.outcome("c", "late").await.unwrap().unwrap();
+        let dead = store.outcome("carrier", "late").await.unwrap().unwrap();
         use crate::store::DispatchOutcome;
         assert_eq!(dead.outcome, DispatchOutcome::Dead);
         assert!(
@@ -2072,10 +2060,10 @@ mod tests {
                 && dead.reason.as_deref().unwrap().ends_with("cannot be read"),
             "{dead:?}"
         );
-        let other = store.outcome("c", "other").await.unwrap().unwrap();
+        let other = store.outcome("carrier", "other").await.unwrap().unwrap();
         assert_eq!(other.outcome, DispatchOutcome::Parked);
         store.shared.tree.insert(&key, good).unwrap();
-        let again = store.redeliver("c", "late").await.unwrap();
+        let again = store.redeliver("carrier", "late").await.unwrap();
         // It reached its shipment (as a repeat of the status it has).
         assert_eq!(again.outcome, DispatchOutcome::Stale, "{again:?}");
         assert_eq!(again.shipment_id, Some("s1".into()));
@@ -2098,7 +2086,7 @@ mod tests {
             .await
             .unwrap();
         store.settle().await.unwrap();
-        let dead = store.outcome("c", "bad-tn").await.unwrap().unwrap();
+        let dead = store.outcome("carrier", "bad-tn").await.unwrap().unwrap();
         assert_eq!(dead.outcome, DispatchOutcome::Dead);
         assert_eq!(
             dead.reason.as_deref(),
@@ -2118,7 +2106,7 @@ mod tests {
             .unwrap();
         store.settle().await.unwrap();
         assert_eq!(store.parked().await.unwrap(), 1);
-        let seq = store.event("c", "parked").await.unwrap().unwrap().seq;
+        let seq = store.event("carrier", "parked").await.unwrap().unwrap().seq;
         store
             .shared
             .tree

@@ -308,42 +308,46 @@ impl Env for NoEnv {
 /// - `hashed` (store-only): identified by its content.
 #[cfg(test)]
 pub(crate) fn test_sources() -> Vec<SourceConfig> {
-    const SOURCES: &str = r#"
-        [[sources]]
-        name = "carrier"
-        kind = "tracking"
-        secrets = ["x"]
-        signature = { scheme = "github" }
-        event_id = "/id"
-        event_type = "/type"
-        accept_event_types = ["tracker.updated"]
-        [sources.mapping]
-        tracking_number = "/tn"
-        status = "/st"
-        occurred_at = "/at"
-        [sources.mapping.status_map]
-        transit = "IN_TRANSIT"
-        delivered = "DELIVERED"
-
-        [[sources]]
-        name = "pay"
-        kind = "payment"
-        secrets = ["x"]
-        signature = { scheme = "github" }
-        [sources.mapping]
-        order_id = "/order"
-        status = "/st"
-        [sources.mapping.status_map]
-        ok = "SUCCEEDED"
-        refund = "REFUNDED"
-
-        [[sources]]
-        name = "hashed"
-        kind = "store-only"
-        secrets = ["x"]
-        signature = { scheme = "github" }
-    "#;
-    match Config::parse(SOURCES, &NoEnv) {
+    // Every one signed the same way; each its own kind and fields.
+    let source = |name: &str, kind: &str, rest: &str| {
+        format!(
+            "[[sources]]\nname = \"{name}\"\nkind = \"{kind}\"\nsecrets = [\"x\"]\n\
+             signature = {{ scheme = \"github\" }}\n{rest}\n"
+        )
+    };
+    let text = [
+        source(
+            "carrier",
+            "tracking",
+            r#"
+            event_id = "/id"
+            event_type = "/type"
+            accept_event_types = ["tracker.updated"]
+            [sources.mapping]
+            tracking_number = "/tn"
+            status = "/st"
+            occurred_at = "/at"
+            [sources.mapping.status_map]
+            transit = "IN_TRANSIT"
+            delivered = "DELIVERED"
+            "#,
+        ),
+        source(
+            "pay",
+            "payment",
+            r#"
+            [sources.mapping]
+            order_id = "/order"
+            status = "/st"
+            [sources.mapping.status_map]
+            ok = "SUCCEEDED"
+            refund = "REFUNDED"
+            "#,
+        ),
+        source("hashed", "store-only", ""),
+    ]
+    .concat();
+    match Config::parse(&text, &NoEnv) {
         Ok(config) => config.sources,
         Err(e) => unreachable!("the test sources parse: {e:?}"),
     }

@@ -172,6 +172,12 @@ struct World {
 }
 
 impl World {
+    /// Whether no order waits for background fulfilment, now or ever.
+    async fn queue_is_empty(&self) -> bool {
+        let due = self.store.due_fulfilments(u64::MAX / 2, 10).await;
+        due.unwrap().is_empty()
+    }
+
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&crate::store::sled::test_config(dir.path())).unwrap();
@@ -255,9 +261,14 @@ fn keyed(key: &str) -> Keyed {
     }
 }
 
-/// That `refusal` is `service` unavailable, to be retried after
-/// `retry_after_secs`.
-fn assert_upstream(refusal: Refusal, service: Service, retry_after_secs: u64) {
+/// That `result` is a refusal for `service` being unavailable, to be
+/// retried after `retry_after_secs`.
+fn assert_upstream<T: std::fmt::Debug>(
+    result: Result<Answered<T>, Refusal>,
+    service: Service,
+    retry_after_secs: u64,
+) {
+    let refusal = refused(result);
     assert!(
         matches!(&refusal, Refusal::Upstream { service: s, retry_after_secs: a }
             if *s == service && *a == retry_after_secs),
@@ -308,11 +319,7 @@ async fn a_carrier_that_fails_leaves_the_intent_and_gives_the_key_back() {
     let id = w.new_shipment().await;
     for (failure, retry_after) in [(UNAVAILABLE, 7), (REFUSED, 1), (MALFORMED, 1)] {
         Services::script(&w.services.buys, [Err(failure)]);
-        assert_upstream(
-            refused(w.label("k", &id).await),
-            Service::Carrier,
-            retry_after,
-        );
+        assert_upstream(w.label("k", &id).await, Service::Carrier, retry_after);
         let shipment = w.shipment(&id).await;
         assert!(shipment.label.is_none());
         assert!(
@@ -384,7 +391,7 @@ async fn a_tracking_number_of_another_shipment_is_not_recorded() {
     let second = w.new_shipment().await;
     Services::script(&w.services.buys, [sold(1), sold(1)]);
     ran(w.label("k1", &first).await);
-    assert_upstream(refused(w.label("k2", &second).await), Service::Carrier, 1);
+    assert_upstream(w.label("k2", &second).await, Service::Carrier, 1);
     assert!(w.shipment(&second).await.label.is_none());
 }
 
@@ -445,11 +452,7 @@ async fn a_cancel_voids_the_label_first_and_changes_nothing_when_it_cannot() {
     ran(w.label("k", &id).await);
     for (failure, retry_after) in [(UNAVAILABLE, 7), (REFUSED, 1)] {
         Services::script(&w.services.voids, [Err(failure)]);
-        assert_upstream(
-            refused(w.cancel("c", &id).await),
-            Service::Carrier,
-            retry_after,
-        );
+        assert_upstream(w.cancel("c", &id).await, Service::Carrier, retry_after);
         let shipment = w.shipment(&id).await;
         assert_eq!(shipment.timeline.status(), ShipmentStatus::LabelCreated);
     }
@@ -470,7 +473,7 @@ async fn a_cancel_finds_and_voids_a_label_sold_behind_a_lost_answer() {
     refused(w.label("k", &id).await);
     // The carrier is still away: nothing changes.
     Services::script(&w.services.buys, [Err(UNAVAILABLE)]);
-    assert_upstream(refused(w.cancel("c", &id).await), Service::Carrier, 7);
+    assert_upstream(w.cancel("c", &id).await, Service::Carrier, 7);
     assert_eq!(
         w.shipment(&id).await.timeline.status(),
         ShipmentStatus::Created
@@ -605,11 +608,7 @@ async fn an_inventory_that_fails_leaves_the_order_pending_for_the_retry() {
     };
     for (failure, retry_after) in [(UNAVAILABLE, 7), (REFUSED, 1), (malformed, 1)] {
         Services::script(&w.services.reserves, [Err(failure)]);
-        assert_upstream(
-            refused(w.order("k", "o-1").await),
-            Service::Inventory,
-            retry_after,
-        );
+        assert_upstream(w.order("k", "o-1").await, Service::Inventory, retry_after);
         let order = w.stored_order("o-1").await;
         assert_eq!(order.status, OrderStatus::Pending);
         assert_eq!(order.progress.reservation_id, None);
@@ -625,8 +624,8 @@ async fn a_payment_service_that_fails_resumes_at_the_charge() {
     let w = World::new();
     Services::script(&w.services.reserves, [reserved(1)]);
     Services::script(&w.services.charges, [Err(UNAVAILABLE), Err(REFUSED)]);
-    assert_upstream(refused(w.order("k", "o-1").await), Service::Payments, 7);
-    assert_upstream(refused(w.order("k", "o-1").await), Service::Payments, 1);
+    assert_upstream(w.order("k", "o-1").await, Service::Payments, 7);
+    assert_upstream(w.order("k", "o-1").await, Service::Payments, 1);
     let order = w.stored_order("o-1").await;
     assert_eq!(order.progress.reservation_id.as_deref(), Some("res-1"));
     assert_eq!(order.progress.transaction_id, None);
@@ -654,7 +653,7 @@ async fn a_declined_charge_releases_the_reservation_then_fails() {
     Services::script(&w.services.charges, [Ok(Charge::Declined)]);
     // The release fails first: the decline is recorded, the key given back.
     Services::script(&w.services.releases, [Err(UNAVAILABLE)]);
-    assert_upstream(refused(w.order("k", "o-1").await), Service::Inventory, 7);
+    assert_upstream(w.order("k", "o-1").await, Service::Inventory, 7);
     let order = w.stored_order("o-1").await;
     assert!(order.progress.declined);
     assert!(!order.progress.released);
@@ -697,13 +696,7 @@ async fn a_paid_order_whose_label_cannot_be_bought_waits_for_fulfilment() {
     let confirmed = w.stored_order("o-1").await;
     assert_eq!(confirmed.status, OrderStatus::Confirmed);
     assert_eq!(confirmed.fulfil_due_ms, None);
-    assert!(
-        w.store
-            .due_fulfilments(u64::MAX / 2, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(w.queue_is_empty().await);
 }
 
 #[tokio::test]
@@ -721,13 +714,7 @@ async fn a_waiting_order_whose_shipment_is_cancelled_leaves_the_queue() {
     assert_eq!(orders::fulfil_due(w.ports(), due, 10).await.unwrap(), 0);
     let dropped = w.stored_order("o-1").await;
     assert_eq!(dropped.fulfil_due_ms, None);
-    assert!(
-        w.store
-            .due_fulfilments(u64::MAX / 2, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(w.queue_is_empty().await);
     let (read, shipment) = orders::get(w.ports(), &"acme".into(), &"o-1".into())
         .await
         .unwrap();

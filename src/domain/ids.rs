@@ -87,3 +87,23 @@ name!(
     /// A label, as the carrier names it.
     LabelId
 );
+
+/// An order as the store finds it: partners choose their order ids
+/// independently, so an id is unique only within its partner's orders.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OrderKey {
+    pub partner: PartnerName,
+    pub order_id: OrderId,
+}
+
+impl OrderKey {
+    pub fn new(partner: PartnerName, order_id: OrderId) -> OrderKey {
+        OrderKey { partner, order_id }
+    }
+}
+
+impl std::fmt::Display for OrderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.partner, self.order_id)
+    }
+}

@@ -216,6 +216,14 @@ impl World {
         }
     }
 
+    /// A new shipment whose label `lbl-1` was bought under key `key`.
+    async fn labelled_shipment(&self, key: &str) -> ShipmentId {
+        let id = self.new_shipment().await;
+        Services::script(&self.services.buys, [sold(1)]);
+        ran(self.label(key, &id).await);
+        id
+    }
+
     async fn label(&self, key: &str, id: &ShipmentId) -> Result<Answered<Label>, Refusal> {
         shipments::label(self.ports(), &keyed(key), id, LabelFormat::Pdf, &Words).await
     }
@@ -352,9 +360,7 @@ async fn a_cancelled_shipment_gets_no_label_and_the_refusal_is_final() {
 #[tokio::test]
 async fn a_second_label_under_another_key_is_refused_with_the_first() {
     let w = World::new();
-    let id = w.new_shipment().await;
-    Services::script(&w.services.buys, [sold(1)]);
-    ran(w.label("k1", &id).await);
+    let id = w.labelled_shipment("k1").await;
     let refusal = refused(w.label("k2", &id).await);
     assert!(
         matches!(&refusal, Refusal::LabelExists(l) if l == "lbl-1"),
@@ -447,9 +453,7 @@ async fn another_partners_shipment_does_not_exist() {
 #[tokio::test]
 async fn a_cancel_voids_the_label_first_and_changes_nothing_when_it_cannot() {
     let w = World::new();
-    let id = w.new_shipment().await;
-    Services::script(&w.services.buys, [sold(1)]);
-    ran(w.label("k", &id).await);
+    let id = w.labelled_shipment("k").await;
     for (failure, retry_after) in [(UNAVAILABLE, 7), (REFUSED, 1)] {
         Services::script(&w.services.voids, [Err(failure)]);
         assert_upstream(w.cancel("c", &id).await, Service::Carrier, retry_after);

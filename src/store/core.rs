@@ -25,7 +25,7 @@ use super::{
     OrderWrite, OutcomeRecord, ShipmentRecord, StateError, StoreError,
 };
 use crate::config::SourceConfig;
-use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
+use crate::domain::ids::{OrderId, OrderKey, ShipmentId, TrackingNumber};
 use crate::domain::label::{Label, LabelRequest};
 use crate::webhook::mapping::{Interpretation, interpret};
 
@@ -107,11 +107,7 @@ pub trait Unit: Send {
     /// Stores a new shipment; `ShipmentExists` when its id is taken.
     async fn insert_shipment(&mut self, rec: ShipmentRecord) -> Result<(), StateError>;
 
-    async fn order(
-        &mut self,
-        partner: &PartnerName,
-        order_id: &OrderId,
-    ) -> Result<Option<OrderRecord>, StoreError>;
+    async fn order(&mut self, key: &OrderKey) -> Result<Option<OrderRecord>, StoreError>;
     /// Every partner's order with this id (partners choose order ids
     /// independently).
     async fn orders_with_id(&mut self, order_id: &OrderId) -> Result<Vec<OrderRecord>, StoreError>;
@@ -381,7 +377,7 @@ impl<'u, U: Unit + ?Sized> Work<'u, U> {
         if !self.unit.insert_order(&rec).await? {
             let existing = self
                 .unit
-                .order(&rec.partner, &rec.order_id)
+                .order(&rec.key())
                 .await?
                 .ok_or(StateError::NotFound)?;
             return Ok(OrderCreated::Existing(existing));
@@ -389,7 +385,7 @@ impl<'u, U: Unit + ?Sized> Work<'u, U> {
         self.unpark(&key).await?;
         let stored = self
             .unit
-            .order(&rec.partner, &rec.order_id)
+            .order(&rec.key())
             .await?
             .ok_or(StateError::NotFound)?;
         Ok(OrderCreated::Created(stored))
@@ -413,7 +409,7 @@ impl<'u, U: Unit + ?Sized> Work<'u, U> {
         self.unit.lock(&keys).await?;
         let current = self
             .unit
-            .order(&order.partner, &order.order_id)
+            .order(&order.key())
             .await?
             .ok_or(StateError::NotFound)?;
         order.payments = current.payments;

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::ids::{LabelId, OrderId, PartnerName, ShipmentId, TrackingNumber};
+use crate::domain::ids::{LabelId, OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
 use crate::domain::label::{Label, LabelRequest};
 use crate::domain::order::OrderFailure;
 use crate::domain::request::{NewOrder, ShipmentDetails};
@@ -153,6 +153,11 @@ impl ShipmentRecord {
 }
 
 impl OrderRecord {
+    /// How the store finds this order.
+    pub fn key(&self) -> OrderKey {
+        OrderKey::new(self.partner.clone(), self.order_id.clone())
+    }
+
     /// An order as placed: pending, nothing done yet.
     pub fn new(
         partner: PartnerName,

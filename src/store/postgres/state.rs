@@ -17,7 +17,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{EVENT_COLUMNS, Tx, db_err, ms};
 use crate::clock::now_ms;
-use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
+use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
 use crate::idempotency::{self, Decision};
 use crate::store::core::{Counted, ParkKey, Sources, Stored, Unit, Work, gone};
 use crate::store::{
@@ -79,10 +79,10 @@ pub(super) struct PgUnit<'a> {
     tx: &'a Tx<'a>,
     shipments: HashMap<ShipmentId, ShipmentRecord>,
     by_tracking: HashMap<TrackingNumber, Option<ShipmentId>>,
-    orders: HashMap<(PartnerName, OrderId), OrderRecord>,
+    orders: HashMap<OrderKey, OrderRecord>,
     partners: HashMap<OrderId, Vec<PartnerName>>,
     dirty_shipments: BTreeSet<ShipmentId>,
-    dirty_orders: BTreeSet<(PartnerName, OrderId)>,
+    dirty_orders: BTreeSet<OrderKey>,
     outcomes: Vec<(i64, OutcomeRecord)>,
 }
 
@@ -283,28 +283,21 @@ impl Unit for PgUnit<'_> {
         Ok(())
     }
 
-    async fn order(
-        &mut self,
-        partner: &PartnerName,
-        order_id: &OrderId,
-    ) -> Result<Option<OrderRecord>, StoreError> {
-        let key = (partner.clone(), order_id.clone());
-        if !self.orders.contains_key(&key) {
-            let found: Option<OrderRecord> = read_json(
-                self.tx,
-                || format!("the order {partner}/{order_id}"),
-                "SELECT record::text FROM orders WHERE partner = $1 AND order_id = $2 FOR UPDATE",
-                &[&partner.as_str(), &order_id.as_str()],
-            )
-            .await?;
-            match found {
-                Some(rec) => {
-                    self.orders.insert(key.clone(), rec);
-                }
-                None => return Ok(None),
-            }
+    async fn order(&mut self, key: &OrderKey) -> Result<Option<OrderRecord>, StoreError> {
+        if let Some(rec) = self.orders.get(key) {
+            return Ok(Some(rec.clone()));
         }
-        Ok(self.orders.get(&key).cloned())
+        let found: Option<OrderRecord> = read_json(
+            self.tx,
+            || format!("the order {key}"),
+            "SELECT record::text FROM orders WHERE partner = $1 AND order_id = $2 FOR UPDATE",
+            &[&key.partner.as_str(), &key.order_id.as_str()],
+        )
+        .await?;
+        if let Some(rec) = &found {
+            self.orders.insert(key.clone(), rec.clone());
+        }
+        Ok(found)
     }
 
     /// Every partner's order with this id, locked.
@@ -322,8 +315,9 @@ impl Unit for PgUnit<'_> {
             let mut found = Vec::new();
             for row in rows {
                 let partner = PartnerName::from(row.get::<_, String>(0));
-                if let std::collections::hash_map::Entry::Vacant(slot) =
-                    self.orders.entry((partner.clone(), order_id.clone()))
+                if let std::collections::hash_map::Entry::Vacant(slot) = self
+                    .orders
+                    .entry(OrderKey::new(partner.clone(), order_id.clone()))
                 {
                     slot.insert(serde_json::from_str(row.get(1)).map_err(|e| {
                         StoreError::corrupt(format!("the order {partner}/{order_id} ({e})"))
@@ -336,12 +330,16 @@ impl Unit for PgUnit<'_> {
         let partners = self.partners.get(order_id).cloned().unwrap_or_default();
         Ok(partners
             .into_iter()
-            .filter_map(|p| self.orders.get(&(p, order_id.clone())).cloned())
+            .filter_map(|p| {
+                self.orders
+                    .get(&OrderKey::new(p, order_id.clone()))
+                    .cloned()
+            })
             .collect())
     }
 
     fn put_order(&mut self, rec: OrderRecord) {
-        let key = (rec.partner.clone(), rec.order_id.clone());
+        let key = rec.key();
         self.dirty_orders.insert(key.clone());
         self.orders.insert(key, rec);
     }
@@ -364,8 +362,7 @@ impl Unit for PgUnit<'_> {
         if inserted == 0 {
             return Ok(false);
         }
-        self.orders
-            .insert((rec.partner.clone(), rec.order_id.clone()), rec.clone());
+        self.orders.insert(rec.key(), rec.clone());
         if let Some(partners) = self.partners.get_mut(&rec.order_id) {
             partners.push(rec.partner.clone());
         }

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 
 use super::codec::{self, Arrival, DispatchOutcome, OrderRecord, OutcomeRecord, ShipmentRecord};
 use super::{STALL_AFTER, Shared};
-use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
+use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
 use crate::domain::label::{Label, LabelRequest};
 use crate::health::Component;
 use crate::idempotency::{self, Decision, IdempotencyKey};
@@ -54,10 +54,13 @@ impl From<sled::Error> for StateError {
 
 type Reply<T> = oneshot::Sender<Result<T, StateError>>;
 
+/// A write the state machine runs in its round, queuing its reply.
+pub(super) type Write = Box<dyn FnOnce(&StateMachine, &mut Replies) + Send>;
+
 pub(super) enum StateMsg {
     Wake,
     /// A write run in the round, answered after the round's flush.
-    Write(Box<dyn FnOnce(&StateMachine, &mut Replies) + Send>),
+    Write(Write),
     /// Answered once every inbox entry present when it is handled is applied.
     Settle(oneshot::Sender<Result<(), StateError>>),
     CreateShipment(
@@ -125,8 +128,8 @@ pub(super) struct Pass<'a> {
     shipments: HashMap<ShipmentId, Option<ShipmentRecord>>,
     dirty: HashSet<ShipmentId>,
     tracking: HashMap<TrackingNumber, Option<ShipmentId>>,
-    orders: HashMap<(PartnerName, OrderId), Option<OrderRecord>>,
-    dirty_orders: HashSet<(PartnerName, OrderId)>,
+    orders: HashMap<OrderKey, Option<OrderRecord>>,
+    dirty_orders: HashSet<OrderKey>,
     /// Order id → the partners with an order of that id.
     partners: HashMap<OrderId, Vec<PartnerName>>,
     /// The arrivals whose outcome this pass may write, by sequence number.
@@ -265,17 +268,12 @@ impl Unit for Pass<'_> {
         Ok(())
     }
 
-    async fn order(
-        &mut self,
-        partner: &PartnerName,
-        order_id: &OrderId,
-    ) -> Result<Option<OrderRecord>, StoreError> {
-        let key = (partner.clone(), order_id.clone());
-        if !self.orders.contains_key(&key) {
-            let rec = super::read_order(self.tree, partner.as_str(), order_id.as_str())?;
+    async fn order(&mut self, key: &OrderKey) -> Result<Option<OrderRecord>, StoreError> {
+        if !self.orders.contains_key(key) {
+            let rec = super::read_order(self.tree, key.partner.as_str(), key.order_id.as_str())?;
             self.orders.insert(key.clone(), rec);
         }
-        Ok(self.orders.get(&key).cloned().flatten())
+        Ok(self.orders.get(key).cloned().flatten())
     }
 
     async fn orders_with_id(&mut self, order_id: &OrderId) -> Result<Vec<OrderRecord>, StoreError> {
@@ -298,19 +296,20 @@ impl Unit for Pass<'_> {
         };
         let mut orders = Vec::with_capacity(partners.len());
         for partner in &partners {
-            orders.extend(self.order(partner, order_id).await?);
+            let key = OrderKey::new(partner.clone(), order_id.clone());
+            orders.extend(self.order(&key).await?);
         }
         Ok(orders)
     }
 
     fn put_order(&mut self, rec: OrderRecord) {
-        let key = (rec.partner.clone(), rec.order_id.clone());
+        let key = rec.key();
         self.dirty_orders.insert(key.clone());
         self.orders.insert(key, Some(rec));
     }
 
     async fn insert_order(&mut self, rec: &OrderRecord) -> Result<bool, StoreError> {
-        if self.order(&rec.partner, &rec.order_id).await?.is_some() {
+        if self.order(&rec.key()).await?.is_some() {
             return Ok(false);
         }
         let (partner, order_id) = (rec.partner.as_str(), rec.order_id.as_str());
@@ -738,7 +737,7 @@ impl StateMachine {
     pub(super) fn create_order(&self, rec: OrderRecord) -> Result<OrderCreated, StateError> {
         let sources = self.shared.sources.load_full();
         let mut pass = Pass::new(&self.shared);
-        if run_now(pass.order(&rec.partner, &rec.order_id))?.is_none() {
+        if run_now(pass.order(&rec.key()))?.is_none() {
             // Only a new order writes: short of space, none is made.
             self.shared.check_space()?;
         }

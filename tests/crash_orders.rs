@@ -149,7 +149,10 @@ async fn killed_between_steps(on_postgres: bool) {
             Some(schema) => std::sync::Arc::new(schema.store(2)),
         };
         let order = store
-            .order(&"acme".into(), &order_id.as_str().into())
+            .order(&waybill::domain::ids::OrderKey::new(
+                "acme".into(),
+                order_id.as_str().into(),
+            ))
             .await
             .unwrap()
             .unwrap();

@@ -20,7 +20,7 @@ use super::labels::{self, Sold};
 use super::ports::{Charge, ChargeRequest, Reservation, Service};
 use super::{Ports, Refusal, Render};
 use crate::clock::now_ms;
-use crate::domain::ids::{OrderId, PartnerName, ShipmentId, TrackingNumber};
+use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
 use crate::domain::label::LabelFormat;
 use crate::domain::order::{OrderFailure, OrderStatus, Step};
 use crate::domain::request::{Address, NewOrder, Parcel, ShipmentDetails};
@@ -80,7 +80,7 @@ pub async fn get(
 ) -> Result<(OrderRecord, Option<ShipmentRecord>), Refusal> {
     let order = ports
         .orders
-        .order(partner, id)
+        .order(&OrderKey::new(partner.clone(), id.clone()))
         .await?
         .ok_or(Refusal::NotFound("order"))?;
     let shipment = shipment_of(ports, &order).await?;
@@ -431,7 +431,8 @@ fn due(attempts: u32) -> u64 {
 pub async fn fulfil_due(ports: Ports<'_>, now_ms: u64, limit: usize) -> Result<usize, Refusal> {
     let mut confirmed = 0;
     for (due_at, partner, order_id) in ports.orders.due_fulfilments(now_ms, limit).await? {
-        let Some(mut order) = ports.orders.order(&partner, &order_id).await? else {
+        let key = OrderKey::new(partner, order_id);
+        let Some(mut order) = ports.orders.order(&key).await? else {
             continue;
         };
         let waiting = order.status == OrderStatus::PaymentSuccessPendingFulfillment

@@ -15,7 +15,7 @@ use super::ports::{
     Carrier, Charge, ChargeRequest, Failure, Inventory, LabelSold, Payments, Reservation, Service,
 };
 use super::{Placed, Ports, Refusal, Render, StoredAnswer, orders, shipments};
-use crate::domain::ids::{LabelId, OrderId, PartnerName, ShipmentId};
+use crate::domain::ids::{LabelId, OrderId, OrderKey, PartnerName, ShipmentId};
 use crate::domain::label::{Label, LabelFormat, LabelRequest};
 use crate::domain::order::{OrderFailure, OrderStatus};
 use crate::domain::request::{Item, NewOrder, NewShipment, ShipmentDetails};
@@ -242,7 +242,7 @@ impl World {
 
     async fn stored_order(&self, id: &str) -> OrderRecord {
         self.store
-            .order(&"acme".into(), &id.into())
+            .order(&OrderKey::new("acme".into(), id.into()))
             .await
             .unwrap()
             .unwrap()

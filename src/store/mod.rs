@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::{SourceConfig, StoreBackend, StoreConfig};
-use crate::domain::ids::{LabelId, OrderId, PartnerName, ShipmentId, TrackingNumber};
+use crate::domain::ids::{LabelId, OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
 use crate::domain::label::{Label, LabelRequest};
 use crate::health::Health;
 use crate::idempotency::{Decision, Fingerprint, IdempotencyKey, StoredAnswer};
@@ -446,11 +446,7 @@ pub trait Orders: Send + Sync {
     /// Records a step of an order's flow with what comes with it.
     async fn write_order(&self, write: OrderWrite) -> Result<OrderRecord, StateError>;
 
-    async fn order(
-        &self,
-        partner: &PartnerName,
-        order_id: &OrderId,
-    ) -> Result<Option<OrderRecord>, StoreError>;
+    async fn order(&self, key: &OrderKey) -> Result<Option<OrderRecord>, StoreError>;
 
     /// A partner's orders, newest first: `limit` of them after skipping
     /// `skip`, and how many the partner has.

@@ -84,7 +84,10 @@ async fn reads_every_record(store: &dyn Store) {
             written["order_id"].as_str().unwrap(),
         );
         let read = store
-            .order(&partner.into(), &id.into())
+            .order(&waybill::domain::ids::OrderKey::new(
+                partner.into(),
+                id.into(),
+            ))
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("order {id} is read"));

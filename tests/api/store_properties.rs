@@ -14,6 +14,7 @@ use waybill::store::prelude::*;
 use crate::support::{acme_claim, label_for, shipment_record};
 use proptest::prelude::*;
 use waybill::config::SourceConfig;
+use waybill::domain::ids::OrderKey;
 use waybill::domain::shipment::{ShipmentStatus, StatusEvent, Timeline};
 use waybill::store::{Cancel, DispatchOutcome, NewEvent, Store};
 use waybill::webhook::mapping::{Fields, Interpretation, interpret_fields};
@@ -369,7 +370,7 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
         "{created:?}"
     );
     let mut order = store
-        .order(&"acme".into(), &"o-9".into())
+        .order(&OrderKey::new("acme".into(), "o-9".into()))
         .await
         .unwrap()
         .unwrap();
@@ -398,7 +399,7 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
         step("intent s3", format!("{intent:?}"));
     }
     let mut confirmed = store
-        .order(&"acme".into(), &"o-9".into())
+        .order(&OrderKey::new("acme".into(), "o-9".into()))
         .await
         .unwrap()
         .unwrap();
@@ -477,7 +478,10 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
         let shipment = store.shipment(&id.into()).await.unwrap();
         step(&format!("shipment {id}"), format!("{shipment:?}"));
     }
-    let order = store.order(&"acme".into(), &"o-9".into()).await.unwrap();
+    let order = store
+        .order(&OrderKey::new("acme".into(), "o-9".into()))
+        .await
+        .unwrap();
     step("order o-9", format!("{order:?}"));
     let ids = ["s3".into(), "nope".into(), "s1".into()];
     let mut found = store.shipments(&ids).await.unwrap();

@@ -78,7 +78,7 @@ use super::{
     StoredEvent,
 };
 use crate::config::SourceConfig;
-use crate::domain::ids::{OrderId, PartnerName, ShipmentId};
+use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId};
 use crate::domain::label::{Label, LabelRequest};
 use crate::health::{Component, Health};
 use crate::idempotency::Decision;
@@ -539,18 +539,14 @@ impl Orders for PgStore {
         Ok(order)
     }
 
-    async fn order(
-        &self,
-        partner: &PartnerName,
-        order_id: &OrderId,
-    ) -> Result<Option<OrderRecord>, StoreError> {
+    async fn order(&self, key: &OrderKey) -> Result<Option<OrderRecord>, StoreError> {
         deadline(async {
             let client = self.inner.client().await?;
             state::read_json(
                 &**client,
-                || format!("the order {partner}/{order_id}"),
+                || format!("the order {key}"),
                 "SELECT record::text FROM orders WHERE partner = $1 AND order_id = $2",
-                &[&partner.as_str(), &order_id.as_str()],
+                &[&key.partner.as_str(), &key.order_id.as_str()],
             )
             .await
         })

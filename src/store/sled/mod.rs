@@ -38,7 +38,7 @@ use super::{
     StoredEvent,
 };
 use crate::config::{SourceConfig, StoreConfig};
-use crate::domain::ids::{OrderId, PartnerName, ShipmentId};
+use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId};
 use crate::domain::label::{Label, LabelRequest};
 use crate::health::Health;
 use crate::idempotency::IdempotencyKey;
@@ -764,12 +764,12 @@ impl Orders for SledStore {
         self.write(move |machine| machine.write_order(write)).await
     }
 
-    async fn order(
-        &self,
-        partner: &PartnerName,
-        order_id: &OrderId,
-    ) -> Result<Option<OrderRecord>, StoreError> {
-        read_order(&self.shared.tree, partner.as_str(), order_id.as_str())
+    async fn order(&self, key: &OrderKey) -> Result<Option<OrderRecord>, StoreError> {
+        read_order(
+            &self.shared.tree,
+            key.partner.as_str(),
+            key.order_id.as_str(),
+        )
     }
 
     /// A partner's orders, newest first: `limit` of them after skipping

@@ -12,7 +12,7 @@ use crate::domain::ids::{LabelId, OrderId, PartnerName, ShipmentId};
 use crate::domain::label::{Label, LabelFormat};
 use crate::domain::request::{NewShipment, ShipmentDetails};
 use crate::domain::shipment::ShipmentStatus;
-use crate::store::{Cancel, CancelAnswer, Completion, ShipmentRecord, StateError};
+use crate::store::{Cancel, CancelAnswer, Completion, NewLabel, ShipmentRecord, StateError};
 
 /// A shipment id minted here: `shp_` and a UUIDv7, so ids sort by time.
 pub fn mint_id() -> ShipmentId {
@@ -137,7 +137,13 @@ async fn buy_label(
     fail::fail_point!("label-before-commit", |_| std::process::abort());
     match ports
         .shipments
-        .record_label(sold.label.clone(), sold.at_ms, Some(completion))
+        .record_label(
+            NewLabel {
+                label: sold.label.clone(),
+                at_ms: sold.at_ms,
+            },
+            Some(completion),
+        )
         .await
     {
         Ok(_) => Ok(sold.label),

@@ -306,8 +306,7 @@ impl<'u, U: Unit + ?Sized> Work<'u, U> {
     /// Records a label with the final answer of the request that bought it.
     pub async fn record_label(
         &mut self,
-        label: Label,
-        at_ms: u64,
+        NewLabel { label, at_ms }: NewLabel,
         completion: Option<&Completion>,
     ) -> Result<LabelRecorded, StateError> {
         let keys = BTreeSet::from([ParkKey::Tracking(label.tracking_number.clone())]);

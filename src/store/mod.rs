@@ -418,8 +418,7 @@ pub trait Shipments: Send + Sync {
     /// tracking event parked for its tracking number.
     async fn record_label(
         &self,
-        label: Label,
-        at_ms: u64,
+        label: NewLabel,
         completion: Option<Completion>,
     ) -> Result<LabelRecorded, StateError>;
 

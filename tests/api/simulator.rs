@@ -385,8 +385,10 @@ async fn emitted_tracking_webhooks_reach_the_gateway_and_move_the_shipment() {
     app.app
         .store
         .record_label(
-            crate::support::label_for(&id, &tn, waybill::clock::now_ms()),
-            waybill::clock::now_ms(),
+            waybill::store::NewLabel {
+                label: crate::support::label_for(&id, &tn, waybill::clock::now_ms()),
+                at_ms: waybill::clock::now_ms(),
+            },
             None,
         )
         .await

@@ -99,7 +99,13 @@ async fn run_case(store: &dyn Store, case: u64, ds: &[Delivery], label_at: usize
         if n == label_at {
             store.settle().await.unwrap();
             store
-                .record_label(label_for(&shipment_id, &tn, 2_000), 2_000, None)
+                .record_label(
+                    waybill::store::NewLabel {
+                        label: label_for(&shipment_id, &tn, 2_000),
+                        at_ms: 2_000,
+                    },
+                    None,
+                )
                 .await
                 .unwrap();
         }
@@ -110,7 +116,13 @@ async fn run_case(store: &dyn Store, case: u64, ds: &[Delivery], label_at: usize
     if label_at == ds.len() {
         store.settle().await.unwrap();
         store
-            .record_label(label_for(&shipment_id, &tn, 2_000), 2_000, None)
+            .record_label(
+                waybill::store::NewLabel {
+                    label: label_for(&shipment_id, &tn, 2_000),
+                    at_ms: 2_000,
+                },
+                None,
+            )
             .await
             .unwrap();
     }
@@ -328,15 +340,33 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
     }
     store.settle().await.unwrap();
     let recorded = store
-        .record_label(label("s1", "TN-1", 2_000), 2_000, None)
+        .record_label(
+            waybill::store::NewLabel {
+                label: label("s1", "TN-1", 2_000),
+                at_ms: 2_000,
+            },
+            None,
+        )
         .await;
     step("label s1", format!("{recorded:?}"));
     let taken = store
-        .record_label(label("s2", "TN-1", 2_000), 2_000, None)
+        .record_label(
+            waybill::store::NewLabel {
+                label: label("s2", "TN-1", 2_000),
+                at_ms: 2_000,
+            },
+            None,
+        )
         .await;
     step("label s2 with s1's number", format!("{taken:?}"));
     let second = store
-        .record_label(label("s1", "TN-9", 2_000), 2_000, None)
+        .record_label(
+            waybill::store::NewLabel {
+                label: label("s1", "TN-9", 2_000),
+                at_ms: 2_000,
+            },
+            None,
+        )
         .await;
     step("second label s1", format!("{second:?}"));
     store.ingest(events[3].clone()).await.unwrap();
@@ -346,7 +376,13 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
     let cancelled = store.cancel(Cancel::at("s2".into(), 3_000)).await;
     step("cancel s2", format!("{cancelled:?}"));
     let late = store
-        .record_label(label("s2", "TN-2", 4_000), 4_000, None)
+        .record_label(
+            waybill::store::NewLabel {
+                label: label("s2", "TN-2", 4_000),
+                at_ms: 4_000,
+            },
+            None,
+        )
         .await;
     step("label cancelled s2", format!("{late:?}"));
     let once_more = store.cancel(Cancel::at("s2".into(), 5_000)).await;

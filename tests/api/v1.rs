@@ -111,7 +111,11 @@ async fn tracking_updates_reach_a_shipment_created_through_the_api() {
         "TN-API",
         waybill::clock::rfc3339_ms(now),
     );
-    app.app.store.record_label(label, now, None).await.unwrap();
+    app.app
+        .store
+        .record_label(waybill::store::NewLabel { label, at_ms: now }, None)
+        .await
+        .unwrap();
     let g = get_shipment(&app, "acme-key", id).await.json();
     assert_eq!(g["status"], "IN_TRANSIT");
     assert_eq!(g["tracking_number"], "TN-API");

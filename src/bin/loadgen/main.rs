@@ -282,7 +282,9 @@ async fn dispatch_bench(
             )
             .await?;
         let label = Label::new(format!("lbl_{s}"), &id, format!("LG{s:012}"), String::new());
-        store.record_label(label, 1, None).await?;
+        store
+            .record_label(waybill::store::NewLabel { label, at_ms: 1 }, None)
+            .await?;
     }
     close(store).await?;
     println!(

@@ -73,13 +73,13 @@ use tokio_postgres::NoTls;
 
 use super::core::Work;
 use super::{
-    Cancel, Claim, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, OrderCreated,
-    OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError, StoreError,
-    StoredEvent,
+    Cancel, Claim, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, NewLabel,
+    OrderCreated, OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError,
+    StoreError, StoredEvent,
 };
 use crate::config::SourceConfig;
 use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId};
-use crate::domain::label::{Label, LabelRequest};
+use crate::domain::label::LabelRequest;
 use crate::health::{Component, Health};
 use crate::idempotency::Decision;
 use crate::idempotency::IdempotencyKey;
@@ -476,12 +476,11 @@ impl Shipments for PgStore {
 
     async fn record_label(
         &self,
-        label: Label,
-        at_ms: u64,
+        label: NewLabel,
         completion: Option<Completion>,
     ) -> Result<LabelRecorded, StateError> {
         let (recorded, counted) = in_work!(self.inner, work => work
-            .record_label(label, at_ms, completion.as_ref())
+            .record_label(label.clone(), completion.as_ref())
             .await)?;
         super::count_dispatched(&counted);
         Ok(recorded)

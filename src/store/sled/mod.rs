@@ -33,13 +33,13 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Cancel, Claim, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, OrderCreated,
-    OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError, StoreError,
-    StoredEvent,
+    Cancel, Claim, Completion, EventFilter, IngestResult, LabelRecorded, NewEvent, NewLabel,
+    OrderCreated, OrderRecord, OrderWrite, OutcomeRecord, Search, ShipmentRecord, StateError,
+    StoreError, StoredEvent,
 };
 use crate::config::{SourceConfig, StoreConfig};
 use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId};
-use crate::domain::label::{Label, LabelRequest};
+use crate::domain::label::LabelRequest;
 use crate::health::Health;
 use crate::idempotency::IdempotencyKey;
 use crate::store::prelude::*;
@@ -708,11 +708,10 @@ impl Shipments for SledStore {
 
     async fn record_label(
         &self,
-        label: Label,
-        at_ms: u64,
+        label: NewLabel,
         completion: Option<Completion>,
     ) -> Result<LabelRecorded, StateError> {
-        self.write(move |machine| machine.record_label(label, at_ms, completion))
+        self.write(move |machine| machine.record_label(label, completion))
             .await
     }
 
@@ -1703,7 +1702,13 @@ mod tests {
             .unwrap();
         covered(&store, "intent");
         store
-            .record_label(label("l1", "s1", "TN1"), 2, Some(completion("k2")))
+            .record_label(
+                NewLabel {
+                    label: label("l1", "s1", "TN1"),
+                    at_ms: 2,
+                },
+                Some(completion("k2")),
+            )
             .await
             .unwrap();
         covered(&store, "label");
@@ -1936,7 +1941,13 @@ mod tests {
             .await
             .unwrap();
         store
-            .record_label(label("l1", "s1", "TN"), 2, None)
+            .record_label(
+                NewLabel {
+                    label: label("l1", "s1", "TN"),
+                    at_ms: 2,
+                },
+                None,
+            )
             .await
             .unwrap();
         store
@@ -1974,7 +1985,15 @@ mod tests {
         assert_eq!(rec.timeline.status(), ShipmentStatus::Cancelled);
         // And a label cannot be recorded on a cancelled shipment.
         assert!(matches!(
-            store.record_label(label("l1", "s1", "TN"), 30, None).await,
+            store
+                .record_label(
+                    NewLabel {
+                        label: label("l1", "s1", "TN"),
+                        at_ms: 30
+                    },
+                    None
+                )
+                .await,
             Err(StateError::InvalidTransition)
         ));
     }
@@ -2119,7 +2138,15 @@ mod tests {
         second.timeline = crate::domain::shipment::Timeline::new(1);
         store.create_shipment(second, None).await.unwrap();
         assert!(matches!(
-            store.record_label(label("l2", "s2", "TN2"), 50, None).await,
+            store
+                .record_label(
+                    NewLabel {
+                        label: label("l2", "s2", "TN2"),
+                        at_ms: 50
+                    },
+                    None
+                )
+                .await,
             Err(StateError::Store(StoreError::Corrupt(_)))
         ));
         // Nothing was recorded: the label can be recorded once repaired.

@@ -25,13 +25,13 @@ use async_trait::async_trait;
 use super::codec::{self, Arrival, DispatchOutcome, OrderRecord, OutcomeRecord, ShipmentRecord};
 use super::{STALL_AFTER, Shared};
 use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
-use crate::domain::label::{Label, LabelRequest};
+use crate::domain::label::LabelRequest;
 use crate::health::Component;
 use crate::idempotency::{self, Decision, IdempotencyKey};
 use crate::store::core::{ParkKey, Stored, Unit, Work, gone, run_now};
 use crate::store::{
-    Cancel, Claim, Completion, LabelRecorded, OrderCreated, OrderWrite, StateError, StoreError,
-    count_dispatched as count, count_redelivered,
+    Cancel, Claim, Completion, LabelRecorded, NewLabel, OrderCreated, OrderWrite, StateError,
+    StoreError, count_dispatched as count, count_redelivered,
 };
 use crate::telemetry::metric;
 use crate::webhook::mapping::{Interpretation, interpret_fields};
@@ -721,14 +721,13 @@ impl StateMachine {
 
     pub(super) fn record_label(
         &self,
-        label: Label,
-        at_ms: u64,
+        label: NewLabel,
         completion: Option<Completion>,
     ) -> Result<LabelRecorded, StateError> {
         let sources = self.shared.sources.load_full();
         let mut pass = Pass::new(&self.shared);
         let mut work = Work::new(&mut pass, &sources);
-        let out = run_now(work.record_label(label, at_ms, completion.as_ref()))?;
+        let out = run_now(work.record_label(label, completion.as_ref()))?;
         let counted = work.counted;
         Self::commit(pass, &counted)?;
         Ok(out)

@@ -229,13 +229,7 @@ async fn dispatch_is_exactly_once_across_kill_9() {
                 .await
                 .unwrap();
             store
-                .record_label(
-                    waybill::store::NewLabel {
-                        label: label_for(&sid, &format!("TN-{s}"), 2_000),
-                        at_ms: 2_000,
-                    },
-                    None,
-                )
+                .record_label(label_for(&sid, &format!("TN-{s}"), 2_000), None)
                 .await
                 .unwrap();
         }

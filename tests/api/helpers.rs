@@ -371,10 +371,9 @@ pub async fn shipment_with_label(app: &TestApp, shipment_id: &str, tn: &str) {
     let now = waybill::clock::now_ms();
     let rec = shipment_record(shipment_id, "acme", &format!("order-{shipment_id}"), now);
     app.app.store.create_shipment(rec, None).await.unwrap();
-    let label = label_for(shipment_id, tn, now);
     app.app
         .store
-        .record_label(waybill::store::NewLabel { label, at_ms: now }, None)
+        .record_label(label_for(shipment_id, tn, now), None)
         .await
         .unwrap();
 }

@@ -243,10 +243,7 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
             .unwrap();
         replicas[0]
             .record_label(
-                waybill::store::NewLabel {
-                    label: crate::support::label_for(&id, &format!("TN-{i}"), 1_000),
-                    at_ms: 1_000,
-                },
+                crate::support::label_for(&id, &format!("TN-{i}"), 1_000),
                 None,
             )
             .await
@@ -552,13 +549,7 @@ async fn an_unreadable_shipment_sends_its_event_to_the_dead_letter_not_dispatch_
         .unwrap();
     store.create_shipment(shipment("s1"), None).await.unwrap();
     store
-        .record_label(
-            waybill::store::NewLabel {
-                label: crate::support::label_for("s1", "TN-1", 1_000),
-                at_ms: 1_000,
-            },
-            None,
-        )
+        .record_label(crate::support::label_for("s1", "TN-1", 1_000), None)
         .await
         .unwrap();
     let table = format!("{}.shipments", schema.name);

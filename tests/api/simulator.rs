@@ -385,10 +385,7 @@ async fn emitted_tracking_webhooks_reach_the_gateway_and_move_the_shipment() {
     app.app
         .store
         .record_label(
-            waybill::store::NewLabel {
-                label: crate::support::label_for(&id, &tn, waybill::clock::now_ms()),
-                at_ms: waybill::clock::now_ms(),
-            },
+            crate::support::label_for(&id, &tn, waybill::clock::now_ms()),
             None,
         )
         .await

@@ -99,13 +99,7 @@ async fn run_case(store: &dyn Store, case: u64, ds: &[Delivery], label_at: usize
         if n == label_at {
             store.settle().await.unwrap();
             store
-                .record_label(
-                    waybill::store::NewLabel {
-                        label: label_for(&shipment_id, &tn, 2_000),
-                        at_ms: 2_000,
-                    },
-                    None,
-                )
+                .record_label(label_for(&shipment_id, &tn, 2_000), None)
                 .await
                 .unwrap();
         }
@@ -116,13 +110,7 @@ async fn run_case(store: &dyn Store, case: u64, ds: &[Delivery], label_at: usize
     if label_at == ds.len() {
         store.settle().await.unwrap();
         store
-            .record_label(
-                waybill::store::NewLabel {
-                    label: label_for(&shipment_id, &tn, 2_000),
-                    at_ms: 2_000,
-                },
-                None,
-            )
+            .record_label(label_for(&shipment_id, &tn, 2_000), None)
             .await
             .unwrap();
     }
@@ -294,7 +282,7 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
     use waybill::domain::order::OrderStatus;
     use waybill::domain::request::NewOrder;
     use waybill::idempotency::{Record, fingerprint};
-    use waybill::store::{Completion, NewLabel, OrderCreated, OrderRecord, OrderWrite};
+    use waybill::store::{Completion, OrderCreated, OrderRecord, OrderWrite};
 
     let mut trace = Vec::new();
     let mut step = |name: &str, result: String| trace.push(format!("{name}: {result}"));
@@ -339,35 +327,11 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
         step(&format!("ingest {}", event.event_id), format!("{result:?}"));
     }
     store.settle().await.unwrap();
-    let recorded = store
-        .record_label(
-            waybill::store::NewLabel {
-                label: label("s1", "TN-1", 2_000),
-                at_ms: 2_000,
-            },
-            None,
-        )
-        .await;
+    let recorded = store.record_label(label("s1", "TN-1", 2_000), None).await;
     step("label s1", format!("{recorded:?}"));
-    let taken = store
-        .record_label(
-            waybill::store::NewLabel {
-                label: label("s2", "TN-1", 2_000),
-                at_ms: 2_000,
-            },
-            None,
-        )
-        .await;
+    let taken = store.record_label(label("s2", "TN-1", 2_000), None).await;
     step("label s2 with s1's number", format!("{taken:?}"));
-    let second = store
-        .record_label(
-            waybill::store::NewLabel {
-                label: label("s1", "TN-9", 2_000),
-                at_ms: 2_000,
-            },
-            None,
-        )
-        .await;
+    let second = store.record_label(label("s1", "TN-9", 2_000), None).await;
     step("second label s1", format!("{second:?}"));
     store.ingest(events[3].clone()).await.unwrap();
     store.settle().await.unwrap();
@@ -375,15 +339,7 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
     step("cancel moving s1", format!("{moving:?}"));
     let cancelled = store.cancel(Cancel::at("s2".into(), 3_000)).await;
     step("cancel s2", format!("{cancelled:?}"));
-    let late = store
-        .record_label(
-            waybill::store::NewLabel {
-                label: label("s2", "TN-2", 4_000),
-                at_ms: 4_000,
-            },
-            None,
-        )
-        .await;
+    let late = store.record_label(label("s2", "TN-2", 4_000), None).await;
     step("label cancelled s2", format!("{late:?}"));
     let once_more = store.cancel(Cancel::at("s2".into(), 5_000)).await;
     step("cancel s2 again", format!("{once_more:?}"));
@@ -456,10 +412,7 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
         .write_order(OrderWrite {
             order: confirmed,
             new_shipment: None,
-            label: Some(NewLabel {
-                label: label("s3", "TN-3", 9_000),
-                at_ms: 9_000,
-            }),
+            label: Some(label("s3", "TN-3", 9_000)),
             completion: Some(completion("ko")),
             unschedule: Some(7_000),
         })

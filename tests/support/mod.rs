@@ -660,16 +660,16 @@ pub fn shipment_record(
     )
 }
 
-/// The label `lbl-<shipment_id>` with tracking number `tracking_number`.
-pub fn label_for(
-    shipment_id: &str,
-    tracking_number: &str,
-    at_ms: u64,
-) -> waybill::domain::label::Label {
-    waybill::domain::label::Label::new(
-        format!("lbl-{shipment_id}"),
-        &shipment_id.into(),
-        tracking_number,
-        waybill::clock::rfc3339_ms(at_ms),
-    )
+/// The label `lbl-<shipment_id>` with tracking number `tracking_number`,
+/// recorded at `at_ms`.
+pub fn label_for(shipment_id: &str, tracking_number: &str, at_ms: u64) -> waybill::store::NewLabel {
+    waybill::store::NewLabel {
+        label: waybill::domain::label::Label::new(
+            format!("lbl-{shipment_id}"),
+            &shipment_id.into(),
+            tracking_number,
+            waybill::clock::rfc3339_ms(at_ms),
+        ),
+        at_ms,
+    }
 }

@@ -35,6 +35,11 @@ async fn call(
         .await
 }
 
+/// A POST under idempotency key `key` that got an answer.
+async fn keyed_post(addr: SocketAddr, path: &str, key: &str, body: Value) -> Resp {
+    call(addr, "POST", path, Some(key), body).await.unwrap()
+}
+
 async fn ledger(addr: SocketAddr) -> Value {
     get(addr, "/_sim/ledger").await.json()
 }
@@ -46,15 +51,7 @@ fn label_body(shipment: &str) -> Value {
 #[tokio::test]
 async fn labels_are_idempotent_and_voids_are_recorded_on_their_row() {
     let sim = start_sim(config()).await;
-    let first = call(
-        sim,
-        "POST",
-        "/carrier/labels",
-        Some("label:shp_1"),
-        label_body("shp_1"),
-    )
-    .await
-    .unwrap();
+    let first = keyed_post(sim, "/carrier/labels", "label:shp_1", label_body("shp_1")).await;
     assert_eq!(first.status, 201);
     let label = first.json();
     assert!(
@@ -63,25 +60,9 @@ async fn labels_are_idempotent_and_voids_are_recorded_on_their_row() {
             .unwrap()
             .starts_with("SIM")
     );
-    let again = call(
-        sim,
-        "POST",
-        "/carrier/labels",
-        Some("label:shp_1"),
-        label_body("shp_1"),
-    )
-    .await
-    .unwrap();
+    let again = keyed_post(sim, "/carrier/labels", "label:shp_1", label_body("shp_1")).await;
     assert_eq!(again.json(), label);
-    let other = call(
-        sim,
-        "POST",
-        "/carrier/labels",
-        Some("label:shp_1"),
-        label_body("shp_2"),
-    )
-    .await
-    .unwrap();
+    let other = keyed_post(sim, "/carrier/labels", "label:shp_1", label_body("shp_2")).await;
     assert_eq!(other.status, 409);
     let l = ledger(sim).await;
     assert_eq!(l["labels"].as_array().unwrap().len(), 1);
@@ -115,27 +96,23 @@ async fn labels_are_idempotent_and_voids_are_recorded_on_their_row() {
 #[tokio::test]
 async fn charges_decline_without_a_trace() {
     let sim = start_sim(config()).await;
-    let ok = call(
+    let ok = keyed_post(
         sim,
-        "POST",
         "/payments/charges",
-        Some("charge:acme:o1"),
+        "charge:acme:o1",
         json!({"amount_cents": 4599, "currency": "EUR", "customer_id": "cus_1"}),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(ok.status, 201);
     assert!(ok.json()["transaction_id"].is_string());
     for _ in 0..2 {
-        let declined = call(
+        let declined = keyed_post(
             sim,
-            "POST",
             "/payments/charges",
-            Some("charge:acme:o2"),
+            "charge:acme:o2",
             json!({"amount_cents": 100, "currency": "EUR", "customer_id": "decline_card"}),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(declined.status, 402);
     }
     let l = ledger(sim).await;
@@ -152,28 +129,13 @@ async fn reservations_take_and_give_back_stock() {
     })
     .await;
     let items = |q: i64| json!({"items": [{"sku": "SKU-A", "quantity": q}]});
-    let r = call(
-        sim,
-        "POST",
-        "/inventory/reservations",
-        Some("res:1"),
-        items(2),
-    )
-    .await
-    .unwrap();
+    let r = keyed_post(sim, "/inventory/reservations", "res:1", items(2)).await;
     assert_eq!(r.status, 201);
     let id = r.json()["reservation_id"].as_str().unwrap().to_string();
     assert_eq!(
-        call(
-            sim,
-            "POST",
-            "/inventory/reservations",
-            Some("res:2"),
-            items(1)
-        )
-        .await
-        .unwrap()
-        .status,
+        keyed_post(sim, "/inventory/reservations", "res:2", items(1))
+            .await
+            .status,
         422
     );
     let path = format!("/inventory/reservations/{id}");
@@ -187,16 +149,9 @@ async fn reservations_take_and_give_back_stock() {
         );
     }
     assert_eq!(
-        call(
-            sim,
-            "POST",
-            "/inventory/reservations",
-            Some("res:3"),
-            items(2)
-        )
-        .await
-        .unwrap()
-        .status,
+        keyed_post(sim, "/inventory/reservations", "res:3", items(2))
+            .await
+            .status,
         201
     );
     assert_eq!(
@@ -315,15 +270,13 @@ async fn concurrent_requests_with_one_key_get_one_answer() {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         tasks.push(tokio::spawn(async move {
-            call(
+            keyed_post(
                 sim,
-                "POST",
                 "/payments/charges",
-                Some("charge:same"),
+                "charge:same",
                 json!({"amount_cents": 1, "currency": "EUR", "customer_id": "c"}),
             )
             .await
-            .unwrap()
             .json()
         }));
     }

@@ -41,6 +41,11 @@ impl Counts {
         )
     }
 
+    /// How far `source`'s `outcome` dispatch count moved since `before`.
+    fn dispatched_since(&self, before: &Counts, source: &str, outcome: &str) -> f64 {
+        self.dispatch(source, outcome) - before.dispatch(source, outcome)
+    }
+
     fn pending(&self) -> f64 {
         metric(&self.0, "waybill_inbox_pending", "")
     }
@@ -139,10 +144,7 @@ async fn outcomes_are_counted_exactly() {
     send_tracking(&app, "d-2", "TN-M", "pre_transit", "2026-11-20T08:00:00Z").await;
     app.settle().await;
     let mid = Counts::of(&app).await;
-    assert_eq!(
-        mid.dispatch("ep", "parked") - before.dispatch("ep", "parked"),
-        2.0
-    );
+    assert_eq!(mid.dispatched_since(&before, "ep", "parked"), 2.0);
     assert_eq!(mid.pending(), 0.0, "parked events are not pending");
     shipment_with_label(&app, "shp_m", "TN-M").await;
     send_tracking(
@@ -157,22 +159,10 @@ async fn outcomes_are_counted_exactly() {
     app.settle().await;
     let after = Counts::of(&app).await;
     // d-1 applied (IN_TRANSIT), d-2 and d-4 stale (earlier), d-3 ignored.
-    assert_eq!(
-        after.dispatch("ep", "applied") - mid.dispatch("ep", "applied"),
-        1.0
-    );
-    assert_eq!(
-        after.dispatch("ep", "stale") - mid.dispatch("ep", "stale"),
-        2.0
-    );
-    assert_eq!(
-        after.dispatch("ep", "ignored") - mid.dispatch("ep", "ignored"),
-        1.0
-    );
-    assert_eq!(
-        after.dispatch("ep", "parked") - mid.dispatch("ep", "parked"),
-        0.0
-    );
+    assert_eq!(after.dispatched_since(&mid, "ep", "applied"), 1.0);
+    assert_eq!(after.dispatched_since(&mid, "ep", "stale"), 2.0);
+    assert_eq!(after.dispatched_since(&mid, "ep", "ignored"), 1.0);
+    assert_eq!(after.dispatched_since(&mid, "ep", "parked"), 0.0);
 
     // Idempotent writes: executed, replayed, conflict.
     let before = Counts::of(&app).await;
@@ -279,14 +269,8 @@ async fn outcomes_are_counted_exactly() {
         409
     );
     let after = Counts::of(&app).await;
-    assert_eq!(
-        after.dispatch("ep", "dead") - before.dispatch("ep", "dead"),
-        1.0
-    );
-    assert_eq!(
-        after.dispatch("ep", "applied") - before.dispatch("ep", "applied"),
-        0.0
-    );
+    assert_eq!(after.dispatched_since(&before, "ep", "dead"), 1.0);
+    assert_eq!(after.dispatched_since(&before, "ep", "applied"), 0.0);
 }
 
 /// "Counters" (GUARANTEES.md): parked and dead are counted once, when an event becomes

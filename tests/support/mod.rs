@@ -470,6 +470,15 @@ pub fn write_gateway_config(dir: &std::path::Path, server: &str, rest: &str) -> 
     config::write(dir, server, "", rest)
 }
 
+/// A gateway started in a new temporary directory with `server` lines and
+/// nothing else configured; the directory lives as long as its guard.
+pub fn gateway_with_server(server: &str) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_gateway_config(dir.path(), server, "");
+    let gw = Gateway::start(&cfg);
+    (dir, gw)
+}
+
 /// Asserts that `gw` aborted at `failpoint` while answering the request
 /// whose result is `died`: the request failed and the process ended on
 /// SIGABRT (a real death, not one task's).

@@ -62,8 +62,7 @@ async fn an_order_is_reserved_charged_shipped_and_confirmed() {
 
     // A replay repeats the answer byte for byte; nothing runs again.
     let again = place_order(&app, "o1-key", &order_body("o-1", "cus-1", "SKU-1", 2)).await;
-    assert_eq!(again.body, r.body);
-    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    again.assert_replays(&r);
     assert_eq!(rows(&ledger(sim).await, "charges").len(), 1);
     // Another partner does not see it.
     assert_eq!(get_order(&app, "globex-key", "o-1").await.status, 404);
@@ -86,9 +85,7 @@ async fn a_declined_payment_is_402_with_the_reservation_released() {
     assert_eq!(o["failure_reason"], "PAYMENT_FAILED");
     assert_eq!(o["shipments"], json!([]));
     let again = place_order(&app, "dec-key", &body).await;
-    assert_eq!(again.status, 402);
-    assert_eq!(again.body, r.body, "a 402 is replayed byte for byte");
-    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    again.assert_replays(&r);
 }
 
 #[tokio::test]
@@ -109,8 +106,7 @@ async fn insufficient_stock_is_422_and_replayed() {
     assert!(rows(&l, "charges").is_empty());
     assert!(keyed(&l, "reservations", "reserve:acme:o-low").is_empty());
     let again = place_order(&app, "low-key", &body).await;
-    assert_eq!(again.body, r.body);
-    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    again.assert_replays(&r);
 }
 
 #[tokio::test]
@@ -122,8 +118,7 @@ async fn the_same_order_id_under_another_key_is_order_exists() {
     assert_eq!(r.status, 409);
     assert_eq!(r.code(), "ORDER_EXISTS");
     let again = place_order(&app, "second", &body).await;
-    assert_eq!(again.body, r.body, "ORDER_EXISTS is final and replayed");
-    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    again.assert_replays(&r);
     assert_eq!(
         keyed(&ledger(sim).await, "charges", "charge:acme:o-dup").len(),
         1

@@ -32,6 +32,15 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Asserts that this answer replays `first`: its status and body byte
+    /// for byte, marked `Idempotent-Replayed: true`.
+    #[track_caller]
+    pub fn assert_replays(&self, first: &Resp) {
+        assert_eq!(self.status, first.status, "{:?}", self.body);
+        assert_eq!(self.body, first.body, "replayed byte for byte");
+        assert_eq!(self.header("idempotent-replayed"), Some("true"));
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))

@@ -105,7 +105,7 @@ async fn disk_use_levels_off_under_steady_churn() {
         mb(*middle),
         mb(*last)
     );
-    assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    support::assert_whole(&store);
     let s = store.clone();
     tokio::task::spawn_blocking(move || s.close().unwrap())
         .await

@@ -184,13 +184,7 @@ async fn acknowledged_events_survive_kill_9() {
         }
         assert_eq!(store.inbox_pending().await.unwrap() as usize, inbox.len());
         // Nothing half-written, acknowledged or not.
-        let problems = store.integrity_problems().unwrap();
-        assert!(
-            problems.is_empty(),
-            "{} problems, the first: {:?}",
-            problems.len(),
-            &problems[..problems.len().min(5)]
-        );
+        assert_whole(&store);
         tokio::task::spawn_blocking(move || drop(store))
             .await
             .unwrap();

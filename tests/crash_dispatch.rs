@@ -123,13 +123,7 @@ async fn fill_backlog(dir: &Path, round: usize, rng: &mut fastrand::Rng) -> Vec<
 /// dispatch, and each shipment holds exactly the events applied to it.
 async fn check(dir: &Path, events: &[Generated]) -> usize {
     let store = open(dir).await;
-    let problems = store.integrity_problems().unwrap();
-    assert!(
-        problems.is_empty(),
-        "{} problems, the first: {:?}",
-        problems.len(),
-        &problems[..problems.len().min(5)]
-    );
+    assert_whole(&store);
     let inbox: HashSet<String> = store
         .inbox()
         .unwrap()

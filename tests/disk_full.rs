@@ -155,7 +155,7 @@ async fn survives_kill_9(gw: Gateway, cfg: &Path, accepted: &[String], data: &Pa
     }
     gw.terminate();
     let store = open_store(data).await;
-    assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    assert_whole(&store);
     close_store(store).await;
 }
 

@@ -457,7 +457,7 @@ async fn a_panicking_state_machine_stops_the_process_and_a_restart_applies_the_i
     gw.terminate();
     let store = open_store(&dir.path().join("data")).await;
     assert_eq!(store.inbox_pending().await.unwrap(), 0);
-    assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    assert_whole(&store);
     close_store(store).await;
 }
 

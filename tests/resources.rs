@@ -22,6 +22,16 @@ use waybill::webhook::signature::SchemeKind;
 
 const SECRET: &str = "gh-secret";
 
+/// The gateway's resident memory after fifty accepted deliveries, which
+/// bring its pools and caches to their working size.
+async fn warmed_up(gw: &Gateway, client: &mut Client) -> u64 {
+    for i in 0..50 {
+        let (h, b) = delivery(&format!("warm-{i}"));
+        assert_eq!(client.send("POST", "/webhooks/gh", &h, b).await.status, 202);
+    }
+    gw.rss_kib()
+}
+
 fn delivery(id: &str) -> (Vec<(String, String)>, Vec<u8>) {
     let body = format!(r#"{{"id":"{id}"}}"#).into_bytes();
     (signed(SchemeKind::Github, SECRET, &body, 0, id), body)
@@ -40,11 +50,7 @@ async fn hostile_clients_cannot_starve_signed_senders_or_grow_memory() {
     let gw = Gateway::start(&cfg);
     let addr = gw.addr;
     let mut client = Client::new(addr);
-    for i in 0..50 {
-        let (h, b) = delivery(&format!("warm-{i}"));
-        assert_eq!(client.send("POST", "/webhooks/gh", &h, b).await.status, 202);
-    }
-    let baseline = gw.rss_kib();
+    let baseline = warmed_up(&gw, &mut client).await;
 
     // Slow senders: a signed head and one byte of the body, then nothing.
     let mut held = Vec::new();
@@ -186,11 +192,7 @@ async fn peak_rss(gw: &Gateway, window: Duration) -> u64 {
 async fn unverified_bodies_are_bounded(gw: &Gateway) {
     let addr = gw.addr;
     let mut client = Client::new(addr);
-    for i in 0..50 {
-        let (h, b) = delivery(&format!("warm-{i}"));
-        assert_eq!(client.send("POST", "/webhooks/gh", &h, b).await.status, 202);
-    }
-    let baseline = gw.rss_kib();
+    let baseline = warmed_up(gw, &mut client).await;
     let body = std::sync::Arc::new(vec![b' '; 1 << 20]);
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..400 {

@@ -51,6 +51,14 @@ impl Resp {
     }
 
     /// The error code of an error body.
+    /// The error body's message; empty when there is none.
+    pub fn message(&self) -> String {
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub fn code(&self) -> String {
         self.json()["error"]["code"]
             .as_str()
@@ -175,6 +183,19 @@ pub fn acme_claim(
         fingerprint,
         lease,
     }
+}
+
+/// Asserts that `store` holds nothing half-written (its own integrity
+/// check), naming the first few problems if it does.
+#[track_caller]
+pub fn assert_whole(store: &waybill::store::SledStore) {
+    let problems = store.integrity_problems().unwrap();
+    assert!(
+        problems.is_empty(),
+        "{} problems, the first: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
 }
 
 /// Opens a stopped gateway's store, without its state machine.

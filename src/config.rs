@@ -19,6 +19,11 @@ use crate::webhook::signature::{Encoding, Scheme, SchemeKind};
 
 /// The config shipped with the binary, used when no file is named and the
 /// default path does not exist, so `waybill serve` runs on a fresh machine.
+/// Overrides `server.listen`.
+pub const LISTEN_ENV: &str = "WAYBILL_LISTEN";
+/// The PostgreSQL url when the config names none.
+pub const DATABASE_URL_ENV: &str = "WAYBILL_DATABASE_URL";
+
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/waybill.toml");
 pub const DEFAULT_PATH: &str = "config/waybill.toml";
 
@@ -813,16 +818,7 @@ impl Walker<'_> {
 
     fn server(&mut self, t: &mut Table) -> ServerConfig {
         let p = "server";
-        let listen = match self.opt_str(t, "listen", p) {
-            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
-            Some(s) => s.parse().unwrap_or_else(|_| {
-                self.bad(
-                    "server.listen",
-                    format!("not a socket address like 127.0.0.1:8080: {s:?}"),
-                );
-                SocketAddr::from(([127, 0, 0, 1], 8080))
-            }),
-        };
+        let listen = self.listen(t);
         let cfg = ServerConfig {
             listen,
             max_body_bytes: self
@@ -878,6 +874,27 @@ impl Walker<'_> {
         cfg
     }
 
+    /// `server.listen`, unless `WAYBILL_LISTEN` overrides it: a container
+    /// or a platform chooses the address without a config of its own.
+    fn listen(&mut self, t: &mut Table) -> SocketAddr {
+        let default = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let in_file = self.opt_str(t, "listen", "server");
+        let (text, key) = match self.env.var(LISTEN_ENV) {
+            Some(text) => (text, LISTEN_ENV),
+            None => match in_file {
+                Some(text) => (text, "server.listen"),
+                None => return default,
+            },
+        };
+        text.trim().parse().unwrap_or_else(|_| {
+            self.bad(
+                key,
+                format!("not a socket address like 127.0.0.1:8080: {text:?}"),
+            );
+            default
+        })
+    }
+
     fn store(&mut self, t: &mut Table) -> StoreConfig {
         let p = "store";
         let cfg = StoreConfig {
@@ -923,10 +940,20 @@ impl Walker<'_> {
                 StoreBackend::Sled
             }
             Some("postgres") => match url {
+                // The platform's own variable stands in for a url the
+                // config leaves out.
+                None if self.env.var(DATABASE_URL_ENV).is_some() => {
+                    match self.secret(&format!("env:{DATABASE_URL_ENV}"), "store.url") {
+                        Some(url) => StoreBackend::Postgres { url, pool_size },
+                        None => StoreBackend::Sled,
+                    }
+                }
                 None => {
                     self.bad(
                         "store.url",
-                        "required with backend = \"postgres\" (e.g. \"env:WAYBILL_DATABASE_URL\")",
+                        format!(
+                            "required with backend = \"postgres\": set it (e.g. \"env:{DATABASE_URL_ENV}\") or {DATABASE_URL_ENV}"
+                        ),
                     );
                     StoreBackend::Sled
                 }
@@ -1514,6 +1541,43 @@ mod tests {
         }
         let text = err.to_string();
         assert!(text.contains("MISSING_SECRET is not set"), "{text}");
+    }
+
+    /// "Running in production" (GUARANTEES.md): `WAYBILL_LISTEN` overrides
+    /// `server.listen`, and is checked like it; `WAYBILL_DATABASE_URL` is
+    /// the url of a PostgreSQL backend whose config names none, never one
+    /// the config names.
+    #[test]
+    fn the_environment_sets_the_listen_address_and_a_missing_database_url() {
+        let listen = |env: MapEnv| Config::parse("[server]\nlisten = \"127.0.0.1:1\"", &env);
+        let cfg = listen(MapEnv(HashMap::from([("WAYBILL_LISTEN", "0.0.0.0:8080")]))).unwrap();
+        assert_eq!(cfg.server.listen, "0.0.0.0:8080".parse().unwrap());
+        let cfg = listen(MapEnv(HashMap::new())).unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:1".parse().unwrap());
+        let err = listen(MapEnv(HashMap::from([("WAYBILL_LISTEN", "everywhere")]))).unwrap_err();
+        assert_eq!(keys(&err), ["WAYBILL_LISTEN"]);
+
+        let url = "postgres://u:pw@db/waybill";
+        let env = || {
+            MapEnv(HashMap::from([
+                ("WAYBILL_DATABASE_URL", url),
+                ("DB", "postgres://named"),
+            ]))
+        };
+        let cfg = Config::parse("[store]\nbackend = \"postgres\"", &env()).unwrap();
+        assert!(
+            matches!(&cfg.store.backend, StoreBackend::Postgres { url: u, .. } if u.expose() == url)
+        );
+        let named = Config::parse("[store]\nbackend = \"postgres\"\nurl = \"env:DB\"", &env());
+        assert!(matches!(
+            &named.unwrap().store.backend,
+            StoreBackend::Postgres { url: u, .. } if u.expose() == "postgres://named"
+        ));
+        // The embedded store has no url to take.
+        assert_eq!(
+            Config::parse("", &env()).unwrap().store.backend,
+            StoreBackend::Sled
+        );
     }
 
     /// "Replicas on PostgreSQL" (GUARANTEES.md): the store's backend, its URL

@@ -31,6 +31,10 @@ enum Command {
         /// Log lines as JSON (for collectors) or as text (for a terminal).
         #[arg(long, value_enum, default_value = "json")]
         log_format: LogFormat,
+        /// Write the process id here once serving (removed on exit), so a
+        /// reload is `kill -HUP "$(cat PATH)"`.
+        #[arg(long, value_name = "PATH")]
+        pid_file: Option<PathBuf>,
     },
     /// Validate a config, resolving every secret; exit 2 naming each bad key.
     CheckConfig {
@@ -427,7 +431,11 @@ fn main() -> ExitCode {
             Ok(out) => exit_after(waybill::tools::cli::emit(out.as_bytes()), ExitCode::SUCCESS),
             Err(e) => usage_error(e),
         },
-        Command::Serve { config, log_format } => serve(config.config, log_format),
+        Command::Serve {
+            config,
+            log_format,
+            pid_file,
+        } => serve(config.config, log_format, pid_file),
         Command::Simulate {
             listen,
             stock,
@@ -494,7 +502,7 @@ fn usage_error(e: waybill::tools::cli::SignError) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
+fn serve(config: Option<PathBuf>, log_format: LogFormat, pid_file: Option<PathBuf>) -> ExitCode {
     telemetry::init_logging(log_format);
     log_panics();
     raise_descriptor_limit();
@@ -533,12 +541,42 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
                 .map_err(fatal("cannot open the store"))?;
             reload_on_hangup(app.clone(), config_path)
                 .map_err(fatal("cannot install signal handlers"))?;
+            // Written once a hangup would reload, not kill, the process.
+            let _pid_file = match pid_file {
+                Some(path) => {
+                    Some(PidFile::write(path).map_err(fatal("cannot write the pid file"))?)
+                }
+                None => None,
+            };
             app.serve_with_ops(listener, ops, shutdown)
                 .await
                 .map_err(fatal("stopped with an error"))
         };
         exit_code(served.await)
     })
+}
+
+/// The process id in a file for as long as the process serves; a new file
+/// is written whole and renamed into place, so a reader never sees part
+/// of one.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: PathBuf) -> std::io::Result<PidFile> {
+        let mut partial = path.clone().into_os_string();
+        partial.push(".partial");
+        std::fs::write(&partial, format!("{}\n", std::process::id()))?;
+        std::fs::rename(&partial, &path)?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "could not remove the pid file");
+        }
+    }
 }
 
 /// Why the process could not start, or stopped: logged once at ERROR,
@@ -635,6 +673,7 @@ fn simulate(
         let served = async {
             let listener = bind(listen).await?;
             let shutdown = shutdown_signal().map_err(fatal("cannot install signal handlers"))?;
+            ignore_hangup().map_err(fatal("cannot install signal handlers"))?;
             tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "simulator serving");
             waybill::tools::simulator::run(listener, config, shutdown).await;
             Ok(())
@@ -667,6 +706,20 @@ fn reload_on_hangup(
                 })
                 .and_then(|r| r.map(|(config, _)| config));
             app.reload(loaded);
+        }
+    });
+    Ok(())
+}
+
+/// The simulator has no config to reload: a hangup (a runbook's reload
+/// sent to every process on a host, say) is logged and changes nothing,
+/// instead of the default action, which ends the process.
+fn ignore_hangup() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("hangup received; the simulator has nothing to reload");
         }
     });
     Ok(())

@@ -102,3 +102,84 @@ async fn sighup_applies_a_new_file_and_refuses_a_broken_one_keeping_the_old() {
     drop(log);
     assert_eq!(gw.terminate(), Some(0));
 }
+
+/// "Running in production" (GUARANTEES.md): `serve --pid-file` names the
+/// process once a hangup reloads it, a reload sent through the file is
+/// applied, and the file goes when the process ends.
+#[tokio::test]
+async fn the_pid_file_names_the_process_to_reload_and_goes_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_gateway_config(dir.path(), "", &source("first"));
+    let pid_file = dir.path().join("run").join("waybill.pid");
+    std::fs::create_dir(pid_file.parent().unwrap()).unwrap();
+    let gw = Gateway::start_with_args(&cfg, &["--pid-file".as_ref(), pid_file.as_os_str()]);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid as u32, gw.pid());
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace(&source("first"), &source("second"))).unwrap();
+    // SAFETY: kill(2) on our own child's pid, read from its file.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert_eq!(gw.await_log(1, message("config reloaded")).len(), 1);
+    assert_eq!(deliver(&gw, "second", "p").await, 202);
+    assert_eq!(gw.terminate(), Some(0));
+    assert!(!pid_file.exists(), "the pid file is removed on exit");
+}
+
+/// The simulator has nothing to reload: a hangup, such as a reload sent
+/// to every process on a host, leaves it serving.
+#[tokio::test]
+async fn the_simulator_keeps_serving_through_a_hangup() {
+    use std::io::BufRead;
+    /// The simulator process, killed however the test ends.
+    struct Simulator(std::process::Child);
+    impl Drop for Simulator {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut sim = Simulator(
+        std::process::Command::new(env!("CARGO_BIN_EXE_waybill"))
+            .args(["simulate", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = sim.0.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let next = |message: &str| loop {
+        let v = lines
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no {message:?} line"));
+        if v["message"] == message {
+            return v;
+        }
+    };
+    let addr: std::net::SocketAddr = next("simulator serving")["listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on our own child's pid with a valid signal number.
+    unsafe { libc::kill(sim.0.id() as i32, libc::SIGHUP) };
+    next("hangup received; the simulator has nothing to reload");
+    assert_eq!(get(addr, "/_sim/ledger").await.status, 200);
+    assert_eq!(sim.0.try_wait().unwrap(), None, "still running");
+}

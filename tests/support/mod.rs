@@ -350,12 +350,23 @@ impl Gateway {
         Gateway::spawn(cmd, config)
     }
 
+    /// Starts the gateway with `serve`'s options `args` after its config.
+    pub fn start_with_args(config: &std::path::Path, args: &[&std::ffi::OsStr]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_waybill"));
+        cmd.args(["serve", "--config"]).arg(config).args(args);
+        Gateway::announced(cmd)
+    }
+
     /// Runs `cmd` as `serve --config config` and waits for it to announce
     /// its address.
     fn spawn(mut cmd: Command, config: &std::path::Path) -> Gateway {
+        cmd.args(["serve", "--config"]).arg(config);
+        Gateway::announced(cmd)
+    }
+
+    /// Starts `cmd` and waits for the gateway to announce its address.
+    fn announced(mut cmd: Command) -> Gateway {
         let mut child = cmd
-            .args(["serve", "--config"])
-            .arg(config)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -169,6 +169,13 @@ impl StoreBackend {
         }
     }
 
+    fn ca_certs(&self) -> Option<&[Vec<u8>]> {
+        match self {
+            StoreBackend::Postgres { ca_certs, .. } => Some(ca_certs),
+            StoreBackend::Sled => None,
+        }
+    }
+
     fn pool_size(&self) -> Option<usize> {
         match self {
             StoreBackend::Postgres { pool_size, .. } => Some(*pool_size),
@@ -182,8 +189,14 @@ impl StoreBackend {
 pub enum StoreBackend {
     /// Embedded, under `path`: one process.
     Sled,
-    /// A PostgreSQL database any number of processes share.
-    Postgres { url: Secret, pool_size: usize },
+    /// A PostgreSQL database any number of processes share; its
+    /// certificate is checked against `ca_certs` (DER, from
+    /// `store.ca_file`) or the public roots, as the url's sslmode asks.
+    Postgres {
+        url: Secret,
+        pool_size: usize,
+        ca_certs: Vec<Vec<u8>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,6 +519,10 @@ impl Config {
             ),
             ("store.url", s.backend.url() != t.backend.url()),
             (
+                "store.ca_file",
+                s.backend.ca_certs() != t.backend.ca_certs(),
+            ),
+            (
                 "store.pool_size",
                 s.backend.pool_size() != t.backend.pool_size(),
             ),
@@ -521,7 +538,7 @@ impl Config {
         let store = match &self.store.backend {
             StoreBackend::Sled => format!("sled at {}", self.store.path.display()),
             // The url's origin only: the url itself may hold a password.
-            StoreBackend::Postgres { url, pool_size } => {
+            StoreBackend::Postgres { url, pool_size, .. } => {
                 format!("postgres (url {}, pool_size {pool_size})", url.origin)
             }
         };
@@ -932,10 +949,23 @@ impl Walker<'_> {
         let pool_size = self
             .opt_uint(t, "pool_size", p, 2, 1024)
             .map_or(16, |n| n as usize);
+        let ca_file = self.opt_str(t, "ca_file", p);
+        let ca_certs = match &ca_file {
+            None => Vec::new(),
+            Some(path) => read_certificates(std::path::Path::new(path)).unwrap_or_else(|why| {
+                self.bad("store.ca_file", why);
+                Vec::new()
+            }),
+        };
         match self.opt_str(t, "backend", p).as_deref() {
             None | Some("sled") => {
-                if url.is_some() {
-                    self.bad("store.url", "only used with backend = \"postgres\"");
+                for (key, given) in [
+                    ("store.url", url.is_some()),
+                    ("store.ca_file", ca_file.is_some()),
+                ] {
+                    if given {
+                        self.bad(key, "only used with backend = \"postgres\"");
+                    }
                 }
                 StoreBackend::Sled
             }
@@ -944,7 +974,11 @@ impl Walker<'_> {
                 // config leaves out.
                 None if self.env.var(DATABASE_URL_ENV).is_some() => {
                     match self.secret(&format!("env:{DATABASE_URL_ENV}"), "store.url") {
-                        Some(url) => StoreBackend::Postgres { url, pool_size },
+                        Some(url) => StoreBackend::Postgres {
+                            url,
+                            pool_size,
+                            ca_certs,
+                        },
                         None => StoreBackend::Sled,
                     }
                 }
@@ -958,7 +992,11 @@ impl Walker<'_> {
                     StoreBackend::Sled
                 }
                 Some(raw) => match self.secret(&raw, "store.url") {
-                    Some(url) => StoreBackend::Postgres { url, pool_size },
+                    Some(url) => StoreBackend::Postgres {
+                        url,
+                        pool_size,
+                        ca_certs,
+                    },
                     None => StoreBackend::Sled,
                 },
             },
@@ -1591,7 +1629,7 @@ mod tests {
         )
         .unwrap();
         match &cfg.store.backend {
-            StoreBackend::Postgres { url, pool_size } => {
+            StoreBackend::Postgres { url, pool_size, .. } => {
                 assert_eq!(url.expose(), "postgres://u:pw@db/waybill");
                 assert_eq!(*pool_size, 4);
                 assert!(!format!("{:?}", cfg.store).contains("pw"), "never shown");

@@ -31,7 +31,8 @@
 //! - [`app`]: the process: start, serve, reload, drain; shared by the
 //!   binary and the tests. [`health`]: supervision (crash-only).
 //! - [`telemetry`]: logging and every metric name. [`alloc`]: the
-//!   allocator's settings.
+//!   allocator's settings. [`tls`]: the one TLS stack, for every
+//!   connection waybill opens.
 //! - [`tools`]: the subcommands other than `serve`, and the simulator.
 
 pub mod alloc;
@@ -50,5 +51,6 @@ pub mod ratelimit;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tools;
 pub mod webhook;

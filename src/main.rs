@@ -315,10 +315,14 @@ fn events(command: EventsCommand) -> ExitCode {
 
 /// The database URL of the config at `path`, or the exit code after
 /// saying why there is none.
-fn database_of(path: Option<&std::path::Path>) -> Result<String, ExitCode> {
+/// The config's database: its url, and the CA certificates its server is
+/// checked against (none: the public roots).
+fn database_of(path: Option<&std::path::Path>) -> Result<(String, Vec<Vec<u8>>), ExitCode> {
     match Config::load(path) {
         Ok((config, _)) => match config.store.backend {
-            waybill::config::StoreBackend::Postgres { url, .. } => Ok(url.expose().to_string()),
+            waybill::config::StoreBackend::Postgres { url, ca_certs, .. } => {
+                Ok((url.expose().to_string(), ca_certs))
+            }
             waybill::config::StoreBackend::Sled => {
                 eprintln!(
                     "error: the config's store is sled; migrations are for backend = \"postgres\" (or give --database-url)"
@@ -333,14 +337,18 @@ fn database_of(path: Option<&std::path::Path>) -> Result<String, ExitCode> {
     }
 }
 
-fn migrate(url: &str) -> ExitCode {
+fn migrate(url: &str, ca_certs: &[Vec<u8>]) -> ExitCode {
     let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let done = async {
-            let store =
-                waybill::store::postgres::PgStore::connect(url, 2, waybill::health::Health::new())?;
+            let store = waybill::store::postgres::PgStore::connect(
+                url,
+                ca_certs,
+                2,
+                waybill::health::Health::new(),
+            )?;
             let applied = store.migrate().await?;
             Ok::<_, waybill::store::StoreError>((applied, store.schema_version().await?))
         };
@@ -377,8 +385,11 @@ fn main() -> ExitCode {
         Command::Migrate {
             config,
             database_url,
-        } => match database_url.map_or_else(|| database_of(config.config.as_deref()), Ok) {
-            Ok(url) => migrate(&url),
+        } => match database_url.map_or_else(
+            || database_of(config.config.as_deref()),
+            |url| Ok((url, Vec::new())),
+        ) {
+            Ok((url, ca_certs)) => migrate(&url, &ca_certs),
             Err(code) => code,
         },
         Command::CheckConfig { config } => {

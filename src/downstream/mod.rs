@@ -4,7 +4,7 @@
 //! per service, and the caller's `Idempotency-Key` on every attempt, so a
 //! retry after a lost answer never buys or charges twice.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -215,29 +215,7 @@ pub struct Downstream {
 /// roots as webpki ships them. `http://` stays plain; an `https://` URL is
 /// never tried in plain text.
 pub(crate) fn tls_config(ca_certs: &[Vec<u8>]) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    if ca_certs.is_empty() {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    } else {
-        // Parsed at config load; a certificate webpki cannot use as a
-        // root is left out, and the handshake then fails with its name.
-        let (_, ignored) = roots.add_parsable_certificates(
-            ca_certs
-                .iter()
-                .map(|c| rustls::pki_types::CertificateDer::from(c.clone())),
-        );
-        if ignored > 0 {
-            tracing::warn!(
-                ignored,
-                "downstream.ca_file: certificates not usable as roots"
-            );
-        }
-    }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"))
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+    crate::tls::verifying(crate::tls::roots(ca_certs, "downstream.ca_file"))
 }
 
 enum Attempt {

@@ -552,8 +552,12 @@ pub async fn open(
             .map_err(|e| StoreError::Unavailable(e.to_string()))??;
             Ok(Arc::new(store))
         }
-        StoreBackend::Postgres { url, pool_size } => {
-            let store = postgres::PgStore::connect(url.expose(), *pool_size, health)?;
+        StoreBackend::Postgres {
+            url,
+            pool_size,
+            ca_certs,
+        } => {
+            let store = postgres::PgStore::connect(url.expose(), ca_certs, *pool_size, health)?;
             store.migrate().await?;
             store.start_dispatcher(sources)?;
             Ok(Arc::new(store))

@@ -369,6 +369,7 @@ async fn a_database_down_or_silent_fails_the_intake_instead_of_holding_it() {
     drop(closed);
     let down = PgStore::connect(
         &format!("postgres://x@127.0.0.1:{port}/none"),
+        &[],
         2,
         waybill::health::Health::new(),
     )
@@ -387,6 +388,7 @@ async fn a_database_down_or_silent_fails_the_intake_instead_of_holding_it() {
     });
     let store = PgStore::connect(
         &format!("postgres://x@{addr}/none"),
+        &[],
         2,
         waybill::health::Health::new(),
     )

@@ -164,6 +164,7 @@ impl Schema {
     pub fn store(&self, pool_size: usize) -> waybill::store::postgres::PgStore {
         waybill::store::postgres::PgStore::connect(
             &self.url,
+            &[],
             pool_size,
             waybill::health::Health::new(),
         )

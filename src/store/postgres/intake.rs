@@ -23,7 +23,11 @@ pub(super) async fn run(pool: Pool, mut rx: mpsc::Receiver<Pending>, wake: Arc<N
         let started = std::time::Instant::now();
         let committed = tokio::time::timeout(DB_TIMEOUT, commit(&pool, &events))
             .await
-            .unwrap_or_else(|_| Err(db_err("the intake transaction timed out")));
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "database: the intake transaction timed out".into(),
+                ))
+            });
         // The commit is what makes the group durable: the flush of this
         // adapter.
         metrics::histogram!(metric::STORE_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());

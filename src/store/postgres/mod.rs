@@ -61,6 +61,7 @@ macro_rules! in_work {
 
 mod intake;
 mod state;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,7 +70,6 @@ use std::sync::{Arc, PoisonError};
 use arc_swap::ArcSwap;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio_postgres::NoTls;
 
 use super::core::Work;
 use super::{
@@ -111,8 +111,21 @@ const DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Requests one intake transaction takes at most.
 const MAX_GROUP: usize = 512;
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("database: {e}"))
+/// A database failure with its causes, so that an operator reads why
+/// (a TLS handshake refused for a certificate's name, say), not only what.
+fn db_err(e: impl std::error::Error) -> StoreError {
+    let mut text = format!("database: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        // Some errors repeat their source's words in their own.
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    StoreError::Unavailable(text)
 }
 
 type Pending = (NewEvent, oneshot::Sender<Result<IngestResult, StoreError>>);
@@ -158,17 +171,22 @@ fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl PgStore {
     /// A pool of `pool_size` connections to `url` (a libpq URL or
-    /// key=value string), and the intake task, spawned on the current
+    /// key=value string, its `sslmode` checked against `ca_certs` or the
+    /// public roots: `tls`), and the intake task, spawned on the current
     /// tokio runtime. Connects lazily.
     pub fn connect(
         url: &str,
+        ca_certs: &[Vec<u8>],
         pool_size: usize,
         health: Arc<Health>,
     ) -> Result<PgStore, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(db_err)?;
+        let (url, mode) = tls::split_sslmode(url).map_err(StoreError::Unavailable)?;
+        let (wire, connector) = tls::connector(mode, ca_certs).map_err(StoreError::Unavailable)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(db_err)?;
+        config.ssl_mode(wire);
         let manager = Manager::from_config(
             config,
-            NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -273,7 +291,11 @@ impl Inner {
             Ok::<i64, StoreError>(row.get(0))
         })
         .await
-        .unwrap_or_else(|_| Err(db_err("the database did not answer")));
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "database: the database did not answer".into(),
+            ))
+        });
         match probed {
             Ok(size) => {
                 if !self.reachable.swap(true, Ordering::AcqRel) {
@@ -337,7 +359,12 @@ async fn deadline<T, E: From<StoreError>>(
 ) -> Result<T, E> {
     tokio::time::timeout(DB_TIMEOUT, op)
         .await
-        .unwrap_or_else(|_| Err(db_err("the database did not answer in time").into()))
+        .unwrap_or_else(|_| {
+            Err(
+                StoreError::Unavailable("database: the database did not answer in time".into())
+                    .into(),
+            )
+        })
 }
 
 fn state_to_store(e: StateError) -> StoreError {

@@ -1,0 +1,47 @@
+//! The one TLS stack, rustls on ring, for every connection waybill opens:
+//! to the downstream services, the admin API (`waybill events`) and
+//! PostgreSQL.
+
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+
+/// The certificates a server is checked against: `ca_certs` alone when
+/// given (a `ca_file`, named `key` in a warning), else the public roots as
+/// webpki ships them.
+pub fn roots(ca_certs: &[Vec<u8>], key: &str) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    if ca_certs.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        // Parsed at config load; a certificate webpki cannot use as a
+        // root is left out, and the handshake then fails with its name.
+        let (_, ignored) = roots
+            .add_parsable_certificates(ca_certs.iter().map(|c| CertificateDer::from(c.clone())));
+        if ignored > 0 {
+            tracing::warn!(ignored, "{key}: certificates not usable as roots");
+        }
+    }
+    roots
+}
+
+/// The crypto every config uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client config builder on `provider`, at the safe protocol versions,
+/// with the server's certificate still to be decided.
+pub fn builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"))
+}
+
+/// A client config that checks servers against `roots`, names included.
+pub fn verifying(roots: RootCertStore) -> rustls::ClientConfig {
+    builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}

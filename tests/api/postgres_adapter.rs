@@ -618,3 +618,34 @@ async fn an_unreadable_shipment_sends_its_event_to_the_dead_letter_not_dispatch_
     );
     assert_eq!(again.shipment_id, Some("s1".into()));
 }
+
+/// "Replicas on PostgreSQL" (GUARANTEES.md): an event one replica stores is
+/// dispatched by another that hears of it, not by its poll: with the poll
+/// set to an hour, the other replica's dispatcher still applies it. Its
+/// poll stays the fallback when it does not hear (`wake_on_notify(false)`
+/// is what the benchmark compares).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stored_by_one_replica_wakes_another_replicas_dispatcher() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let intake = schema.store(2);
+    intake.migrate().await.unwrap();
+    let dispatcher = schema.store(2);
+    dispatcher.poll_every(std::time::Duration::from_secs(3600));
+    dispatcher.start_dispatcher(Vec::new()).unwrap();
+    // Its first pass ran and found nothing: from here only a wake moves it.
+    dispatcher.settle().await.unwrap();
+    for i in 0..3 {
+        let id = format!("woken-{i}");
+        let ev = event(&id, waybill::clock::now_ms(), 60_000, i);
+        intake.ingest(ev).await.unwrap();
+        let dispatched = crate::support::eventually(10, async || {
+            intake.outcome("carrier", &id).await.unwrap().is_some()
+        })
+        .await;
+        assert!(dispatched, "{id} was dispatched by the other replica");
+    }
+    dispatcher.close().unwrap();
+    intake.close().unwrap();
+}

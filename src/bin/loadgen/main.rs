@@ -9,6 +9,7 @@
 //! naive reference design (`naive.rs`): the floor the store must beat.
 
 mod naive;
+mod wake;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +70,20 @@ enum Cmd {
         /// A directory to create the store in (removed first).
         #[arg(long, default_value = "data-dispatch-bench")]
         dir: PathBuf,
+    },
+    /// Cross-replica dispatch latency on PostgreSQL: one store takes
+    /// events in, another (with the dispatcher) applies them; the time from
+    /// the first's commit to the second's outcome, woken by notices and by
+    /// its poll alone, in one run.
+    Wake {
+        /// The database; a fresh schema is made in it and dropped after.
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+        database_url: String,
+        /// Events per round, sent at --rate.
+        #[arg(long, default_value_t = 500)]
+        events: usize,
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
     },
     /// Send signed deliveries to a running gateway (or a bare server).
     Run {
@@ -146,6 +161,11 @@ fn run(cli: Cli) -> Result<(), Failed> {
             shipments,
             dir,
         } => rt.block_on(dispatch_bench(config, events, shipments, dir)),
+        Cmd::Wake {
+            database_url,
+            events,
+            rate,
+        } => rt.block_on(wake::bench(&database_url, events, rate)),
         Cmd::Run {
             target,
             config,

@@ -149,6 +149,15 @@ async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, S
             stored.insert(key, (u64::try_from(at).unwrap_or(0), hash));
         }
     }
+    // Every process's dispatcher hears of new work with the commit.
+    if firsts
+        .iter()
+        .any(|e| e.dispatch && new.contains(&(e.source.clone(), e.event_id.clone())))
+    {
+        tx.batch_execute(&format!("NOTIFY {}", super::listen::CHANNEL))
+            .await
+            .map_err(db_err)?;
+    }
     tx.commit().await.map_err(db_err)?;
 
     // Each identity of the group: when its stored copy arrived, its

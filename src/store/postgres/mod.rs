@@ -60,6 +60,7 @@ macro_rules! in_work {
 }
 
 mod intake;
+mod listen;
 mod state;
 pub mod tls;
 
@@ -150,8 +151,17 @@ struct Inner {
     health: Arc<Health>,
     /// The sources dispatch interprets events with; a reload swaps them.
     sources: ArcSwap<HashMap<String, SourceConfig>>,
-    /// Wakes this process's dispatcher after its own intake commits.
+    /// Wakes this process's dispatcher after its own intake commits, and
+    /// when another process's does (`listen`).
     wake: Arc<Notify>,
+    /// Whether another process's intake wakes the dispatcher (else only
+    /// the poll finds its events): off only to measure the difference.
+    notify_wakes: AtomicBool,
+    /// The poll interval, in milliseconds (`POLL`).
+    poll_ms: AtomicU64,
+    /// How the listening connection reaches the database.
+    connect: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// Distinguishes this process's claims on idempotency keys.
     epoch: u64,
     /// Whether the last probe reached the database.
@@ -185,8 +195,8 @@ impl PgStore {
         let mut config: tokio_postgres::Config = url.parse().map_err(db_err)?;
         config.ssl_mode(wire);
         let manager = Manager::from_config(
-            config,
-            connector,
+            config.clone(),
+            connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -209,6 +219,10 @@ impl PgStore {
                 health,
                 sources: ArcSwap::from_pointee(HashMap::new()),
                 wake,
+                notify_wakes: AtomicBool::new(true),
+                poll_ms: AtomicU64::new(POLL.as_millis() as u64),
+                connect: config,
+                tls: connector,
                 epoch: fastrand::u64(1..),
                 reachable: AtomicBool::new(true),
                 probing: AtomicBool::new(false),
@@ -236,6 +250,20 @@ impl PgStore {
         let applied = applied?;
         unlocked?;
         Ok(applied)
+    }
+
+    /// Whether another process's intake wakes this one's dispatcher at
+    /// once (the default), or only its poll finds those events: the
+    /// benchmark measures both.
+    pub fn wake_on_notify(&self, on: bool) {
+        self.inner.notify_wakes.store(on, Ordering::Relaxed);
+    }
+
+    /// How often an idle dispatcher looks for events without a wake
+    /// (`POLL` unless set): a test sets it long to see the wakes alone.
+    pub fn poll_every(&self, interval: std::time::Duration) {
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self.inner.poll_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The schema version the database is at (0: none).
@@ -316,8 +344,9 @@ impl Inner {
 /// How long a readiness probe waits for the database.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The dispatcher: applies what is pending, then waits for this process's
-/// intake or, for what other processes stored, the poll interval. A
+/// The dispatcher: applies what is pending, then waits for a wake (this
+/// process's intake, or another's through `listen`) or the poll interval,
+/// the fallback should a notice be lost. A
 /// database that fails is retried: it is not this process's failure.
 async fn dispatcher(inner: Arc<Inner>) {
     let alive = inner.health.enter(Component::Dispatcher, STALL_AFTER);
@@ -343,7 +372,7 @@ async fn dispatcher(inner: Arc<Inner>) {
         }
         tokio::select! {
             _ = inner.wake.notified() => {}
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(inner.poll_ms.load(Ordering::Relaxed))) => {}
         }
     }
 }
@@ -394,8 +423,9 @@ impl Intake for PgStore {
 impl Dispatch for PgStore {
     fn start_dispatcher(&self, sources: Vec<SourceConfig>) -> Result<(), StoreError> {
         self.set_sources(sources);
-        let task = tokio::spawn(dispatcher(self.inner.clone()));
-        locked(&self.inner.tasks).push(task);
+        let dispatch = tokio::spawn(dispatcher(self.inner.clone()));
+        let listen = tokio::spawn(listen::run(self.inner.clone()));
+        locked(&self.inner.tasks).extend([dispatch, listen]);
         Ok(())
     }
 

@@ -145,3 +145,45 @@ fn every_alert_uses_exported_metrics_and_links_to_its_runbook_section() {
         assert!(anchors.contains(anchor), "docs/RUNBOOK.md has no {alert}");
     }
 }
+
+/// The config the Kubernetes manifests ship is one the gateway accepts,
+/// with every secret the example Secret names (and nothing else) set:
+/// PostgreSQL, its url from `WAYBILL_DATABASE_URL`, probes on `ops_listen`.
+#[test]
+fn the_kubernetes_config_map_holds_a_valid_config_for_its_secret() {
+    struct FromSecret(Vec<String>);
+    impl waybill::config::Env for FromSecret {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0
+                .iter()
+                .any(|n| n == name)
+                .then(|| format!("{}-value-from-the-secret", name.to_lowercase()))
+        }
+    }
+    let manifest = read("deploy/kubernetes/configmap.yaml");
+    let toml: String = manifest
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("waybill.toml: |"))
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let secret = read("deploy/kubernetes/secret.example.yaml");
+    let names: Vec<String> = secret
+        .lines()
+        .skip_while(|l| !l.starts_with("stringData:"))
+        .skip(1)
+        .filter_map(|l| Some(l.trim().split_once(':')?.0.to_string()))
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "WAYBILL_DATABASE_URL"),
+        "{names:?}"
+    );
+    let config = waybill::config::Config::parse(&toml, &FromSecret(names))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(matches!(
+        config.store.backend,
+        waybill::config::StoreBackend::Postgres { .. }
+    ));
+    assert!(config.server.ops_listen.is_some());
+    assert!(config.admin_token.is_some());
+}

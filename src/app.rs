@@ -89,6 +89,7 @@ impl App {
         }
         let live = Live::build(config, &self.store, Some(&old));
         self.store.set_sources(live.config.sources.clone());
+        telemetry::export_from_zero(&live.config.sources);
         tracing::info!(
             sources = live.config.sources.len(),
             partners = live.config.partners.len(),
@@ -104,6 +105,7 @@ impl App {
     /// whatever the inbox still holds.
     pub async fn start(config: Config) -> Result<Arc<App>, StoreError> {
         let metrics = telemetry::metrics_handle();
+        telemetry::export_from_zero(&config.sources);
         let health = Health::new();
         let store =
             crate::store::open(&config.store, health.clone(), config.sources.clone()).await?;

@@ -72,6 +72,44 @@ pub mod outcome {
     pub const RATE_LIMITED: &str = "rate_limited";
     pub const TOO_LARGE: &str = "too_large";
     pub const UNAVAILABLE: &str = "unavailable";
+
+    /// Every outcome, for the series exported at 0.
+    pub const ALL: &[&str] = &[
+        ACCEPTED,
+        DUPLICATE,
+        DUPLICATE_CONFLICT,
+        INVALID_SIGNATURE,
+        STALE_TIMESTAMP,
+        INVALID_PAYLOAD,
+        RATE_LIMITED,
+        TOO_LARGE,
+        UNAVAILABLE,
+    ];
+}
+
+/// The series of every counter family whose labels come from the config
+/// or a fixed set, at 0 (an existing series keeps its value): a counter
+/// that appeared only at its first increment would show `increase` and
+/// `rate` nothing, and its first occurrence would page nobody. Called at
+/// start and after each reload, for sources a reload adds.
+pub fn export_from_zero(sources: &[crate::config::SourceConfig]) {
+    for result in ["ok", "rejected"] {
+        metrics::counter!(metric::CONFIG_RELOADS, "result" => result).increment(0);
+    }
+    for source in sources {
+        for o in outcome::ALL {
+            metrics::counter!(metric::WEBHOOKS, "source" => source.name.clone(), "outcome" => *o)
+                .increment(0);
+        }
+        if source.kind != crate::config::SourceKind::StoreOnly {
+            for o in crate::store::DispatchOutcome::COUNTED {
+                metrics::counter!(metric::DISPATCH, "source" => source.name.clone(), "outcome" => o.as_str())
+                    .increment(0);
+            }
+        }
+    }
+    crate::downstream::export_from_zero();
+    crate::http::export_from_zero();
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -166,6 +204,26 @@ pub fn metrics_handle() -> PrometheusHandle {
             // that appears at its first increment shows `increase` nothing,
             // and its first occurrence would page nobody.
             metrics::counter!(metric::UNREADABLE).absolute(0);
+            metrics::describe_gauge!(
+                metric::HTTP_IN_FLIGHT,
+                "HTTP requests being served now, counted once their body has arrived"
+            );
+            metrics::describe_counter!(
+                metric::DISPATCH,
+                "Events dispatched to the state machine, by source and outcome (parked and dead counted once, when an event becomes so)"
+            );
+            metrics::describe_counter!(
+                metric::IDEMPOTENCY,
+                "Idempotent /v1 writes by endpoint and outcome: executed, replayed, conflict, in_progress"
+            );
+            metrics::describe_counter!(
+                metric::DOWNSTREAM,
+                "Calls to the carrier, payments and inventory services, by service and outcome"
+            );
+            metrics::describe_gauge!(
+                metric::CIRCUIT_OPEN,
+                "1 while a downstream service's circuit breaker is open (calls refused), else 0"
+            );
             metrics::describe_gauge!(metric::BUILD_INFO, "1, labelled with the version");
             metrics::gauge!(metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle

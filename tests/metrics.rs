@@ -393,3 +393,93 @@ async fn the_unreadable_records_counter_is_exported_at_zero_from_the_start() {
         "{text}"
     );
 }
+
+/// "Counters" (GUARANTEES.md): every counter family whose labels come from
+/// the config or a fixed set is there at 0 before anything happened, in a
+/// fresh process, so that a rule's `increase` sees the first occurrence:
+/// reloads by result, webhooks by source and outcome, dispatch by source
+/// and outcome, downstream calls by service and outcome, idempotent writes
+/// by endpoint and outcome, and the breakers closed.
+#[tokio::test]
+async fn counter_families_are_exported_at_zero_before_the_first_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::config::write(
+        dir.path(),
+        "",
+        "",
+        &format!(
+            "{}\n[[sources]]\nname = \"kept\"\nkind = \"store-only\"\nsecrets = [\"s\"]\n\
+             signature = {{ scheme = \"github\" }}\nevent_id = \"/id\"\n",
+            support::config::tracking_source(
+                "carrier",
+                support::config::Shape::Github,
+                "s",
+                &[("moving", "IN_TRANSIT")]
+            )
+        ),
+    );
+    let gw = support::Gateway::start(&cfg);
+    let text = String::from_utf8(support::get(gw.addr, "/metrics").await.body.to_vec()).unwrap();
+    let zero = |name: &str, labels: &str| {
+        let line = if labels.is_empty() {
+            format!("{name} 0")
+        } else {
+            format!("{name}{{{labels}}} 0")
+        };
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    };
+    for result in ["ok", "rejected"] {
+        zero(
+            "waybill_config_reloads_total",
+            &format!("result=\"{result}\""),
+        );
+    }
+    for source in ["carrier", "kept"] {
+        for outcome in [
+            "accepted",
+            "duplicate",
+            "invalid_signature",
+            "stale_timestamp",
+        ] {
+            zero(
+                "waybill_webhooks_total",
+                &format!("source=\"{source}\",outcome=\"{outcome}\""),
+            );
+        }
+    }
+    for outcome in ["applied", "stale", "ignored", "parked", "dead"] {
+        zero(
+            "waybill_dispatch_total",
+            &format!("source=\"carrier\",outcome=\"{outcome}\""),
+        );
+    }
+    assert!(
+        !text.contains("waybill_dispatch_total{source=\"kept\""),
+        "a store-only source is never dispatched"
+    );
+    for service in ["carrier", "payments", "inventory"] {
+        for outcome in ["success", "server_error", "timeout", "breaker_open"] {
+            zero(
+                "waybill_downstream_requests_total",
+                &format!("service=\"{service}\",outcome=\"{outcome}\""),
+            );
+        }
+        zero("waybill_circuit_open", &format!("service=\"{service}\""));
+    }
+    for outcome in ["executed", "replayed", "conflict", "in_progress"] {
+        zero(
+            "waybill_idempotency_total",
+            &format!("endpoint=\"/v1/shipments\",outcome=\"{outcome}\""),
+        );
+    }
+    // Every family says what it is.
+    for family in waybill::telemetry::metric::ALL {
+        if text.contains(&format!("\n{family}")) || text.starts_with(family) {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family} has no HELP"
+            );
+        }
+    }
+    gw.terminate();
+}

@@ -210,6 +210,28 @@ pub struct Downstream {
     breakers: [Guarded; 3],
 }
 
+/// The outcomes of `waybill_downstream_requests_total`.
+const OUTCOMES: [&str; 6] = [
+    "success",
+    "client_error",
+    "server_error",
+    "timeout",
+    "connect_error",
+    "breaker_open",
+];
+
+/// Every service's call outcomes at 0, and its breaker closed, from the
+/// start (`telemetry::export_from_zero`).
+pub(crate) fn export_from_zero() {
+    for service in Service::ALL {
+        for outcome in OUTCOMES {
+            metrics::counter!(metric::DOWNSTREAM, "service" => service.as_str(), "outcome" => outcome)
+                .increment(0);
+        }
+        metrics::gauge!(metric::CIRCUIT_OPEN, "service" => service.as_str()).increment(0.0);
+    }
+}
+
 /// Certificates of `https://` downstreams are verified against `ca_certs`
 /// alone when given (`downstream.ca_file`), else against the platform's
 /// roots as webpki ships them. `http://` stays plain; an `https://` URL is

@@ -244,6 +244,12 @@ fn admit(app: &State) -> Result<OwnedSemaphorePermit, ApiError> {
         .map_err(|_| ApiError::overloaded())
 }
 
+/// The idempotent writes' series at 0 from the start
+/// (`telemetry::export_from_zero`).
+pub(crate) fn export_from_zero() {
+    v1::export_from_zero();
+}
+
 /// The most connections this process can hold: the configured cap, kept
 /// `RESERVED_FDS` below the descriptor limit.
 pub fn connection_cap(configured: usize) -> usize {

@@ -58,6 +58,21 @@ impl V1Route {
     }
 }
 
+/// Every idempotent endpoint's outcomes at 0.
+pub(super) fn export_from_zero() {
+    for route in [
+        V1Route::Shipments,
+        V1Route::Label,
+        V1Route::Cancel,
+        V1Route::Orders,
+    ] {
+        for outcome in ["executed", "replayed", "conflict", "in_progress"] {
+            metrics::counter!(metric::IDEMPOTENCY, "endpoint" => route.endpoint(), "outcome" => outcome)
+                .increment(0);
+        }
+    }
+}
+
 pub(super) async fn handle(
     app: &State,
     live: &Live,

@@ -19,6 +19,8 @@ pub enum Service {
 }
 
 impl Service {
+    pub const ALL: [Service; 3] = [Service::Carrier, Service::Payments, Service::Inventory];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Service::Carrier => "carrier",

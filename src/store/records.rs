@@ -39,6 +39,16 @@ pub enum DispatchOutcome {
 }
 
 impl DispatchOutcome {
+    /// The outcomes `waybill_dispatch_total` counts (`Stored` is not a
+    /// dispatch).
+    pub const COUNTED: [DispatchOutcome; 5] = [
+        DispatchOutcome::Applied,
+        DispatchOutcome::Stale,
+        DispatchOutcome::Ignored,
+        DispatchOutcome::Parked,
+        DispatchOutcome::Dead,
+    ];
+
     const ALL: [DispatchOutcome; 6] = [
         DispatchOutcome::Applied,
         DispatchOutcome::Stale,

@@ -110,6 +110,9 @@ struct Sim {
     key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     rng: Mutex<fastrand::Rng>,
     counter: std::sync::atomic::AtomicU64,
+    /// This run's part of every tracking number, never from the seed: a
+    /// restart with one seed repeats the fault dice, not the numbers.
+    run: u32,
 }
 
 /// Serves until `shutdown` resolves.
@@ -127,6 +130,8 @@ pub async fn run(listener: TcpListener, config: SimConfig, shutdown: impl Future
         key_locks: Mutex::new(HashMap::new()),
         rng: Mutex::new(rng),
         counter: std::sync::atomic::AtomicU64::new(0),
+        // The random bits of a UUIDv7, which differ from run to run.
+        run: (uuid::Uuid::now_v7().as_u128() & 0xFF_FFFF) as u32,
     });
     let tls = sim.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
@@ -336,12 +341,13 @@ impl Sim {
                 }
                 let carrier = text("carrier").unwrap_or_else(|| "sim".into());
                 let label_id = self.next_id("lbl");
-                // Unique by construction: a serial, then random digits.
+                // Unique by construction: this run's mark, a serial, then
+                // random digits.
                 let serial = self
                     .counter
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let noise = self.rng.lock().expect("rng lock").u32(..0xFF_FFFF);
-                let tracking_number = format!("SIM{serial:08}{noise:06X}");
+                let tracking_number = format!("SIM{:06X}{serial:08}{noise:06X}", self.run);
                 self.ledger
                     .lock()
                     .expect("ledger lock")

@@ -138,6 +138,26 @@ async fn with_the_carriers_breaker_open_every_call_answers_and_the_process_stops
             r#"service="carrier",outcome="breaker_open""#
         ) >= 3.0
     );
+    // The operator reads it: the opening once, at WARN, with the service;
+    // each failed attempt with its status and path.
+    let opened = gw.log_lines(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("circuit breaker opened"))
+    });
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(
+        (opened[0]["level"].as_str(), opened[0]["service"].as_str()),
+        (Some("WARN"), Some("carrier"))
+    );
+    let failed = gw.log_lines(|v| v["message"] == "downstream call failed");
+    assert!(!failed.is_empty());
+    assert!(
+        failed
+            .iter()
+            .all(|v| v["status"] == 503 && v["path"] == "/carrier/labels"),
+        "{failed:?}"
+    );
     assert_eq!(get(gw.addr, "/healthz").await.status, 200);
     create_shipment(gw.addr, "o-2").await;
     let (h, b) = tracking("e-1", "TN-X", "transit", "null");

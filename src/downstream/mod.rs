@@ -48,6 +48,29 @@ pub struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
     trial_in_flight: bool,
+    /// The state last reported (`take_change`).
+    reported: BreakerState,
+}
+
+/// Where a breaker stands, as an operator reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go out.
+    Closed,
+    /// Calls are refused until the cooldown ends.
+    Open,
+    /// The cooldown ended: one trial call decides.
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
 }
 
 /// What `admit` let through.
@@ -67,6 +90,7 @@ impl Breaker {
             failures: 0,
             open_until: None,
             trial_in_flight: false,
+            reported: BreakerState::Closed,
         }
     }
 
@@ -108,6 +132,22 @@ impl Breaker {
         self.open_until.is_some_and(|until| now < until)
     }
 
+    /// The state now, when it differs from the one last reported; then it
+    /// is the one reported. A change made by time (the cooldown's end) is
+    /// seen by the first call after it.
+    pub fn take_change(&mut self, now: Instant) -> Option<BreakerState> {
+        let state = self.state(now);
+        (state != std::mem::replace(&mut self.reported, state)).then_some(state)
+    }
+
+    pub fn state(&self, now: Instant) -> BreakerState {
+        match self.open_until {
+            None => BreakerState::Closed,
+            Some(until) if now < until => BreakerState::Open,
+            Some(_) => BreakerState::HalfOpen,
+        }
+    }
+
     /// Seconds until a call may be tried again, at least 1.
     pub fn retry_after(&self, now: Instant) -> u64 {
         match self.open_until {
@@ -133,21 +173,43 @@ struct Guarded {
 impl Guarded {
     fn with<R>(&self, f: impl FnOnce(&mut Breaker, Instant) -> R) -> R {
         let now = Instant::now();
-        let (result, open) = {
+        let (result, open, changes) = {
             // A poisoned lock only means a panic elsewhere while it was
             // held; the breaker's fields are valid after any of its methods.
             let mut b = self
                 .breaker
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Time may have moved it (open to half-open) before this call
+            // moves it again.
+            let seen = b.take_change(now);
             let result = f(&mut b, now);
-            (result, b.is_open(now))
+            let made = b.take_change(now);
+            (result, b.is_open(now), [seen, made])
         };
         metrics::gauge!(metric::CIRCUIT_OPEN, "service" => self.service.as_str()).set(if open {
             1.0
         } else {
             0.0
         });
+        // Each change once, by the call that made or saw it (GUARANTEES.md:
+        // "Operations"): opening is a warning, the rest news.
+        for state in changes.into_iter().flatten() {
+            let service = self.service.as_str();
+            if state == BreakerState::Open {
+                tracing::warn!(
+                    service,
+                    state = state.as_str(),
+                    "circuit breaker opened: calls are refused until the cooldown ends"
+                );
+            } else {
+                tracing::info!(
+                    service,
+                    state = state.as_str(),
+                    "circuit breaker changed state"
+                );
+            }
+        }
         result
     }
 
@@ -242,7 +304,8 @@ pub(crate) fn tls_config(ca_certs: &[Vec<u8>]) -> rustls::ClientConfig {
 
 enum Attempt {
     Final(Answer),
-    Failed(&'static str),
+    /// The outcome counted, and the status when the service answered one.
+    Failed(&'static str, Option<StatusCode>),
 }
 
 impl Downstream {
@@ -332,7 +395,7 @@ impl Downstream {
                     permit.success();
                     return Ok(answer);
                 }
-                Attempt::Failed(outcome) => {
+                Attempt::Failed(outcome, status) => {
                     Downstream::count(service, outcome);
                     // The breaker counts calls, not attempts: a call whose
                     // retry succeeds is a success. Counting attempts, a
@@ -347,6 +410,9 @@ impl Downstream {
                     }
                     tracing::warn!(
                         service = service.as_str(),
+                        %method,
+                        path,
+                        status = status.map(|s| s.as_u16()),
                         attempt,
                         outcome,
                         "downstream call failed"
@@ -382,7 +448,7 @@ impl Downstream {
             Ok(req) => req,
             Err(e) => {
                 tracing::error!(error = %e, path, "cannot build a downstream request");
-                return Attempt::Failed("connect_error");
+                return Attempt::Failed("connect_error", None);
             }
         };
         let sent = tokio::time::timeout(self.config.timeout, async {
@@ -393,7 +459,7 @@ impl Downstream {
         })
         .await;
         match sent {
-            Err(_) => Attempt::Failed("timeout"),
+            Err(_) => Attempt::Failed("timeout", None),
             Ok(Err(e)) => {
                 let connect = e
                     .downcast_ref::<hyper_util::client::legacy::Error>()
@@ -407,15 +473,17 @@ impl Downstream {
                         "cannot connect to the downstream"
                     );
                 }
-                Attempt::Failed(if connect {
-                    "connect_error"
-                } else {
-                    "server_error"
-                })
+                Attempt::Failed(
+                    if connect {
+                        "connect_error"
+                    } else {
+                        "server_error"
+                    },
+                    None,
+                )
             }
-            Ok(Ok((status, bytes))) if status.is_server_error() => {
-                let _ = bytes;
-                Attempt::Failed("server_error")
+            Ok(Ok((status, _))) if status.is_server_error() => {
+                Attempt::Failed("server_error", Some(status))
             }
             Ok(Ok((status, bytes))) => Attempt::Final(Answer {
                 status,
@@ -475,6 +543,32 @@ mod tests {
             assert_eq!(safe, header_safe_key(odd), "stable");
         }
         assert_ne!(header_safe_key("a b"), header_safe_key("a  b"));
+    }
+
+    /// Every state is entered, acted in and left, and each change is
+    /// reported once (the log line an operator reads): closed, open, the
+    /// cooldown's end seen as half-open, a failed trial open again, a good
+    /// trial closed.
+    #[test]
+    fn each_change_of_state_is_reported_once() {
+        let t0 = Instant::now();
+        let later = |s| t0 + Duration::from_secs(s);
+        let mut b = Breaker::new(1, Duration::from_secs(10));
+        assert_eq!(b.take_change(t0), None, "closed from the start");
+        assert_eq!(b.admit(t0), Ok(Admission::Normal));
+        b.failure(t0);
+        assert_eq!(b.take_change(t0), Some(BreakerState::Open));
+        assert_eq!(b.take_change(later(5)), None, "still open");
+        assert!(b.admit(later(5)).is_err());
+        assert_eq!(b.take_change(later(11)), Some(BreakerState::HalfOpen));
+        assert_eq!(b.admit(later(11)), Ok(Admission::Trial));
+        b.failure(later(11));
+        assert_eq!(b.take_change(later(11)), Some(BreakerState::Open));
+        assert_eq!(b.take_change(later(22)), Some(BreakerState::HalfOpen));
+        assert_eq!(b.admit(later(22)), Ok(Admission::Trial));
+        b.success();
+        assert_eq!(b.take_change(later(22)), Some(BreakerState::Closed));
+        assert_eq!(b.take_change(later(23)), None);
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub struct ApiError {
     pub close: bool,
 }
 
+/// The code of an error answer, carried on the response to its log line
+/// (a 401 says `INVALID_SIGNATURE` or `STALE_TIMESTAMP` there).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
@@ -288,6 +293,7 @@ impl ApiError {
 
     pub fn into_response(self, request_id: &str) -> Response<Body> {
         let mut resp = json_bytes(self.status, self.body_bytes(request_id));
+        resp.extensions_mut().insert(ErrorCode(self.code));
         let h = resp.headers_mut();
         if let Some(secs) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -561,11 +561,13 @@ async fn edge(
         .get::<LogFields>()
         .cloned()
         .unwrap_or_default();
+    let code = resp.extensions().get::<error::ErrorCode>().map(|c| c.0);
     tracing::info!(
         request_id = %request_id,
         route = template,
         method,
         status,
+        code,
         client_addr = %client.0,
         latency_ms = latency.as_secs_f64() * 1000.0,
         source = fields.source.as_deref(),

@@ -52,7 +52,8 @@ async fn sighup_applies_a_new_file_and_refuses_a_broken_one_keeping_the_old() {
     assert_eq!(deliver(&gw, "first", "a").await, 202);
     assert_eq!(deliver(&gw, "second", "b").await, 401);
     // The runbook's first look: the refusal's code and who sent it.
-    let refused = gw.log_lines(|v| v["message"] == "request" && v["status"] == 401);
+    // The log is read from the process's output as it comes: wait for it.
+    let refused = gw.await_log(1, |v| v["message"] == "request" && v["status"] == 401);
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0]["code"], "INVALID_SIGNATURE");
     assert_eq!(refused[0]["client_addr"], "127.0.0.1");

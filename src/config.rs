@@ -139,6 +139,9 @@ pub struct ServerConfig {
     /// A listener of its own for `/healthz`, `/readyz` and `/metrics`,
     /// outside the public connection cap.
     pub ops_listen: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` name the client
+    /// (`http::forwarded`); none: the peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -501,6 +504,10 @@ impl Config {
                 a.max_unverified_bytes != b.max_unverified_bytes,
             ),
             ("server.ops_listen", a.ops_listen != b.ops_listen),
+            (
+                "server.trusted_proxies",
+                a.trusted_proxies != b.trusted_proxies,
+            ),
             ("store.path", s.path != t.path),
             (
                 "store.idempotency_retention",
@@ -859,6 +866,7 @@ impl Walker<'_> {
             max_unverified_bytes: self
                 .opt_uint(t, "max_unverified_mb", p, 1, 1 << 20)
                 .map_or(256 << 20, |mb| (mb as u64) << 20),
+            trusted_proxies: self.trusted_proxies(t),
             ops_listen: self.opt_str(t, "ops_listen", p).and_then(|s| {
                 s.parse()
                     .map_err(|_| {
@@ -889,6 +897,34 @@ impl Walker<'_> {
         }
         self.unknown(t, p);
         cfg
+    }
+
+    /// `server.trusted_proxies`: addresses or CIDR blocks (`10.0.0.0/8`).
+    fn trusted_proxies(&mut self, t: &mut Table) -> Vec<ipnet::IpNet> {
+        let key = "server.trusted_proxies";
+        let Some(value) = t.remove("trusted_proxies") else {
+            return Vec::new();
+        };
+        let Value::Array(items) = value else {
+            self.bad(key, "must be an array of addresses or CIDR blocks");
+            return Vec::new();
+        };
+        let mut nets = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let parsed = item.as_str().and_then(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+            });
+            match parsed {
+                Some(net) => nets.push(net),
+                None => self.bad(
+                    format!("{key}[{i}]"),
+                    format!("not an address or CIDR block like 10.0.0.0/8: {item}"),
+                ),
+            }
+        }
+        nets
     }
 
     /// `server.listen`, unless `WAYBILL_LISTEN` overrides it: a container

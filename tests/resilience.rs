@@ -570,3 +570,33 @@ async fn requests_refused_by_the_parser_are_logged_and_counted() {
     let logged = gw.await_log(2, |v| v["message"] == "request refused by the HTTP parser");
     assert_eq!(logged.len(), 2, "{logged:?}");
 }
+
+/// "Operations" (GUARANTEES.md): behind a proxy named in
+/// `server.trusted_proxies`, the client in the request's log line is the
+/// one the proxy forwarded; the same header from a peer that is not
+/// trusted changes nothing.
+#[tokio::test]
+async fn a_trusted_proxys_forwarded_client_is_the_client_in_the_log() {
+    let forged = |for_: &str| {
+        let body = br#"{"id":"f-1"}"#.to_vec();
+        let mut h = signed(SchemeKind::Github, "not-the-secret", &body, now(), "f-1");
+        h.push(("X-Forwarded-For".into(), for_.into()));
+        (h, body)
+    };
+    for (trusted, expected) in [("[\"127.0.0.1\"]", "203.0.113.7"), ("[]", "127.0.0.1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config::write(
+            dir.path(),
+            &format!("trusted_proxies = {trusted}"),
+            "",
+            "\n[[sources]]\nname = \"gh\"\nkind = \"store-only\"\nsecrets = [\"s\"]\n\
+             signature = { scheme = \"github\" }\nevent_id = \"/id\"\n",
+        );
+        let gw = Gateway::start(&cfg);
+        let (h, b) = forged("198.51.100.1, 203.0.113.7");
+        assert_eq!(post(gw.addr, "/webhooks/gh", &h, b).await.status, 401);
+        let line = gw.await_log(1, |v| v["message"] == "request" && v["status"] == 401);
+        assert_eq!(line[0]["client_addr"], expected, "trusted {trusted}");
+        gw.terminate();
+    }
+}

@@ -33,6 +33,7 @@ pub use admin::AuthFailures;
 mod body;
 mod console;
 pub mod error;
+mod forwarded;
 mod ops;
 pub use ops::OPENAPI;
 mod state;
@@ -411,8 +412,8 @@ fn service(
     Error = Infallible,
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > {
-    let client = ClientAddr(peer.ip());
-    hyper::service::service_fn(move |req| edge(app.clone(), client, listener, req))
+    let peer = peer.ip();
+    hyper::service::service_fn(move |req| edge(app.clone(), peer, listener, req))
 }
 
 /// Waits for a free connection slot, then for a connection. Accept errors
@@ -489,11 +490,16 @@ fn transport_error(e: &hyper::Error) {
 
 async fn edge(
     app: Arc<State>,
-    client: ClientAddr,
+    peer: std::net::IpAddr,
     listener: Listener,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    let client = ClientAddr(forwarded::client(
+        peer,
+        req.headers(),
+        &app.server.trusted_proxies,
+    ));
     let _in_flight = InFlight::enter();
     let request_id = req
         .headers()

@@ -224,11 +224,25 @@ pub fn metrics_handle() -> PrometheusHandle {
                 metric::CIRCUIT_OPEN,
                 "1 while a downstream service's circuit breaker is open (calls refused), else 0"
             );
+            process().describe();
             metrics::describe_gauge!(metric::BUILD_INFO, "1, labelled with the version");
             metrics::gauge!(metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
+}
+
+/// The process's own figures under their standard names
+/// (`process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`,
+/// `process_cpu_seconds_total`, `process_threads`, ...), read from /proc.
+fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Reads the process figures now: called before each scrape's render.
+pub fn collect_process() {
+    process().collect();
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -472,6 +472,15 @@ async fn counter_families_are_exported_at_zero_before_the_first_event() {
             &format!("endpoint=\"/v1/shipments\",outcome=\"{outcome}\""),
         );
     }
+    // The process's own figures, under the names every dashboard knows.
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+    ] {
+        let value = metric(&text, name, "");
+        assert!(value > 0.0, "{name} is {value}");
+    }
     // Every family says what it is.
     for family in waybill::telemetry::metric::ALL {
         if text.contains(&format!("\n{family}")) || text.starts_with(family) {

@@ -32,7 +32,8 @@
 //!   binary and the tests. [`health`]: supervision (crash-only).
 //! - [`telemetry`]: logging and every metric name. [`alloc`]: the
 //!   allocator's settings. [`tls`]: the one TLS stack, for every
-//!   connection waybill opens.
+//!   connection waybill opens. [`trace`]: the W3C trace context a
+//!   request carries to its log line and its downstream calls.
 //! - [`tools`]: the subcommands other than `serve`, and the simulator.
 
 pub mod alloc;
@@ -53,4 +54,5 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod tools;
+pub mod trace;
 pub mod webhook;

@@ -600,3 +600,56 @@ async fn a_trusted_proxys_forwarded_client_is_the_client_in_the_log() {
         gw.terminate();
     }
 }
+
+/// "Operations" (GUARANTEES.md): a label purchase sent with a W3C
+/// `traceparent` continues its trace: the request's log line carries the
+/// trace id, and the carrier (the simulator) receives a `traceparent` of
+/// the same trace with a span of the gateway's own. A request without one
+/// starts a trace of its own, which its downstream calls carry too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_purchase_carries_its_trace_to_the_log_and_the_carrier() {
+    let sim = start_sim(SimConfig {
+        default_stock: 1000,
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &format!("http://{sim}"), "");
+    let gw = Gateway::start(&cfg);
+    let id = create_shipment(gw.addr, "o-traced").await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut headers = partner_headers("traced-1");
+    headers.push(("traceparent".into(), format!("00-{trace}-{caller_span}-01")));
+    let r = Client::new(gw.addr)
+        .send("POST", &format!("/v1/shipments/{id}/label"), &headers, "{}")
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let line = gw.await_log(1, |v| {
+        v["message"] == "request" && v["route"] == "/v1/shipments/{shipment_id}/label"
+    });
+    assert_eq!(line[0]["trace_id"], trace);
+    let ledger = get(sim, "/_sim/ledger").await.json();
+    let received: Vec<&str> = ledger["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["path"] == "/carrier/labels")
+        .map(|t| t["traceparent"].as_str().unwrap())
+        .collect();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let parts: Vec<&str> = received[0].split('-').collect();
+    assert_eq!(parts.len(), 4, "{received:?}");
+    assert_eq!(parts[1], trace, "the same trace");
+    assert_ne!(parts[2], caller_span, "a span of the gateway's own");
+    assert_eq!(parts[3], "01");
+
+    // The shipment's creation sent none: its trace started here, and its
+    // log line names it.
+    let created = gw.await_log(1, |v| {
+        v["message"] == "request" && v["route"] == "/v1/shipments"
+    });
+    let own = created[0]["trace_id"].as_str().unwrap();
+    assert_eq!(own.len(), 32);
+    assert_ne!(own, trace);
+}

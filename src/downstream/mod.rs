@@ -433,10 +433,15 @@ impl Downstream {
         body: Option<&Value>,
     ) -> Attempt {
         let uri = format!("{}{path}", self.config.base_url);
+        // A span of the request's trace (a trace of its own for background
+        // work), so the service's logs join the gateway's.
+        let span = crate::trace::TraceContext::current()
+            .map_or_else(crate::trace::TraceContext::start, |t| t.child());
         let mut req = Request::builder()
             .method(method.clone())
             .uri(uri)
-            .header("idempotency-key", header_safe_key(key).as_ref());
+            .header("idempotency-key", header_safe_key(key).as_ref())
+            .header("traceparent", span.header());
         let payload = match body {
             Some(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");

@@ -59,6 +59,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_io_timeout::TimeoutStream;
 
 use crate::telemetry::metric;
+use crate::trace::TraceContext;
 use error::{ApiError, Body};
 
 /// A request head larger than this is refused by hyper (431).
@@ -500,6 +501,13 @@ async fn edge(
         req.headers(),
         &app.server.trusted_proxies,
     ));
+    // This request's span: below the caller's, or the first of a trace.
+    let trace = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+        .map_or_else(TraceContext::start, |parent| parent.child());
     let _in_flight = InFlight::enter();
     let request_id = req
         .headers()
@@ -525,7 +533,7 @@ async fn edge(
             // goes, and its panic is this request's alone.
             let task = {
                 let app = app.clone();
-                tokio::spawn(async move { router(&app, req).await })
+                tokio::spawn(trace.scope(async move { router(&app, req).await }))
             };
             match task.await {
                 Ok(resp) => resp,
@@ -574,6 +582,7 @@ async fn edge(
         method,
         status,
         code,
+        trace_id = %trace.trace_id_hex(),
         client_addr = %client.0,
         latency_ms = latency.as_secs_f64() * 1000.0,
         source = fields.source.as_deref(),

@@ -81,6 +81,17 @@ struct LabelRow {
     voided: bool,
 }
 
+/// A request's `traceparent`, as the simulator received it.
+#[derive(Debug, Clone, Serialize)]
+struct TraceRow {
+    method: String,
+    path: String,
+    traceparent: String,
+}
+
+/// How many received `traceparent`s the ledger keeps.
+const MAX_TRACES: usize = 1000;
+
 #[derive(Debug, Clone, Serialize)]
 struct ReservationRow {
     idempotency_key: Option<String>,
@@ -95,6 +106,7 @@ struct Ledger {
     labels: Vec<LabelRow>,
     reservations: Vec<ReservationRow>,
     stock: HashMap<String, i64>,
+    traces: std::collections::VecDeque<TraceRow>,
 }
 
 /// A stored answer for an idempotency key: the request's fingerprint and
@@ -213,7 +225,8 @@ impl Sim {
             let l = self.ledger.lock().expect("ledger lock");
             return Ok(json(
                 StatusCode::OK,
-                &json!({"charges": l.charges, "labels": l.labels, "reservations": l.reservations}),
+                &json!({"charges": l.charges, "labels": l.labels, "reservations": l.reservations,
+                        "traces": l.traces}),
             ));
         }
         let key = req
@@ -221,6 +234,22 @@ impl Sim {
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        if let Some(traceparent) = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+        {
+            let mut l = self.ledger.lock().expect("ledger lock");
+            // The most recent only: the ledger of a long run stays small.
+            if l.traces.len() >= MAX_TRACES {
+                l.traces.pop_front();
+            }
+            l.traces.push_back(TraceRow {
+                method: method.to_string(),
+                path: path.clone(),
+                traceparent: traceparent.to_string(),
+            });
+        }
         let body = req
             .into_body()
             .collect()

@@ -313,10 +313,9 @@ fn events(command: EventsCommand) -> ExitCode {
     }
 }
 
-/// The database URL of the config at `path`, or the exit code after
-/// saying why there is none.
-/// The config's database: its url, and the CA certificates its server is
-/// checked against (none: the public roots).
+/// The database of the config at `path`: its url, and the CA certificates
+/// its server is checked against (none: the public roots); or the exit
+/// code after saying why there is none.
 fn database_of(path: Option<&std::path::Path>) -> Result<(String, Vec<Vec<u8>>), ExitCode> {
     match Config::load(path) {
         Ok((config, _)) => match config.store.backend {

@@ -56,6 +56,20 @@ fn write_config(dir: &Path, downstream: &str, extra: &str) -> PathBuf {
     )
 }
 
+/// A gateway in front of a simulator with stock of everything; the
+/// gateway's directory lives as long as its guard.
+async fn before_simulator() -> (SocketAddr, tempfile::TempDir, Gateway) {
+    let sim = start_sim(SimConfig {
+        default_stock: 1000,
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &format!("http://{sim}"), "");
+    let gw = Gateway::start(&cfg);
+    (sim, dir, gw)
+}
+
 fn tracking(id: &str, tn: &str, status: &str, at: &str) -> (Vec<(String, String)>, Vec<u8>) {
     let body = format!(r#"{{"id":"{id}","t":"{tn}","s":"{status}","at":{at}}}"#).into_bytes();
     (signed(SchemeKind::Github, GH_SECRET, &body, 0, id), body)
@@ -178,14 +192,7 @@ async fn with_the_carriers_breaker_open_every_call_answers_and_the_process_stops
 /// reason naming the field, and everything else works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_time_in_milliseconds_is_dead_lettered_and_the_shipment_stays_usable() {
-    let sim = start_sim(SimConfig {
-        default_stock: 1000,
-        ..SimConfig::default()
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &format!("http://{sim}"), "");
-    let gw = Gateway::start(&cfg);
+    let (_sim, _dir, gw) = before_simulator().await;
     let id = create_shipment(gw.addr, "o-ms").await;
     let label = buy(gw.addr, &id, "label-ms").await;
     assert_eq!(label.status, 201, "{:?}", label.body);
@@ -608,14 +615,7 @@ async fn a_trusted_proxys_forwarded_client_is_the_client_in_the_log() {
 /// starts a trace of its own, which its downstream calls carry too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_label_purchase_carries_its_trace_to_the_log_and_the_carrier() {
-    let sim = start_sim(SimConfig {
-        default_stock: 1000,
-        ..SimConfig::default()
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &format!("http://{sim}"), "");
-    let gw = Gateway::start(&cfg);
+    let (sim, _dir, gw) = before_simulator().await;
     let id = create_shipment(gw.addr, "o-traced").await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";

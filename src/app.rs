@@ -89,7 +89,7 @@ impl App {
         }
         let live = Live::build(config, &self.store, Some(&old));
         self.store.set_sources(live.config.sources.clone());
-        telemetry::export_from_zero(&live.config.sources);
+        export_from_zero(&live.config.sources);
         tracing::info!(
             sources = live.config.sources.len(),
             partners = live.config.partners.len(),
@@ -105,7 +105,7 @@ impl App {
     /// whatever the inbox still holds.
     pub async fn start(config: Config) -> Result<Arc<App>, StoreError> {
         let metrics = telemetry::metrics_handle();
-        telemetry::export_from_zero(&config.sources);
+        export_from_zero(&config.sources);
         let health = Health::new();
         let store =
             crate::store::open(&config.store, health.clone(), config.sources.clone()).await?;
@@ -260,4 +260,12 @@ async fn sweep(store: &dyn Store, alive: &crate::health::Alive) {
             }
         }
     }
+}
+
+/// Every counter family whose labels come from the config or a fixed set,
+/// at 0 (`telemetry::export_from_zero`), wherever its counts are kept.
+fn export_from_zero(sources: &[crate::config::SourceConfig]) {
+    telemetry::export_from_zero(sources);
+    crate::http::export_from_zero();
+    crate::downstream::export_from_zero();
 }

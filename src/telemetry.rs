@@ -91,7 +91,9 @@ pub mod outcome {
 /// or a fixed set, at 0 (an existing series keeps its value): a counter
 /// that appeared only at its first increment would show `increase` and
 /// `rate` nothing, and its first occurrence would page nobody. Called at
-/// start and after each reload, for sources a reload adds.
+/// start and after each reload, for sources a reload adds; the HTTP layer
+/// and the downstream client export their own families the same way
+/// (`app::export_from_zero` calls all three).
 pub fn export_from_zero(sources: &[crate::config::SourceConfig]) {
     for result in ["ok", "rejected"] {
         metrics::counter!(metric::CONFIG_RELOADS, "result" => result).increment(0);
@@ -108,8 +110,6 @@ pub fn export_from_zero(sources: &[crate::config::SourceConfig]) {
             }
         }
     }
-    crate::downstream::export_from_zero();
-    crate::http::export_from_zero();
 }
 
 const LATENCY_BUCKETS: &[f64] = &[

@@ -272,23 +272,46 @@ pub struct Downstream {
     breakers: [Guarded; 3],
 }
 
-/// The outcomes of `waybill_downstream_requests_total`.
-const OUTCOMES: [&str; 6] = [
-    "success",
-    "client_error",
-    "server_error",
-    "timeout",
-    "connect_error",
-    "breaker_open",
-];
+/// How one attempt of a call went: the `outcome` label of
+/// `waybill_downstream_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    ClientError,
+    ServerError,
+    Timeout,
+    ConnectError,
+    BreakerOpen,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 6] = [
+        Outcome::Success,
+        Outcome::ClientError,
+        Outcome::ServerError,
+        Outcome::Timeout,
+        Outcome::ConnectError,
+        Outcome::BreakerOpen,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::ClientError => "client_error",
+            Outcome::ServerError => "server_error",
+            Outcome::Timeout => "timeout",
+            Outcome::ConnectError => "connect_error",
+            Outcome::BreakerOpen => "breaker_open",
+        }
+    }
+}
 
 /// Every service's call outcomes at 0, and its breaker closed, from the
-/// start (`telemetry::export_from_zero`).
+/// start (see `telemetry::export_from_zero`).
 pub(crate) fn export_from_zero() {
     for service in Service::ALL {
-        for outcome in OUTCOMES {
-            metrics::counter!(metric::DOWNSTREAM, "service" => service.as_str(), "outcome" => outcome)
-                .increment(0);
+        for outcome in Outcome::ALL {
+            Downstream::count(service, outcome, 0);
         }
         metrics::gauge!(metric::CIRCUIT_OPEN, "service" => service.as_str()).increment(0.0);
     }
@@ -305,7 +328,7 @@ pub(crate) fn tls_config(ca_certs: &[Vec<u8>]) -> rustls::ClientConfig {
 enum Attempt {
     Final(Answer),
     /// The outcome counted, and the status when the service answered one.
-    Failed(&'static str, Option<StatusCode>),
+    Failed(Outcome, Option<StatusCode>),
 }
 
 impl Downstream {
@@ -346,9 +369,9 @@ impl Downstream {
         }
     }
 
-    fn count(service: Service, outcome: &'static str) {
-        metrics::counter!(metric::DOWNSTREAM, "service" => service.as_str(), "outcome" => outcome)
-            .increment(1);
+    fn count(service: Service, outcome: Outcome, n: u64) {
+        metrics::counter!(metric::DOWNSTREAM, "service" => service.as_str(), "outcome" => outcome.as_str())
+            .increment(n);
     }
 
     /// Calls `service`, retrying as configured. A success or a 4xx is the
@@ -376,7 +399,7 @@ impl Downstream {
             let permit = match breaker.admit() {
                 Ok(p) => p,
                 Err(wait) => {
-                    Downstream::count(service, "breaker_open");
+                    Downstream::count(service, Outcome::BreakerOpen, 1);
                     return Err(Unavailable {
                         retry_after_secs: secs_up(wait),
                     });
@@ -384,19 +407,17 @@ impl Downstream {
             };
             match self.attempt(&method, path, idempotency_key, body).await {
                 Attempt::Final(answer) => {
-                    Downstream::count(
-                        service,
-                        if answer.status.is_success() {
-                            "success"
-                        } else {
-                            "client_error"
-                        },
-                    );
+                    let outcome = if answer.status.is_success() {
+                        Outcome::Success
+                    } else {
+                        Outcome::ClientError
+                    };
+                    Downstream::count(service, outcome, 1);
                     permit.success();
                     return Ok(answer);
                 }
                 Attempt::Failed(outcome, status) => {
-                    Downstream::count(service, outcome);
+                    Downstream::count(service, outcome, 1);
                     // The breaker counts calls, not attempts: a call whose
                     // retry succeeds is a success. Counting attempts, a
                     // service failing one call in five would trip it at
@@ -414,7 +435,7 @@ impl Downstream {
                         path,
                         status = status.map(|s| s.as_u16()),
                         attempt,
-                        outcome,
+                        outcome = outcome.as_str(),
                         "downstream call failed"
                     );
                 }
@@ -453,7 +474,7 @@ impl Downstream {
             Ok(req) => req,
             Err(e) => {
                 tracing::error!(error = %e, path, "cannot build a downstream request");
-                return Attempt::Failed("connect_error", None);
+                return Attempt::Failed(Outcome::ConnectError, None);
             }
         };
         let sent = tokio::time::timeout(self.config.timeout, async {
@@ -464,7 +485,7 @@ impl Downstream {
         })
         .await;
         match sent {
-            Err(_) => Attempt::Failed("timeout", None),
+            Err(_) => Attempt::Failed(Outcome::Timeout, None),
             Ok(Err(e)) => {
                 let connect = e
                     .downcast_ref::<hyper_util::client::legacy::Error>()
@@ -480,15 +501,15 @@ impl Downstream {
                 }
                 Attempt::Failed(
                     if connect {
-                        "connect_error"
+                        Outcome::ConnectError
                     } else {
-                        "server_error"
+                        Outcome::ServerError
                     },
                     None,
                 )
             }
             Ok(Ok((status, _))) if status.is_server_error() => {
-                Attempt::Failed("server_error", Some(status))
+                Attempt::Failed(Outcome::ServerError, Some(status))
             }
             Ok(Ok((status, bytes))) => Attempt::Final(Answer {
                 status,

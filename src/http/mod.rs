@@ -41,6 +41,7 @@ pub use state::State;
 mod unverified;
 pub use unverified::{Unverified, large_share};
 mod v1;
+pub(crate) use v1::export_from_zero;
 mod webhooks;
 
 use std::convert::Infallible;
@@ -244,12 +245,6 @@ fn admit(app: &State) -> Result<OwnedSemaphorePermit, ApiError> {
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::overloaded())
-}
-
-/// The idempotent writes' series at 0 from the start
-/// (`telemetry::export_from_zero`).
-pub(crate) fn export_from_zero() {
-    v1::export_from_zero();
 }
 
 /// The most connections this process can hold: the configured cap, kept

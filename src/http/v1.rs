@@ -58,8 +58,9 @@ impl V1Route {
     }
 }
 
-/// Every idempotent endpoint's outcomes at 0.
-pub(super) fn export_from_zero() {
+/// Every idempotent endpoint's outcomes at 0 from the start (see
+/// `telemetry::export_from_zero`).
+pub(crate) fn export_from_zero() {
     for route in [
         V1Route::Shipments,
         V1Route::Label,

@@ -621,7 +621,8 @@ async fn an_unreadable_shipment_sends_its_event_to_the_dead_letter_not_dispatch_
 
 /// "Replicas on PostgreSQL" (GUARANTEES.md): an event one replica stores is
 /// dispatched by another that hears of it, not by its poll: with the poll
-/// set to an hour, the other replica's dispatcher still applies it. Its
+/// set to an hour, the other replica's dispatcher still applies it, also
+/// after its listening connection was cut. Its
 /// poll stays the fallback when it does not hear (`wake_on_notify(false)`
 /// is what the benchmark compares).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,6 +647,33 @@ async fn an_event_stored_by_one_replica_wakes_another_replicas_dispatcher() {
         .await;
         assert!(dispatched, "{id} was dispatched by the other replica");
     }
+    // The listening connections drop (a database restart, a proxy's idle
+    // cut): each listener connects again by itself, and a notice after
+    // that wakes the dispatcher, which then takes whatever waited meanwhile.
+    let cut = schema
+        .client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE query = 'LISTEN waybill_inbox' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(cut >= 1, "a listening connection was cut");
+    let mut sent = 0u8;
+    let woken = crate::support::eventually(10, async || {
+        sent += 1;
+        let id = format!("after-cut-{sent}");
+        let ev = event(&id, waybill::clock::now_ms(), 60_000, sent);
+        intake.ingest(ev).await.unwrap();
+        intake
+            .outcome("carrier", "after-cut-1")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert!(woken, "the listener came back and woke the dispatcher");
     dispatcher.close().unwrap();
     intake.close().unwrap();
 }

@@ -169,11 +169,11 @@ pub fn connector(
     };
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::VerifyFull => chain()?,
-        SslMode::VerifyCa => Arc::new(NameUnchecked::new(Some(chain()?))),
-        SslMode::Disable | SslMode::Prefer | SslMode::Require if !ca_certs.is_empty() => {
-            Arc::new(NameUnchecked::new(Some(chain()?)))
+        // libpq's rule: with a CA configured, require checks the chain.
+        SslMode::Disable | SslMode::Prefer | SslMode::Require if ca_certs.is_empty() => {
+            Arc::new(NameUnchecked::new(None))
         }
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(NameUnchecked::new(None)),
+        _ => Arc::new(NameUnchecked::new(Some(chain()?))),
     };
     let wire = match mode {
         SslMode::Disable => Wire::Disable,

@@ -474,69 +474,42 @@ impl Config {
     /// `store.dedupe_retention` is not among them: it is only the default
     /// of each source's retention, which a reload does change.
     pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
-        let (a, b) = (&self.server, &new.server);
-        let (s, t) = (&self.store, &new.store);
-        [
-            ("server.listen", a.listen != b.listen),
-            (
-                "server.max_body_bytes",
-                a.max_body_bytes != b.max_body_bytes,
-            ),
-            ("server.max_in_flight", a.max_in_flight != b.max_in_flight),
-            (
-                "server.max_connections",
-                a.max_connections != b.max_connections,
-            ),
-            (
-                "server.request_timeout",
-                a.request_timeout != b.request_timeout,
-            ),
-            (
-                "server.header_timeout",
-                a.header_timeout != b.header_timeout,
-            ),
-            (
-                "server.shutdown_grace",
-                a.shutdown_grace != b.shutdown_grace,
-            ),
-            (
-                "server.max_unverified_mb",
-                a.max_unverified_bytes != b.max_unverified_bytes,
-            ),
-            ("server.ops_listen", a.ops_listen != b.ops_listen),
-            (
-                "server.trusted_proxies",
-                a.trusted_proxies != b.trusted_proxies,
-            ),
-            ("store.path", s.path != t.path),
-            (
-                "store.idempotency_retention",
-                s.idempotency_retention != t.idempotency_retention,
-            ),
-            (
-                "store.in_progress_timeout",
-                s.in_progress_timeout != t.in_progress_timeout,
-            ),
-            ("store.cache_mb", s.cache_bytes != t.cache_bytes),
-            ("store.min_free_mb", s.min_free_bytes != t.min_free_bytes),
-            ("store.segment_mb", s.segment_bytes != t.segment_bytes),
-            (
-                "store.backend",
-                std::mem::discriminant(&s.backend) != std::mem::discriminant(&t.backend),
-            ),
-            ("store.url", s.backend.url() != t.backend.url()),
-            (
-                "store.ca_file",
-                s.backend.ca_certs() != t.backend.ca_certs(),
-            ),
-            (
-                "store.pool_size",
-                s.backend.pool_size() != t.backend.pool_size(),
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(key, changed)| changed.then_some(key))
-        .collect()
+        /// Each key whose value, read by its expression from the old
+        /// section and the new, differs.
+        macro_rules! changed {
+            ($old:expr, $new:expr; $($key:literal => |$c:ident| $get:expr,)*) => {
+                [$(($key, { let $c = $old; $get } != { let $c = $new; $get }),)*]
+            };
+        }
+        let server = changed!(&self.server, &new.server;
+            "server.listen" => |c| c.listen,
+            "server.max_body_bytes" => |c| c.max_body_bytes,
+            "server.max_in_flight" => |c| c.max_in_flight,
+            "server.max_connections" => |c| c.max_connections,
+            "server.request_timeout" => |c| c.request_timeout,
+            "server.header_timeout" => |c| c.header_timeout,
+            "server.shutdown_grace" => |c| c.shutdown_grace,
+            "server.max_unverified_mb" => |c| c.max_unverified_bytes,
+            "server.ops_listen" => |c| c.ops_listen,
+            "server.trusted_proxies" => |c| &c.trusted_proxies,
+        );
+        let store = changed!(&self.store, &new.store;
+            "store.path" => |c| &c.path,
+            "store.idempotency_retention" => |c| c.idempotency_retention,
+            "store.in_progress_timeout" => |c| c.in_progress_timeout,
+            "store.cache_mb" => |c| c.cache_bytes,
+            "store.min_free_mb" => |c| c.min_free_bytes,
+            "store.segment_mb" => |c| c.segment_bytes,
+            "store.backend" => |c| std::mem::discriminant(&c.backend),
+            "store.url" => |c| c.backend.url(),
+            "store.ca_file" => |c| c.backend.ca_certs(),
+            "store.pool_size" => |c| c.backend.pool_size(),
+        );
+        server
+            .into_iter()
+            .chain(store)
+            .filter_map(|(key, changed)| changed.then_some(key))
+            .collect()
     }
 
     /// A human summary for `check-config`: names and origins, never values.
@@ -640,6 +613,11 @@ impl Walker<'_> {
         });
     }
 
+    /// `key` holds `found` where `wanted` belongs.
+    fn mistyped(&mut self, key: impl Into<String>, wanted: &str, found: &Value) {
+        self.bad(key, format!("must be {wanted}, found {}", type_name(found)));
+    }
+
     fn unknown(&mut self, t: &Table, path: &str) {
         for key in t.keys() {
             self.bad(join(path, key), "unknown key");
@@ -651,10 +629,7 @@ impl Walker<'_> {
             None => Table::new(),
             Some(Value::Table(inner)) => inner,
             Some(other) => {
-                self.bad(
-                    path,
-                    format!("must be a table, found {}", type_name(&other)),
-                );
+                self.mistyped(path, "a table", &other);
                 Table::new()
             }
         }
@@ -665,10 +640,7 @@ impl Walker<'_> {
             None => None,
             Some(Value::String(s)) => Some(s),
             Some(other) => {
-                self.bad(
-                    join(path, key),
-                    format!("must be a string, found {}", type_name(&other)),
-                );
+                self.mistyped(join(path, key), "a string", &other);
                 None
             }
         }
@@ -702,10 +674,7 @@ impl Walker<'_> {
                 None
             }
             Some(other) => {
-                self.bad(
-                    join(path, key),
-                    format!("must be an integer, found {}", type_name(&other)),
-                );
+                self.mistyped(join(path, key), "an integer", &other);
                 None
             }
         }
@@ -792,9 +761,7 @@ impl Walker<'_> {
                     let ik = format!("{k}[{i}]");
                     match item {
                         Value::String(s) => out.extend(self.secret(s, &ik)),
-                        other => {
-                            self.bad(ik, format!("must be a string, found {}", type_name(other)))
-                        }
+                        other => self.mistyped(ik, "a string", other),
                     }
                 }
                 out
@@ -804,10 +771,7 @@ impl Walker<'_> {
                 Vec::new()
             }
             Some(other) => {
-                self.bad(
-                    k,
-                    format!("must be an array of strings, found {}", type_name(&other)),
-                );
+                self.mistyped(k, "an array of strings", &other);
                 Vec::new()
             }
             None => {
@@ -1196,10 +1160,7 @@ impl Walker<'_> {
                 Some(out)
             }
             Some(other) => {
-                self.bad(
-                    join(p, "accept_event_types"),
-                    format!("must be an array of strings, found {}", type_name(&other)),
-                );
+                self.mistyped(join(p, "accept_event_types"), "an array of strings", &other);
                 None
             }
         };

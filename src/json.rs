@@ -83,6 +83,15 @@ impl<'de> DeserializeSeed<'de> for Node<'_> {
     }
 }
 
+/// Visitor methods that accept their value and look no further.
+macro_rules! scalars {
+    ($($visit:ident($t:ty)),*) => {
+        $(fn $visit<E>(self, _: $t) -> Result<(), E> {
+            Ok(())
+        })*
+    };
+}
+
 impl<'de> Visitor<'de> for Node<'_> {
     type Value = ();
 
@@ -90,27 +99,16 @@ impl<'de> Visitor<'de> for Node<'_> {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i128<E>(self, _: i128) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u128<E>(self, _: u128) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
+    // Scalars hold nothing that could repeat a name.
+    scalars!(
+        visit_bool(bool),
+        visit_i64(i64),
+        visit_u64(u64),
+        visit_i128(i128),
+        visit_u128(u128),
+        visit_f64(f64),
+        visit_str(&str)
+    );
     fn visit_unit<E>(self) -> Result<(), E> {
         Ok(())
     }

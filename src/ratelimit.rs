@@ -54,16 +54,16 @@ mod tests {
     use governor::clock::FakeRelativeClock;
     use std::time::Duration;
 
+    /// A limiter of `per_second` and `burst` on a clock the test moves.
+    fn limiter(per_second: u32, burst: u32) -> (FakeRelativeClock, Limiter<FakeRelativeClock>) {
+        let clock = FakeRelativeClock::default();
+        let limit = RateLimit { per_second, burst };
+        (clock.clone(), Limiter::with_clock(limit, clock))
+    }
+
     #[test]
     fn burst_then_refusal_with_the_real_wait_rounded_up() {
-        let clock = FakeRelativeClock::default();
-        let l = Limiter::with_clock(
-            RateLimit {
-                per_second: 2,
-                burst: 3,
-            },
-            clock.clone(),
-        );
+        let (clock, l) = limiter(2, 3);
         for _ in 0..3 {
             assert_eq!(l.check(), Ok(()));
         }
@@ -76,16 +76,9 @@ mod tests {
 
     #[test]
     fn the_wait_counts_down_to_the_next_cell() {
-        let clock = FakeRelativeClock::default();
         // One per second with no burst beyond it: after the cell is used the
         // wait is the full second, and 1 ms before it ends it is still 1.
-        let l = Limiter::with_clock(
-            RateLimit {
-                per_second: 1,
-                burst: 1,
-            },
-            clock.clone(),
-        );
+        let (clock, l) = limiter(1, 1);
         assert_eq!(l.check(), Ok(()));
         assert_eq!(l.check(), Err(1));
         clock.advance(Duration::from_millis(999));

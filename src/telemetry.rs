@@ -8,83 +8,58 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub mod metric {
-    pub const HTTP_REQUESTS: &str = "waybill_http_requests_total";
-    pub const HTTP_DURATION: &str = "waybill_http_request_duration_seconds";
-    pub const HTTP_IN_FLIGHT: &str = "waybill_http_requests_in_flight";
-    pub const WEBHOOKS: &str = "waybill_webhooks_total";
-    pub const INBOX_PENDING: &str = "waybill_inbox_pending";
-    pub const DISPATCH: &str = "waybill_dispatch_total";
-    pub const IDEMPOTENCY: &str = "waybill_idempotency_total";
-    pub const DOWNSTREAM: &str = "waybill_downstream_requests_total";
-    pub const CIRCUIT_OPEN: &str = "waybill_circuit_open";
-    pub const STORE_GROUP_SIZE: &str = "waybill_store_commit_group_size";
-    /// The store's durable flush, under the name operators know.
-    pub const STORE_FLUSH_SECONDS: &str = "waybill_flush_duration_seconds";
-    pub const INBOX_OLDEST_AGE: &str = "waybill_inbox_oldest_age_seconds";
-    pub const SOURCE_LAST_ACCEPTED: &str = "waybill_source_last_accepted_timestamp_seconds";
-    pub const BUILD_INFO: &str = "waybill_build_info";
-    pub const SWEPT: &str = "waybill_retention_swept_total";
-    pub const COMPONENT_UP: &str = "waybill_component_up";
-    pub const STORE_SIZE: &str = "waybill_store_size_bytes";
-    pub const CONFIG_RELOADS: &str = "waybill_config_reloads_total";
-    pub const PARKED: &str = "waybill_parked_events";
-    pub const DEAD: &str = "waybill_dead_events";
-    pub const STORE_FREE: &str = "waybill_store_free_bytes";
-    pub const UNREADABLE: &str = "waybill_store_unreadable_records_total";
+/// Constants and `ALL`, the list of every one of them in order: a name
+/// added is listed by construction.
+macro_rules! names {
+    ($($(#[$doc:meta])* $name:ident = $value:literal,)*) => {
+        $($(#[$doc])* pub const $name: &str = $value;)*
+        /// Every name above (the dashboard, the alert rules and the series
+        /// exported at 0 are checked against it).
+        pub const ALL: &[&str] = &[$($name),*];
+    };
+}
 
-    /// Every name above: what the dashboard and the alert rules may use
-    /// (tests/api/operator_files.rs checks them against it).
-    pub const ALL: &[&str] = &[
-        HTTP_REQUESTS,
-        HTTP_DURATION,
-        HTTP_IN_FLIGHT,
-        WEBHOOKS,
-        INBOX_PENDING,
-        DISPATCH,
-        IDEMPOTENCY,
-        DOWNSTREAM,
-        CIRCUIT_OPEN,
-        STORE_GROUP_SIZE,
-        STORE_FLUSH_SECONDS,
-        INBOX_OLDEST_AGE,
-        SOURCE_LAST_ACCEPTED,
-        BUILD_INFO,
-        SWEPT,
-        COMPONENT_UP,
-        STORE_SIZE,
-        CONFIG_RELOADS,
-        PARKED,
-        DEAD,
-        STORE_FREE,
-        UNREADABLE,
-    ];
+pub mod metric {
+    names! {
+        HTTP_REQUESTS = "waybill_http_requests_total",
+        HTTP_DURATION = "waybill_http_request_duration_seconds",
+        HTTP_IN_FLIGHT = "waybill_http_requests_in_flight",
+        WEBHOOKS = "waybill_webhooks_total",
+        INBOX_PENDING = "waybill_inbox_pending",
+        DISPATCH = "waybill_dispatch_total",
+        IDEMPOTENCY = "waybill_idempotency_total",
+        DOWNSTREAM = "waybill_downstream_requests_total",
+        CIRCUIT_OPEN = "waybill_circuit_open",
+        STORE_GROUP_SIZE = "waybill_store_commit_group_size",
+        /// The store's durable flush, under the name operators know.
+        STORE_FLUSH_SECONDS = "waybill_flush_duration_seconds",
+        INBOX_OLDEST_AGE = "waybill_inbox_oldest_age_seconds",
+        SOURCE_LAST_ACCEPTED = "waybill_source_last_accepted_timestamp_seconds",
+        BUILD_INFO = "waybill_build_info",
+        SWEPT = "waybill_retention_swept_total",
+        COMPONENT_UP = "waybill_component_up",
+        STORE_SIZE = "waybill_store_size_bytes",
+        CONFIG_RELOADS = "waybill_config_reloads_total",
+        PARKED = "waybill_parked_events",
+        DEAD = "waybill_dead_events",
+        STORE_FREE = "waybill_store_free_bytes",
+        UNREADABLE = "waybill_store_unreadable_records_total",
+    }
 }
 
 /// Webhook outcomes, the label values of `waybill_webhooks_total`.
 pub mod outcome {
-    pub const ACCEPTED: &str = "accepted";
-    pub const DUPLICATE: &str = "duplicate";
-    pub const DUPLICATE_CONFLICT: &str = "duplicate_conflict";
-    pub const INVALID_SIGNATURE: &str = "invalid_signature";
-    pub const STALE_TIMESTAMP: &str = "stale_timestamp";
-    pub const INVALID_PAYLOAD: &str = "invalid_payload";
-    pub const RATE_LIMITED: &str = "rate_limited";
-    pub const TOO_LARGE: &str = "too_large";
-    pub const UNAVAILABLE: &str = "unavailable";
-
-    /// Every outcome, for the series exported at 0.
-    pub const ALL: &[&str] = &[
-        ACCEPTED,
-        DUPLICATE,
-        DUPLICATE_CONFLICT,
-        INVALID_SIGNATURE,
-        STALE_TIMESTAMP,
-        INVALID_PAYLOAD,
-        RATE_LIMITED,
-        TOO_LARGE,
-        UNAVAILABLE,
-    ];
+    names! {
+        ACCEPTED = "accepted",
+        DUPLICATE = "duplicate",
+        DUPLICATE_CONFLICT = "duplicate_conflict",
+        INVALID_SIGNATURE = "invalid_signature",
+        STALE_TIMESTAMP = "stale_timestamp",
+        INVALID_PAYLOAD = "invalid_payload",
+        RATE_LIMITED = "rate_limited",
+        TOO_LARGE = "too_large",
+        UNAVAILABLE = "unavailable",
+    }
 }
 
 /// The series of every counter family whose labels come from the config

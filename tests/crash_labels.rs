@@ -95,15 +95,7 @@ async fn killed_at_each_step(on_postgres: bool) {
             .collect();
         assert_eq!(rows.len(), 1, "{failpoint}: bought once at the carrier");
         assert_eq!(rows[0]["label_id"], label["label_id"], "{failpoint}");
-        let shown = Client::new(gw.addr)
-            .send(
-                "GET",
-                &format!("/v1/shipments/{id}"),
-                &partner_headers("x"),
-                bytes::Bytes::new(),
-            )
-            .await
-            .json();
+        let shown = Api::acme(gw.addr).shipment(&id).await.json();
         assert_eq!(shown["status"], "LABEL_CREATED", "{failpoint}");
         assert_eq!(shown["label"]["label_id"], label["label_id"], "{failpoint}");
         gw.kill9();

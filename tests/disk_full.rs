@@ -45,11 +45,21 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A tmpfs of `size` mounted under `dir`, and a gateway config whose
-/// store lives on it with a 4 MiB floor and `store` added; None (after
-/// saying why) where no tmpfs can be mounted.
-fn small_disk(dir: &Path, size: &str, store: &str) -> Option<(Tmpfs, PathBuf)> {
-    let mount_at = dir.join("disk");
+/// A small disk in a temporary directory: unmounted before the directory
+/// is removed (fields drop in order).
+struct SmallDisk {
+    disk: Tmpfs,
+    /// A gateway config whose store lives on the disk.
+    cfg: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A tmpfs of `size`, and a gateway config whose store lives on it with a
+/// 4 MiB floor and `store` added; None (after saying why) where no tmpfs
+/// can be mounted.
+fn small_disk(size: &str, store: &str) -> Option<SmallDisk> {
+    let dir = tempfile::tempdir().unwrap();
+    let mount_at = dir.path().join("disk");
     let disk = match Tmpfs::mount(&mount_at, size) {
         Ok(d) => d,
         Err(why) => {
@@ -59,7 +69,7 @@ fn small_disk(dir: &Path, size: &str, store: &str) -> Option<(Tmpfs, PathBuf)> {
             return None;
         }
     };
-    let cfg = dir.join("waybill.toml");
+    let cfg = dir.path().join("waybill.toml");
     std::fs::write(
         &cfg,
         format!(
@@ -80,7 +90,11 @@ signature = {{ scheme = "github" }}
         ),
     )
     .unwrap();
-    Some((disk, cfg))
+    Some(SmallDisk {
+        disk,
+        cfg,
+        _dir: dir,
+    })
 }
 
 fn delivery(id: &str) -> (Vec<(String, String)>, Vec<u8>) {
@@ -91,11 +105,10 @@ fn delivery(id: &str) -> (Vec<(String, String)>, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_loses_nothing_and_recovers_by_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some((disk, cfg)) = small_disk(dir.path(), "24m", "") else {
+    let Some(disk) = small_disk("24m", "") else {
         return;
     };
-    let mount_at = disk.0.clone();
+    let (mount_at, cfg) = (disk.disk.0.clone(), disk.cfg.clone());
     // Ballast to delete later: the space that comes back.
     let ballast = mount_at.join("ballast");
     std::fs::write(&ballast, vec![0u8; 8 << 20]).unwrap();
@@ -208,11 +221,10 @@ async fn burst(addr: std::net::SocketAddr, round: &str, n: usize) -> (Vec<String
 /// acknowledged is still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_process_filling_the_disk_to_zero_is_survived() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some((disk, cfg)) = small_disk(dir.path(), "64m", "segment_mb = 2") else {
+    let Some(disk) = small_disk("64m", "segment_mb = 2") else {
         return;
     };
-    let mount_at = disk.0.clone();
+    let (mount_at, cfg) = (disk.disk.0.clone(), disk.cfg.clone());
     let mut gw = Gateway::start(&cfg);
     let addr = gw.addr;
     let fill = mount_at.join("fill");

@@ -129,9 +129,7 @@ fn mutate(seed: &[u8], rng: &mut fastrand::Rng) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_requests_never_get_a_500_nor_panic_the_gateway() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_gateway_config(
-        dir.path(),
+    let (_dir, gw) = gateway_with(
         "request_timeout = \"1s\"\nmax_body_bytes = 65536",
         &format!(
             "{}{}{}\n[downstream]\nbase_url = \"http://127.0.0.1:9\"\ntimeout = \"100ms\"\n\
@@ -146,7 +144,6 @@ async fn mutated_requests_never_get_a_500_nor_panic_the_gateway() {
             config::partner("acme", "acme-key"),
         ),
     );
-    let gw = Gateway::start(&cfg);
     let seeds = seeds();
     let mut statuses = std::collections::BTreeMap::new();
     let mut tasks = Vec::new();

@@ -45,8 +45,13 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
 
 /// Three replicas on `schema`, started one after the other (each applies
 /// or finds the migrations).
-fn replicas(dir: &Path, schema: &Schema) -> Vec<Gateway> {
-    replicas_with(dir, schema, "")
+/// Three replicas on a schema of their own; None where no PostgreSQL is
+/// reachable. The directory holds their config.
+async fn three_replicas() -> Option<(Schema, tempfile::TempDir, Vec<Gateway>)> {
+    let schema = schema().await?;
+    let dir = tempfile::tempdir().unwrap();
+    let gateways = replicas_with(dir.path(), &schema, "");
+    Some((schema, dir, gateways))
 }
 
 fn replicas_with(dir: &Path, schema: &Schema, extra: &str) -> Vec<Gateway> {
@@ -76,11 +81,9 @@ async fn count(schema: &Schema, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_copies_over_three_replicas_get_one_202() {
-    let Some(schema) = schema().await else {
+    let Some((schema, _dir, gateways)) = three_replicas().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let gateways = replicas(dir.path(), &schema);
     let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.addr).collect();
     let (h, body) = delivery("evt-one", "TN-ONE");
     let mut sends = tokio::task::JoinSet::new();
@@ -107,11 +110,9 @@ async fn forty_copies_over_three_replicas_get_one_202() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_retries_of_one_key_over_three_replicas_create_one_shipment() {
-    let Some(schema) = schema().await else {
+    let Some((schema, _dir, gateways)) = three_replicas().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let gateways = replicas(dir.path(), &schema);
     let address =
         json!({"name": "A", "street1": "1", "city": "C", "postal_code": "1", "country": "US"});
     let body = json!({"order_id": "o-1", "carrier": "ups", "service": "ground", "from": address,
@@ -156,11 +157,9 @@ async fn twenty_retries_of_one_key_over_three_replicas_create_one_shipment() {
 /// dispatch everything, the dead one's share included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_one_replica_under_load_loses_nothing_it_acknowledged() {
-    let Some(schema) = schema().await else {
+    let Some((schema, _dir, mut gateways)) = three_replicas().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut gateways = replicas(dir.path(), &schema);
     let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.addr).collect();
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut senders = tokio::task::JoinSet::new();

@@ -39,15 +39,12 @@ fn delivery(id: &str) -> (Vec<(String, String)>, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_cannot_starve_signed_senders_or_grow_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_gateway_config(
-        dir.path(),
+    let (_dir, gw) = gateway_with(
         "max_in_flight = 32\nmax_connections = 4000\nrequest_timeout = \"3s\"",
         &format!(
             "[[sources]]\nname = \"gh\"\nkind = \"store-only\"\nsecrets = [\"{SECRET}\"]\nsignature = {{ scheme = \"github\" }}"
         ),
     );
-    let gw = Gateway::start(&cfg);
     let addr = gw.addr;
     let mut client = Client::new(addr);
     let baseline = warmed_up(&gw, &mut client).await;
@@ -119,7 +116,7 @@ async fn hostile_clients_cannot_starve_signed_senders_or_grow_memory() {
 /// (the write deadline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_never_reading_connections_are_closed_by_their_deadlines() {
-    let (_dir, gw) = gateway_with_server("request_timeout = \"1s\"\nheader_timeout = \"1s\"");
+    let (_dir, gw) = gateway_with("request_timeout = \"1s\"\nheader_timeout = \"1s\"", "");
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(10), read_response(&mut silent)).await;
     assert!(closed.is_ok(), "a silent connection is closed");
@@ -270,8 +267,9 @@ async fn in_512_mib_of_address_space_unverified_bodies_cannot_abort_the_gateway(
 /// `request_timeout`, and the public listener answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_at_the_cap_leave_probes_answered_on_the_ops_listener() {
-    let (_dir, gw) = gateway_with_server(
+    let (_dir, gw) = gateway_with(
         "max_connections = 20\nheader_timeout = \"2s\"\nrequest_timeout = \"60s\"\nops_listen = \"127.0.0.1:0\"",
+        "",
     );
     let ops: std::net::SocketAddr =
         gw.log_lines(|v| v["message"] == "waybill serving")[0]["ops_listen"]

@@ -27,3 +27,23 @@ impl FieldIssue {
         }
     }
 }
+
+/// A count a client asks for (a page, a page's size): a whole number from
+/// 1 to `max`, or `None` with the issue of `field` added to `issues`.
+pub fn count_up_to(
+    field: &str,
+    value: &str,
+    max: usize,
+    issues: &mut Vec<FieldIssue>,
+) -> Option<usize> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Some(n),
+        _ => {
+            issues.push(FieldIssue::new(
+                field,
+                format!("must be an integer from 1 to {max}"),
+            ));
+            None
+        }
+    }
+}

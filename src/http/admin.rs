@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::sync::PoisonError;
 
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value, json};
@@ -18,7 +18,7 @@ use super::console;
 use super::error::{ApiError, Body, json_response};
 use super::{ClientAddr, LogFields, RequestId};
 use crate::clock::rfc3339_ms;
-use crate::domain::field::{FieldIssue, UNSTORABLE, unstorable};
+use crate::domain::field::{FieldIssue, UNSTORABLE, count_up_to, unstorable};
 use crate::live::Live;
 use crate::ratelimit::{Failed, Failures};
 use crate::service::events::{self, Bulk};
@@ -224,13 +224,9 @@ async fn search(app: &State, query: &str) -> Result<Response<Body>, ApiError> {
                 "outcome",
                 format!("must be one of {}", OUTCOMES.join(", ")),
             )),
-            "limit" => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                _ => issues.push(FieldIssue::new(
-                    "limit",
-                    format!("must be an integer from 1 to {MAX_LIMIT}"),
-                )),
-            },
+            "limit" => {
+                limit = count_up_to("limit", &v, MAX_LIMIT, &mut issues).unwrap_or(limit);
+            }
             _ => {}
         }
     }
@@ -330,15 +326,7 @@ fn parse_bulk(body: &[u8]) -> Result<Bulk, ApiError> {
 /// time, one search at a time; the redeliveries go to the state machine,
 /// which applies each with the config in force.
 async fn bulk_redeliver(app: &State, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
-        return Err(ApiError::unsupported_media_type());
-    }
+    super::body::require_json(req.headers())?;
     let (_, body, _) = super::body::read(app, req, super::body::Sender::Verified)
         .await
         .map_err(|e| e.answer(app, ApiError::validation_failed))?;

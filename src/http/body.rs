@@ -3,7 +3,7 @@
 //! before reading anything, then while streaming.
 
 use bytes::{Bytes, BytesMut};
-use http::Request;
+use http::{HeaderMap, Request, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 
@@ -11,6 +11,21 @@ use super::State;
 use super::error::ApiError;
 use super::unverified::Hold;
 use crate::domain::field::FieldIssue;
+
+/// A JSON body is declared as `application/json`, whatever the parameters
+/// (`; charset=utf-8`); anything else is 415.
+pub(super) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type())
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum BodyError {

@@ -48,6 +48,12 @@ impl ApiError {
         }
     }
 
+    /// The same error, telling the client when to try again.
+    fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+
     pub fn not_found(what: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -103,13 +109,12 @@ impl ApiError {
     }
 
     pub fn rate_limited(retry_after_secs: u64) -> ApiError {
-        let mut e = ApiError::new(
+        ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "RATE_LIMITED",
             "rate limit exceeded",
-        );
-        e.retry_after = Some(retry_after_secs.max(1));
-        e
+        )
+        .retry_after(retry_after_secs)
     }
 
     pub fn invalid_payload(message: &str, details: Vec<FieldIssue>) -> ApiError {
@@ -180,13 +185,12 @@ impl ApiError {
     }
 
     pub fn idempotency_in_progress() -> ApiError {
-        let mut e = ApiError::new(
+        ApiError::new(
             StatusCode::CONFLICT,
             "IDEMPOTENCY_IN_PROGRESS",
             "a request with this idempotency key is still running",
-        );
-        e.retry_after = Some(1);
-        e
+        )
+        .retry_after(1)
     }
 
     pub fn label_exists(label_id: &str) -> ApiError {
@@ -228,13 +232,12 @@ impl ApiError {
     }
 
     pub fn upstream_unavailable(service: &str, retry_after_secs: u64) -> ApiError {
-        let mut e = ApiError::new(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "UPSTREAM_UNAVAILABLE",
             format!("the {service} service is unavailable; retry later"),
-        );
-        e.retry_after = Some(retry_after_secs.max(1));
-        e
+        )
+        .retry_after(retry_after_secs)
     }
 
     /// The error body as stored for an idempotent replay.
@@ -272,23 +275,21 @@ impl ApiError {
     }
 
     pub fn overloaded() -> ApiError {
-        let mut e = ApiError::new(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "OVERLOADED",
             "too many requests in flight; retry shortly",
-        );
-        e.retry_after = Some(1);
-        e
+        )
+        .retry_after(1)
     }
 
     pub fn store_unavailable() -> ApiError {
-        let mut e = ApiError::new(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "STORE_UNAVAILABLE",
             "the event store is unavailable; retry later",
-        );
-        e.retry_after = Some(5);
-        e
+        )
+        .retry_after(5)
     }
 
     pub fn into_response(self, request_id: &str) -> Response<Body> {

@@ -19,7 +19,7 @@ use super::body::{self, Sender};
 use super::error::{ApiError, Body, json_bytes, json_response};
 use super::{LogFields, RequestId};
 use crate::clock::rfc3339_ms;
-use crate::domain::field::FieldIssue;
+use crate::domain::field::{FieldIssue, count_up_to};
 use crate::domain::ids::{OrderId, ShipmentId};
 use crate::domain::label::{Label, LabelFormat};
 use crate::domain::order::OrderStatus;
@@ -186,16 +186,7 @@ impl Call<'_> {
     /// keyed by partner, key and fingerprint.
     fn keyed(&mut self, body: &Bytes) -> Result<(Keyed, Value), ApiError> {
         if !body.is_empty() {
-            let json = self
-                .parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(';').next())
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-            if !json {
-                return Err(ApiError::unsupported_media_type());
-            }
+            super::body::require_json(&self.parts.headers)?;
         }
         // A write without a body counts as `{}`; a body that is not JSON
         // (or repeats a name, so that its key field could be read two
@@ -356,20 +347,13 @@ impl Call<'_> {
         let mut issues = Vec::new();
         for (k, v) in form_urlencoded::parse(self.parts.uri.query().unwrap_or("").as_bytes()) {
             match k.as_ref() {
-                "page" => match v.parse::<usize>() {
-                    Ok(n) if (1..=MAX_PAGE).contains(&n) => page = n,
-                    _ => issues.push(FieldIssue::new(
-                        "page",
-                        format!("must be an integer from 1 to {MAX_PAGE}"),
-                    )),
-                },
-                "page_size" => match v.parse::<usize>() {
-                    Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => page_size = n,
-                    _ => issues.push(FieldIssue::new(
-                        "page_size",
-                        format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
-                    )),
-                },
+                "page" => {
+                    page = count_up_to("page", &v, MAX_PAGE, &mut issues).unwrap_or(page);
+                }
+                "page_size" => {
+                    page_size = count_up_to("page_size", &v, MAX_PAGE_SIZE, &mut issues)
+                        .unwrap_or(page_size);
+                }
                 _ => {}
             }
         }

@@ -185,11 +185,7 @@ async fn reserve(
             // Nothing was reserved: the order fails, and that is final.
             order.status = OrderStatus::Failure;
             order.failure_reason = Some(OrderFailure::InsufficientStock);
-            let completion = finalize(Placed::InsufficientStock, &order);
-            Ok(ports
-                .orders
-                .write_order(OrderWrite::of(order).answered(completion))
-                .await?)
+            answer(ports, order, Placed::InsufficientStock, finalize).await
         }
     }
 }
@@ -243,11 +239,7 @@ async fn release(
     order.progress.released = true;
     order.status = OrderStatus::Failure;
     order.failure_reason = Some(OrderFailure::PaymentFailed);
-    let completion = finalize(Placed::PaymentFailed, &order);
-    Ok(ports
-        .orders
-        .write_order(OrderWrite::of(order).answered(completion))
-        .await?)
+    answer(ports, order, Placed::PaymentFailed, finalize).await
 }
 
 /// The shipment an order's charge pays for.
@@ -293,43 +285,46 @@ async fn fulfil(
     fail::fail_point!("order-after-shipment", |_| std::process::abort());
     let bought = buy(ports, &order).await?;
     fail::fail_point!("order-after-label", |_| std::process::abort());
-    match bought {
+    let placed = match bought {
         Bought::Label(sold) => {
             order.status = OrderStatus::Confirmed;
             order.progress.tracking_number = Some(sold.label.tracking_number.clone());
             let completion = finalize(Placed::Confirmed, &order);
-            record(ports, order, sold, Some(completion), None).await
+            return record(ports, order, sold, Some(completion), None).await;
         }
         Bought::Already(tracking_number) => {
             order.status = OrderStatus::Confirmed;
             order.progress.tracking_number = tracking_number;
-            let completion = finalize(Placed::Confirmed, &order);
-            Ok(ports
-                .orders
-                .write_order(OrderWrite::of(order).answered(completion))
-                .await?)
+            Placed::Confirmed
         }
         Bought::Cancelled => {
             // The integrator cancelled the shipment: nothing to fulfil,
             // and the order follows its shipment (CANCELLED).
             order.status = OrderStatus::PaymentSuccessPendingFulfillment;
-            let completion = finalize(Placed::PendingFulfilment, &order);
-            Ok(ports
-                .orders
-                .write_order(OrderWrite::of(order).answered(completion))
-                .await?)
+            Placed::PendingFulfilment
         }
         Bought::NotNow => {
             order.status = OrderStatus::PaymentSuccessPendingFulfillment;
             order.fulfil_attempts = 1;
             order.fulfil_due_ms = Some(due(1));
-            let completion = finalize(Placed::PendingFulfilment, &order);
-            Ok(ports
-                .orders
-                .write_order(OrderWrite::of(order).answered(completion))
-                .await?)
+            Placed::PendingFulfilment
         }
-    }
+    };
+    answer(ports, order, placed, finalize).await
+}
+
+/// Writes `order` with its final answer, `placed`.
+async fn answer(
+    ports: Ports<'_>,
+    order: OrderRecord,
+    placed: Placed,
+    finalize: Finalize<'_>,
+) -> Result<OrderRecord, Refusal> {
+    let completion = finalize(placed, &order);
+    Ok(ports
+        .orders
+        .write_order(OrderWrite::of(order).answered(completion))
+        .await?)
 }
 
 enum Bought {

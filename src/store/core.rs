@@ -90,11 +90,18 @@ impl Stored {
 /// the store; writes are buffered, or made inside the transaction, and
 /// land with the unit's commit.
 #[async_trait]
-pub trait Unit: Send {
+pub trait Unit: ShipmentRows + OrderRows + EventRows {
     /// Takes the locks that serialise parking and unparking under these
     /// keys, all at once, before any row is read (the lock order).
     async fn lock(&mut self, keys: &BTreeSet<ParkKey>) -> Result<(), StoreError>;
 
+    /// Stores a request's final answer with this unit.
+    async fn put_completion(&mut self, completion: &Completion) -> Result<(), StoreError>;
+}
+
+/// A unit's shipments.
+#[async_trait]
+pub trait ShipmentRows: Send {
     async fn shipment(&mut self, id: &ShipmentId) -> Result<Option<ShipmentRecord>, StoreError>;
     /// The shipment that has this tracking number.
     async fn shipment_for(
@@ -106,7 +113,11 @@ pub trait Unit: Send {
     fn put_shipment(&mut self, rec: ShipmentRecord);
     /// Stores a new shipment; `ShipmentExists` when its id is taken.
     async fn insert_shipment(&mut self, rec: ShipmentRecord) -> Result<(), StateError>;
+}
 
+/// A unit's orders and their place in the fulfilment queue.
+#[async_trait]
+pub trait OrderRows: Send {
     async fn order(&mut self, key: &OrderKey) -> Result<Option<OrderRecord>, StoreError>;
     /// Every partner's order with this id (partners choose order ids
     /// independently).
@@ -119,7 +130,11 @@ pub trait Unit: Send {
     /// entry at `due_ms` out.
     async fn schedule(&mut self, order: &OrderRecord, due_ms: u64) -> Result<(), StoreError>;
     async fn unschedule(&mut self, order: &OrderRecord, due_ms: u64) -> Result<(), StoreError>;
+}
 
+/// A unit's stored events and their outcomes.
+#[async_trait]
+pub trait EventRows: Send {
     /// The events parked under `key` that dispatch has passed (an event
     /// still in the inbox is applied by its own pass), with their bodies
     /// (None where the event's record is gone).
@@ -135,9 +150,6 @@ pub trait Unit: Send {
     ) -> Result<Option<(Stored, Option<Vec<u8>>)>, StoreError>;
     /// Writes an event's new outcome.
     fn put_outcome(&mut self, event: &Stored, outcome: &OutcomeRecord);
-
-    /// Stores a request's final answer with this unit.
-    async fn put_completion(&mut self, completion: &Completion) -> Result<(), StoreError>;
 }
 
 /// A unit with the sources events are read with, and what it dispatched.

@@ -420,13 +420,7 @@ async fn dead_events_are_redelivered_in_bulk_by_filter_with_a_dry_run_first() {
         "{some}"
     );
     assert_ne!(
-        app.app
-            .store
-            .outcome("ep", "bulk-11")
-            .await
-            .unwrap()
-            .unwrap()
-            .outcome,
+        app.outcome_of("ep", "bulk-11").await,
         DispatchOutcome::Dead,
         "the newest were taken"
     );
@@ -489,16 +483,7 @@ async fn parked_events_are_redelivered_in_bulk_once_their_shipment_exists_elsewh
     // Still no shipment: redelivered, and parked again.
     assert!(r["matched"].as_u64().unwrap() >= 4, "{r}");
     assert!(r["outcomes"]["parked"].as_u64().unwrap() >= 4, "{r}");
-    assert_eq!(
-        app.app
-            .store
-            .outcome("ep", "bp-0")
-            .await
-            .unwrap()
-            .unwrap()
-            .outcome,
-        DispatchOutcome::Parked
-    );
+    assert_eq!(app.outcome_of("ep", "bp-0").await, DispatchOutcome::Parked);
 }
 
 #[tokio::test]

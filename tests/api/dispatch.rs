@@ -146,16 +146,7 @@ async fn an_unknown_tracking_number_is_parked_then_applied_when_its_label_is_rec
     .await;
     app.settle().await;
     for id in ["park-1", "park-2"] {
-        assert_eq!(
-            app.app
-                .store
-                .outcome("ep", id)
-                .await
-                .unwrap()
-                .unwrap()
-                .outcome,
-            DispatchOutcome::Parked
-        );
+        assert_eq!(app.outcome_of("ep", id).await, DispatchOutcome::Parked);
     }
 
     shipment_with_label(&app, "shp_later", "TN-LATER").await;

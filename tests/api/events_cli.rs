@@ -43,16 +43,13 @@ fn ids(lines: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_searches_pages_shows_and_redelivers_from_the_shell() {
-    let dir = tempfile::tempdir().unwrap();
     // Times read from a pointer that holds garbage: every event is dead.
-    let cfg = write_gateway_config(
-        dir.path(),
+    let (_dir, gw) = gateway_with(
         "",
         &format!(
             "[admin]\ntoken = \"{TOKEN}\"\n[[sources]]\nname = \"ep\"\nkind = \"tracking\"\nsecrets = [\"s\"]\nsignature = {{ scheme = \"easypost\" }}\nevent_id = \"/id\"\n[sources.mapping]\ntracking_number = \"/t\"\nstatus = \"/s\"\noccurred_at = \"/when\"\n[sources.mapping.status_map]\nin_transit = \"IN_TRANSIT\"\n"
         ),
     );
-    let gw = Gateway::start(&cfg);
     for i in 0..3 {
         let body =
             json!({"id": format!("cli-{i}"), "t": "TN-CLI", "s": "in_transit", "when": "never"})

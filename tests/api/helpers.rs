@@ -281,6 +281,12 @@ async fn start(storage: Storage, opts: Options) -> TestApp {
 }
 
 impl TestApp {
+    /// What dispatch made of event `id` of `source`, which must be stored.
+    pub async fn outcome_of(&self, source: &str, id: &str) -> waybill::store::DispatchOutcome {
+        let stored = self.app.store.outcome(source, id).await.unwrap();
+        stored.expect("an outcome").outcome
+    }
+
     /// Stops gracefully (drain, flush) and starts again on the same data.
     pub async fn restart(self) -> TestApp {
         let opts = self.opts.clone();
@@ -494,4 +500,30 @@ pub async fn app_with_carrier_down() -> (TestApp, SplitDownstream, SocketAddr) {
     })
     .await;
     (app, split, sim)
+}
+
+/// Runs `task(0)` to `task(n - 1)` at once, each on a task of its own;
+/// their results in that order.
+pub async fn concurrently<T, F>(n: usize, task: impl Fn(usize) -> F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(task(i))).collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// A simulator that fails a fifth of the calls and loses half of its
+/// answers, the same way for one `seed`.
+pub fn lossy(seed: u64) -> SimConfig {
+    SimConfig {
+        fail_rate: 0.2,
+        lost_response_rate: 0.5,
+        seed: Some(seed),
+        ..SimConfig::default()
+    }
 }

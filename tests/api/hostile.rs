@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -146,14 +145,7 @@ async fn a_label_sold_behind_a_lost_answer_is_voided_by_the_cancel() {
 }
 
 async fn get_shipment_status(app: &TestApp, id: &str) -> String {
-    let r = Client::new(app.addr)
-        .send(
-            "GET",
-            &format!("/v1/shipments/{id}"),
-            &[("Authorization".into(), "Bearer acme-key".into())],
-            Bytes::new(),
-        )
-        .await;
+    let r = Api::acme(app.addr).shipment(id).await;
     r.json()["status"].as_str().unwrap().to_string()
 }
 

@@ -33,15 +33,7 @@ async fn a_label_is_bought_once_and_a_second_key_gets_label_exists() {
         second.json()["error"]["details"],
         json!([{"field": "label_id", "issue": label["label_id"]}])
     );
-    let shown = Client::new(app.addr)
-        .send(
-            "GET",
-            &format!("/v1/shipments/{id}"),
-            &headers("x"),
-            bytes::Bytes::new(),
-        )
-        .await
-        .json();
+    let shown = Api::acme(app.addr).shipment(&id).await.json();
     assert_eq!(shown["status"], "LABEL_CREATED");
     assert_eq!(shown["tracking_number"], label["tracking_number"]);
     assert_eq!(shown["label"], label);
@@ -88,18 +80,11 @@ async fn an_unreachable_carrier_is_503_and_leaves_the_key_unused() {
 
 #[tokio::test]
 async fn two_hundred_purchases_through_faults_buy_one_label_each() {
-    let (app, sim) = app_with_sim(SimConfig {
-        fail_rate: 0.2,
-        lost_response_rate: 0.5,
-        seed: Some(11),
-        ..SimConfig::default()
-    })
-    .await;
+    let (app, sim) = app_with_sim(lossy(11)).await;
     let app = Arc::new(app);
-    let mut tasks = Vec::new();
-    for n in 0..200 {
+    let results = concurrently(200, |n| {
         let app = app.clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             let id = new_shipment(&app, &format!("fault-{n}")).await;
             let key = format!("buy-{n}");
             let mut successes = Vec::new();
@@ -119,11 +104,11 @@ async fn two_hundred_purchases_through_faults_buy_one_label_each() {
                 }
             }
             (id, successes)
-        }));
-    }
+        }
+    })
+    .await;
     let mut by_shipment = HashMap::new();
-    for t in tasks {
-        let (id, successes) = t.await.unwrap();
+    for (id, successes) in results {
         assert_eq!(successes.len(), 2, "{id} never got its label");
         assert_eq!(
             successes[0], successes[1],

@@ -277,14 +277,12 @@ fn payment(id: &str, order_id: &str, kind: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-async fn send_payment(app: &TestApp, id: &str, order_id: &str, kind: &str) -> Resp {
+/// Delivers a payment event, accepted, and waits until it is dispatched.
+async fn pay(app: &TestApp, id: &str, order_id: &str, kind: &str) {
     let body = payment(id, order_id, kind);
-    app.webhook(
-        "pay",
-        &signed(SchemeKind::Github, GH_SECRET, &body, 0, id),
-        &body,
-    )
-    .await
+    let h = signed(SchemeKind::Github, GH_SECRET, &body, 0, id);
+    assert_eq!(app.webhook("pay", &h, &body).await.status, 202, "{id}");
+    app.settle().await;
 }
 
 /// Payment events join the order's history, parked while the order does
@@ -294,13 +292,7 @@ async fn send_payment(app: &TestApp, id: &str, order_id: &str, kind: &str) -> Re
 async fn payment_events_are_kept_in_the_orders_history() {
     let (app, _sim) = app_with_sim(SimConfig::default()).await;
     // Before the order exists: parked.
-    assert_eq!(
-        send_payment(&app, "pay-early", "o-pay", "payment_intent.succeeded")
-            .await
-            .status,
-        202
-    );
-    app.settle().await;
+    pay(&app, "pay-early", "o-pay", "payment_intent.succeeded").await;
     let e = app.admin_get("/admin/events/pay/pay-early").await.json();
     assert_eq!(e["outcome"], "parked");
     let r = place_order(&app, "pay-key", &order_body("o-pay", "cus-1", "SKU-1", 1)).await;
@@ -311,13 +303,7 @@ async fn payment_events_are_kept_in_the_orders_history() {
     assert_eq!(o["payment_status"], "SUCCEEDED");
     assert_eq!(o["payment_history"][0]["event_id"], "pay-early");
 
-    assert_eq!(
-        send_payment(&app, "pay-refund", "o-pay", "charge.refunded")
-            .await
-            .status,
-        202
-    );
-    app.settle().await;
+    pay(&app, "pay-refund", "o-pay", "charge.refunded").await;
     let o = get_order(&app, "acme-key", "o-pay").await.json();
     assert_eq!(o["payment_status"], "REFUNDED");
     assert_eq!(o["payment_history"].as_array().unwrap().len(), 2);
@@ -412,18 +398,14 @@ async fn orders_are_listed_newest_first_in_pages_per_partner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_orders_through_faults_charge_each_once() {
     let (app, sim) = app_with_sim(SimConfig {
-        fail_rate: 0.2,
-        lost_response_rate: 0.5,
-        seed: Some(42),
         stock: [("SKU-SCARCE".to_string(), 20)].into_iter().collect(),
-        ..SimConfig::default()
+        ..lossy(42)
     })
     .await;
     let app = Arc::new(app);
-    let mut tasks = Vec::new();
-    for n in 0..200 {
+    let results = concurrently(200, |n| {
         let app = app.clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             let customer = if n % 10 == 0 { "decline-x" } else { "cus" };
             let sku = if n % 7 == 0 { "SKU-SCARCE" } else { "SKU-1" };
             let body = order_body(&format!("m-{n}"), customer, sku, 3);
@@ -436,13 +418,13 @@ async fn two_hundred_orders_through_faults_charge_each_once() {
                 }
             }
             panic!("m-{n} never got a final answer");
-        }));
-    }
-    let mut answers = HashMap::new();
-    for t in tasks {
-        let (n, status, body) = t.await.unwrap();
-        answers.insert(n, (status, body));
-    }
+        }
+    })
+    .await;
+    let answers: HashMap<_, _> = results
+        .into_iter()
+        .map(|(n, status, body)| (n, (status, body)))
+        .collect();
     let l = ledger(sim).await;
     let charges_by_key: HashMap<String, Vec<&Value>> =
         rows(&l, "charges").iter().fold(HashMap::new(), |mut m, r| {

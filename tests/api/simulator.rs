@@ -40,6 +40,12 @@ async fn keyed_post(addr: SocketAddr, path: &str, key: &str, body: Value) -> Res
     call(addr, "POST", path, Some(key), body).await.unwrap()
 }
 
+/// A charge of `amount_cents` euros to `customer` under `key`.
+async fn charge(addr: SocketAddr, key: &str, amount_cents: u64, customer: &str) -> Resp {
+    let body = json!({"amount_cents": amount_cents, "currency": "EUR", "customer_id": customer});
+    keyed_post(addr, "/payments/charges", key, body).await
+}
+
 async fn ledger(addr: SocketAddr) -> Value {
     get(addr, "/_sim/ledger").await.json()
 }
@@ -96,23 +102,11 @@ async fn labels_are_idempotent_and_voids_are_recorded_on_their_row() {
 #[tokio::test]
 async fn charges_decline_without_a_trace() {
     let sim = start_sim(config()).await;
-    let ok = keyed_post(
-        sim,
-        "/payments/charges",
-        "charge:acme:o1",
-        json!({"amount_cents": 4599, "currency": "EUR", "customer_id": "cus_1"}),
-    )
-    .await;
+    let ok = charge(sim, "charge:acme:o1", 4599, "cus_1").await;
     assert_eq!(ok.status, 201);
     assert!(ok.json()["transaction_id"].is_string());
     for _ in 0..2 {
-        let declined = keyed_post(
-            sim,
-            "/payments/charges",
-            "charge:acme:o2",
-            json!({"amount_cents": 100, "currency": "EUR", "customer_id": "decline_card"}),
-        )
-        .await;
+        let declined = charge(sim, "charge:acme:o2", 100, "decline_card").await;
         assert_eq!(declined.status, 402);
     }
     let l = ledger(sim).await;
@@ -270,14 +264,7 @@ async fn concurrent_requests_with_one_key_get_one_answer() {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         tasks.push(tokio::spawn(async move {
-            keyed_post(
-                sim,
-                "/payments/charges",
-                "charge:same",
-                json!({"amount_cents": 1, "currency": "EUR", "customer_id": "c"}),
-            )
-            .await
-            .json()
+            charge(sim, "charge:same", 1, "c").await.json()
         }));
     }
     let mut ids = std::collections::HashSet::new();

@@ -119,14 +119,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_clearly() {
             .to_lowercase();
         assert!(error.contains("certificate"), "{name}: {error}");
         // The shipment is as it was: no label, nothing bought in clear.
-        let shipment = Client::new(gw.addr)
-            .send(
-                "GET",
-                &format!("/v1/shipments/{id}"),
-                &partner_headers("unused"),
-                bytes::Bytes::new(),
-            )
-            .await;
+        let shipment = Api::acme(gw.addr).shipment(&id).await;
         assert_eq!(shipment.json()["label"], serde_json::Value::Null, "{name}");
     }
 }

@@ -100,23 +100,15 @@ async fn a_body_not_received_in_time_is_408() {
 #[tokio::test]
 async fn request_ids_are_echoed_or_minted_and_match_the_error_body() {
     let app = spawn_app().await;
-    let r = post(
-        app.addr,
-        "/webhooks/gh",
-        &[("X-Request-Id".into(), "trace-abc_1.2".into())],
-        "{}",
-    )
-    .await;
+    let with_id = async |id: &str| {
+        let h = [("X-Request-Id".into(), id.into())];
+        post(app.addr, "/webhooks/gh", &h, "{}").await
+    };
+    let r = with_id("trace-abc_1.2").await;
     assert_eq!(r.header("x-request-id"), Some("trace-abc_1.2"));
     assert_eq!(r.json()["error"]["request_id"], "trace-abc_1.2");
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
-    let r = post(
-        app.addr,
-        "/webhooks/gh",
-        &[("X-Request-Id".into(), "bad id!".into())],
-        "{}",
-    )
-    .await;
+    let r = with_id("bad id!").await;
     let minted = r.header("x-request-id").unwrap().to_string();
     assert_ne!(minted, "bad id!");
     assert!(uuid::Uuid::parse_str(&minted).is_ok(), "{minted}");

@@ -44,14 +44,7 @@ async fn create(app: &TestApp, api_key: &str, idem: Option<&str>, body: &str) ->
 }
 
 async fn get_shipment(app: &TestApp, api_key: &str, id: &str) -> Resp {
-    Client::new(app.addr)
-        .send(
-            "GET",
-            &format!("/v1/shipments/{id}"),
-            &headers(api_key, None),
-            bytes::Bytes::new(),
-        )
-        .await
+    Api::with_key(app.addr, api_key).shipment(id).await
 }
 
 #[tokio::test]

@@ -11,6 +11,16 @@ fn gh(body: &[u8], delivery: &str) -> Vec<(String, String)> {
     signed(SchemeKind::Github, GH_SECRET, body, now(), delivery)
 }
 
+/// A GitHub delivery of `body` with no `X-GitHub-Delivery`: its id is
+/// the body's.
+async fn gh_without_delivery_id(app: &TestApp, body: &[u8]) -> Resp {
+    let h: Vec<_> = gh(body, "x")
+        .into_iter()
+        .filter(|(k, _)| k != "X-GitHub-Delivery")
+        .collect();
+    app.webhook("gh", &h, body).await
+}
+
 fn hash_headers(body: &[u8]) -> Vec<(String, String)> {
     signed(
         SchemeKind::Generic {
@@ -48,20 +58,12 @@ async fn the_header_id_wins_and_the_pointer_is_the_fallback() {
     let app = spawn_app().await;
     // No X-GitHub-Delivery: the /id pointer names the event.
     let body = br#"{"id":42}"#;
-    let h: Vec<_> = gh(body, "x")
-        .into_iter()
-        .filter(|(k, _)| k != "X-GitHub-Delivery")
-        .collect();
-    let r = app.webhook("gh", &h, body).await;
+    let r = gh_without_delivery_id(&app, body).await;
     assert_eq!(r.status, 202);
     assert_eq!(r.json()["event_id"], "42");
     // "42" as a string is the same event.
     let body = br#"{"id":"42"}"#;
-    let h: Vec<_> = gh(body, "x")
-        .into_iter()
-        .filter(|(k, _)| k != "X-GitHub-Delivery")
-        .collect();
-    let r = app.webhook("gh", &h, body).await;
+    let r = gh_without_delivery_id(&app, body).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["event_id"], "42");
     // With the header, the body needs no id at all.
@@ -155,11 +157,7 @@ async fn unusable_bodies_are_400_with_the_pointer_named() {
         ),
         (br#"{"id":true}"#, "/id", "must be a string or an integer"),
     ] {
-        let h: Vec<_> = gh(body, "x")
-            .into_iter()
-            .filter(|(k, _)| k != "X-GitHub-Delivery")
-            .collect();
-        let r = app.webhook("gh", &h, body).await;
+        let r = gh_without_delivery_id(&app, body).await;
         assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(body));
         assert_eq!(r.code(), "INVALID_PAYLOAD");
         let details = &r.json()["error"]["details"];

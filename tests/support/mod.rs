@@ -512,10 +512,11 @@ pub fn write_gateway_config(dir: &std::path::Path, server: &str, rest: &str) -> 
 }
 
 /// A gateway started in a new temporary directory with `server` lines and
-/// nothing else configured; the directory lives as long as its guard.
-pub fn gateway_with_server(server: &str) -> (tempfile::TempDir, Gateway) {
+/// then `rest` (see `write_gateway_config`); the directory lives as long
+/// as its guard.
+pub fn gateway_with(server: &str, rest: &str) -> (tempfile::TempDir, Gateway) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_gateway_config(dir.path(), server, "");
+    let cfg = write_gateway_config(dir.path(), server, rest);
     let gw = Gateway::start(&cfg);
     (dir, gw)
 }

@@ -449,14 +449,12 @@ impl Dispatch for PgStore {
                 continue;
             }
             let client = self.inner.client().await?;
-            let waiting: i64 = client
-                .query_one(
-                    "SELECT COUNT(*) FROM events WHERE dispatch AND outcome IS NULL AND seq <= $1",
-                    &[&last],
-                )
-                .await
-                .map_err(db_err)?
-                .get(0);
+            let waiting = state::count(
+                &**client,
+                "SELECT COUNT(*) FROM events WHERE dispatch AND outcome IS NULL AND seq <= $1",
+                &[&last],
+            )
+            .await?;
             if waiting == 0 {
                 return Ok(());
             }
@@ -618,14 +616,12 @@ impl Orders for PgStore {
         let partner = partner.as_str();
         deadline(async {
             let client = self.inner.client().await?;
-            let count: i64 = client
-                .query_one(
-                    "SELECT COUNT(*) FROM orders WHERE partner = $1",
-                    &[&partner],
-                )
-                .await
-                .map_err(db_err)?
-                .get(0);
+            let count = state::count(
+                &**client,
+                "SELECT COUNT(*) FROM orders WHERE partner = $1",
+                &[&partner],
+            )
+            .await?;
             let rows = client
                 .query(
                     "SELECT record::text FROM orders WHERE partner = $1
@@ -864,7 +860,7 @@ impl PgStore {
     async fn count(&self, sql: &str) -> Result<i64, StoreError> {
         deadline(async {
             let client = self.inner.client().await?;
-            Ok(client.query_one(sql, &[]).await.map_err(db_err)?.get(0))
+            state::count(&**client, sql, &[]).await
         })
         .await
     }

@@ -19,7 +19,9 @@ use super::{EVENT_COLUMNS, Tx, db_err, ms};
 use crate::clock::now_ms;
 use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
 use crate::idempotency::{self, Decision};
-use crate::store::core::{Counted, ParkKey, Sources, Stored, Unit, Work, gone};
+use crate::store::core::{
+    Counted, EventRows, OrderRows, ParkKey, ShipmentRows, Sources, Stored, Unit, Work, gone,
+};
 use crate::store::{
     Claim, Completion, EventFilter, EventMeta, OrderRecord, OutcomeRecord, Search, ShipmentRecord,
     StateError, StoreError, StoredEvent,
@@ -28,6 +30,16 @@ use crate::webhook::mapping::{Fields, Interpretation, interpret_fields};
 
 /// One JSON record, `what` (named in the error when it cannot be read),
 /// from the first column of a query's only row.
+/// The one number a `SELECT COUNT(*) …` answers.
+pub(super) async fn count(
+    client: &(impl tokio_postgres::GenericClient + Sync),
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<i64, StoreError> {
+    let row = client.query_one(sql, params).await.map_err(db_err)?;
+    Ok(row.get(0))
+}
+
 pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     client: &(impl tokio_postgres::GenericClient + Sync),
     what: impl FnOnce() -> String + Send,
@@ -212,6 +224,13 @@ impl Unit for PgUnit<'_> {
         Ok(())
     }
 
+    async fn put_completion(&mut self, completion: &Completion) -> Result<(), StoreError> {
+        put_completion(self.tx, completion).await
+    }
+}
+
+#[async_trait]
+impl ShipmentRows for PgUnit<'_> {
     async fn shipment(&mut self, id: &ShipmentId) -> Result<Option<ShipmentRecord>, StoreError> {
         if !self.shipments.contains_key(id) {
             let found: Option<ShipmentRecord> = read_json(
@@ -282,7 +301,10 @@ impl Unit for PgUnit<'_> {
         self.keep_shipment(rec);
         Ok(())
     }
+}
 
+#[async_trait]
+impl OrderRows for PgUnit<'_> {
     async fn order(&mut self, key: &OrderKey) -> Result<Option<OrderRecord>, StoreError> {
         if let Some(rec) = self.orders.get(key) {
             return Ok(Some(rec.clone()));
@@ -388,7 +410,10 @@ impl Unit for PgUnit<'_> {
         )
         .await
     }
+}
 
+#[async_trait]
+impl EventRows for PgUnit<'_> {
     async fn parked(
         &mut self,
         key: &ParkKey,
@@ -433,10 +458,6 @@ impl Unit for PgUnit<'_> {
 
     fn put_outcome(&mut self, event: &Stored, outcome: &OutcomeRecord) {
         self.outcomes.push((ms(event.seq), outcome.clone()));
-    }
-
-    async fn put_completion(&mut self, completion: &Completion) -> Result<(), StoreError> {
-        put_completion(self.tx, completion).await
     }
 }
 

@@ -771,8 +771,6 @@ impl Orders for SledStore {
         )
     }
 
-    /// A partner's orders, newest first: `limit` of them after skipping
-    /// `skip`, and how many the partner has.
     async fn orders(
         &self,
         partner: &PartnerName,
@@ -1470,6 +1468,17 @@ mod tests {
         super::test_config(path)
     }
 
+    /// A directory holding a store that took `events` and was closed.
+    async fn closed_after(events: Vec<NewEvent>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        for e in events {
+            store.ingest(e).await.unwrap();
+        }
+        store.close().unwrap();
+        dir
+    }
+
     fn event(id: &str, at: u64, hash: u8, dispatch: bool) -> NewEvent {
         NewEvent {
             source: "s".into(),
@@ -1576,13 +1585,7 @@ mod tests {
 
     #[tokio::test]
     async fn state_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = SledStore::open(&cfg(dir.path())).unwrap();
-            store.ingest(event("a", 10, 1, true)).await.unwrap();
-            store.ingest(event("b", 11, 1, false)).await.unwrap();
-            store.close().unwrap();
-        }
+        let dir = closed_after(vec![event("a", 10, 1, true), event("b", 11, 1, false)]).await;
         let store = SledStore::open(&cfg(dir.path())).unwrap();
         assert_eq!(store.inbox_pending().await.unwrap(), 1);
         assert!(matches!(
@@ -1809,13 +1812,7 @@ mod tests {
     /// a duplicate of itself.
     #[tokio::test]
     async fn an_event_whose_payload_was_cut_is_forgotten_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = SledStore::open(&cfg(dir.path())).unwrap();
-            store.ingest(event("kept", 10, 1, true)).await.unwrap();
-            store.ingest(event("cut", 20, 1, true)).await.unwrap();
-            store.close().unwrap();
-        }
+        let dir = closed_after(vec![event("kept", 10, 1, true), event("cut", 20, 1, true)]).await;
         // Cut the last record's bytes, as a crash before its sync could;
         // and move the checkpoint back as if its group were not yet flushed.
         let seg = dir.path().join("segments").join(format!("{:016x}.seg", 1));

@@ -28,7 +28,9 @@ use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId, TrackingNum
 use crate::domain::label::LabelRequest;
 use crate::health::Component;
 use crate::idempotency::{self, Decision, IdempotencyKey};
-use crate::store::core::{ParkKey, Stored, Unit, Work, gone, run_now};
+use crate::store::core::{
+    EventRows, OrderRows, ParkKey, ShipmentRows, Stored, Unit, Work, gone, run_now,
+};
 use crate::store::{
     Cancel, Claim, Completion, LabelRecorded, NewLabel, OrderCreated, OrderWrite, StateError,
     StoreError, count_dispatched as count, count_redelivered,
@@ -217,6 +219,14 @@ impl Unit for Pass<'_> {
         Ok(())
     }
 
+    async fn put_completion(&mut self, completion: &Completion) -> Result<(), StoreError> {
+        put_completion(&mut self.batch, completion);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ShipmentRows for Pass<'_> {
     async fn shipment(&mut self, id: &ShipmentId) -> Result<Option<ShipmentRecord>, StoreError> {
         if !self.shipments.contains_key(id) {
             let rec = super::read_shipment(self.tree, id.as_str())?;
@@ -267,7 +277,10 @@ impl Unit for Pass<'_> {
         self.put_shipment(rec);
         Ok(())
     }
+}
 
+#[async_trait]
+impl OrderRows for Pass<'_> {
     async fn order(&mut self, key: &OrderKey) -> Result<Option<OrderRecord>, StoreError> {
         if !self.orders.contains_key(key) {
             let rec = super::read_order(self.tree, key.partner.as_str(), key.order_id.as_str())?;
@@ -344,7 +357,10 @@ impl Unit for Pass<'_> {
         ));
         Ok(())
     }
+}
 
+#[async_trait]
+impl EventRows for Pass<'_> {
     async fn parked(
         &mut self,
         key: &ParkKey,
@@ -410,11 +426,6 @@ impl Unit for Pass<'_> {
         self.unmarked.add(was);
         self.batch
             .insert(codec::seq_key(b'n', event.seq).to_vec(), arrival.encode());
-    }
-
-    async fn put_completion(&mut self, completion: &Completion) -> Result<(), StoreError> {
-        put_completion(&mut self.batch, completion);
-        Ok(())
     }
 }
 
@@ -602,6 +613,24 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Runs one write of the shared orchestration in `pass`, then commits
+    /// it and counts the dispatch outcomes it decided.
+    fn write<'s, T, E>(
+        &'s self,
+        mut pass: Pass<'s>,
+        write: impl FnOnce(&mut Work<'_, Pass<'s>>) -> Result<T, E>,
+    ) -> Result<T, StateError>
+    where
+        StateError: From<E>,
+    {
+        let sources = self.shared.sources.load_full();
+        let mut work = Work::new(&mut pass, &sources);
+        let out = write(&mut work)?;
+        let counted = std::mem::take(&mut work.counted);
+        Self::commit(pass, &counted)?;
+        Ok(out)
+    }
+
     /// Stores new shipments, each with the final answer of the request
     /// that created it, in one batch; each is answered after the round's
     /// flush.
@@ -724,37 +753,22 @@ impl StateMachine {
         label: NewLabel,
         completion: Option<Completion>,
     ) -> Result<LabelRecorded, StateError> {
-        let sources = self.shared.sources.load_full();
-        let mut pass = Pass::new(&self.shared);
-        let mut work = Work::new(&mut pass, &sources);
-        let out = run_now(work.record_label(label, completion.as_ref()))?;
-        let counted = work.counted;
-        Self::commit(pass, &counted)?;
-        Ok(out)
+        self.write(Pass::new(&self.shared), |work| {
+            run_now(work.record_label(label, completion.as_ref()))
+        })
     }
 
     pub(super) fn create_order(&self, rec: OrderRecord) -> Result<OrderCreated, StateError> {
-        let sources = self.shared.sources.load_full();
         let mut pass = Pass::new(&self.shared);
         if run_now(pass.order(&rec.key()))?.is_none() {
             // Only a new order writes: short of space, none is made.
             self.shared.check_space()?;
         }
-        let mut work = Work::new(&mut pass, &sources);
-        let out = run_now(work.create_order(rec))?;
-        let counted = work.counted;
-        Self::commit(pass, &counted)?;
-        Ok(out)
+        self.write(pass, |work| run_now(work.create_order(rec)))
     }
 
     pub(super) fn write_order(&self, w: OrderWrite) -> Result<OrderRecord, StateError> {
-        let sources = self.shared.sources.load_full();
-        let mut pass = Pass::new(&self.shared);
-        let mut work = Work::new(&mut pass, &sources);
-        let out = run_now(work.write_order(w))?;
-        let counted = work.counted;
-        Self::commit(pass, &counted)?;
-        Ok(out)
+        self.write(Pass::new(&self.shared), |work| run_now(work.write_order(w)))
     }
 
     pub(super) fn record_intent(

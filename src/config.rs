@@ -114,9 +114,13 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub admin_token: Option<Secret>,
+    /// `admin.secure_cookie`: the console is served over TLS (by a proxy
+    /// in front), so its session cookie is `Secure`.
+    pub console_secure_cookie: bool,
     pub sources: Vec<SourceConfig>,
     pub partners: Vec<PartnerConfig>,
     pub downstream: DownstreamConfig,
+    pub telemetry: TelemetryConfig,
     /// Things worth a WARN at start that do not refuse it.
     pub warnings: Vec<String>,
 }
@@ -286,6 +290,15 @@ pub struct PartnerConfig {
     pub rate_limit: Option<RateLimit>,
 }
 
+/// Where spans go (`otlp`): an OTLP/HTTP collector's base URL, spans
+/// posted to its `/v1/traces`; none, no export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` on every span.
+    pub service_name: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DownstreamConfig {
     /// `http://` (the simulator) or `https://` (a real carrier).
@@ -427,11 +440,14 @@ impl Config {
         let mut store_t = w.table(&mut root, "store", "store");
         let store = w.store(&mut store_t);
         let mut admin_t = w.table(&mut root, "admin", "admin");
+        let console_secure_cookie = w.opt_bool(&mut admin_t, "secure_cookie", "admin");
         let admin_token = w.admin(&mut admin_t);
         let sources = w.sources(&mut root, store.dedupe_retention);
         let partners = w.partners(&mut root);
         let mut down_t = w.table(&mut root, "downstream", "downstream");
         let downstream = w.downstream(&mut down_t);
+        let mut telemetry_t = w.table(&mut root, "telemetry", "telemetry");
+        let telemetry = w.telemetry(&mut telemetry_t);
         w.unknown(&root, "");
         if !w.issues.is_empty() {
             return Err(ConfigErrors(w.issues));
@@ -457,9 +473,11 @@ impl Config {
             server,
             store,
             admin_token,
+            console_secure_cookie: console_secure_cookie.unwrap_or(false),
             sources,
             partners,
             downstream,
+            telemetry,
             warnings,
         })
     }
@@ -505,9 +523,14 @@ impl Config {
             "store.ca_file" => |c| c.backend.ca_certs(),
             "store.pool_size" => |c| c.backend.pool_size(),
         );
+        let telemetry = changed!(&self.telemetry, &new.telemetry;
+            "telemetry.otlp_endpoint" => |c| &c.otlp_endpoint,
+            "telemetry.service_name" => |c| &c.service_name,
+        );
         server
             .into_iter()
             .chain(store)
+            .chain(telemetry)
             .filter_map(|(key, changed)| changed.then_some(key))
             .collect()
     }
@@ -641,6 +664,17 @@ impl Walker<'_> {
             Some(Value::String(s)) => Some(s),
             Some(other) => {
                 self.mistyped(join(path, key), "a string", &other);
+                None
+            }
+        }
+    }
+
+    fn opt_bool(&mut self, t: &mut Table, key: &str, path: &str) -> Option<bool> {
+        match t.remove(key) {
+            None => None,
+            Some(Value::Boolean(b)) => Some(b),
+            Some(other) => {
+                self.mistyped(join(path, key), "a boolean", &other);
                 None
             }
         }
@@ -1419,14 +1453,7 @@ impl Walker<'_> {
         let base_url = self
             .opt_str(t, "base_url", p)
             .unwrap_or_else(|| "http://127.0.0.1:9090".into());
-        if base_url.parse::<http::Uri>().map_or(true, |u| {
-            !matches!(u.scheme_str(), Some("http" | "https")) || u.host().is_none()
-        }) {
-            self.bad(
-                "downstream.base_url",
-                format!("must be an http:// or https:// URL, found {base_url:?}"),
-            );
-        }
+        self.check_url("downstream.base_url", &base_url);
         let ca_certs = match self.opt_str(t, "ca_file", p) {
             None => Vec::new(),
             Some(path) => match read_certificates(std::path::Path::new(&path)) {
@@ -1467,6 +1494,36 @@ impl Walker<'_> {
             backoff_max,
             breaker_failures,
             breaker_cooldown,
+        }
+    }
+
+    fn check_url(&mut self, key: &str, url: &str) {
+        if url.parse::<http::Uri>().map_or(true, |u| {
+            !matches!(u.scheme_str(), Some("http" | "https")) || u.host().is_none()
+        }) {
+            self.bad(
+                key,
+                format!("must be an http:// or https:// URL, found {url:?}"),
+            );
+        }
+    }
+
+    fn telemetry(&mut self, t: &mut Table) -> TelemetryConfig {
+        let p = "telemetry";
+        let otlp_endpoint = self.opt_str(t, "otlp_endpoint", p).map(|url| {
+            self.check_url("telemetry.otlp_endpoint", &url);
+            url.trim_end_matches('/').to_string()
+        });
+        let service_name = self
+            .opt_str(t, "service_name", p)
+            .unwrap_or_else(|| "waybill".into());
+        if service_name.trim().is_empty() {
+            self.bad("telemetry.service_name", "must not be empty");
+        }
+        self.unknown(t, p);
+        TelemetryConfig {
+            otlp_endpoint,
+            service_name,
         }
     }
 }
@@ -1724,6 +1781,41 @@ mod tests {
 
     /// "Downstreams" (GUARANTEES.md): `https://` downstreams, and `ca_file` read and
     /// checked at load, naming the key when it is wrong.
+    #[test]
+    fn the_span_export_takes_a_collectors_url_and_needs_a_restart_to_change() {
+        let cfg = |t: &str| Config::parse(&format!("[telemetry]\n{t}\n"), &no_env());
+        let none = Config::parse("", &no_env()).unwrap();
+        assert_eq!(none.telemetry.otlp_endpoint, None);
+        assert_eq!(none.telemetry.service_name, "waybill");
+        let on =
+            cfg("otlp_endpoint = \"http://collector:4318/\"\nservice_name = \"edge\"").unwrap();
+        assert_eq!(
+            on.telemetry.otlp_endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
+        assert_eq!(
+            none.needs_restart(&on),
+            ["telemetry.otlp_endpoint", "telemetry.service_name"]
+        );
+        for (bad, key) in [
+            (
+                "otlp_endpoint = \"collector:4318\"",
+                "telemetry.otlp_endpoint",
+            ),
+            ("service_name = \" \"", "telemetry.service_name"),
+            ("otlp_headers = {}", "telemetry.otlp_headers"),
+        ] {
+            assert_eq!(keys(&cfg(bad).unwrap_err()), [key], "{bad}");
+        }
+        let secure = Config::parse("[admin]\ntoken = \"t\"\nsecure_cookie = true\n", &no_env());
+        assert!(secure.unwrap().console_secure_cookie);
+        let wrong = Config::parse(
+            "[admin]\ntoken = \"t\"\nsecure_cookie = \"yes\"\n",
+            &no_env(),
+        );
+        assert_eq!(keys(&wrong.unwrap_err()), ["admin.secure_cookie"]);
+    }
+
     #[test]
     fn downstreams_may_be_https_with_a_ca_file_checked_at_load() {
         let cfg = |url: &str, ca: &str| format!("[downstream]\nbase_url = \"{url}\"\n{ca}\n");

@@ -33,7 +33,8 @@
 //! - [`telemetry`]: logging and every metric name. [`alloc`]: the
 //!   allocator's settings. [`tls`]: the one TLS stack, for every
 //!   connection waybill opens. [`trace`]: the W3C trace context a
-//!   request carries to its log line and its downstream calls.
+//!   request carries to its log line and its downstream calls; [`otlp`]:
+//!   its spans, exported to an OpenTelemetry collector.
 //! - [`tools`]: the subcommands other than `serve`, and the simulator.
 
 pub mod alloc;
@@ -47,6 +48,7 @@ pub mod http;
 pub mod idempotency;
 pub mod json;
 pub mod live;
+pub mod otlp;
 pub mod partners;
 pub mod ratelimit;
 pub mod service;

@@ -538,7 +538,11 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat, pid_file: Option<PathBu
     let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
-    runtime.block_on(async move {
+    if let Err(why) = waybill::otlp::start(&config.telemetry, runtime.handle().clone()) {
+        tracing::error!(error = %why, "cannot start the span export");
+        return ExitCode::FAILURE;
+    }
+    let code = runtime.block_on(async move {
         let served = async {
             let listener = bind(config.server.listen).await?;
             let ops = match config.server.ops_listen {
@@ -563,7 +567,11 @@ fn serve(config: Option<PathBuf>, log_format: LogFormat, pid_file: Option<PathBu
                 .map_err(fatal("stopped with an error"))
         };
         exit_code(served.await)
-    })
+    });
+    // The spans still held, sent while the runtime their calls run on
+    // still runs.
+    waybill::otlp::stop();
+    code
 }
 
 /// The process id in a file for as long as the process serves; a new file

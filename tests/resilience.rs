@@ -22,6 +22,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1 as otlp;
+use prost::Message;
 use serde_json::{Value, json};
 use support::*;
 use waybill::tools::simulator::SimConfig;
@@ -652,4 +657,185 @@ async fn a_label_purchase_carries_its_trace_to_the_log_and_the_carrier() {
     let own = created[0]["trace_id"].as_str().unwrap();
     assert_eq!(own.len(), 32);
     assert_ne!(own, trace);
+}
+
+type Exported = Arc<std::sync::Mutex<Vec<ExportTraceServiceRequest>>>;
+
+/// An OTLP/HTTP collector: it decodes each export of `/v1/traces` and
+/// keeps it; `hang`, it takes each export and never answers.
+async fn fake_collector(hang: bool) -> (SocketAddr, Exported) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let exported = Exported::default();
+    let kept = exported.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let kept = kept.clone();
+                async move {
+                    assert_eq!(req.uri().path(), "/v1/traces");
+                    assert_eq!(
+                        req.headers()["content-type"],
+                        "application/x-protobuf",
+                        "OTLP/HTTP in its binary encoding"
+                    );
+                    let body = http_body_util::BodyExt::collect(req.into_body())
+                        .await
+                        .unwrap()
+                        .to_bytes();
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    let export = ExportTraceServiceRequest::decode(body).expect("an OTLP export");
+                    kept.lock().unwrap().push(export);
+                    let answer = ExportTraceServiceResponse::default().encode_to_vec();
+                    let mut resp = Response::new(Full::new(Bytes::from(answer)));
+                    resp.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/x-protobuf"),
+                    );
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, exported)
+}
+
+/// The spans a collector received, with the `service.name` of each.
+fn spans(exported: &Exported) -> Vec<(String, otlp::Span)> {
+    let mut out = Vec::new();
+    for export in exported.lock().unwrap().iter() {
+        for resource in &export.resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for scope in &resource.scope_spans {
+                out.extend(scope.spans.iter().map(|s| (service.clone(), s.clone())));
+            }
+        }
+    }
+    out
+}
+
+/// A gateway in front of a simulator, exporting its spans to `collector`.
+async fn exporting_to(collector: SocketAddr) -> (SocketAddr, tempfile::TempDir, Gateway) {
+    let sim = start_sim(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The table after the server's lines: they end where it starts.
+    let telemetry = format!("[telemetry]\notlp_endpoint = \"http://{collector}/\"");
+    let cfg = write_config(dir.path(), &format!("http://{sim}"), &telemetry);
+    (sim, dir, Gateway::start(&cfg))
+}
+
+/// "Operations" (GUARANTEES.md): with `[telemetry] otlp_endpoint` set, a
+/// label purchase sent with a `traceparent` is exported as one trace: the
+/// request's span below the caller's, and the carrier call's span below
+/// it, whose id is the one the carrier received. A trace its caller did
+/// not sample is not exported, and what is held is sent before the process
+/// exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_purchase_is_exported_as_one_trace_to_an_otlp_collector() {
+    let (collector, exported) = fake_collector(false).await;
+    let (sim, _dir, gw) = exporting_to(collector).await;
+    let id = create_shipment(gw.addr, "o-exported").await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller = "b7ad6b7169203331";
+    let traced = async |key: &str, flags: &str, trace: &str| {
+        let mut headers = partner_headers(key);
+        headers.push(("traceparent".into(), format!("00-{trace}-{caller}-{flags}")));
+        let path = format!("/v1/shipments/{id}/label");
+        Client::new(gw.addr)
+            .send("POST", &path, &headers, "{}")
+            .await
+    };
+    assert_eq!(traced("exported", "01", trace).await.status, 201);
+    // The same request again under a trace its caller did not sample.
+    let unsampled = "11111111111111111111111111111111";
+    assert_eq!(traced("exported", "00", unsampled).await.status, 201);
+    // Stopping sends what is held.
+    assert_eq!(gw.terminate(), Some(0));
+
+    let spans = spans(&exported);
+    let in_trace: Vec<&otlp::Span> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| hex::encode(&s.trace_id) == trace)
+        .collect();
+    assert!(
+        spans
+            .iter()
+            .all(|(_, s)| hex::encode(&s.trace_id) != unsampled),
+        "an unsampled trace is not exported"
+    );
+    assert!(
+        spans.iter().all(|(service, _)| service.contains("waybill")),
+        "{spans:?}"
+    );
+    let server: Vec<_> = in_trace
+        .iter()
+        .filter(|s| s.kind == otlp::span::SpanKind::Server as i32)
+        .collect();
+    assert_eq!(server.len(), 1, "{in_trace:?}");
+    let server = server[0];
+    assert_eq!(server.name, "POST /v1/shipments/{shipment_id}/label");
+    assert_eq!(hex::encode(&server.parent_span_id), caller);
+    let status = server
+        .attributes
+        .iter()
+        .find(|a| a.key == "http.response.status_code")
+        .and_then(|a| a.value.as_ref())
+        .map(|v| format!("{:?}", v.value));
+    assert_eq!(status.as_deref(), Some("Some(IntValue(201))"));
+
+    let client: Vec<_> = in_trace
+        .iter()
+        .filter(|s| s.kind == otlp::span::SpanKind::Client as i32)
+        .collect();
+    assert_eq!(client.len(), 1, "one call to the carrier: {in_trace:?}");
+    assert_eq!(client[0].parent_span_id, server.span_id);
+    let ledger = get(sim, "/_sim/ledger").await.json();
+    let received: Vec<&str> = ledger["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["path"] == "/carrier/labels")
+        .filter_map(|t| t["traceparent"].as_str())
+        .filter(|t| t.contains(trace))
+        .collect();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(
+        received[0],
+        format!("00-{trace}-{}-01", hex::encode(&client[0].span_id)),
+        "the carrier received the client span's own id"
+    );
+}
+
+/// A collector that takes every export and never answers costs requests
+/// nothing, and the process still stops, after the export's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_delays_no_request_and_no_exit() {
+    let (collector, _exported) = fake_collector(true).await;
+    let (_sim, _dir, mut gw) = exporting_to(collector).await;
+    for n in 0..20 {
+        let id = create_shipment(gw.addr, &format!("o-hung-{n}")).await;
+        assert_eq!(buy(gw.addr, &id, &format!("hung-{n}")).await.status, 201);
+    }
+    gw.sigterm();
+    let exited = gw.wait_for(Duration::from_secs(40));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "stopped despite the collector: {exited:?}"
+    );
 }

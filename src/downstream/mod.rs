@@ -13,10 +13,13 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry::KeyValue;
 use serde_json::Value;
 
 use crate::config::DownstreamConfig;
+use crate::otlp;
 use crate::telemetry::metric;
+use crate::trace::TraceContext;
 
 mod services;
 
@@ -361,6 +364,14 @@ impl Downstream {
         }
     }
 
+    /// Where each service's breaker stands now.
+    pub fn breakers(&self) -> Vec<(Service, BreakerState)> {
+        self.breakers
+            .iter()
+            .map(|g| (g.service, g.with(|b, now| b.state(now))))
+            .collect()
+    }
+
     fn breaker(&self, service: Service) -> &Guarded {
         match service {
             Service::Carrier => &self.breakers[0],
@@ -405,7 +416,10 @@ impl Downstream {
                     });
                 }
             };
-            match self.attempt(&method, path, idempotency_key, body).await {
+            match self
+                .attempt(service, &method, path, idempotency_key, body)
+                .await
+            {
                 Attempt::Final(answer) => {
                     let outcome = if answer.status.is_success() {
                         Outcome::Success
@@ -448,16 +462,60 @@ impl Downstream {
 
     async fn attempt(
         &self,
+        service: Service,
         method: &Method,
         path: &str,
         key: &str,
         body: Option<&Value>,
     ) -> Attempt {
-        let uri = format!("{}{path}", self.config.base_url);
         // A span of the request's trace (a trace of its own for background
         // work), so the service's logs join the gateway's.
-        let span = crate::trace::TraceContext::current()
-            .map_or_else(crate::trace::TraceContext::start, |t| t.child());
+        let parent = TraceContext::current();
+        let span = parent.map_or_else(TraceContext::start, |t| t.child());
+        let started = std::time::SystemTime::now();
+        let uri = format!("{}{path}", self.config.base_url);
+        let attempt = self.send(span, method, &uri, key, body).await;
+        if otlp::on() {
+            let (status, failure) = match &attempt {
+                Attempt::Final(answer) => (Some(answer.status), None),
+                Attempt::Failed(outcome, status) => (*status, Some(outcome.as_str())),
+            };
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("url.full", uri),
+                KeyValue::new("waybill.service", service.as_str()),
+            ];
+            if let Some(status) = status {
+                attributes.push(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status.as_u16()),
+                ));
+            }
+            if let Some(failure) = failure {
+                attributes.push(KeyValue::new("error.type", failure));
+            }
+            otlp::record(otlp::Ended {
+                context: span,
+                parent: parent.map(|p| (p.span_id, false)),
+                kind: otlp::Kind::Client,
+                name: format!("{method} {}", service.as_str()),
+                start: started,
+                attributes,
+                failed: failure.is_some(),
+            });
+        }
+        attempt
+    }
+
+    /// One attempt, as span `span` of its trace.
+    async fn send(
+        &self,
+        span: TraceContext,
+        method: &Method,
+        uri: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> Attempt {
         let mut req = Request::builder()
             .method(method.clone())
             .uri(uri)
@@ -473,7 +531,7 @@ impl Downstream {
         let req = match req.body(Full::new(payload)) {
             Ok(req) => req,
             Err(e) => {
-                tracing::error!(error = %e, path, "cannot build a downstream request");
+                tracing::error!(error = %e, uri, "cannot build a downstream request");
                 return Attempt::Failed(Outcome::ConnectError, None);
             }
         };

@@ -19,6 +19,7 @@ use super::error::{ApiError, Body, json_response};
 use super::{ClientAddr, LogFields, RequestId};
 use crate::clock::rfc3339_ms;
 use crate::domain::field::{FieldIssue, UNSTORABLE, count_up_to, unstorable};
+use crate::domain::ids::ShipmentId;
 use crate::live::Live;
 use crate::ratelimit::{Failed, Failures};
 use crate::service::events::{self, Bulk};
@@ -108,7 +109,11 @@ pub async fn handle(app: &State, live: &Live, req: Request<Incoming>) -> Respons
     // The console's page answers a browser without credentials with its
     // sign-in form, and takes the token from it.
     if path == "/admin/ui" {
-        return console::handle(app, req, token, credential, client, &request_id).await;
+        let admin = console::Admin {
+            token,
+            secure_cookie: live.config.console_secure_cookie,
+        };
+        return console::handle(app, req, admin, credential, client, &request_id).await;
     }
     if !console::allowed(credential, req.method(), req.headers()) {
         // Asking without credentials guesses nothing; a wrong token or
@@ -150,6 +155,10 @@ pub async fn handle(app: &State, live: &Live, req: Request<Incoming>) -> Respons
         (["events", _, _, "redeliver"], _) => Err(ApiError::method_not_allowed("POST")),
         (["redeliver"], &Method::POST) => bulk_redeliver(app, req).await,
         (["redeliver"], _) => Err(ApiError::method_not_allowed("POST")),
+        (["shipments", id], &Method::GET) => shipment(app, id).await,
+        (["shipments", _], _) => Err(ApiError::method_not_allowed("GET")),
+        (["stats"], &Method::GET) => Ok(stats(app, live)),
+        (["stats"], _) => Err(ApiError::method_not_allowed("GET")),
         _ => Err(ApiError::not_found("route")),
     };
     let mut resp = match result {
@@ -354,6 +363,9 @@ fn summary(ev: &StoredEvent, outcome: Option<&OutcomeRecord>) -> Map<String, Val
         json!(rfc3339_ms(ev.meta.received_at_ms)),
     );
     m.insert("outcome".into(), json!(ev.outcome_name(outcome)));
+    if let Some(o) = outcome {
+        m.insert("reason".into(), json!(o.reason));
+    }
     m
 }
 
@@ -378,13 +390,56 @@ async fn show(app: &State, source: &str, id: &str) -> Result<Response<Body>, Api
     let payload = serde_json::from_slice::<Value>(&ev.body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&ev.body).into_owned()));
     m.insert("payload".into(), payload);
+    m.insert("tracking_number".into(), json!(ev.meta.tracking_number));
+    m.insert("order_id".into(), json!(ev.meta.order_id));
     if let Some(o) = &outcome {
-        m.insert("reason".into(), json!(o.reason));
         m.insert("shipment_id".into(), json!(o.shipment_id));
         m.insert("attempts".into(), json!(o.attempts));
         m.insert("dispatched_at".into(), json!(rfc3339_ms(o.at_ms)));
     }
     Ok(json_response(StatusCode::OK, &Value::Object(m)))
+}
+
+/// `GET /admin/shipments/{id}`: a shipment as its partner reads it, and
+/// whose it is.
+async fn shipment(app: &State, id: &str) -> Result<Response<Body>, ApiError> {
+    let rec = events::shipment(app.store.as_ref(), &ShipmentId::from(id)).await?;
+    let mut view = super::v1::shipment_view(&rec);
+    if let Value::Object(m) = &mut view {
+        m.insert("partner".into(), json!(rec.partner));
+    }
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+/// `GET /admin/stats`: webhook answers per minute over the last hour,
+/// oldest first (the last minute still counting), and where each
+/// downstream's breaker stands.
+fn stats(app: &State, live: &Live) -> Response<Body> {
+    let minutes: Vec<Value> = app
+        .minutes
+        .last_hour(crate::clock::now_ms())
+        .iter()
+        .map(|m| {
+            let [accepted, duplicate, invalid_signature, refused] = m.counts;
+            json!({
+                "start": rfc3339_ms(m.start_ms),
+                "accepted": accepted,
+                "duplicate": duplicate,
+                "invalid_signature": invalid_signature,
+                "refused": refused,
+            })
+        })
+        .collect();
+    let breakers: Vec<Value> = live
+        .downstream
+        .breakers()
+        .into_iter()
+        .map(|(service, state)| json!({"service": service.as_str(), "state": state.as_str()}))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"minutes": minutes, "breakers": breakers}),
+    )
 }
 
 async fn redeliver(app: &State, source: &str, id: &str) -> Result<Response<Body>, ApiError> {

@@ -4,16 +4,20 @@
 //!
 //! A browser cannot send the bearer token by itself, so the console signs
 //! in once: the token posted from a form is exchanged for a session cookie
-//! that holds a digest of the token, never the token. The cookie is
-//! `HttpOnly` and `SameSite=Strict`; a POST authenticated by it must also
+//! that holds its expiry and a MAC of it under the token, never the token.
+//! The cookie is `HttpOnly`, `SameSite=Strict`, lasts `SESSION` (the
+//! server checks the expiry, not only the browser), and is `Secure` when
+//! `admin.secure_cookie` says the console is served over TLS (by a proxy
+//! in front). Signing out clears it. A POST authenticated by it must also
 //! carry `X-Waybill-Console`, a header no cross-site form can set. The
 //! page runs under a Content-Security-Policy that allows only its own
 //! script, by nonce, and every value from an event is inserted as text.
 
 use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::State;
@@ -34,7 +38,14 @@ pub enum Credential {
     None,
 }
 
+/// How long a console session lasts: a night's shift.
+const SESSION: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
 pub fn credential(headers: &HeaderMap, token: &Secret) -> Credential {
+    credential_at(headers, token, crate::clock::now_ms() / 1000)
+}
+
+fn credential_at(headers: &HeaderMap, token: &Secret, now_s: u64) -> Credential {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -44,16 +55,13 @@ pub fn credential(headers: &HeaderMap, token: &Secret) -> Credential {
     {
         return Credential::Bearer;
     }
-    let session = session(token);
     let cookie = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .any(|(name, value)| {
-            name == COOKIE && bool::from(value.as_bytes().ct_eq(session.as_bytes()))
-        });
+        .any(|(name, value)| name == COOKIE && valid_session(value, token, now_s));
     if cookie {
         Credential::Console
     } else {
@@ -87,20 +95,59 @@ pub fn allowed(credential: Credential, method: &Method, headers: &HeaderMap) -> 
     }
 }
 
-/// The session cookie's value: a digest of the token, so the cookie is
-/// worth nothing once the token is rotated, and never reveals it.
-fn session(token: &Secret) -> String {
-    let mut h = Sha256::new();
-    h.update(b"waybill-console\0");
-    h.update(token.expose().as_bytes());
-    hex::encode(h.finalize())
+/// A session cookie's value: when it expires (unix seconds) and a MAC of
+/// that under the token, so the cookie is worth nothing once the token is
+/// rotated or the time has passed, and never reveals the token.
+fn session(token: &Secret, expires_s: u64) -> String {
+    format!("{expires_s}.{}", hex::encode(session_mac(token, expires_s)))
 }
 
-/// `GET /admin/ui` and the sign-in `POST` from its form.
+fn session_mac(token: &Secret, expires_s: u64) -> Vec<u8> {
+    // HMAC takes a key of any length.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(token.expose().as_bytes()) else {
+        return Vec::new();
+    };
+    mac.update(b"waybill-console\0");
+    mac.update(expires_s.to_string().as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn valid_session(value: &str, token: &Secret, now_s: u64) -> bool {
+    let Some((expires, mac)) = value.split_once('.') else {
+        return false;
+    };
+    let (Ok(expires_s), Ok(mac)) = (expires.parse::<u64>(), hex::decode(mac)) else {
+        return false;
+    };
+    let expected = session_mac(token, expires_s);
+    now_s < expires_s
+        && expires_s <= now_s + SESSION.as_secs()
+        && !expected.is_empty()
+        && bool::from(mac.ct_eq(&expected))
+}
+
+/// The `Set-Cookie` of a session, or of none (`value` empty: cleared).
+fn cookie(value: &str, max_age_s: u64, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={value}; Path=/admin; Max-Age={max_age_s}; HttpOnly; SameSite=Strict{secure}"
+    ))
+    .ok()
+}
+
+/// The admin config the console answers under.
+pub struct Admin<'a> {
+    pub token: &'a Secret,
+    /// `Secure` on the session cookie.
+    pub secure_cookie: bool,
+}
+
+/// `GET /admin/ui`, the sign-in `POST` from its form, and the sign-out
+/// `POST` from the page (`action=sign-out`, with the console's header).
 pub async fn handle(
     app: &State,
     req: Request<Incoming>,
-    token: &Secret,
+    admin: Admin<'_>,
     credential: Credential,
     client: std::net::IpAddr,
     request_id: &str,
@@ -108,37 +155,51 @@ pub async fn handle(
     match *req.method() {
         Method::GET | Method::HEAD if credential != Credential::None => page(StatusCode::OK, ""),
         Method::GET | Method::HEAD => page(StatusCode::UNAUTHORIZED, ""),
-        Method::POST => sign_in(app, req, token, client).await,
+        Method::POST => form(app, req, admin, client).await,
         _ => ApiError::method_not_allowed("GET, POST").into_response(request_id),
     }
 }
 
-async fn sign_in(
+async fn form(
     app: &State,
     req: Request<Incoming>,
-    token: &Secret,
+    admin: Admin<'_>,
     client: std::net::IpAddr,
 ) -> Response<Body> {
+    let from_page = req.headers().contains_key(CONSOLE_HEADER);
     let Ok((_, body, _)) = super::body::read(app, req, super::body::Sender::Unverified).await
     else {
         return page(StatusCode::BAD_REQUEST, "The form could not be read.");
     };
-    let presented = form_urlencoded::parse(&body)
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
-    if !bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+    let field = |name: &str| {
+        form_urlencoded::parse(&body)
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    if field("action") == "sign-out" && from_page {
+        return back_to_console(cookie("", 0, admin.secure_cookie));
+    }
+    if !bool::from(
+        field("token")
+            .as_bytes()
+            .ct_eq(admin.token.expose().as_bytes()),
+    ) {
         app.admin_failures.failed(client);
         return page(StatusCode::UNAUTHORIZED, "That is not the admin token.");
     }
+    let expires_s = crate::clock::now_ms() / 1000 + SESSION.as_secs();
+    let value = session(admin.token, expires_s);
+    back_to_console(cookie(&value, SESSION.as_secs(), admin.secure_cookie))
+}
+
+/// A redirect to the console's page, setting `cookie`.
+fn back_to_console(cookie: Option<HeaderValue>) -> Response<Body> {
     let mut resp = Response::new(Body::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SEE_OTHER;
     let headers = resp.headers_mut();
     headers.insert(header::LOCATION, HeaderValue::from_static("/admin/ui"));
-    if let Ok(cookie) = HeaderValue::from_str(&format!(
-        "{COOKIE}={}; Path=/admin; HttpOnly; SameSite=Strict",
-        session(token)
-    )) {
+    if let Some(cookie) = cookie {
         headers.insert(header::SET_COOKIE, cookie);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -198,19 +259,24 @@ mod tests {
             .collect()
     }
 
+    const NOW: u64 = 1_780_000_000;
+
     #[test]
-    fn the_cookie_holds_a_digest_and_writes_need_the_console_header() {
+    fn the_cookie_holds_a_mac_and_writes_need_the_console_header() {
         let token = Secret::literal("tok");
-        let cookie = format!("other=1; {COOKIE}={}", session(&token));
+        let cookie = format!("other=1; {COOKIE}={}", session(&token, NOW + 60));
         assert!(!cookie.contains("tok"));
         let h = headers(&[("cookie", &cookie)]);
-        assert_eq!(credential(&h, &token), Credential::Console);
+        assert_eq!(credential_at(&h, &token, NOW), Credential::Console);
         assert!(allowed(Credential::Console, &Method::GET, &h));
         assert!(!allowed(Credential::Console, &Method::POST, &h));
         let h = headers(&[("cookie", &cookie), (CONSOLE_HEADER, "1")]);
         assert!(allowed(Credential::Console, &Method::POST, &h));
         // Rotating the token ends every session.
-        assert_eq!(credential(&h, &Secret::literal("tok2")), Credential::None);
+        assert_eq!(
+            credential_at(&h, &Secret::literal("tok2"), NOW),
+            Credential::None
+        );
         let h = headers(&[("authorization", "Bearer tok")]);
         assert_eq!(credential(&h, &token), Credential::Bearer);
         let h = headers(&[
@@ -218,5 +284,45 @@ mod tests {
             ("cookie", "waybill_console=x"),
         ]);
         assert_eq!(credential(&h, &token), Credential::None);
+    }
+
+    #[test]
+    fn a_session_ends_at_its_expiry_and_its_time_cannot_be_moved() {
+        let token = Secret::literal("tok");
+        let at = |value: &str, now| {
+            let h = headers(&[("cookie", &format!("{COOKIE}={value}"))]);
+            credential_at(&h, &token, now)
+        };
+        let value = session(&token, NOW + 60);
+        assert_eq!(at(&value, NOW + 59), Credential::Console);
+        assert_eq!(at(&value, NOW + 60), Credential::None, "expired");
+        // Another expiry with the same MAC: refused.
+        let (_, mac) = value.split_once('.').unwrap();
+        assert_eq!(at(&format!("{}.{mac}", NOW + 600), NOW), Credential::None);
+        // A valid MAC for a time further off than a session lasts: refused.
+        let far = session(&token, NOW + SESSION.as_secs() + 1);
+        assert_eq!(at(&far, NOW), Credential::None);
+        for junk in ["", ".", "x.y", "1.zz", &format!("{}.", NOW + 60)] {
+            assert_eq!(at(junk, NOW), Credential::None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn the_cookie_is_secure_when_configured_and_cleared_on_sign_out() {
+        let set = cookie("v", SESSION.as_secs(), true).unwrap();
+        let set = set.to_str().unwrap();
+        assert!(
+            set.contains("Max-Age=43200") && set.ends_with("; Secure"),
+            "{set}"
+        );
+        let plain = cookie("v", 1, false).unwrap();
+        assert!(!plain.to_str().unwrap().contains("Secure"));
+        let cleared = cookie("", 0, false).unwrap();
+        assert!(
+            cleared
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("{COOKIE}=; Path=/admin; Max-Age=0"))
+        );
     }
 }

@@ -34,6 +34,7 @@ mod body;
 mod console;
 pub mod error;
 mod forwarded;
+mod minutes;
 mod ops;
 pub use ops::OPENAPI;
 mod state;
@@ -55,10 +56,12 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use opentelemetry::KeyValue;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_io_timeout::TimeoutStream;
 
+use crate::otlp;
 use crate::telemetry::metric;
 use crate::trace::TraceContext;
 use error::{ApiError, Body};
@@ -118,6 +121,8 @@ enum Route<'a> {
     AdminEvent,
     AdminRedeliver,
     AdminBulkRedeliver,
+    AdminShipment,
+    AdminStats,
     AdminUi,
     /// Any other `/admin` path: still the admin handler's, which checks the
     /// token before it says the path does not exist.
@@ -143,6 +148,8 @@ pub const TEMPLATES: &[&str] = &[
     "/admin/events/{source}/{event_id}",
     "/admin/events/{source}/{event_id}/redeliver",
     "/admin/redeliver",
+    "/admin/shipments/{shipment_id}",
+    "/admin/stats",
     "/admin/ui",
     "/v1/shipments",
     "/v1/orders",
@@ -161,6 +168,7 @@ impl<'a> Route<'a> {
             "/openapi.json" => Route::OpenApi,
             "/admin/events" => Route::AdminEvents,
             "/admin/redeliver" => Route::AdminBulkRedeliver,
+            "/admin/stats" => Route::AdminStats,
             "/admin/ui" => Route::AdminUi,
             "/v1/shipments" => Route::V1Shipments,
             "/v1/orders" => Route::V1Orders,
@@ -170,6 +178,7 @@ impl<'a> Route<'a> {
                     ["events", s, e, "redeliver"] if !s.is_empty() && !e.is_empty() => {
                         Route::AdminRedeliver
                     }
+                    ["shipments", id] if !id.is_empty() => Route::AdminShipment,
                     _ => Route::AdminOther,
                 }
             }
@@ -209,6 +218,8 @@ impl<'a> Route<'a> {
             Route::AdminEvent => "/admin/events/{source}/{event_id}",
             Route::AdminRedeliver => "/admin/events/{source}/{event_id}/redeliver",
             Route::AdminBulkRedeliver => "/admin/redeliver",
+            Route::AdminShipment => "/admin/shipments/{shipment_id}",
+            Route::AdminStats => "/admin/stats",
             Route::AdminUi => "/admin/ui",
             Route::AdminOther => "/admin",
             Route::V1Shipments => "/v1/shipments",
@@ -497,12 +508,13 @@ async fn edge(
         &app.server.trusted_proxies,
     ));
     // This request's span: below the caller's, or the first of a trace.
-    let trace = req
+    let caller = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .map_or_else(TraceContext::start, |parent| parent.child());
+        .and_then(TraceContext::parse);
+    let trace = caller.map_or_else(TraceContext::start, |parent| parent.child());
+    let started_at = std::time::SystemTime::now();
     let _in_flight = InFlight::enter();
     let request_id = req
         .headers()
@@ -588,6 +600,27 @@ async fn edge(
         order_id = fields.order_id.as_deref(),
         "request"
     );
+    // Probes and scrapes are not traced: they would bury the requests.
+    if otlp::on() && !matches!(route, Route::Healthz | Route::Readyz | Route::Metrics) {
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("http.route", template),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+            KeyValue::new("waybill.request_id", request_id),
+        ];
+        if let Some(code) = code {
+            attributes.push(KeyValue::new("error.type", code));
+        }
+        otlp::record(otlp::Ended {
+            context: trace,
+            parent: caller.map(|c| (c.span_id, true)),
+            kind: otlp::Kind::Server,
+            name: format!("{method} {template}"),
+            start: started_at,
+            attributes,
+            failed: status >= 500,
+        });
+    }
     Ok(resp)
 }
 
@@ -614,6 +647,8 @@ async fn router(app: &State, req: Request<Incoming>) -> Response<Body> {
         | Route::AdminEvent
         | Route::AdminRedeliver
         | Route::AdminBulkRedeliver
+        | Route::AdminShipment
+        | Route::AdminStats
         | Route::AdminUi
         | Route::AdminOther => admin::handle(app, live, req).await,
         Route::V1Shipments => v1::handle(app, live, req, v1::V1Route::Shipments).await,
@@ -669,6 +704,8 @@ mod tests {
             | Route::AdminEvent
             | Route::AdminRedeliver
             | Route::AdminBulkRedeliver
+            | Route::AdminShipment
+            | Route::AdminStats
             | Route::AdminUi
             | Route::V1Shipments
             | Route::V1Shipment
@@ -697,6 +734,8 @@ mod tests {
             Route::AdminEvent,
             Route::AdminRedeliver,
             Route::AdminBulkRedeliver,
+            Route::AdminShipment,
+            Route::AdminStats,
             Route::AdminUi,
             Route::AdminOther,
             Route::V1Shipments,

@@ -29,6 +29,8 @@ pub struct State {
     pub unverified: super::Unverified,
     /// Failed admin authentications per client.
     pub admin_failures: super::AuthFailures,
+    /// Webhook answers per minute, for the console.
+    pub minutes: super::minutes::PerMinute,
     pub draining: AtomicBool,
 }
 
@@ -51,6 +53,7 @@ impl State {
             metrics,
             health,
             admin_failures: Default::default(),
+            minutes: Default::default(),
             draining: AtomicBool::new(false),
         }
     }

@@ -487,7 +487,7 @@ fn label_view(label: &Label) -> Value {
 }
 
 /// The Shipment resource (GUARANTEES.md: "The integrator API").
-fn shipment_view(rec: &ShipmentRecord) -> Value {
+pub(super) fn shipment_view(rec: &ShipmentRecord) -> Value {
     let history: Vec<Value> = rec
         .timeline
         .history()

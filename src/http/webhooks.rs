@@ -31,6 +31,8 @@ pub async fn handle(
     let name = source.config.name.clone();
     let count = |o: &'static str| {
         metrics::counter!(metric::WEBHOOKS, "source" => name.clone(), "outcome" => o).increment(1);
+        app.minutes
+            .record(super::minutes::Answer::of(o), crate::clock::now_ms());
     };
     let mut fields = LogFields {
         source: Some(name.clone()),

@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::Refusal;
+use crate::domain::ids::ShipmentId;
 use crate::store::{
-    Dispatch, EventFilter, Events, OutcomeRecord, Search, StateError, StoreError, StoredEvent,
+    Dispatch, EventFilter, Events, OutcomeRecord, Search, ShipmentRecord, Shipments, StateError,
+    StoreError, StoredEvent,
 };
 
 /// Index entries one search reads at most: a search that matches nothing
@@ -55,6 +57,17 @@ pub async fn show(
         .ok_or(Refusal::NotFound("event"))?;
     let outcome = events.outcome(source, event_id).await?;
     Ok((event, outcome))
+}
+
+/// A shipment by id, whichever partner's: what an event applied to.
+pub async fn shipment(
+    shipments: &dyn Shipments,
+    id: &ShipmentId,
+) -> Result<ShipmentRecord, Refusal> {
+    shipments
+        .shipment(id)
+        .await?
+        .ok_or(Refusal::NotFound("shipment"))
 }
 
 /// Dispatches a parked or dead event again, with the config in force.

@@ -2,7 +2,7 @@
 //! search by every key, one event with redelivery of dead events, one at a time
 //! and in bulk (10.6).
 
-use serde_json::json;
+use serde_json::{Value, json};
 use waybill::store::DispatchOutcome;
 use waybill::webhook::signature::SchemeKind;
 
@@ -660,6 +660,75 @@ async fn the_console_signs_in_with_the_token_and_its_cookie_cannot_post_cross_si
         200,
         "the bearer token works too"
     );
+    // Signing out (from the page: with its header) clears the cookie.
+    let mut sign_out = own.clone();
+    sign_out.push((
+        "Content-Type".into(),
+        "application/x-www-form-urlencoded".into(),
+    ));
+    let out = client
+        .send("POST", "/admin/ui", &sign_out, "action=sign-out")
+        .await;
+    assert_eq!(out.status, 303);
+    let cleared = out.header("set-cookie").unwrap();
+    assert!(
+        cleared.starts_with("waybill_console=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+}
+
+/// The console's figures: webhook answers per minute over the hour and
+/// each breaker by service; and a shipment an event applied to, whoever's.
+#[tokio::test]
+async fn stats_count_this_minutes_answers_and_a_shipment_is_shown_with_its_partner() {
+    let app = spawn_app().await;
+    let before = app.admin_get("/admin/stats").await.json();
+    let minutes = before["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60);
+    let body = br#"{"id":"stats-1"}"#;
+    let h = signed(SchemeKind::Github, GH_SECRET, body, 0, "stats-1");
+    assert_eq!(app.webhook("gh", &h, body).await.status, 202);
+    assert_eq!(app.webhook("gh", &h, body).await.status, 200);
+    let forged = signed(SchemeKind::Github, "not-the-secret", body, 0, "stats-1");
+    assert_eq!(app.webhook("gh", &forged, body).await.status, 401);
+    let after = app.admin_get("/admin/stats").await.json();
+    // This minute, or the one after it if the minute turned meanwhile.
+    let total = |stats: &Value, key: &str| -> u64 {
+        stats["minutes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m[key].as_u64().unwrap())
+            .sum()
+    };
+    for (key, n) in [("accepted", 1), ("duplicate", 1), ("invalid_signature", 1)] {
+        assert_eq!(
+            total(&after, key) - total(&before, key),
+            n,
+            "{key}: {after}"
+        );
+    }
+    assert_eq!(
+        after["breakers"],
+        json!([
+            {"service": "carrier", "state": "closed"},
+            {"service": "payments", "state": "closed"},
+            {"service": "inventory", "state": "closed"},
+        ])
+    );
+
+    shipment_with_label(&app, "shp_admin", "TN-ADMIN").await;
+    let shown = app.admin_get("/admin/shipments/shp_admin").await;
+    assert_eq!(shown.status, 200);
+    let shown = shown.json();
+    assert_eq!(shown["partner"], "acme");
+    assert_eq!(shown["tracking_number"], "TN-ADMIN");
+    assert_eq!(
+        app.admin_get("/admin/shipments/shp_none").await.code(),
+        "NOT_FOUND"
+    );
+    let unauthenticated = get(app.addr, "/admin/stats").await;
+    assert_eq!(unauthenticated.status, 401);
 }
 
 /// Regressions (the API fuzzer): any RFC 3339 time is a valid bound, the

@@ -214,8 +214,10 @@ async fn housekeeping(app: Arc<App>) {
 }
 
 /// Background fulfilment: every tick, the paid orders whose label is due for
-/// another try (GUARANTEES.md: "Orders follow their shipment"). The queue is in
-/// the store, so it survives restarts.
+/// another try (GUARANTEES.md: "Orders follow their shipment"), and the
+/// label voids cancels owe that are due (GUARANTEES.md: "Labels are voided,
+/// never waited on"). Both queues are in the store, so they survive
+/// restarts.
 async fn fulfilment(app: Arc<App>) {
     let alive = app.health.enter(Component::Fulfilment, FULFILMENT_STALL);
     let mut tick = tokio::time::interval(TICK);
@@ -223,10 +225,17 @@ async fn fulfilment(app: Arc<App>) {
     loop {
         tick.tick().await;
         alive.beat();
+        let live = app.live();
         if let Err(e) =
-            crate::service::orders::fulfil_due(app.ports(&app.live()), now_ms(), FULFIL_BATCH).await
+            crate::service::orders::fulfil_due(app.ports(&live), now_ms(), FULFIL_BATCH).await
         {
             tracing::warn!(error = %e, "background fulfilment failed; trying again");
+        }
+        if let Err(e) =
+            crate::service::shipments::settle_owed_voids(app.ports(&live), now_ms(), FULFIL_BATCH)
+                .await
+        {
+            tracing::warn!(error = %e, "settling owed label voids failed; trying again");
         }
     }
 }

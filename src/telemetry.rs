@@ -42,6 +42,7 @@ pub mod metric {
         CONFIG_RELOADS = "waybill_config_reloads_total",
         PARKED = "waybill_parked_events",
         DEAD = "waybill_dead_events",
+        VOIDS_OWED = "waybill_label_voids_owed",
         STORE_FREE = "waybill_store_free_bytes",
         UNREADABLE = "waybill_store_unreadable_records_total",
     }
@@ -157,6 +158,10 @@ pub fn metrics_handle() -> PrometheusHandle {
             metrics::describe_gauge!(
                 metric::DEAD,
                 "Events in the dead letter now, waiting for an operator"
+            );
+            metrics::describe_gauge!(
+                metric::VOIDS_OWED,
+                "Label voids cancels owe and the carrier has not confirmed yet"
             );
             metrics::describe_gauge!(metric::STORE_SIZE, "Bytes the store takes on disk");
             metrics::describe_gauge!(

@@ -16,7 +16,6 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use serde_json::Value;
 use support::*;
 use waybill::tools::simulator::SimConfig;
 
@@ -86,13 +85,7 @@ async fn killed_at_each_step(on_postgres: bool) {
         let other = buy(gw.addr, &id, &format!("{key}-other")).await.unwrap();
         assert_eq!(other.code(), "LABEL_EXISTS", "{failpoint}");
 
-        let ledger = get(sim, "/_sim/ledger").await.json();
-        let rows: Vec<&Value> = ledger["labels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["idempotency_key"] == format!("label:{id}").as_str())
-            .collect();
+        let rows = labels_of(sim, &id).await;
         assert_eq!(rows.len(), 1, "{failpoint}: bought once at the carrier");
         assert_eq!(rows[0]["label_id"], label["label_id"], "{failpoint}");
         let shown = Api::acme(gw.addr).shipment(&id).await.json();
@@ -100,4 +93,78 @@ async fn killed_at_each_step(on_postgres: bool) {
         assert_eq!(shown["label"]["label_id"], label["label_id"], "{failpoint}");
         gw.kill9();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipment_cancelled_while_the_carrier_is_down_owes_its_void_across_a_kill() {
+    cancelled_while_the_carrier_is_down(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_shipment_cancelled_while_the_carrier_is_down_owes_its_void_across_a_kill() {
+    cancelled_while_the_carrier_is_down(true).await;
+}
+
+/// "Labels" (GUARANTEES.md; 11.4): with the carrier down, an order is
+/// paid and waits for its label; its shipment is cancelled at once (200),
+/// owing the void. Killed with the void still owed, the gateway restarts,
+/// and once the carrier is back (losing some answers) it asks under the
+/// shipment's key and voids what it finds: the carrier holds no active
+/// label for the shipment, and sold it one at most.
+async fn cancelled_while_the_carrier_is_down(on_postgres: bool) {
+    let Some(pg) = support::pg::if_postgres(on_postgres).await else {
+        return;
+    };
+    let url = pg.as_ref().map_or(String::new(), |s| s.url.clone());
+    let env = [("WAYBILL_DATABASE_URL", url.as_str())];
+    let (sim, split) = sim_with_carrier_down().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), split.addr, on_postgres);
+    let gw = Gateway::start_with_env(&config, &env);
+    let api = Api::acme(gw.addr);
+
+    let placed = api
+        .place_order("void-order", &order_body("o-void", "cus", "SKU-1", 1))
+        .await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    assert_eq!(
+        placed.json()["status"],
+        "PAYMENT_SUCCESS_PENDING_FULFILLMENT"
+    );
+    let id = placed.json()["shipment_id"].as_str().unwrap().to_string();
+
+    let cancelled = api.cancel(&id, "void-cancel").await;
+    assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
+    assert_eq!(cancelled.json()["status"], "CANCELLED");
+    assert_eq!(cancelled.json()["label_void"]["status"], "owed");
+    let metrics = get(gw.addr, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert_eq!(metric(&text, "waybill_label_voids_owed", ""), 1.0);
+    gw.kill9();
+
+    // Back, losing its first answer and its third: the void is settled
+    // through both, after the restart.
+    split
+        .carrier_down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    split
+        .carrier_answers_lost
+        .store(0b101, std::sync::atomic::Ordering::SeqCst);
+    let gw = Gateway::start_with_env(&config, &env);
+    let api = Api::acme(gw.addr);
+    let settled = void_settled(&api, &id).await;
+    assert_eq!(settled["status"], "CANCELLED");
+    assert_eq!(settled["label_void"]["status"], "voided", "{settled}");
+
+    let labels = labels_of(sim, &id).await;
+    assert_eq!(labels.len(), 1, "one label sold at most: {labels:?}");
+    assert_eq!(labels[0]["voided"], true, "no active label: {labels:?}");
+    assert_eq!(settled["label_void"]["label_id"], labels[0]["label_id"]);
+    let metrics = get(gw.addr, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert_eq!(metric(&text, "waybill_label_voids_owed", ""), 0.0);
+    // The order follows its shipment.
+    let order = api.order("o-void").await.json();
+    assert_eq!(order["status"], "CANCELLED", "{order}");
+    assert_eq!(gw.terminate(), Some(0));
 }

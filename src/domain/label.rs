@@ -95,3 +95,39 @@ impl LabelRequest {
         }
     }
 }
+
+/// The void a cancel owes when it could not make it at once (GUARANTEES.md:
+/// "Labels are voided, never waited on"): a shipment cancelled while a label
+/// request was unresolved, or with a label it did not void, until the
+/// gateway knows the carrier holds no active label for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum LabelVoid {
+    /// Still owed: the carrier is asked again at `due_ms`, the `attempts`
+    /// before having failed.
+    Owed { attempts: u32, due_ms: u64 },
+    /// The label the carrier held under the request's key, voided.
+    Voided { label_id: LabelId, at_ms: u64 },
+    /// The carrier refused the request under its key: it sold nothing.
+    NothingSold { at_ms: u64 },
+}
+
+impl LabelVoid {
+    /// When an owed void is next tried after its `attempts`-th failure:
+    /// 1 s, doubling, to 5 minutes.
+    pub fn retry(attempts: u32, now_ms: u64) -> LabelVoid {
+        let doublings = attempts.saturating_sub(1).min(9);
+        let wait_ms = (1_000u64 << doublings).min(300_000);
+        LabelVoid::Owed {
+            attempts,
+            due_ms: now_ms.saturating_add(wait_ms),
+        }
+    }
+
+    pub fn due_ms(&self) -> Option<u64> {
+        match self {
+            LabelVoid::Owed { due_ms, .. } => Some(*due_ms),
+            _ => None,
+        }
+    }
+}

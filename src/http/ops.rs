@@ -51,6 +51,9 @@ pub(super) async fn handle(
             if let Ok(parked) = app.store.parked().await {
                 metrics::gauge!(crate::telemetry::metric::PARKED).set(parked as f64);
             }
+            if let Ok(owed) = app.store.voids_owed().await {
+                metrics::gauge!(crate::telemetry::metric::VOIDS_OWED).set(owed as f64);
+            }
             crate::telemetry::collect_process();
             let mut resp = Response::new(app.metrics.render().into());
             resp.headers_mut().insert(

@@ -21,7 +21,7 @@ use super::{LogFields, RequestId};
 use crate::clock::rfc3339_ms;
 use crate::domain::field::{FieldIssue, count_up_to};
 use crate::domain::ids::{OrderId, ShipmentId};
-use crate::domain::label::{Label, LabelFormat};
+use crate::domain::label::{Label, LabelFormat, LabelVoid};
 use crate::domain::order::OrderStatus;
 use crate::domain::request::{NewOrder, NewShipment};
 use crate::idempotency::{self, KeyError};
@@ -506,6 +506,7 @@ pub(super) fn shipment_view(rec: &ShipmentRecord) -> Value {
         "status": rec.timeline.status().as_str(),
         "tracking_number": rec.tracking_number,
         "label": rec.label.as_ref().map(label_view),
+        "label_void": rec.label_void.as_ref().map(label_void_view),
         "history": history,
         "created_at": rfc3339_ms(rec.created_at_ms),
     });
@@ -517,6 +518,20 @@ pub(super) fn shipment_view(rec: &ShipmentRecord) -> Value {
         }
     }
     view
+}
+
+/// A cancel's owed label void as integrators read it: `owed` until the
+/// carrier confirms, then `voided` (with the label) or `nothing_sold`.
+fn label_void_view(void: &LabelVoid) -> Value {
+    match void {
+        LabelVoid::Owed { .. } => json!({"status": "owed"}),
+        LabelVoid::Voided { label_id, at_ms } => {
+            json!({"status": "voided", "label_id": label_id, "at": rfc3339_ms(*at_ms)})
+        }
+        LabelVoid::NothingSold { at_ms } => {
+            json!({"status": "nothing_sold", "at": rfc3339_ms(*at_ms)})
+        }
+    }
 }
 
 /// The Order resource (GUARANTEES.md: "The integrator API"): the order, its payments and its

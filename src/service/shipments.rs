@@ -9,7 +9,7 @@ use super::ports::Service;
 use super::{Ports, Refusal, Render};
 use crate::clock::now_ms;
 use crate::domain::ids::{LabelId, OrderId, PartnerName, ShipmentId};
-use crate::domain::label::{Label, LabelFormat};
+use crate::domain::label::{Label, LabelFormat, LabelVoid};
 use crate::domain::request::{NewShipment, ShipmentDetails};
 use crate::domain::shipment::ShipmentStatus;
 use crate::store::{Cancel, CancelAnswer, Completion, NewLabel, ShipmentRecord, StateError};
@@ -186,13 +186,16 @@ async fn cancel(
             status.as_str()
         )));
     }
+    // A recorded label is voided first: a failure is the answer (503). A
+    // label request with no answer recorded is not waited on: the cancel
+    // owes its void, which the background settles (`settle_owed_voids`).
     let mut voided = false;
     if status != ShipmentStatus::Cancelled
-        && let Some(label_id) = label_to_void(ports, shipment).await?
+        && let Some(label) = &shipment.label
     {
         ports
             .carrier
-            .void_label(&label_id)
+            .void_label(&label.label_id)
             .await
             .map_err(|f| Refusal::upstream(Service::Carrier, f))?;
         voided = true;
@@ -213,6 +216,48 @@ async fn cancel(
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Settles the label voids cancels owe that are due at `now_ms`, at most
+/// `limit` (GUARANTEES.md: "Labels are voided, never waited on"): each
+/// shipment's label, or the one its request may have bought behind a lost
+/// answer, is asked of the carrier under the request's key and voided; a
+/// carrier that cannot answer is asked again later, with backoff. How many
+/// were due.
+pub async fn settle_owed_voids(
+    ports: Ports<'_>,
+    now_ms: u64,
+    limit: usize,
+) -> Result<usize, Refusal> {
+    let due = ports.shipments.due_voids(now_ms, limit).await?;
+    for id in &due {
+        let Some(shipment) = ports.shipments.shipment(id).await? else {
+            continue;
+        };
+        let Some(LabelVoid::Owed { attempts, .. }) = shipment.label_void else {
+            continue;
+        };
+        let again = |why: String| {
+            tracing::warn!(shipment_id = %id, attempts = attempts + 1, why = %why, "an owed label void could not be made yet; trying again later");
+            LabelVoid::retry(attempts.saturating_add(1), now_ms)
+        };
+        let outcome = match label_to_void(ports, &shipment).await {
+            Ok(None) => LabelVoid::NothingSold { at_ms: now_ms },
+            Ok(Some(label_id)) => match ports.carrier.void_label(&label_id).await {
+                Ok(()) => {
+                    tracing::info!(shipment_id = %id, label_id = %label_id, "an owed label void was made");
+                    LabelVoid::Voided {
+                        label_id,
+                        at_ms: now_ms,
+                    }
+                }
+                Err(failure) => again(format!("{failure:?}")),
+            },
+            Err(refusal) => again(format!("{refusal:?}")),
+        };
+        ports.shipments.settle_void(id, outcome).await?;
+    }
+    Ok(due.len())
 }
 
 /// The label a cancel must void: the recorded one, or one a purchase may

@@ -15,8 +15,9 @@ use super::ports::{
     Carrier, Charge, ChargeRequest, Failure, Inventory, LabelSold, Payments, Reservation, Service,
 };
 use super::{Placed, Ports, Refusal, Render, StoredAnswer, orders, shipments};
+use crate::clock::now_ms;
 use crate::domain::ids::{LabelId, OrderId, OrderKey, PartnerName, ShipmentId};
-use crate::domain::label::{Label, LabelFormat, LabelRequest};
+use crate::domain::label::{Label, LabelFormat, LabelRequest, LabelVoid};
 use crate::domain::order::{OrderFailure, OrderStatus};
 use crate::domain::request::{Item, NewOrder, NewShipment, ShipmentDetails};
 use crate::domain::shipment::ShipmentStatus;
@@ -468,33 +469,79 @@ async fn a_cancel_voids_the_label_first_and_changes_nothing_when_it_cannot() {
     assert_eq!(w.services.calls()[1..], vec![Call::Void("lbl-1".into()); 3]);
 }
 
+/// Settles every owed void due an hour after `at_ms`; that time.
+async fn settle_later(w: &World, at_ms: u64) -> u64 {
+    let at_ms = at_ms + 3_600_000;
+    shipments::settle_owed_voids(w.ports(), at_ms, 10)
+        .await
+        .unwrap();
+    at_ms
+}
+
 #[tokio::test]
-async fn a_cancel_finds_and_voids_a_label_sold_behind_a_lost_answer() {
+async fn a_cancel_behind_a_lost_label_answer_is_at_once_and_owes_the_void() {
     let w = World::new();
     let id = w.new_shipment().await;
     // The purchase's answer was lost: only its intent is recorded.
     Services::script(&w.services.buys, [Err(UNAVAILABLE)]);
     refused(w.label("k", &id).await);
-    // The carrier is still away: nothing changes.
-    Services::script(&w.services.buys, [Err(UNAVAILABLE)]);
-    assert_upstream(w.cancel("c", &id).await, Service::Carrier, 7);
-    assert_eq!(
-        w.shipment(&id).await.timeline.status(),
-        ShipmentStatus::Created
-    );
-    // Asked again under the shipment's key, the carrier answers the label
-    // it sold, which is voided.
-    Services::script(&w.services.buys, [sold(4)]);
-    Services::script(&w.services.voids, [Ok(())]);
+    // The carrier is away, and the cancel does not wait for it.
     let cancelled = ran(w.cancel("c", &id).await);
     assert_eq!(cancelled.timeline.status(), ShipmentStatus::Cancelled);
+    assert!(
+        matches!(
+            cancelled.label_void,
+            Some(LabelVoid::Owed { attempts: 0, .. })
+        ),
+        "{:?}",
+        cancelled.label_void
+    );
+    assert_eq!(w.services.calls(), [Call::Buy(id.clone())]);
+    assert_eq!(w.store.voids_owed().await.unwrap(), 1);
+    // Still away when the void is due: owed again, later.
+    Services::script(&w.services.buys, [Err(UNAVAILABLE)]);
+    let t = settle_later(&w, now_ms()).await;
+    let owed = w.shipment(&id).await.label_void;
+    assert!(
+        matches!(owed, Some(LabelVoid::Owed { attempts: 1, due_ms }) if due_ms > t),
+        "{owed:?}"
+    );
+    // Nothing is due before then.
+    shipments::settle_owed_voids(w.ports(), t, 10)
+        .await
+        .unwrap();
+    // Back, it answers the label it sold under the shipment's key; the
+    // void fails once, then is made.
+    Services::script(&w.services.buys, [sold(4), sold(4)]);
+    Services::script(&w.services.voids, [Err(UNAVAILABLE), Ok(())]);
+    let t = settle_later(&w, t).await;
+    assert!(matches!(
+        w.shipment(&id).await.label_void,
+        Some(LabelVoid::Owed { attempts: 2, .. })
+    ));
+    let t = settle_later(&w, t).await;
+    let settled = w.shipment(&id).await;
+    assert!(
+        matches!(&settled.label_void, Some(LabelVoid::Voided { label_id, .. }) if *label_id == "lbl-4"),
+        "{:?}",
+        settled.label_void
+    );
+    assert_eq!(w.store.voids_owed().await.unwrap(), 0);
+    // Settled: never asked again, and a replay of the cancel is its answer.
+    settle_later(&w, t).await;
+    assert_eq!(
+        replayed(w.cancel("c", &id).await),
+        answer(200, format!("cancelled {id}"))
+    );
     assert_eq!(
         w.services.calls(),
         [
             Call::Buy(id.clone()),
             Call::Buy(id.clone()),
             Call::Buy(id.clone()),
-            Call::Void("lbl-4".into())
+            Call::Void("lbl-4".into()),
+            Call::Buy(id.clone()),
+            Call::Void("lbl-4".into()),
         ]
     );
 }
@@ -503,14 +550,34 @@ async fn a_cancel_finds_and_voids_a_label_sold_behind_a_lost_answer() {
 async fn a_cancel_whose_intent_the_carrier_refuses_has_nothing_to_void() {
     let w = World::new();
     let id = w.new_shipment().await;
-    Services::script(&w.services.buys, [Err(REFUSED), Err(REFUSED)]);
+    Services::script(&w.services.buys, [Err(REFUSED)]);
     refused(w.label("k", &id).await);
     let cancelled = ran(w.cancel("c", &id).await);
     assert_eq!(cancelled.timeline.status(), ShipmentStatus::Cancelled);
+    // Asked under the shipment's key, the carrier refuses the request
+    // again: it sold nothing.
+    Services::script(&w.services.buys, [Err(REFUSED)]);
+    settle_later(&w, now_ms()).await;
+    assert!(matches!(
+        w.shipment(&id).await.label_void,
+        Some(LabelVoid::NothingSold { .. })
+    ));
     assert_eq!(
         w.services.calls(),
         [Call::Buy(id.clone()), Call::Buy(id.clone())]
     );
+}
+
+/// A cancelled shipment with no label and no label request owes nothing.
+#[tokio::test]
+async fn a_cancel_with_no_label_asked_for_owes_no_void() {
+    let w = World::new();
+    let id = w.new_shipment().await;
+    let cancelled = ran(w.cancel("c", &id).await);
+    assert_eq!(cancelled.label_void, None);
+    assert_eq!(w.store.voids_owed().await.unwrap(), 0);
+    settle_later(&w, now_ms()).await;
+    assert!(w.services.calls().is_empty());
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::config::SourceConfig;
 use crate::domain::ids::{OrderId, OrderKey, ShipmentId, TrackingNumber};
-use crate::domain::label::{Label, LabelRequest};
+use crate::domain::label::{Label, LabelRequest, LabelVoid};
 use crate::webhook::mapping::{Interpretation, interpret};
 
 /// The sources events are read with, by name.
@@ -113,6 +113,10 @@ pub trait ShipmentRows: Send {
     fn put_shipment(&mut self, rec: ShipmentRecord);
     /// Stores a new shipment; `ShipmentExists` when its id is taken.
     async fn insert_shipment(&mut self, rec: ShipmentRecord) -> Result<(), StateError>;
+    /// Puts the shipment in the queue of owed label voids at `due_ms`, or
+    /// takes its entry at `due_ms` out.
+    async fn schedule_void(&mut self, id: &ShipmentId, due_ms: u64) -> Result<(), StoreError>;
+    async fn unschedule_void(&mut self, id: &ShipmentId, due_ms: u64) -> Result<(), StoreError>;
 }
 
 /// A unit's orders and their place in the fulfilment queue.
@@ -371,12 +375,38 @@ impl<'u, U: Unit + ?Sized> Work<'u, U> {
             .shipment(&cancel.shipment_id)
             .await?
             .ok_or(StateError::NotFound)?;
+        let owed_before = shipment.label_void.is_some();
         shipment.cancel(cancel.at_ms, cancel.voided)?;
+        if !owed_before && let Some(due) = shipment.label_void.as_ref().and_then(LabelVoid::due_ms)
+        {
+            self.unit.schedule_void(&shipment.shipment_id, due).await?;
+        }
         self.unit.put_shipment(shipment.clone());
         if let Some(a) = cancel.answer {
             self.unit.put_completion(&a.completion(&shipment)).await?;
         }
         Ok(shipment)
+    }
+
+    /// Settles the label void a cancel owes with `outcome`, moving its
+    /// queue entry when it is owed again. None when none is owed any more
+    /// (another process settled it first).
+    pub async fn settle_void(
+        &mut self,
+        id: &ShipmentId,
+        outcome: LabelVoid,
+    ) -> Result<Option<ShipmentRecord>, StateError> {
+        let mut shipment = self.unit.shipment(id).await?.ok_or(StateError::NotFound)?;
+        let next = outcome.due_ms();
+        let Some(due) = shipment.settle_void(outcome) else {
+            return Ok(None);
+        };
+        self.unit.unschedule_void(id, due).await?;
+        if let Some(next) = next {
+            self.unit.schedule_void(id, next).await?;
+        }
+        self.unit.put_shipment(shipment.clone());
+        Ok(Some(shipment))
     }
 
     /// Creates an order, unless its partner has one with its id: then that

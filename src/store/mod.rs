@@ -24,7 +24,7 @@ use bytes::Bytes;
 
 use crate::config::{SourceConfig, StoreBackend, StoreConfig};
 use crate::domain::ids::{LabelId, OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
-use crate::domain::label::{Label, LabelRequest};
+use crate::domain::label::{Label, LabelRequest, LabelVoid};
 use crate::health::Health;
 use crate::idempotency::{Decision, Fingerprint, IdempotencyKey, StoredAnswer};
 pub use records::{DispatchOutcome, EventMeta, OrderRecord, OutcomeRecord, ShipmentRecord};
@@ -433,6 +433,22 @@ pub trait Shipments: Send + Sync {
     /// The shipments of `ids` that exist, in no particular order: one read
     /// for a page of orders.
     async fn shipments(&self, ids: &[ShipmentId]) -> Result<Vec<ShipmentRecord>, StoreError>;
+
+    /// Shipments whose owed label void is due at `now_ms`, soonest first,
+    /// at most `limit`. Each is this process's to work on for a while:
+    /// other processes sharing the store skip it until it is settled or
+    /// the claim runs out.
+    async fn due_voids(&self, now_ms: u64, limit: usize) -> Result<Vec<ShipmentId>, StoreError>;
+
+    /// Settles a shipment's owed void (`Work::settle_void`).
+    async fn settle_void(
+        &self,
+        id: &ShipmentId,
+        outcome: LabelVoid,
+    ) -> Result<Option<ShipmentRecord>, StateError>;
+
+    /// How many label voids are owed.
+    async fn voids_owed(&self) -> Result<u64, StoreError>;
 }
 
 /// Orders and their background fulfilment.

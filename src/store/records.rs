@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ids::{LabelId, OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
-use crate::domain::label::{Label, LabelRequest};
+use crate::domain::label::{Label, LabelRequest, LabelVoid};
 use crate::domain::order::OrderFailure;
 use crate::domain::request::{NewOrder, ShipmentDetails};
 use crate::domain::shipment::{Applied, ShipmentStatus, StatusEvent};
@@ -109,6 +109,9 @@ pub struct ShipmentRecord {
     /// the label through that key and void it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_intent: Option<LabelRequest>,
+    /// The void a cancel owes, or how it was settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_void: Option<LabelVoid>,
 }
 
 /// An order as stored: what the integrator asked for, how far its flow
@@ -158,6 +161,7 @@ impl ShipmentRecord {
                 i64::try_from(created_at_ms).unwrap_or(i64::MAX),
             ),
             label_intent: None,
+            label_void: None,
         }
     }
 }
@@ -242,8 +246,47 @@ impl ShipmentRecord {
     /// its timeline. Already cancelled: nothing changes. Moving or done:
     /// `InvalidTransition`, unless the label was already voided for this
     /// cancel: then the cancel has happened at the carrier and is recorded.
+    ///
+    /// A cancel that voided nothing while the shipment has a label, or an
+    /// unresolved label request (a label may have been sold behind a lost
+    /// answer), owes the void, due at once.
     pub fn cancel(&mut self, at_ms: u64, voided: bool) -> Result<(), super::StateError> {
-        match self.timeline.status() {
+        let status = self.timeline.status();
+        if status != ShipmentStatus::Cancelled
+            && !voided
+            && self.label_void.is_none()
+            && (self.label.is_some() || self.label_intent.is_some())
+        {
+            // Checked below that the cancel may happen; set only then.
+            let owed = LabelVoid::Owed {
+                attempts: 0,
+                due_ms: at_ms,
+            };
+            self.cancel_only(status, at_ms, voided)?;
+            self.label_void = Some(owed);
+            return Ok(());
+        }
+        self.cancel_only(status, at_ms, voided)
+    }
+
+    /// Settles the void this shipment owes with `outcome` (done, or owed
+    /// again later): the queue entry to take out, due then. None when no
+    /// void is owed (another process settled it): nothing changes.
+    pub fn settle_void(&mut self, outcome: LabelVoid) -> Option<u64> {
+        let Some(LabelVoid::Owed { due_ms, .. }) = self.label_void else {
+            return None;
+        };
+        self.label_void = Some(outcome);
+        Some(due_ms)
+    }
+
+    fn cancel_only(
+        &mut self,
+        status: ShipmentStatus,
+        at_ms: u64,
+        voided: bool,
+    ) -> Result<(), super::StateError> {
+        match status {
             ShipmentStatus::Cancelled => {}
             ShipmentStatus::Created | ShipmentStatus::LabelCreated => {
                 self.timeline.apply(StatusEvent::gateway(

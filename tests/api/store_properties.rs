@@ -421,6 +421,56 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
     let due = store.due_fulfilments(20_000, 10).await;
     step("due after", format!("{due:?}"));
 
+    // A shipment cancelled with a label request unanswered owes its void:
+    // queued, owed again later, then settled once; a second settlement
+    // changes nothing.
+    store
+        .create_shipment(shipment_record("s4", "acme", "o-s4", 1_000), None)
+        .await
+        .unwrap();
+    let request = waybill::domain::label::LabelRequest::new(
+        &"s4".into(),
+        &details,
+        waybill::domain::label::LabelFormat::Pdf,
+    );
+    store.record_intent(&"s4".into(), request).await.unwrap();
+    let owing = store.cancel(Cancel::at("s4".into(), 10_000)).await;
+    step("cancel s4 with a label asked for", format!("{owing:?}"));
+    step("voids owed", format!("{:?}", store.voids_owed().await));
+    step(
+        "voids due before",
+        format!("{:?}", store.due_voids(9_999, 10).await),
+    );
+    step(
+        "voids due",
+        format!("{:?}", store.due_voids(10_000, 10).await),
+    );
+    use waybill::domain::label::LabelVoid;
+    let later = store
+        .settle_void(&"s4".into(), LabelVoid::retry(1, 10_000))
+        .await;
+    step("void owed again", format!("{later:?}"));
+    step(
+        "voids due then",
+        format!("{:?}", store.due_voids(10_500, 10).await),
+    );
+    let voided = LabelVoid::Voided {
+        label_id: "lbl-s4".into(),
+        at_ms: 12_000,
+    };
+    let settled = store.settle_void(&"s4".into(), voided.clone()).await;
+    step("void settled", format!("{settled:?}"));
+    let twice = store.settle_void(&"s4".into(), voided).await;
+    step("void settled again", format!("{twice:?}"));
+    step(
+        "voids owed after",
+        format!("{:?}", store.voids_owed().await),
+    );
+    step(
+        "voids due after",
+        format!("{:?}", store.due_voids(u64::MAX / 4, 10).await),
+    );
+
     // Keys: a final answer replays, another request under it conflicts, a
     // claim holds until released.
     let hour = std::time::Duration::from_secs(3600);

@@ -560,6 +560,9 @@ pub async fn past_dead_claim(mut send: impl AsyncFnMut() -> Resp) -> Resp {
 pub struct SplitDownstream {
     pub addr: SocketAddr,
     pub carrier_down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Which of the next carrier calls lose their answer, lowest bit
+    /// first: the simulator does the call, the gateway gets a 502.
+    pub carrier_answers_lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub async fn split_downstream(sim: SocketAddr) -> SplitDownstream {
@@ -568,13 +571,17 @@ pub async fn split_downstream(sim: SocketAddr) -> SplitDownstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let carrier_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let carrier_answers_lost = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let down = carrier_down.clone();
+    let lost = carrier_answers_lost.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let down = down.clone();
+            let lost = lost.clone();
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let down = down.clone();
+                    let lost = lost.clone();
                     async move {
                         let method = req.method().to_string();
                         let path = req.uri().path().to_string();
@@ -593,21 +600,30 @@ pub async fn split_downstream(sim: SocketAddr) -> SplitDownstream {
                             .await
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
-                        let (status, body) =
-                            if path.starts_with("/carrier") && down.load(Ordering::SeqCst) {
-                                (
-                                    http::StatusCode::SERVICE_UNAVAILABLE,
-                                    bytes::Bytes::from_static(b"{}"),
-                                )
-                            } else {
-                                match Client::new(sim)
-                                    .try_send(&method, &path, &headers, body)
-                                    .await
-                                {
-                                    Ok(r) => (r.status, r.body),
-                                    Err(_) => (http::StatusCode::BAD_GATEWAY, bytes::Bytes::new()),
+                        let carrier = path.starts_with("/carrier");
+                        let (status, body) = if carrier && down.load(Ordering::SeqCst) {
+                            (
+                                http::StatusCode::SERVICE_UNAVAILABLE,
+                                bytes::Bytes::from_static(b"{}"),
+                            )
+                        } else {
+                            let lose = carrier
+                                && lost
+                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                                        Some(b >> 1)
+                                    })
+                                    .is_ok_and(|b| b & 1 == 1);
+                            match Client::new(sim)
+                                .try_send(&method, &path, &headers, body)
+                                .await
+                            {
+                                Ok(_) if lose => {
+                                    (http::StatusCode::BAD_GATEWAY, bytes::Bytes::new())
                                 }
-                            };
+                                Ok(r) => (r.status, r.body),
+                                Err(_) => (http::StatusCode::BAD_GATEWAY, bytes::Bytes::new()),
+                            }
+                        };
                         let mut resp = http::Response::new(Full::new(body));
                         *resp.status_mut() = status;
                         Ok::<_, std::convert::Infallible>(resp)
@@ -620,7 +636,11 @@ pub async fn split_downstream(sim: SocketAddr) -> SplitDownstream {
             });
         }
     });
-    SplitDownstream { addr, carrier_down }
+    SplitDownstream {
+        addr,
+        carrier_down,
+        carrier_answers_lost,
+    }
 }
 
 /// The body of an order of `quantity` of `sku` for `customer`.
@@ -723,4 +743,29 @@ pub fn label_for(shipment_id: &str, tracking_number: &str, at_ms: u64) -> waybil
         ),
         at_ms,
     }
+}
+
+/// The simulator's labels sold for shipment `id` (under `label:<id>`).
+pub async fn labels_of(sim: SocketAddr, id: &str) -> Vec<Value> {
+    let ledger = get(sim, "/_sim/ledger").await.json();
+    let key = format!("label:{id}");
+    ledger["labels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["idempotency_key"] == key.as_str())
+        .cloned()
+        .collect()
+}
+
+/// Shipment `id` once the void its cancel owed is settled (bounded wait).
+pub async fn void_settled(api: &api::Api, id: &str) -> Value {
+    let mut shipment = Value::Null;
+    let settled = eventually(30, async || {
+        shipment = api.shipment(id).await.json();
+        shipment["label_void"]["status"] != "owed"
+    })
+    .await;
+    assert!(settled, "the owed void is settled: {shipment}");
+    shipment
 }

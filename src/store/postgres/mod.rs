@@ -80,7 +80,7 @@ use super::{
 };
 use crate::config::SourceConfig;
 use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId};
-use crate::domain::label::LabelRequest;
+use crate::domain::label::{LabelRequest, LabelVoid};
 use crate::health::{Component, Health};
 use crate::idempotency::Decision;
 use crate::idempotency::IdempotencyKey;
@@ -92,6 +92,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "dispatch", include_str!("0002_dispatch.sql")),
     (3, "state", include_str!("0003_state.sql")),
     (4, "dead", include_str!("0004_dead.sql")),
+    (5, "voids", include_str!("0005_voids.sql")),
 ];
 
 /// The schema version this build expects: its last migration's.
@@ -140,6 +141,10 @@ const PASS: i64 = 256;
 /// How long a process keeps a fulfilment it took before another may take
 /// it: longer than one attempt's downstream calls.
 const FULFIL_LEASE_MS: u64 = 60_000;
+
+/// How long a process holds an owed void it took: longer than asking the
+/// carrier and voiding, with their retries.
+const VOID_LEASE_MS: u64 = 60_000;
 
 pub struct PgStore {
     inner: Arc<Inner>,
@@ -576,6 +581,50 @@ impl Shipments for PgStore {
             .await
         })
         .await
+    }
+
+    async fn due_voids(&self, now_ms: u64, limit: usize) -> Result<Vec<ShipmentId>, StoreError> {
+        deadline(async {
+            let client = self.inner.client().await?;
+            let rows = client
+                .query(
+                    "UPDATE label_voids v SET claimed_until_ms = $2
+                     FROM (SELECT shipment_id FROM label_voids
+                           WHERE due_ms <= $1 AND claimed_until_ms <= $1
+                           ORDER BY due_ms LIMIT $3 FOR UPDATE SKIP LOCKED) c
+                     WHERE v.shipment_id = c.shipment_id
+                     RETURNING v.due_ms, v.shipment_id",
+                    &[
+                        &ms(now_ms),
+                        &ms(now_ms.saturating_add(VOID_LEASE_MS)),
+                        &to_i64(limit),
+                    ],
+                )
+                .await
+                .map_err(db_err)?;
+            let mut due: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            due.sort();
+            Ok(due
+                .into_iter()
+                .map(|(_, id)| ShipmentId::from(id))
+                .collect())
+        })
+        .await
+    }
+
+    async fn settle_void(
+        &self,
+        id: &ShipmentId,
+        outcome: LabelVoid,
+    ) -> Result<Option<ShipmentRecord>, StateError> {
+        let (settled, _) =
+            in_work!(self.inner, work => work.settle_void(id, outcome.clone()).await)?;
+        Ok(settled)
+    }
+
+    async fn voids_owed(&self) -> Result<u64, StoreError> {
+        let n = self.count("SELECT COUNT(*) FROM label_voids").await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 }
 

@@ -301,6 +301,30 @@ impl ShipmentRows for PgUnit<'_> {
         self.keep_shipment(rec);
         Ok(())
     }
+
+    async fn schedule_void(&mut self, id: &ShipmentId, due_ms: u64) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "INSERT INTO label_voids (shipment_id, due_ms) VALUES ($1, $2)
+                 ON CONFLICT (shipment_id) DO UPDATE SET due_ms = EXCLUDED.due_ms,
+                     claimed_until_ms = 0",
+                &[&id.as_str(), &ms(due_ms)],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn unschedule_void(&mut self, id: &ShipmentId, due_ms: u64) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "DELETE FROM label_voids WHERE shipment_id = $1 AND due_ms = $2",
+                &[&id.as_str(), &ms(due_ms)],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
 }
 
 #[async_trait]

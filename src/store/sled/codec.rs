@@ -676,6 +676,28 @@ pub fn parse_fulfil_key(k: &[u8]) -> Option<(u64, String, String)> {
     Some((due, partner, order_id))
 }
 
+/// The queue of owed label voids: a shipment's entry, ordered by when it
+/// is next due.
+pub fn void_key(due_ms: u64, shipment_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + shipment_id.len());
+    k.push(b'v');
+    k.extend_from_slice(&due_ms.to_be_bytes());
+    k.extend_from_slice(shipment_id.as_bytes());
+    k
+}
+
+/// The queue of owed voids, all of it.
+pub const VOID_PREFIX: &[u8] = b"v";
+
+pub fn parse_void_key(k: &[u8]) -> Option<(u64, String)> {
+    if k.first() != Some(&b'v') {
+        return None;
+    }
+    let due = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+    let id = std::str::from_utf8(k.get(9..)?).ok()?;
+    Some((due, id.to_string()))
+}
+
 /// An order's stored form.
 pub fn encode_order(rec: &OrderRecord) -> Vec<u8> {
     serde_json::to_vec(rec).expect("an order serialises: strings, numbers and JSON values only")
@@ -741,6 +763,12 @@ mod tests {
             assert_eq!(decode_event(&enc[..cut]), None, "cut at {cut}");
         }
         assert!(seq_key(b'n', 255) < seq_key(b'n', 256));
+        assert!(void_key(255, "shp_z") < void_key(256, "shp_a"));
+        assert_eq!(
+            parse_void_key(&void_key(77, "shp_1")),
+            Some((77, "shp_1".to_string()))
+        );
+        assert_eq!(parse_void_key(&fulfil_key(77, "p", "o")), None);
         let a = Arrival {
             source: "s".into(),
             event_id: "e".into(),

@@ -39,7 +39,7 @@ use super::{
 };
 use crate::config::{SourceConfig, StoreConfig};
 use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId};
-use crate::domain::label::LabelRequest;
+use crate::domain::label::{LabelRequest, LabelVoid};
 use crate::health::Health;
 use crate::idempotency::IdempotencyKey;
 use crate::store::prelude::*;
@@ -598,6 +598,31 @@ impl SledStore {
                 problems.push(format!("{name} waits for fulfilment outside the queue"));
             }
         }
+        // Every owed void is in its queue, once.
+        let mut queued = 0;
+        for kv in tree.scan_prefix(codec::VOID_PREFIX) {
+            let (k, _) = kv?;
+            queued += 1;
+            let owes = codec::parse_void_key(&k)
+                .map(|(due, id)| Ok::<_, StoreError>((due, read_shipment(tree, &id)?)))
+                .transpose()?
+                .is_some_and(|(due, s)| {
+                    s.and_then(|s| s.label_void).and_then(|v| v.due_ms()) == Some(due)
+                });
+            if !owes {
+                problems.push("a queued label void that no shipment owes".into());
+            }
+        }
+        let owed = tree
+            .scan_prefix(b"s")
+            .values()
+            .filter_map(Result::ok)
+            .filter_map(|v| serde_json::from_slice::<ShipmentRecord>(&v).ok())
+            .filter(|s| s.label_void.as_ref().and_then(LabelVoid::due_ms).is_some())
+            .count();
+        if owed != queued {
+            problems.push(format!("{owed} label voids owed, {queued} queued"));
+        }
         Ok(problems)
     }
 }
@@ -746,6 +771,43 @@ impl Shipments for SledStore {
             found.extend(read_shipment(&self.shared.tree, id.as_str())?);
         }
         Ok(found)
+    }
+
+    /// One process serves a sled store: what is due is its own.
+    async fn due_voids(&self, now_ms: u64, limit: usize) -> Result<Vec<ShipmentId>, StoreError> {
+        let mut out = Vec::new();
+        let due = codec::void_key(0, "")..codec::void_key(now_ms.saturating_add(1), "");
+        for kv in self.shared.tree.range(due).take(limit) {
+            let (k, _) = kv?;
+            let (_, id) = codec::parse_void_key(&k)
+                .ok_or_else(|| StoreError::corrupt("an entry of the owed voids' queue"))?;
+            out.push(ShipmentId::from(id));
+        }
+        Ok(out)
+    }
+
+    async fn settle_void(
+        &self,
+        id: &ShipmentId,
+        outcome: LabelVoid,
+    ) -> Result<Option<ShipmentRecord>, StateError> {
+        let id = id.clone();
+        self.write(move |machine| machine.settle_void(&id, outcome))
+            .await
+    }
+
+    async fn voids_owed(&self) -> Result<u64, StoreError> {
+        let tree = self.shared.tree.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut n = 0u64;
+            for kv in tree.scan_prefix(codec::VOID_PREFIX) {
+                kv?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 }
 

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use super::codec::{self, Arrival, DispatchOutcome, OrderRecord, OutcomeRecord, ShipmentRecord};
 use super::{STALL_AFTER, Shared};
 use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
-use crate::domain::label::LabelRequest;
+use crate::domain::label::{LabelRequest, LabelVoid};
 use crate::health::Component;
 use crate::idempotency::{self, Decision, IdempotencyKey};
 use crate::store::core::{
@@ -275,6 +275,17 @@ impl ShipmentRows for Pass<'_> {
             return Err(StateError::ShipmentExists(rec.shipment_id));
         }
         self.put_shipment(rec);
+        Ok(())
+    }
+
+    async fn schedule_void(&mut self, id: &ShipmentId, due_ms: u64) -> Result<(), StoreError> {
+        self.batch
+            .insert(codec::void_key(due_ms, id.as_str()), Vec::new());
+        Ok(())
+    }
+
+    async fn unschedule_void(&mut self, id: &ShipmentId, due_ms: u64) -> Result<(), StoreError> {
+        self.batch.remove(codec::void_key(due_ms, id.as_str()));
         Ok(())
     }
 }
@@ -785,6 +796,18 @@ impl StateMachine {
             pass.commit()?;
         }
         Ok(request)
+    }
+
+    pub(super) fn settle_void(
+        &self,
+        id: &ShipmentId,
+        outcome: LabelVoid,
+    ) -> Result<Option<ShipmentRecord>, StateError> {
+        let sources = self.shared.sources.load_full();
+        let mut pass = Pass::new(&self.shared);
+        let out = run_now(Work::new(&mut pass, &sources).settle_void(id, outcome))?;
+        pass.commit()?;
+        Ok(out)
     }
 
     pub(super) fn cancel(&self, cancel: Cancel) -> Result<ShipmentRecord, StateError> {

@@ -196,39 +196,14 @@ impl Driver {
             .to_string()
     }
 
-    /// Waits, in the page, until `css` holds `text`: a MutationObserver
-    /// answers as soon as it does (the script timeout bounds the wait).
+    /// Waits, in the page, until `css` holds `text`.
     async fn wait_for_text(&mut self, css: &str, text: &str) {
-        let script = r#"
-            const [css, text, done] = arguments;
-            const holds = () => {
-                const el = document.querySelector(css);
-                return !!el && el.textContent.includes(text);
-            };
-            if (holds()) { done(true); return; }
-            const seen = new MutationObserver(() => {
-                if (holds()) { seen.disconnect(); done(true); }
-            });
-            seen.observe(document.documentElement,
-                { subtree: true, childList: true, characterData: true, attributes: true });
-        "#;
-        let (ok, held) = self
-            .try_call(
-                "POST",
-                "execute/async",
-                json!({"script": script, "args": [css, text]}),
-            )
-            .await;
-        if !ok || held != json!(true) {
-            let page = self
-                .call(
-                    "POST",
-                    "execute/sync",
-                    json!({"script": "return document.body.innerText", "args": []}),
-                )
-                .await;
-            panic!("{css} never held {text:?}: {held}\nthe page:\n{page}");
-        }
+        let css = serde_json::to_string(css).unwrap();
+        let text = serde_json::to_string(text).unwrap();
+        self.wait_until(&format!(
+            "document.querySelector({css}) && document.querySelector({css}).textContent.includes({text})"
+        ))
+        .await;
     }
 
     /// Keeps a screenshot of the page as `target/console/{name}.png`, where
@@ -253,7 +228,10 @@ impl Driver {
         .await
     }
 
-    /// Waits, in the page, until `condition` (an expression) holds.
+    /// Waits, in the page, until `condition` (an expression) holds: a
+    /// MutationObserver answers as soon as it does (the script timeout
+    /// bounds the wait). A page that is replaced meanwhile (a form's
+    /// redirect) ends the script: the wait starts again on the new one.
     async fn wait_until(&mut self, condition: &str) {
         let script = format!(
             r#"
@@ -267,18 +245,26 @@ impl Driver {
                 {{ subtree: true, childList: true, characterData: true, attributes: true }});
         "#
         );
-        let (ok, held) = self
-            .try_call(
-                "POST",
-                "execute/async",
-                json!({"script": script, "args": []}),
-            )
-            .await;
-        if !ok || held != json!(true) {
-            let page = self.eval("return document.body.innerText").await;
-            let now = self.eval(&format!("return String({condition})")).await;
-            panic!("{condition} never held ({now}): {held}\nthe page:\n{page}");
+        let check = format!("try {{ return !!({condition}); }} catch (e) {{ return false; }}");
+        let mut last = Value::Null;
+        for _ in 0..3 {
+            let (ok, held) = self
+                .try_call(
+                    "POST",
+                    "execute/async",
+                    json!({"script": script, "args": []}),
+                )
+                .await;
+            if ok && held == json!(true) {
+                return;
+            }
+            if self.eval(&check).await == json!(true) {
+                return;
+            }
+            last = held;
         }
+        let page = self.eval("return document.body.innerText").await;
+        panic!("{condition} never held: {last}\nthe page:\n{page}");
     }
 
     /// The figure labelled `label` on the console's first row: its value,

@@ -141,6 +141,11 @@ impl App {
         );
         let housekeeping = tokio::spawn(housekeeping(self.clone()));
         let fulfilment = tokio::spawn(fulfilment(self.clone()));
+        let reconciliation = self
+            .live()
+            .config
+            .reconcile_every
+            .map(|every| tokio::spawn(reconciliation(self.clone(), every)));
         let health = self.health.clone();
         let stop = async move {
             tokio::select! {
@@ -152,6 +157,9 @@ impl App {
         self.health.stopping();
         housekeeping.abort();
         fulfilment.abort();
+        if let Some(r) = &reconciliation {
+            r.abort();
+        }
         // Wait for them to be gone: they hold the store.
         let _ = housekeeping.await;
         let _ = fulfilment.await;
@@ -236,6 +244,37 @@ async fn fulfilment(app: Arc<App>) {
                 .await
         {
             tracing::warn!(error = %e, "settling owed label voids failed; trying again");
+        }
+    }
+}
+
+/// The background reconciliation (GUARANTEES.md: "Books that balance"):
+/// every `every`, from start, the services' books against the store's
+/// records. The counts by kind go to `waybill_reconcile_discrepancies`,
+/// each discrepancy to a WARN line; nothing is repaired (`waybill
+/// reconcile --fix` is the operator's).
+async fn reconciliation(app: Arc<App>, every: Duration) {
+    use crate::service::reconcile::{Kind, reconcile};
+    for kind in Kind::ALL {
+        metrics::gauge!(metric::RECONCILE, "kind" => kind.as_str()).set(0.0);
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let live = app.live();
+        match reconcile(app.ports(&live), live.downstream.as_ref(), None, false).await {
+            Ok(report) => {
+                for (kind, n) in report.counts() {
+                    metrics::gauge!(metric::RECONCILE, "kind" => kind.as_str()).set(n as f64);
+                }
+                for d in &report.discrepancies {
+                    tracing::warn!(discrepancy = %d.to_json(), "the books do not balance");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciliation failed; trying again at the next interval");
+            }
         }
     }
 }

@@ -42,6 +42,14 @@ pub fn rfc3339_ms(ms: impl Into<i128>) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_string())
 }
 
+/// An RFC 3339 time given as a bound (a filter, `--since`), in unix
+/// milliseconds; one before 1970 is 0. None when it is not one.
+pub fn parse_rfc3339_ms(v: &str) -> Option<u64> {
+    use time::format_description::well_known::Rfc3339;
+    let t = OffsetDateTime::parse(v, &Rfc3339).ok()?;
+    Some(u64::try_from((t.unix_timestamp_nanos() / 1_000_000).max(0)).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,6 +121,9 @@ pub struct Config {
     pub partners: Vec<PartnerConfig>,
     pub downstream: DownstreamConfig,
     pub telemetry: TelemetryConfig,
+    /// `[reconcile] interval`: how often the background pass compares the
+    /// services' books with the store's records; none, never.
+    pub reconcile_every: Option<Duration>,
     /// Things worth a WARN at start that do not refuse it.
     pub warnings: Vec<String>,
 }
@@ -448,6 +451,9 @@ impl Config {
         let downstream = w.downstream(&mut down_t);
         let mut telemetry_t = w.table(&mut root, "telemetry", "telemetry");
         let telemetry = w.telemetry(&mut telemetry_t);
+        let mut reconcile_t = w.table(&mut root, "reconcile", "reconcile");
+        let reconcile_every = w.opt_duration(&mut reconcile_t, "interval", "reconcile");
+        w.unknown(&reconcile_t, "reconcile");
         w.unknown(&root, "");
         if !w.issues.is_empty() {
             return Err(ConfigErrors(w.issues));
@@ -478,6 +484,7 @@ impl Config {
             partners,
             downstream,
             telemetry,
+            reconcile_every,
             warnings,
         })
     }
@@ -527,10 +534,14 @@ impl Config {
             "telemetry.otlp_endpoint" => |c| &c.otlp_endpoint,
             "telemetry.service_name" => |c| &c.service_name,
         );
+        let reconcile = changed!(self, new;
+            "reconcile.interval" => |c| c.reconcile_every,
+        );
         server
             .into_iter()
             .chain(store)
             .chain(telemetry)
+            .chain(reconcile)
             .filter_map(|(key, changed)| changed.then_some(key))
             .collect()
     }
@@ -658,26 +669,31 @@ impl Walker<'_> {
         }
     }
 
+    /// `key` of `t`, taken out, as `take` reads it; a value of another
+    /// type is an issue saying it must be `wanted`.
+    fn opt_of<T>(
+        &mut self,
+        (t, key, path): (&mut Table, &str, &str),
+        wanted: &str,
+        take: impl FnOnce(Value) -> Result<T, Value>,
+    ) -> Option<T> {
+        take(t.remove(key)?)
+            .map_err(|other| self.mistyped(join(path, key), wanted, &other))
+            .ok()
+    }
+
     fn opt_str(&mut self, t: &mut Table, key: &str, path: &str) -> Option<String> {
-        match t.remove(key) {
-            None => None,
-            Some(Value::String(s)) => Some(s),
-            Some(other) => {
-                self.mistyped(join(path, key), "a string", &other);
-                None
-            }
-        }
+        self.opt_of((t, key, path), "a string", |v| match v {
+            Value::String(s) => Ok(s),
+            other => Err(other),
+        })
     }
 
     fn opt_bool(&mut self, t: &mut Table, key: &str, path: &str) -> Option<bool> {
-        match t.remove(key) {
-            None => None,
-            Some(Value::Boolean(b)) => Some(b),
-            Some(other) => {
-                self.mistyped(join(path, key), "a boolean", &other);
-                None
-            }
-        }
+        self.opt_of((t, key, path), "a boolean", |v| match v {
+            Value::Boolean(b) => Ok(b),
+            other => Err(other),
+        })
     }
 
     fn req_str(&mut self, t: &mut Table, key: &str, path: &str) -> Option<String> {

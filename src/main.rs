@@ -134,6 +134,22 @@ enum Command {
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
     },
+    /// Compare the carrier's labels, the payment service's charges and the
+    /// inventory's reservations with the store's records: one JSON line per
+    /// discrepancy; exit 1 when there is any. Opens the store itself (on
+    /// sled, only while no gateway runs on it).
+    Reconcile {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only records the services made after this time (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Repair what is safe: void labels nobody owns or whose shipment
+        /// is cancelled, release reservations with no order. Charges are
+        /// never refunded, only reported.
+        #[arg(long)]
+        fix: bool,
+    },
     /// Print a completion script for a shell.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -391,6 +407,16 @@ fn main() -> ExitCode {
             Ok((url, ca_certs)) => migrate(&url, &ca_certs),
             Err(code) => code,
         },
+        Command::Reconcile { config, since, fix } => {
+            let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+                return ExitCode::FAILURE;
+            };
+            ExitCode::from(runtime.block_on(waybill::tools::reconcile::run(
+                config.config.as_deref(),
+                since.as_deref(),
+                fix,
+            )))
+        }
         Command::CheckConfig { config } => {
             ExitCode::from(waybill::tools::cli::check_config(config.config.as_deref()) as u8)
         }

@@ -59,7 +59,11 @@ pub struct Ended {
     pub name: String,
     pub start: SystemTime,
     pub attributes: Vec<KeyValue>,
-    pub failed: bool,
+    /// The HTTP status answered, if any.
+    pub status: Option<u16>,
+    /// What went wrong (an error code, a failed call's outcome): the span
+    /// failed.
+    pub error: Option<&'static str>,
 }
 
 /// Starts the export `config` asks for, on `runtime` (its HTTP calls run
@@ -111,6 +115,16 @@ pub fn record(span: Ended) {
         return;
     }
     let (parent, parent_remote) = span.parent.unwrap_or(([0; 8], false));
+    let mut attributes = span.attributes;
+    if let Some(status) = span.status {
+        attributes.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+    }
+    if let Some(error) = span.error {
+        attributes.push(KeyValue::new("error.type", error));
+    }
     export.processor.on_end(SpanData {
         span_context: SpanContext::new(
             TraceId::from_bytes(span.context.trace_id),
@@ -128,11 +142,11 @@ pub fn record(span: Ended) {
         name: Cow::Owned(span.name),
         start_time: span.start,
         end_time: SystemTime::now(),
-        attributes: span.attributes,
+        attributes,
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
         links: SpanLinks::default(),
-        status: if span.failed {
+        status: if span.error.is_some() {
             Status::error("")
         } else {
             Status::Unset
@@ -162,16 +176,9 @@ struct OnRuntime {
 
 impl OnRuntime {
     fn new(runtime: tokio::runtime::Handle) -> OnRuntime {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(EXPORT_TIMEOUT));
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(crate::downstream::tls_config(&[]))
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         OnRuntime {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new())
+                .build(crate::tls::connector(&[], EXPORT_TIMEOUT)),
             runtime,
         }
     }

@@ -43,6 +43,7 @@ pub mod metric {
         PARKED = "waybill_parked_events",
         DEAD = "waybill_dead_events",
         VOIDS_OWED = "waybill_label_voids_owed",
+        RECONCILE = "waybill_reconcile_discrepancies",
         STORE_FREE = "waybill_store_free_bytes",
         UNREADABLE = "waybill_store_unreadable_records_total",
     }
@@ -158,6 +159,10 @@ pub fn metrics_handle() -> PrometheusHandle {
             metrics::describe_gauge!(
                 metric::DEAD,
                 "Events in the dead letter now, waiting for an operator"
+            );
+            metrics::describe_gauge!(
+                metric::RECONCILE,
+                "Discrepancies the last background reconciliation found, by kind"
             );
             metrics::describe_gauge!(
                 metric::VOIDS_OWED,

@@ -45,3 +45,24 @@ pub fn verifying(roots: RootCertStore) -> rustls::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth()
 }
+
+/// An HTTP client's connector for `http://` and `https://` URLs: TLS
+/// verified against `ca_certs` alone when given (`downstream.ca_file`),
+/// else against the platform's roots as webpki ships them. `http://`
+/// stays plain; an `https://` URL is never tried in plain text. A
+/// connection not made within `connect_timeout` fails.
+pub fn connector(
+    ca_certs: &[Vec<u8>],
+    connect_timeout: std::time::Duration,
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    // The TLS layer above decides the scheme.
+    http.enforce_http(false);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(verifying(roots(ca_certs, "downstream.ca_file")))
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}

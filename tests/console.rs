@@ -510,16 +510,9 @@ async fn an_operator_finds_a_dead_event_in_the_console_and_redelivers_it() {
         .to_string();
     let (h, b) = applied("con-ship", &tracking_number);
     assert_eq!(post(gw.addr, "/webhooks/ep", &h, b).await.status, 202);
-    let mut admin = Client::new(gw.addr);
     let auth = [("Authorization".to_string(), format!("Bearer {TOKEN}"))];
     let dispatched = eventually(10, async || {
-        let ev = admin
-            .send(
-                "GET",
-                "/admin/events/ep/con-ship",
-                &auth,
-                bytes::Bytes::new(),
-            )
+        let ev = get_with(gw.addr, "/admin/events/ep/con-ship", &auth)
             .await
             .json();
         ev["outcome"] == "applied"
@@ -557,14 +550,12 @@ async fn an_operator_finds_a_dead_event_in_the_console_and_redelivers_it() {
     browser.screenshot("6-signed-out").await;
 
     // The gateway agrees; the other dead event is untouched.
-    let one = admin
-        .send("GET", "/admin/events/ep/con-1", &auth, bytes::Bytes::new())
+    let one = get_with(gw.addr, "/admin/events/ep/con-1", &auth)
         .await
         .json();
     assert_eq!(one["outcome"], "parked", "{one}");
     assert_eq!(one["attempts"], 2, "{one}");
-    let two = admin
-        .send("GET", "/admin/events/ep/con-2", &auth, bytes::Bytes::new())
+    let two = get_with(gw.addr, "/admin/events/ep/con-2", &auth)
         .await
         .json();
     assert_eq!(two["outcome"], "dead", "{two}");

@@ -34,15 +34,11 @@ async fn buy(addr: SocketAddr, id: &str, key: &str) -> Result<Resp, String> {
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_label_purchase_killed_at_any_step_is_bought_once() {
-    killed_at_each_step(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_postgres_a_label_purchase_killed_at_any_step_is_bought_once() {
-    killed_at_each_step(true).await;
-}
+crate::on_both_stores!(
+    a_label_purchase_killed_at_any_step_is_bought_once,
+    on_postgres_a_label_purchase_killed_at_any_step_is_bought_once,
+    killed_at_each_step
+);
 
 async fn killed_at_each_step(on_postgres: bool) {
     let sim = start_sim(SimConfig {
@@ -95,15 +91,11 @@ async fn killed_at_each_step(on_postgres: bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shipment_cancelled_while_the_carrier_is_down_owes_its_void_across_a_kill() {
-    cancelled_while_the_carrier_is_down(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_postgres_a_shipment_cancelled_while_the_carrier_is_down_owes_its_void_across_a_kill() {
-    cancelled_while_the_carrier_is_down(true).await;
-}
+crate::on_both_stores!(
+    a_shipment_cancelled_while_the_carrier_is_down_owes_its_void_across_a_kill,
+    on_postgres_a_shipment_cancelled_while_the_carrier_is_down_owes_its_void_across_a_kill,
+    cancelled_while_the_carrier_is_down
+);
 
 /// "Labels" (GUARANTEES.md; 11.4): with the carrier down, an order is
 /// paid and waits for its label; its shipment is cancelled at once (200),
@@ -112,10 +104,9 @@ async fn on_postgres_a_shipment_cancelled_while_the_carrier_is_down_owes_its_voi
 /// shipment's key and voids what it finds: the carrier holds no active
 /// label for the shipment, and sold it one at most.
 async fn cancelled_while_the_carrier_is_down(on_postgres: bool) {
-    let Some(pg) = support::pg::if_postgres(on_postgres).await else {
+    let Some((_pg, url)) = support::pg::store_env(on_postgres).await else {
         return;
     };
-    let url = pg.as_ref().map_or(String::new(), |s| s.url.clone());
     let env = [("WAYBILL_DATABASE_URL", url.as_str())];
     let (sim, split) = sim_with_carrier_down().await;
     let dir = tempfile::tempdir().unwrap();

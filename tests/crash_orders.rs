@@ -42,24 +42,11 @@ async fn place(addr: SocketAddr, order_id: &str, key: &str) -> Result<Resp, Stri
         .await
 }
 
-fn rows<'a>(ledger: &'a Value, kind: &str, key: &str) -> Vec<&'a Value> {
-    ledger[kind]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["idempotency_key"] == key)
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_charged_once() {
-    killed_between_steps(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_postgres_an_order_killed_between_any_two_steps_is_finished_and_charged_once() {
-    killed_between_steps(true).await;
-}
+crate::on_both_stores!(
+    an_order_killed_between_any_two_steps_is_finished_by_the_retry_and_charged_once,
+    on_postgres_an_order_killed_between_any_two_steps_is_finished_and_charged_once,
+    killed_between_steps
+);
 
 async fn killed_between_steps(on_postgres: bool) {
     let sim = start_sim(SimConfig {
@@ -119,19 +106,19 @@ async fn killed_between_steps(on_postgres: bool) {
         assert_eq!(logged.len(), seen + 2, "{failpoint}");
 
         let ledger = get(sim, "/_sim/ledger").await.json();
-        let charges = rows(&ledger, "charges", &format!("charge:acme:{order_id}"));
+        let charges = keyed_rows(&ledger, "charges", &format!("charge:acme:{order_id}"));
         assert_eq!(charges.len(), 1, "{failpoint}: charged once");
         assert_eq!(
             charges[0]["transaction_id"], answer["transaction_id"],
             "{failpoint}"
         );
         assert_eq!(
-            rows(&ledger, "reservations", &format!("reserve:acme:{order_id}")).len(),
+            keyed_rows(&ledger, "reservations", &format!("reserve:acme:{order_id}")).len(),
             1,
             "{failpoint}: reserved once"
         );
         let shipment_id = answer["shipment_id"].as_str().unwrap();
-        let labels = rows(&ledger, "labels", &format!("label:{shipment_id}"));
+        let labels = keyed_rows(&ledger, "labels", &format!("label:{shipment_id}"));
         assert_eq!(labels.len(), 1, "{failpoint}: one label");
         assert_eq!(labels[0]["tracking_number"], answer["tracking_number"]);
         gw.terminate();

@@ -436,26 +436,13 @@ async fn kill_9_of_a_replica_leaves_its_pending_fulfilment_to_the_others() {
 
     let survivor = gateways[0].addr;
     let confirmed = eventually(10, async || {
-        let order = Client::new(survivor)
-            .send(
-                "GET",
-                "/v1/orders/o-stranded",
-                &partner_headers("x"),
-                bytes::Bytes::new(),
-            )
-            .await
-            .json();
+        let order = Api::acme(survivor).order("o-stranded").await.json();
         order["status"] == "CONFIRMED"
     })
     .await;
     assert!(confirmed, "a surviving replica fulfilled the order");
     let ledger = get(sim, "/_sim/ledger").await.json();
-    let charges = ledger["charges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["idempotency_key"] == "charge:acme:o-stranded")
-        .count();
+    let charges = keyed_rows(&ledger, "charges", "charge:acme:o-stranded").len();
     assert_eq!(charges, 1, "charged once");
     assert_eq!(count(&schema, "SELECT count(*) FROM fulfilments").await, 0);
 }

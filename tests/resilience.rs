@@ -18,10 +18,8 @@ use std::time::{Duration, Instant};
 use waybill::store::prelude::*;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -268,41 +266,22 @@ const ANSWER: u8 = 2;
 /// A carrier whose every label call fails (503), hangs, or sells a label,
 /// as `mode` says at the time of the call.
 async fn fake_carrier(mode: Arc<AtomicU8>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let sold = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        while let Ok((stream, _)) = listener.accept().await {
-            let mode = mode.clone();
-            let sold = sold.clone();
-            let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                let mode = mode.load(Ordering::SeqCst);
-                let n = sold.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    let (status, body) = match mode {
-                        FAIL => (StatusCode::SERVICE_UNAVAILABLE, json!({})),
-                        HANG => {
-                            std::future::pending::<()>().await;
-                            unreachable!()
-                        }
-                        _ => (
-                            StatusCode::CREATED,
-                            json!({"label_id": format!("lbl_{n}"), "tracking_number": format!("TN{n}"), "carrier": "ups"}),
-                        ),
-                    };
-                    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-                    *resp.status_mut() = status;
-                    Ok::<_, std::convert::Infallible>(resp)
+    let sold = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    serve(move |_req: Request<Incoming>| {
+        let mode = mode.load(Ordering::SeqCst);
+        let n = sold.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match mode {
+                FAIL => answer(StatusCode::SERVICE_UNAVAILABLE, "{}"),
+                HANG => std::future::pending().await,
+                _ => {
+                    let body = json!({"label_id": format!("lbl_{n}"), "tracking_number": format!("TN{n}"), "carrier": "ups"});
+                    answer(StatusCode::CREATED, body.to_string())
                 }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// The chaos test (GUARANTEES.md: "Nothing stops the gateway"): webhooks and
@@ -634,14 +613,7 @@ async fn a_label_purchase_carries_its_trace_to_the_log_and_the_carrier() {
         v["message"] == "request" && v["route"] == "/v1/shipments/{shipment_id}/label"
     });
     assert_eq!(line[0]["trace_id"], trace);
-    let ledger = get(sim, "/_sim/ledger").await.json();
-    let received: Vec<&str> = ledger["traces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["path"] == "/carrier/labels")
-        .map(|t| t["traceparent"].as_str().unwrap())
-        .collect();
+    let received = traces_to(sim, "/carrier/labels").await;
     assert_eq!(received.len(), 1, "{received:?}");
     let parts: Vec<&str> = received[0].split('-').collect();
     assert_eq!(parts.len(), 4, "{received:?}");
@@ -664,47 +636,38 @@ type Exported = Arc<std::sync::Mutex<Vec<ExportTraceServiceRequest>>>;
 /// An OTLP/HTTP collector: it decodes each export of `/v1/traces` and
 /// keeps it; `hang`, it takes each export and never answers.
 async fn fake_collector(hang: bool) -> (SocketAddr, Exported) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let exported = Exported::default();
     let kept = exported.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let kept = kept.clone();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let kept = kept.clone();
-                async move {
-                    assert_eq!(req.uri().path(), "/v1/traces");
-                    assert_eq!(
-                        req.headers()["content-type"],
-                        "application/x-protobuf",
-                        "OTLP/HTTP in its binary encoding"
-                    );
-                    let body = http_body_util::BodyExt::collect(req.into_body())
-                        .await
-                        .unwrap()
-                        .to_bytes();
-                    if hang {
-                        std::future::pending::<()>().await;
-                    }
-                    let export = ExportTraceServiceRequest::decode(body).expect("an OTLP export");
-                    kept.lock().unwrap().push(export);
-                    let answer = ExportTraceServiceResponse::default().encode_to_vec();
-                    let mut resp = Response::new(Full::new(Bytes::from(answer)));
-                    resp.headers_mut().insert(
-                        "content-type",
-                        http::HeaderValue::from_static("application/x-protobuf"),
-                    );
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    let addr = serve(move |req: Request<Incoming>| {
+        let kept = kept.clone();
+        async move {
+            assert_eq!(req.uri().path(), "/v1/traces");
+            assert_eq!(
+                req.headers()["content-type"],
+                "application/x-protobuf",
+                "OTLP/HTTP in its binary encoding"
+            );
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            let export = ExportTraceServiceRequest::decode(body).expect("an OTLP export");
+            kept.lock().unwrap().push(export);
+            let mut resp = answer(
+                StatusCode::OK,
+                ExportTraceServiceResponse::default().encode_to_vec(),
+            );
+            resp.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/x-protobuf"),
+            );
+            resp
         }
-    });
+    })
+    .await;
     (addr, exported)
 }
 
@@ -805,13 +768,9 @@ async fn a_label_purchase_is_exported_as_one_trace_to_an_otlp_collector() {
         .collect();
     assert_eq!(client.len(), 1, "one call to the carrier: {in_trace:?}");
     assert_eq!(client[0].parent_span_id, server.span_id);
-    let ledger = get(sim, "/_sim/ledger").await.json();
-    let received: Vec<&str> = ledger["traces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["path"] == "/carrier/labels")
-        .filter_map(|t| t["traceparent"].as_str())
+    let received: Vec<String> = traces_to(sim, "/carrier/labels")
+        .await
+        .into_iter()
         .filter(|t| t.contains(trace))
         .collect();
     assert_eq!(received.len(), 1, "{received:?}");

@@ -320,14 +320,6 @@ pub(crate) fn export_from_zero() {
     }
 }
 
-/// Certificates of `https://` downstreams are verified against `ca_certs`
-/// alone when given (`downstream.ca_file`), else against the platform's
-/// roots as webpki ships them. `http://` stays plain; an `https://` URL is
-/// never tried in plain text.
-pub(crate) fn tls_config(ca_certs: &[Vec<u8>]) -> rustls::ClientConfig {
-    crate::tls::verifying(crate::tls::roots(ca_certs, "downstream.ca_file"))
-}
-
 enum Attempt {
     Final(Answer),
     /// The outcome counted, and the status when the service answered one.
@@ -336,16 +328,7 @@ enum Attempt {
 
 impl Downstream {
     pub fn new(config: &DownstreamConfig) -> Downstream {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(config.timeout));
-        http.set_nodelay(true);
-        // The TLS layer above decides the scheme.
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(&config.ca_certs))
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = crate::tls::connector(&config.ca_certs, config.timeout);
         let breaker = |service| Guarded {
             service,
             breaker: Mutex::new(Breaker::new(
@@ -480,28 +463,19 @@ impl Downstream {
                 Attempt::Final(answer) => (Some(answer.status), None),
                 Attempt::Failed(outcome, status) => (*status, Some(outcome.as_str())),
             };
-            let mut attributes = vec![
-                KeyValue::new("http.request.method", method.to_string()),
-                KeyValue::new("url.full", uri),
-                KeyValue::new("waybill.service", service.as_str()),
-            ];
-            if let Some(status) = status {
-                attributes.push(KeyValue::new(
-                    "http.response.status_code",
-                    i64::from(status.as_u16()),
-                ));
-            }
-            if let Some(failure) = failure {
-                attributes.push(KeyValue::new("error.type", failure));
-            }
             otlp::record(otlp::Ended {
+                attributes: vec![
+                    KeyValue::new("http.request.method", method.to_string()),
+                    KeyValue::new("url.full", uri),
+                    KeyValue::new("waybill.service", service.as_str()),
+                ],
+                status: status.map(|s| s.as_u16()),
+                error: failure,
                 context: span,
                 parent: parent.map(|p| (p.span_id, false)),
                 kind: otlp::Kind::Client,
                 name: format!("{method} {}", service.as_str()),
                 start: started,
-                attributes,
-                failed: failure.is_some(),
             });
         }
         attempt

@@ -6,11 +6,13 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::{Answer, Downstream, Service, Unavailable};
+use crate::clock::rfc3339_ms;
 use crate::domain::ids::{LabelId, OrderId, PartnerName};
 use crate::domain::label::LabelRequest;
 use crate::domain::request::Item;
 use crate::service::ports::{
-    Carrier, Charge, ChargeRequest, Failure, Inventory, LabelSold, Payments, Reservation,
+    Books, Carrier, Charge, ChargeRequest, Entry, Failure, Inventory, LabelSold, Page, PageAt,
+    Payments, Reservation,
 };
 
 impl From<Unavailable> for Failure {
@@ -37,6 +39,27 @@ fn text<'a>(answer: &'a Answer, field: &'static str) -> Result<&'a str, Failure>
 }
 
 /// Done, or already undone: a 404 means the service does not know it.
+impl Downstream {
+    /// POSTs `body` to `path` of `service` under `key`: what a success made
+    /// (its id `field`, given to `made`); `none` when the service answered
+    /// that status (no charge, no stock); else a refusal.
+    async fn make<T>(
+        &self,
+        (service, path, key, body): (Service, &str, &str, &Value),
+        (field, made): (&'static str, impl FnOnce(String) -> T),
+        (status, none): (StatusCode, T),
+    ) -> Result<T, Failure> {
+        let answer = self
+            .call(service, Method::POST, path, key, Some(body))
+            .await?;
+        match answer.status {
+            s if s.is_success() => Ok(made(text(&answer, field)?.into())),
+            s if s == status => Ok(none),
+            _ => Err(refused(&answer)),
+        }
+    }
+}
+
 fn done_or_unknown(answer: &Answer) -> Result<(), Failure> {
     if answer.status.is_success() || answer.status == StatusCode::NOT_FOUND {
         Ok(())
@@ -72,15 +95,30 @@ impl Carrier for Downstream {
     }
 
     async fn void_label(&self, label_id: &LabelId) -> Result<(), Failure> {
-        let answer = self
-            .call(
-                Service::Carrier,
-                Method::POST,
-                &format!("/carrier/labels/{label_id}/void"),
-                &format!("void:{label_id}"),
-                None,
-            )
-            .await?;
+        self.void_under(label_id, &format!("void:{label_id}")).await
+    }
+
+    async fn void_label_again(&self, label_id: &LabelId, again: &str) -> Result<(), Failure> {
+        self.void_under(label_id, &format!("void:{label_id}:{again}"))
+            .await
+    }
+}
+
+impl Downstream {
+    async fn void_under(&self, label_id: &LabelId, key: &str) -> Result<(), Failure> {
+        let path = format!("/carrier/labels/{label_id}/void");
+        self.end((Service::Carrier, Method::POST), &path, key).await
+    }
+
+    /// Ends something at `service` (a void, a release): done, also when
+    /// the service does not know it; else a refusal.
+    async fn end(
+        &self,
+        (service, method): (Service, Method),
+        path: &str,
+        key: &str,
+    ) -> Result<(), Failure> {
+        let answer = self.call(service, method, path, key, None).await?;
         done_or_unknown(&answer)
     }
 }
@@ -94,22 +132,15 @@ impl Payments for Downstream {
             "customer_id": request.customer_id,
         });
         let key = format!("charge:{}:{}", request.partner, request.order_id);
-        let answer = self
-            .call(
-                Service::Payments,
-                Method::POST,
-                "/payments/charges",
-                &key,
-                Some(&body),
-            )
-            .await?;
-        match answer.status {
-            s if s.is_success() => Ok(Charge::Paid {
-                transaction_id: text(&answer, "transaction_id")?.into(),
+        let call = (Service::Payments, "/payments/charges", key.as_str(), &body);
+        self.make(
+            call,
+            ("transaction_id", |transaction_id| Charge::Paid {
+                transaction_id,
             }),
-            StatusCode::PAYMENT_REQUIRED => Ok(Charge::Declined),
-            _ => Err(refused(&answer)),
-        }
+            (StatusCode::PAYMENT_REQUIRED, Charge::Declined),
+        )
+        .await
     }
 }
 
@@ -121,22 +152,16 @@ impl Inventory for Downstream {
         order_id: &OrderId,
         items: &[Item],
     ) -> Result<Reservation, Failure> {
-        let answer = self
-            .call(
-                Service::Inventory,
-                Method::POST,
-                "/inventory/reservations",
-                &format!("reserve:{partner}:{order_id}"),
-                Some(&json!({ "items": items })),
-            )
-            .await?;
-        match answer.status {
-            s if s.is_success() => Ok(Reservation::Reserved {
-                reservation_id: text(&answer, "reservation_id")?.into(),
+        let key = format!("reserve:{partner}:{order_id}");
+        let body = json!({ "items": items });
+        self.make(
+            (Service::Inventory, "/inventory/reservations", &key, &body),
+            ("reservation_id", |reservation_id| Reservation::Reserved {
+                reservation_id,
             }),
-            StatusCode::UNPROCESSABLE_ENTITY => Ok(Reservation::OutOfStock),
-            _ => Err(refused(&answer)),
-        }
+            (StatusCode::UNPROCESSABLE_ENTITY, Reservation::OutOfStock),
+        )
+        .await
     }
 
     async fn release(
@@ -145,15 +170,78 @@ impl Inventory for Downstream {
         order_id: &OrderId,
         reservation_id: &str,
     ) -> Result<(), Failure> {
+        let path = format!("/inventory/reservations/{reservation_id}");
+        let key = format!("release:{partner}:{order_id}");
+        self.end((Service::Inventory, Method::DELETE), &path, &key)
+            .await
+    }
+}
+
+#[async_trait]
+impl Books for Downstream {
+    /// `GET /carrier/labels`, `/payments/charges` or
+    /// `/inventory/reservations` with `created_after`, `limit` and
+    /// `cursor`, answered `{"data": [...], "next_cursor"}`.
+    async fn page(&self, at: PageAt<'_>) -> Result<Page, Failure> {
+        let PageAt {
+            service,
+            since_ms,
+            cursor,
+        } = at;
+        let (path, id, active) = match service {
+            Service::Carrier => ("/carrier/labels", "label_id", Some("voided")),
+            Service::Payments => ("/payments/charges", "transaction_id", None),
+            Service::Inventory => (
+                "/inventory/reservations",
+                "reservation_id",
+                Some("released"),
+            ),
+        };
+        let path = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", "500");
+            if let Some(ms) = since_ms {
+                query.append_pair("created_after", &rfc3339_ms(ms));
+            }
+            if let Some(cursor) = cursor {
+                query.append_pair("cursor", cursor);
+            }
+            format!("{path}?{}", query.finish())
+        };
         let answer = self
-            .call(
-                Service::Inventory,
-                Method::DELETE,
-                &format!("/inventory/reservations/{reservation_id}"),
-                &format!("release:{partner}:{order_id}"),
-                None,
-            )
+            .call(service, Method::GET, &path, "books", None)
             .await?;
-        done_or_unknown(&answer)
+        if !answer.status.is_success() {
+            return Err(refused(&answer));
+        }
+        let rows = answer
+            .body
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or(Failure::Malformed { missing: "data" })?;
+        let entries = rows
+            .iter()
+            .map(|row| {
+                let text = |f: &str| row.get(f).and_then(Value::as_str).map(str::to_string);
+                Ok(Entry {
+                    id: text(id).ok_or(Failure::Malformed { missing: "an id" })?,
+                    key: text("idempotency_key"),
+                    // Ended when its flag says so: voided, released.
+                    active: active.is_none_or(|flag| row.get(flag) != Some(&Value::Bool(true))),
+                    amount: row
+                        .get("amount_cents")
+                        .and_then(Value::as_i64)
+                        .zip(text("currency")),
+                })
+            })
+            .collect::<Result<Vec<_>, Failure>>()?;
+        Ok(Page {
+            entries,
+            next: answer
+                .body
+                .get("next_cursor")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
     }
 }

@@ -178,19 +178,14 @@ pub async fn handle(app: &State, live: &Live, req: Request<Incoming>) -> Respons
 /// A time filter (`since`, `until`): any RFC 3339 time, as unix
 /// milliseconds; one before 1970 is 1970, before every event.
 fn time_filter(key: &str, v: &str, issues: &mut Vec<FieldIssue>) -> Option<u64> {
-    use time::format_description::well_known::Rfc3339;
-    match time::OffsetDateTime::parse(v, &Rfc3339) {
-        Ok(t) => {
-            Some(u64::try_from((t.unix_timestamp_nanos() / 1_000_000).max(0)).unwrap_or(u64::MAX))
-        }
-        Err(_) => {
-            issues.push(FieldIssue::new(
-                key,
-                "must be an RFC 3339 time, like 2026-11-30T08:00:00Z",
-            ));
-            None
-        }
+    let ms = crate::clock::parse_rfc3339_ms(v);
+    if ms.is_none() {
+        issues.push(FieldIssue::new(
+            key,
+            "must be an RFC 3339 time, like 2026-11-30T08:00:00Z",
+        ));
     }
+    ms
 }
 
 /// A cursor as pages give them: a sequence number, 1 to 19 digits (the

@@ -602,23 +602,20 @@ async fn edge(
     );
     // Probes and scrapes are not traced: they would bury the requests.
     if otlp::on() && !matches!(route, Route::Healthz | Route::Readyz | Route::Metrics) {
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method),
-            KeyValue::new("http.route", template),
-            KeyValue::new("http.response.status_code", i64::from(status)),
-            KeyValue::new("waybill.request_id", request_id),
-        ];
-        if let Some(code) = code {
-            attributes.push(KeyValue::new("error.type", code));
-        }
         otlp::record(otlp::Ended {
             context: trace,
             parent: caller.map(|c| (c.span_id, true)),
             kind: otlp::Kind::Server,
             name: format!("{method} {template}"),
             start: started_at,
-            attributes,
-            failed: status >= 500,
+            attributes: vec![
+                KeyValue::new("http.request.method", method),
+                KeyValue::new("http.route", template),
+                KeyValue::new("waybill.request_id", request_id),
+            ],
+            status: Some(status),
+            // A refusal is the client's; only a server error fails the span.
+            error: code.filter(|_| status >= 500),
         });
     }
     Ok(resp)
@@ -643,14 +640,7 @@ async fn router(app: &State, req: Request<Incoming>) -> Response<Body> {
     let live = &*live;
     match Route::of(&path) {
         Route::Webhook(name) => webhooks::handle(app, live, req, name).await,
-        Route::AdminEvents
-        | Route::AdminEvent
-        | Route::AdminRedeliver
-        | Route::AdminBulkRedeliver
-        | Route::AdminShipment
-        | Route::AdminStats
-        | Route::AdminUi
-        | Route::AdminOther => admin::handle(app, live, req).await,
+        route if route.template().starts_with("/admin") => admin::handle(app, live, req).await,
         Route::V1Shipments => v1::handle(app, live, req, v1::V1Route::Shipments).await,
         Route::V1Orders => v1::handle(app, live, req, v1::V1Route::Orders).await,
         Route::V1Order => v1::handle(app, live, req, v1::V1Route::Order).await,

@@ -19,6 +19,7 @@ pub mod keyed;
 pub mod labels;
 pub mod orders;
 pub mod ports;
+pub mod reconcile;
 pub mod shipments;
 
 use crate::domain::ids::LabelId;

@@ -61,6 +61,14 @@ pub trait Carrier: Send + Sync {
     /// Voids a label under the key `void:<label_id>`. A label the carrier
     /// does not know is void.
     async fn void_label(&self, label_id: &LabelId) -> Result<(), Failure>;
+
+    /// Voids a label again, under a key of its own (`void:<label_id>:<again>`):
+    /// one the carrier shows active after an earlier void would otherwise
+    /// get that void's stored answer and stay active.
+    async fn void_label_again(&self, label_id: &LabelId, again: &str) -> Result<(), Failure> {
+        let _ = again;
+        self.void_label(label_id).await
+    }
 }
 
 /// What a charge came to.
@@ -113,4 +121,42 @@ pub trait Inventory: Send + Sync {
         order_id: &OrderId,
         reservation_id: &str,
     ) -> Result<(), Failure>;
+}
+
+/// One thing a service has on record: a label, a charge, a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its id at the service.
+    pub id: String,
+    /// The idempotency key it was made under; none when it was made
+    /// without one (outside waybill).
+    pub key: Option<String>,
+    /// Still in force: a label not voided, a reservation not released; a
+    /// charge always.
+    pub active: bool,
+    /// A charge's amount and currency.
+    pub amount: Option<(i64, String)>,
+}
+
+/// A page of a service's records, newest first, and where the next starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    pub next: Option<String>,
+}
+
+/// Which page of a service's books: its records made after `since_ms`
+/// (all without it), from `cursor` (the first page without it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageAt<'a> {
+    pub service: Service,
+    pub since_ms: Option<u64>,
+    pub cursor: Option<&'a str>,
+}
+
+/// The services' own books, read a page at a time: what reconciliation
+/// compares with waybill's records.
+#[async_trait]
+pub trait Books: Send + Sync {
+    async fn page(&self, at: PageAt<'_>) -> Result<Page, Failure>;
 }

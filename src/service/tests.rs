@@ -12,9 +12,10 @@ use async_trait::async_trait;
 
 use super::keyed::{Answered, Keyed};
 use super::ports::{
-    Carrier, Charge, ChargeRequest, Failure, Inventory, LabelSold, Payments, Reservation, Service,
+    Books, Carrier, Charge, ChargeRequest, Entry, Failure, Inventory, LabelSold, Page, PageAt,
+    Payments, Reservation, Service,
 };
-use super::{Placed, Ports, Refusal, Render, StoredAnswer, orders, shipments};
+use super::{Placed, Ports, Refusal, Render, StoredAnswer, orders, reconcile, shipments};
 use crate::clock::now_ms;
 use crate::domain::ids::{LabelId, OrderId, OrderKey, PartnerName, ShipmentId};
 use crate::domain::label::{Label, LabelFormat, LabelRequest, LabelVoid};
@@ -206,6 +207,17 @@ impl World {
     }
 
     /// A shipment of partner `acme`, created through its use case.
+    /// A shipment whose label purchase met `failure` (its request
+    /// recorded, no label), then cancelled: at once, owing the void.
+    async fn cancelled_after(&self, failure: Failure) -> ShipmentId {
+        let id = self.new_shipment().await;
+        Services::script(&self.services.buys, [Err(failure)]);
+        refused(self.label("k", &id).await);
+        let cancelled = ran(self.cancel("c", &id).await);
+        assert_eq!(cancelled.timeline.status(), ShipmentStatus::Cancelled);
+        id
+    }
+
     async fn new_shipment(&self) -> ShipmentId {
         let request = NewShipment {
             order_id: "o-1".into(),
@@ -481,20 +493,13 @@ async fn settle_later(w: &World, at_ms: u64) -> u64 {
 #[tokio::test]
 async fn a_cancel_behind_a_lost_label_answer_is_at_once_and_owes_the_void() {
     let w = World::new();
-    let id = w.new_shipment().await;
-    // The purchase's answer was lost: only its intent is recorded.
-    Services::script(&w.services.buys, [Err(UNAVAILABLE)]);
-    refused(w.label("k", &id).await);
-    // The carrier is away, and the cancel does not wait for it.
-    let cancelled = ran(w.cancel("c", &id).await);
-    assert_eq!(cancelled.timeline.status(), ShipmentStatus::Cancelled);
+    // The purchase's answer was lost: only its intent is recorded. The
+    // carrier is away, and the cancel does not wait for it.
+    let id = w.cancelled_after(UNAVAILABLE).await;
+    let owed = w.shipment(&id).await.label_void;
     assert!(
-        matches!(
-            cancelled.label_void,
-            Some(LabelVoid::Owed { attempts: 0, .. })
-        ),
-        "{:?}",
-        cancelled.label_void
+        matches!(owed, Some(LabelVoid::Owed { attempts: 0, .. })),
+        "{owed:?}"
     );
     assert_eq!(w.services.calls(), [Call::Buy(id.clone())]);
     assert_eq!(w.store.voids_owed().await.unwrap(), 1);
@@ -549,11 +554,7 @@ async fn a_cancel_behind_a_lost_label_answer_is_at_once_and_owes_the_void() {
 #[tokio::test]
 async fn a_cancel_whose_intent_the_carrier_refuses_has_nothing_to_void() {
     let w = World::new();
-    let id = w.new_shipment().await;
-    Services::script(&w.services.buys, [Err(REFUSED)]);
-    refused(w.label("k", &id).await);
-    let cancelled = ran(w.cancel("c", &id).await);
-    assert_eq!(cancelled.timeline.status(), ShipmentStatus::Cancelled);
+    let id = w.cancelled_after(REFUSED).await;
     // Asked under the shipment's key, the carrier refuses the request
     // again: it sold nothing.
     Services::script(&w.services.buys, [Err(REFUSED)]);
@@ -815,4 +816,133 @@ async fn another_partners_order_does_not_exist() {
         .await
         .unwrap_err();
     assert!(matches!(refusal, Refusal::NotFound("order")), "{refusal:?}");
+}
+
+// Reconciliation.
+
+/// Books that list what the test put in them, two entries a page.
+#[derive(Default)]
+struct Ledger {
+    pages: Mutex<Vec<(Service, Option<String>)>>,
+    entries: Vec<(Service, Entry)>,
+}
+
+#[async_trait]
+impl Books for Ledger {
+    async fn page(&self, at: PageAt<'_>) -> Result<Page, Failure> {
+        let (service, cursor) = (at.service, at.cursor);
+        self.pages
+            .lock()
+            .unwrap()
+            .push((service, cursor.map(str::to_string)));
+        let all: Vec<Entry> = self
+            .entries
+            .iter()
+            .filter(|(s, _)| *s == service)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let from: usize = cursor.map_or(0, |c| c.parse().unwrap());
+        let to = (from + 2).min(all.len());
+        Ok(Page {
+            entries: all[from..to].to_vec(),
+            next: (to < all.len()).then(|| to.to_string()),
+        })
+    }
+}
+
+fn entry(id: &str, key: Option<&str>, active: bool) -> Entry {
+    Entry {
+        id: id.into(),
+        key: key.map(str::to_string),
+        active,
+        amount: None,
+    }
+}
+
+#[tokio::test]
+async fn reconciliation_pages_through_the_books_and_spares_a_void_under_way() {
+    let w = World::new();
+    let live = w.new_shipment().await;
+    // Cancelled while its label request had no answer: the void is owed.
+    let owing = w.cancelled_after(UNAVAILABLE).await;
+    let books = Ledger {
+        entries: vec![
+            (
+                Service::Carrier,
+                entry("l-live", Some(&format!("label:{live}")), true),
+            ),
+            (
+                Service::Carrier,
+                entry("l-owing", Some(&format!("label:{owing}")), true),
+            ),
+            (
+                Service::Carrier,
+                entry("l-void", Some("label:shp_gone"), false),
+            ),
+            (
+                Service::Carrier,
+                entry("l-ghost", Some("label:shp_gone"), true),
+            ),
+            (Service::Carrier, entry("l-bare", None, true)),
+            (Service::Inventory, entry("r-bare", None, true)),
+        ],
+        ..Ledger::default()
+    };
+    Services::script(&w.services.voids, [Ok(()), Ok(())]);
+    let report = reconcile::reconcile(w.ports(), &books, None, true)
+        .await
+        .unwrap();
+    assert_eq!(report.checked, 6);
+    let found: Vec<(&str, &str, bool)> = report
+        .discrepancies
+        .iter()
+        .map(|d| (d.kind.as_str(), d.service_id.as_str(), d.fixed))
+        .collect();
+    // Both label ghosts voided; a reservation made without a key cannot
+    // be released under one, and is only reported.
+    assert_eq!(
+        found,
+        [
+            ("label_without_shipment", "l-ghost", true),
+            ("label_without_shipment", "l-bare", true),
+            ("reservation_without_order", "r-bare", false),
+        ]
+    );
+    assert_eq!(
+        books.pages.lock().unwrap().clone(),
+        [
+            (Service::Carrier, None),
+            (Service::Carrier, Some("2".into())),
+            (Service::Carrier, Some("4".into())),
+            (Service::Payments, None),
+            (Service::Inventory, None),
+        ]
+    );
+    assert_eq!(
+        w.services.calls()[1..],
+        [Call::Void("l-ghost".into()), Call::Void("l-bare".into())]
+    );
+}
+
+#[tokio::test]
+async fn a_repair_that_fails_is_reported_unrepaired() {
+    let w = World::new();
+    let books = Ledger {
+        entries: vec![(
+            Service::Carrier,
+            entry("l-ghost", Some("label:shp_gone"), true),
+        )],
+        ..Ledger::default()
+    };
+    Services::script(&w.services.voids, [Err(UNAVAILABLE)]);
+    let report = reconcile::reconcile(w.ports(), &books, None, true)
+        .await
+        .unwrap();
+    assert!(!report.discrepancies[0].fixed);
+    // Without --fix, nothing is called.
+    let report = reconcile::reconcile(w.ports(), &books, None, false)
+        .await
+        .unwrap();
+    assert_eq!(report.discrepancies.len(), 1);
+    assert_eq!(w.services.calls(), [Call::Void("l-ghost".into())]);
 }

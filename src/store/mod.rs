@@ -549,6 +549,27 @@ pub trait Upkeep: Send + Sync {
     fn close(&self) -> Result<(), StoreError>;
 }
 
+/// Opens the store `[store]` names to read it and nothing else: no
+/// dispatcher, no migrations (the tools that read it beside, or instead
+/// of, a gateway). sled waits a while for another process to let go.
+pub async fn open_to_read(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    match &cfg.backend {
+        StoreBackend::Sled => {
+            let cfg = cfg.clone();
+            let store = tokio::task::spawn_blocking(move || SledStore::open(&cfg))
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            Ok(Arc::new(store))
+        }
+        StoreBackend::Postgres { url, ca_certs, .. } => Ok(Arc::new(postgres::PgStore::connect(
+            url.expose(),
+            ca_certs,
+            2,
+            Health::new(),
+        )?)),
+    }
+}
+
 /// Opens the store `[store]` names and starts its dispatcher. Migrations
 /// run first on PostgreSQL.
 pub async fn open(

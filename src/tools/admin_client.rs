@@ -99,13 +99,7 @@ impl AdminClient {
                 without_userinfo(url)
             )));
         }
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(crate::downstream::tls_config(&[]))
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = crate::tls::connector(&[], std::time::Duration::from_secs(10));
         Ok(AdminClient {
             base,
             token,

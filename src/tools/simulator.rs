@@ -67,6 +67,9 @@ pub fn tls_server_config(
 #[derive(Debug, Clone, Serialize)]
 struct ChargeRow {
     idempotency_key: Option<String>,
+    created_at: String,
+    #[serde(skip)]
+    created_ms: u64,
     transaction_id: String,
     amount_cents: i64,
     currency: String,
@@ -76,6 +79,9 @@ struct ChargeRow {
 #[derive(Debug, Clone, Serialize)]
 struct LabelRow {
     idempotency_key: Option<String>,
+    created_at: String,
+    #[serde(skip)]
+    created_ms: u64,
     label_id: String,
     tracking_number: String,
     voided: bool,
@@ -95,6 +101,9 @@ const MAX_TRACES: usize = 1000;
 #[derive(Debug, Clone, Serialize)]
 struct ReservationRow {
     idempotency_key: Option<String>,
+    created_at: String,
+    #[serde(skip)]
+    created_ms: u64,
     reservation_id: String,
     items: Value,
     released: bool,
@@ -199,11 +208,95 @@ fn json(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     r
 }
 
+/// Rows a list page holds when the caller names no `limit`, and at most.
+const PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// One page of `rows`, newest first, as a provider lists what it did:
+/// `created_after` (RFC 3339) keeps the newer ones, `limit` bounds the
+/// page, and `cursor` (a previous page's `next_cursor`) goes on below it.
+fn list<T: Serialize>(
+    rows: &[T],
+    created_ms: impl Fn(&T) -> u64,
+    query: &str,
+) -> (StatusCode, Value) {
+    let mut after = 0;
+    let mut limit = PAGE;
+    let mut below = rows.len();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let parsed = match k.as_ref() {
+            "created_after" => crate::clock::parse_rfc3339_ms(&v).map(|ms| after = ms),
+            "limit" => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .map(|n| limit = n),
+            "cursor" => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= rows.len())
+                .map(|n| below = n),
+            _ => Some(()),
+        };
+        if parsed.is_none() {
+            return error(StatusCode::BAD_REQUEST, "INVALID", &format!("bad {k}"));
+        }
+    }
+    let mut data = Vec::new();
+    let mut next = None;
+    for i in (0..below).rev() {
+        let Some(row) = rows.get(i) else { continue };
+        if created_ms(row) <= after {
+            continue;
+        }
+        if data.len() == limit {
+            next = Some((i + 1).to_string());
+            break;
+        }
+        data.push(serde_json::to_value(row).unwrap_or(Value::Null));
+    }
+    (StatusCode::OK, json!({"data": data, "next_cursor": next}))
+}
+
 fn error(status: StatusCode, code: &str, message: &str) -> (StatusCode, Value) {
     (status, json!({"error": {"code": code, "message": message}}))
 }
 
 impl Sim {
+    /// The tests' hands on the books, as if someone had changed them at
+    /// the provider: `POST /_sim/charges/{id}/amount?cents=N` changes a
+    /// charge's amount, `POST /_sim/labels/{id}/unvoid` makes a voided
+    /// label active again.
+    fn tamper(&self, path: &str, req: &Request<Incoming>) -> Option<(StatusCode, Value)> {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let mut l = self.ledger.lock().expect("ledger lock");
+        match segments.as_slice() {
+            ["_sim", "charges", id, "amount"] => {
+                let cents = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                    .find(|(k, _)| k == "cents")
+                    .and_then(|(_, v)| v.parse::<i64>().ok());
+                let row = l.charges.iter_mut().find(|r| r.transaction_id == *id);
+                Some(match (row, cents) {
+                    (Some(row), Some(cents)) => {
+                        row.amount_cents = cents;
+                        (StatusCode::OK, json!({"amount_cents": cents}))
+                    }
+                    _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such charge"),
+                })
+            }
+            ["_sim", "labels", id, "unvoid"] => {
+                Some(match l.labels.iter_mut().find(|r| r.label_id == *id) {
+                    Some(row) => {
+                        row.voided = false;
+                        (StatusCode::OK, json!({"voided": false}))
+                    }
+                    None => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such label"),
+                })
+            }
+            _ => None,
+        }
+    }
+
     fn draw(&self, p: f64) -> bool {
         p > 0.0 && self.rng.lock().expect("rng lock").f64() < p
     }
@@ -228,6 +321,24 @@ impl Sim {
                 &json!({"charges": l.charges, "labels": l.labels, "reservations": l.reservations,
                         "traces": l.traces}),
             ));
+        }
+        if method == Method::GET {
+            let query = req.uri().query().unwrap_or("");
+            let l = self.ledger.lock().expect("ledger lock");
+            let page = match path.as_str() {
+                "/carrier/labels" => Some(list(&l.labels, |r| r.created_ms, query)),
+                "/payments/charges" => Some(list(&l.charges, |r| r.created_ms, query)),
+                "/inventory/reservations" => Some(list(&l.reservations, |r| r.created_ms, query)),
+                _ => None,
+            };
+            if let Some((status, body)) = page {
+                return Ok(json(status, &body));
+            }
+        }
+        if method == Method::POST
+            && let Some((status, body)) = self.tamper(&path, &req)
+        {
+            return Ok(json(status, &body));
         }
         let key = req
             .headers()
@@ -359,6 +470,7 @@ impl Sim {
     ) -> (StatusCode, Value) {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_string);
+        let now = crate::clock::now_ms();
         match (method, segments.as_slice()) {
             (&Method::POST, ["carrier", "labels"]) => {
                 if text("shipment_id").is_none() {
@@ -383,6 +495,8 @@ impl Sim {
                     .labels
                     .push(LabelRow {
                         idempotency_key: key.map(str::to_string),
+                        created_at: crate::clock::rfc3339_ms(now),
+                        created_ms: now,
                         label_id: label_id.clone(),
                         tracking_number: tracking_number.clone(),
                         voided: false,
@@ -440,6 +554,8 @@ impl Sim {
                     .charges
                     .push(ChargeRow {
                         idempotency_key: key.map(str::to_string),
+                        created_at: crate::clock::rfc3339_ms(now),
+                        created_ms: now,
                         transaction_id: transaction_id.clone(),
                         amount_cents: amount,
                         currency,
@@ -488,6 +604,8 @@ impl Sim {
                 let reservation_id = self.next_id("res");
                 l.reservations.push(ReservationRow {
                     idempotency_key: key.map(str::to_string),
+                    created_at: crate::clock::rfc3339_ms(now),
+                    created_ms: now,
                     reservation_id: reservation_id.clone(),
                     items: Value::Array(items.clone()),
                     released: false,

@@ -432,38 +432,21 @@ pub struct GatedCarrier {
 }
 
 pub async fn gated_carrier() -> GatedCarrier {
-    use http_body_util::Full;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
     let release = Arc::new(tokio::sync::Semaphore::new(0));
     let gate = release.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let tx = tx.clone();
-            let gate = gate.clone();
-            let svc = hyper::service::service_fn(
-                move |_req: http::Request<hyper::body::Incoming>| {
-                    let tx = tx.clone();
-                    let gate = gate.clone();
-                    async move {
-                        let _ = tx.send(());
-                        gate.acquire().await.unwrap().forget();
-                        let body = json!({"label_id": "lbl_gated", "tracking_number": "TN-GATED", "carrier": "ups"});
-                        let mut resp =
-                            http::Response::new(Full::new(bytes::Bytes::from(body.to_string())));
-                        *resp.status_mut() = http::StatusCode::CREATED;
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                },
-            );
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+    let addr = serve(move |_req: http::Request<hyper::body::Incoming>| {
+        let tx = tx.clone();
+        let gate = gate.clone();
+        async move {
+            let _ = tx.send(());
+            gate.acquire().await.unwrap().forget();
+            let body =
+                json!({"label_id": "lbl_gated", "tracking_number": "TN-GATED", "carrier": "ups"});
+            answer(http::StatusCode::CREATED, body.to_string())
         }
-    });
+    })
+    .await;
     GatedCarrier {
         addr,
         arrived,

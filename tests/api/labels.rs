@@ -163,13 +163,7 @@ async fn cancel_voids_the_label_and_only_before_the_shipment_moves() {
         "CANCELLED"
     );
     let l = ledger(sim).await;
-    let row = l["labels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["label_id"] == label["label_id"])
-        .unwrap()
-        .clone();
+    let row = ledger_row(&l, "labels", ("label_id", &label["label_id"]));
     assert_eq!(row["voided"], true);
 
     // Moving: refused, and the refusal is final (replayed).

@@ -17,13 +17,6 @@ fn rows<'a>(ledger: &'a Value, kind: &str) -> &'a Vec<Value> {
     ledger[kind].as_array().unwrap()
 }
 
-fn keyed<'a>(ledger: &'a Value, kind: &str, key: &str) -> Vec<&'a Value> {
-    rows(ledger, kind)
-        .iter()
-        .filter(|r| r["idempotency_key"] == key)
-        .collect()
-}
-
 #[tokio::test]
 async fn an_order_is_reserved_charged_shipped_and_confirmed() {
     let (app, sim) = app_with_sim(SimConfig::default()).await;
@@ -40,12 +33,12 @@ async fn an_order_is_reserved_charged_shipped_and_confirmed() {
     let tn = v["tracking_number"].as_str().unwrap().to_string();
 
     let l = ledger(sim).await;
-    let charges = keyed(&l, "charges", "charge:acme:o-1");
+    let charges = keyed_rows(&l, "charges", "charge:acme:o-1");
     assert_eq!(charges.len(), 1);
     assert_eq!(charges[0]["transaction_id"], tx.as_str());
     assert_eq!(charges[0]["amount_cents"], 2599);
-    assert_eq!(keyed(&l, "reservations", "reserve:acme:o-1").len(), 1);
-    let labels = keyed(&l, "labels", &format!("label:{shipment_id}"));
+    assert_eq!(keyed_rows(&l, "reservations", "reserve:acme:o-1").len(), 1);
+    let labels = keyed_rows(&l, "labels", &format!("label:{shipment_id}"));
     assert_eq!(labels.len(), 1);
     assert_eq!(labels[0]["tracking_number"], tn.as_str());
 
@@ -76,8 +69,8 @@ async fn a_declined_payment_is_402_with_the_reservation_released() {
     assert_eq!(r.status, 402, "{:?}", r.body);
     assert_eq!(r.code(), "PAYMENT_FAILED");
     let l = ledger(sim).await;
-    assert!(keyed(&l, "charges", "charge:acme:o-dec").is_empty());
-    let res = keyed(&l, "reservations", "reserve:acme:o-dec");
+    assert!(keyed_rows(&l, "charges", "charge:acme:o-dec").is_empty());
+    let res = keyed_rows(&l, "reservations", "reserve:acme:o-dec");
     assert_eq!(res.len(), 1);
     assert_eq!(res[0]["released"], true);
     let o = get_order(&app, "acme-key", "o-dec").await.json();
@@ -104,7 +97,7 @@ async fn insufficient_stock_is_422_and_replayed() {
     assert_eq!(o["failure_reason"], "INSUFFICIENT_STOCK");
     let l = ledger(sim).await;
     assert!(rows(&l, "charges").is_empty());
-    assert!(keyed(&l, "reservations", "reserve:acme:o-low").is_empty());
+    assert!(keyed_rows(&l, "reservations", "reserve:acme:o-low").is_empty());
     let again = place_order(&app, "low-key", &body).await;
     again.assert_replays(&r);
 }
@@ -120,7 +113,7 @@ async fn the_same_order_id_under_another_key_is_order_exists() {
     let again = place_order(&app, "second", &body).await;
     again.assert_replays(&r);
     assert_eq!(
-        keyed(&ledger(sim).await, "charges", "charge:acme:o-dup").len(),
+        keyed_rows(&ledger(sim).await, "charges", "charge:acme:o-dup").len(),
         1
     );
     // The same key with another body is a conflict, as everywhere.
@@ -186,8 +179,11 @@ async fn an_unreachable_downstream_is_503_and_the_retry_resumes_the_order() {
     assert_eq!(r.header("idempotent-replayed"), None);
     assert_eq!(r.json()["status"], "CONFIRMED");
     let l = ledger(sim).await;
-    assert_eq!(keyed(&l, "charges", "charge:acme:o-res").len(), 1);
-    assert_eq!(keyed(&l, "reservations", "reserve:acme:o-res").len(), 1);
+    assert_eq!(keyed_rows(&l, "charges", "charge:acme:o-res").len(), 1);
+    assert_eq!(
+        keyed_rows(&l, "reservations", "reserve:acme:o-res").len(),
+        1
+    );
 }
 
 async fn await_order_status(app: &TestApp, order_id: &str, status: &str) -> Value {
@@ -227,10 +223,10 @@ async fn background_fulfilment_confirms_a_paid_order_once_the_carrier_is_back() 
     assert_eq!(o["shipments"][0]["status"], "LABEL_CREATED");
     let l = ledger(sim).await;
     assert_eq!(
-        keyed(&l, "labels", &format!("label:{shipment_id}")).len(),
+        keyed_rows(&l, "labels", &format!("label:{shipment_id}")).len(),
         1
     );
-    assert_eq!(keyed(&l, "charges", "charge:acme:o-bg").len(), 1);
+    assert_eq!(keyed_rows(&l, "charges", "charge:acme:o-bg").len(), 1);
     // The stored answer is the answer to that request.
     let again = place_order(&app, "bg-key", &body).await;
     assert_eq!(again.body, r.body);
@@ -430,7 +426,7 @@ async fn two_hundred_orders_through_faults_charge_each_once() {
         let charges = charges_by_key
             .get(&format!("charge:acme:m-{n}"))
             .map_or(0, Vec::len);
-        let reservations = keyed(&l, "reservations", &format!("reserve:acme:m-{n}"));
+        let reservations = keyed_rows(&l, "reservations", &format!("reserve:acme:m-{n}"));
         assert!(reservations.len() <= 1, "m-{n}: reserved twice");
         match status {
             201 => {
@@ -503,6 +499,9 @@ async fn concurrent_requests_with_one_key_place_one_order() {
         "exactly one request ran the order"
     );
     let l = ledger(sim).await;
-    assert_eq!(keyed(&l, "charges", "charge:acme:o-conc").len(), 1);
-    assert_eq!(keyed(&l, "reservations", "reserve:acme:o-conc").len(), 1);
+    assert_eq!(keyed_rows(&l, "charges", "charge:acme:o-conc").len(), 1);
+    assert_eq!(
+        keyed_rows(&l, "reservations", "reserve:acme:o-conc").len(),
+        1
+    );
 }

@@ -19,6 +19,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use waybill::webhook::signature::{Scheme, SchemeKind};
 
+/// Two tests of `run(on_postgres)` on the built binary: `$sled` on the
+/// embedded store, `$pg` on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($sled:ident, $pg:ident, $run:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sled() {
+            $run(false).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $pg() {
+            $run(true).await;
+        }
+    };
+}
+
 pub mod api;
 pub use api::Api;
 pub mod config;
@@ -565,70 +582,22 @@ pub struct SplitDownstream {
     pub carrier_answers_lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-pub async fn split_downstream(sim: SocketAddr) -> SplitDownstream {
-    use http_body_util::{BodyExt, Full};
-    use std::sync::atomic::Ordering;
+/// An HTTP/1 server on a free loopback port that answers each request
+/// with `answer`'s response; its address.
+pub async fn serve<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<Bytes>>> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let carrier_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let carrier_answers_lost = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let down = carrier_down.clone();
-    let lost = carrier_answers_lost.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let down = down.clone();
-            let lost = lost.clone();
-            let svc =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let down = down.clone();
-                    let lost = lost.clone();
-                    async move {
-                        let method = req.method().to_string();
-                        let path = req.uri().path().to_string();
-                        let headers: Vec<(String, String)> = ["idempotency-key", "content-type"]
-                            .iter()
-                            .filter_map(|h| {
-                                req.headers()
-                                    .get(*h)
-                                    .and_then(|v| v.to_str().ok())
-                                    .map(|v| (h.to_string(), v.to_string()))
-                            })
-                            .collect();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let carrier = path.starts_with("/carrier");
-                        let (status, body) = if carrier && down.load(Ordering::SeqCst) {
-                            (
-                                http::StatusCode::SERVICE_UNAVAILABLE,
-                                bytes::Bytes::from_static(b"{}"),
-                            )
-                        } else {
-                            let lose = carrier
-                                && lost
-                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
-                                        Some(b >> 1)
-                                    })
-                                    .is_ok_and(|b| b & 1 == 1);
-                            match Client::new(sim)
-                                .try_send(&method, &path, &headers, body)
-                                .await
-                            {
-                                Ok(_) if lose => {
-                                    (http::StatusCode::BAD_GATEWAY, bytes::Bytes::new())
-                                }
-                                Ok(r) => (r.status, r.body),
-                                Err(_) => (http::StatusCode::BAD_GATEWAY, bytes::Bytes::new()),
-                            }
-                        };
-                        let mut resp = http::Response::new(Full::new(body));
-                        *resp.status_mut() = status;
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
+            let answer = answer.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let answered = answer(req);
+                async move { Ok::<_, std::convert::Infallible>(answered.await) }
+            });
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -636,6 +605,65 @@ pub async fn split_downstream(sim: SocketAddr) -> SplitDownstream {
             });
         }
     });
+    addr
+}
+
+/// A response of `status` with `body`.
+pub fn answer(
+    status: http::StatusCode,
+    body: impl Into<Bytes>,
+) -> http::Response<http_body_util::Full<Bytes>> {
+    let mut resp = http::Response::new(http_body_util::Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp
+}
+
+pub async fn split_downstream(sim: SocketAddr) -> SplitDownstream {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::Ordering;
+    let carrier_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let carrier_answers_lost = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let down = carrier_down.clone();
+    let lost = carrier_answers_lost.clone();
+    let addr = serve(move |req: http::Request<hyper::body::Incoming>| {
+        let down = down.clone();
+        let lost = lost.clone();
+        async move {
+            let method = req.method().to_string();
+            let path = req.uri().path().to_string();
+            let headers: Vec<(String, String)> = ["idempotency-key", "content-type"]
+                .iter()
+                .filter_map(|h| {
+                    req.headers()
+                        .get(*h)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| (h.to_string(), v.to_string()))
+                })
+                .collect();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let carrier = path.starts_with("/carrier");
+            if carrier && down.load(Ordering::SeqCst) {
+                return answer(http::StatusCode::SERVICE_UNAVAILABLE, "{}");
+            }
+            let lose = carrier
+                && lost
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| Some(b >> 1))
+                    .is_ok_and(|b| b & 1 == 1);
+            match Client::new(sim)
+                .try_send(&method, &path, &headers, body)
+                .await
+            {
+                Ok(r) if !lose => answer(r.status, r.body),
+                _ => answer(http::StatusCode::BAD_GATEWAY, Bytes::new()),
+            }
+        }
+    })
+    .await;
     SplitDownstream {
         addr,
         carrier_down,
@@ -745,16 +773,54 @@ pub fn label_for(shipment_id: &str, tracking_number: &str, at_ms: u64) -> waybil
     }
 }
 
-/// The simulator's labels sold for shipment `id` (under `label:<id>`).
-pub async fn labels_of(sim: SocketAddr, id: &str) -> Vec<Value> {
-    let ledger = get(sim, "/_sim/ledger").await.json();
-    let key = format!("label:{id}");
-    ledger["labels"]
+/// The rows of `ledger`'s `kind` (labels, charges, reservations) made
+/// under `key`.
+pub fn keyed_rows<'a>(ledger: &'a Value, kind: &str, key: &str) -> Vec<&'a Value> {
+    ledger[kind]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|r| r["idempotency_key"] == key.as_str())
+        .filter(|r| r["idempotency_key"] == key)
+        .collect()
+}
+
+/// The row of `ledger`'s `kind` whose `field` is `value` (a label by its
+/// `label_id`, ...).
+pub fn ledger_row(ledger: &Value, kind: &str, (field, value): (&str, &Value)) -> Value {
+    ledger[kind]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r[field] == *value)
+        .unwrap_or_else(|| panic!("no {kind} with {field} {value}"))
+        .clone()
+}
+
+/// A GET of `path` with `headers`.
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(String, String)]) -> Resp {
+    Client::new(addr)
+        .send("GET", path, headers, Bytes::new())
+        .await
+}
+
+/// The simulator's labels sold for shipment `id` (under `label:<id>`).
+pub async fn labels_of(sim: SocketAddr, id: &str) -> Vec<Value> {
+    let ledger = get(sim, "/_sim/ledger").await.json();
+    keyed_rows(&ledger, "labels", &format!("label:{id}"))
+        .into_iter()
         .cloned()
+        .collect()
+}
+
+/// The `traceparent`s the simulator received on `path`.
+pub async fn traces_to(sim: SocketAddr, path: &str) -> Vec<String> {
+    let ledger = get(sim, "/_sim/ledger").await.json();
+    ledger["traces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["path"] == path)
+        .filter_map(|t| t["traceparent"].as_str().map(str::to_string))
         .collect()
 }
 

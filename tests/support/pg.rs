@@ -171,3 +171,12 @@ impl Schema {
         .unwrap()
     }
 }
+
+/// For a test on either store: the schema (None on sled) and the url for
+/// `WAYBILL_DATABASE_URL` (empty on sled); None when PostgreSQL is wanted
+/// and not there (the test then passes, unless it is required).
+pub async fn store_env(on_postgres: bool) -> Option<(Option<Schema>, String)> {
+    let pg = if_postgres(on_postgres).await?;
+    let url = pg.as_ref().map_or(String::new(), |s| s.url.clone());
+    Some((pg, url))
+}

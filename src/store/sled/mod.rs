@@ -1833,17 +1833,24 @@ mod tests {
         (store, body)
     }
 
+    /// A store of `n` events received at 10 (long expired), a segment
+    /// each, and the body they share.
+    async fn old_events_a_segment_each(dir: &Path, n: usize) -> (SledStore, Bytes) {
+        let (store, body) = one_event_per_segment(dir);
+        for i in 0..n {
+            let mut ev = event(&format!("old-{i}"), 10, 1, false);
+            ev.body = body.clone();
+            store.ingest(ev).await.unwrap();
+        }
+        (store, body)
+    }
+
     /// Retention deletes whole payload segments once every event in them
     /// has expired and been swept; live events stay readable.
     #[tokio::test]
     async fn retention_deletes_whole_segments_of_expired_payloads() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, body) = one_event_per_segment(dir.path());
-        for i in 0..40 {
-            let mut ev = event(&format!("old-{i}"), 10, 1, false);
-            ev.body = body.clone();
-            store.ingest(ev).await.unwrap();
-        }
+        let (store, body) = old_events_a_segment_each(dir.path(), 40).await;
         let before = store.shared.segments.ids().unwrap();
         assert!(before.len() > 5, "{before:?}");
         for i in 0..3 {
@@ -2085,12 +2092,7 @@ mod tests {
     #[tokio::test]
     async fn a_segment_with_an_unreadable_retention_entry_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, body) = one_event_per_segment(dir.path());
-        for i in 0..4 {
-            let mut ev = event(&format!("old-{i}"), 10, 1, false);
-            ev.body = body.clone();
-            store.ingest(ev).await.unwrap();
-        }
+        let (store, body) = old_events_a_segment_each(dir.path(), 4).await;
         store.settle().await.unwrap();
         let first = store.shared.segments.ids().unwrap()[0];
         store

@@ -130,6 +130,20 @@ async fn chaos_then_reconcile(on_postgres: bool) {
                     .is_some_and(|m| m.starts_with("circuit breaker opened"))
             });
             assert_eq!(opened[0]["service"], "carrier");
+            // Back: once its cooldown is over, a label call is the trial
+            // that closes it.
+            down(false);
+            let api = Api::acme(gw.addr);
+            let id = create_shipment(gw.addr, "o-trial").await;
+            let bought = eventually(30, async || {
+                api.buy_label(&id, "k-trial", "{}").await.status == 201
+            })
+            .await;
+            assert!(bought, "the carrier answers again");
+            let closed = gw.await_log(1, |v| {
+                v["message"] == "circuit breaker changed state" && v["state"] == "closed"
+            });
+            assert_eq!(closed[0]["service"], "carrier");
         }
         // A kill -9 between rounds; the next round starts on what it left.
         gw.kill9();

@@ -11,7 +11,8 @@ use crate::domain::label::LabelRequest;
 use crate::domain::request::Item;
 
 /// The services called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Service {
     Carrier,
     Payments,

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::ports::{Books, Entry, Failure, PageAt, Service};
 use super::{Ports, Refusal};
@@ -20,7 +20,8 @@ use crate::domain::order::OrderStatus;
 use crate::domain::shipment::ShipmentStatus;
 
 /// What does not balance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A charge whose order waybill does not have.
     ChargeWithoutOrder,
@@ -59,46 +60,25 @@ impl Kind {
     }
 }
 
-/// One discrepancy: its kind, the ids on both sides, what differs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One discrepancy: its kind, the ids on both sides, what differs. Its
+/// JSON is the line `waybill reconcile` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Discrepancy {
     pub kind: Kind,
     pub service: Service,
     /// The label's, charge's or reservation's id at the service.
     pub service_id: String,
     pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub partner: Option<PartnerName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub order_id: Option<OrderId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shipment_id: Option<ShipmentId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub differs: Option<String>,
     /// Repaired by this run (`fix`).
     pub fixed: bool,
-}
-
-impl Discrepancy {
-    /// Its JSON line.
-    pub fn to_json(&self) -> Value {
-        let mut v = json!({
-            "kind": self.kind.as_str(),
-            "service": self.service.as_str(),
-            "service_id": self.service_id,
-            "key": self.key,
-        });
-        if let Value::Object(m) = &mut v {
-            for (k, field) in [
-                ("partner", self.partner.as_ref().map(|p| p.as_str())),
-                ("order_id", self.order_id.as_ref().map(|o| o.as_str())),
-                ("shipment_id", self.shipment_id.as_ref().map(|s| s.as_str())),
-                ("differs", self.differs.as_deref()),
-            ] {
-                if let Some(field) = field {
-                    m.insert(k.into(), json!(field));
-                }
-            }
-            m.insert("fixed".into(), json!(self.fixed));
-        }
-        v
-    }
 }
 
 /// What a pass found, and how much it read.

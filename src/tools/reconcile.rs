@@ -61,7 +61,9 @@ pub async fn run(config: Option<&Path>, since: Option<&str>, fix: bool) -> u8 {
 fn print(report: &Report) -> u8 {
     let mut out = Vec::new();
     for d in &report.discrepancies {
-        out.extend(d.to_json().to_string().into_bytes());
+        if serde_json::to_writer(&mut out, d).is_err() {
+            return 2;
+        }
         out.push(b'\n');
     }
     if super::cli::emit(&out).is_err() {

@@ -1307,6 +1307,25 @@ impl Walker<'_> {
             "easypost" => SchemeKind::Easypost,
             "aftership" => SchemeKind::Aftership,
             "shopify" => SchemeKind::Shopify,
+            "basic" => SchemeKind::Basic,
+            "header-token" => match header.clone() {
+                Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_ok() => {
+                    SchemeKind::HeaderToken {
+                        header: h.to_ascii_lowercase(),
+                    }
+                }
+                Some(h) => {
+                    self.bad(
+                        join(&sp, "header"),
+                        format!("not a valid header name: {h:?}"),
+                    );
+                    return None;
+                }
+                None => {
+                    self.bad(join(&sp, "header"), "is required for scheme header-token");
+                    return None;
+                }
+            },
             "hmac-sha256" => {
                 let header = match header.clone() {
                     Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_ok() => Some(h),
@@ -1355,13 +1374,14 @@ impl Walker<'_> {
                 self.bad(
                     join(&sp, "scheme"),
                     format!(
-                        "unknown scheme {other:?}; one of standard-webhooks, stripe, github, hmac-sha256, easypost, aftership, shopify"
+                        "unknown scheme {other:?}; one of standard-webhooks, stripe, github, hmac-sha256, easypost, aftership, shopify, basic, header-token"
                     ),
                 );
                 return None;
             }
         };
         if !matches!(kind, SchemeKind::Generic { .. }) {
+            let header = header.filter(|_| !matches!(kind, SchemeKind::HeaderToken { .. }));
             for (key, v) in [
                 ("header", &header),
                 ("encoding", &encoding),
@@ -1767,6 +1787,53 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("/admin is disabled"))
         );
+    }
+
+    #[test]
+    fn basic_and_header_token_sources_take_credentials_not_signing_options() {
+        let source = |signature: &str, secret: &str| {
+            format!(
+                "[[sources]]\nname = \"c\"\nkind = \"store-only\"\nsecrets = [\"{secret}\"]\nsignature = {signature}\ndedupe_retention = \"2d\"\n"
+            )
+        };
+        let basic = Config::parse(&source("{ scheme = \"basic\" }", "u:p"), &no_env()).unwrap();
+        assert_eq!(basic.sources[0].scheme.name(), "basic");
+        let token = Config::parse(
+            &source("{ scheme = \"header-token\", header = \"X-Api-Key\" }", "t"),
+            &no_env(),
+        )
+        .unwrap();
+        assert_eq!(token.sources[0].scheme.signature_headers(), ["x-api-key"]);
+        for (signature, secret, key) in [
+            (
+                "{ scheme = \"basic\" }",
+                "no-colon",
+                "sources[0].secrets[0]",
+            ),
+            (
+                "{ scheme = \"basic\", header = \"X-A\" }",
+                "u:p",
+                "sources[0].signature.header",
+            ),
+            (
+                "{ scheme = \"header-token\" }",
+                "t",
+                "sources[0].signature.header",
+            ),
+            (
+                "{ scheme = \"header-token\", header = \"X-A\", prefix = \"p\" }",
+                "t",
+                "sources[0].signature.prefix",
+            ),
+            (
+                "{ scheme = \"basic\", tolerance = \"1m\" }",
+                "u:p",
+                "sources[0].signature.tolerance",
+            ),
+        ] {
+            let e = Config::parse(&source(signature, secret), &no_env()).unwrap_err();
+            assert_eq!(keys(&e), [key], "{signature}");
+        }
     }
 
     #[test]

@@ -192,6 +192,13 @@ pub fn sign_headers(
     let src = config
         .source(source)
         .ok_or_else(|| SignError::UnknownSource(source.to_string()))?;
+    if !src.scheme.signs() {
+        // The headers would be the credentials themselves.
+        return Err(SignError::Usage(format!(
+            "the {} scheme signs nothing: a sender sends its credentials as they are",
+            src.scheme.name()
+        )));
+    }
     let secret = src
         .secrets
         .first()

@@ -39,6 +39,14 @@ pub enum SchemeKind {
     Easypost,
     Aftership,
     Shopify,
+    /// HTTP Basic credentials, for senders that sign nothing; the secrets
+    /// are the accepted `user:password` pairs.
+    Basic,
+    /// A static token in a configured header (lower-case), for senders
+    /// that sign nothing; the secrets are the accepted tokens.
+    HeaderToken {
+        header: String,
+    },
     /// `hmac-sha256` with a configured header (lower-case), encoding and prefix.
     Generic {
         header: String,
@@ -91,8 +99,19 @@ impl Scheme {
             SchemeKind::Easypost => "easypost",
             SchemeKind::Aftership => "aftership",
             SchemeKind::Shopify => "shopify",
+            SchemeKind::Basic => "basic",
+            SchemeKind::HeaderToken { .. } => "header-token",
             SchemeKind::Generic { .. } => "hmac-sha256",
         }
+    }
+
+    /// Whether a delivery carries a signature of its body; `basic` and
+    /// `header-token` carry credentials instead.
+    pub fn signs(&self) -> bool {
+        !matches!(
+            self.kind,
+            SchemeKind::Basic | SchemeKind::HeaderToken { .. }
+        )
     }
 
     pub fn is_timestamped(&self) -> bool {
@@ -115,7 +134,10 @@ impl Scheme {
             SchemeKind::Easypost => vec!["x-hmac-signature"],
             SchemeKind::Aftership => vec!["aftership-hmac-sha256"],
             SchemeKind::Shopify => vec!["x-shopify-hmac-sha256"],
-            SchemeKind::Generic { header, .. } => vec![header.as_str()],
+            SchemeKind::Basic => vec!["authorization"],
+            SchemeKind::HeaderToken { header } | SchemeKind::Generic { header, .. } => {
+                vec![header.as_str()]
+            }
         }
     }
 
@@ -131,6 +153,12 @@ impl Scheme {
             }
             SchemeKind::Easypost | SchemeKind::Generic { nfkd: true, .. } => {
                 Ok(secret.nfkd().collect::<String>().into_bytes())
+            }
+            SchemeKind::Basic if !secret.contains(':') => {
+                Err("a basic secret must be user:password")
+            }
+            SchemeKind::Basic | SchemeKind::HeaderToken { .. } if secret.trim().is_empty() => {
+                Err("must not be blank")
             }
             _ => Ok(secret.as_bytes().to_vec()),
         }
@@ -185,6 +213,24 @@ impl Scheme {
                 Ok(Verified {
                     event_id: optional_header(headers, "x-shopify-webhook-id"),
                 })
+            }
+            SchemeKind::Basic => {
+                let value = header(headers, "authorization")?;
+                let encoded = value
+                    .split_once(' ')
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+                    .map(|(_, credentials)| credentials)
+                    .ok_or(Rejection::Invalid("Authorization is not Basic credentials"))?;
+                let presented = BASE64_LENIENT
+                    .decode(encoded.trim())
+                    .map_err(|_| Rejection::Invalid("Basic credentials are not base64"))?;
+                same_as_one(keys, &presented)?;
+                Ok(Verified { event_id: None })
+            }
+            SchemeKind::HeaderToken { header: name } => {
+                let value = header(headers, name)?;
+                same_as_one(keys, value.as_bytes())?;
+                Ok(Verified { event_id: None })
             }
             SchemeKind::Generic {
                 header: name,
@@ -312,6 +358,13 @@ impl Scheme {
                 h("X-Shopify-Hmac-Sha256", STANDARD.encode(mac(key, &[body]))),
                 h("X-Shopify-Webhook-Id", id.to_string()),
             ],
+            SchemeKind::Basic => vec![h(
+                "Authorization",
+                format!("Basic {}", STANDARD.encode(key)),
+            )],
+            SchemeKind::HeaderToken { header } => {
+                vec![h(header, String::from_utf8_lossy(key).into_owned())]
+            }
             SchemeKind::Generic {
                 header,
                 encoding,
@@ -386,6 +439,24 @@ fn check(keys: &[Vec<u8>], parts: &[&[u8]], candidates: &[Vec<u8>]) -> Result<()
     }
 }
 
+/// Whether `presented` is one of `keys` (credentials, tokens). Each is
+/// compared by its SHA-256 digest, in constant time: neither how many
+/// bytes matched nor a key's length shows in the time taken, and every key
+/// is compared.
+fn same_as_one(keys: &[Vec<u8>], presented: &[u8]) -> Result<(), Rejection> {
+    use sha2::Digest;
+    let presented = Sha256::digest(presented);
+    let mut ok = subtle::Choice::from(0);
+    for key in keys {
+        ok |= Sha256::digest(key).ct_eq(&presented);
+    }
+    if bool::from(ok) {
+        Ok(())
+    } else {
+        Err(Rejection::Invalid("the credentials are not accepted"))
+    }
+}
+
 /// A delivery of a scheme with a signed timestamp, as it is checked.
 #[derive(Clone, Copy)]
 struct Timestamped<'a> {
@@ -425,6 +496,78 @@ mod tests {
             .iter()
             .map(|x| s.key_from_secret(x).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn basic_credentials_are_any_of_the_accepted_pairs() {
+        let s = scheme(SchemeKind::Basic);
+        let k = keys(&s, &["carrier:old-pass", "carrier:n\u{e9}w:pass"]);
+        let auth = |v: &str| headers(&[("authorization", v)]);
+        let basic = |pair: &str| format!("Basic {}", STANDARD.encode(pair));
+        assert!(
+            s.verify(&auth(&basic("carrier:old-pass")), b"{}", &k, 0)
+                .is_ok()
+        );
+        // A password may hold a colon and any UTF-8; the scheme's name is
+        // case-insensitive.
+        let new = format!("bAsIc {}", STANDARD.encode("carrier:n\u{e9}w:pass"));
+        assert!(s.verify(&auth(&new), b"{}", &k, 0).is_ok());
+        for wrong in [
+            basic("carrier:old-pas"),
+            basic("carrier:old-passs"),
+            basic("Carrier:old-pass"),
+            basic(""),
+            "Bearer carrier:old-pass".into(),
+            "Basic !!!".into(),
+            "Basic".into(),
+        ] {
+            assert!(invalid(s.verify(&auth(&wrong), b"{}", &k, 0)), "{wrong}");
+        }
+        assert!(invalid(s.verify(&HeaderMap::new(), b"{}", &k, 0)));
+        assert_eq!(
+            s.key_from_secret("no-colon"),
+            Err("a basic secret must be user:password")
+        );
+        assert_eq!(s.signature_headers(), ["authorization"]);
+        assert!(!s.signs());
+    }
+
+    #[test]
+    fn a_header_token_is_any_of_the_accepted_tokens() {
+        let s = scheme(SchemeKind::HeaderToken {
+            header: "x-api-key".into(),
+        });
+        let k = keys(&s, &["tok-1", "a-much-longer-second-token"]);
+        let with = |v: &str| headers(&[("X-Api-Key", v)]);
+        assert!(s.verify(&with("tok-1"), b"{}", &k, 0).is_ok());
+        assert!(
+            s.verify(&with("a-much-longer-second-token"), b"{}", &k, 0)
+                .is_ok()
+        );
+        for wrong in ["tok-2", "tok-", "tok-11", "TOK-1", ""] {
+            assert!(invalid(s.verify(&with(wrong), b"{}", &k, 0)), "{wrong:?}");
+        }
+        assert!(invalid(s.verify(
+            &headers(&[("x-other", "tok-1")]),
+            b"{}",
+            &k,
+            0
+        )));
+        assert_eq!(s.key_from_secret(" "), Err("must not be blank"));
+        assert_eq!(s.signature_headers(), ["x-api-key"]);
+    }
+
+    /// Comparing by digest: a key that is a prefix of the presented value,
+    /// or the reverse, never matches, whatever the lengths.
+    #[test]
+    fn credentials_compare_whole_by_digest() {
+        let k = vec![b"secret".to_vec(), b"s".to_vec()];
+        assert!(same_as_one(&k, b"secret").is_ok());
+        assert!(same_as_one(&k, b"s").is_ok());
+        for other in [&b"secre"[..], b"secrets", b"", b"se"] {
+            assert!(same_as_one(&k, other).is_err());
+        }
+        assert!(same_as_one(&[], b"").is_err());
     }
 
     // The Standard Webhooks reference libraries' test vector.

@@ -22,6 +22,8 @@ pub const GH_SECRET: &str = "gh-secret";
 pub const EP_SECRET: &str = "ep-s\u{e9}cret";
 pub const HASH_SECRET: &str = "hash-secret";
 pub const SHOP_SECRET: &str = "shop-secret";
+pub const BASIC_CREDENTIALS: &str = "carrier:p\u{e4}ss:word";
+pub const HEADER_TOKEN: &str = "tok-3f9c2b7e5a1d";
 
 /// Sources covering each scheme and identity rule. `{extra}` is appended.
 const BASE: &str = r#"
@@ -116,6 +118,13 @@ fn builtin_sources() -> String {
         store_only("st", STRIPE_SECRET, "{ scheme = \"stripe\" }", Some("/id")),
         store_only("gh", GH_SECRET, "{ scheme = \"github\" }", Some("/id")),
         store_only("sh", SHOP_SECRET, "{ scheme = \"shopify\" }", None),
+        store_only("basic", BASIC_CREDENTIALS, "{ scheme = \"basic\" }", Some("/id")),
+        store_only(
+            "token",
+            HEADER_TOKEN,
+            "{ scheme = \"header-token\", header = \"X-Api-Key\" }",
+            Some("/id"),
+        ),
         store_only(
             "hash",
             HASH_SECRET,

@@ -276,3 +276,63 @@ async fn rate_limit_applies_after_the_signature_with_retry_after() {
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!(retry >= 1);
 }
+
+/// Senders that sign nothing (11.8): HTTP Basic credentials or a static
+/// token header, any of the configured ones; a wrong or missing one is 401
+/// `INVALID_SIGNATURE` and stores nothing, and the credential never shows
+/// in the stored headers.
+#[tokio::test]
+async fn basic_credentials_and_header_tokens_admit_senders_that_sign_nothing() {
+    use base64::Engine;
+    let app = spawn_app().await;
+    let json = ("Content-Type".to_string(), "application/json".to_string());
+    let basic = |pair: &str| {
+        let value = base64::engine::general_purpose::STANDARD.encode(pair);
+        vec![
+            json.clone(),
+            ("Authorization".into(), format!("Basic {value}")),
+        ]
+    };
+    let token = |t: &str| vec![json.clone(), ("X-Api-Key".into(), t.to_string())];
+    for (source, good, bad) in [
+        ("basic", basic(BASIC_CREDENTIALS), basic("carrier:wrong")),
+        ("token", token(HEADER_TOKEN), token("tok-3f9c2b7e5a1")),
+    ] {
+        let body = format!(r#"{{"id":"{source}-1"}}"#);
+        let r = app.webhook(source, &bad, body.as_bytes()).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (401, "INVALID_SIGNATURE".into()),
+            "{source}"
+        );
+        let missing = app
+            .webhook(source, std::slice::from_ref(&json), body.as_bytes())
+            .await;
+        assert_eq!(missing.status, 401, "{source}");
+        assert_eq!(
+            app.admin_get(&format!("/admin/events/{source}/{source}-1"))
+                .await
+                .status,
+            404,
+            "{source}: a refusal stores nothing"
+        );
+        assert_eq!(
+            app.webhook(source, &good, body.as_bytes()).await.status,
+            202
+        );
+        assert_eq!(
+            app.webhook(source, &good, body.as_bytes()).await.status,
+            200
+        );
+        let shown = app
+            .admin_get(&format!("/admin/events/{source}/{source}-1"))
+            .await
+            .json();
+        let stored = shown["headers"].to_string();
+        assert!(stored.contains("[redacted]"), "{stored}");
+        assert!(
+            !stored.contains(HEADER_TOKEN) && !stored.contains("Basic "),
+            "{stored}"
+        );
+    }
+}

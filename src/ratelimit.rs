@@ -6,15 +6,53 @@
 use std::num::NonZeroU32;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
+use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimit;
 
 pub struct Limiter<C: Clock = DefaultClock> {
-    inner: RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+    inner: RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>,
     clock: C,
+    limit: RateLimit,
+}
+
+/// Where a limit stands after a request, as the IETF `RateLimit-Policy`
+/// and `RateLimit` headers say it (draft-ietf-httpapi-ratelimit-headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Requests the limit allows at once, and the seconds it takes to
+    /// allow them all again from none.
+    pub quota: u32,
+    pub window_secs: u64,
+    /// Requests left now, and the seconds until the whole quota is back.
+    pub remaining: u32,
+    pub reset_secs: u64,
+}
+
+impl Standing {
+    /// The two headers, for the limit called `policy` ("source",
+    /// "partner").
+    pub fn headers(&self, policy: &str) -> [(&'static str, String); 2] {
+        [
+            (
+                "ratelimit-policy",
+                format!("\"{policy}\";q={};w={}", self.quota, self.window_secs),
+            ),
+            (
+                "ratelimit",
+                format!("\"{policy}\";r={};t={}", self.remaining, self.reset_secs),
+            ),
+        ]
+    }
+}
+
+/// A request the limit refused: when to try again, and where it stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub retry_after_secs: u64,
+    pub standing: Standing,
 }
 
 impl Limiter<DefaultClock> {
@@ -29,20 +67,43 @@ impl<C: Clock + Clone> Limiter<C> {
         let burst = NonZeroU32::new(limit.burst).unwrap_or(per_second);
         let quota = Quota::per_second(per_second).allow_burst(burst);
         Limiter {
-            inner: RateLimiter::direct_with_clock(quota, clock.clone()),
+            inner: RateLimiter::direct_with_clock(quota, clock.clone()).with_middleware(),
             clock,
+            limit: RateLimit {
+                per_second: per_second.get(),
+                burst: burst.get(),
+            },
         }
     }
 
-    /// Takes one cell, or says how many whole seconds to wait: the
-    /// limiter's real wait rounded up, at least 1 (GUARANTEES.md: "Errors").
-    pub fn check(&self) -> Result<(), u64> {
+    /// Where the limit stands with `remaining` requests left: the whole
+    /// quota is back once the missing ones have come back, one every
+    /// 1/per_second seconds.
+    fn standing(&self, remaining: u32) -> Standing {
+        let per_second = u64::from(self.limit.per_second.max(1));
+        let quota = self.limit.burst;
+        let missing = u64::from(quota.saturating_sub(remaining));
+        Standing {
+            quota,
+            window_secs: u64::from(quota).div_ceil(per_second).max(1),
+            remaining,
+            reset_secs: missing.div_ceil(per_second),
+        }
+    }
+
+    /// Takes one cell and says where the limit stands, or says how many
+    /// whole seconds to wait: the limiter's real wait rounded up, at least
+    /// 1 (GUARANTEES.md: "Errors").
+    pub fn check(&self) -> Result<Standing, Limited> {
         match self.inner.check() {
-            Ok(()) => Ok(()),
+            Ok(snapshot) => Ok(self.standing(snapshot.remaining_burst_capacity())),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                Err(secs.max(1))
+                Err(Limited {
+                    retry_after_secs: secs.max(1),
+                    standing: self.standing(0),
+                })
             }
         }
     }
@@ -61,17 +122,55 @@ mod tests {
         (clock.clone(), Limiter::with_clock(limit, clock))
     }
 
+    /// Requests left after one more, or the wait it was refused with.
+    fn take<C: Clock + Clone>(l: &Limiter<C>) -> Result<u32, u64> {
+        l.check()
+            .map(|s| s.remaining)
+            .map_err(|l| l.retry_after_secs)
+    }
+
     #[test]
     fn burst_then_refusal_with_the_real_wait_rounded_up() {
         let (clock, l) = limiter(2, 3);
-        for _ in 0..3 {
-            assert_eq!(l.check(), Ok(()));
+        for left in [2, 1, 0] {
+            assert_eq!(take(&l), Ok(left));
         }
         // One cell comes back every 500 ms: a wait under a second rounds to 1.
-        assert_eq!(l.check(), Err(1));
+        assert_eq!(take(&l), Err(1));
         clock.advance(Duration::from_millis(500));
-        assert_eq!(l.check(), Ok(()));
-        assert_eq!(l.check(), Err(1));
+        assert_eq!(take(&l), Ok(0));
+        assert_eq!(take(&l), Err(1));
+    }
+
+    #[test]
+    fn the_standing_says_the_quota_what_is_left_and_when_it_is_whole_again() {
+        let (clock, l) = limiter(2, 3);
+        let first = l.check().unwrap();
+        assert_eq!(
+            first,
+            Standing {
+                quota: 3,
+                window_secs: 2,
+                remaining: 2,
+                reset_secs: 1,
+            }
+        );
+        assert_eq!(
+            first.headers("source"),
+            [
+                ("ratelimit-policy", "\"source\";q=3;w=2".to_string()),
+                ("ratelimit", "\"source\";r=2;t=1".to_string()),
+            ]
+        );
+        l.check().unwrap();
+        let last = l.check().unwrap();
+        assert_eq!((last.remaining, last.reset_secs), (0, 2));
+        let refused = l.check().unwrap_err();
+        assert_eq!(refused.standing.remaining, 0);
+        assert_eq!(refused.retry_after_secs, 1);
+        // A second later two cells are back.
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(l.check().unwrap().remaining, 1);
     }
 
     #[test]
@@ -79,12 +178,12 @@ mod tests {
         // One per second with no burst beyond it: after the cell is used the
         // wait is the full second, and 1 ms before it ends it is still 1.
         let (clock, l) = limiter(1, 1);
-        assert_eq!(l.check(), Ok(()));
-        assert_eq!(l.check(), Err(1));
+        assert_eq!(take(&l), Ok(0));
+        assert_eq!(take(&l), Err(1));
         clock.advance(Duration::from_millis(999));
-        assert_eq!(l.check(), Err(1));
+        assert_eq!(take(&l), Err(1));
         clock.advance(Duration::from_millis(1));
-        assert_eq!(l.check(), Ok(()));
+        assert_eq!(take(&l), Ok(0));
     }
 }
 

@@ -27,6 +27,7 @@ use crate::domain::request::{NewOrder, NewShipment};
 use crate::idempotency::{self, KeyError};
 use crate::live::Live;
 use crate::partners::Partner;
+use crate::ratelimit::Standing;
 use crate::service::{
     Answered, Keyed, Placed, Ports, Refusal, Render, StoredAnswer, orders, shipments,
 };
@@ -82,11 +83,24 @@ pub(super) async fn handle(
 ) -> Response<Body> {
     let request_id = RequestId::of(&req);
     let mut fields = LogFields::default();
-    let answer = match call(app, live, req, route, &request_id, &mut fields).await {
+    let mut standing = None;
+    let answer = match call(
+        app,
+        live,
+        req,
+        route,
+        &request_id,
+        (&mut fields, &mut standing),
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(e) => e.into_response(&request_id),
     };
-    with_fields(answer, fields)
+    with_fields(
+        super::webhooks::with_standing(answer, standing, "partner"),
+        fields,
+    )
 }
 
 /// Everything up to the use case: transport, the partner, its limit; then
@@ -97,7 +111,7 @@ async fn call(
     req: Request<Incoming>,
     route: V1Route,
     request_id: &str,
-    fields: &mut LogFields,
+    (fields, standing): (&mut LogFields, &mut Option<Standing>),
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -125,7 +139,13 @@ async fn call(
     let partner = partner.ok_or_else(ApiError::unauthenticated)?;
     fields.partner = Some(partner.name.to_string());
     if let Some(limiter) = &partner.limiter {
-        limiter.check().map_err(ApiError::rate_limited)?;
+        match limiter.check() {
+            Ok(s) => *standing = Some(s),
+            Err(limited) => {
+                *standing = Some(limited.standing);
+                return Err(ApiError::rate_limited(limited.retry_after_secs));
+            }
+        }
     }
     let id = path
         .trim_start_matches("/v1/shipments")

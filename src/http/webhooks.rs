@@ -11,6 +11,7 @@ use super::error::{ApiError, Body, json_response};
 use super::{LogFields, RequestId};
 use crate::clock::rfc3339_ms;
 use crate::live::Live;
+use crate::ratelimit::Standing;
 use crate::telemetry::{metric, outcome};
 use crate::webhook::ingest::{Outcome, Refusal};
 use crate::webhook::signature::Rejection;
@@ -66,8 +67,17 @@ pub async fn handle(
     let verified = live.ingest.verify(&source, &parts.headers, body);
     // Verified or refused, the body no longer counts as unverified.
     drop(hold);
-    let received = match verified {
-        Ok(delivery) => live.ingest.accept(delivery, &parts.headers).await,
+    // Where the source's limit stands, for the RateLimit headers.
+    let mut standing = None;
+    let received = match verified.and_then(|d| live.ingest.limit(&d).map(|s| (d, s))) {
+        Ok((delivery, limit)) => {
+            standing = limit;
+            live.ingest.accept(delivery, &parts.headers).await
+        }
+        Err(Refusal::RateLimited(limited)) => {
+            standing = Some(limited.standing);
+            Err(Refusal::RateLimited(limited))
+        }
         Err(refusal) => Err(refusal),
     };
     let resp = match received {
@@ -108,9 +118,9 @@ pub async fn handle(
             count(outcome::INVALID_SIGNATURE);
             ApiError::invalid_signature(why).into_response(&request_id)
         }
-        Err(Refusal::RateLimited { retry_after_secs }) => {
+        Err(Refusal::RateLimited(limited)) => {
             count(outcome::RATE_LIMITED);
-            ApiError::rate_limited(retry_after_secs).into_response(&request_id)
+            ApiError::rate_limited(limited.retry_after_secs).into_response(&request_id)
         }
         Err(Refusal::InvalidPayload(details)) => {
             count(outcome::INVALID_PAYLOAD);
@@ -123,7 +133,23 @@ pub async fn handle(
             ApiError::store_unavailable().into_response(&request_id)
         }
     };
-    with_fields(resp, fields)
+    with_fields(with_standing(resp, standing, "source"), fields)
+}
+
+/// `resp` with the RateLimit headers of the limit that applied, if any.
+pub(super) fn with_standing(
+    mut resp: Response<Body>,
+    standing: Option<Standing>,
+    policy: &str,
+) -> Response<Body> {
+    if let Some(standing) = standing {
+        for (name, value) in standing.headers(policy) {
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, value);
+            }
+        }
+    }
+    resp
 }
 
 fn with_fields(mut resp: Response<Body>, fields: LogFields) -> Response<Body> {

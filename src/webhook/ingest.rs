@@ -14,7 +14,7 @@ use http::HeaderMap;
 
 use crate::config::{Config, SourceConfig};
 use crate::domain::field::FieldIssue;
-use crate::ratelimit::Limiter;
+use crate::ratelimit::{Limited, Limiter, Standing};
 use crate::store::{IngestResult, Intake, NewEvent, StoreError};
 use crate::webhook::identity;
 use crate::webhook::signature::Rejection;
@@ -44,7 +44,7 @@ pub enum Outcome {
 #[derive(Debug)]
 pub enum Refusal {
     Signature(Rejection),
-    RateLimited { retry_after_secs: u64 },
+    RateLimited(Limited),
     InvalidPayload(Vec<FieldIssue>),
     Unavailable(StoreError),
 }
@@ -112,7 +112,19 @@ impl Ingest {
         })
     }
 
-    /// Rate-limits, examines and remembers a verified delivery.
+    /// Rate-limits a verified delivery: where its source's limit stands
+    /// (None without one). After the signature, so forged traffic never
+    /// spends a sender's quota.
+    pub fn limit(&self, delivery: &Verified<'_>) -> Result<Option<Standing>, Refusal> {
+        delivery
+            .source
+            .limiter
+            .as_ref()
+            .map(|limiter| limiter.check().map_err(Refusal::RateLimited))
+            .transpose()
+    }
+
+    /// Examines and remembers a verified delivery its limit let through.
     pub async fn accept(
         &self,
         delivery: Verified<'_>,
@@ -124,12 +136,6 @@ impl Ingest {
             received_at_ms,
             body,
         } = delivery;
-        // After the signature, so forged traffic never spends a sender's quota.
-        if let Some(limiter) = &source.limiter {
-            limiter
-                .check()
-                .map_err(|retry_after_secs| Refusal::RateLimited { retry_after_secs })?;
-        }
         let examined =
             identity::examine(&source.config, event_id, &body).map_err(Refusal::InvalidPayload)?;
         let retention_ms = source.config.identity_retention().as_millis() as u64;

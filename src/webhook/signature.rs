@@ -215,21 +215,11 @@ impl Scheme {
                 })
             }
             SchemeKind::Basic => {
-                let value = header(headers, "authorization")?;
-                let encoded = value
-                    .split_once(' ')
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
-                    .map(|(_, credentials)| credentials)
-                    .ok_or(Rejection::Invalid("Authorization is not Basic credentials"))?;
-                let presented = BASE64_LENIENT
-                    .decode(encoded.trim())
-                    .map_err(|_| Rejection::Invalid("Basic credentials are not base64"))?;
-                same_as_one(keys, &presented)?;
+                same_as_one(keys, &basic_credentials(headers)?)?;
                 Ok(Verified { event_id: None })
             }
             SchemeKind::HeaderToken { header: name } => {
-                let value = header(headers, name)?;
-                same_as_one(keys, value.as_bytes())?;
+                same_as_one(keys, header(headers, name)?.as_bytes())?;
                 Ok(Verified { event_id: None })
             }
             SchemeKind::Generic {
@@ -436,6 +426,18 @@ fn check(keys: &[Vec<u8>], parts: &[&[u8]], candidates: &[Vec<u8>]) -> Result<()
         Ok(())
     } else {
         Err(Rejection::Invalid("no signature matched"))
+    }
+}
+
+/// The `user:password` an `Authorization: Basic` header carries (the
+/// scheme's name in any case, RFC 7617).
+fn basic_credentials(headers: &HeaderMap) -> Result<Vec<u8>, Rejection> {
+    let value = header(headers, "authorization")?;
+    match value.split_once(' ') {
+        Some((scheme, encoded)) if scheme.eq_ignore_ascii_case("basic") => BASE64_LENIENT
+            .decode(encoded.trim())
+            .map_err(|_| Rejection::Invalid("Basic credentials are not base64")),
+        _ => Err(Rejection::Invalid("Authorization is not Basic credentials")),
     }
 }
 

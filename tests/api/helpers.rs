@@ -382,6 +382,20 @@ pub async fn send_tracking(app: &TestApp, id: &str, tn: &str, status: &str, at: 
     .await
 }
 
+/// Delivery `n` to the rate-limited source `limited`, signed, its id
+/// `{id}{n}`.
+pub async fn to_limited(app: &TestApp, id: &str, n: usize) -> Resp {
+    let body = format!(r#"{{"n":{n}}}"#);
+    let h = signed(
+        SchemeKind::Github,
+        GH_SECRET,
+        body.as_bytes(),
+        0,
+        &format!("{id}{n}"),
+    );
+    app.webhook("limited", &h, body.as_bytes()).await
+}
+
 pub async fn shipment_with_label(app: &TestApp, shipment_id: &str, tn: &str) {
     let now = waybill::clock::now_ms();
     let rec = shipment_record(shipment_id, "acme", &format!("order-{shipment_id}"), now);

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use waybill::webhook::signature::SchemeKind;
 
 use crate::helpers::*;
 
@@ -400,4 +401,82 @@ async fn stored_answers_are_forgotten_after_their_retention() {
     assert_eq!(fresh.status, 201);
     assert_eq!(fresh.header("idempotent-replayed"), None);
     assert_ne!(fresh.json()["shipment_id"], first["shipment_id"]);
+}
+
+/// "Senders" (11.8): an answer carries the IETF `RateLimit-Policy` and
+/// `RateLimit` headers of the limit that applied: the partner's on `/v1`,
+/// the source's on a webhook; none where no limit is configured.
+#[tokio::test]
+async fn answers_carry_the_ratelimit_headers_of_the_limit_that_applied() {
+    let app = spawn_app().await;
+    let limits = |r: &Resp| {
+        (
+            r.header("ratelimit-policy").map(str::to_string),
+            r.header("ratelimit").map(str::to_string),
+        )
+    };
+    // Partner `tiny`: one request at once, one a second.
+    let tiny = |k: &'static str, order: &'static str| {
+        let addr = app.addr;
+        async move {
+            let body = shipment_body(order).to_string();
+            post(addr, "/v1/shipments", &headers("tiny-key", Some(k)), body).await
+        }
+    };
+    let first = tiny("rl-1", "o-rl-1").await;
+    assert_eq!(first.status, 201);
+    let policy = Some("\"partner\";q=1;w=1".to_string());
+    assert_eq!(
+        limits(&first),
+        (policy.clone(), Some("\"partner\";r=0;t=1".into()))
+    );
+    let refused = tiny("rl-2", "o-rl-2").await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(
+        limits(&refused),
+        (policy, Some("\"partner\";r=0;t=1".into()))
+    );
+    // Partner `acme` has no limit.
+    let free = create(
+        &app,
+        "acme-key",
+        Some("rl-3"),
+        &shipment_body("o-rl-3").to_string(),
+    )
+    .await;
+    assert_eq!(free.status, 201);
+    assert_eq!(limits(&free), (None, None));
+
+    // Source `limited`: two at once, one a second. The 429 says none is
+    // left and that both are back within two seconds.
+    let mut answers = Vec::new();
+    for i in 0..10 {
+        let r = to_limited(&app, "rl", i).await;
+        let status = r.status.as_u16();
+        answers.push((status, limits(&r)));
+        if status == 429 {
+            break;
+        }
+    }
+    let policy = Some("\"source\";q=2;w=2".to_string());
+    assert!(
+        answers.iter().all(|(_, (p, _))| *p == policy),
+        "{answers:?}"
+    );
+    let (status, (_, last)) = answers.last().unwrap();
+    assert_eq!(
+        (*status, last.as_deref()),
+        (429, Some("\"source\";r=0;t=2"))
+    );
+    for (status, (_, limit)) in &answers[..answers.len() - 1] {
+        assert_eq!(*status, 202);
+        let limit = limit.as_deref().unwrap();
+        assert!(limit.starts_with("\"source\";r="), "{limit}");
+    }
+    // Source `gh` has no limit.
+    let body = br#"{"id":"rl-free"}"#;
+    let h = signed(SchemeKind::Github, GH_SECRET, body, 0, "rl-free");
+    let free = app.webhook("gh", &h, body).await;
+    assert_eq!(free.status, 202);
+    assert_eq!(limits(&free), (None, None));
 }

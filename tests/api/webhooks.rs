@@ -252,15 +252,7 @@ async fn rate_limit_applies_after_the_signature_with_retry_after() {
     let mut accepted = 0;
     let mut limited = None;
     for i in 0..10 {
-        let body = format!(r#"{{"n":{i}}}"#);
-        let h = signed(
-            SchemeKind::Github,
-            GH_SECRET,
-            body.as_bytes(),
-            0,
-            &format!("l{i}"),
-        );
-        let r = app.webhook("limited", &h, body.as_bytes()).await;
+        let r = to_limited(&app, "l", i).await;
         match r.status.as_u16() {
             202 => accepted += 1,
             429 => {

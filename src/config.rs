@@ -1220,6 +1220,11 @@ impl Walker<'_> {
                 "needs an event_type pointer to read the type from",
             );
         }
+        let scheme = scheme.and_then(|s| {
+            s.for_secrets(secrets.iter().map(Secret::expose))
+                .map_err(|why| self.bad(join(p, "secrets"), why))
+                .ok()
+        });
         if let Some(scheme) = &scheme {
             for (j, secret) in secrets.iter().enumerate() {
                 if let Err(why) = scheme.key_from_secret(secret.expose()) {

@@ -25,6 +25,9 @@ const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
 
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
+/// A Standard Webhooks public key's prefix: such a source verifies `v1a`.
+pub const PUBLIC_KEY_PREFIX: &str = "whpk_";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     Hex,
@@ -60,6 +63,9 @@ pub enum SchemeKind {
 pub struct Scheme {
     kind: SchemeKind,
     tolerance: Duration,
+    /// Standard Webhooks with `whpk_` public keys: `v1a` (Ed25519)
+    /// signatures, and only those.
+    public_keys: bool,
 }
 
 /// What a successful verification learned besides "authentic".
@@ -84,7 +90,28 @@ impl Scheme {
         Scheme {
             kind,
             tolerance: tolerance.unwrap_or(DEFAULT_TOLERANCE),
+            public_keys: false,
         }
+    }
+
+    /// This scheme with `secrets` as its keys: a Standard Webhooks source
+    /// whose secrets are all `whpk_` public keys verifies `v1a` (Ed25519)
+    /// signatures. Secrets of both kinds in one source are an error.
+    pub fn for_secrets<'a>(
+        mut self,
+        secrets: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Scheme, &'static str> {
+        if self.kind == SchemeKind::StandardWebhooks {
+            let public: Vec<bool> = secrets
+                .into_iter()
+                .map(|s| s.starts_with(PUBLIC_KEY_PREFIX))
+                .collect();
+            if public.iter().any(|p| *p) && !public.iter().all(|p| *p) {
+                return Err("whsec_ secrets and whpk_ public keys cannot be mixed in one source");
+            }
+            self.public_keys = public.first().copied().unwrap_or(false);
+        }
+        Ok(self)
     }
 
     pub fn kind(&self) -> &SchemeKind {
@@ -108,10 +135,11 @@ impl Scheme {
     /// Whether a delivery carries a signature of its body; `basic` and
     /// `header-token` carry credentials instead.
     pub fn signs(&self) -> bool {
-        !matches!(
-            self.kind,
-            SchemeKind::Basic | SchemeKind::HeaderToken { .. }
-        )
+        !self.public_keys
+            && !matches!(
+                self.kind,
+                SchemeKind::Basic | SchemeKind::HeaderToken { .. }
+            )
     }
 
     pub fn is_timestamped(&self) -> bool {
@@ -144,6 +172,15 @@ impl Scheme {
     /// Turns a configured secret into the HMAC key this scheme uses.
     pub fn key_from_secret(&self, secret: &str) -> Result<Vec<u8>, &'static str> {
         match &self.kind {
+            SchemeKind::StandardWebhooks if self.public_keys => {
+                let key = secret
+                    .strip_prefix(PUBLIC_KEY_PREFIX)
+                    .and_then(|b64| BASE64_LENIENT.decode(b64).ok())
+                    .and_then(|key| <[u8; 32]>::try_from(key).ok())
+                    .filter(|key| ed25519_dalek::VerifyingKey::from_bytes(key).is_ok())
+                    .ok_or("a standard-webhooks public key must be whpk_ followed by the base64 of an Ed25519 public key")?;
+                Ok(key.to_vec())
+            }
             SchemeKind::StandardWebhooks => {
                 let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
                 match BASE64_LENIENT.decode(b64) {
@@ -266,21 +303,25 @@ impl Scheme {
             "missing webhook-id, webhook-timestamp or webhook-signature header",
         ))?;
         self.fresh(&ts, d.now_unix)?;
+        let version = if self.public_keys { "v1a," } else { "v1," };
         let candidates: Vec<Vec<u8>> = sigs
             .split(' ')
-            .filter_map(|entry| entry.strip_prefix("v1,"))
+            .filter_map(|entry| entry.strip_prefix(version))
             .filter_map(|b64| BASE64_LENIENT.decode(b64).ok())
             .collect();
         if candidates.is_empty() {
-            return Err(Rejection::Invalid(
-                "webhook-signature holds no v1 signature",
-            ));
+            return Err(Rejection::Invalid(if self.public_keys {
+                "webhook-signature holds no v1a signature"
+            } else {
+                "webhook-signature holds no v1 signature"
+            }));
         }
-        check(
-            d.keys,
-            &[id.as_bytes(), b".", ts.as_bytes(), b".", d.body],
-            &candidates,
-        )?;
+        let signed = [id.as_bytes(), b".", ts.as_bytes(), b".", d.body];
+        if self.public_keys {
+            verify_ed25519(d.keys, &signed.concat(), &candidates)?;
+        } else {
+            check(d.keys, &signed, &candidates)?;
+        }
         Ok(Verified { event_id: Some(id) })
     }
 
@@ -429,6 +470,31 @@ fn check(keys: &[Vec<u8>], parts: &[&[u8]], candidates: &[Vec<u8>]) -> Result<()
     }
 }
 
+/// Whether any of `signatures` is an Ed25519 signature of `message` by one
+/// of the public `keys`. Nothing here is secret, so no constant-time
+/// comparison is needed.
+fn verify_ed25519(
+    keys: &[Vec<u8>],
+    message: &[u8],
+    signatures: &[Vec<u8>],
+) -> Result<(), Rejection> {
+    use ed25519_dalek::{Signature, VerifyingKey};
+    let keys: Vec<VerifyingKey> = keys
+        .iter()
+        .filter_map(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+        .filter_map(|k| VerifyingKey::from_bytes(&k).ok())
+        .collect();
+    let matched = signatures
+        .iter()
+        .filter_map(|s| Signature::from_slice(s).ok())
+        .any(|sig| keys.iter().any(|k| k.verify_strict(message, &sig).is_ok()));
+    if matched {
+        Ok(())
+    } else {
+        Err(Rejection::Invalid("no signature matched"))
+    }
+}
+
 /// The `user:password` an `Authorization: Basic` header carries (the
 /// scheme's name in any case, RFC 7617).
 fn basic_credentials(headers: &HeaderMap) -> Result<Vec<u8>, Rejection> {
@@ -570,6 +636,57 @@ mod tests {
             assert!(same_as_one(&k, other).is_err());
         }
         assert!(same_as_one(&[], b"").is_err());
+    }
+
+    /// `v1a` (11.8): a Standard Webhooks source whose keys are `whpk_`
+    /// public keys takes Ed25519 signatures of `{id}.{timestamp}.{body}`,
+    /// any key, any of the listed signatures, and nothing else.
+    #[test]
+    fn v1a_signatures_verify_against_whpk_public_keys_and_only_those() {
+        use ed25519_dalek::{Signer, SigningKey};
+        let signer = SigningKey::from_bytes(&[7; 32]);
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let whpk =
+            |k: &SigningKey| format!("whpk_{}", STANDARD.encode(k.verifying_key().as_bytes()));
+        let s = scheme(SchemeKind::StandardWebhooks)
+            .for_secrets([whpk(&other).as_str(), whpk(&signer).as_str()])
+            .unwrap();
+        assert!(!s.signs());
+        let k = keys(&s, &[&whpk(&other), &whpk(&signer)]);
+        let v1a = |key: &SigningKey, body: &[u8]| {
+            let ts = SW_TS.to_string();
+            let message = [SW_ID.as_bytes(), b".", ts.as_bytes(), b".", body].concat();
+            format!("v1a,{}", STANDARD.encode(key.sign(&message).to_bytes()))
+        };
+        // `signature` on `body`, checked by `scheme` with `keys` at `now`.
+        let at = |scheme: &Scheme, keys: &[Vec<u8>], signature: &str, body: &[u8], now: i64| {
+            scheme.verify(&sw_headers("webhook", signature, SW_TS), body, keys, now)
+        };
+        let good = v1a(&signer, SW_BODY);
+        let ok = at(&s, &k, &good, SW_BODY, SW_TS).unwrap();
+        assert_eq!(ok.event_id.as_deref(), Some(SW_ID));
+        // Several listed, one good: it passes.
+        assert!(at(&s, &k, &format!("v1a,AAAA {good}"), SW_BODY, SW_TS).is_ok());
+        // Another body, a key not configured, a v1 HMAC: refused.
+        let stranger = v1a(&SigningKey::from_bytes(&[9; 32]), SW_BODY);
+        for (signature, body) in [
+            (good.as_str(), &br#"{"test": 2432232315}"#[..]),
+            (stranger.as_str(), SW_BODY),
+            (SW_SIG, SW_BODY),
+        ] {
+            assert!(invalid(at(&s, &k, signature, body, SW_TS)), "{signature}");
+        }
+        // The timestamp rule is the same.
+        let late = at(&s, &k, &good, SW_BODY, SW_TS + 301);
+        assert!(matches!(late, Err(Rejection::Stale { .. })));
+        // A whsec_ source takes no v1a signature.
+        let hmac = scheme(SchemeKind::StandardWebhooks);
+        let hk = keys(&hmac, &[SW_SECRET]);
+        assert!(invalid(at(&hmac, &hk, &good, SW_BODY, SW_TS)));
+        // Keys of both kinds in one source, or a public key that is not one.
+        let mixed = scheme(SchemeKind::StandardWebhooks).for_secrets([SW_SECRET, &whpk(&signer)]);
+        assert!(mixed.is_err());
+        assert!(s.key_from_secret("whpk_AAAA").is_err());
     }
 
     // The Standard Webhooks reference libraries' test vector.

@@ -25,6 +25,21 @@ pub const SHOP_SECRET: &str = "shop-secret";
 pub const BASIC_CREDENTIALS: &str = "carrier:p\u{e4}ss:word";
 pub const HEADER_TOKEN: &str = "tok-3f9c2b7e5a1d";
 
+/// The Ed25519 key the `swa` source's sender signs `v1a` with.
+pub fn v1a_signer() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[42; 32])
+}
+
+/// Its public key, as the `swa` source's secret.
+pub fn v1a_public_key() -> String {
+    use base64::Engine;
+    let public = v1a_signer().verifying_key();
+    format!(
+        "whpk_{}",
+        base64::engine::general_purpose::STANDARD.encode(public.as_bytes())
+    )
+}
+
 /// Sources covering each scheme and identity rule. `{extra}` is appended.
 const BASE: &str = r#"
 [server]
@@ -119,6 +134,12 @@ fn builtin_sources() -> String {
         store_only("gh", GH_SECRET, "{ scheme = \"github\" }", Some("/id")),
         store_only("sh", SHOP_SECRET, "{ scheme = \"shopify\" }", None),
         store_only("basic", BASIC_CREDENTIALS, "{ scheme = \"basic\" }", Some("/id")),
+        store_only(
+            "swa",
+            &v1a_public_key(),
+            "{ scheme = \"standard-webhooks\" }",
+            None,
+        ),
         store_only(
             "token",
             HEADER_TOKEN,

@@ -328,3 +328,48 @@ async fn basic_credentials_and_header_tokens_admit_senders_that_sign_nothing() {
         );
     }
 }
+
+/// Standard Webhooks `v1a` (11.8) end to end: a source whose secret is a
+/// `whpk_` public key takes an Ed25519-signed delivery, answers its
+/// duplicate, and refuses a `v1` HMAC signature and a tampered body.
+#[tokio::test]
+async fn a_v1a_signed_delivery_is_taken_by_a_public_key_source() {
+    use base64::Engine;
+    use ed25519_dalek::Signer;
+    let app = spawn_app().await;
+    let ts = now().to_string();
+    let body = br#"{"type":"shipment.updated"}"#;
+    let sign = |body: &[u8]| {
+        let message = [b"msg_v1a".as_slice(), b".", ts.as_bytes(), b".", body].concat();
+        let signature = v1a_signer().sign(&message).to_bytes();
+        format!(
+            "v1a,{}",
+            base64::engine::general_purpose::STANDARD.encode(signature)
+        )
+    };
+    let headers = |signature: String| {
+        vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("webhook-id".to_string(), "msg_v1a".to_string()),
+            ("webhook-timestamp".to_string(), ts.clone()),
+            ("webhook-signature".to_string(), signature),
+        ]
+    };
+    let tampered = app.webhook("swa", &headers(sign(b"{}")), body).await;
+    assert_eq!(tampered.code(), "INVALID_SIGNATURE");
+    let hmac = signed(
+        SchemeKind::StandardWebhooks,
+        SW_SECRET,
+        body,
+        now(),
+        "msg_v1a",
+    );
+    assert_eq!(app.webhook("swa", &hmac, body).await.status, 401);
+    let first = app.webhook("swa", &headers(sign(body)), body).await;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert_eq!(first.json()["event_id"], "msg_v1a");
+    assert_eq!(
+        app.webhook("swa", &headers(sign(body)), body).await.status,
+        200
+    );
+}

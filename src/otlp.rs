@@ -43,21 +43,16 @@ struct Export {
     scope: InstrumentationScope,
 }
 
-/// What kind of span: the gateway serving a request, or calling out.
-#[derive(Debug, Clone, Copy)]
-pub enum Kind {
-    Server,
-    Client,
-}
-
 /// A span that has ended.
 pub struct Ended {
     pub context: TraceContext,
     /// The span it is below, and whether that one is another process's.
     pub parent: Option<([u8; 8], bool)>,
-    pub kind: Kind,
+    /// `Server` (a request served) or `Client` (a call out).
+    pub kind: SpanKind,
     pub name: String,
-    pub start: SystemTime,
+    /// How long it took: it started that long before it is recorded.
+    pub took: Duration,
     pub attributes: Vec<KeyValue>,
     /// The HTTP status answered, if any.
     pub status: Option<u16>,
@@ -100,20 +95,18 @@ pub fn start(config: &TelemetryConfig, runtime: tokio::runtime::Handle) -> Resul
         .map_err(|_| "the export is already started".to_string())
 }
 
-/// Whether spans are exported: callers build none otherwise.
-pub fn on() -> bool {
-    EXPORT.get().is_some()
+/// Whether a span of `context` is exported (an export runs and the trace
+/// is sampled): callers build none otherwise.
+pub fn wanted(context: &TraceContext) -> bool {
+    context.sampled && EXPORT.get().is_some()
 }
 
-/// Hands an ended span to the export, if there is one and its trace is
-/// sampled.
+/// Hands an ended span to the export, if it is `wanted`.
 pub fn record(span: Ended) {
-    let Some(export) = EXPORT.get() else {
+    let Some(export) = EXPORT.get().filter(|_| span.context.sampled) else {
         return;
     };
-    if !span.context.sampled {
-        return;
-    }
+    let end = SystemTime::now();
     let (parent, parent_remote) = span.parent.unwrap_or(([0; 8], false));
     let mut attributes = span.attributes;
     if let Some(status) = span.status {
@@ -135,13 +128,10 @@ pub fn record(span: Ended) {
         ),
         parent_span_id: SpanId::from_bytes(parent),
         parent_span_is_remote: parent_remote,
-        span_kind: match span.kind {
-            Kind::Server => SpanKind::Server,
-            Kind::Client => SpanKind::Client,
-        },
+        span_kind: span.kind,
         name: Cow::Owned(span.name),
-        start_time: span.start,
-        end_time: SystemTime::now(),
+        start_time: end.checked_sub(span.took).unwrap_or(end),
+        end_time: end,
         attributes,
         dropped_attributes_count: 0,
         events: SpanEvents::default(),

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use serde_json::Value;
 
 use crate::config::DownstreamConfig;
@@ -455,10 +456,10 @@ impl Downstream {
         // work), so the service's logs join the gateway's.
         let parent = TraceContext::current();
         let span = parent.map_or_else(TraceContext::start, |t| t.child());
-        let started = std::time::SystemTime::now();
+        let started = Instant::now();
         let uri = format!("{}{path}", self.config.base_url);
         let attempt = self.send(span, method, &uri, key, body).await;
-        if otlp::on() {
+        if otlp::wanted(&span) {
             let (status, failure) = match &attempt {
                 Attempt::Final(answer) => (Some(answer.status), None),
                 Attempt::Failed(outcome, status) => (*status, Some(outcome.as_str())),
@@ -473,9 +474,9 @@ impl Downstream {
                 error: failure,
                 context: span,
                 parent: parent.map(|p| (p.span_id, false)),
-                kind: otlp::Kind::Client,
+                kind: SpanKind::Client,
                 name: format!("{method} {}", service.as_str()),
-                start: started,
+                took: started.elapsed(),
             });
         }
         attempt

@@ -57,6 +57,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_io_timeout::TimeoutStream;
@@ -514,7 +515,6 @@ async fn edge(
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse);
     let trace = caller.map_or_else(TraceContext::start, |parent| parent.child());
-    let started_at = std::time::SystemTime::now();
     let _in_flight = InFlight::enter();
     let request_id = req
         .headers()
@@ -601,13 +601,13 @@ async fn edge(
         "request"
     );
     // Probes and scrapes are not traced: they would bury the requests.
-    if otlp::on() && !matches!(route, Route::Healthz | Route::Readyz | Route::Metrics) {
+    if otlp::wanted(&trace) && !matches!(route, Route::Healthz | Route::Readyz | Route::Metrics) {
         otlp::record(otlp::Ended {
             context: trace,
             parent: caller.map(|c| (c.span_id, true)),
-            kind: otlp::Kind::Server,
+            kind: SpanKind::Server,
             name: format!("{method} {template}"),
-            start: started_at,
+            took: latency,
             attributes: vec![
                 KeyValue::new("http.request.method", method),
                 KeyValue::new("http.route", template),

@@ -67,18 +67,15 @@ pub async fn handle(
     let verified = live.ingest.verify(&source, &parts.headers, body);
     // Verified or refused, the body no longer counts as unverified.
     drop(hold);
+    let limited = verified.and_then(|d| Ok((live.ingest.limit(&d)?, d)));
+    let (standing, received) = match limited {
+        Ok((standing, delivery)) => (standing, live.ingest.accept(delivery, &parts.headers).await),
+        Err(refusal) => (None, Err(refusal)),
+    };
     // Where the source's limit stands, for the RateLimit headers.
-    let mut standing = None;
-    let received = match verified.and_then(|d| live.ingest.limit(&d).map(|s| (d, s))) {
-        Ok((delivery, limit)) => {
-            standing = limit;
-            live.ingest.accept(delivery, &parts.headers).await
-        }
-        Err(Refusal::RateLimited(limited)) => {
-            standing = Some(limited.standing);
-            Err(Refusal::RateLimited(limited))
-        }
-        Err(refusal) => Err(refusal),
+    let standing = match &received {
+        Err(Refusal::RateLimited(limited)) => Some(limited.standing),
+        _ => standing,
     };
     let resp = match received {
         Ok(Outcome::Accepted {

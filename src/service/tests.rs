@@ -825,6 +825,8 @@ async fn another_partners_order_does_not_exist() {
 struct Ledger {
     pages: Mutex<Vec<(Service, Option<String>)>>,
     entries: Vec<(Service, Entry)>,
+    /// The service whose books cannot be read.
+    down: Option<Service>,
 }
 
 #[async_trait]
@@ -835,6 +837,9 @@ impl Books for Ledger {
             .lock()
             .unwrap()
             .push((service, cursor.map(str::to_string)));
+        if self.down == Some(service) {
+            return Err(UNAVAILABLE);
+        }
         let all: Vec<Entry> = self
             .entries
             .iter()
@@ -945,4 +950,30 @@ async fn a_repair_that_fails_is_reported_unrepaired() {
         .unwrap();
     assert_eq!(report.discrepancies.len(), 1);
     assert_eq!(w.services.calls(), [Call::Void("l-ghost".into())]);
+}
+
+/// Books that cannot be read end the pass with the service's refusal
+/// (`waybill reconcile` exits 2): a pass never says "balanced" over books
+/// it did not read.
+#[tokio::test]
+async fn books_that_cannot_be_read_end_the_pass_with_the_services_refusal() {
+    let w = World::new();
+    let books = Ledger {
+        down: Some(Service::Payments),
+        ..Ledger::default()
+    };
+    let refusal = reconcile::reconcile(w.ports(), &books, None, true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refusal,
+            Refusal::Upstream {
+                service: Service::Payments,
+                retry_after_secs: 7
+            }
+        ),
+        "{refusal:?}"
+    );
+    assert!(w.services.calls().is_empty());
 }

@@ -392,8 +392,23 @@ fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runti
         .ok()
 }
 
+#[global_allocator]
+static ALLOCATOR: waybill::alloc::Allocator = waybill::alloc::Allocator;
+
+/// The allocator's settings, applied by the loader before anything of
+/// Rust's runs: the first arena mimalloc reserves, at the first
+/// allocation, is already made the way `alloc::tune` says.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = {
+    extern "C" fn tune() {
+        waybill::alloc::tune();
+    }
+    tune
+};
+
 fn main() -> ExitCode {
-    waybill::alloc::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Events { command } => events(command),

@@ -127,6 +127,10 @@ enum Cmd {
         /// order id and key.
         #[arg(long, conflicts_with = "shipments_api_key")]
         orders_api_key: Option<String>,
+        /// The server's process id: its CPU time (user and system, every
+        /// thread) over the run is reported per answered request.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
 }
 
@@ -180,6 +184,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
             shipments_api_key,
             replay_keys,
             orders_api_key,
+            server_pid,
         } => {
             let (scheme, key) = source_key(&config, &source)?;
             let deliveries = Arc::new(Generator {
@@ -193,16 +198,57 @@ fn run(cli: Cli) -> Result<(), Failed> {
                 shipments: shipments_api_key.map(|api_key| (api_key, replay_keys)),
                 orders: orders_api_key,
             });
+            let cpu_before = server_pid.map(cpu_ticks).transpose()?;
             let report = rt.block_on(async move {
                 match rate {
                     None => closed_loop(&target, deliveries, concurrency, duration, total).await,
                     Some(rate) => open_loop(&target, deliveries, concurrency, duration, rate).await,
                 }
             })?;
+            let answered = report.tally.latencies_us.len();
+            let elapsed = report.elapsed;
             report.print(rate, concurrency);
+            if let (Some(pid), Some(before)) = (server_pid, cpu_before) {
+                let used = Duration::from_secs_f64(
+                    (cpu_ticks(pid)? - before) as f64 / clock_ticks_per_second(),
+                );
+                println!(
+                    "server CPU: {:.1} us per request, {:.2} cores",
+                    used.as_secs_f64() * 1e6 / answered.max(1) as f64,
+                    used.as_secs_f64() / elapsed.as_secs_f64()
+                );
+            }
             Ok(())
         }
     }
+}
+
+/// User plus system time of every thread of `pid` so far, in clock ticks
+/// (`/proc/<pid>/stat` fields 14 and 15; the name in field 2 may hold
+/// spaces, so fields are counted after its closing parenthesis).
+fn cpu_ticks(pid: u32) -> Result<u64, Failed> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("read /proc/{pid}/stat: {e}"))?;
+    let after_name = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or("/proc stat without a name")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Field 3 (state) is the first after the name: utime is field 14.
+    let field = |n: usize| -> Result<u64, Failed> {
+        fields
+            .get(n - 3)
+            .ok_or_else(|| format!("/proc/{pid}/stat has no field {n}"))?
+            .parse::<u64>()
+            .map_err(|e| format!("/proc/{pid}/stat field {n}: {e}").into())
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 fn read_config(path: &std::path::Path) -> Result<Config, Failed> {

@@ -6,9 +6,9 @@
 //! glibc serves from shared arenas under a lock and gives back with
 //! `malloc_consolidate` passes; mimalloc keeps pages per thread and frees
 //! across threads without a lock. Measured side by side, it takes about a
-//! quarter less CPU per webhook and cuts the tail under churn by an order
-//! of magnitude, for somewhat more resident memory (docs/BENCHMARKS.md:
-//! "The allocator"). What the gateway relies on holds with it:
+//! quarter less CPU per webhook, for 15 to 20 MiB more resident memory
+//! (docs/BENCHMARKS.md: "The allocator, and CPU per request"). What the
+//! gateway relies on holds with it:
 //!
 //! - Memory is given back: freed pages are returned to the system at once
 //!   (`purge_delay` 0, not mimalloc's 1 s), in small pieces rather than
@@ -17,7 +17,9 @@
 //!   `bodies_held_before_verification_are_bounded_and_given_back`).
 //! - It fits an address-space limit: when the large reservation it
 //!   prefers is refused (`ulimit -v`, some container runtimes), it takes
-//!   memory from the system piece by piece instead of failing
+//!   memory from the system in smaller pieces instead of failing, and
+//!   glibc, which still serves the C library's own allocations, is held
+//!   to two arenas
 //!   (`in_512_mib_of_address_space_unverified_bodies_cannot_abort_the_gateway`).
 
 use std::os::raw::c_long;

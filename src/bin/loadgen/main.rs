@@ -210,7 +210,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
             report.print(rate, concurrency);
             if let (Some(pid), Some(before)) = (server_pid, cpu_before) {
                 let used = Duration::from_secs_f64(
-                    (cpu_ticks(pid)? - before) as f64 / clock_ticks_per_second(),
+                    cpu_ticks(pid)?.saturating_sub(before) as f64 / clock_ticks_per_second(),
                 );
                 println!(
                     "server CPU: {:.1} us per request, {:.2} cores",

@@ -22,8 +22,6 @@
 //!   to two arenas
 //!   (`in_512_mib_of_address_space_unverified_bodies_cannot_abort_the_gateway`).
 
-use std::os::raw::c_long;
-
 pub use mimalloc::MiMalloc as Allocator;
 
 /// `mi_option_purge_delay` in mimalloc.h of the pinned libmimalloc-sys
@@ -40,8 +38,8 @@ pub fn tune() {
     // the indices are checked against the defaults the table documents
     // (`the_option_indices_name_the_options_they_mean`).
     unsafe {
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0 as c_long);
-        libmimalloc_sys::mi_option_set(ALLOW_THP, 0 as c_long);
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+        libmimalloc_sys::mi_option_set(ALLOW_THP, 0);
     }
     // What still calls glibc's malloc (the C library itself, on every
     // thread) would get an arena per busy thread, each reserving 64 MiB of

@@ -249,6 +249,23 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// `resp` with the RateLimit headers of the limit that applied, if any
+/// (a source's for webhooks, a partner's for `/v1`).
+fn with_standing(
+    mut resp: Response<Body>,
+    standing: Option<crate::ratelimit::Standing>,
+    policy: &str,
+) -> Response<Body> {
+    if let Some(standing) = standing {
+        for (name, value) in standing.headers(policy) {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, value);
+            }
+        }
+    }
+    resp
+}
+
 /// Takes an in-flight slot for a request whose body has arrived, or says
 /// the gateway is overloaded (503 `OVERLOADED`). The slot is given back
 /// when the permit drops, however the request ends.

@@ -97,10 +97,7 @@ pub(super) async fn handle(
         Ok(resp) => resp,
         Err(e) => e.into_response(&request_id),
     };
-    with_fields(
-        super::webhooks::with_standing(answer, standing, "partner"),
-        fields,
-    )
+    with_fields(super::with_standing(answer, standing, "partner"), fields)
 }
 
 /// Everything up to the use case: transport, the partner, its limit; then

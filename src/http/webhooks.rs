@@ -8,10 +8,9 @@ use serde_json::json;
 use super::State;
 use super::body::{self, BodyError, Sender};
 use super::error::{ApiError, Body, json_response};
-use super::{LogFields, RequestId};
+use super::{LogFields, RequestId, with_standing};
 use crate::clock::rfc3339_ms;
 use crate::live::Live;
-use crate::ratelimit::Standing;
 use crate::telemetry::{metric, outcome};
 use crate::webhook::ingest::{Outcome, Refusal};
 use crate::webhook::signature::Rejection;
@@ -131,22 +130,6 @@ pub async fn handle(
         }
     };
     with_fields(with_standing(resp, standing, "source"), fields)
-}
-
-/// `resp` with the RateLimit headers of the limit that applied, if any.
-pub(super) fn with_standing(
-    mut resp: Response<Body>,
-    standing: Option<Standing>,
-    policy: &str,
-) -> Response<Body> {
-    if let Some(standing) = standing {
-        for (name, value) in standing.headers(policy) {
-            if let Ok(value) = http::HeaderValue::from_str(&value) {
-                resp.headers_mut().insert(name, value);
-            }
-        }
-    }
-    resp
 }
 
 fn with_fields(mut resp: Response<Body>, fields: LogFields) -> Response<Body> {

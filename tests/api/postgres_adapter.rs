@@ -331,8 +331,10 @@ async fn a_backlog_drained_by_three_dispatchers_is_applied_exactly_once() {
     let row = schema
         .client
         .query_one(
-            &q("SELECT count(*) FILTER (WHERE outcome IS NULL), count(*) FILTER (WHERE attempts <> 1),
-                       count(*) FILTER (WHERE outcome->>'outcome' = 'parked') FROM events"),
+            &q("SELECT count(*) FILTER (WHERE o.record IS NULL),
+                       count(*) FILTER (WHERE (o.record->>'attempts')::int IS DISTINCT FROM 1),
+                       count(*) FILTER (WHERE o.record->>'outcome' = 'parked')
+                FROM events e LEFT JOIN outcomes o ON o.seq = e.seq"),
             &[],
         )
         .await
@@ -676,4 +678,297 @@ async fn an_event_stored_by_one_replica_wakes_another_replicas_dispatcher() {
     assert!(woken, "the listener came back and woke the dispatcher");
     dispatcher.close().unwrap();
     intake.close().unwrap();
+}
+
+/// A count over the schema's tables (`sql` names them unqualified).
+async fn rows(schema: &crate::support::pg::Schema, sql: &str) -> i64 {
+    schema
+        .client
+        .query_one(&schema.q(sql), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A copy that replaces an expired one takes the stored copy's queue
+/// entry and outcome with it: the new copy waits for dispatch whatever the
+/// old one's state, and no entry of the old one is left behind. The sweep
+/// takes an event's outcome with it, and leaves an event that waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_or_swept_event_leaves_no_queue_entry_or_outcome_behind() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let store = schema.store(2);
+    store.migrate().await.unwrap();
+    store.set_sources(crate::support::carrier_sources());
+    let accepted = |at| IngestResult::Accepted { received_at_ms: at };
+    // Replaced while it waits.
+    assert_eq!(
+        store.ingest(event("a", 10, 1_000, 1)).await.unwrap(),
+        accepted(10)
+    );
+    assert_eq!(
+        store.ingest(event("a", 5_000, 1_000, 2)).await.unwrap(),
+        accepted(5_000)
+    );
+    assert_eq!(rows(&schema, "SELECT count(*) FROM events").await, 1);
+    assert_eq!(rows(&schema, "SELECT count(*) FROM inbox").await, 1);
+    assert_eq!(
+        rows(
+            &schema,
+            "SELECT count(*) FROM inbox i JOIN events e ON e.seq = i.seq"
+        )
+        .await,
+        1,
+        "the queue entry is the new copy's"
+    );
+    // Replaced once dispatched.
+    assert_eq!(store.dispatch(25).await.unwrap(), 1);
+    assert!(store.outcome("carrier", "a").await.unwrap().is_some());
+    assert_eq!(
+        store.ingest(event("a", 9_000, 1_000, 3)).await.unwrap(),
+        accepted(9_000)
+    );
+    assert_eq!(
+        store.outcome("carrier", "a").await.unwrap(),
+        None,
+        "the new copy waits"
+    );
+    assert_eq!(store.inbox_pending().await.unwrap(), 1);
+    assert_eq!(rows(&schema, "SELECT count(*) FROM outcomes").await, 0);
+    // The sweep leaves it while it waits, and takes it with its outcome
+    // once dispatched.
+    assert_eq!(store.sweep_expired(20_000, 100).await.unwrap(), 0);
+    assert_eq!(store.dispatch(25).await.unwrap(), 1);
+    assert_eq!(rows(&schema, "SELECT count(*) FROM outcomes").await, 1);
+    assert_eq!(store.sweep_expired(20_000, 100).await.unwrap(), 1);
+    assert_eq!(rows(&schema, "SELECT count(*) FROM events").await, 0);
+    assert_eq!(rows(&schema, "SELECT count(*) FROM outcomes").await, 0);
+}
+
+/// Migration 6 moves each event's outcome, and its place in the queue, out
+/// of the event's row. A database at version 5 with an event in each state
+/// reads the same after it and dispatches what waited; a build from before
+/// it can no longer store an event that no dispatcher would take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_to_the_outcome_table_keeps_every_event_in_its_state() {
+    use waybill::store::{DispatchOutcome, EventFilter, OutcomeRecord};
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let mut sql = format!(
+        "SET search_path TO {};
+         CREATE TABLE waybill_migrations (version INT PRIMARY KEY, name TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now());",
+        schema.name
+    );
+    for (version, text) in [
+        (1, include_str!("../../src/store/postgres/0001_events.sql")),
+        (
+            2,
+            include_str!("../../src/store/postgres/0002_dispatch.sql"),
+        ),
+        (3, include_str!("../../src/store/postgres/0003_state.sql")),
+        (4, include_str!("../../src/store/postgres/0004_dead.sql")),
+        (5, include_str!("../../src/store/postgres/0005_voids.sql")),
+    ] {
+        sql.push_str(text);
+        sql.push_str(&format!(
+            "\nINSERT INTO waybill_migrations (version, name) VALUES ({version}, 'v{version}');\n"
+        ));
+    }
+    schema.client.batch_execute(&sql).await.unwrap();
+    let outcome = |outcome| OutcomeRecord {
+        outcome,
+        reason: None,
+        shipment_id: None,
+        attempts: 1,
+        at_ms: 2_000,
+    };
+    // How a build at version 5 stored events, and its outcomes.
+    let v5_insert = "INSERT INTO events (source, event_id, received_at_ms, expires_at_ms,
+             content_hash, dispatch, event_type, tracking_number, headers, fields, body,
+             outcome, attempts)
+         VALUES ('carrier', $1, 1000, 9000000000000, '\\x00', $2, 'tracking.updated', $1,
+             '[]', $3::text::jsonb, '\\x7b7d', $4::text::jsonb, $5)";
+    for (id, queued, recorded) in [
+        ("pending", true, None),
+        ("parked", true, Some(outcome(DispatchOutcome::Parked))),
+        ("dead", true, Some(outcome(DispatchOutcome::Dead))),
+        ("stored", false, None),
+    ] {
+        let fields = serde_json::to_string(&waybill::webhook::mapping::Fields {
+            key: id.into(),
+            status: "in_transit".into(),
+            occurred_at: None,
+        })
+        .unwrap();
+        let attempts = i32::from(recorded.is_some());
+        let recorded = recorded.map(|o| serde_json::to_string(&o).unwrap());
+        schema
+            .client
+            .execute(v5_insert, &[&id, &queued, &fields, &recorded, &attempts])
+            .await
+            .unwrap();
+    }
+    schema
+        .client
+        .batch_execute("RESET search_path")
+        .await
+        .unwrap();
+
+    let store = schema.store(2);
+    store.set_sources(crate::support::carrier_sources());
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        1,
+        "only migration 6 was missing"
+    );
+    assert_eq!(store.inbox_pending().await.unwrap(), 1);
+    assert_eq!(store.parked().await.unwrap(), 1);
+    assert_eq!(store.dead().await.unwrap(), 1);
+    assert_eq!(
+        store.outcome("carrier", "parked").await.unwrap(),
+        Some(outcome(DispatchOutcome::Parked))
+    );
+    for state in ["pending", "parked", "dead", "stored"] {
+        let found = store
+            .search(
+                &EventFilter {
+                    outcome: Some(state.into()),
+                    ..EventFilter::default()
+                },
+                10,
+                1_000,
+            )
+            .await
+            .unwrap();
+        let ids: Vec<&str> = found
+            .events
+            .iter()
+            .map(|(e, _)| e.event_id.as_str())
+            .collect();
+        assert_eq!(ids, [state], "the {state} event keeps its state");
+    }
+    // A build at version 5 fails its intake instead of storing an event
+    // outside the queue.
+    let mut old_build = format!("SET search_path TO {}; ", schema.name);
+    old_build.push_str(
+        "INSERT INTO events (source, event_id, received_at_ms, expires_at_ms, content_hash,
+             dispatch, headers, body)
+         VALUES ('carrier', 'late', 1, 2, '\\x00', true, '[]', '\\x00')",
+    );
+    let refused = schema.client.batch_execute(&old_build).await.unwrap_err();
+    assert!(format!("{refused:?}").contains("dispatch"), "{refused:?}");
+    schema
+        .client
+        .batch_execute("RESET search_path")
+        .await
+        .unwrap();
+    // What waited is dispatched once, and waits no more.
+    assert_eq!(store.dispatch(25).await.unwrap(), 1);
+    assert_eq!(store.dispatch(25).await.unwrap(), 0);
+    assert_eq!(store.inbox_pending().await.unwrap(), 0);
+    let done = store.outcome("carrier", "pending").await.unwrap().unwrap();
+    assert_eq!((done.outcome, done.attempts), (DispatchOutcome::Parked, 1));
+}
+
+/// A build older than the database's schema refuses it, before it takes
+/// any traffic, rather than reading and writing tables it does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_older_than_the_schema_refuses_to_run_on_it() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let store = schema.store(2);
+    store.migrate().await.unwrap();
+    let newer = waybill::store::postgres::schema_version_of_build() + 1;
+    schema
+        .client
+        .execute(
+            &format!(
+                "INSERT INTO {}.waybill_migrations (version, name) VALUES ($1, 'newer')",
+                schema.name
+            ),
+            &[&newer],
+        )
+        .await
+        .unwrap();
+    let refused = store.migrate().await.unwrap_err().to_string();
+    assert!(
+        refused.contains(&format!(
+            "schema is at version {newer}, newer than this build's"
+        )),
+        "{refused}"
+    );
+}
+
+/// A redelivery that waited for another transaction holding the event
+/// reads the outcome that transaction left, not the one it saw before
+/// waiting: an event applied meanwhile is not redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_that_waited_for_the_event_reads_the_outcome_left_for_it() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let store = Arc::new(schema.store(2));
+    store.migrate().await.unwrap();
+    store.set_sources(crate::support::carrier_sources());
+    let parked = NewEvent {
+        fields: Some(waybill::webhook::mapping::Fields {
+            key: "TN-NONE".into(),
+            status: "in_transit".into(),
+            occurred_at: None,
+        }),
+        tracking_number: Some("TN-NONE".into()),
+        ..event("d", 1_000, 3_600_000, 1)
+    };
+    store.ingest(parked).await.unwrap();
+    assert_eq!(store.dispatch(25).await.unwrap(), 1);
+    let before = store.outcome("carrier", "d").await.unwrap().unwrap();
+    assert_eq!(before.outcome, waybill::store::DispatchOutcome::Parked);
+
+    // Another transaction holds the event and applies it.
+    let (mut holder, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute(
+        "SELECT 1 FROM events WHERE event_id = 'd' FOR UPDATE;
+         UPDATE outcomes SET record = jsonb_set(record, '{outcome}', '\"applied\"')",
+    )
+    .await
+    .unwrap();
+    let redelivery = {
+        let store = store.clone();
+        tokio::spawn(async move { store.redeliver("carrier", "d").await })
+    };
+    // Until the redelivery waits for that lock.
+    let mut waiting = 0;
+    for _ in 0..500 {
+        waiting = rows(
+            &schema,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE OF e%'",
+        )
+        .await;
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(waiting, 1, "the redelivery waits for the event");
+    tx.commit().await.unwrap();
+    let answer = redelivery.await.unwrap();
+    assert!(
+        matches!(answer, Err(waybill::store::StateError::NotRedeliverable(_))),
+        "{answer:?}"
+    );
+    let after = store.outcome("carrier", "d").await.unwrap().unwrap();
+    assert_eq!(
+        (after.outcome, after.attempts),
+        (waybill::store::DispatchOutcome::Applied, 1)
+    );
 }

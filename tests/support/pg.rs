@@ -65,6 +65,8 @@ impl Schema {
             "orders",
             "idempotency_keys",
             "fulfilments",
+            "inbox",
+            "outcomes",
         ] {
             out = out.replace(&format!(" {t}"), &format!(" {}.{t}", self.name));
         }

@@ -1,5 +1,6 @@
 //! Intake's group commit: the requests waiting when a transaction starts
-//! go in one multi-row `INSERT … ON CONFLICT`, and each is answered after
+//! go in one multi-row `INSERT … ON CONFLICT DO NOTHING` (which also
+//! queues the new ones for dispatch), and each is answered after
 //! the commit (`synchronous_commit` stays on). The unique key on (source,
 //! event_id) decides new or duplicate, across processes: a copy racing
 //! another process's waits for its commit and then sees it.
@@ -54,9 +55,26 @@ enum InGroup {
     Copy,
 }
 
-/// One transaction for a group: every new identity inserted (an expired
-/// stored copy replaced), then the stored copy of every duplicate read.
-/// The answers, in the group's order.
+/// An identity: (source, event id).
+type Identity = (String, String);
+
+fn identity(e: &NewEvent) -> Identity {
+    (e.source.clone(), e.event_id.clone())
+}
+
+/// What a duplicate's stored copy says: its sequence number, when it
+/// arrived and expires, and its content hash.
+struct StoredCopy {
+    seq: i64,
+    received_at_ms: u64,
+    expires_at_ms: u64,
+    hash: Vec<u8>,
+}
+
+/// One transaction for a group: every new identity inserted, then the
+/// stored copy of every duplicate read, and a stored copy past its
+/// retention (which the sweep has not reached yet) replaced by the copy
+/// that arrived. The answers, in the group's order.
 async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, StoreError> {
     // A statement may not touch a row twice: later copies in the group are
     // answered from the first.
@@ -77,82 +95,46 @@ async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, S
         .filter(|(_, r)| matches!(r, InGroup::First))
         .map(|(e, _)| e)
         .collect();
-    let col = |f: fn(&NewEvent) -> String| firsts.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let opt = |f: fn(&NewEvent) -> Option<String>| firsts.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let sources = col(|e| e.source.clone());
-    let ids = col(|e| e.event_id.clone());
-    let received: Vec<i64> = firsts.iter().map(|e| ms(e.received_at_ms)).collect();
-    let expires: Vec<i64> = firsts.iter().map(|e| ms(e.expires_at_ms)).collect();
-    let hashes: Vec<Vec<u8>> = firsts.iter().map(|e| e.content_hash.to_vec()).collect();
-    let dispatch: Vec<bool> = firsts.iter().map(|e| e.dispatch).collect();
-    let types = opt(|e| e.event_type.clone());
-    let tracking = opt(|e| e.tracking_number.clone());
-    let orders = opt(|e| e.order_id.clone());
-    let headers = col(|e| serde_json::to_string(&e.headers).unwrap_or_else(|_| "[]".into()));
-    let fields = opt(|e| {
-        e.fields
-            .as_ref()
-            .and_then(|f| serde_json::to_string(f).ok())
-    });
-    let bodies: Vec<Vec<u8>> = firsts.iter().map(|e| e.body.to_vec()).collect();
 
     let mut client = pool.get().await.map_err(db_err)?;
     let tx = client.transaction().await.map_err(db_err)?;
-    let inserted = tx
-        .query(
-            "INSERT INTO events (source, event_id, received_at_ms, expires_at_ms, content_hash,
-                                 dispatch, event_type, tracking_number, order_id, headers, fields, body)
-             SELECT s, e, r, x, h, d, t, tn, o, hd::jsonb, f::jsonb, b
-             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bool[],
-                         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[])
-                  AS n(s, e, r, x, h, d, t, tn, o, hd, f, b)
-             ON CONFLICT (source, event_id) DO UPDATE SET
-                 seq = nextval(pg_get_serial_sequence('events', 'seq')),
-                 received_at_ms = EXCLUDED.received_at_ms, expires_at_ms = EXCLUDED.expires_at_ms,
-                 content_hash = EXCLUDED.content_hash, dispatch = EXCLUDED.dispatch,
-                 event_type = EXCLUDED.event_type, tracking_number = EXCLUDED.tracking_number,
-                 order_id = EXCLUDED.order_id, headers = EXCLUDED.headers,
-                 fields = EXCLUDED.fields, body = EXCLUDED.body
-             WHERE events.expires_at_ms <= EXCLUDED.received_at_ms
-             RETURNING source, event_id",
-            &[
-                &sources, &ids, &received, &expires, &hashes, &dispatch, &types, &tracking,
-                &orders, &headers, &fields, &bodies,
-            ],
-        )
-        .await
-        .map_err(db_err)?;
-    let new: std::collections::HashSet<(String, String)> = inserted
+    let mut new = insert(&tx, &firsts).await?;
+    let mut stored =
+        stored_copies(&tx, firsts.iter().filter(|e| !new.contains(&identity(e)))).await?;
+    let expired: Vec<&NewEvent> = firsts
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
+        .filter(|e| {
+            stored
+                .get(&identity(e))
+                .is_some_and(|s| s.expires_at_ms <= e.received_at_ms)
+        })
+        .copied()
         .collect();
-    // The stored copies of the duplicates, as committed by whoever won.
-    let (dup_sources, dup_ids): (Vec<String>, Vec<String>) = firsts
-        .iter()
-        .filter(|e| !new.contains(&(e.source.clone(), e.event_id.clone())))
-        .map(|e| (e.source.clone(), e.event_id.clone()))
-        .unzip();
-    let mut stored = std::collections::HashMap::new();
-    if !dup_sources.is_empty() {
-        for row in tx
-            .query(
-                "SELECT source, event_id, received_at_ms, content_hash FROM events
-                 WHERE (source, event_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
-                &[&dup_sources, &dup_ids],
+    if !expired.is_empty() {
+        let seqs: Vec<i64> = expired
+            .iter()
+            .filter_map(|e| stored.get(&identity(e)).map(|s| s.seq))
+            .collect();
+        forget(&tx, &seqs).await?;
+        let replaced = insert(&tx, &expired).await?;
+        // A copy another process stored meanwhile is the one to answer
+        // from.
+        stored.extend(
+            stored_copies(
+                &tx,
+                expired.iter().filter(|e| !replaced.contains(&identity(e))),
             )
-            .await
-            .map_err(db_err)?
-        {
-            let key: (String, String) = (row.get(0), row.get(1));
-            let at: i64 = row.get(2);
-            let hash: Vec<u8> = row.get(3);
-            stored.insert(key, (u64::try_from(at).unwrap_or(0), hash));
+            .await?,
+        );
+        for key in replaced {
+            stored.remove(&key);
+            new.insert(key);
         }
     }
     // Every process's dispatcher hears of new work with the commit.
     if firsts
         .iter()
-        .any(|e| e.dispatch && new.contains(&(e.source.clone(), e.event_id.clone())))
+        .any(|e| e.dispatch && new.contains(&identity(e)))
     {
         tx.batch_execute(&format!("NOTIFY {}", super::listen::CHANNEL))
             .await
@@ -164,17 +146,17 @@ async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, S
     // content hash, and whether this group stored it.
     let mut identities = std::collections::HashMap::new();
     for e in &firsts {
-        let key = (e.source.clone(), e.event_id.clone());
+        let key = identity(e);
         let known = if new.contains(&key) {
             (e.received_at_ms, e.content_hash.to_vec(), true)
         } else {
-            let (at, hash) = stored.remove(&key).ok_or_else(|| {
+            let copy = stored.remove(&key).ok_or_else(|| {
                 StoreError::Unavailable(format!(
                     "{}/{} vanished while being stored",
                     e.source, e.event_id
                 ))
             })?;
-            (at, hash, false)
+            (copy.received_at_ms, copy.hash, false)
         };
         identities.insert(key, known);
     }
@@ -182,9 +164,8 @@ async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, S
         .iter()
         .zip(&roles)
         .map(|(e, role)| {
-            let key = (e.source.clone(), e.event_id.clone());
             let (at, hash, stored_here) = identities
-                .get(&key)
+                .get(&identity(e))
                 .ok_or_else(|| StoreError::Unavailable("an identity left its group".into()))?;
             Ok(match role {
                 InGroup::First if *stored_here => IngestResult::Accepted {
@@ -197,4 +178,103 @@ async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, S
             })
         })
         .collect()
+}
+
+/// Inserts the events whose identity is not stored yet, queueing those for
+/// dispatch in `inbox` in the same statement; the identities it inserted.
+async fn insert(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &[&NewEvent],
+) -> Result<std::collections::HashSet<Identity>, StoreError> {
+    let col = |f: fn(&NewEvent) -> String| events.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let opt = |f: fn(&NewEvent) -> Option<String>| events.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let sources = col(|e| e.source.clone());
+    let ids = col(|e| e.event_id.clone());
+    let received: Vec<i64> = events.iter().map(|e| ms(e.received_at_ms)).collect();
+    let expires: Vec<i64> = events.iter().map(|e| ms(e.expires_at_ms)).collect();
+    let hashes: Vec<&[u8]> = events.iter().map(|e| e.content_hash.as_slice()).collect();
+    let queued: Vec<bool> = events.iter().map(|e| e.dispatch).collect();
+    let types = opt(|e| e.event_type.clone());
+    let tracking = opt(|e| e.tracking_number.clone());
+    let orders = opt(|e| e.order_id.clone());
+    let headers = col(|e| serde_json::to_string(&e.headers).unwrap_or_else(|_| "[]".into()));
+    let fields = opt(|e| {
+        e.fields
+            .as_ref()
+            .and_then(|f| serde_json::to_string(f).ok())
+    });
+    let bodies: Vec<&[u8]> = events.iter().map(|e| e.body.as_ref()).collect();
+    let rows = tx
+        .query(
+            "WITH stored AS (
+                 INSERT INTO events (source, event_id, received_at_ms, expires_at_ms, content_hash,
+                                     queued, event_type, tracking_number, order_id, headers, fields, body)
+                 SELECT s, e, r, x, h, d, t, tn, o, hd::jsonb, f::jsonb, b
+                 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bool[],
+                             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[])
+                      AS n(s, e, r, x, h, d, t, tn, o, hd, f, b)
+                 ON CONFLICT (source, event_id) DO NOTHING
+                 RETURNING seq, source, event_id, received_at_ms, queued
+             ), queue AS (
+                 INSERT INTO inbox (seq, received_at_ms)
+                 SELECT seq, received_at_ms FROM stored WHERE queued
+             )
+             SELECT source, event_id FROM stored",
+            &[
+                &sources, &ids, &received, &expires, &hashes, &queued, &types, &tracking,
+                &orders, &headers, &fields, &bodies,
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// The stored copies of these events' identities, as committed by whoever
+/// stored them.
+async fn stored_copies<'a, 'e: 'a>(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: impl Iterator<Item = &'a &'e NewEvent>,
+) -> Result<std::collections::HashMap<Identity, StoredCopy>, StoreError> {
+    let (sources, ids): (Vec<String>, Vec<String>) = events.map(|e| identity(e)).unzip();
+    let mut stored = std::collections::HashMap::new();
+    if sources.is_empty() {
+        return Ok(stored);
+    }
+    for row in tx
+        .query(
+            "SELECT source, event_id, seq, received_at_ms, expires_at_ms, content_hash FROM events
+             WHERE (source, event_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+            &[&sources, &ids],
+        )
+        .await
+        .map_err(db_err)?
+    {
+        let copy = StoredCopy {
+            seq: row.get(2),
+            received_at_ms: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
+            expires_at_ms: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
+            hash: row.get(5),
+        };
+        stored.insert((row.get(0), row.get(1)), copy);
+    }
+    Ok(stored)
+}
+
+/// Deletes expired events with their queue entries and outcomes. The
+/// queue entries go first, in a statement of their own: one a dispatcher
+/// holds is deleted after its transaction ends, and the outcome that
+/// transaction recorded is then seen, and deleted, by the next statement.
+async fn forget(tx: &tokio_postgres::Transaction<'_>, seqs: &[i64]) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM inbox WHERE seq = ANY($1)", &[&seqs])
+        .await
+        .map_err(db_err)?;
+    tx.execute(
+        "WITH gone AS (DELETE FROM events WHERE seq = ANY($1))
+         DELETE FROM outcomes WHERE seq = ANY($1)",
+        &[&seqs],
+    )
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }

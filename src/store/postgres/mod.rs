@@ -93,6 +93,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "state", include_str!("0003_state.sql")),
     (4, "dead", include_str!("0004_dead.sql")),
     (5, "voids", include_str!("0005_voids.sql")),
+    (6, "outcomes", include_str!("0006_outcomes.sql")),
 ];
 
 /// The schema version this build expects: its last migration's.
@@ -456,7 +457,7 @@ impl Dispatch for PgStore {
             let client = self.inner.client().await?;
             let waiting = state::count(
                 &**client,
-                "SELECT COUNT(*) FROM events WHERE dispatch AND outcome IS NULL AND seq <= $1",
+                "SELECT COUNT(*) FROM inbox WHERE seq <= $1",
                 &[&last],
             )
             .await?;
@@ -738,7 +739,10 @@ impl Events for PgStore {
             let client = self.inner.client().await?;
             let row = client
                 .query_opt(
-                    &format!("SELECT {EVENT_COLUMNS}, body FROM events WHERE source = $1 AND event_id = $2"),
+                    &format!(
+                        "SELECT {EVENT_COLUMNS}, e.body FROM {EVENTS_WITH_OUTCOMES}
+                         WHERE e.source = $1 AND e.event_id = $2"
+                    ),
                     &[&source, &event_id],
                 )
                 .await
@@ -758,7 +762,8 @@ impl Events for PgStore {
             let client = self.inner.client().await?;
             let row = client
                 .query_opt(
-                    "SELECT outcome::text FROM events WHERE source = $1 AND event_id = $2",
+                    "SELECT o.record::text FROM events e JOIN outcomes o ON o.seq = e.seq
+                     WHERE e.source = $1 AND e.event_id = $2",
                     &[&source, &event_id],
                 )
                 .await
@@ -785,12 +790,19 @@ impl Events for PgStore {
 #[async_trait::async_trait]
 impl Upkeep for PgStore {
     async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        // Events still waiting for dispatch stay until dispatched.
+        // Events still waiting for dispatch stay until dispatched; an
+        // event's outcome goes with it.
         self.sweep(
-            "DELETE FROM events WHERE seq IN (
-                 SELECT seq FROM events
-                 WHERE expires_at_ms <= $1 AND NOT (dispatch AND outcome IS NULL)
-                 ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            "WITH gone AS (
+                 DELETE FROM events WHERE seq IN (
+                     SELECT seq FROM events e
+                     WHERE expires_at_ms <= $1 AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.seq = e.seq)
+                     ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING seq
+             ), outcomes_gone AS (
+                 DELETE FROM outcomes WHERE seq IN (SELECT seq FROM gone)
+             )
+             SELECT COUNT(*) FROM gone",
             now_ms,
             limit,
         )
@@ -800,9 +812,13 @@ impl Upkeep for PgStore {
     async fn sweep_idempotency(&self, now_ms: u64, limit: usize) -> Result<usize, StateError> {
         Ok(self
             .sweep(
-                "DELETE FROM idempotency_keys WHERE (partner, key) IN (
-                     SELECT partner, key FROM idempotency_keys WHERE expires_at_ms < $1
-                     ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                "WITH gone AS (
+                     DELETE FROM idempotency_keys WHERE (partner, key) IN (
+                         SELECT partner, key FROM idempotency_keys WHERE expires_at_ms < $1
+                         ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
+                     RETURNING 1
+                 )
+                 SELECT COUNT(*) FROM gone",
                 now_ms,
                 limit,
             )
@@ -810,20 +826,19 @@ impl Upkeep for PgStore {
     }
 
     async fn inbox_pending(&self) -> Result<i64, StoreError> {
-        self.count("SELECT COUNT(*) FROM events WHERE dispatch AND outcome IS NULL")
-            .await
+        self.count("SELECT COUNT(*) FROM inbox").await
     }
 
     async fn parked(&self) -> Result<u64, StoreError> {
         let n = self
-            .count("SELECT COUNT(*) FROM events WHERE outcome->>'outcome' = 'parked'")
+            .count("SELECT COUNT(*) FROM outcomes WHERE record->>'outcome' = 'parked'")
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn dead(&self) -> Result<u64, StoreError> {
         let n = self
-            .count("SELECT COUNT(*) FROM events WHERE outcome->>'outcome' = 'dead'")
+            .count("SELECT COUNT(*) FROM outcomes WHERE record->>'outcome' = 'dead'")
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -832,10 +847,7 @@ impl Upkeep for PgStore {
         deadline(async {
             let client = self.inner.client().await?;
             let row = client
-                .query_one(
-                    "SELECT MIN(received_at_ms) FROM events WHERE dispatch AND outcome IS NULL",
-                    &[],
-                )
+                .query_one("SELECT MIN(received_at_ms) FROM inbox", &[])
                 .await
                 .map_err(db_err)?;
             Ok(row
@@ -885,22 +897,24 @@ impl Upkeep for PgStore {
     }
 }
 
-/// The columns `state::stored_event` reads, in its order.
-const EVENT_COLUMNS: &str = "seq, source, event_id, received_at_ms, event_type, dispatch, \
-     headers::text, tracking_number, order_id, outcome::text";
+/// The columns `state::stored_event` reads, in its order, from
+/// `EVENTS_WITH_OUTCOMES`.
+const EVENT_COLUMNS: &str = "e.seq, e.source, e.event_id, e.received_at_ms, e.event_type, e.queued, \
+     e.headers::text, e.tracking_number, e.order_id, o.record::text";
+
+/// Events, each with its outcome if it has one.
+const EVENTS_WITH_OUTCOMES: &str = "events e LEFT JOIN outcomes o ON o.seq = e.seq";
 
 type Tx<'a> = tokio_postgres::Transaction<'a>;
 
 impl PgStore {
-    /// Runs a retention `DELETE` of at most `$2` rows expired at `$1`;
-    /// rows another process is deleting are skipped. How many it deleted.
+    /// Runs a retention statement that deletes at most `$2` rows expired
+    /// at `$1`, skipping rows another process is deleting, and counts
+    /// them. How many it deleted.
     async fn sweep(&self, sql: &str, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         deadline(async {
             let client = self.inner.client().await?;
-            let n = client
-                .execute(sql, &[&ms(now_ms), &to_i64(limit)])
-                .await
-                .map_err(db_err)?;
+            let n = state::count(&**client, sql, &[&ms(now_ms), &to_i64(limit)]).await?;
             Ok(usize::try_from(n).unwrap_or(0))
         })
         .await
@@ -931,6 +945,23 @@ async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<usiz
         )
         .await
         .map_err(db_err)?;
+    // A build older than the schema would read and write tables laid out
+    // for a newer one: refused before it takes any traffic.
+    let at: i32 = client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM waybill_migrations",
+            &[],
+        )
+        .await
+        .map_err(db_err)?
+        .get(0);
+    let build = schema_version_of_build();
+    if at > build {
+        return Err(StoreError::Unavailable(format!(
+            "the database's schema is at version {at}, newer than this build's ({build}): \
+             run a build that knows it"
+        )));
+    }
     let mut applied = 0;
     for (version, name, sql) in MIGRATIONS {
         let tx = client.transaction().await.map_err(db_err)?;

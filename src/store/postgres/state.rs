@@ -9,13 +9,13 @@
 //! rows. Dispatch claims its pending events first, but no other
 //! transaction locks a pending event.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::{EVENT_COLUMNS, Tx, db_err, ms};
+use super::{EVENT_COLUMNS, EVENTS_WITH_OUTCOMES, Tx, db_err, ms};
 use crate::clock::now_ms;
 use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
 use crate::idempotency::{self, Decision};
@@ -95,7 +95,8 @@ pub(super) struct PgUnit<'a> {
     partners: HashMap<OrderId, Vec<PartnerName>>,
     dirty_shipments: BTreeSet<ShipmentId>,
     dirty_orders: BTreeSet<OrderKey>,
-    outcomes: Vec<(i64, OutcomeRecord)>,
+    /// The last outcome put for each event, by sequence number.
+    outcomes: BTreeMap<i64, OutcomeRecord>,
 }
 
 impl<'a> PgUnit<'a> {
@@ -108,7 +109,7 @@ impl<'a> PgUnit<'a> {
             partners: HashMap::new(),
             dirty_shipments: BTreeSet::new(),
             dirty_orders: BTreeSet::new(),
-            outcomes: Vec::new(),
+            outcomes: BTreeMap::new(),
         }
     }
 
@@ -179,23 +180,20 @@ impl<'a> PgUnit<'a> {
             }
         }
         if !self.outcomes.is_empty() {
-            let seqs: Vec<i64> = self.outcomes.iter().map(|(s, _)| *s).collect();
-            let attempts: Vec<i32> = self
-                .outcomes
-                .iter()
-                .map(|(_, o)| i32::try_from(o.attempts).unwrap_or(i32::MAX))
-                .collect();
+            let seqs: Vec<i64> = self.outcomes.keys().copied().collect();
             let outcomes = self
                 .outcomes
-                .iter()
-                .map(|(_, o)| json(o))
+                .values()
+                .map(json)
                 .collect::<Result<Vec<_>, _>>()?;
+            // An event with an outcome waits for dispatch no more.
             self.tx
                 .execute(
-                    "UPDATE events e SET outcome = u.o::jsonb, attempts = u.a
-                     FROM UNNEST($1::int8[], $2::text[], $3::int4[]) AS u(s, o, a)
-                     WHERE e.seq = u.s",
-                    &[&seqs, &outcomes, &attempts],
+                    "WITH done AS (DELETE FROM inbox WHERE seq = ANY($1))
+                     INSERT INTO outcomes (seq, record)
+                     SELECT s, o::jsonb FROM UNNEST($1::int8[], $2::text[]) AS u(s, o)
+                     ON CONFLICT (seq) DO UPDATE SET record = EXCLUDED.record",
+                    &[&seqs, &outcomes],
                 )
                 .await
                 .map_err(db_err)?;
@@ -446,13 +444,16 @@ impl EventRows for PgUnit<'_> {
             ParkKey::Tracking(tn) => ("tracking_number", tn.as_str()),
             ParkKey::Order(id) => ("order_id", id.as_str()),
         };
+        // Both rows locked: when another transaction changed the outcome
+        // while this one waited, the row is checked again against it.
         let rows = self
             .tx
             .query(
                 &format!(
-                    "SELECT seq, source, event_id, received_at_ms, body, outcome::text FROM events
-                     WHERE {column} = $1 AND outcome->>'outcome' = 'parked'
-                     ORDER BY seq FOR UPDATE"
+                    "SELECT e.seq, e.source, e.event_id, e.received_at_ms, e.body, o.record::text
+                     FROM events e JOIN outcomes o ON o.seq = e.seq
+                     WHERE e.{column} = $1 AND o.record->>'outcome' = 'parked'
+                     ORDER BY e.seq FOR UPDATE OF e, o"
                 ),
                 &[&value],
             )
@@ -468,20 +469,37 @@ impl EventRows for PgUnit<'_> {
         locked: bool,
     ) -> Result<Option<(Stored, Option<Vec<u8>>)>, StoreError> {
         let sql = format!(
-            "SELECT seq, source, event_id, received_at_ms, body, outcome::text FROM events
-             WHERE source = $1 AND event_id = $2{}",
-            if locked { " FOR UPDATE" } else { "" }
+            "SELECT e.seq, e.source, e.event_id, e.received_at_ms, e.body, o.record::text
+             FROM events e LEFT JOIN outcomes o ON o.seq = e.seq
+             WHERE e.source = $1 AND e.event_id = $2{}",
+            if locked { " FOR UPDATE OF e" } else { "" }
         );
         let row = self
             .tx
             .query_opt(&sql, &[&source, &event_id])
             .await
             .map_err(db_err)?;
+        if locked && let Some(row) = &row {
+            // Read again now that the lock is held: whoever held it before
+            // may have changed the outcome, and the join above saw the
+            // outcome as it was when the statement began.
+            let (mut stored, body) = PgUnit::stored(row)?;
+            let outcome = self
+                .tx
+                .query_opt(
+                    "SELECT record::text FROM outcomes WHERE seq = $1",
+                    &[&ms(stored.seq)],
+                )
+                .await
+                .map_err(db_err)?;
+            stored.outcome = outcome_of(outcome.as_ref().map(|r| r.get::<_, &str>(0)))?;
+            return Ok(Some((stored, body)));
+        }
         row.as_ref().map(PgUnit::stored).transpose()
     }
 
     fn put_outcome(&mut self, event: &Stored, outcome: &OutcomeRecord) {
-        self.outcomes.push((ms(event.seq), outcome.clone()));
+        self.outcomes.insert(ms(event.seq), outcome.clone());
     }
 }
 
@@ -494,9 +512,14 @@ pub(super) async fn dispatch(
 ) -> Result<(usize, Counted), StateError> {
     let claimed = tx
         .query(
-            "SELECT seq, source, event_id, received_at_ms, fields::text, outcome::text FROM events
-             WHERE dispatch AND outcome IS NULL
-             ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+            // The claim first, on its own: joined in one query, the
+            // planner merges the inbox with every event stored since the
+            // oldest queued one.
+            "WITH claimed AS MATERIALIZED (
+                 SELECT seq FROM inbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+             )
+             SELECT e.seq, e.source, e.event_id, e.received_at_ms, e.fields::text
+             FROM claimed c JOIN events e ON e.seq = c.seq ORDER BY e.seq",
             &[&limit],
         )
         .await
@@ -508,7 +531,8 @@ pub(super) async fn dispatch(
             source: row.get(1),
             event_id: row.get(2),
             received_at_ms: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
-            outcome: outcome_of(row.get(5))?,
+            // An event gets its outcome as it leaves the inbox.
+            outcome: None,
         };
         // Fields that are there and cannot be read are no absent ones:
         // the event goes to the dead letter saying so (a redelivery reads
@@ -652,39 +676,39 @@ pub(super) async fn search(
     };
     let text = |s: &String| -> Box<dyn ToSql + Sync + Send> { Box::new(s.clone()) };
     if let Some(v) = &filter.source {
-        when("source = $", text(v));
+        when("e.source = $", text(v));
     }
     if let Some(v) = &filter.event_id {
-        when("event_id = $", text(v));
+        when("e.event_id = $", text(v));
     }
     if let Some(v) = &filter.tracking_number {
-        when("tracking_number = $", text(v));
+        when("e.tracking_number = $", text(v));
     }
     if let Some(v) = &filter.order_id {
-        when("order_id = $", text(v));
+        when("e.order_id = $", text(v));
     }
     if let Some(v) = &filter.event_type {
-        when("event_type = $", text(v));
+        when("e.event_type = $", text(v));
     }
     if let Some(v) = &filter.outcome {
         when(
-            "COALESCE(outcome->>'outcome', CASE WHEN dispatch THEN 'pending' ELSE 'stored' END) = $",
+            "COALESCE(o.record->>'outcome', CASE WHEN e.queued THEN 'pending' ELSE 'stored' END) = $",
             text(v),
         );
     }
     if let Some(v) = filter.since_ms {
-        when("received_at_ms >= $", Box::new(ms(v)));
+        when("e.received_at_ms >= $", Box::new(ms(v)));
     }
     if let Some(v) = filter.until_ms {
-        when("received_at_ms <= $", Box::new(ms(v)));
+        when("e.received_at_ms <= $", Box::new(ms(v)));
     }
     if let Some(v) = filter.before_seq {
-        when("seq < $", Box::new(ms(v)));
+        when("e.seq < $", Box::new(ms(v)));
     }
     let limit_at = params.len() + 1;
     params.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events {} ORDER BY seq DESC LIMIT ${limit_at}",
+        "SELECT {EVENT_COLUMNS} FROM {EVENTS_WITH_OUTCOMES} {} ORDER BY e.seq DESC LIMIT ${limit_at}",
         if conditions.is_empty() {
             String::new()
         } else {

@@ -27,6 +27,10 @@ pub const DATABASE_URL_ENV: &str = "WAYBILL_DATABASE_URL";
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/waybill.toml");
 pub const DEFAULT_PATH: &str = "config/waybill.toml";
 
+/// The largest `server.max_body_bytes` a config may set: no stored body
+/// is larger.
+pub const MAX_BODY_BYTES_LIMIT: usize = 1 << 30;
+
 /// One bad key and why it is bad.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issue {
@@ -860,7 +864,7 @@ impl Walker<'_> {
         let cfg = ServerConfig {
             listen,
             max_body_bytes: self
-                .opt_uint(t, "max_body_bytes", p, 1, 1 << 30)
+                .opt_uint(t, "max_body_bytes", p, 1, MAX_BODY_BYTES_LIMIT as i64)
                 .unwrap_or(1 << 20) as usize,
             max_in_flight: self
                 .opt_uint(t, "max_in_flight", p, 1, 1 << 20)

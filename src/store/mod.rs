@@ -13,6 +13,7 @@
 //! writes that final answer in the same atomic write as its effect.
 
 pub mod core;
+pub mod packed;
 pub mod postgres;
 pub mod records;
 pub mod sled;

@@ -747,6 +747,47 @@ async fn a_replaced_or_swept_event_leaves_no_queue_entry_or_outcome_behind() {
     assert_eq!(rows(&schema, "SELECT count(*) FROM outcomes").await, 0);
 }
 
+/// A body is stored packed when that makes it smaller, and reads back as
+/// it came either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_read_back_as_they_came_packed_or_not() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let store = schema.store(2);
+    store.migrate().await.unwrap();
+    let repetitive = format!("{{\"pad\":\"{}\"}}", "x".repeat(4_000));
+    let random: String = (0..4_000).map(|_| fastrand::alphanumeric()).collect();
+    for (id, body) in [
+        ("repetitive", repetitive),
+        ("random", random),
+        ("short", "{}".into()),
+    ] {
+        store
+            .ingest(NewEvent {
+                body: body.clone().into(),
+                ..event(id, 1_000, 3_600_000, 1)
+            })
+            .await
+            .unwrap();
+        let read = store.event("carrier", id).await.unwrap().unwrap();
+        assert_eq!(read.body, body.as_bytes(), "{id}");
+    }
+    let packed: Vec<(String, bool, i32)> = schema
+        .client
+        .query(
+            &schema.q("SELECT event_id, body_lz4, length(body) FROM events ORDER BY seq"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(packed[0].1 && packed[0].2 < 200, "{packed:?}");
+    assert!(!packed[1].1 && !packed[2].1, "{packed:?}");
+}
+
 /// Migration 6 moves each event's outcome, and its place in the queue, out
 /// of the event's row. A database at version 5 with an event in each state
 /// reads the same after it and dispatches what waited; a build from before
@@ -851,6 +892,24 @@ async fn migrating_to_the_outcome_table_keeps_every_event_in_its_state() {
             .collect();
         assert_eq!(ids, [state], "the {state} event keeps its state");
     }
+    // Bodies stored before the migration read as they were; one marked
+    // packed that does not unpack is an unreadable record, not an empty
+    // body.
+    let stored = store.event("carrier", "stored").await.unwrap().unwrap();
+    assert_eq!(stored.body, b"{}");
+    schema
+        .client
+        .execute(
+            &schema.q("UPDATE events SET body_lz4 = true WHERE event_id = 'stored'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let unreadable = store.event("carrier", "stored").await.unwrap_err();
+    assert!(
+        matches!(unreadable, waybill::store::StoreError::Corrupt(_)),
+        "{unreadable:?}"
+    );
     // A build at version 5 fails its intake instead of storing an event
     // outside the queue.
     let mut old_build = format!("SET search_path TO {}; ", schema.name);

@@ -108,6 +108,11 @@ enum Cmd {
         rate: Option<u64>,
         #[arg(long, default_value_t = 1024)]
         body_bytes: usize,
+        /// Pad bodies to --body-bytes with random letters and digits, which
+        /// no compression shrinks, instead of one repeated letter, which
+        /// any compression takes to nothing.
+        #[arg(long)]
+        random_pad: bool,
         /// Stop after this many deliveries (closed loop), e.g. for memory runs.
         #[arg(long)]
         total: Option<u64>,
@@ -179,6 +184,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
             duplicate_ratio,
             rate,
             body_bytes,
+            random_pad,
             total,
             run_id,
             shipments_api_key,
@@ -192,6 +198,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
                 key,
                 path: format!("/webhooks/{source}"),
                 body_bytes,
+                random_pad,
                 duplicate_ratio,
                 run_id: run_id.unwrap_or_else(|| format!("{:x}", now_secs())),
                 next: AtomicU64::new(0),
@@ -434,6 +441,7 @@ struct Generator {
     key: Vec<u8>,
     path: String,
     body_bytes: usize,
+    random_pad: bool,
     duplicate_ratio: f64,
     run_id: String,
     next: AtomicU64,
@@ -486,7 +494,11 @@ impl Generator {
         );
         let pad = self.body_bytes.saturating_sub(head.len() + 2);
         let mut body = head.into_bytes();
-        body.extend(std::iter::repeat_n(b'x', pad));
+        if self.random_pad {
+            body.extend(std::iter::repeat_with(|| rng.alphanumeric() as u8).take(pad));
+        } else {
+            body.extend(std::iter::repeat_n(b'x', pad));
+        }
         body.extend_from_slice(b"\"}");
         let mut req = Request::builder()
             .method("POST")

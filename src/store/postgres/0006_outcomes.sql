@@ -34,6 +34,10 @@ ALTER TABLE events DROP COLUMN outcome, DROP COLUMN attempts;
 CREATE INDEX outcomes_parked ON outcomes (seq) WHERE record->>'outcome' = 'parked';
 CREATE INDEX outcomes_dead ON outcomes (seq) WHERE record->>'outcome' = 'dead';
 
+-- A body is stored packed (`store::packed`: an lz4 block, its size first)
+-- when that makes it smaller.
+ALTER TABLE events ADD COLUMN body_lz4 BOOLEAN NOT NULL DEFAULT false;
+
 -- One index serves both the identity and the search by event id alone.
 CREATE UNIQUE INDEX events_identity ON events (event_id, source);
 ALTER TABLE events DROP CONSTRAINT events_source_event_id_key;

@@ -740,7 +740,7 @@ impl Events for PgStore {
             let row = client
                 .query_opt(
                     &format!(
-                        "SELECT {EVENT_COLUMNS}, e.body FROM {EVENTS_WITH_OUTCOMES}
+                        "SELECT {EVENT_COLUMNS}, e.body, e.body_lz4 FROM {EVENTS_WITH_OUTCOMES}
                          WHERE e.source = $1 AND e.event_id = $2"
                     ),
                     &[&source, &event_id],

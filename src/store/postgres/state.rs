@@ -75,6 +75,26 @@ fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(db_err)
 }
 
+/// The columns `PgUnit::stored` reads, in its order.
+const STORED: &str =
+    "e.seq, e.source, e.event_id, e.received_at_ms, o.record::text, e.body, e.body_lz4";
+
+/// An event's body from its `body` and `body_lz4` columns at `at` and
+/// `at + 1`. A packed body that does not unpack is an unreadable record,
+/// never an empty body.
+pub(super) fn body_of(row: &Row, at: usize) -> Result<Vec<u8>, StoreError> {
+    let stored: &[u8] = row.get(at);
+    if !row.get::<_, bool>(at + 1) {
+        return Ok(stored.to_vec());
+    }
+    crate::store::packed::unpack(stored).ok_or_else(|| {
+        StoreError::corrupt(format!(
+            "the body of event #{} does not unpack",
+            row.get::<_, i64>(0)
+        ))
+    })
+}
+
 /// An outcome column, read.
 pub(super) fn outcome_of(text: Option<&str>) -> Result<Option<OutcomeRecord>, StoreError> {
     text.map(|t| {
@@ -121,8 +141,7 @@ impl<'a> PgUnit<'a> {
         self.shipments.insert(rec.shipment_id.clone(), rec);
     }
 
-    /// A stored event from `seq, source, event_id, received_at_ms, body,
-    /// outcome` columns.
+    /// A stored event from the columns of `STORED`.
     fn stored(row: &Row) -> Result<(Stored, Option<Vec<u8>>), StoreError> {
         Ok((
             Stored {
@@ -130,9 +149,9 @@ impl<'a> PgUnit<'a> {
                 source: row.get(1),
                 event_id: row.get(2),
                 received_at_ms: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
-                outcome: outcome_of(row.get(5))?,
+                outcome: outcome_of(row.get(4))?,
             },
-            Some(row.get(4)),
+            Some(body_of(row, 5)?),
         ))
     }
 
@@ -450,8 +469,7 @@ impl EventRows for PgUnit<'_> {
             .tx
             .query(
                 &format!(
-                    "SELECT e.seq, e.source, e.event_id, e.received_at_ms, e.body, o.record::text
-                     FROM events e JOIN outcomes o ON o.seq = e.seq
+                    "SELECT {STORED} FROM events e JOIN outcomes o ON o.seq = e.seq
                      WHERE e.{column} = $1 AND o.record->>'outcome' = 'parked'
                      ORDER BY e.seq FOR UPDATE OF e, o"
                 ),
@@ -469,8 +487,7 @@ impl EventRows for PgUnit<'_> {
         locked: bool,
     ) -> Result<Option<(Stored, Option<Vec<u8>>)>, StoreError> {
         let sql = format!(
-            "SELECT e.seq, e.source, e.event_id, e.received_at_ms, e.body, o.record::text
-             FROM events e LEFT JOIN outcomes o ON o.seq = e.seq
+            "SELECT {STORED} FROM events e LEFT JOIN outcomes o ON o.seq = e.seq
              WHERE e.source = $1 AND e.event_id = $2{}",
             if locked { " FOR UPDATE OF e" } else { "" }
         );
@@ -656,7 +673,11 @@ pub(super) fn stored_event(
             tracking_number: row.get(7),
             order_id: row.get(8),
         },
-        body: if with_body { row.get(10) } else { Vec::new() },
+        body: if with_body {
+            body_of(row, 10)?
+        } else {
+            Vec::new()
+        },
     };
     Ok((event, outcome))
 }

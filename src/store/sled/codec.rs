@@ -452,12 +452,12 @@ pub fn decode_logged(v: &[u8]) -> Option<(Logged<'_>, &[u8])> {
 
 /// The metadata and body of a segment record's payload, unpacked.
 pub fn unpack_payload(packed: &[u8]) -> Option<(EventMeta, Vec<u8>)> {
-    decode_payload(&lz4_flex::decompress_size_prepended(packed).ok()?)
+    decode_payload(&crate::store::packed::unpack(packed)?)
 }
 
 /// The packed form of a payload, as a segment record holds it.
 pub fn pack_payload(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
-    lz4_flex::compress_prepend_size(&encode_payload(meta, body))
+    crate::store::packed::pack(&encode_payload(meta, body))
 }
 
 /// The metadata and body of a payload segment's record.

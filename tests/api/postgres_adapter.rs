@@ -1031,3 +1031,52 @@ async fn a_redelivery_that_waited_for_the_event_reads_the_outcome_left_for_it() 
         (waybill::store::DispatchOutcome::Applied, 1)
     );
 }
+
+/// Dispatch reads every order a pass names in one statement: an order
+/// that cannot be read sends only its own payment to the dead letter, and
+/// the payment for a readable order in the same pass is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_order_read_ahead_dead_letters_only_its_own_payment() {
+    use crate::store_properties::{payment, scenario_sources};
+    use waybill::domain::request::NewOrder;
+    use waybill::store::{DispatchOutcome, OrderRecord};
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let store = schema.store(2);
+    store.migrate().await.unwrap();
+    store.set_sources(scenario_sources(false));
+    for (n, id) in ["o-good", "o-bad"].into_iter().enumerate() {
+        let key = IdempotencyKey::try_from(format!("k-{id}").as_str()).unwrap();
+        let order = OrderRecord::new("acme".into(), key, NewOrder::example(id), 1_000 + n as u64);
+        store.create_order(order).await.unwrap();
+    }
+    schema
+        .client
+        .execute(
+            &schema.q("UPDATE orders SET record = '{\"x\": 1}' WHERE order_id = 'o-bad'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let at = serde_json::json!(1_796_500_000);
+    store
+        .ingest(payment("p-bad", 1, "o-bad", "succeeded", at.clone()))
+        .await
+        .unwrap();
+    store
+        .ingest(payment("p-good", 2, "o-good", "succeeded", at))
+        .await
+        .unwrap();
+    assert_eq!(store.dispatch(25).await.unwrap(), 2, "one pass takes both");
+    let bad = store.outcome("pay", "p-bad").await.unwrap().unwrap();
+    assert_eq!(bad.outcome, DispatchOutcome::Dead);
+    assert!(
+        bad.reason
+            .as_deref()
+            .is_some_and(|r| r.ends_with("cannot be read")),
+        "{bad:?}"
+    );
+    let good = store.outcome("pay", "p-good").await.unwrap().unwrap();
+    assert_eq!(good.outcome, DispatchOutcome::Applied, "{good:?}");
+}

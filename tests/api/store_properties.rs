@@ -186,7 +186,7 @@ fn any_arrival_order_and_label_time_give_the_rules_shipment_on_postgres() {
 
 /// The sources of the differential scenario: tracking and payments, and
 /// after a reload (`reloaded`), `held` mapped and the payment source gone.
-fn scenario_sources(reloaded: bool) -> Vec<SourceConfig> {
+pub(crate) fn scenario_sources(reloaded: bool) -> Vec<SourceConfig> {
     let pay = if reloaded {
         ""
     } else {
@@ -255,7 +255,13 @@ fn tracking(id: &str, n: u64, tn: &str, status: &str, at: serde_json::Value) -> 
     )
 }
 
-fn payment(id: &str, n: u64, order_id: &str, status: &str, at: serde_json::Value) -> NewEvent {
+pub(crate) fn payment(
+    id: &str,
+    n: u64,
+    order_id: &str,
+    status: &str,
+    at: serde_json::Value,
+) -> NewEvent {
     delivery(
         "pay",
         id,

@@ -241,6 +241,97 @@ impl Unit for PgUnit<'_> {
         Ok(())
     }
 
+    /// Two statements for a whole dispatch pass instead of one per event.
+    async fn read_ahead(&mut self, keys: &BTreeSet<ParkKey>) -> Result<(), StoreError> {
+        let mut tracking = Vec::new();
+        let mut order_ids = Vec::new();
+        for key in keys {
+            match key {
+                ParkKey::Tracking(tn) if !self.by_tracking.contains_key(tn) => {
+                    tracking.push(tn.as_str())
+                }
+                ParkKey::Order(id) if !self.partners.contains_key(id) => {
+                    order_ids.push(id.as_str())
+                }
+                _ => {}
+            }
+        }
+        if !tracking.is_empty() {
+            let rows = self
+                .tx
+                .query(
+                    "SELECT shipment_id, tracking_number, record::text FROM shipments
+                     WHERE tracking_number = ANY($1) ORDER BY shipment_id FOR UPDATE",
+                    &[&tracking],
+                )
+                .await
+                .map_err(db_err)?;
+            let mut found = HashMap::new();
+            for row in &rows {
+                let id = ShipmentId::from(row.get::<_, &str>(0));
+                found.insert(row.get::<_, &str>(1), id.clone());
+                if !self.shipments.contains_key(&id) {
+                    match serde_json::from_str(row.get::<_, &str>(2)) {
+                        Ok(rec) => self.keep_shipment(rec),
+                        // Left for the event that asks to find unreadable.
+                        Err(_) => continue,
+                    }
+                }
+            }
+            for tn in tracking {
+                match found.remove(tn) {
+                    Some(id) if self.shipments.contains_key(&id) => {
+                        self.by_tracking.insert(tn.into(), Some(id));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.by_tracking.insert(tn.into(), None);
+                    }
+                }
+            }
+        }
+        if !order_ids.is_empty() {
+            let rows = self
+                .tx
+                .query(
+                    "SELECT order_id, partner, record::text FROM orders
+                     WHERE order_id = ANY($1) ORDER BY order_id, partner FOR UPDATE",
+                    &[&order_ids],
+                )
+                .await
+                .map_err(db_err)?;
+            let mut found: HashMap<&str, Option<Vec<PartnerName>>> =
+                order_ids.iter().map(|id| (*id, Some(Vec::new()))).collect();
+            for row in &rows {
+                let order_id = OrderId::from(row.get::<_, &str>(0));
+                let partner = PartnerName::from(row.get::<_, &str>(1));
+                let key = OrderKey::new(partner.clone(), order_id.clone());
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.orders.entry(key) {
+                    match serde_json::from_str(row.get::<_, &str>(2)) {
+                        Ok(rec) => {
+                            slot.insert(rec);
+                        }
+                        Err(_) => {
+                            // Left for the event that asks to find
+                            // unreadable.
+                            found.insert(row.get::<_, &str>(0), None);
+                            continue;
+                        }
+                    }
+                }
+                if let Some(Some(partners)) = found.get_mut(row.get::<_, &str>(0)) {
+                    partners.push(partner);
+                }
+            }
+            for (id, partners) in found {
+                if let Some(partners) = partners {
+                    self.partners.insert(OrderId::from(id), partners);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn put_completion(&mut self, completion: &Completion) -> Result<(), StoreError> {
         put_completion(self.tx, completion).await
     }

@@ -982,7 +982,7 @@ impl Walker<'_> {
             cache_bytes: self
                 .opt_uint(t, "cache_mb", p, 8, 1 << 16)
                 .map(|mb| mb as u64 * 1024 * 1024)
-                .unwrap_or(16 * 1024 * 1024),
+                .unwrap_or(8 * 1024 * 1024),
             min_free_bytes: self
                 .opt_uint(t, "min_free_mb", p, 0, 1 << 20)
                 .map(|mb| mb as u64 * 1024 * 1024)

@@ -70,15 +70,6 @@ fn delivery(id: &str, tn: &str) -> (Vec<(String, String)>, Vec<u8>) {
     (h, body)
 }
 
-async fn count(schema: &Schema, sql: &str) -> i64 {
-    schema
-        .client
-        .query_one(&schema.q(sql), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_copies_over_three_replicas_get_one_202() {
     let Some((schema, _dir, gateways)) = three_replicas().await else {
@@ -105,7 +96,7 @@ async fn forty_copies_over_three_replicas_get_one_202() {
         39,
         "{statuses:?}"
     );
-    assert_eq!(count(&schema, "SELECT count(*) FROM events").await, 1);
+    assert_eq!(schema.count("SELECT count(*) FROM events").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +128,7 @@ async fn twenty_retries_of_one_key_over_three_replicas_create_one_shipment() {
         }
     }
     assert_eq!(created.len(), 1, "every answer names the one shipment");
-    assert_eq!(count(&schema, "SELECT count(*) FROM shipments").await, 1);
+    assert_eq!(schema.count("SELECT count(*) FROM shipments").await, 1);
     // A retry after all that replays the stored answer, on any replica.
     for g in &gateways {
         let r = post(
@@ -218,7 +209,7 @@ async fn kill_9_of_one_replica_under_load_loses_nothing_it_acknowledged() {
     // The survivors dispatch everything, the dead replica's share too.
     let mut pending = i64::MAX;
     for _ in 0..500 {
-        pending = count(&schema, "SELECT count(*) FROM inbox").await;
+        pending = schema.count("SELECT count(*) FROM inbox").await;
         if pending == 0 {
             break;
         }
@@ -226,12 +217,12 @@ async fn kill_9_of_one_replica_under_load_loses_nothing_it_acknowledged() {
     }
     assert_eq!(pending, 0, "the inbox drains on the replicas left");
     assert_eq!(
-        count(
-            &schema,
-            "SELECT count(*) FROM events e LEFT JOIN outcomes o ON o.seq = e.seq
+        schema
+            .count(
+                "SELECT count(*) FROM events e LEFT JOIN outcomes o ON o.seq = e.seq
              WHERE (o.record->>'attempts')::int IS DISTINCT FROM 1"
-        )
-        .await,
+            )
+            .await,
         0,
         "each event dispatched once"
     );
@@ -381,12 +372,12 @@ async fn a_database_outage_is_503_with_retry_after_and_heals_by_itself() {
     let stored = post(addr, "/webhooks/carrier", &h, body.clone()).await;
     assert_eq!(stored.status, 202, "{:?}", stored.body);
     assert_eq!(post(addr, "/webhooks/carrier", &h, body).await.status, 200);
-    assert_eq!(count(&schema, "SELECT count(*) FROM events").await, 1);
+    assert_eq!(schema.count("SELECT count(*) FROM events").await, 1);
     // The dispatcher, which failed all through the outage, works again.
     let schema = &schema;
     assert!(
         eventually(10, async || {
-            count(schema, "SELECT count(*) FROM outcomes").await == 1
+            schema.count("SELECT count(*) FROM outcomes").await == 1
         })
         .await,
         "the event is dispatched after the outage"
@@ -440,5 +431,5 @@ async fn kill_9_of_a_replica_leaves_its_pending_fulfilment_to_the_others() {
     let ledger = get(sim, "/_sim/ledger").await.json();
     let charges = keyed_rows(&ledger, "charges", "charge:acme:o-stranded").len();
     assert_eq!(charges, 1, "charged once");
-    assert_eq!(count(&schema, "SELECT count(*) FROM fulfilments").await, 0);
+    assert_eq!(schema.count("SELECT count(*) FROM fulfilments").await, 0);
 }

@@ -680,16 +680,6 @@ async fn an_event_stored_by_one_replica_wakes_another_replicas_dispatcher() {
     intake.close().unwrap();
 }
 
-/// A count over the schema's tables (`sql` names them unqualified).
-async fn rows(schema: &crate::support::pg::Schema, sql: &str) -> i64 {
-    schema
-        .client
-        .query_one(&schema.q(sql), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// A copy that replaces an expired one takes the stored copy's queue
 /// entry and outcome with it: the new copy waits for dispatch whatever the
 /// old one's state, and no entry of the old one is left behind. The sweep
@@ -712,14 +702,12 @@ async fn a_replaced_or_swept_event_leaves_no_queue_entry_or_outcome_behind() {
         store.ingest(event("a", 5_000, 1_000, 2)).await.unwrap(),
         accepted(5_000)
     );
-    assert_eq!(rows(&schema, "SELECT count(*) FROM events").await, 1);
-    assert_eq!(rows(&schema, "SELECT count(*) FROM inbox").await, 1);
+    assert_eq!(schema.count("SELECT count(*) FROM events").await, 1);
+    assert_eq!(schema.count("SELECT count(*) FROM inbox").await, 1);
     assert_eq!(
-        rows(
-            &schema,
-            "SELECT count(*) FROM inbox i JOIN events e ON e.seq = i.seq"
-        )
-        .await,
+        schema
+            .count("SELECT count(*) FROM inbox i JOIN events e ON e.seq = i.seq")
+            .await,
         1,
         "the queue entry is the new copy's"
     );
@@ -736,15 +724,15 @@ async fn a_replaced_or_swept_event_leaves_no_queue_entry_or_outcome_behind() {
         "the new copy waits"
     );
     assert_eq!(store.inbox_pending().await.unwrap(), 1);
-    assert_eq!(rows(&schema, "SELECT count(*) FROM outcomes").await, 0);
+    assert_eq!(schema.count("SELECT count(*) FROM outcomes").await, 0);
     // The sweep leaves it while it waits, and takes it with its outcome
     // once dispatched.
     assert_eq!(store.sweep_expired(20_000, 100).await.unwrap(), 0);
     assert_eq!(store.dispatch(25).await.unwrap(), 1);
-    assert_eq!(rows(&schema, "SELECT count(*) FROM outcomes").await, 1);
+    assert_eq!(schema.count("SELECT count(*) FROM outcomes").await, 1);
     assert_eq!(store.sweep_expired(20_000, 100).await.unwrap(), 1);
-    assert_eq!(rows(&schema, "SELECT count(*) FROM events").await, 0);
-    assert_eq!(rows(&schema, "SELECT count(*) FROM outcomes").await, 0);
+    assert_eq!(schema.count("SELECT count(*) FROM events").await, 0);
+    assert_eq!(schema.count("SELECT count(*) FROM outcomes").await, 0);
 }
 
 /// A body is stored packed when that makes it smaller, and reads back as
@@ -1007,12 +995,12 @@ async fn a_redelivery_that_waited_for_the_event_reads_the_outcome_left_for_it() 
     // Until the redelivery waits for that lock.
     let mut waiting = 0;
     for _ in 0..500 {
-        waiting = rows(
-            &schema,
-            "SELECT count(*) FROM pg_stat_activity
+        waiting = schema
+            .count(
+                "SELECT count(*) FROM pg_stat_activity
              WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE OF e%'",
-        )
-        .await;
+            )
+            .await;
         if waiting > 0 {
             break;
         }

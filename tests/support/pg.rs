@@ -56,6 +56,15 @@ pub async fn schema() -> Option<Schema> {
 }
 
 impl Schema {
+    /// A count over the schema's tables (`sql` names them unqualified).
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client
+            .query_one(&self.q(sql), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// `sql` with the tables named in the schema.
     pub fn q(&self, sql: &str) -> String {
         let mut out = sql.to_string();

@@ -111,8 +111,7 @@ async fn duplicates_conflicts_and_expired_identities_are_told_apart() {
     let Some(schema) = schema().await else {
         return;
     };
-    let store = Arc::new(schema.store(4));
-    store.migrate().await.unwrap();
+    let store = Arc::new(schema.migrated(4).await);
     // Many at once, so they share groups: a and its copy, b, c.
     let mut tasks = Vec::new();
     for (id, at, hash) in [
@@ -546,8 +545,7 @@ async fn an_unreadable_shipment_sends_its_event_to_the_dead_letter_not_dispatch_
     let Some(schema) = schema().await else {
         return;
     };
-    let store = schema.store(2);
-    store.migrate().await.unwrap();
+    let store = schema.migrated(2).await;
     store
         .start_dispatcher(crate::support::carrier_sources())
         .unwrap();
@@ -689,8 +687,7 @@ async fn a_replaced_or_swept_event_leaves_no_queue_entry_or_outcome_behind() {
     let Some(schema) = schema().await else {
         return;
     };
-    let store = schema.store(2);
-    store.migrate().await.unwrap();
+    let store = schema.migrated(2).await;
     store.set_sources(crate::support::carrier_sources());
     let accepted = |at| IngestResult::Accepted { received_at_ms: at };
     // Replaced while it waits.
@@ -742,8 +739,7 @@ async fn bodies_read_back_as_they_came_packed_or_not() {
     let Some(schema) = schema().await else {
         return;
     };
-    let store = schema.store(2);
-    store.migrate().await.unwrap();
+    let store = schema.migrated(2).await;
     let repetitive = format!("{{\"pad\":\"{}\"}}", "x".repeat(4_000));
     let random: String = (0..4_000).map(|_| fastrand::alphanumeric()).collect();
     for (id, body) in [
@@ -786,28 +782,9 @@ async fn migrating_to_the_outcome_table_keeps_every_event_in_its_state() {
     let Some(schema) = schema().await else {
         return;
     };
-    let mut sql = format!(
-        "SET search_path TO {};
-         CREATE TABLE waybill_migrations (version INT PRIMARY KEY, name TEXT NOT NULL,
-             applied_at TIMESTAMPTZ NOT NULL DEFAULT now());",
-        schema.name
-    );
-    for (version, text) in [
-        (1, include_str!("../../src/store/postgres/0001_events.sql")),
-        (
-            2,
-            include_str!("../../src/store/postgres/0002_dispatch.sql"),
-        ),
-        (3, include_str!("../../src/store/postgres/0003_state.sql")),
-        (4, include_str!("../../src/store/postgres/0004_dead.sql")),
-        (5, include_str!("../../src/store/postgres/0005_voids.sql")),
-    ] {
-        sql.push_str(text);
-        sql.push_str(&format!(
-            "\nINSERT INTO waybill_migrations (version, name) VALUES ({version}, 'v{version}');\n"
-        ));
-    }
-    schema.client.batch_execute(&sql).await.unwrap();
+    let store = schema.store(2);
+    store.set_sources(crate::support::carrier_sources());
+    assert_eq!(store.migrate_to(5).await.unwrap(), 5);
     let outcome = |outcome| OutcomeRecord {
         outcome,
         reason: None,
@@ -837,18 +814,13 @@ async fn migrating_to_the_outcome_table_keeps_every_event_in_its_state() {
         let recorded = recorded.map(|o| serde_json::to_string(&o).unwrap());
         schema
             .client
-            .execute(v5_insert, &[&id, &queued, &fields, &recorded, &attempts])
+            .execute(
+                &schema.q(v5_insert),
+                &[&id, &queued, &fields, &recorded, &attempts],
+            )
             .await
             .unwrap();
     }
-    schema
-        .client
-        .batch_execute("RESET search_path")
-        .await
-        .unwrap();
-
-    let store = schema.store(2);
-    store.set_sources(crate::support::carrier_sources());
     assert_eq!(
         store.migrate().await.unwrap(),
         1,
@@ -886,13 +858,8 @@ async fn migrating_to_the_outcome_table_keeps_every_event_in_its_state() {
     let stored = store.event("carrier", "stored").await.unwrap().unwrap();
     assert_eq!(stored.body, b"{}");
     schema
-        .client
-        .execute(
-            &schema.q("UPDATE events SET body_lz4 = true WHERE event_id = 'stored'"),
-            &[],
-        )
-        .await
-        .unwrap();
+        .execute("UPDATE events SET body_lz4 = true WHERE event_id = 'stored'")
+        .await;
     let unreadable = store.event("carrier", "stored").await.unwrap_err();
     assert!(
         matches!(unreadable, waybill::store::StoreError::Corrupt(_)),
@@ -900,19 +867,13 @@ async fn migrating_to_the_outcome_table_keeps_every_event_in_its_state() {
     );
     // A build at version 5 fails its intake instead of storing an event
     // outside the queue.
-    let mut old_build = format!("SET search_path TO {}; ", schema.name);
-    old_build.push_str(
+    let old_build = schema.q(
         "INSERT INTO events (source, event_id, received_at_ms, expires_at_ms, content_hash,
              dispatch, headers, body)
          VALUES ('carrier', 'late', 1, 2, '\\x00', true, '[]', '\\x00')",
     );
     let refused = schema.client.batch_execute(&old_build).await.unwrap_err();
     assert!(format!("{refused:?}").contains("dispatch"), "{refused:?}");
-    schema
-        .client
-        .batch_execute("RESET search_path")
-        .await
-        .unwrap();
     // What waited is dispatched once, and waits no more.
     assert_eq!(store.dispatch(25).await.unwrap(), 1);
     assert_eq!(store.dispatch(25).await.unwrap(), 0);
@@ -928,8 +889,7 @@ async fn a_build_older_than_the_schema_refuses_to_run_on_it() {
     let Some(schema) = schema().await else {
         return;
     };
-    let store = schema.store(2);
-    store.migrate().await.unwrap();
+    let store = schema.migrated(2).await;
     let newer = waybill::store::postgres::schema_version_of_build() + 1;
     schema
         .client
@@ -959,8 +919,7 @@ async fn a_redelivery_that_waited_for_the_event_reads_the_outcome_left_for_it() 
     let Some(schema) = schema().await else {
         return;
     };
-    let store = Arc::new(schema.store(2));
-    store.migrate().await.unwrap();
+    let store = Arc::new(schema.migrated(2).await);
     store.set_sources(crate::support::carrier_sources());
     let parked = NewEvent {
         fields: Some(waybill::webhook::mapping::Fields {
@@ -1031,8 +990,7 @@ async fn an_unreadable_order_read_ahead_dead_letters_only_its_own_payment() {
     let Some(schema) = schema().await else {
         return;
     };
-    let store = schema.store(2);
-    store.migrate().await.unwrap();
+    let store = schema.migrated(2).await;
     store.set_sources(scenario_sources(false));
     for (n, id) in ["o-good", "o-bad"].into_iter().enumerate() {
         let key = IdempotencyKey::try_from(format!("k-{id}").as_str()).unwrap();
@@ -1040,13 +998,8 @@ async fn an_unreadable_order_read_ahead_dead_letters_only_its_own_payment() {
         store.create_order(order).await.unwrap();
     }
     schema
-        .client
-        .execute(
-            &schema.q("UPDATE orders SET record = '{\"x\": 1}' WHERE order_id = 'o-bad'"),
-            &[],
-        )
-        .await
-        .unwrap();
+        .execute("UPDATE orders SET record = '{\"x\": 1}' WHERE order_id = 'o-bad'")
+        .await;
     let at = serde_json::json!(1_796_500_000);
     store
         .ingest(payment("p-bad", 1, "o-bad", "succeeded", at.clone()))

@@ -65,6 +65,12 @@ impl Schema {
             .get(0)
     }
 
+    /// Runs a statement over the schema's tables (`sql` names them
+    /// unqualified).
+    pub async fn execute(&self, sql: &str) {
+        self.client.execute(&self.q(sql), &[]).await.unwrap();
+    }
+
     /// `sql` with the tables named in the schema.
     pub fn q(&self, sql: &str) -> String {
         let mut out = sql.to_string();
@@ -170,6 +176,13 @@ pub async fn if_postgres(on_postgres: bool) -> Option<Option<Schema>> {
 }
 
 impl Schema {
+    /// A store on the schema with `pool_size` connections, migrated.
+    pub async fn migrated(&self, pool_size: usize) -> waybill::store::postgres::PgStore {
+        let store = self.store(pool_size);
+        store.migrate().await.unwrap();
+        store
+    }
+
     /// A store on the schema with `pool_size` connections, as one replica
     /// would open it (not migrated, no dispatcher).
     pub fn store(&self, pool_size: usize) -> waybill::store::postgres::PgStore {

@@ -242,12 +242,18 @@ impl PgStore {
     /// Applies the migrations this database lacks; how many it applied.
     /// Safe to run from several processes at once.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
+        self.migrate_to(schema_version_of_build()).await
+    }
+
+    /// Applies the migrations this database lacks up to `version`: a
+    /// database as an earlier build left it, to test an upgrade from.
+    pub async fn migrate_to(&self, version: i32) -> Result<usize, StoreError> {
         let mut client = self.inner.pool.get().await.map_err(db_err)?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(db_err)?;
-        let applied = apply_migrations(&mut client).await;
+        let applied = apply_migrations(&mut client, version).await;
         // Released whatever happened; a broken connection releases it too.
         let unlocked = client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
@@ -934,7 +940,10 @@ fn to_i64(v: usize) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<usize, StoreError> {
+async fn apply_migrations(
+    client: &mut deadpool_postgres::Client,
+    upto: i32,
+) -> Result<usize, StoreError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS waybill_migrations (
@@ -963,7 +972,7 @@ async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<usiz
         )));
     }
     let mut applied = 0;
-    for (version, name, sql) in MIGRATIONS {
+    for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v <= upto) {
         let tx = client.transaction().await.map_err(db_err)?;
         let done = tx
             .query_opt(

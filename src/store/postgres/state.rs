@@ -80,8 +80,8 @@ const STORED: &str =
     "e.seq, e.source, e.event_id, e.received_at_ms, o.record::text, e.body, e.body_lz4";
 
 /// An event's body from its `body` and `body_lz4` columns at `at` and
-/// `at + 1`. A packed body that does not unpack is an unreadable record,
-/// never an empty body.
+/// `at + 1` (its `seq` at 0 names it in a report). A packed body that does
+/// not unpack is an unreadable record, never an empty body.
 pub(super) fn body_of(row: &Row, at: usize) -> Result<Vec<u8>, StoreError> {
     let stored: &[u8] = row.get(at);
     if !row.get::<_, bool>(at + 1) {

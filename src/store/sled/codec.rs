@@ -1,9 +1,9 @@
 //! Keys and record encodings of the ingest keyspace.
 //!
-//! Everything an acknowledgement promises lives in one sled tree so that one
-//! `apply_batch` (atomic, and atomic across a crash) writes all of it. sled
-//! charges several microseconds per key written, so an accepted event costs
-//! as few keys as the queries need:
+//! Everything an acknowledgement promises lives in one sled tree, written
+//! by the writer in an order a crash can only cut (`Shared::write_group`).
+//! sled charges several microseconds per key written, so an accepted event
+//! costs as few keys as the queries need:
 //!
 //! | key | value |
 //! |---|---|

@@ -5,7 +5,8 @@
 //! - the writer (`writer.rs`) takes every ingest request waiting in its
 //!   queue, decides new-or-duplicate for each against the tree and the rest
 //!   of the group, appends the new events' records to the active segment
-//!   and applies the group's index as one atomic sled batch;
+//!   and writes the group's index into sled, key by key, in an order
+//!   that a crash can only cut, never scramble (`Shared::write_group`);
 //! - the flusher takes every group handed over since its last flush,
 //!   `fdatasync`s the segments they wrote once, and only then answers the
 //!   waiting requests. While one flush runs the next group is gathered and
@@ -138,6 +139,9 @@ struct Group {
     last_seq: u64,
     /// Segment files written by the group: synced before sled's flush.
     segments: Vec<std::fs::File>,
+    /// Whether the group put events in the inbox: the dispatcher is woken
+    /// once they are durable.
+    queued: bool,
 }
 
 struct Shared {
@@ -173,7 +177,7 @@ struct Shared {
     /// Held only to clone, take or send on the sender: nothing in such a
     /// section can leave it inconsistent, so a poisoned lock is used as is.
     state_tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<StateMsg>>>,
-    /// Set when a wake-up is on its way to the state machine, so the writer
+    /// Set when a wake-up is on its way to the state machine, so the flusher
     /// sends one per pass rather than one per group.
     wake_pending: AtomicBool,
     dispatcher_running: AtomicBool,
@@ -181,6 +185,9 @@ struct Shared {
     /// maps and pointers. A reload swaps them whole, and each event is
     /// interpreted under one version.
     sources: arc_swap::ArcSwap<HashMap<String, SourceConfig>>,
+    /// How many of a group's writes the tests let through (`cut_here`).
+    #[cfg(test)]
+    cut_group_after: std::sync::atomic::AtomicUsize,
     /// Distinguishes this run of the process: an idempotency claim made by
     /// an earlier run belongs to a request that died with it.
     epoch: u64,
@@ -265,6 +272,52 @@ impl Shared {
                 self.synced.fetch_max(covered, Ordering::AcqRel);
             })
             .inspect_err(|e| self.fail("flush", e))
+    }
+
+    /// Writes a group's keys one by one, in order; a failure is the
+    /// store's end (`fail`).
+    ///
+    /// Not a sled batch: every `apply_batch` seals sled's log buffer
+    /// before and after it, two `pwrite`s and two `sync_file_range`s on
+    /// sled's IO threads, and it waits for a sled flush in progress. A
+    /// group needs no atomicity of its own: sled recovers a prefix of its
+    /// writes, and the group ends with its segment's entry (`g`) and then
+    /// `SEQ_KEY`, so a crash leaves either the whole group or a part that
+    /// `replay_log` completes from the segment. What the state machine
+    /// writes about an event comes after the whole group (`drain_inbox`
+    /// takes only durable events), so no replay can overwrite an outcome.
+    fn write_group(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        writes
+            .into_iter()
+            .enumerate()
+            .try_for_each(|(i, (k, v))| {
+                self.cut_here(i)?;
+                match v {
+                    Some(v) => self.tree.insert(k, v),
+                    None => self.tree.remove(k),
+                }
+                .map(|_| ())
+            })
+            .map_err(StoreError::from)
+            .inspect(|_| {
+                self.applied.fetch_add(1, Ordering::AcqRel);
+            })
+            .inspect_err(|e| self.fail("write", e))
+    }
+
+    /// Where the tests stop a group's writes, as a crash could.
+    #[cfg(test)]
+    fn cut_here(&self, written: usize) -> sled::Result<()> {
+        if written == self.cut_group_after.load(Ordering::Relaxed) {
+            return Err(sled::Error::Io(std::io::Error::other("the group was cut")));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn cut_here(&self, _written: usize) -> sled::Result<()> {
+        Ok(())
     }
 
     /// Applies a batch atomically; a failure is the store's end (`fail`).
@@ -394,6 +447,8 @@ impl SledStore {
             dispatcher_running: AtomicBool::new(false),
             sources: arc_swap::ArcSwap::from_pointee(HashMap::new()),
             epoch: fastrand::u64(1..),
+            #[cfg(test)]
+            cut_group_after: std::sync::atomic::AtomicUsize::new(usize::MAX),
         });
         shared.marked.store(marked);
         shared.swept.store(swept);
@@ -1244,14 +1299,27 @@ pub fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
 
 /// Rebuilds the index of the events whose segment records outlived a
 /// crash that took sled's unflushed writes: every record past the last
-/// sequence number sled holds (`SEQ_KEY`, written with every group). Each
-/// segment's info says how far into it the index goes (`end`), so only
-/// the records beyond are read, one at a time. They are synced before
-/// the checkpoint that follows says they are durable.
+/// sequence number sled holds. Each segment's info says how far into it
+/// the index goes (`end`), so only the records beyond are read, one at a
+/// time. They are synced before the checkpoint that follows says they are
+/// durable.
+///
+/// A group writes its segment's info just before `SEQ_KEY`
+/// (`Shared::write_group`): a crash between the two leaves an info whose
+/// `last_seq` is ahead, and the whole group indexed before it.
 fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), StoreError> {
     let seg_err = |e: std::io::Error| StoreError::Unavailable(format!("segments: {e}"));
-    let indexed = read_u64(tree, codec::SEQ_KEY)?;
+    let stored = read_u64(tree, codec::SEQ_KEY)?;
+    let mut indexed = stored;
+    for kv in tree.scan_prefix(b"g") {
+        let (_, v) = kv?;
+        if let Ok(info) = serde_json::from_slice::<codec::SegmentInfo>(&v) {
+            indexed = indexed.max(info.last_seq);
+        }
+    }
     let mut batch = sled::Batch::default();
+    // Records this replay wrote, not yet in the tree.
+    let mut replayed: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut touched = Vec::new();
     let mut last = indexed;
     for id in segments.ids().map_err(seg_err)? {
@@ -1279,15 +1347,26 @@ fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), St
                 return Ok(());
             }
             let key = codec::event_key(&arrival.source, &arrival.event_id);
-            let newer = tree
-                .get(&key)?
-                .and_then(|v| codec::event_ident(&v))
-                .is_some_and(|i| i.seq > seq);
-            if !newer {
-                batch.insert(
-                    key,
-                    codec::assemble_event(&logged.ident, &pointer.encode(), logged.index_meta),
-                );
+            let current = match replayed.get(&key) {
+                Some(v) => Some(v.clone()),
+                None => tree.get(&key)?.map(|v| v.to_vec()),
+            };
+            let current_seq = current
+                .as_deref()
+                .and_then(codec::event_ident)
+                .map(|i| i.seq);
+            if current_seq.is_none_or(|at| at <= seq) {
+                // An older copy's entries go as they would have with the
+                // group (`writer::replaced_entries`).
+                if let Some(old) = current.filter(|_| current_seq != Some(seq)) {
+                    for entry in writer::replaced_entries(&old) {
+                        batch.remove(entry);
+                    }
+                }
+                let record =
+                    codec::assemble_event(&logged.ident, &pointer.encode(), logged.index_meta);
+                batch.insert(key.clone(), record.clone());
+                replayed.insert(key, record);
             }
             batch.insert(codec::seq_key(b'n', seq).to_vec(), logged.arrival);
             if let Some(meta) =
@@ -1315,6 +1394,9 @@ fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), St
         }
     }
     if touched.is_empty() {
+        if indexed > stored {
+            tree.insert(codec::SEQ_KEY, indexed.to_be_bytes().to_vec())?;
+        }
         return Ok(());
     }
     for (id, info) in &touched {
@@ -1965,6 +2047,133 @@ mod tests {
         assert!((0..200).all(|i| !store.knows("s", &format!("g{i}")).unwrap()));
         assert_eq!(entries(), 0);
         assert_eq!(store.shared.tree.scan_prefix(b"n").count(), 0);
+    }
+
+    /// Index entries (identity, tracking number, order) that name no
+    /// arrival of theirs.
+    fn dangling_entries(store: &SledStore) -> Vec<String> {
+        let tree = &store.shared.tree;
+        let arrival = |seq| read_arrival(tree, seq).unwrap();
+        let mut dangling = Vec::new();
+        for kv in tree.scan_prefix(b"e") {
+            let (k, v) = kv.unwrap();
+            let seq = codec::event_ident(&v).unwrap().seq;
+            let named = arrival(seq).map(|a| codec::event_key(&a.source, &a.event_id));
+            if named.as_deref() != Some(&k[..]) {
+                dangling.push(codec::describe_key(&k));
+            }
+        }
+        for tag in [b'T', b'O'] {
+            for kv in tree.scan_prefix([tag]) {
+                let (k, _) = kv.unwrap();
+                let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap());
+                if arrival(seq).is_none() {
+                    dangling.push(format!("{} entry of {seq}", tag as char));
+                }
+            }
+        }
+        dangling
+    }
+
+    /// sled keeps a prefix of its writes through a crash, and a group's
+    /// keys are written one by one: a crash may cut a group after any of
+    /// them. Opened again, the store completes the group from its segment,
+    /// numbers the next event past it, dispatches and forgets it like any
+    /// other, and leaves no entry behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_cut_after_any_of_its_writes_is_whole_after_open() {
+        for cut in 0.. {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SledStore::open(&cfg(dir.path())).unwrap();
+            for first in [("reused", 10), ("kept", 2000)] {
+                let event = tracking_event(first.0, first.1, 1, "TN1");
+                store.ingest(event).await.unwrap();
+            }
+            // A new copy of an identity whose first copy expired.
+            let mut copy = tracking_event("reused", 3000, 2, "TN2");
+            copy.order_id = Some("order-1".into());
+            store.shared.cut_group_after.store(cut, Ordering::Relaxed);
+            let whole = store.ingest(copy).await.is_ok();
+            let _ = store.close();
+            drop(store);
+
+            let store = SledStore::open(&cfg(dir.path())).unwrap();
+            // The expired first copy's arrival goes, as without a crash.
+            while store.sweep_expired(2500, 100).await.unwrap() > 0 {}
+            assert_eq!(
+                store.integrity_problems().unwrap(),
+                Vec::<String>::new(),
+                "cut {cut}"
+            );
+            assert_eq!(dangling_entries(&store), Vec::<String>::new(), "cut {cut}");
+            let copy = store.event("carrier", "reused").await.unwrap().unwrap();
+            assert_eq!(copy.meta.received_at_ms, 3000, "cut {cut}");
+            let entry = |tag, text| {
+                let at = codec::text_seq_key(tag, text, copy.seq);
+                store.shared.tree.get(at).unwrap().is_some()
+            };
+            assert!(entry(b'T', "TN2") && entry(b'O', "order-1"), "cut {cut}");
+            // The next event is numbered past the cut group.
+            store
+                .ingest(tracking_event("new", 4000, 3, "TN3"))
+                .await
+                .unwrap();
+            assert_eq!(
+                store.integrity_problems().unwrap(),
+                Vec::<String>::new(),
+                "cut {cut}"
+            );
+            let kept = store.event("carrier", "kept").await.unwrap().unwrap();
+            let new = store.event("carrier", "new").await.unwrap().unwrap();
+            assert!(kept.seq < copy.seq && copy.seq < new.seq, "cut {cut}");
+
+            store.start_dispatcher(Vec::new()).unwrap();
+            store.settle().await.unwrap();
+            assert_eq!(store.inbox().unwrap(), Vec::new(), "cut {cut}");
+            assert_eq!(
+                store.integrity_problems().unwrap(),
+                Vec::<String>::new(),
+                "cut {cut}"
+            );
+            while store.sweep_expired(1_000_000, 100).await.unwrap() > 0 {}
+            for prefix in [b"e", b"n", b"x", b"T", b"O"] {
+                assert_eq!(
+                    store.shared.tree.scan_prefix(prefix).count(),
+                    0,
+                    "cut {cut}"
+                );
+            }
+            if whole {
+                // Every cut point before the last write was tried.
+                assert!(cut > 0);
+                break;
+            }
+        }
+    }
+
+    /// The state machine takes an event only once its group is durable:
+    /// forwarded before, it could be forwarded again after a crash took it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dispatch_waits_until_the_event_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        store.start_dispatcher(Vec::new()).unwrap();
+        store
+            .ingest(tracking_event("a", 10, 1, "TN1"))
+            .await
+            .unwrap();
+        let durable = store.durable_seq();
+        // As if the flush covering it had not yet finished.
+        store
+            .shared
+            .durable_seq
+            .store(durable - 1, Ordering::Release);
+        store.settle().await.unwrap();
+        assert_eq!(store.inbox().unwrap().len(), 1);
+        store.shared.durable_seq.store(durable, Ordering::Release);
+        store.settle().await.unwrap();
+        assert_eq!(store.inbox().unwrap(), Vec::new());
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
     }
 
     /// "Operations" (GUARANTEES.md): the age of the oldest event waiting for the state

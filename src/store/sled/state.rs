@@ -563,11 +563,20 @@ impl StateMachine {
             self.shared.health.beat(Component::Dispatcher);
             self.shared.wake_pending.store(false, Ordering::Release);
             let cursor = super::read_cursor(tree)?;
+            // Only events whose group is durable: an event is forwarded
+            // only once it is stored for good, and the outcome written
+            // here then follows its whole group in sled's log
+            // (`Shared::write_group`).
+            let durable = self.shared.durable_seq.load(Ordering::Acquire);
+            if durable <= cursor {
+                return Ok(());
+            }
             let mut pass = Pass::new(&self.shared);
             let mut last = cursor;
             let mut events = Vec::new();
             let sources = self.shared.sources.load_full();
-            for kv in tree.range(codec::seq_key(b'n', cursor + 1)..).take(PASS) {
+            let inbox = codec::seq_key(b'n', cursor + 1)..=codec::seq_key(b'n', durable);
+            for kv in tree.range(inbox).take(PASS) {
                 let (k, v) = kv?;
                 let Some(seq) = codec::parse_seq_key(b'n', &k) else {
                     break;

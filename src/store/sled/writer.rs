@@ -83,7 +83,7 @@ impl Writer {
         // dropped reply channels.
     }
 
-    /// Applies one group as a single batch. Answers that need no flush (a
+    /// Writes one group's index. Answers that need no flush (a
     /// duplicate of something already durable) go out at once; the rest
     /// are returned for the flusher.
     fn commit(&mut self, ingests: Vec<(Box<Prepared>, Reply)>) -> Option<Group> {
@@ -91,7 +91,8 @@ impl Writer {
         let durable = self.shared.durable_seq.load(Ordering::Acquire);
         // Duplicates need no space; new events wait until there is some.
         let space = self.shared.check_space();
-        let mut batch = sled::Batch::default();
+        // The group's keys, in the order they are written (`write_group`).
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         // Identities first written in this group, so a second copy in the
         // same group is a duplicate too.
         let mut fresh: HashMap<Vec<u8>, Ident> = HashMap::new();
@@ -106,6 +107,8 @@ impl Writer {
         for (ev, reply) in ingests {
             let mut ev = *ev;
             let key = std::mem::take(&mut ev.key);
+            // The record of an expired copy this one replaces.
+            let mut replaced = None;
             let existing = match fresh.get(&key) {
                 Some(i) => Ok(Some(*i)),
                 None => match self.shared.tree.get(&key) {
@@ -113,9 +116,14 @@ impl Writer {
                     Ok(None) => Ok(None),
                     // An identity that cannot be read is no absent one:
                     // taking it for new would accept a duplicate.
-                    Ok(Some(v)) => codec::event_ident(&v)
-                        .ok_or_else(|| StoreError::corrupt(codec::describe_key(&key)))
-                        .map(|i| Some(i).filter(|i| i.expires_at_ms > ev.received_at_ms)),
+                    Ok(Some(v)) => match codec::event_ident(&v) {
+                        None => Err(StoreError::corrupt(codec::describe_key(&key))),
+                        Some(i) if i.expires_at_ms > ev.received_at_ms => Ok(Some(i)),
+                        Some(_) => {
+                            replaced = Some(v);
+                            Ok(None)
+                        }
+                    },
                 },
             };
             match existing {
@@ -159,14 +167,19 @@ impl Writer {
                     let entry = expiring.entry(retention).or_insert((0, Vec::new()));
                     entry.0 = entry.0.max(ev.expires_at_ms);
                     entry.1.push(self.seq);
+                    if let Some(old) = replaced {
+                        writes.extend(replaced_entries(&old).into_iter().map(|k| (k, None)));
+                    }
                     // Search entries are keys alone: the arrival under
                     // their sequence number names the event.
-                    batch.insert(codec::seq_key(b'n', self.seq).to_vec(), ev.arrival);
+                    writes.push((codec::seq_key(b'n', self.seq).to_vec(), Some(ev.arrival)));
                     if let Some(tn) = &ev.tracking_number {
-                        batch.insert(codec::text_seq_key(b'T', tn, self.seq), Vec::new());
+                        let entry = codec::text_seq_key(b'T', tn, self.seq);
+                        writes.push((entry, Some(Vec::new())));
                     }
                     if let Some(order) = &ev.order_id {
-                        batch.insert(codec::text_seq_key(b'O', order, self.seq), Vec::new());
+                        let entry = codec::text_seq_key(b'O', order, self.seq);
+                        writes.push((entry, Some(Vec::new())));
                     }
                     if ev.dispatch {
                         added_to_inbox += 1;
@@ -209,16 +222,8 @@ impl Writer {
                 }
             };
             for ((key, ident, meta), pointer) in index.into_iter().zip(&pointers) {
-                batch.insert(key, codec::assemble_event(&ident, &pointer.encode(), &meta));
-            }
-            if let Some(last) = pointers.last() {
-                self.segment.last_seq = self.seq;
-                self.segment.end = last.end();
-                batch.insert(
-                    codec::segment_key(last.segment).to_vec(),
-                    serde_json::to_vec(&self.segment).unwrap_or_default(),
-                );
-                self.segment_id = last.segment;
+                let record = codec::assemble_event(&ident, &pointer.encode(), &meta);
+                writes.push((key, Some(record)));
             }
             segment_files.push(file);
             // At most `EXPIRY_ENTRY` events an entry, so that a sweep slice
@@ -226,20 +231,37 @@ impl Writer {
             for (expires_at_ms, seqs) in expiring.into_values() {
                 for chunk in seqs.chunks(EXPIRY_ENTRY) {
                     if let Some(first) = chunk.first() {
-                        batch.insert(
+                        writes.push((
                             codec::expiry_key(expires_at_ms, *first).to_vec(),
-                            codec::encode_seqs(chunk),
-                        );
+                            Some(codec::encode_seqs(chunk)),
+                        ));
                     }
                 }
             }
-            batch.insert(codec::SEQ_KEY, self.seq.to_be_bytes().to_vec());
+            if let Some(last) = pointers.last() {
+                self.segment.last_seq = self.seq;
+                self.segment.end = last.end();
+                writes.push((
+                    codec::segment_key(last.segment).to_vec(),
+                    Some(serde_json::to_vec(&self.segment).unwrap_or_default()),
+                ));
+                self.segment_id = last.segment;
+            }
+            writes.push((
+                codec::SEQ_KEY.to_vec(),
+                Some(self.seq.to_be_bytes().to_vec()),
+            ));
             // Everything up to here was flushed with its payload: on open,
             // only later events can point past a segment's end.
-            batch.insert(codec::DURABLE_KEY, durable.to_be_bytes().to_vec());
-            if let Err(e) = self.shared.apply(batch) {
-                // Nothing of the batch is applied: every answer in it fails,
-                // including duplicates of copies that were in it.
+            writes.push((
+                codec::DURABLE_KEY.to_vec(),
+                Some(durable.to_be_bytes().to_vec()),
+            ));
+            if let Err(e) = self.shared.write_group(writes) {
+                // Every answer in the group fails, including duplicates of
+                // copies that were in it. Part of it may be written: the
+                // store stops, and opening it again completes the group
+                // from its segment (`replay_log`).
                 self.seq = start_seq;
                 let msg = e.to_string();
                 for (reply, _) in answers {
@@ -253,9 +275,6 @@ impl Writer {
                 .fetch_add(added_to_inbox, Ordering::Relaxed)
                 + added_to_inbox;
             metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
-            if added_to_inbox > 0 {
-                self.shared.wake_dispatcher();
-            }
         }
         if answers.is_empty() {
             return None;
@@ -264,6 +283,7 @@ impl Writer {
             answers,
             last_seq: self.seq,
             segments: segment_files,
+            queued: added_to_inbox > 0,
         })
     }
 
@@ -438,6 +458,25 @@ pub(super) fn plan_sweep(
     Ok(SweepPlan { batch, swept, held })
 }
 
+/// The search entries of an event: by tracking number and by order.
+fn search_entries(seq: u64, meta: &codec::EventMeta) -> impl Iterator<Item = Vec<u8>> {
+    let tn = meta.tracking_number.as_ref();
+    let order = meta.order_id.as_ref();
+    (tn.map(|tn| codec::text_seq_key(b'T', tn, seq)).into_iter())
+        .chain(order.map(|o| codec::text_seq_key(b'O', o, seq)))
+}
+
+/// The search entries of an expired copy that a new copy replaces. The
+/// sweep finds the old copy's arrival by its sequence number, but no
+/// longer its record, which names the entries: they go with the record.
+/// A record too damaged to name them leaves them (the search passes over
+/// entries whose arrival is gone).
+pub(super) fn replaced_entries(old: &[u8]) -> Vec<Vec<u8>> {
+    codec::decode_event(old)
+        .map(|(ident, meta, _)| search_entries(ident.seq, &meta).collect())
+        .unwrap_or_default()
+}
+
 /// Removes an event's record, its arrival and its search entries.
 pub(super) fn forget_event(
     batch: &mut sled::Batch,
@@ -446,11 +485,8 @@ pub(super) fn forget_event(
     seq: u64,
     meta: &codec::EventMeta,
 ) {
-    if let Some(tn) = &meta.tracking_number {
-        batch.remove(codec::text_seq_key(b'T', tn, seq));
-    }
-    if let Some(order) = &meta.order_id {
-        batch.remove(codec::text_seq_key(b'O', order, seq));
+    for entry in search_entries(seq, meta) {
+        batch.remove(entry);
     }
     batch.remove(codec::seq_key(b'n', seq).to_vec());
     batch.remove(codec::event_key(source, id));
@@ -493,6 +529,10 @@ pub(super) fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Gro
             Ok(_) => {
                 let last = pending.iter().map(|g| g.last_seq).max().unwrap_or(0);
                 shared.durable_seq.fetch_max(last, Ordering::AcqRel);
+                // Dispatch takes only what is durable (`drain_inbox`).
+                if pending.iter().any(|g| g.queued) {
+                    shared.wake_dispatcher();
+                }
                 for g in pending {
                     for (reply, result) in g.answers {
                         let _ = reply.send(result);

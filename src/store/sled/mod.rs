@@ -349,7 +349,12 @@ impl Shared {
     }
 
     fn wake_dispatcher(&self) {
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+        // SeqCst, as where the state machine clears the flag and reads
+        // `durable_seq` (`drain_inbox`): the flusher publishes `durable_seq`
+        // and then tests the flag, the state machine clears the flag and
+        // then reads `durable_seq`, and with weaker orderings each could
+        // miss the other's write, leaving the events to the 500 ms timeout.
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
             self.tell(StateMsg::Wake);
         }
     }

@@ -561,13 +561,13 @@ impl StateMachine {
                 return Ok(());
             }
             self.shared.health.beat(Component::Dispatcher);
-            self.shared.wake_pending.store(false, Ordering::Release);
+            self.shared.wake_pending.store(false, Ordering::SeqCst);
             let cursor = super::read_cursor(tree)?;
             // Only events whose group is durable: an event is forwarded
             // only once it is stored for good, and the outcome written
             // here then follows its whole group in sled's log
             // (`Shared::write_group`).
-            let durable = self.shared.durable_seq.load(Ordering::Acquire);
+            let durable = self.shared.durable_seq.load(Ordering::SeqCst);
             if durable <= cursor {
                 return Ok(());
             }

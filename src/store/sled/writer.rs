@@ -528,7 +528,7 @@ pub(super) fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Gro
         match flushed {
             Ok(_) => {
                 let last = pending.iter().map(|g| g.last_seq).max().unwrap_or(0);
-                shared.durable_seq.fetch_max(last, Ordering::AcqRel);
+                shared.durable_seq.fetch_max(last, Ordering::SeqCst);
                 // Dispatch takes only what is durable (`drain_inbox`).
                 if pending.iter().any(|g| g.queued) {
                     shared.wake_dispatcher();

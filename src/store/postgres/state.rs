@@ -141,6 +141,25 @@ impl<'a> PgUnit<'a> {
         self.shipments.insert(rec.shipment_id.clone(), rec);
     }
 
+    /// Keeps a shipment read as `record::text`, unless one is kept
+    /// already. A record that does not parse is the caller's to report:
+    /// dispatch's read-ahead leaves it to the event that asks for it.
+    fn keep_shipment_row(&mut self, id: &ShipmentId, text: &str) -> serde_json::Result<()> {
+        if !self.shipments.contains_key(id) {
+            self.keep_shipment(serde_json::from_str(text)?);
+        }
+        Ok(())
+    }
+
+    /// Keeps an order read as `record::text`, unless one is kept already;
+    /// as `keep_shipment_row`.
+    fn keep_order_row(&mut self, key: OrderKey, text: &str) -> serde_json::Result<()> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.orders.entry(key) {
+            slot.insert(serde_json::from_str(text)?);
+        }
+        Ok(())
+    }
+
     /// A stored event from the columns of `STORED`.
     fn stored(row: &Row) -> Result<(Stored, Option<Vec<u8>>), StoreError> {
         Ok((
@@ -270,13 +289,9 @@ impl Unit for PgUnit<'_> {
             for row in &rows {
                 let id = ShipmentId::from(row.get::<_, &str>(0));
                 found.insert(row.get::<_, &str>(1), id.clone());
-                if !self.shipments.contains_key(&id) {
-                    match serde_json::from_str(row.get::<_, &str>(2)) {
-                        Ok(rec) => self.keep_shipment(rec),
-                        // Left for the event that asks to find unreadable.
-                        Err(_) => continue,
-                    }
-                }
+                // One that cannot be read is left for the event that asks
+                // for it to find unreadable.
+                let _ = self.keep_shipment_row(&id, row.get(2));
             }
             for tn in tracking {
                 match found.remove(tn) {
@@ -303,24 +318,18 @@ impl Unit for PgUnit<'_> {
             let mut found: HashMap<&str, Option<Vec<PartnerName>>> =
                 order_ids.iter().map(|id| (*id, Some(Vec::new()))).collect();
             for row in &rows {
-                let order_id = OrderId::from(row.get::<_, &str>(0));
+                let order_id: &str = row.get(0);
                 let partner = PartnerName::from(row.get::<_, &str>(1));
-                let key = OrderKey::new(partner.clone(), order_id.clone());
-                if let std::collections::hash_map::Entry::Vacant(slot) = self.orders.entry(key) {
-                    match serde_json::from_str(row.get::<_, &str>(2)) {
-                        Ok(rec) => {
-                            slot.insert(rec);
-                        }
-                        Err(_) => {
-                            // Left for the event that asks to find
-                            // unreadable.
-                            found.insert(row.get::<_, &str>(0), None);
-                            continue;
-                        }
-                    }
-                }
-                if let Some(Some(partners)) = found.get_mut(row.get::<_, &str>(0)) {
-                    partners.push(partner);
+                let key = OrderKey::new(partner.clone(), OrderId::from(order_id));
+                match (
+                    self.keep_order_row(key, row.get(2)),
+                    found.get_mut(order_id),
+                ) {
+                    (Ok(()), Some(Some(partners))) => partners.push(partner),
+                    // An id with an order that cannot be read is left for
+                    // the event that asks for it to find unreadable.
+                    (Err(_), Some(slot)) => *slot = None,
+                    _ => {}
                 }
             }
             for (id, partners) in found {
@@ -376,12 +385,9 @@ impl ShipmentRows for PgUnit<'_> {
             .await
             .map_err(db_err)?;
         let id = row.as_ref().map(|r| ShipmentId::from(r.get::<_, &str>(0)));
-        if let (Some(row), Some(id)) = (&row, &id)
-            && !self.shipments.contains_key(id)
-        {
-            let rec = serde_json::from_str(row.get::<_, &str>(1))
+        if let (Some(row), Some(id)) = (&row, &id) {
+            self.keep_shipment_row(id, row.get(1))
                 .map_err(|e| StoreError::corrupt(format!("the shipment {id} ({e})")))?;
-            self.keep_shipment(rec);
         }
         self.by_tracking.insert(tn.clone(), id.clone());
         Ok(id)
@@ -469,14 +475,10 @@ impl OrderRows for PgUnit<'_> {
             let mut found = Vec::new();
             for row in rows {
                 let partner = PartnerName::from(row.get::<_, String>(0));
-                if let std::collections::hash_map::Entry::Vacant(slot) = self
-                    .orders
-                    .entry(OrderKey::new(partner.clone(), order_id.clone()))
-                {
-                    slot.insert(serde_json::from_str(row.get(1)).map_err(|e| {
-                        StoreError::corrupt(format!("the order {partner}/{order_id} ({e})"))
-                    })?);
-                }
+                let key = OrderKey::new(partner.clone(), order_id.clone());
+                self.keep_order_row(key, row.get(1)).map_err(|e| {
+                    StoreError::corrupt(format!("the order {partner}/{order_id} ({e})"))
+                })?;
                 found.push(partner);
             }
             self.partners.insert(order_id.clone(), found);

@@ -77,9 +77,14 @@ impl TraceContext {
         hex::encode(self.trace_id)
     }
 
-    /// Runs `fut` with this context as the current one.
-    pub async fn scope<F: std::future::Future>(self, fut: F) -> F::Output {
-        CURRENT.scope(self, fut).await
+    /// Runs `fut` with this context as the current one. Not an `async
+    /// fn`: that would hold `fut` twice, as its argument and inside the
+    /// task-local future, doubling every request task's size.
+    pub fn scope<F: std::future::Future>(
+        self,
+        fut: F,
+    ) -> tokio::task::futures::TaskLocalFuture<TraceContext, F> {
+        CURRENT.scope(self, fut)
     }
 
     /// The context of the request this task serves, if any.

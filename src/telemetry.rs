@@ -93,10 +93,18 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Whether the Prometheus recorder is installed: before, the `metrics`
+/// macros hand out handles that record nothing, and a handle kept from
+/// then would stay one.
+pub fn recorder_installed() -> bool {
+    HANDLE.get().is_some()
+}
+
 /// Installs the Prometheus recorder on first call; later calls return the
 /// same handle.
 pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()

@@ -7,10 +7,11 @@
 //!   of the group, appends the new events' records to the active segment
 //!   and writes the group's index into sled, key by key, in an order
 //!   that a crash can only cut, never scramble (`Shared::write_group`);
-//! - the flusher takes every group handed over since its last flush,
-//!   `fdatasync`s the segments they wrote once, and only then answers the
-//!   waiting requests. While one flush runs the next group is gathered and
-//!   applied: the group commit. sled writes its log out in the background;
+//! - the flusher `fdatasync`s each group's segment as soon as the writer
+//!   has appended to it, while the writer writes that group's index, and
+//!   answers a group's requests once both are done. While one flush runs
+//!   the next group is gathered and applied: the group commit. sled
+//!   writes its log out in the background;
 //!   what it had not when the process died is rebuilt from the segments on
 //!   open (`replay_log`);
 //! - the state machine (`state.rs`) drains the inbox into shipments and
@@ -134,14 +135,24 @@ enum Msg {
     },
 }
 
+/// A group whose index is written, for the flusher to answer once its
+/// segment is synced.
 struct Group {
     answers: Vec<(Reply, Result<IngestResult, StoreError>)>,
     last_seq: u64,
-    /// Segment files written by the group: synced before sled's flush.
-    segments: Vec<std::fs::File>,
     /// Whether the group put events in the inbox: the dispatcher is woken
     /// once they are durable.
     queued: bool,
+}
+
+/// What the writer hands the flusher. A group that stored new events
+/// sends its segment as soon as the payloads are written, so that the
+/// `fdatasync` runs while the writer writes the group's index; the group
+/// itself follows once its index is written. It is answered, and its
+/// events are given to dispatch, only when both are done.
+enum ToFlusher {
+    Sync { file: std::fs::File, last_seq: u64 },
+    Indexed(Group),
 }
 
 struct Shared {
@@ -462,7 +473,7 @@ impl SledStore {
         let _ = shared.check_space();
 
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
-        let (group_tx, group_rx) = std::sync::mpsc::channel();
+        let (flush_tx, flush_rx) = std::sync::mpsc::channel();
         let writer = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -483,7 +494,7 @@ impl SledStore {
                         segment,
                         unreadable_segments: Default::default(),
                     }
-                    .run(rx, group_tx)
+                    .run(rx, flush_tx)
                 })
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?
         };
@@ -491,7 +502,7 @@ impl SledStore {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("waybill-flusher".into())
-                .spawn(move || writer::flusher(shared, group_rx))
+                .spawn(move || writer::flusher(shared, flush_rx))
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?
         };
         Ok(SledStore {

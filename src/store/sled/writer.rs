@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::codec::{self, Ident};
 use super::{
     Group, IngestResult, MAX_GROUP, Msg, Prepared, Reply, STALL_AFTER, Shared, StoreError,
+    ToFlusher,
 };
 use crate::health::Component;
 use crate::telemetry::metric;
@@ -33,7 +34,7 @@ impl Writer {
     pub(super) fn run(
         mut self,
         mut rx: mpsc::Receiver<Msg>,
-        groups: std::sync::mpsc::Sender<Group>,
+        flusher: std::sync::mpsc::Sender<ToFlusher>,
     ) {
         let alive = self.shared.health.enter(Component::Store, STALL_AFTER);
         let mut msgs = Vec::with_capacity(MAX_GROUP);
@@ -70,8 +71,8 @@ impl Writer {
                 }
             }
             if !ingests.is_empty()
-                && let Some(group) = self.commit(ingests)
-                && groups.send(group).is_err()
+                && let Some(group) = self.commit(ingests, &flusher)
+                && flusher.send(ToFlusher::Indexed(group)).is_err()
             {
                 break;
             }
@@ -85,8 +86,13 @@ impl Writer {
 
     /// Writes one group's index. Answers that need no flush (a
     /// duplicate of something already durable) go out at once; the rest
-    /// are returned for the flusher.
-    fn commit(&mut self, ingests: Vec<(Box<Prepared>, Reply)>) -> Option<Group> {
+    /// are returned for the flusher, which has had the group's segment to
+    /// sync since its payloads were appended.
+    fn commit(
+        &mut self,
+        ingests: Vec<(Box<Prepared>, Reply)>,
+        flusher: &std::sync::mpsc::Sender<ToFlusher>,
+    ) -> Option<Group> {
         metrics::histogram!(metric::STORE_GROUP_SIZE).record(ingests.len() as f64);
         let durable = self.shared.durable_seq.load(Ordering::Acquire);
         // Duplicates need no space; new events wait until there is some.
@@ -194,7 +200,6 @@ impl Writer {
                 }
             }
         }
-        let mut segment_files = Vec::new();
         if self.seq != start_seq {
             let written = self.shared.segments.append(&payloads).map_err(|e| {
                 let full = super::space::is_full(&e);
@@ -225,7 +230,12 @@ impl Writer {
                 let record = codec::assemble_event(&ident, &pointer.encode(), &meta);
                 writes.push((key, Some(record)));
             }
-            segment_files.push(file);
+            // Gone only when the store is stopping; the group's answers
+            // then fail with it.
+            let _ = flusher.send(ToFlusher::Sync {
+                file,
+                last_seq: self.seq,
+            });
             // At most `EXPIRY_ENTRY` events an entry, so that a sweep slice
             // stays short however large the group was.
             for (expires_at_ms, seqs) in expiring.into_values() {
@@ -282,7 +292,6 @@ impl Writer {
         Some(Group {
             answers,
             last_seq: self.seq,
-            segments: segment_files,
             queued: added_to_inbox > 0,
         })
     }
@@ -497,11 +506,12 @@ pub(super) fn forget_event(
 /// fallocate that finds its blocks there.
 const SPACE_WATCH: std::time::Duration = std::time::Duration::from_millis(100);
 
-pub(super) fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Group>) {
+pub(super) fn flusher(shared: Arc<Shared>, inbox: std::sync::mpsc::Receiver<ToFlusher>) {
     let alive = shared.health.enter(Component::Store, STALL_AFTER);
+    let mut books = Flushes::new(shared.durable_seq.load(Ordering::SeqCst));
     loop {
-        let first = match groups.recv_timeout(SPACE_WATCH) {
-            Ok(g) => g,
+        let first = match inbox.recv_timeout(SPACE_WATCH) {
+            Ok(m) => m,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 alive.beat();
                 // While nothing arrives the writer checks no space: another
@@ -514,40 +524,171 @@ pub(super) fn flusher(shared: Arc<Shared>, groups: std::sync::mpsc::Receiver<Gro
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         };
         alive.beat();
-        let mut pending = vec![first];
-        pending.extend(groups.try_iter());
+        let (files, reach) = books.take(std::iter::once(first).chain(inbox.try_iter()));
+        // Groups an earlier sync covered need not wait for this one.
+        answer(&shared, books.ready());
+        if files.is_empty() {
+            continue;
+        }
         let started = Instant::now();
-        // Payloads before the index that points at them.
-        let flushed = pending
+        let flushed = files
             .iter()
-            .flat_map(|g| g.segments.iter())
             .try_for_each(|f| f.sync_data())
             .map_err(|e| StoreError::Unavailable(format!("segment sync: {e}")))
             .inspect_err(|e| shared.fail("segment sync", e));
         metrics::histogram!(metric::STORE_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
-        match flushed {
-            Ok(_) => {
-                let last = pending.iter().map(|g| g.last_seq).max().unwrap_or(0);
-                shared.durable_seq.fetch_max(last, Ordering::SeqCst);
-                // Dispatch takes only what is durable (`drain_inbox`).
-                if pending.iter().any(|g| g.queued) {
-                    shared.wake_dispatcher();
-                }
-                for g in pending {
-                    for (reply, result) in g.answers {
-                        let _ = reply.send(result);
-                    }
+        if let Err(e) = flushed {
+            let msg = e.to_string();
+            for g in books.waiting.drain(..) {
+                for (reply, _) in g.answers {
+                    let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
                 }
             }
-            Err(e) => {
-                let msg = e.to_string();
-                for g in pending {
-                    for (reply, _) in g.answers {
-                        let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
-                    }
+            break;
+        }
+        books.synced_to(reach);
+        answer(&shared, books.ready());
+    }
+}
+
+/// The flusher's books: how far the segments are synced, and the groups
+/// whose index is written while their segment's sync has not yet ended.
+struct Flushes {
+    /// Every event up to this sequence number has its payload synced.
+    synced: u64,
+    waiting: Vec<Group>,
+}
+
+impl Flushes {
+    fn new(synced: u64) -> Flushes {
+        Flushes {
+            synced,
+            waiting: Vec::new(),
+        }
+    }
+
+    /// Keeps the groups among `msgs`, and returns the segment files to
+    /// sync with the sequence number that syncing them reaches.
+    fn take(&mut self, msgs: impl IntoIterator<Item = ToFlusher>) -> (Vec<std::fs::File>, u64) {
+        let mut files = Vec::new();
+        let mut reach = self.synced;
+        for m in msgs {
+            match m {
+                ToFlusher::Sync { file, last_seq } => {
+                    files.push(file);
+                    reach = reach.max(last_seq);
                 }
-                break;
+                ToFlusher::Indexed(group) => self.waiting.push(group),
             }
         }
+        (files, reach)
+    }
+
+    /// A sync that started after the writer sent `reach` has ended.
+    fn synced_to(&mut self, reach: u64) {
+        self.synced = self.synced.max(reach);
+    }
+
+    /// The groups whose every event is now synced, in the order they came.
+    fn ready(&mut self) -> Vec<Group> {
+        let (ready, waiting) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|g| g.last_seq <= self.synced);
+        self.waiting = waiting;
+        ready
+    }
+}
+
+/// Makes `groups` durable for dispatch, then answers their requests.
+fn answer(shared: &Shared, groups: Vec<Group>) {
+    let Some(last) = groups.iter().map(|g| g.last_seq).max() else {
+        return;
+    };
+    shared.durable_seq.fetch_max(last, Ordering::SeqCst);
+    // Dispatch takes only what is durable (`drain_inbox`).
+    if groups.iter().any(|g| g.queued) {
+        shared.wake_dispatcher();
+    }
+    for g in groups {
+        for (reply, result) in g.answers {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(last_seq: u64) -> ToFlusher {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        ToFlusher::Indexed(Group {
+            answers: vec![(reply, Ok(IngestResult::Accepted { received_at_ms: 1 }))],
+            last_seq,
+            queued: false,
+        })
+    }
+
+    fn sync(last_seq: u64) -> ToFlusher {
+        ToFlusher::Sync {
+            file: tempfile::tempfile().unwrap(),
+            last_seq,
+        }
+    }
+
+    fn seqs(groups: &[Group]) -> Vec<u64> {
+        groups.iter().map(|g| g.last_seq).collect()
+    }
+
+    /// A group whose index is written before its segment's sync ends
+    /// waits for the sync: answered earlier, a crash could take an
+    /// acknowledged event.
+    #[test]
+    fn an_indexed_group_waits_for_its_sync() {
+        let mut books = Flushes::new(10);
+        let (files, reach) = books.take([sync(12), group(12)]);
+        assert_eq!((files.len(), reach), (1, 12));
+        assert_eq!(seqs(&books.ready()), Vec::<u64>::new());
+        books.synced_to(reach);
+        assert_eq!(seqs(&books.ready()), [12]);
+        assert!(books.waiting.is_empty());
+    }
+
+    /// A sync that ended before its group's index was written answers the
+    /// group as soon as it comes, with nothing more to sync; a later
+    /// group's segment, handed over meanwhile, does not hold it back.
+    #[test]
+    fn a_synced_group_is_answered_when_indexed() {
+        let mut books = Flushes::new(10);
+        let (files, reach) = books.take([sync(12)]);
+        assert_eq!(files.len(), 1);
+        books.synced_to(reach);
+        assert_eq!(seqs(&books.ready()), Vec::<u64>::new());
+        let (files, reach) = books.take([group(12), sync(15)]);
+        assert_eq!((files.len(), reach), (1, 15));
+        assert_eq!(seqs(&books.ready()), [12]);
+        books.synced_to(reach);
+        let (files, _) = books.take([group(15)]);
+        assert!(files.is_empty());
+        assert_eq!(seqs(&books.ready()), [15]);
+    }
+
+    /// A group that stored nothing new (duplicates of events still being
+    /// flushed, or refusals) waits for the sync of what it awaits, and
+    /// groups are answered in the order they came.
+    #[test]
+    fn a_group_without_events_waits_for_the_earlier_sync() {
+        let mut books = Flushes::new(10);
+        let (_, reach) = books.take([sync(11), group(11), group(11), sync(13)]);
+        assert_eq!(reach, 13);
+        assert_eq!(seqs(&books.ready()), Vec::<u64>::new());
+        books.synced_to(11);
+        assert_eq!(seqs(&books.ready()), [11, 11]);
+        books.synced_to(reach);
+        let (_, _) = books.take([group(13)]);
+        assert_eq!(seqs(&books.ready()), [13]);
+        // What was synced stays synced.
+        books.synced_to(12);
+        assert_eq!(books.synced, 13);
     }
 }

@@ -151,7 +151,11 @@ struct Group {
 /// itself follows once its index is written. It is answered, and its
 /// events are given to dispatch, only when both are done.
 enum ToFlusher {
-    Sync { file: std::fs::File, last_seq: u64 },
+    Sync {
+        segment: u64,
+        file: std::fs::File,
+        last_seq: u64,
+    },
     Indexed(Group),
 }
 

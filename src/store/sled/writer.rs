@@ -232,10 +232,13 @@ impl Writer {
             }
             // Gone only when the store is stopping; the group's answers
             // then fail with it.
-            let _ = flusher.send(ToFlusher::Sync {
-                file,
-                last_seq: self.seq,
-            });
+            if let Some(first) = pointers.first() {
+                let _ = flusher.send(ToFlusher::Sync {
+                    segment: first.segment,
+                    file,
+                    last_seq: self.seq,
+                });
+            }
             // At most `EXPIRY_ENTRY` events an entry, so that a sweep slice
             // stays short however large the group was.
             for (expires_at_ms, seqs) in expiring.into_values() {
@@ -568,20 +571,29 @@ impl Flushes {
     }
 
     /// Keeps the groups among `msgs`, and returns the segment files to
-    /// sync with the sequence number that syncing them reaches.
+    /// sync with the sequence number that syncing them reaches: each
+    /// segment once, however many groups appended to it. A second
+    /// `fdatasync` of the same file is not free: it adds its own wait to
+    /// every answer behind it (docs/BENCHMARKS.md).
     fn take(&mut self, msgs: impl IntoIterator<Item = ToFlusher>) -> (Vec<std::fs::File>, u64) {
-        let mut files = Vec::new();
+        let mut files: Vec<(u64, std::fs::File)> = Vec::new();
         let mut reach = self.synced;
         for m in msgs {
             match m {
-                ToFlusher::Sync { file, last_seq } => {
-                    files.push(file);
+                ToFlusher::Sync {
+                    segment,
+                    file,
+                    last_seq,
+                } => {
+                    if !files.iter().any(|(s, _)| *s == segment) {
+                        files.push((segment, file));
+                    }
                     reach = reach.max(last_seq);
                 }
                 ToFlusher::Indexed(group) => self.waiting.push(group),
             }
         }
-        (files, reach)
+        (files.into_iter().map(|(_, f)| f).collect(), reach)
     }
 
     /// A sync that started after the writer sent `reach` has ended.
@@ -630,7 +642,12 @@ mod tests {
     }
 
     fn sync(last_seq: u64) -> ToFlusher {
+        sync_of(1, last_seq)
+    }
+
+    fn sync_of(segment: u64, last_seq: u64) -> ToFlusher {
         ToFlusher::Sync {
+            segment,
             file: tempfile::tempfile().unwrap(),
             last_seq,
         }
@@ -673,14 +690,25 @@ mod tests {
         assert_eq!(seqs(&books.ready()), [15]);
     }
 
+    /// Groups that appended to two segments (the first one filled up)
+    /// have both synced; the first's copies are not synced twice.
+    #[test]
+    fn each_segment_written_is_synced_once() {
+        let mut books = Flushes::new(0);
+        let (files, reach) = books.take([sync_of(1, 3), sync_of(1, 5), sync_of(2, 6), group(3)]);
+        assert_eq!((files.len(), reach), (2, 6));
+        books.synced_to(reach);
+        assert_eq!(seqs(&books.ready()), [3]);
+    }
+
     /// A group that stored nothing new (duplicates of events still being
     /// flushed, or refusals) waits for the sync of what it awaits, and
     /// groups are answered in the order they came.
     #[test]
     fn a_group_without_events_waits_for_the_earlier_sync() {
         let mut books = Flushes::new(10);
-        let (_, reach) = books.take([sync(11), group(11), group(11), sync(13)]);
-        assert_eq!(reach, 13);
+        let (files, reach) = books.take([sync(11), group(11), group(11), sync(13)]);
+        assert_eq!((files.len(), reach), (1, 13), "one segment, synced once");
         assert_eq!(seqs(&books.ready()), Vec::<u64>::new());
         books.synced_to(11);
         assert_eq!(seqs(&books.ready()), [11, 11]);

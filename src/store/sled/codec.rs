@@ -146,6 +146,20 @@ pub fn text_seq_key(tag: u8, text: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The search entries of event `seq`: by tracking number and by order.
+/// Written at intake and by replay, removed with the event; the one place
+/// that says which an event has.
+pub fn search_keys(
+    seq: u64,
+    tracking_number: Option<&str>,
+    order_id: Option<&str>,
+) -> impl Iterator<Item = Vec<u8>> {
+    (tracking_number
+        .map(|tn| text_seq_key(b'T', tn, seq))
+        .into_iter())
+    .chain(order_id.map(|o| text_seq_key(b'O', o, seq)))
+}
+
 /// The prefix of every `text_seq_key(tag, text, _)`.
 pub fn text_prefix(tag: u8, text: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + text.len());

@@ -1330,23 +1330,32 @@ pub fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
 fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), StoreError> {
     let seg_err = |e: std::io::Error| StoreError::Unavailable(format!("segments: {e}"));
     let stored = read_u64(tree, codec::SEQ_KEY)?;
-    let mut indexed = stored;
+    // Every segment's entry, read once. One that cannot be read is
+    // reported and taken as empty: its segment is replayed from the
+    // start, which rewrites only what is missing.
+    let mut infos: HashMap<u64, codec::SegmentInfo> = HashMap::new();
     for kv in tree.scan_prefix(b"g") {
-        let (_, v) = kv?;
-        if let Ok(info) = serde_json::from_slice::<codec::SegmentInfo>(&v) {
-            indexed = indexed.max(info.last_seq);
+        let (k, v) = kv?;
+        let Some(id) = codec::parse_seq_key(b'g', &k) else {
+            continue;
+        };
+        match serde_json::from_slice(&v) {
+            Ok(info) => {
+                infos.insert(id, info);
+            }
+            Err(_) => {
+                let _ = StoreError::corrupt(format!("the retention entry of segment {id}"));
+            }
         }
     }
+    let indexed = infos.values().map(|i| i.last_seq).fold(stored, u64::max);
     let mut batch = sled::Batch::default();
     // Records this replay wrote, not yet in the tree.
     let mut replayed: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut touched = Vec::new();
     let mut last = indexed;
     for id in segments.ids().map_err(seg_err)? {
-        let mut info: codec::SegmentInfo = tree
-            .get(codec::segment_key(id))?
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_default();
+        let mut info = infos.remove(&id).unwrap_or_default();
         if segments.len(id).map_err(seg_err)? <= info.end {
             continue;
         }
@@ -1392,11 +1401,8 @@ fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), St
             if let Some(meta) =
                 codec::decode_index_meta(logged.index_meta, logged.ident.received_at_ms)
             {
-                if let Some(tn) = &meta.tracking_number {
-                    batch.insert(codec::text_seq_key(b'T', tn, seq), Vec::new());
-                }
-                if let Some(order) = &meta.order_id {
-                    batch.insert(codec::text_seq_key(b'O', order, seq), Vec::new());
+                for entry in writer::search_entries(seq, &meta) {
+                    batch.insert(entry, Vec::new());
                 }
             }
             batch.insert(

@@ -179,14 +179,9 @@ impl Writer {
                     // Search entries are keys alone: the arrival under
                     // their sequence number names the event.
                     writes.push((codec::seq_key(b'n', self.seq).to_vec(), Some(ev.arrival)));
-                    if let Some(tn) = &ev.tracking_number {
-                        let entry = codec::text_seq_key(b'T', tn, self.seq);
-                        writes.push((entry, Some(Vec::new())));
-                    }
-                    if let Some(order) = &ev.order_id {
-                        let entry = codec::text_seq_key(b'O', order, self.seq);
-                        writes.push((entry, Some(Vec::new())));
-                    }
+                    let tn = ev.tracking_number.as_deref();
+                    let entries = codec::search_keys(self.seq, tn, ev.order_id.as_deref());
+                    writes.extend(entries.map(|k| (k, Some(Vec::new()))));
                     if ev.dispatch {
                         added_to_inbox += 1;
                     }
@@ -470,12 +465,12 @@ pub(super) fn plan_sweep(
     Ok(SweepPlan { batch, swept, held })
 }
 
-/// The search entries of an event: by tracking number and by order.
-fn search_entries(seq: u64, meta: &codec::EventMeta) -> impl Iterator<Item = Vec<u8>> {
-    let tn = meta.tracking_number.as_ref();
-    let order = meta.order_id.as_ref();
-    (tn.map(|tn| codec::text_seq_key(b'T', tn, seq)).into_iter())
-        .chain(order.map(|o| codec::text_seq_key(b'O', o, seq)))
+pub(super) fn search_entries(seq: u64, meta: &codec::EventMeta) -> impl Iterator<Item = Vec<u8>> {
+    codec::search_keys(
+        seq,
+        meta.tracking_number.as_deref(),
+        meta.order_id.as_deref(),
+    )
 }
 
 /// The search entries of an expired copy that a new copy replaces. The

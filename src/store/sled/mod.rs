@@ -2177,6 +2177,47 @@ mod tests {
         }
     }
 
+    /// The device refuses the segment's sync (`/dev/null` cannot sync):
+    /// the group waiting for it is answered "unavailable", never
+    /// "accepted", its events are not given to dispatch, and the store
+    /// stops, as after any write it cannot vouch for.
+    #[test]
+    fn a_failed_segment_sync_fails_its_group_and_stops_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        let durable = store.durable_seq();
+        let last_seq = durable + 1;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (reply, answer) = oneshot::channel();
+        let unsyncable = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        tx.send(ToFlusher::Sync {
+            segment: 1,
+            file: unsyncable,
+            last_seq,
+        })
+        .unwrap();
+        tx.send(ToFlusher::Indexed(Group {
+            answers: vec![(reply, Ok(IngestResult::Accepted { received_at_ms: 1 }))],
+            last_seq,
+            queued: true,
+        }))
+        .unwrap();
+        let shared = store.shared.clone();
+        // Both messages are queued before it starts: one round sees them.
+        std::thread::spawn(move || writer::flusher(shared, rx))
+            .join()
+            .unwrap();
+        assert!(matches!(
+            answer.blocking_recv().unwrap(),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert_eq!(store.durable_seq(), durable);
+        assert!(!store.shared.is_healthy());
+    }
+
     /// The state machine takes an event only once its group is durable:
     /// forwarded before, it could be forwarded again after a crash took it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@
 //! ceiling to compare against in the same run. `loadgen naive` serves the
 //! naive reference design (`naive.rs`): the floor the store must beat.
 
+mod layout;
 mod naive;
 mod wake;
 
@@ -84,6 +85,15 @@ enum Cmd {
         events: usize,
         #[arg(long, default_value_t = 50)]
         rate: u64,
+    },
+    /// A model of the sled index under churn (`layout.rs`): what sled
+    /// writes per event and how large its file grows, for a layout.
+    Layout {
+        #[command(flatten)]
+        model: layout::Model,
+        /// A directory to create the sled database in (removed first).
+        #[arg(long, default_value = "data-layout")]
+        dir: PathBuf,
     },
     /// Send signed deliveries to a running gateway (or a bare server).
     Run {
@@ -175,6 +185,20 @@ fn run(cli: Cli) -> Result<(), Failed> {
             events,
             rate,
         } => rt.block_on(wake::bench(&database_url, events, rate)),
+        Cmd::Layout { model, dir } => {
+            let run = layout::run(&model, &dir)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            let written = run
+                .written_per_event
+                .map_or_else(|| "unknown".to_string(), |b| format!("{b} bytes"));
+            println!(
+                "{:?}: sled wrote {written} per event; file {} MiB at the end, {} MiB at most",
+                model.layout,
+                run.size_on_disk >> 20,
+                run.peak >> 20
+            );
+            Ok(())
+        }
         Cmd::Run {
             target,
             config,

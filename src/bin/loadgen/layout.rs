@@ -1,0 +1,308 @@
+//! A model of the sled index's traffic under churn, to weigh a change of
+//! layout before building it (docs/BENCHMARKS.md, "Churn disk").
+//!
+//! Under churn the bytes on disk are mostly sled's, not the segments':
+//! sled appends every change to its log and takes a segment of the log
+//! back only once at most half of it is live (`SEGMENT_CLEANUP_THRESHOLD`,
+//! fixed), moving what is still live to the log's end. How much disk an
+//! index takes therefore follows the bytes its records keep live, and how
+//! often they are rewritten, more than the number of keys. The model
+//! writes the keys of one event the way the store does, at `--rate`: one
+//! group commit of `--group` events, dispatch's outcomes in one batch,
+//! retention's removals in another once `--live` newer events have come.
+//! Record sizes are those measured on a churn store; it reports what sled
+//! wrote and how large its file grew. No HTTP, no payloads, no segments,
+//! none of the store's other keys: the figures compare layouts with each
+//! other, not with the gateway (docs/BENCHMARKS.md has the calibration).
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+/// Which records an event keeps, and their sizes in bytes.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Layout {
+    /// The store today: identity (`e`), arrival (`n`) rewritten with the
+    /// outcome, tracking-number entry (`T`), a share of a retention entry.
+    Today,
+    /// Today's, with the parked reason (derivable from the tracking
+    /// number) left out of the outcome.
+    ShortReason,
+    /// No arrival: dispatch reads the segment records, the outcome (code,
+    /// attempts, time) is rewritten into the identity record, and the
+    /// search and retention entries point at the segment record.
+    Lean,
+    /// Today's, with one arrival key per group commit holding the
+    /// group's arrivals, rewritten whole with their outcomes.
+    GroupArrival,
+    /// Identity, search and retention entries only: the floor.
+    NoArrival,
+}
+
+struct Sizes {
+    identity: usize,
+    /// Arrivals keyed per group commit instead of per event.
+    per_group: bool,
+    /// The arrival at intake and with its outcome; 0: no arrival.
+    arrival: usize,
+    arrival_done: usize,
+    /// What dispatch adds to the identity record instead.
+    identity_outcome: usize,
+    search_value: usize,
+    expiry_per_event: usize,
+}
+
+impl Layout {
+    fn sizes(self) -> Sizes {
+        // Measured on a churn store: identity 119 bytes of value, arrival
+        // 142 once parked, of which 51 are the reason and 63 the outcome
+        // (so about 79 at intake).
+        let today = Sizes {
+            identity: 119,
+            per_group: false,
+            arrival: 79,
+            arrival_done: 142,
+            identity_outcome: 0,
+            search_value: 0,
+            expiry_per_event: 8,
+        };
+        match self {
+            Layout::Today => today,
+            Layout::ShortReason => Sizes {
+                arrival_done: 142 - 51,
+                ..today
+            },
+            Layout::Lean => Sizes {
+                arrival: 0,
+                arrival_done: 0,
+                identity_outcome: 12,
+                search_value: 20,
+                expiry_per_event: 20,
+                ..today
+            },
+            Layout::GroupArrival => Sizes {
+                per_group: true,
+                ..today
+            },
+            Layout::NoArrival => Sizes {
+                arrival: 0,
+                arrival_done: 0,
+                ..today
+            },
+        }
+    }
+}
+
+/// One run of the model: the layout, the traffic, and sled's settings
+/// (the store's by default).
+#[derive(clap::Args)]
+pub struct Model {
+    #[arg(long, value_enum, default_value = "today")]
+    pub layout: Layout,
+    #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events: u64,
+    /// Events kept before retention takes the oldest out: 10 s of the
+    /// churn benchmark's 6,300/s.
+    #[arg(long, default_value_t = 63_000)]
+    pub live: u64,
+    /// Events per group commit (about 64 in the churn benchmark).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub group: u64,
+    /// Events per second.
+    #[arg(long, default_value_t = 6_300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: u64,
+    /// Random event ids and tracking numbers instead of counting up.
+    #[arg(long)]
+    pub random_keys: bool,
+    /// sled's page cache (the store's default: 8 MiB).
+    #[arg(long, default_value_t = 8)]
+    pub cache_mib: u64,
+    /// sled's flush interval, which also paces its log cleaning.
+    #[arg(long, default_value_t = 500)]
+    pub flush_ms: u64,
+    /// sled's log segment (a power of two; its default: 512 KiB).
+    #[arg(long, default_value_t = 512)]
+    pub segment_kib: usize,
+}
+
+pub struct Run {
+    pub written_per_event: Option<u64>,
+    pub size_on_disk: u64,
+    pub peak: u64,
+}
+
+/// One event's keys, kept until retention takes them out.
+struct Live {
+    seq: u64,
+    identity: Vec<u8>,
+    search: Vec<u8>,
+}
+
+pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
+    let s = m.layout.sizes();
+    let Model {
+        events,
+        live,
+        group,
+        rate,
+        random_keys,
+        ..
+    } = *m;
+    let _ = std::fs::remove_dir_all(dir);
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(m.cache_mib << 20)
+        .flush_every_ms(Some(m.flush_ms))
+        .segment_size(m.segment_kib << 10)
+        .open()?;
+    let tree = db.open_tree("state")?;
+    let mut rng = fastrand::Rng::with_seed(1);
+    let seq_key = |tag: u8, seq: u64| {
+        let mut k = vec![tag];
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    };
+    let mut kept: VecDeque<Live> = VecDeque::new();
+    let before = written_bytes();
+    let mut peak = 0;
+    let mut seq = 0;
+    // Paced like the benchmark's open loop: sled reclaims its log on a
+    // timer (its flusher), so the rate decides how much is reclaimed.
+    let start = std::time::Instant::now();
+    while seq < events {
+        let due = start + std::time::Duration::from_secs_f64(seq as f64 / rate as f64);
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        let first = seq + 1;
+        for _ in 0..group {
+            seq += 1;
+            // The load generator's ids and tracking numbers count up;
+            // carriers' are often random, which spreads the writes over
+            // every leaf instead of the last.
+            let n = if random_keys {
+                rng.u64(..1_000_000_000)
+            } else {
+                seq
+            };
+            let identity = format!("ebench\0lg-churn-{n}").into_bytes();
+            tree.insert(&identity, vec![7; s.identity])?;
+            let mut search = format!("TLG{n:012}\0").into_bytes();
+            search.extend_from_slice(&seq.to_be_bytes());
+            tree.insert(&search, vec![5; s.search_value])?;
+            if s.arrival > 0 && !s.per_group {
+                tree.insert(seq_key(b'n', seq), vec![3; s.arrival])?;
+            }
+            kept.push_back(Live {
+                seq,
+                identity,
+                search,
+            });
+        }
+        if s.per_group {
+            tree.insert(seq_key(b'n', first), vec![3; s.arrival * group as usize])?;
+        }
+        let mut expiry = seq_key(b'x', first + live);
+        expiry.extend_from_slice(&first.to_be_bytes());
+        tree.insert(&expiry, vec![1; s.expiry_per_event * group as usize])?;
+        tree.insert(b"m/seq", &seq.to_be_bytes())?;
+        tree.insert(b"D", &seq.to_be_bytes())?;
+
+        let mut outcomes = sled::Batch::default();
+        if s.per_group {
+            outcomes.insert(
+                seq_key(b'n', first),
+                vec![4; s.arrival_done * group as usize],
+            );
+        }
+        for ev in kept.iter().rev().take(group as usize) {
+            if s.arrival_done > 0 && !s.per_group {
+                outcomes.insert(seq_key(b'n', ev.seq), vec![4; s.arrival_done]);
+            }
+            if s.identity_outcome > 0 {
+                outcomes.insert(
+                    ev.identity.as_slice(),
+                    vec![4; s.identity + s.identity_outcome],
+                );
+            }
+        }
+        outcomes.insert(b"m/cursor", &seq.to_be_bytes());
+        tree.apply_batch(outcomes)?;
+
+        if seq > live {
+            let mut forget = sled::Batch::default();
+            let oldest = kept.front().map_or(0, |ev| ev.seq);
+            for ev in kept.drain(..group as usize) {
+                forget.remove(ev.identity);
+                forget.remove(ev.search);
+                if s.arrival > 0 && !s.per_group {
+                    forget.remove(seq_key(b'n', ev.seq));
+                }
+            }
+            if s.per_group {
+                forget.remove(seq_key(b'n', oldest));
+            }
+            let mut expiry = seq_key(b'x', oldest + live);
+            expiry.extend_from_slice(&oldest.to_be_bytes());
+            forget.remove(expiry);
+            tree.apply_batch(forget)?;
+        }
+        if seq % 10_000 < group {
+            peak = peak.max(db.size_on_disk()?);
+        }
+    }
+    db.flush()?;
+    let size_on_disk = db.size_on_disk()?;
+    Ok(Run {
+        written_per_event: written_bytes()
+            .zip(before)
+            .map(|(after, before)| (after - before) / events),
+        size_on_disk,
+        peak: peak.max(size_on_disk),
+    })
+}
+
+/// Bytes this process has handed to `write` and its kin so far (Linux).
+fn written_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(layout: Layout) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let model = Model {
+            layout,
+            events: 4_000,
+            live: 1_000,
+            group: 16,
+            rate: 1_000_000,
+            random_keys: false,
+            cache_mib: 8,
+            flush_ms: 500,
+            segment_kib: 512,
+        };
+        run(&model, dir.path()).unwrap()
+    }
+    #[test]
+    fn a_layout_without_arrivals_writes_less_than_todays() {
+        let today = model(Layout::Today);
+        let lean = model(Layout::Lean);
+        let floor = model(Layout::NoArrival);
+        assert!(today.size_on_disk > 0 && today.peak >= today.size_on_disk);
+        let (Some(today), Some(lean), Some(floor)) = (
+            today.written_per_event,
+            lean.written_per_event,
+            floor.written_per_event,
+        ) else {
+            // Not Linux: nothing counts the bytes written.
+            return;
+        };
+        assert!(floor < lean && lean < today, "{floor} {lean} {today}");
+    }
+}

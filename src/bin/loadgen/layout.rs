@@ -18,6 +18,8 @@
 use std::collections::VecDeque;
 use std::path::Path;
 
+use waybill::store::sled::codec;
+
 /// Which records an event keeps, and their sizes in bytes.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Layout {
@@ -156,11 +158,7 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
         .open()?;
     let tree = db.open_tree("state")?;
     let mut rng = fastrand::Rng::with_seed(1);
-    let seq_key = |tag: u8, seq: u64| {
-        let mut k = vec![tag];
-        k.extend_from_slice(&seq.to_be_bytes());
-        k
-    };
+    let arrival = |seq: u64| codec::seq_key(b'n', seq);
     let mut kept: VecDeque<Live> = VecDeque::new();
     let before = written_bytes();
     let mut peak = 0;
@@ -182,13 +180,12 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
             } else {
                 seq
             };
-            let identity = format!("ebench\0lg-churn-{n}").into_bytes();
+            let identity = codec::event_key("bench", &format!("lg-churn-{n}"));
             tree.insert(&identity, vec![7; s.identity])?;
-            let mut search = format!("TLG{n:012}\0").into_bytes();
-            search.extend_from_slice(&seq.to_be_bytes());
+            let search = codec::text_seq_key(b'T', &format!("LG{n:012}"), seq);
             tree.insert(&search, vec![5; s.search_value])?;
             if s.arrival > 0 && !s.per_group {
-                tree.insert(seq_key(b'n', seq), vec![3; s.arrival])?;
+                tree.insert(arrival(seq), vec![3; s.arrival])?;
             }
             kept.push_back(Live {
                 seq,
@@ -197,24 +194,20 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
             });
         }
         if s.per_group {
-            tree.insert(seq_key(b'n', first), vec![3; s.arrival * group as usize])?;
+            tree.insert(arrival(first), vec![3; s.arrival * group as usize])?;
         }
-        let mut expiry = seq_key(b'x', first + live);
-        expiry.extend_from_slice(&first.to_be_bytes());
-        tree.insert(&expiry, vec![1; s.expiry_per_event * group as usize])?;
-        tree.insert(b"m/seq", &seq.to_be_bytes())?;
-        tree.insert(b"D", &seq.to_be_bytes())?;
+        let expiry = codec::expiry_key(first + live, first);
+        tree.insert(expiry, vec![1; s.expiry_per_event * group as usize])?;
+        tree.insert(codec::SEQ_KEY, &seq.to_be_bytes())?;
+        tree.insert(codec::DURABLE_KEY, &seq.to_be_bytes())?;
 
         let mut outcomes = sled::Batch::default();
         if s.per_group {
-            outcomes.insert(
-                seq_key(b'n', first),
-                vec![4; s.arrival_done * group as usize],
-            );
+            outcomes.insert(&arrival(first), vec![4; s.arrival_done * group as usize]);
         }
         for ev in kept.iter().rev().take(group as usize) {
             if s.arrival_done > 0 && !s.per_group {
-                outcomes.insert(seq_key(b'n', ev.seq), vec![4; s.arrival_done]);
+                outcomes.insert(&arrival(ev.seq), vec![4; s.arrival_done]);
             }
             if s.identity_outcome > 0 {
                 outcomes.insert(
@@ -223,7 +216,7 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
                 );
             }
         }
-        outcomes.insert(b"m/cursor", &seq.to_be_bytes());
+        outcomes.insert(codec::CURSOR_KEY, &seq.to_be_bytes());
         tree.apply_batch(outcomes)?;
 
         if seq > live {
@@ -233,15 +226,13 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
                 forget.remove(ev.identity);
                 forget.remove(ev.search);
                 if s.arrival > 0 && !s.per_group {
-                    forget.remove(seq_key(b'n', ev.seq));
+                    forget.remove(&arrival(ev.seq));
                 }
             }
             if s.per_group {
-                forget.remove(seq_key(b'n', oldest));
+                forget.remove(&arrival(oldest));
             }
-            let mut expiry = seq_key(b'x', oldest + live);
-            expiry.extend_from_slice(&oldest.to_be_bytes());
-            forget.remove(expiry);
+            forget.remove(&codec::expiry_key(oldest + live, oldest));
             tree.apply_batch(forget)?;
         }
         if seq % 10_000 < group {

@@ -394,6 +394,17 @@ pub struct SegmentInfo {
     pub end: u64,
 }
 
+impl SegmentInfo {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("SegmentInfo serialises: numbers only")
+    }
+
+    /// None for anything that is not one segment's entry.
+    pub fn decode(v: &[u8]) -> Option<SegmentInfo> {
+        serde_json::from_slice(v).ok()
+    }
+}
+
 pub fn encode_meta(meta: &EventMeta) -> Vec<u8> {
     serde_json::to_vec(meta).expect("EventMeta serialises: strings and numbers only")
 }

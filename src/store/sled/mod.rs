@@ -489,7 +489,7 @@ impl SledStore {
                         .get(codec::segment_key(segment_id))
                         .ok()
                         .flatten()
-                        .and_then(|v| serde_json::from_slice(&v).ok())
+                        .and_then(|v| codec::SegmentInfo::decode(&v))
                         .unwrap_or_default();
                     writer::Writer {
                         shared,
@@ -1339,11 +1339,11 @@ fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), St
         let Some(id) = codec::parse_seq_key(b'g', &k) else {
             continue;
         };
-        match serde_json::from_slice(&v) {
-            Ok(info) => {
+        match codec::SegmentInfo::decode(&v) {
+            Some(info) => {
                 infos.insert(id, info);
             }
-            Err(_) => {
+            None => {
                 let _ = StoreError::corrupt(format!("the retention entry of segment {id}"));
             }
         }
@@ -1427,10 +1427,7 @@ fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), St
     }
     for (id, info) in &touched {
         segments.sync(*id).map_err(seg_err)?;
-        batch.insert(
-            codec::segment_key(*id).to_vec(),
-            serde_json::to_vec(info).unwrap_or_default(),
-        );
+        batch.insert(codec::segment_key(*id).to_vec(), info.encode());
     }
     batch.insert(codec::SEQ_KEY, last.to_be_bytes().to_vec());
     batch.insert(codec::DURABLE_KEY, last.to_be_bytes().to_vec());

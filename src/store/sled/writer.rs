@@ -251,7 +251,7 @@ impl Writer {
                 self.segment.end = last.end();
                 writes.push((
                     codec::segment_key(last.segment).to_vec(),
-                    Some(serde_json::to_vec(&self.segment).unwrap_or_default()),
+                    Some(self.segment.encode()),
                 ));
                 self.segment_id = last.segment;
             }
@@ -353,7 +353,7 @@ impl Writer {
             known.insert(id);
             // A segment whose entry cannot be read is kept: all zeros
             // would pass every test below and delete live payloads.
-            let Ok(info) = serde_json::from_slice::<codec::SegmentInfo>(&v) else {
+            let Some(info) = codec::SegmentInfo::decode(&v) else {
                 if self.unreadable_segments.insert(id) {
                     let _ = StoreError::corrupt(format!("the retention entry of segment {id}"));
                 }

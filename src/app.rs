@@ -19,17 +19,34 @@ use crate::telemetry::{self, metric};
 /// The housekeeping task's tick: it wakes idle components so they beat,
 /// and publishes their health.
 const TICK: Duration = Duration::from_secs(1);
-/// Every how many ticks the metrics upkeep runs; the retention sweeps run
-/// every tick.
+/// Every how many ticks the metrics upkeep runs.
 const UPKEEP_EVERY: u32 = 5;
 /// Retention sweeps in small slices: each slice is one message to the
-/// writer, so intake's group commits run between them, and a tick takes
-/// at most `SWEEP_SLICES` of them (51,200 expiries a second), so a burst
-/// of expiries is spread over ticks rather than stalling intake. A slice
-/// of 256 holds the writer for a few milliseconds; one of 2,000 held it
-/// long enough to be a webhook's tail latency.
+/// writer, so intake's group commits run between them, and one sweep
+/// takes at most `SWEEP_SLICES` of them, so a burst of expiries is spread
+/// over sweeps rather than stalling intake. A slice of 256 holds the
+/// writer for a few milliseconds; one of 2,000 held it long enough to be
+/// a webhook's tail latency.
 const SWEEP_BATCH: usize = 256;
 const SWEEP_SLICES: usize = 200;
+/// How soon the event sweep looks again after one that forgot something.
+/// Under steady expiry a sweep every 20 ms takes one slice of a couple of
+/// hundred events; one every second took thousands back to back, and
+/// intake's group commits queued behind them: with a 10 s retention at
+/// 6,300/s intake's p99 was about four times longer (docs/BENCHMARKS.md,
+/// "Retention cadence"). While nothing expires the delay doubles up to
+/// `TICK`, so an idle gateway does not wake for it.
+const SWEEP_SOON: Duration = Duration::from_millis(20);
+
+/// The delay before the next event sweep, after one that waited `last`
+/// and forgot `swept` events.
+fn next_sweep_delay(last: Duration, swept: usize) -> Duration {
+    if swept > 0 {
+        SWEEP_SOON
+    } else {
+        last.saturating_mul(2).clamp(SWEEP_SOON, TICK)
+    }
+}
 /// Orders one fulfilment round tries at most, and how long a round may
 /// take (each try may wait for the carrier) before it counts as stuck.
 const FULFIL_BATCH: usize = 100;
@@ -195,17 +212,31 @@ pub async fn run(
 /// heartbeats show they are alive, publish component health, fold the
 /// Prometheus histograms (the recorder otherwise keeps every sample until
 /// a scrape: an unscraped gateway would grow by a few bytes per request,
-/// forever), and sweep what retention let go of.
+/// forever), and sweep what retention let go of: stored answers every
+/// tick, events at their own cadence (`next_sweep_delay`).
 async fn housekeeping(app: Arc<App>) {
     let alive = app.health.enter(Component::Retention, HOUSEKEEPING_STALL);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for n in 0u32.. {
-        tick.tick().await;
+    let mut sweep_delay = SWEEP_SOON;
+    let sweep_at = tokio::time::sleep(SWEEP_SOON);
+    tokio::pin!(sweep_at);
+    let mut n = 0u32;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut sweep_at => {
+                alive.beat();
+                let swept = sweep_events(app.store.as_ref(), &alive).await;
+                sweep_delay = next_sweep_delay(sweep_delay, swept);
+                sweep_at.as_mut().reset(tokio::time::Instant::now() + sweep_delay);
+                continue;
+            }
+        }
         alive.beat();
         app.store.ping();
         app.health.publish_all();
-        if n % UPKEEP_EVERY == 0 {
+        if n.is_multiple_of(UPKEEP_EVERY) {
             app.metrics.run_upkeep();
             let store = app.store.clone();
             if let Ok((size, free)) =
@@ -217,7 +248,8 @@ async fn housekeeping(app: Arc<App>) {
                 }
             }
         }
-        sweep(app.store.as_ref(), &alive).await;
+        sweep_idempotency(app.store.as_ref(), &alive).await;
+        n = n.wrapping_add(1);
     }
 }
 
@@ -280,16 +312,19 @@ async fn reconciliation(app: Arc<App>, every: Duration) {
     }
 }
 
-async fn sweep(store: &dyn Store, alive: &crate::health::Alive) {
+/// Forgets the events whose retention has ended, a slice at a time;
+/// returns how many.
+async fn sweep_events(store: &dyn Store, alive: &crate::health::Alive) -> usize {
+    let mut total = 0;
     for _ in 0..SWEEP_SLICES {
         alive.beat();
         match store.sweep_expired(now_ms(), SWEEP_BATCH).await {
-            Ok(n) if n < SWEEP_BATCH => {
-                metrics::counter!(metric::SWEPT).increment(n as u64);
-                break;
-            }
             Ok(n) => {
                 metrics::counter!(metric::SWEPT).increment(n as u64);
+                total += n;
+                if n < SWEEP_BATCH {
+                    break;
+                }
                 tracing::debug!(swept = n, "retention sweep");
             }
             Err(e) => {
@@ -298,6 +333,10 @@ async fn sweep(store: &dyn Store, alive: &crate::health::Alive) {
             }
         }
     }
+    total
+}
+
+async fn sweep_idempotency(store: &dyn Store, alive: &crate::health::Alive) {
     for _ in 0..SWEEP_SLICES {
         alive.beat();
         match store.sweep_idempotency(now_ms(), SWEEP_BATCH).await {
@@ -317,4 +356,27 @@ fn export_from_zero(sources: &[crate::config::SourceConfig]) {
     telemetry::export_from_zero(sources);
     crate::http::export_from_zero();
     crate::downstream::export_from_zero();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_sweep_comes_soon_while_events_expire_and_backs_off_while_none_do() {
+        // Busy: a sweep that forgot something is followed soon, whatever
+        // the delay before it.
+        assert_eq!(next_sweep_delay(SWEEP_SOON, 1), SWEEP_SOON);
+        assert_eq!(next_sweep_delay(TICK, 5_000), SWEEP_SOON);
+        // Idle: the delay doubles, up to the housekeeping tick, and stays.
+        let mut delay = SWEEP_SOON;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            delay = next_sweep_delay(delay, 0);
+            delays.push(delay.as_millis());
+        }
+        assert_eq!(delays, [40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        // And back to busy at once when events expire again.
+        assert_eq!(next_sweep_delay(delay, 3), SWEEP_SOON);
+    }
 }

@@ -385,3 +385,39 @@ async fn guessing_the_admin_token_is_slowed_per_client_and_logged() {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
+
+/// Disk stays bounded only if retention runs by itself: the served
+/// gateway forgets an event once its retention has passed, and the same
+/// id is then new again.
+#[tokio::test]
+async fn the_running_gateway_forgets_expired_events_by_itself() {
+    let (_dir, gw) = gateway_with(
+        "",
+        &format!(
+            "[[sources]]\nname = \"gh\"\nkind = \"store-only\"\nsecrets = [\"{SECRET}\"]\nsignature = {{ scheme = \"github\" }}\ndedupe_retention = \"1s\""
+        ),
+    );
+    let mut client = Client::new(gw.addr);
+    let (h, b) = delivery("brief-1");
+    assert_eq!(
+        client
+            .send("POST", "/webhooks/gh", &h, b.clone())
+            .await
+            .status,
+        202
+    );
+    let again = client.send("POST", "/webhooks/gh", &h, b.clone()).await;
+    assert_eq!(again.status, 200, "a duplicate while remembered");
+    let swept = eventually(20, async || {
+        let m = get(gw.addr, "/metrics").await;
+        let text = String::from_utf8(m.body.to_vec()).unwrap();
+        metric(&text, "waybill_retention_swept_total", "") >= 1.0
+    })
+    .await;
+    assert!(swept, "no sweep forgot the expired event");
+    assert_eq!(
+        client.send("POST", "/webhooks/gh", &h, b).await.status,
+        202,
+        "new again once forgotten"
+    );
+}

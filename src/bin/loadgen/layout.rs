@@ -36,6 +36,10 @@ pub enum Layout {
     /// Today's, with one arrival key per group commit holding the
     /// group's arrivals, rewritten whole with their outcomes.
     GroupArrival,
+    /// Arrivals only in the inbox: dispatch takes the arrival out and
+    /// rewrites the outcome into the identity record; the search and
+    /// retention entries name the event.
+    Inbox,
     /// Identity, search and retention entries only: the floor.
     NoArrival,
 }
@@ -47,6 +51,8 @@ struct Sizes {
     /// The arrival at intake and with its outcome; 0: no arrival.
     arrival: usize,
     arrival_done: usize,
+    /// Dispatch removes the arrival.
+    transient: bool,
     /// What dispatch adds to the identity record instead.
     identity_outcome: usize,
     search_value: usize,
@@ -63,6 +69,7 @@ impl Layout {
             per_group: false,
             arrival: 79,
             arrival_done: 142,
+            transient: false,
             identity_outcome: 0,
             search_value: 0,
             expiry_per_event: 8,
@@ -83,6 +90,14 @@ impl Layout {
             },
             Layout::GroupArrival => Sizes {
                 per_group: true,
+                ..today
+            },
+            Layout::Inbox => Sizes {
+                arrival_done: 0,
+                transient: true,
+                identity_outcome: 12,
+                search_value: 24,
+                expiry_per_event: 24,
                 ..today
             },
             Layout::NoArrival => Sizes {
@@ -209,6 +224,9 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
             if s.arrival_done > 0 && !s.per_group {
                 outcomes.insert(&arrival(ev.seq), vec![4; s.arrival_done]);
             }
+            if s.transient {
+                outcomes.remove(&arrival(ev.seq));
+            }
             if s.identity_outcome > 0 {
                 outcomes.insert(
                     ev.identity.as_slice(),
@@ -225,7 +243,7 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
             for ev in kept.drain(..group as usize) {
                 forget.remove(ev.identity);
                 forget.remove(ev.search);
-                if s.arrival > 0 && !s.per_group {
+                if s.arrival > 0 && !s.per_group && !s.transient {
                     forget.remove(&arrival(ev.seq));
                 }
             }

@@ -395,6 +395,16 @@ pub struct SegmentInfo {
 }
 
 impl SegmentInfo {
+    /// What an entry that cannot be read stands for: its events' expiries
+    /// are unknown, so retention never deletes the segment (taken as zeros
+    /// or as the newer events' alone, a longer-lived older event's payload
+    /// would go with it), and on open it is read back from its start.
+    pub const KEEP: SegmentInfo = SegmentInfo {
+        max_expires_at_ms: u64::MAX,
+        last_seq: 0,
+        end: 0,
+    };
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("SegmentInfo serialises: numbers only")
     }

@@ -476,6 +476,11 @@ impl SledStore {
         metrics::gauge!(metric::INBOX_PENDING).set(pending as f64);
         let _ = shared.check_space();
 
+        let segment_id = shared.segments.active_id();
+        let segment = match shared.tree.get(codec::segment_key(segment_id))? {
+            Some(v) => segment_info(segment_id, &v),
+            None => codec::SegmentInfo::default(),
+        };
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
         let (flush_tx, flush_rx) = std::sync::mpsc::channel();
         let writer = {
@@ -483,14 +488,6 @@ impl SledStore {
             std::thread::Builder::new()
                 .name("waybill-writer".into())
                 .spawn(move || {
-                    let segment_id = shared.segments.active_id();
-                    let segment = shared
-                        .tree
-                        .get(codec::segment_key(segment_id))
-                        .ok()
-                        .flatten()
-                        .and_then(|v| codec::SegmentInfo::decode(&v))
-                        .unwrap_or_default();
                     writer::Writer {
                         shared,
                         seq,
@@ -1327,25 +1324,26 @@ pub fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
 /// A group writes its segment's info just before `SEQ_KEY`
 /// (`Shared::write_group`): a crash between the two leaves an info whose
 /// `last_seq` is ahead, and the whole group indexed before it.
+/// Segment `id`'s entry as stored; one that cannot be read is reported
+/// and stands for a segment to keep.
+fn segment_info(id: u64, v: &[u8]) -> codec::SegmentInfo {
+    codec::SegmentInfo::decode(v).unwrap_or_else(|| {
+        let _ = StoreError::corrupt(format!("the retention entry of segment {id}"));
+        codec::SegmentInfo::KEEP
+    })
+}
+
 fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), StoreError> {
     let seg_err = |e: std::io::Error| StoreError::Unavailable(format!("segments: {e}"));
     let stored = read_u64(tree, codec::SEQ_KEY)?;
     // Every segment's entry, read once. One that cannot be read is
-    // reported and taken as empty: its segment is replayed from the
-    // start, which rewrites only what is missing.
+    // replayed from the start, which rewrites only what is missing, and
+    // keeps its segment (`SegmentInfo::KEEP`).
     let mut infos: HashMap<u64, codec::SegmentInfo> = HashMap::new();
     for kv in tree.scan_prefix(b"g") {
         let (k, v) = kv?;
-        let Some(id) = codec::parse_seq_key(b'g', &k) else {
-            continue;
-        };
-        match codec::SegmentInfo::decode(&v) {
-            Some(info) => {
-                infos.insert(id, info);
-            }
-            None => {
-                let _ = StoreError::corrupt(format!("the retention entry of segment {id}"));
-            }
+        if let Some(id) = codec::parse_seq_key(b'g', &k) {
+            infos.insert(id, segment_info(id, &v));
         }
     }
     let indexed = infos.values().map(|i| i.last_seq).fold(stored, u64::max);
@@ -2380,6 +2378,36 @@ mod tests {
         let ids = store.shared.segments.ids().unwrap();
         assert!(ids.contains(&first), "{ids:?}");
         assert!(ids.len() < 5, "the others went: {ids:?}");
+    }
+
+    /// The same for the segment being written when the store opens: its
+    /// entry is rewritten with each group, and rewritten from an empty one
+    /// it would hold only the newer events' expiry, so retention would
+    /// delete the older, longer-lived event's payload with the segment.
+    #[tokio::test]
+    async fn an_unreadable_entry_of_the_active_segment_keeps_it_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        let mut long = event("long", 10, 1, false);
+        long.expires_at_ms = 1_000_000;
+        store.ingest(long).await.unwrap();
+        let active = store.shared.segments.active_id();
+        let key = codec::segment_key(active);
+        store
+            .shared
+            .tree
+            .insert(key, b"{not json".to_vec())
+            .unwrap();
+        store.close().unwrap();
+        drop(store);
+
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        assert_eq!(store.shared.segments.active_id(), active);
+        store.ingest(event("short", 20, 2, false)).await.unwrap();
+        let entry = store.shared.tree.get(key).unwrap().unwrap();
+        let info = codec::SegmentInfo::decode(&entry).unwrap();
+        assert_eq!(info.max_expires_at_ms, u64::MAX, "{info:?}");
+        assert!(store.event("s", "long").await.unwrap().is_some());
     }
 
     /// A shipment record that cannot be read sends the event for it to the

@@ -386,17 +386,34 @@ async fn guessing_the_admin_token_is_slowed_per_client_and_logged() {
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
+crate::on_both_stores!(
+    the_running_gateway_forgets_expired_events_by_itself,
+    on_postgres_the_running_gateway_forgets_expired_events_by_itself,
+    forgets_expired_events
+);
+
 /// Disk stays bounded only if retention runs by itself: the served
 /// gateway forgets an event once its retention has passed, and the same
 /// id is then new again.
-#[tokio::test]
-async fn the_running_gateway_forgets_expired_events_by_itself() {
-    let (_dir, gw) = gateway_with(
+async fn forgets_expired_events(on_postgres: bool) {
+    let Some((_pg, url)) = support::pg::store_env(on_postgres).await else {
+        return;
+    };
+    let store = if on_postgres {
+        "backend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"\npool_size = 4"
+    } else {
+        ""
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config::write(
+        dir.path(),
         "",
+        store,
         &format!(
             "[[sources]]\nname = \"gh\"\nkind = \"store-only\"\nsecrets = [\"{SECRET}\"]\nsignature = {{ scheme = \"github\" }}\ndedupe_retention = \"1s\""
         ),
     );
+    let gw = Gateway::start_with_env(&cfg, &[("WAYBILL_DATABASE_URL", url.as_str())]);
     let mut client = Client::new(gw.addr);
     let (h, b) = delivery("brief-1");
     assert_eq!(

@@ -1314,6 +1314,15 @@ pub fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
     }
 }
 
+/// Segment `id`'s entry as stored; one that cannot be read is reported
+/// and stands for a segment to keep.
+fn segment_info(id: u64, v: &[u8]) -> codec::SegmentInfo {
+    codec::SegmentInfo::decode(v).unwrap_or_else(|| {
+        let _ = StoreError::corrupt(format!("the retention entry of segment {id}"));
+        codec::SegmentInfo::KEEP
+    })
+}
+
 /// Rebuilds the index of the events whose segment records outlived a
 /// crash that took sled's unflushed writes: every record past the last
 /// sequence number sled holds. Each segment's info says how far into it
@@ -1324,15 +1333,6 @@ pub fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
 /// A group writes its segment's info just before `SEQ_KEY`
 /// (`Shared::write_group`): a crash between the two leaves an info whose
 /// `last_seq` is ahead, and the whole group indexed before it.
-/// Segment `id`'s entry as stored; one that cannot be read is reported
-/// and stands for a segment to keep.
-fn segment_info(id: u64, v: &[u8]) -> codec::SegmentInfo {
-    codec::SegmentInfo::decode(v).unwrap_or_else(|| {
-        let _ = StoreError::corrupt(format!("the retention entry of segment {id}"));
-        codec::SegmentInfo::KEEP
-    })
-}
-
 fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), StoreError> {
     let seg_err = |e: std::io::Error| StoreError::Unavailable(format!("segments: {e}"));
     let stored = read_u64(tree, codec::SEQ_KEY)?;

@@ -399,16 +399,11 @@ async fn forgets_expired_events(on_postgres: bool) {
     let Some((_pg, url)) = support::pg::store_env(on_postgres).await else {
         return;
     };
-    let store = if on_postgres {
-        "backend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"\npool_size = 4"
-    } else {
-        ""
-    };
     let dir = tempfile::tempdir().unwrap();
     let cfg = config::write(
         dir.path(),
         "",
-        store,
+        config::store(on_postgres),
         &format!(
             "[[sources]]\nname = \"gh\"\nkind = \"store-only\"\nsecrets = [\"{SECRET}\"]\nsignature = {{ scheme = \"github\" }}\ndedupe_retention = \"1s\""
         ),

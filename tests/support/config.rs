@@ -73,6 +73,17 @@ pub fn write(dir: &std::path::Path, server: &str, store: &str, rest: &str) -> st
     path
 }
 
+/// The `[store]` lines of a gateway on PostgreSQL (at the URL in
+/// `WAYBILL_DATABASE_URL`, as `pg::store_env` gives it), or none: sled
+/// under the test's directory.
+pub fn store(on_postgres: bool) -> &'static str {
+    if on_postgres {
+        "backend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"\npool_size = 4"
+    } else {
+        ""
+    }
+}
+
 /// A gateway for partner `acme` in front of the simulator at `sim`, on
 /// sled or on PostgreSQL; there with a one-second claim lease, so that a
 /// key a killed process held is resumable soon (docs/OPERATIONS.md).
@@ -82,15 +93,14 @@ pub fn acme_before_simulator(
     on_postgres: bool,
 ) -> std::path::PathBuf {
     let store = if on_postgres {
-        "backend = \"postgres\"\nurl = \"env:WAYBILL_DATABASE_URL\"\npool_size = 4\n\
-         in_progress_timeout = \"1s\""
+        format!("{}\nin_progress_timeout = \"1s\"", store(true))
     } else {
-        ""
+        String::new()
     };
     let rest = format!(
         "{}\n[downstream]\nbase_url = \"http://{sim}\"\ntimeout = \"1s\"\n\
          backoff = {{ initial = \"5ms\", max = \"20ms\" }}\n",
         partner("acme", "acme-key")
     );
-    write(dir, "", store, &rest)
+    write(dir, "", &store, &rest)
 }

@@ -772,6 +772,84 @@ async fn bodies_read_back_as_they_came_packed_or_not() {
     assert!(!packed[1].1 && !packed[2].1, "{packed:?}");
 }
 
+/// A stored copy whose times cannot be read is no absent or expired one,
+/// as on sled (`writer.rs`): a copy of it is answered with an error and
+/// does not replace it, and the events that share its group are answered
+/// as if it were not there. Read back, it is an unreadable record, not an
+/// event that arrived in 1970.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_copy_with_unreadable_times_is_neither_replaced_nor_read_as_1970() {
+    let Some(schema) = schema().await else {
+        return;
+    };
+    let store = Arc::new(schema.migrated(2).await);
+    assert_eq!(
+        store.ingest(event("a", 1_000, 3_600_000, 1)).await.unwrap(),
+        IngestResult::Accepted {
+            received_at_ms: 1_000
+        }
+    );
+    schema
+        .execute("UPDATE events SET expires_at_ms = -1 WHERE event_id = 'a'")
+        .await;
+    let tracked = |id, at, hash| NewEvent {
+        fields: Some(waybill::webhook::mapping::Fields {
+            key: "1Z999".into(),
+            status: "in_transit".into(),
+            occurred_at: None,
+        }),
+        ..event(id, at, 3_600_000, hash)
+    };
+    let (copy, other) = tokio::join!(
+        store.ingest(event("a", 2_000, 3_600_000, 2)),
+        store.ingest(tracked("b", 2_000, 3)),
+    );
+    assert!(
+        matches!(copy, Err(waybill::store::StoreError::Corrupt(_))),
+        "{copy:?}"
+    );
+    assert_eq!(
+        other.unwrap(),
+        IngestResult::Accepted {
+            received_at_ms: 2_000
+        }
+    );
+    let kept: Vec<(i64, i64)> = schema
+        .client
+        .query(
+            &schema.q("SELECT received_at_ms, expires_at_ms FROM events WHERE event_id = 'a'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(kept, [(1_000, -1)], "the stored copy is left as it was");
+
+    schema
+        .execute("UPDATE events SET received_at_ms = -5 WHERE event_id = 'b'")
+        .await;
+    let read = store.event("carrier", "b").await;
+    assert!(
+        matches!(read, Err(waybill::store::StoreError::Corrupt(_))),
+        "{read:?}"
+    );
+    // Dispatch does not apply it as of 1970 either: it goes to the dead
+    // letter saying why, and the rest of its pass goes on.
+    store.set_sources(crate::support::carrier_sources());
+    store.ingest(tracked("c", 3_000, 4)).await.unwrap();
+    assert_eq!(store.dispatch(25).await.unwrap(), 3, "a, b and c");
+    let dead = store.outcome("carrier", "b").await.unwrap().unwrap();
+    assert_eq!(dead.outcome, waybill::store::DispatchOutcome::Dead);
+    assert_eq!(
+        dead.reason.as_deref(),
+        Some("the arrival time stored at intake cannot be read")
+    );
+    let parked = store.outcome("carrier", "c").await.unwrap().unwrap();
+    assert_eq!(parked.outcome, waybill::store::DispatchOutcome::Parked);
+}
+
 /// Migration 6 moves each event's outcome, and its place in the queue, out
 /// of the event's row. A database at version 5 with an event in each state
 /// reads the same after it and dispatches what waited; a build from before

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::sync::{Notify, mpsc};
 
-use super::{DB_TIMEOUT, MAX_GROUP, Pending, db_err, ms};
+use super::{DB_TIMEOUT, MAX_GROUP, Pending, db_err, ms, unsigned};
 use crate::store::{IngestResult, NewEvent, StoreError, packed};
 use crate::telemetry::metric;
 
@@ -36,7 +36,7 @@ pub(super) async fn run(pool: Pool, mut rx: mpsc::Receiver<Pending>, wake: Arc<N
             Ok(answers) => {
                 wake.notify_one();
                 for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
+                    let _ = reply.send(answer);
                 }
             }
             Err(e) => {
@@ -74,8 +74,12 @@ struct StoredCopy {
 /// One transaction for a group: every new identity inserted, then the
 /// stored copy of every duplicate read, and a stored copy past its
 /// retention (which the sweep has not reached yet) replaced by the copy
-/// that arrived. The answers, in the group's order.
-async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, StoreError> {
+/// that arrived. The answers, in the group's order: a stored copy that
+/// cannot be read fails the copies of its identity, and only those.
+async fn commit(
+    pool: &Pool,
+    events: &[NewEvent],
+) -> Result<Vec<Result<IngestResult, StoreError>>, StoreError> {
     // A statement may not touch a row twice: later copies in the group are
     // answered from the first.
     let mut seen = std::collections::HashSet::new();
@@ -104,16 +108,18 @@ async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, S
     let expired: Vec<&NewEvent> = firsts
         .iter()
         .filter(|e| {
-            stored
-                .get(&identity(e))
-                .is_some_and(|s| s.expires_at_ms <= e.received_at_ms)
+            stored.get(&identity(e)).is_some_and(|s| {
+                s.as_ref()
+                    .is_ok_and(|s| s.expires_at_ms <= e.received_at_ms)
+            })
         })
         .copied()
         .collect();
     if !expired.is_empty() {
         let seqs: Vec<i64> = expired
             .iter()
-            .filter_map(|e| stored.get(&identity(e)).map(|s| s.seq))
+            .filter_map(|e| stored.get(&identity(e)).and_then(|s| s.as_ref().ok()))
+            .map(|s| s.seq)
             .collect();
         forget(&tx, &seqs).await?;
         let replaced = insert(&tx, &expired).await?;
@@ -148,7 +154,7 @@ async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, S
     for e in &firsts {
         let key = identity(e);
         let known = if new.contains(&key) {
-            (e.received_at_ms, e.content_hash.to_vec(), true)
+            Ok((e.received_at_ms, e.content_hash.to_vec(), true))
         } else {
             let copy = stored.remove(&key).ok_or_else(|| {
                 StoreError::Unavailable(format!(
@@ -156,7 +162,7 @@ async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, S
                     e.source, e.event_id
                 ))
             })?;
-            (copy.received_at_ms, copy.hash, false)
+            copy.map(|c| (c.received_at_ms, c.hash, false))
         };
         identities.insert(key, known);
     }
@@ -164,18 +170,18 @@ async fn commit(pool: &Pool, events: &[NewEvent]) -> Result<Vec<IngestResult>, S
         .iter()
         .zip(&roles)
         .map(|(e, role)| {
-            let (at, hash, stored_here) = identities
+            let known = identities
                 .get(&identity(e))
                 .ok_or_else(|| StoreError::Unavailable("an identity left its group".into()))?;
-            Ok(match role {
-                InGroup::First if *stored_here => IngestResult::Accepted {
+            Ok(known.clone().map(|(at, hash, stored_here)| match role {
+                InGroup::First if stored_here => IngestResult::Accepted {
                     received_at_ms: e.received_at_ms,
                 },
                 _ => IngestResult::Duplicate {
-                    first_received_at_ms: *at,
+                    first_received_at_ms: at,
                     conflict: hash.as_slice() != e.content_hash.as_slice(),
                 },
-            })
+            }))
         })
         .collect()
 }
@@ -244,11 +250,11 @@ async fn insert(
 }
 
 /// The stored copies of these events' identities, as committed by whoever
-/// stored them.
+/// stored them, each as far as it can be read.
 async fn stored_copies<'a, 'e: 'a>(
     tx: &tokio_postgres::Transaction<'_>,
     events: impl Iterator<Item = &'a &'e NewEvent>,
-) -> Result<std::collections::HashMap<Identity, StoredCopy>, StoreError> {
+) -> Result<std::collections::HashMap<Identity, Result<StoredCopy, StoreError>>, StoreError> {
     let (sources, ids): (Vec<String>, Vec<String>) = events.map(|e| identity(e)).unzip();
     let mut stored = std::collections::HashMap::new();
     if sources.is_empty() {
@@ -263,13 +269,17 @@ async fn stored_copies<'a, 'e: 'a>(
         .await
         .map_err(db_err)?
     {
-        let copy = StoredCopy {
-            seq: row.get(2),
-            received_at_ms: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
-            expires_at_ms: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
-            hash: row.get(5),
-        };
-        stored.insert((row.get(0), row.get(1)), copy);
+        let (source, event_id): (String, String) = (row.get(0), row.get(1));
+        let name = || format!("the stored copy of {source}/{event_id}");
+        let copy = (|| {
+            Ok(StoredCopy {
+                seq: row.get(2),
+                received_at_ms: unsigned(row.get(3), name)?,
+                expires_at_ms: unsigned(row.get(4), name)?,
+                hash: row.get(5),
+            })
+        })();
+        stored.insert((source, event_id), copy);
     }
     Ok(stored)
 }

@@ -724,13 +724,13 @@ impl Orders for PgStore {
             let mut due: Vec<(u64, PartnerName, OrderId)> = rows
                 .iter()
                 .map(|r| {
-                    (
-                        u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
-                        PartnerName::from(r.get::<_, String>(1)),
-                        OrderId::from(r.get::<_, String>(2)),
-                    )
+                    let (partner, order_id) = (r.get::<_, String>(1), r.get::<_, String>(2));
+                    let due_ms = unsigned(r.get(0), || {
+                        format!("the fulfilment of order {partner}/{order_id}")
+                    })?;
+                    Ok((due_ms, PartnerName::from(partner), OrderId::from(order_id)))
                 })
-                .collect();
+                .collect::<Result<_, StoreError>>()?;
             due.sort();
             Ok(due)
         })
@@ -856,9 +856,9 @@ impl Upkeep for PgStore {
                 .query_one("SELECT MIN(received_at_ms) FROM inbox", &[])
                 .await
                 .map_err(db_err)?;
-            Ok(row
-                .get::<_, Option<i64>>(0)
-                .map(|v| u64::try_from(v).unwrap_or(0)))
+            row.get::<_, Option<i64>>(0)
+                .map(|v| unsigned(v, || "the oldest arrival in the inbox".into()))
+                .transpose()
         })
         .await
     }
@@ -1002,4 +1002,13 @@ async fn apply_migrations(
 /// Milliseconds as PostgreSQL's BIGINT holds them.
 fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A number the gateway stores unsigned (a sequence number, a time in
+/// milliseconds) as it reads back: below zero only if the row was changed
+/// behind the gateway's back, and then `what` is an unreadable record,
+/// never one numbered 0 or stamped 1970.
+#[track_caller]
+fn unsigned(v: i64, what: impl FnOnce() -> String) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::corrupt(format!("{} ({v} is below zero)", what())))
 }

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::{EVENT_COLUMNS, EVENTS_WITH_OUTCOMES, Tx, db_err, ms};
+use super::{EVENT_COLUMNS, EVENTS_WITH_OUTCOMES, Tx, db_err, ms, unsigned};
 use crate::clock::now_ms;
 use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
 use crate::idempotency::{self, Decision};
@@ -162,13 +162,15 @@ impl<'a> PgUnit<'a> {
 
     /// A stored event from the columns of `STORED`.
     fn stored(row: &Row) -> Result<(Stored, Option<Vec<u8>>), StoreError> {
+        let (source, event_id): (String, String) = (row.get(1), row.get(2));
+        let name = || format!("the event {source}/{event_id}");
         Ok((
             Stored {
-                seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-                source: row.get(1),
-                event_id: row.get(2),
-                received_at_ms: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
+                seq: unsigned(row.get(0), name)?,
+                received_at_ms: unsigned(row.get(3), name)?,
                 outcome: outcome_of(row.get(4))?,
+                source,
+                event_id,
             },
             Some(body_of(row, 5)?),
         ))
@@ -636,11 +638,20 @@ pub(super) async fn dispatch(
         .map_err(db_err)?;
     let mut events = Vec::with_capacity(claimed.len());
     for row in &claimed {
+        let (source, event_id): (String, String) = (row.get(1), row.get(2));
+        // A sequence number below zero is a key changed by hand: no outcome
+        // could be written under it, so the pass fails rather than guess.
+        let seq = unsigned(row.get(0), || format!("the event {source}/{event_id}"))?;
+        let received_at = unsigned(row.get(3), || {
+            format!("the arrival time of {source}/{event_id}")
+        });
         let event = Stored {
-            seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-            source: row.get(1),
-            event_id: row.get(2),
-            received_at_ms: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
+            seq,
+            source,
+            event_id,
+            // Read only through the interpretation, which an unreadable
+            // time makes a dead letter.
+            received_at_ms: *received_at.as_ref().unwrap_or(&0),
             // An event gets its outcome as it leaves the inbox.
             outcome: None,
         };
@@ -652,9 +663,13 @@ pub(super) async fn dispatch(
             .map(serde_json::from_str::<Fields>);
         let interpretation = match (sources.get(&event.source), fields) {
             (None, _) => gone(&event.source),
-            (Some(cfg), Some(Ok(fields))) => {
-                interpret_fields(cfg, &event.event_id, event.received_at_ms, &fields)
-            }
+            (Some(cfg), Some(Ok(fields))) => match received_at {
+                Ok(at) => interpret_fields(cfg, &event.event_id, at, &fields),
+                // Nor is an arrival time that cannot be read taken for 1970.
+                Err(_) => Interpretation::Dead {
+                    reason: "the arrival time stored at intake cannot be read".into(),
+                },
+            },
             (Some(_), Some(Err(e))) => {
                 let _ = StoreError::corrupt(format!(
                     "the mapped fields of {}/{}",
@@ -754,12 +769,15 @@ pub(super) fn stored_event(
         .map(serde_json::from_str)
         .transpose()
         .map_err(db_err)?;
+    let (source, event_id): (String, String) = (row.get(1), row.get(2));
+    let name = || format!("the event {source}/{event_id}");
+    let (seq, received_at_ms) = (unsigned(row.get(0), name)?, unsigned(row.get(3), name)?);
     let event = StoredEvent {
-        seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-        source: row.get(1),
-        event_id: row.get(2),
+        seq,
+        source,
+        event_id,
         meta: EventMeta {
-            received_at_ms: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
+            received_at_ms,
             event_type: row.get(4),
             dispatch: row.get(5),
             headers,

@@ -428,14 +428,7 @@ impl SledStore {
         check_format(&tree)?;
         replay_log(&tree, &segments)?;
         drop_dangling(&tree, &segments)?;
-        let seq = match tree.get(codec::SEQ_KEY)? {
-            Some(v) => u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Unavailable("corrupt sequence record".into()))?,
-            ),
-            None => 0,
-        };
+        let seq = read_u64(&tree, codec::SEQ_KEY)?;
         let cursor = read_cursor(&tree)?;
         let mut pending = 0i64;
         for kv in tree.range(codec::seq_key(b'n', cursor + 1)..codec::seq_key(b'n', u64::MAX)) {
@@ -1444,10 +1437,7 @@ fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), St
 /// they were never acknowledged, and an index entry must never point at
 /// nothing.
 fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), StoreError> {
-    let checkpoint = tree
-        .get(codec::DURABLE_KEY)?
-        .and_then(|v| codec::decode_u64(&v))
-        .unwrap_or(0);
+    let checkpoint = read_u64(tree, codec::DURABLE_KEY)?;
     let mut batch = sled::Batch::default();
     let mut dropped = 0;
     let mut held = codec::Held::default();
@@ -1548,11 +1538,16 @@ fn read_cursor(tree: &sled::Tree) -> Result<u64, StoreError> {
     read_u64(tree, codec::CURSOR_KEY)
 }
 
+/// One of the store's own numbers: 0 until first written, and an
+/// unreadable record, never 0, when its bytes are not a number.
+#[track_caller]
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
-    Ok(tree
-        .get(key)?
-        .and_then(|v| codec::decode_u64(&v))
-        .unwrap_or(0))
+    match tree.get(key)? {
+        None => Ok(0),
+        Some(v) => codec::decode_u64(&v).ok_or_else(|| {
+            StoreError::corrupt(format!("the record {}", String::from_utf8_lossy(key)))
+        }),
+    }
 }
 
 fn read_order(
@@ -2356,6 +2351,43 @@ mod tests {
             store.ingest(event("b", 30, 1, false)).await,
             Ok(IngestResult::Accepted { .. })
         ));
+    }
+
+    /// The store's own numbers (the last sequence number, the dispatch
+    /// cursor, the durable checkpoint, the parked and dead counts) that
+    /// cannot be read stop the store from opening, naming the record: read
+    /// as 0, a cursor would dispatch every event again and a sequence
+    /// number would hand out numbers already taken. Whatever else was
+    /// stored is left as it was.
+    #[tokio::test]
+    async fn an_unreadable_cursor_or_sequence_record_stops_the_store_from_opening() {
+        for key in [
+            codec::SEQ_KEY,
+            codec::CURSOR_KEY,
+            codec::DURABLE_KEY,
+            codec::PARKED_KEY,
+        ] {
+            let name = String::from_utf8_lossy(key).into_owned();
+            let dir = tempfile::tempdir().unwrap();
+            let store = SledStore::open(&cfg(dir.path())).unwrap();
+            store.ingest(event("a", 10, 1, true)).await.unwrap();
+            store.shared.tree.insert(key, b"bad".to_vec()).unwrap();
+            store.close().unwrap();
+            drop(store);
+
+            let refused = SledStore::open(&cfg(dir.path())).map(|_| ());
+            assert!(
+                matches!(&refused, Err(StoreError::Corrupt(what)) if what.contains(&name)),
+                "{name}: {refused:?}"
+            );
+            let db = open_db(&sled::Config::new().path(dir.path())).unwrap();
+            let tree = db.open_tree("state").unwrap();
+            assert_eq!(
+                tree.get(key).unwrap().as_deref(),
+                Some(&b"bad"[..]),
+                "{name} is left for the operator to see"
+            );
+        }
     }
 
     /// A segment whose retention entry cannot be read is kept: read as

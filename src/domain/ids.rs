@@ -87,6 +87,14 @@ name!(
     /// A label, as the carrier names it.
     LabelId
 );
+name!(
+    /// A stock reservation, as the inventory service names it.
+    ReservationId
+);
+name!(
+    /// A charge, as the payment service names it.
+    TransactionId
+);
 
 /// An order as the store finds it: partners choose their order ids
 /// independently, so an id is unique only within its partner's orders.

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{ShipmentId, TrackingNumber};
+use super::ids::{ReservationId, ShipmentId, TrackingNumber, TransactionId};
 use super::shipment::ShipmentStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -79,7 +79,7 @@ impl OrderFailure {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reservation_id: Option<String>,
+    pub reservation_id: Option<ReservationId>,
     /// The charge was declined: the reservation must be released before
     /// the order fails.
     #[serde(default)]
@@ -87,7 +87,7 @@ pub struct Progress {
     #[serde(default)]
     pub released: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
+    pub transaction_id: Option<TransactionId>,
     /// Created in the same write that records the charge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipment_id: Option<ShipmentId>,

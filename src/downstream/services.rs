@@ -3,11 +3,12 @@
 
 use async_trait::async_trait;
 use http::{Method, StatusCode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, PercentEncode, utf8_percent_encode};
 use serde_json::{Value, json};
 
 use super::{Answer, Downstream, Service, Unavailable};
 use crate::clock::rfc3339_ms;
-use crate::domain::ids::{LabelId, OrderId, PartnerName};
+use crate::domain::ids::{LabelId, OrderId, PartnerName, ReservationId};
 use crate::domain::label::LabelRequest;
 use crate::domain::request::Item;
 use crate::service::ports::{
@@ -30,6 +31,20 @@ fn refused(answer: &Answer) -> Failure {
 }
 
 /// A text field a success must carry.
+/// What a path segment may hold as it is: RFC 3986's unreserved
+/// characters. An id a service minted is its own to choose; encoded, a `/`,
+/// `?` or space in it stays inside its segment instead of naming another
+/// resource or failing the request.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn segment(id: &str) -> PercentEncode<'_> {
+    utf8_percent_encode(id, SEGMENT)
+}
+
 fn text<'a>(answer: &'a Answer, field: &'static str) -> Result<&'a str, Failure> {
     answer
         .body
@@ -106,7 +121,7 @@ impl Carrier for Downstream {
 
 impl Downstream {
     async fn void_under(&self, label_id: &LabelId, key: &str) -> Result<(), Failure> {
-        let path = format!("/carrier/labels/{label_id}/void");
+        let path = format!("/carrier/labels/{}/void", segment(label_id.as_str()));
         self.end((Service::Carrier, Method::POST), &path, key).await
     }
 
@@ -135,8 +150,8 @@ impl Payments for Downstream {
         let call = (Service::Payments, "/payments/charges", key.as_str(), &body);
         self.make(
             call,
-            ("transaction_id", |transaction_id| Charge::Paid {
-                transaction_id,
+            ("transaction_id", |id| Charge::Paid {
+                transaction_id: id.into(),
             }),
             (StatusCode::PAYMENT_REQUIRED, Charge::Declined),
         )
@@ -156,8 +171,8 @@ impl Inventory for Downstream {
         let body = json!({ "items": items });
         self.make(
             (Service::Inventory, "/inventory/reservations", &key, &body),
-            ("reservation_id", |reservation_id| Reservation::Reserved {
-                reservation_id,
+            ("reservation_id", |id| Reservation::Reserved {
+                reservation_id: id.into(),
             }),
             (StatusCode::UNPROCESSABLE_ENTITY, Reservation::OutOfStock),
         )
@@ -168,9 +183,12 @@ impl Inventory for Downstream {
         &self,
         partner: &PartnerName,
         order_id: &OrderId,
-        reservation_id: &str,
+        reservation_id: &ReservationId,
     ) -> Result<(), Failure> {
-        let path = format!("/inventory/reservations/{reservation_id}");
+        let path = format!(
+            "/inventory/reservations/{}",
+            segment(reservation_id.as_str())
+        );
         let key = format!("release:{partner}:{order_id}");
         self.end((Service::Inventory, Method::DELETE), &path, &key)
             .await
@@ -243,5 +261,81 @@ impl Books for Downstream {
                 .and_then(Value::as_str)
                 .map(str::to_string),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DownstreamConfig;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A service on loopback that answers every request `200 {}` and
+    /// tells the request line of each.
+    async fn recording() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head);
+                    let _ = tx.send(line.lines().next().unwrap_or_default().to_string());
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                              content-length: 2\r\nconnection: close\r\n\r\n{}",
+                        )
+                        .await;
+                });
+            }
+        });
+        (base, rx)
+    }
+
+    /// An id comes from the service that minted it and goes back in a
+    /// path: whatever it holds, it names that one resource, and a plain id
+    /// goes as it is.
+    #[tokio::test]
+    async fn an_id_a_service_minted_stays_inside_its_path_segment() {
+        let (base_url, mut seen) = recording().await;
+        let d = Downstream::new(&DownstreamConfig {
+            base_url,
+            ca_certs: Vec::new(),
+            timeout: Duration::from_secs(10),
+            max_attempts: 1,
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+        });
+        d.void_label(&LabelId::from("lbl_1/../../payments/charges?x=1 é"))
+            .await
+            .unwrap();
+        assert_eq!(
+            seen.recv().await.unwrap(),
+            "POST /carrier/labels/lbl_1%2F..%2F..%2Fpayments%2Fcharges%3Fx%3D1%20%C3%A9/void HTTP/1.1"
+        );
+        d.release(
+            &PartnerName::from("acme"),
+            &OrderId::from("o-1"),
+            &ReservationId::from("res-1.a~b_C"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            seen.recv().await.unwrap(),
+            "DELETE /inventory/reservations/res-1.a~b_C HTTP/1.1"
+        );
     }
 }

@@ -230,12 +230,15 @@ async fn release(
     mut order: OrderRecord,
     finalize: Finalize<'_>,
 ) -> Result<OrderRecord, Refusal> {
-    let reservation = order.progress.reservation_id.clone().unwrap_or_default();
-    ports
-        .inventory
-        .release(&order.partner, &order.order_id, &reservation)
-        .await
-        .map_err(|f| Refusal::upstream(Service::Inventory, f))?;
+    // `Progress::next` releases only what was reserved; nothing reserved
+    // is nothing to give back.
+    if let Some(reservation) = &order.progress.reservation_id {
+        ports
+            .inventory
+            .release(&order.partner, &order.order_id, reservation)
+            .await
+            .map_err(|f| Refusal::upstream(Service::Inventory, f))?;
+    }
     order.progress.released = true;
     order.status = OrderStatus::Failure;
     order.failure_reason = Some(OrderFailure::PaymentFailed);

@@ -6,7 +6,9 @@
 
 use async_trait::async_trait;
 
-use crate::domain::ids::{LabelId, OrderId, PartnerName, TrackingNumber};
+use crate::domain::ids::{
+    LabelId, OrderId, PartnerName, ReservationId, TrackingNumber, TransactionId,
+};
 use crate::domain::label::LabelRequest;
 use crate::domain::request::Item;
 
@@ -75,7 +77,7 @@ pub trait Carrier: Send + Sync {
 /// What a charge came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Charge {
-    Paid { transaction_id: String },
+    Paid { transaction_id: TransactionId },
     Declined,
 }
 
@@ -98,7 +100,7 @@ pub trait Payments: Send + Sync {
 /// What a reservation came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
-    Reserved { reservation_id: String },
+    Reserved { reservation_id: ReservationId },
     OutOfStock,
 }
 
@@ -120,7 +122,7 @@ pub trait Inventory: Send + Sync {
         &self,
         partner: &PartnerName,
         order_id: &OrderId,
-        reservation_id: &str,
+        reservation_id: &ReservationId,
     ) -> Result<(), Failure>;
 }
 

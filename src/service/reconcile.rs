@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::ports::{Books, Entry, Failure, PageAt, Service};
 use super::{Ports, Refusal};
-use crate::domain::ids::{LabelId, OrderId, OrderKey, PartnerName, ShipmentId};
+use crate::domain::ids::{LabelId, OrderId, OrderKey, PartnerName, ReservationId, ShipmentId};
 use crate::domain::label::LabelVoid;
 use crate::domain::order::OrderStatus;
 use crate::domain::shipment::ShipmentStatus;
@@ -253,7 +253,11 @@ async fn repair(ports: Ports<'_>, d: &Discrepancy) -> bool {
                 (Some(partner), Some(order_id)) => {
                     ports
                         .inventory
-                        .release(partner, order_id, &d.service_id)
+                        .release(
+                            partner,
+                            order_id,
+                            &ReservationId::from(d.service_id.as_str()),
+                        )
                         .await
                 }
                 // Made outside waybill's keys: no key to release it under.

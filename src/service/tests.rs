@@ -17,7 +17,7 @@ use super::ports::{
 };
 use super::{Placed, Ports, Refusal, Render, StoredAnswer, orders, reconcile, shipments};
 use crate::clock::now_ms;
-use crate::domain::ids::{LabelId, OrderId, OrderKey, PartnerName, ShipmentId};
+use crate::domain::ids::{LabelId, OrderId, OrderKey, PartnerName, ReservationId, ShipmentId};
 use crate::domain::label::{Label, LabelFormat, LabelRequest, LabelVoid};
 use crate::domain::order::{OrderFailure, OrderStatus};
 use crate::domain::request::{Item, NewOrder, NewShipment, ShipmentDetails};
@@ -112,11 +112,11 @@ impl Inventory for Services {
         &self,
         _: &PartnerName,
         _: &OrderId,
-        reservation_id: &str,
+        reservation_id: &ReservationId,
     ) -> Result<(), Failure> {
         next(
             &self.releases,
-            Call::Release(reservation_id.into()),
+            Call::Release(reservation_id.to_string()),
             &self.calls,
         )
     }
@@ -624,7 +624,7 @@ async fn cancelling_a_cancelled_shipment_answers_it_as_it_is() {
 
 fn reserved(n: u32) -> Result<Reservation, Failure> {
     Ok(Reservation::Reserved {
-        reservation_id: format!("res-{n}"),
+        reservation_id: format!("res-{n}").into(),
     })
 }
 
@@ -699,7 +699,10 @@ async fn a_payment_service_that_fails_resumes_at_the_charge() {
     assert_upstream(w.order("k", "o-1").await, Service::Payments, 7);
     assert_upstream(w.order("k", "o-1").await, Service::Payments, 1);
     let order = w.stored_order("o-1").await;
-    assert_eq!(order.progress.reservation_id.as_deref(), Some("res-1"));
+    assert_eq!(
+        order.progress.reservation_id,
+        Some(ReservationId::from("res-1"))
+    );
     assert_eq!(order.progress.transaction_id, None);
     assert_eq!(
         order.progress.shipment_id, None,

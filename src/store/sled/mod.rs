@@ -678,13 +678,14 @@ impl SledStore {
                 problems.push("a queued label void that no shipment owes".into());
             }
         }
-        let owed = tree
-            .scan_prefix(b"s")
-            .values()
-            .filter_map(Result::ok)
-            .filter_map(|v| serde_json::from_slice::<ShipmentRecord>(&v).ok())
-            .filter(|s| s.label_void.as_ref().and_then(LabelVoid::due_ms).is_some())
-            .count();
+        let mut owed = 0;
+        for v in tree.scan_prefix(b"s").values() {
+            match serde_json::from_slice::<ShipmentRecord>(&v?) {
+                Ok(s) if s.label_void.as_ref().and_then(LabelVoid::due_ms).is_some() => owed += 1,
+                Ok(_) => {}
+                Err(_) => problems.push("unreadable shipment record".into()),
+            }
+        }
         if owed != queued {
             problems.push(format!("{owed} label voids owed, {queued} queued"));
         }

@@ -30,7 +30,6 @@ fn refused(answer: &Answer) -> Failure {
     }
 }
 
-/// A text field a success must carry.
 /// What a path segment may hold as it is: RFC 3986's unreserved
 /// characters. An id a service minted is its own to choose; encoded, a `/`,
 /// `?` or space in it stays inside its segment instead of naming another
@@ -45,6 +44,7 @@ fn segment(id: &str) -> PercentEncode<'_> {
     utf8_percent_encode(id, SEGMENT)
 }
 
+/// A text field a success must carry.
 fn text<'a>(answer: &'a Answer, field: &'static str) -> Result<&'a str, Failure> {
     answer
         .body

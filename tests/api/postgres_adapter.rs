@@ -839,7 +839,18 @@ async fn a_stored_copy_with_unreadable_times_is_neither_replaced_nor_read_as_197
     // letter saying why, and the rest of its pass goes on.
     store.set_sources(crate::support::carrier_sources());
     store.ingest(tracked("c", 3_000, 4)).await.unwrap();
+    // One whose sequence number was changed below zero, in its row and
+    // its queue entry, can take no outcome: it waits, counted as pending,
+    // and does not hold up the rest.
+    store.ingest(tracked("d", 3_001, 5)).await.unwrap();
+    schema
+        .execute(
+            "WITH moved AS (UPDATE events SET seq = -7 WHERE event_id = 'd' RETURNING 1)
+             UPDATE inbox SET seq = -7 WHERE seq = (SELECT MAX(seq) FROM inbox)",
+        )
+        .await;
     assert_eq!(store.dispatch(25).await.unwrap(), 3, "a, b and c");
+    assert_eq!(store.inbox_pending().await.unwrap(), 1, "d waits");
     let dead = store.outcome("carrier", "b").await.unwrap().unwrap();
     assert_eq!(dead.outcome, waybill::store::DispatchOutcome::Dead);
     assert_eq!(

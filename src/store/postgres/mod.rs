@@ -463,7 +463,8 @@ impl Dispatch for PgStore {
             let client = self.inner.client().await?;
             let waiting = state::count(
                 &**client,
-                "SELECT COUNT(*) FROM inbox WHERE seq <= $1",
+                // What dispatch can take (`state::dispatch`'s claim).
+                "SELECT COUNT(*) FROM inbox WHERE seq > 0 AND seq <= $1",
                 &[&last],
             )
             .await?;

@@ -626,9 +626,11 @@ pub(super) async fn dispatch(
         .query(
             // The claim first, on its own: joined in one query, the
             // planner merges the inbox with every event stored since the
-            // oldest queued one.
+            // oldest queued one. Sequence numbers start at 1; one below
+            // that was changed by hand, could take no outcome, and is left
+            // waiting (counted as pending) rather than failing every pass.
             "WITH claimed AS MATERIALIZED (
-                 SELECT seq FROM inbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+                 SELECT seq FROM inbox WHERE seq > 0 ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
              )
              SELECT e.seq, e.source, e.event_id, e.received_at_ms, e.fields::text
              FROM claimed c JOIN events e ON e.seq = c.seq ORDER BY e.seq",
@@ -639,8 +641,6 @@ pub(super) async fn dispatch(
     let mut events = Vec::with_capacity(claimed.len());
     for row in &claimed {
         let (source, event_id): (String, String) = (row.get(1), row.get(2));
-        // A sequence number below zero is a key changed by hand: no outcome
-        // could be written under it, so the pass fails rather than guess.
         let seq = unsigned(row.get(0), || format!("the event {source}/{event_id}"))?;
         let received_at = unsigned(row.get(3), || {
             format!("the arrival time of {source}/{event_id}")

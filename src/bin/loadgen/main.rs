@@ -123,6 +123,12 @@ enum Cmd {
         /// any compression takes to nothing.
         #[arg(long)]
         random_pad: bool,
+        /// Event ids and tracking numbers scattered over their key space,
+        /// as senders' ids are, instead of counting up: each delivery's
+        /// number goes through a bijective mix, so ids stay unique and a
+        /// duplicate still repeats its id.
+        #[arg(long)]
+        scatter_ids: bool,
         /// Stop after this many deliveries (closed loop), e.g. for memory runs.
         #[arg(long)]
         total: Option<u64>,
@@ -209,6 +215,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
             rate,
             body_bytes,
             random_pad,
+            scatter_ids,
             total,
             run_id,
             shipments_api_key,
@@ -223,6 +230,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
                 path: format!("/webhooks/{source}"),
                 body_bytes,
                 random_pad,
+                scatter_ids,
                 duplicate_ratio,
                 run_id: run_id.unwrap_or_else(|| format!("{:x}", now_secs())),
                 next: AtomicU64::new(0),
@@ -460,12 +468,21 @@ async fn dispatch_bench(
     Ok(())
 }
 
+/// splitmix64's finalizer: a bijection on u64 that scatters neighbours.
+fn scatter(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 struct Generator {
     scheme: Scheme,
     key: Vec<u8>,
     path: String,
     body_bytes: usize,
     random_pad: bool,
+    scatter_ids: bool,
     duplicate_ratio: f64,
     run_id: String,
     next: AtomicU64,
@@ -512,9 +529,11 @@ impl Generator {
         } else {
             n
         };
+        let n = if self.scatter_ids { scatter(n) } else { n };
         let id = format!("lg-{}-{n}", self.run_id);
+        let tn = n % 1_000_000_000_000;
         let head = format!(
-            r#"{{"id":"{id}","type":"tracking.updated","data":{{"tracking_number":"LG{n:012}","status":"IN_TRANSIT","occurred_at":"2026-11-20T12:00:00Z"}},"pad":""#
+            r#"{{"id":"{id}","type":"tracking.updated","data":{{"tracking_number":"LG{tn:012}","status":"IN_TRANSIT","occurred_at":"2026-11-20T12:00:00Z"}},"pad":""#
         );
         let pad = self.body_bytes.saturating_sub(head.len() + 2);
         let mut body = head.into_bytes();

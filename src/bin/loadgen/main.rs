@@ -811,3 +811,20 @@ fn v1_post(uri: &str, api_key: &str, idempotency_key: &str, body: String) -> Req
         .body(Full::new(Bytes::from(body)))
         .expect("request")
 }
+
+#[cfg(test)]
+mod tests {
+    /// Scattered ids stay unique, so a run still stores every delivery
+    /// it meant to, and neighbours land far apart.
+    #[test]
+    fn scattered_numbers_are_distinct_and_out_of_order() {
+        let scattered: Vec<u64> = (0..200_000).map(super::scatter).collect();
+        let distinct: std::collections::HashSet<_> = scattered.iter().collect();
+        assert_eq!(distinct.len(), scattered.len());
+        let ascending = scattered.windows(2).filter(|w| w[0] < w[1]).count();
+        assert!(
+            (90_000..110_000).contains(&ascending),
+            "about half of the steps go up: {ascending}"
+        );
+    }
+}

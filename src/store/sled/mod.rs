@@ -2391,6 +2391,24 @@ mod tests {
         }
     }
 
+    /// The integrity check names a shipment record it cannot read, where
+    /// counting only the readable ones could hide an owed void.
+    #[tokio::test]
+    async fn the_integrity_check_reports_an_unreadable_shipment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+        store
+            .shared
+            .tree
+            .insert(codec::shipment_key("s1"), b"{not json".to_vec())
+            .unwrap();
+        assert_eq!(
+            store.integrity_problems().unwrap(),
+            ["unreadable shipment record"]
+        );
+    }
+
     /// A segment whose retention entry cannot be read is kept: read as
     /// zeros it would pass every test for deletion.
     #[tokio::test]

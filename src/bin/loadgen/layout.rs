@@ -23,9 +23,14 @@ use waybill::store::sled::codec;
 /// Which records an event keeps, and their sizes in bytes.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Layout {
-    /// The store today: identity (`e`), arrival (`n`) rewritten with the
-    /// outcome, tracking-number entry (`T`), a share of a retention entry.
+    /// The store's layout 4: identity (`e`), arrival (`n`) rewritten with
+    /// the outcome, tracking-number entry (`T`), a share of a retention
+    /// entry.
     Today,
+    /// The store since layout 5: today's keys, with the arrival an entry
+    /// (the segment record's pointer, then the outcome) instead of the
+    /// event's names and fields, which are read from the record.
+    Entries,
     /// Today's, with the parked reason (derivable from the tracking
     /// number) left out of the outcome.
     ShortReason,
@@ -76,6 +81,13 @@ impl Layout {
         };
         match self {
             Layout::Today => today,
+            // A pointer as three LEB128 numbers and a flags byte: about 8
+            // bytes on a churn store.
+            Layout::Entries => Sizes {
+                arrival: 8,
+                arrival_done: 8 + 63,
+                ..today
+            },
             Layout::ShortReason => Sizes {
                 arrival_done: 142 - 51,
                 ..today

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `e` source 0 event_id | `Ident` (56 bytes), the payload's `segments::Pointer` (20 bytes), then `encode_index_meta` |
 //! | `x` expires_at first_seq | the sequence numbers (8 bytes each) of a group's events that expire by then: the retention index, oldest first |
-//! | `n` seq | `Arrival`: every event in arrival order, with its dispatch outcome once dispatched; past the cursor, the inbox |
+//! | `n` seq | `ArrivalEntry`: every event in arrival order, pointing at its segment record (which holds the `Arrival`: names, time, fields), with its dispatch outcome once dispatched; past the cursor, the inbox |
 //! | `T` tracking_number 0 seq | (empty): search by tracking number |
 //! | `O` order_id 0 seq | (empty): search by order |
 //! | `g` segment | `SegmentInfo`: when a payload segment may be deleted |
@@ -65,7 +65,11 @@ pub struct Held {
 
 impl Held {
     pub fn of(a: &Arrival) -> Held {
-        let is = |o| a.outcome.as_ref().is_some_and(|r| r.outcome == o);
+        Held::of_outcome(a.outcome.as_ref())
+    }
+
+    pub fn of_outcome(outcome: Option<&OutcomeRecord>) -> Held {
+        let is = |o| outcome.is_some_and(|r| r.outcome == o);
         Held {
             parked: u64::from(is(DispatchOutcome::Parked)),
             dead: u64::from(is(DispatchOutcome::Dead)),
@@ -261,6 +265,15 @@ const FIELDS: u8 = 2;
 const OUTCOME: u8 = 4;
 
 impl Arrival {
+    /// What sled keeps of this arrival, its segment record at `pointer`.
+    pub fn entry(&self, pointer: super::segments::Pointer) -> ArrivalEntry {
+        ArrivalEntry {
+            dispatch: self.dispatch,
+            pointer,
+            outcome: self.outcome.clone(),
+        }
+    }
+
     /// Binary, the largest record an event keeps in sled and the one the
     /// state machine reads and rewrites: a flags byte, the arrival time
     /// (u64), source and event id; then, when present, the mapped fields
@@ -289,11 +302,7 @@ impl Arrival {
             put_opt(&mut v, f.occurred_at.as_deref());
         }
         if let Some(o) = &self.outcome {
-            v.push(o.outcome.code());
-            put_varint(&mut v, u64::from(o.attempts));
-            v.extend_from_slice(&o.at_ms.to_be_bytes());
-            put_opt(&mut v, o.reason.as_deref());
-            put_opt(&mut v, o.shipment_id.as_ref().map(|id| id.as_str()));
+            put_outcome(&mut v, o);
         }
         v
     }
@@ -318,13 +327,7 @@ impl Arrival {
             None
         };
         let outcome = if flags & OUTCOME != 0 {
-            Some(OutcomeRecord {
-                outcome: DispatchOutcome::from_code(r.byte()?)?,
-                attempts: u32::try_from(r.varint()?).ok()?,
-                at_ms: r.u64()?,
-                reason: r.opt()?,
-                shipment_id: r.opt()?.map(crate::domain::ids::ShipmentId::from),
-            })
+            Some(r.outcome()?)
         } else {
             None
         };
@@ -334,6 +337,71 @@ impl Arrival {
             dispatch: flags & DISPATCH != 0,
             received_at_ms,
             fields,
+            outcome,
+        })
+    }
+}
+
+/// What sled keeps of an arrival (`n` seq): whether the event is for the
+/// state machine, where its segment record is, and what dispatch did with
+/// it. The record holds the rest of the arrival (`Logged::arrival`: the
+/// names, the time, the mapped fields), written once; only this small
+/// entry is rewritten with the outcome, and only it stays in sled's cache
+/// and log for the event's retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArrivalEntry {
+    pub dispatch: bool,
+    pub pointer: super::segments::Pointer,
+    pub outcome: Option<OutcomeRecord>,
+}
+
+/// Marks an `ArrivalEntry`, so that no entry decodes as a whole `Arrival`
+/// (the form of layout 4) nor one of those as an entry.
+const ENTRY: u8 = 0x40;
+
+impl ArrivalEntry {
+    /// A flags byte (`ENTRY`, `DISPATCH`, `OUTCOME`), the pointer's
+    /// segment, offset and length as LEB128, then the outcome as an
+    /// `Arrival` holds it.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16);
+        let mut flags = ENTRY;
+        if self.dispatch {
+            flags |= DISPATCH;
+        }
+        if self.outcome.is_some() {
+            flags |= OUTCOME;
+        }
+        v.push(flags);
+        put_varint(&mut v, self.pointer.segment);
+        put_varint(&mut v, self.pointer.offset);
+        put_varint(&mut v, u64::from(self.pointer.len));
+        if let Some(o) = &self.outcome {
+            put_outcome(&mut v, o);
+        }
+        v
+    }
+
+    /// None for anything that is not exactly one encoded entry.
+    pub fn decode(v: &[u8]) -> Option<ArrivalEntry> {
+        let mut r = Reader(v);
+        let flags = r.byte()?;
+        if flags & !(ENTRY | DISPATCH | OUTCOME) != 0 || flags & ENTRY == 0 {
+            return None;
+        }
+        let pointer = super::segments::Pointer {
+            segment: r.varint()?,
+            offset: r.varint()?,
+            len: u32::try_from(r.varint()?).ok()?,
+        };
+        let outcome = if flags & OUTCOME != 0 {
+            Some(r.outcome()?)
+        } else {
+            None
+        };
+        r.0.is_empty().then_some(ArrivalEntry {
+            dispatch: flags & DISPATCH != 0,
+            pointer,
             outcome,
         })
     }
@@ -600,6 +668,14 @@ fn put_opt(v: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+fn put_outcome(v: &mut Vec<u8>, o: &OutcomeRecord) {
+    v.push(o.outcome.code());
+    put_varint(v, u64::from(o.attempts));
+    v.extend_from_slice(&o.at_ms.to_be_bytes());
+    put_opt(v, o.reason.as_deref());
+    put_opt(v, o.shipment_id.as_ref().map(|id| id.as_str()));
+}
+
 /// Reads what `put_*` wrote; None at the first thing that does not fit.
 struct Reader<'a>(&'a [u8]);
 
@@ -643,6 +719,16 @@ impl Reader<'_> {
     fn string(&mut self) -> Option<String> {
         let len = self.varint()?;
         self.bytes(len)
+    }
+
+    fn outcome(&mut self) -> Option<OutcomeRecord> {
+        Some(OutcomeRecord {
+            outcome: DispatchOutcome::from_code(self.byte()?)?,
+            attempts: u32::try_from(self.varint()?).ok()?,
+            at_ms: self.u64()?,
+            reason: self.opt()?,
+            shipment_id: self.opt()?.map(crate::domain::ids::ShipmentId::from),
+        })
     }
 
     /// An optional string: None when it is absent, Some(None) when the
@@ -932,6 +1018,38 @@ mod tests {
         #[test]
         fn arrivals_round_trip(a in arrival()) {
             proptest::prop_assert_eq!(Arrival::decode(&a.encode()), Some(a));
+        }
+
+        /// Every entry reads back as written, cut anywhere it is refused,
+        /// and no entry reads as a whole arrival nor an arrival as an
+        /// entry: a store half brought from layout 4 tells them apart.
+        #[test]
+        fn entries_round_trip_and_are_never_taken_for_arrivals(
+            a in arrival(),
+            segment in proptest::prelude::any::<u64>(),
+            offset in proptest::prelude::any::<u64>(),
+            len in proptest::prelude::any::<u32>(),
+        ) {
+            let pointer = crate::store::sled::segments::Pointer { segment, offset, len };
+            let entry = a.entry(pointer);
+            let enc = entry.encode();
+            proptest::prop_assert_eq!(ArrivalEntry::decode(&enc), Some(entry));
+            for cut in 0..enc.len() {
+                proptest::prop_assert_eq!(ArrivalEntry::decode(&enc[..cut]), None);
+            }
+            proptest::prop_assert_eq!(Arrival::decode(&enc), None);
+            proptest::prop_assert_eq!(ArrivalEntry::decode(&a.encode()), None);
+        }
+
+        /// Bytes that are not an entry are refused, never a panic, and
+        /// what decodes has exactly one encoding.
+        #[test]
+        fn any_bytes_decode_as_an_entry_or_are_refused(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..60)
+        ) {
+            if let Some(e) = ArrivalEntry::decode(&bytes) {
+                proptest::prop_assert_eq!(e.encode(), bytes);
+            }
         }
 
         /// Bytes that are not an arrival are refused, never a panic.

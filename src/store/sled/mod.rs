@@ -433,7 +433,7 @@ impl SledStore {
         let mut pending = 0i64;
         for kv in tree.range(codec::seq_key(b'n', cursor + 1)..codec::seq_key(b'n', u64::MAX)) {
             let (_, v) = kv?;
-            if codec::Arrival::decode(&v).is_some_and(|a| a.dispatch) {
+            if codec::ArrivalEntry::decode(&v).is_some_and(|a| a.dispatch) {
                 pending += 1;
             }
         }
@@ -564,10 +564,11 @@ impl SledStore {
         let mut out = Vec::new();
         for kv in tree.range(codec::seq_key(b'n', cursor + 1)..codec::seq_key(b'n', u64::MAX)) {
             let (k, v) = kv?;
-            if let (Some(seq), Some(a)) =
-                (codec::parse_seq_key(b'n', &k), codec::Arrival::decode(&v))
-                && a.dispatch
-            {
+            let Some(seq) = codec::parse_seq_key(b'n', &k) else {
+                continue;
+            };
+            let (_, a) = arrival_of(&self.shared.segments, seq, &decode_entry(seq, &v)?)?;
+            if a.dispatch {
                 out.push((seq, a.source, a.event_id));
             }
         }
@@ -594,13 +595,24 @@ impl SledStore {
         let mut held = codec::Held::default();
         for kv in tree.scan_prefix(b"n") {
             let (k, v) = kv?;
-            let (Some(seq), Some(a)) = (codec::parse_seq_key(b'n', &k), codec::Arrival::decode(&v))
+            let Some((seq, entry)) = codec::parse_seq_key(b'n', &k)
+                .and_then(|seq| Some((seq, codec::ArrivalEntry::decode(&v)?)))
             else {
                 problems.push(format!("unreadable arrival {k:?}"));
                 continue;
             };
+            let a = match arrival_of(&self.shared.segments, seq, &entry) {
+                Ok((_, a)) => a,
+                Err(e) => {
+                    problems.push(format!("arrival {seq}: {e}"));
+                    continue;
+                }
+            };
             match read_event(&self.shared, &a.source, &a.event_id, true) {
                 Ok(Some(ev)) if ev.seq == seq && ev.meta.dispatch == a.dispatch => {}
+                // The event expired and came again; retention takes this
+                // copy's arrival.
+                Ok(Some(ev)) if ev.seq > seq => {}
                 Ok(_) => problems.push(format!(
                     "arrival {seq} names no stored event {}/{}",
                     a.source, a.event_id
@@ -968,7 +980,7 @@ impl Events for SledStore {
         else {
             return Ok(None);
         };
-        Ok(read_arrival(tree, ident.seq)?.and_then(|a| a.outcome))
+        Ok(read_entry(tree, ident.seq)?.and_then(|a| a.outcome))
     }
 
     async fn search(
@@ -1021,7 +1033,7 @@ impl Upkeep for SledStore {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let cursor = read_cursor(&shared.tree)?;
-            writer::plan_sweep(&shared.tree, now_ms, limit, cursor).map(drop)
+            writer::plan_sweep(&shared.tree, &shared.segments, now_ms, limit, cursor).map(drop)
         })
         .await
         .map_err(|_| StoreError::Unavailable("sweep planning stopped".into()))??;
@@ -1093,7 +1105,13 @@ impl Upkeep for SledStore {
             .range(codec::seq_key(b'n', cursor + 1)..codec::seq_key(b'n', u64::MAX))
             .next()
             .transpose()?;
-        Ok(first.and_then(|(_, v)| codec::Arrival::decode(&v).map(|a| a.received_at_ms)))
+        let Some((k, v)) = first else {
+            return Ok(None);
+        };
+        let seq = codec::parse_seq_key(b'n', &k)
+            .ok_or_else(|| StoreError::corrupt(format!("the arrival key {k:?}")))?;
+        let (_, a) = arrival_of(&self.shared.segments, seq, &decode_entry(seq, &v)?)?;
+        Ok(Some(a.received_at_ms))
     }
 
     /// Bytes the store takes on disk: sled's files and the payload
@@ -1131,7 +1149,7 @@ fn search(
         let Some(seq) = codec::seq_suffix(&kv?.0) else {
             return Ok(None);
         };
-        Ok(read_arrival(tree, seq)?.map(|a| (seq, a.source, a.event_id)))
+        Ok(read_arrival(tree, &shared.segments, seq)?.map(|(_, a)| (seq, a.source, a.event_id)))
     };
     let under = |tag: u8, text: &str| -> Names<'_> {
         Box::new(
@@ -1156,9 +1174,11 @@ fn search(
                 .rev()
                 .map(|kv| {
                     let (k, v) = kv?;
-                    Ok(codec::parse_seq_key(b'n', &k)
-                        .zip(codec::Arrival::decode(&v))
-                        .map(|(seq, a)| (seq, a.source, a.event_id)))
+                    let Some(seq) = codec::parse_seq_key(b'n', &k) else {
+                        return Ok(None);
+                    };
+                    let (_, a) = arrival_of(&shared.segments, seq, &decode_entry(seq, &v)?)?;
+                    Ok(Some((seq, a.source, a.event_id)))
                 }),
         ),
     };
@@ -1180,7 +1200,9 @@ fn search(
         let Some(ev) = read_event(shared, &source, &id, false)? else {
             continue;
         };
-        if ev.seq >= before {
+        // An arrival of a copy that a later one replaced, waiting for
+        // retention, names the later copy, which has its own.
+        if ev.seq >= before || (seq != 0 && ev.seq != seq) {
             continue;
         }
         let at = ev.meta.received_at_ms;
@@ -1192,7 +1214,7 @@ fn search(
             next_before = None;
             break;
         }
-        let outcome = read_arrival(tree, ev.seq)?.and_then(|a| a.outcome);
+        let outcome = read_entry(tree, ev.seq)?.and_then(|a| a.outcome);
         let matches = filter.source.as_ref().is_none_or(|s| *s == source)
             && filter.event_id.as_ref().is_none_or(|e| *e == id)
             && filter
@@ -1389,7 +1411,10 @@ fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), St
                 batch.insert(key.clone(), record.clone());
                 replayed.insert(key, record);
             }
-            batch.insert(codec::seq_key(b'n', seq).to_vec(), logged.arrival);
+            batch.insert(
+                codec::seq_key(b'n', seq).to_vec(),
+                arrival.entry(pointer).encode(),
+            );
             if let Some(meta) =
                 codec::decode_index_meta(logged.index_meta, logged.ident.received_at_ms)
             {
@@ -1440,28 +1465,42 @@ fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), St
 fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), StoreError> {
     let checkpoint = read_u64(tree, codec::DURABLE_KEY)?;
     let mut batch = sled::Batch::default();
-    let mut dropped = 0;
     let mut held = codec::Held::default();
+    // The arrivals whose record is gone; with it went their names.
+    let mut gone = HashMap::new();
     for kv in tree.range(codec::seq_key(b'n', checkpoint + 1)..codec::seq_key(b'n', u64::MAX)) {
         let (k, v) = kv?;
-        let (Some(seq), Some(a)) = (codec::parse_seq_key(b'n', &k), codec::Arrival::decode(&v))
-        else {
+        let Some(seq) = codec::parse_seq_key(b'n', &k) else {
             continue;
         };
-        let Some(record) = tree.get(codec::event_key(&a.source, &a.event_id))? else {
-            continue;
-        };
-        let Some((ident, meta, pointer)) = codec::decode_event(&record) else {
-            continue;
-        };
-        let whole = segments::Pointer::decode(&pointer).is_some_and(|p| segments.contains(&p));
-        if ident.seq == seq && !whole {
-            // Its retention entry stays: the sweep skips what is gone.
-            writer::forget_event(&mut batch, &a.source, &a.event_id, seq, &meta);
-            dropped += 1;
-            held.add(codec::Held::of(&a));
+        let entry = decode_entry(seq, &v)?;
+        if !segments.contains(&entry.pointer) {
+            held.add(codec::Held::of_outcome(entry.outcome.as_ref()));
+            batch.remove(k);
+            gone.insert(seq, entry.pointer);
         }
     }
+    if !gone.is_empty() {
+        // Only a crash that cut a segment's tail gets here: the identities
+        // pointing into the cut are found by reading every identity once.
+        // Their retention entries stay: the sweep skips what is gone.
+        for kv in tree.scan_prefix(b"e") {
+            let (k, v) = kv?;
+            let Some((ident, meta, pointer)) = codec::decode_event(&v) else {
+                continue;
+            };
+            let points_into_cut = gone
+                .get(&ident.seq)
+                .is_some_and(|p| segments::Pointer::decode(&pointer) == Some(*p));
+            if points_into_cut {
+                for entry in writer::search_entries(ident.seq, &meta) {
+                    batch.remove(entry);
+                }
+                batch.remove(k);
+            }
+        }
+    }
+    let dropped = gone.len();
     if !held.is_empty() {
         let mut swept = HeldKeys::Swept.read(tree)?;
         swept.add(held);
@@ -1480,9 +1519,72 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
 
 /// The version of the store's layout, kept under `F`: 2 put payloads in
 /// segments, 3 made index records binary, search entries keys alone and
-/// retention entries one per group, 4 made arrivals binary. A store
-/// written by another layout is refused, not misread.
-const FORMAT: u64 = 4;
+/// retention entries one per group, 4 made arrivals binary, 5 left in
+/// sled only an entry of each arrival (`codec::ArrivalEntry`). A store of
+/// layout 4 is brought to 5 on open (`entries_from_arrivals`); one of
+/// any other layout is refused, not misread.
+const FORMAT: u64 = 5;
+
+/// Arrivals rewritten per batch while a store of layout 4 is opened.
+const MIGRATE_BATCH: usize = 10_000;
+
+/// Brings a store of layout 4 to layout 5: each whole arrival under `n`
+/// becomes an entry pointing at its event's segment record, which its
+/// identity record names. An arrival whose identity now names another
+/// copy (the event expired and came again; retention had not yet taken
+/// the old arrival) is forgotten, and counted, as the sweep would have.
+/// Batches are atomic and the layout is written last, so an open cut short
+/// goes on where it stopped: no entry decodes as a whole arrival.
+fn entries_from_arrivals(tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut swept = HeldKeys::Swept.read(tree)?;
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    let (mut rewritten, mut forgotten) = (0u64, 0u64);
+    for kv in tree.scan_prefix(b"n") {
+        let (k, v) = kv?;
+        if codec::ArrivalEntry::decode(&v).is_some() {
+            continue;
+        }
+        let what = || format!("the arrival {}", String::from_utf8_lossy(&k));
+        let seq = codec::parse_seq_key(b'n', &k).ok_or_else(|| StoreError::corrupt(what()))?;
+        let arrival = codec::Arrival::decode(&v).ok_or_else(|| StoreError::corrupt(what()))?;
+        let key = codec::event_key(&arrival.source, &arrival.event_id);
+        let current = match tree.get(&key)? {
+            None => None,
+            Some(record) => Some(
+                codec::decode_event(&record)
+                    .and_then(|(ident, _, p)| Some((ident.seq, segments::Pointer::decode(&p)?)))
+                    .ok_or_else(|| StoreError::corrupt(codec::describe_key(&key)))?,
+            ),
+        };
+        match current {
+            Some((at, pointer)) if at == seq => {
+                batch.insert(k, arrival.entry(pointer).encode());
+                rewritten += 1;
+            }
+            _ => {
+                swept.add(codec::Held::of(&arrival));
+                HeldKeys::Swept.write(&mut batch, swept);
+                batch.remove(k);
+                forgotten += 1;
+            }
+        }
+        in_batch += 1;
+        if in_batch == MIGRATE_BATCH {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+    }
+    tree.apply_batch(batch)?;
+    tree.insert(codec::FORMAT_KEY, FORMAT.to_be_bytes().to_vec())?;
+    tree.flush()?;
+    tracing::warn!(
+        rewritten,
+        forgotten,
+        "brought the store from layout 4 to layout {FORMAT}: arrivals are entries now"
+    );
+    Ok(())
+}
 
 /// Counts the dead events of a store written before their count was
 /// kept, once: it has no `DEAD_KEY`. The count starts there and is kept
@@ -1494,8 +1596,8 @@ fn count_dead_once(tree: &sled::Tree, cursor: u64) -> Result<(), StoreError> {
     let mut dead = 0u64;
     for kv in tree.range(codec::seq_key(b'n', 0)..=codec::seq_key(b'n', cursor)) {
         let (_, v) = kv?;
-        if let Some(a) = codec::Arrival::decode(&v) {
-            dead += codec::Held::of(&a).dead;
+        if let Some(a) = codec::ArrivalEntry::decode(&v) {
+            dead += codec::Held::of_outcome(a.outcome.as_ref()).dead;
         }
     }
     let mut batch = sled::Batch::default();
@@ -1511,6 +1613,7 @@ fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
         .and_then(|v| codec::decode_u64(&v))
     {
         Some(FORMAT) => Ok(()),
+        Some(4) => entries_from_arrivals(tree),
         Some(other) => Err(StoreError::Unavailable(format!(
             "the store has layout {other}; this build reads layout {FORMAT}"
         ))),
@@ -1524,15 +1627,55 @@ fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
     }
 }
 
-/// The arrival under `seq`; one that is there and cannot be read is an
+/// The arrival under `seq`, from its entry and its segment record, with
+/// the record's pointer; one that is there and cannot be read is an
 /// error, never taken for absent.
-fn read_arrival(tree: &sled::Tree, seq: u64) -> Result<Option<codec::Arrival>, StoreError> {
+fn read_arrival(
+    tree: &sled::Tree,
+    segments: &segments::Segments,
+    seq: u64,
+) -> Result<Option<(segments::Pointer, codec::Arrival)>, StoreError> {
     match tree.get(codec::seq_key(b'n', seq))? {
         None => Ok(None),
-        Some(v) => codec::Arrival::decode(&v)
-            .map(Some)
-            .ok_or_else(|| StoreError::corrupt(format!("the arrival of event {seq}"))),
+        Some(v) => arrival_of(segments, seq, &decode_entry(seq, &v)?).map(Some),
     }
+}
+
+/// The entry under `seq` alone: what dispatch did, without the segment
+/// record.
+fn read_entry(tree: &sled::Tree, seq: u64) -> Result<Option<codec::ArrivalEntry>, StoreError> {
+    tree.get(codec::seq_key(b'n', seq))?
+        .map(|v| decode_entry(seq, &v))
+        .transpose()
+}
+
+/// The entry stored under `n` seq.
+fn decode_entry(seq: u64, v: &[u8]) -> Result<codec::ArrivalEntry, StoreError> {
+    codec::ArrivalEntry::decode(v)
+        .ok_or_else(|| StoreError::corrupt(format!("the arrival of event {seq}")))
+}
+
+/// The whole arrival an entry stands for: the names, time and fields its
+/// segment record holds, the outcome the entry holds. A record that
+/// fails its checksum, or holds another event, is unreadable; a read
+/// that fails is the store's.
+fn arrival_of(
+    segments: &segments::Segments,
+    seq: u64,
+    entry: &codec::ArrivalEntry,
+) -> Result<(segments::Pointer, codec::Arrival), StoreError> {
+    let unreadable = || StoreError::corrupt(format!("the segment record of event {seq}"));
+    let record = segments.read(&entry.pointer).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => unreadable(),
+        _ => StoreError::Unavailable(format!("the segment record of event {seq}: {e}")),
+    })?;
+    let mut arrival = codec::decode_logged(&record)
+        .filter(|(logged, _)| logged.ident.seq == seq)
+        .and_then(|(logged, _)| codec::Arrival::decode(logged.arrival))
+        .filter(|a| a.dispatch == entry.dispatch && a.outcome.is_none())
+        .ok_or_else(unreadable)?;
+    arrival.outcome = entry.outcome.clone();
+    Ok((entry.pointer, arrival))
 }
 
 fn read_cursor(tree: &sled::Tree) -> Result<u64, StoreError> {
@@ -2070,7 +2213,11 @@ mod tests {
     /// arrival of theirs.
     fn dangling_entries(store: &SledStore) -> Vec<String> {
         let tree = &store.shared.tree;
-        let arrival = |seq| read_arrival(tree, seq).unwrap();
+        let arrival = |seq| {
+            read_arrival(tree, &store.shared.segments, seq)
+                .unwrap()
+                .map(|(_, a)| a)
+        };
         let mut dangling = Vec::new();
         for kv in tree.scan_prefix(b"e") {
             let (k, v) = kv.unwrap();
@@ -2524,6 +2671,180 @@ mod tests {
             dead.reason.as_deref(),
             Some("the tracking entry of TN cannot be read")
         );
+    }
+
+    /// What a search with no criteria shows: every event, newest first,
+    /// with its outcome.
+    async fn everything(store: &SledStore) -> Vec<(String, u64, Option<OutcomeRecord>)> {
+        let found = store
+            .search(&EventFilter::default(), 100, 1000)
+            .await
+            .unwrap();
+        assert!(found.complete);
+        found
+            .events
+            .into_iter()
+            .map(|(ev, o)| (ev.event_id, ev.seq, o))
+            .collect()
+    }
+
+    /// A store written by layout 4 kept whole arrivals in sled. Opened by
+    /// this build, each becomes an entry pointing at its segment record,
+    /// with its outcome; what every reader sees stays as it was. The
+    /// arrival of a copy that a later one replaced goes, as the sweep
+    /// would have taken it. An open cut short, with some entries already
+    /// rewritten, goes on where it stopped.
+    #[tokio::test]
+    async fn a_store_of_layout_4_is_brought_to_entries_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = moving_shipment(dir.path()).await;
+        for ev in [
+            tracking_event("applied", 10, 1, "TN"),
+            tracking_event("parked", 11, 2, "TN9"),
+            event("stored", 12, 3, false),
+            // Expires at 1013 and comes again: two arrivals, one identity.
+            tracking_event("again", 13, 4, "TN"),
+            tracking_event("again", 2000, 5, "TN"),
+        ] {
+            store.ingest(ev).await.unwrap();
+        }
+        store.settle().await.unwrap();
+        store.close().unwrap();
+        drop(store);
+        // Queued, not dispatched: in the inbox through the upgrade.
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        store
+            .ingest(tracking_event("waiting", 2001, 6, "TN"))
+            .await
+            .unwrap();
+        let before = everything(&store).await;
+        let (parked, dead) = (store.parked().await.unwrap(), store.dead().await.unwrap());
+        let inbox = store.inbox().unwrap();
+        assert_eq!(parked, 1);
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+        store.close().unwrap();
+        drop(store);
+
+        // Written back as layout 4 wrote them: each arrival whole, with
+        // its outcome. The newest stays an entry, as if the upgrade had
+        // been cut after it.
+        let arrivals;
+        {
+            let db = open_db(&sled::Config::new().path(dir.path())).unwrap();
+            let tree = db.open_tree("state").unwrap();
+            let segs = segments::Segments::open(&dir.path().join("segments"), 1 << 20).unwrap();
+            let all: Vec<_> = tree.scan_prefix(b"n").map(Result::unwrap).collect();
+            arrivals = all.len();
+            for (k, v) in &all[..all.len() - 1] {
+                let seq = codec::parse_seq_key(b'n', k).unwrap();
+                let entry = codec::ArrivalEntry::decode(v).unwrap();
+                let (_, whole) = arrival_of(&segs, seq, &entry).unwrap();
+                tree.insert(k, whole.encode()).unwrap();
+            }
+            tree.insert(codec::FORMAT_KEY, 4u64.to_be_bytes().to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
+
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        let tree = &store.shared.tree;
+        assert_eq!(read_u64(tree, codec::FORMAT_KEY).unwrap(), FORMAT);
+        let entries: Vec<_> = tree.scan_prefix(b"n").map(Result::unwrap).collect();
+        assert_eq!(
+            entries.len(),
+            arrivals - 1,
+            "the replaced copy's arrival goes"
+        );
+        for (k, v) in &entries {
+            assert!(codec::ArrivalEntry::decode(v).is_some(), "{k:?}");
+        }
+        assert_eq!(everything(&store).await, before);
+        assert_eq!(store.parked().await.unwrap(), parked);
+        assert_eq!(store.dead().await.unwrap(), dead);
+        assert_eq!(store.inbox().unwrap(), inbox);
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+        let ev = store.event("carrier", "parked").await.unwrap().unwrap();
+        assert_eq!(ev.body, b"{}".to_vec());
+        // Dispatch goes on from where it was.
+        store
+            .start_dispatcher(crate::config::test_sources())
+            .unwrap();
+        store.settle().await.unwrap();
+        assert!(store.inbox().unwrap().is_empty());
+        assert!(store.outcome("carrier", "waiting").await.unwrap().is_some());
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    }
+
+    /// An event that expired and came again has two arrivals until
+    /// retention takes the first; a search lists the event once.
+    #[tokio::test]
+    async fn a_search_lists_an_event_that_came_again_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        store.ingest(event("again", 10, 1, false)).await.unwrap();
+        store.ingest(event("again", 2000, 2, false)).await.unwrap();
+        assert_eq!(store.shared.tree.scan_prefix(b"n").count(), 2);
+        let seq = store.event("s", "again").await.unwrap().unwrap().seq;
+        assert_eq!(everything(&store).await, vec![("again".into(), seq, None)]);
+        let by_type = EventFilter {
+            source: Some("s".into()),
+            ..EventFilter::default()
+        };
+        assert_eq!(
+            store.search(&by_type, 10, 100).await.unwrap().events.len(),
+            1
+        );
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    }
+
+    /// An arrival whose segment record fails its checksum names no event
+    /// to apply: dispatch passes over it, reported, and applies the
+    /// others; the integrity check names it.
+    #[tokio::test]
+    async fn dispatch_passes_over_an_arrival_whose_record_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&cfg(dir.path())).unwrap();
+        for (id, at) in [("first", 10), ("damaged", 11), ("last", 12)] {
+            store
+                .ingest(tracking_event(id, at, 1, "TN9"))
+                .await
+                .unwrap();
+        }
+        let record = store
+            .shared
+            .tree
+            .get(codec::event_key("carrier", "damaged"))
+            .unwrap()
+            .unwrap();
+        let (_, _, pointer) = codec::decode_event(&record).unwrap();
+        let pointer = segments::Pointer::decode(&pointer).unwrap();
+        let file = dir
+            .path()
+            .join("segments")
+            .join(format!("{:016x}.seg", pointer.segment));
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = usize::try_from(pointer.offset).unwrap() + 8 + 60;
+        bytes[at] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+
+        store
+            .start_dispatcher(crate::config::test_sources())
+            .unwrap();
+        store.settle().await.unwrap();
+        assert_eq!(store.inbox_pending().await.unwrap(), 0);
+        for id in ["first", "last"] {
+            let outcome = store.outcome("carrier", id).await.unwrap().unwrap();
+            assert_eq!(outcome.outcome, codec::DispatchOutcome::Parked, "{id}");
+        }
+        assert_eq!(store.outcome("carrier", "damaged").await.unwrap(), None);
+        let problems = store.integrity_problems().unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("segment record"), "{problems:?}");
+        assert!(matches!(
+            store.search(&EventFilter::default(), 10, 100).await,
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     /// A parked arrival that cannot be read fails the label that would

@@ -18,7 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 const HEADER: usize = 8;
 /// Segments whose tail is checked on open: the active one and the one
@@ -75,7 +75,15 @@ pub struct Segments {
     dir: PathBuf,
     max_bytes: u64,
     active: Mutex<Active>,
+    /// The segments read last, kept open, newest use first: dispatch and
+    /// retention each read the records of one segment in a row, and an
+    /// open and close per record cost more than the read.
+    readers: Mutex<Vec<(u64, Arc<File>)>>,
 }
+
+/// Segments kept open for reading at most: dispatch's, retention's, and
+/// room for searches.
+const OPEN_READERS: usize = 4;
 
 fn invalid(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.into())
@@ -108,6 +116,7 @@ impl Segments {
             dir: dir.to_path_buf(),
             max_bytes: max_bytes.max(1),
             active: Mutex::new(Active { id, file, len }),
+            readers: Mutex::new(Vec::with_capacity(OPEN_READERS)),
         })
     }
 
@@ -214,7 +223,7 @@ impl Segments {
 
     /// Reads one record back, checking its checksum.
     pub fn read(&self, p: &Pointer) -> io::Result<Vec<u8>> {
-        let file = File::open(self.dir.join(file_name(p.segment)))?;
+        let file = self.reader(p.segment)?;
         let mut record = vec![0u8; HEADER + p.len as usize];
         file.read_exact_at(&mut record, p.offset)?;
         let (header, packed) = record.split_at(HEADER);
@@ -236,7 +245,30 @@ impl Segments {
                 p.segment, p.offset
             )));
         }
-        Ok(packed.to_vec())
+        record.drain(..HEADER);
+        Ok(record)
+    }
+
+    /// Segment `id` open for reading: kept from an earlier read, or opened
+    /// now and kept in place of the one used least recently. The lock is
+    /// not held while a file is opened or read.
+    fn reader(&self, id: u64) -> io::Result<Arc<File>> {
+        let lock = || self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        {
+            let mut readers = lock();
+            if let Some(at) = readers.iter().position(|(r, _)| *r == id) {
+                let entry = readers.remove(at);
+                let file = entry.1.clone();
+                readers.insert(0, entry);
+                return Ok(file);
+            }
+        }
+        let file = Arc::new(File::open(self.dir.join(file_name(id)))?);
+        let mut readers = lock();
+        readers.retain(|(r, _)| *r != id);
+        readers.truncate(OPEN_READERS - 1);
+        readers.insert(0, (id, file.clone()));
+        Ok(file)
     }
 
     /// Whether a pointer names a whole record within its segment as it is
@@ -263,6 +295,11 @@ impl Segments {
         if id >= self.active_id() {
             return Ok(());
         }
+        // A reader kept open would hold the file's space until replaced.
+        self.readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(r, _)| *r != id);
         match std::fs::remove_file(self.dir.join(file_name(id))) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -380,6 +417,36 @@ mod tests {
         assert_eq!(s.ids().unwrap(), [2]);
         assert!(s.read(&first[0]).is_err());
         assert!(s.size_bytes() > 0);
+    }
+
+    /// Reads across more segments than are kept open, in turns, each find
+    /// their own record, and no more files than that stay open.
+    #[test]
+    fn reads_across_many_segments_find_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Segments::open(dir.path(), 10).unwrap();
+        let records: Vec<(Pointer, Vec<u8>)> = (0..3 * OPEN_READERS)
+            .map(|i| {
+                let body = format!("record {i}").into_bytes();
+                let (p, _) = s.append(std::slice::from_ref(&body)).unwrap();
+                (p[0], body)
+            })
+            .collect();
+        let segments: std::collections::HashSet<u64> =
+            records.iter().map(|(p, _)| p.segment).collect();
+        assert_eq!(segments.len(), records.len());
+        for round in 0..3 {
+            for (i, (p, body)) in records.iter().enumerate() {
+                let (p, body) = if (i + round) % 2 == 0 {
+                    (p, body)
+                } else {
+                    let (q, b) = &records[records.len() - 1 - i];
+                    (q, b)
+                };
+                assert_eq!(&s.read(p).unwrap(), body);
+                assert!(s.readers.lock().unwrap().len() <= OPEN_READERS);
+            }
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use async_trait::async_trait;
 
 use super::codec::{self, Arrival, DispatchOutcome, OrderRecord, OutcomeRecord, ShipmentRecord};
+use super::segments::Pointer;
 use super::{STALL_AFTER, Shared};
 use crate::domain::ids::{OrderId, OrderKey, PartnerName, ShipmentId, TrackingNumber};
 use crate::domain::label::{LabelRequest, LabelVoid};
@@ -134,8 +135,9 @@ pub(super) struct Pass<'a> {
     dirty_orders: HashSet<OrderKey>,
     /// Order id → the partners with an order of that id.
     partners: HashMap<OrderId, Vec<PartnerName>>,
-    /// The arrivals whose outcome this pass may write, by sequence number.
-    arrivals: HashMap<u64, Arrival>,
+    /// The arrivals whose outcome this pass may write, by sequence number,
+    /// with their segment records' pointers.
+    arrivals: HashMap<u64, (Pointer, Arrival)>,
     /// Events this pass made parked or dead, and those it took out of
     /// either.
     marked: codec::Held,
@@ -162,7 +164,7 @@ impl<'a> Pass<'a> {
 
     /// An arrival as a stored event handed to dispatch, kept so that its
     /// outcome can be written into it.
-    fn stored(&mut self, seq: u64, arrival: Arrival) -> Stored {
+    fn stored(&mut self, seq: u64, (pointer, arrival): (Pointer, Arrival)) -> Stored {
         let stored = Stored {
             seq,
             source: arrival.source.clone(),
@@ -170,7 +172,7 @@ impl<'a> Pass<'a> {
             received_at_ms: arrival.received_at_ms,
             outcome: arrival.outcome.clone(),
         };
-        self.arrivals.insert(seq, arrival);
+        self.arrivals.insert(seq, (pointer, arrival));
         stored
     }
 
@@ -391,15 +393,16 @@ impl EventRows for Pass<'_> {
                 // Still in the inbox: the next pass applies it.
                 continue;
             }
-            let Some(arrival) = super::read_arrival(self.tree, seq)? else {
+            let Some(arrival) = super::read_arrival(self.tree, &self.shared.segments, seq)? else {
                 continue;
             };
             if arrival
+                .1
                 .outcome
                 .as_ref()
                 .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
             {
-                let body = self.body(&arrival.source, &arrival.event_id)?;
+                let body = self.body(&arrival.1.source, &arrival.1.event_id)?;
                 parked.push((self.stored(seq, arrival), body));
             }
         }
@@ -415,14 +418,14 @@ impl EventRows for Pass<'_> {
         let Some(ev) = super::read_event(self.shared, source, event_id, true)? else {
             return Ok(None);
         };
-        let Some(arrival) = super::read_arrival(self.tree, ev.seq)? else {
+        let Some(arrival) = super::read_arrival(self.tree, &self.shared.segments, ev.seq)? else {
             return Ok(None);
         };
         Ok(Some((self.stored(ev.seq, arrival), Some(ev.body))))
     }
 
     fn put_outcome(&mut self, event: &Stored, outcome: &OutcomeRecord) {
-        let Some(arrival) = self.arrivals.get_mut(&event.seq) else {
+        let Some((pointer, arrival)) = self.arrivals.get_mut(&event.seq) else {
             // Every event handed to the core came through `stored`.
             tracing::error!(
                 seq = event.seq,
@@ -435,8 +438,10 @@ impl EventRows for Pass<'_> {
         let is = codec::Held::of(arrival);
         self.marked.add(is);
         self.unmarked.add(was);
-        self.batch
-            .insert(codec::seq_key(b'n', event.seq).to_vec(), arrival.encode());
+        self.batch.insert(
+            codec::seq_key(b'n', event.seq).to_vec(),
+            arrival.entry(*pointer).encode(),
+        );
     }
 }
 
@@ -574,6 +579,9 @@ impl StateMachine {
             let mut pass = Pass::new(&self.shared);
             let mut last = cursor;
             let mut events = Vec::new();
+            // Queued events whose arrival cannot be read: out of the
+            // inbox, as the cursor passes them.
+            let mut passed_over = 0i64;
             let sources = self.shared.sources.load_full();
             let inbox = codec::seq_key(b'n', cursor + 1)..=codec::seq_key(b'n', durable);
             for kv in tree.range(inbox).take(PASS) {
@@ -584,16 +592,25 @@ impl StateMachine {
                 last = seq;
                 // An arrival that cannot be read names no event to apply:
                 // reported and counted, and the pass goes on, so that one
-                // bad record does not stop dispatch for every other.
-                let Some(arrival) = Arrival::decode(&v) else {
+                // bad record does not stop dispatch for every other. A
+                // read that fails is the store's, and stops the pass.
+                let Some(entry) = codec::ArrivalEntry::decode(&v) else {
                     let _ = StoreError::corrupt(format!(
                         "the arrival of event {seq}, passed over by dispatch"
                     ));
                     continue;
                 };
-                if !arrival.dispatch {
+                if !entry.dispatch {
                     continue;
                 }
+                let read = match super::arrival_of(&self.shared.segments, seq, &entry) {
+                    Err(StoreError::Corrupt(_)) => {
+                        passed_over += 1;
+                        continue;
+                    }
+                    read => read?,
+                };
+                let arrival = &read.1;
                 let interpretation = match (sources.get(&arrival.source), &arrival.fields) {
                     (None, _) => gone(&arrival.source),
                     (Some(cfg), Some(fields)) => {
@@ -601,12 +618,12 @@ impl StateMachine {
                     }
                     (Some(_), None) => Interpretation::NotDispatched,
                 };
-                events.push((pass.stored(seq, arrival), interpretation));
+                events.push((pass.stored(seq, read), interpretation));
             }
             if last == cursor {
                 return Ok(());
             }
-            let dispatched = events.len() as i64;
+            let dispatched = events.len() as i64 + passed_over;
             let mut work = Work::new(&mut pass, &sources);
             run_now(work.dispatch(events))?;
             let counted = work.counted;

@@ -17,6 +17,17 @@ use super::{
 use crate::health::Component;
 use crate::telemetry::metric;
 
+/// A new event of a group, waiting for its segment record's pointer:
+/// its identity record, and where in the group's writes its arrival entry
+/// goes.
+struct Indexed {
+    key: Vec<u8>,
+    ident: Ident,
+    meta: Vec<u8>,
+    dispatch: bool,
+    arrival_at: usize,
+}
+
 /// Events one retention entry names at most.
 const EXPIRY_ENTRY: usize = 128;
 
@@ -165,7 +176,6 @@ impl Writer {
                         },
                         &ev.packed,
                     ));
-                    index.push((key.clone(), ident, std::mem::take(&mut ev.index_meta)));
                     self.note_expiry(ev.expires_at_ms);
                     // Events of one group with one retention share a
                     // retention entry, due when the last of them expires.
@@ -177,8 +187,16 @@ impl Writer {
                         writes.extend(replaced_entries(&old).into_iter().map(|k| (k, None)));
                     }
                     // Search entries are keys alone: the arrival under
-                    // their sequence number names the event.
-                    writes.push((codec::seq_key(b'n', self.seq).to_vec(), Some(ev.arrival)));
+                    // their sequence number names the event. Its entry
+                    // points at the segment record, placed below.
+                    index.push(Indexed {
+                        key: key.clone(),
+                        ident,
+                        meta: std::mem::take(&mut ev.index_meta),
+                        dispatch: ev.dispatch,
+                        arrival_at: writes.len(),
+                    });
+                    writes.push((codec::seq_key(b'n', self.seq).to_vec(), None));
                     let tn = ev.tracking_number.as_deref();
                     let entries = codec::search_keys(self.seq, tn, ev.order_id.as_deref());
                     writes.extend(entries.map(|k| (k, Some(Vec::new()))));
@@ -221,9 +239,17 @@ impl Writer {
                     return None;
                 }
             };
-            for ((key, ident, meta), pointer) in index.into_iter().zip(&pointers) {
-                let record = codec::assemble_event(&ident, &pointer.encode(), &meta);
-                writes.push((key, Some(record)));
+            for (ix, pointer) in index.into_iter().zip(&pointers) {
+                let entry = codec::ArrivalEntry {
+                    dispatch: ix.dispatch,
+                    pointer: *pointer,
+                    outcome: None,
+                };
+                if let Some(w) = writes.get_mut(ix.arrival_at) {
+                    w.1 = Some(entry.encode());
+                }
+                let record = codec::assemble_event(&ix.ident, &pointer.encode(), &ix.meta);
+                writes.push((ix.key, Some(record)));
             }
             // Gone only when the store is stopping; the group's answers
             // then fail with it.
@@ -310,7 +336,7 @@ impl Writer {
     fn sweep(&mut self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         let tree = &self.shared.tree;
         let cursor = super::read_cursor(tree)?;
-        let mut plan = plan_sweep(tree, now_ms, limit, cursor)?;
+        let mut plan = plan_sweep(tree, &self.shared.segments, now_ms, limit, cursor)?;
         let mut swept = self.shared.swept.load();
         swept.add(plan.held);
         if !plan.held.is_empty() {
@@ -412,6 +438,7 @@ pub(super) struct SweepPlan {
 /// up intake).
 pub(super) fn plan_sweep(
     tree: &sled::Tree,
+    segments: &super::segments::Segments,
     now_ms: u64,
     limit: usize,
     cursor: u64,
@@ -427,7 +454,7 @@ pub(super) fn plan_sweep(
         let (k, v) = kv?;
         let mut waiting = Vec::new();
         for seq in codec::decode_seqs(&v) {
-            let arrival = super::read_arrival(tree, seq)?;
+            let arrival = super::read_arrival(tree, segments, seq)?.map(|(_, a)| a);
             let current = match &arrival {
                 Some(a) => tree
                     .get(codec::event_key(&a.source, &a.event_id))?

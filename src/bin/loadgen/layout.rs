@@ -27,9 +27,9 @@ pub enum Layout {
     /// the outcome, tracking-number entry (`T`), a share of a retention
     /// entry.
     Today,
-    /// The store since layout 5: today's keys, with the arrival an entry
-    /// (the segment record's pointer, then the outcome) instead of the
-    /// event's names and fields, which are read from the record.
+    /// The store's layout 5: today's keys, with the arrival an entry (the
+    /// segment record's pointer, then the outcome) instead of the event's
+    /// names and fields, which are read from the record.
     Entries,
     /// Today's, with the parked reason (derivable from the tracking
     /// number) left out of the outcome.
@@ -47,6 +47,10 @@ pub enum Layout {
     Inbox,
     /// Identity, search and retention entries only: the floor.
     NoArrival,
+    /// The store since layout 6: layout 5's, with the identity record
+    /// holding only the identity and the pointer (76 bytes); the
+    /// searchable metadata is read from the segment record.
+    SlimEntries,
 }
 
 struct Sizes {
@@ -110,6 +114,12 @@ impl Layout {
                 identity_outcome: 12,
                 search_value: 24,
                 expiry_per_event: 24,
+                ..today
+            },
+            Layout::SlimEntries => Sizes {
+                identity: 76,
+                arrival: 8,
+                arrival_done: 8 + 63,
                 ..today
             },
             Layout::NoArrival => Sizes {

@@ -7,7 +7,7 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `e` source 0 event_id | `Ident` (56 bytes), the payload's `segments::Pointer` (20 bytes), then `encode_index_meta` |
+//! | `e` source 0 event_id | `Ident` (56 bytes), then the segment record's `segments::Pointer` (20 bytes) |
 //! | `x` expires_at first_seq | the sequence numbers (8 bytes each) of a group's events that expire by then: the retention index, oldest first |
 //! | `n` seq | `ArrivalEntry`: every event in arrival order, pointing at its segment record (which holds the `Arrival`: names, time, fields), with its dispatch outcome once dispatched; past the cursor, the inbox |
 //! | `T` tracking_number 0 seq | (empty): search by tracking number |
@@ -487,8 +487,7 @@ pub fn encode_meta(meta: &EventMeta) -> Vec<u8> {
     serde_json::to_vec(meta).expect("EventMeta serialises: strings and numbers only")
 }
 
-/// Metadata and body, length-prefixed: a payload segment's record, and,
-/// with the payload pointer for body, the rest of an index record.
+/// Metadata and body, length-prefixed: a payload segment's record.
 pub fn encode_payload(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
     frame(&encode_meta(meta), body)
 }
@@ -571,13 +570,16 @@ pub fn decode_payload(v: &[u8]) -> Option<(EventMeta, Vec<u8>)> {
     Some((meta, v.get(4 + len..)?.to_vec()))
 }
 
-/// An index record: the identity, the payload's pointer, then the little
-/// a search shows without reading the payload (`encode_index_meta`).
-pub fn assemble_event(ident: &Ident, pointer: &[u8], index_meta: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(56 + pointer.len() + index_meta.len());
+/// An identity record's length: the identity and its segment record's
+/// pointer. What a search shows of the event (`encode_index_meta`) is in
+/// that record, read with its arrival.
+pub const EVENT_RECORD: usize = 56 + super::segments::Pointer::ENCODED;
+
+/// An identity record (`e` source 0 event_id).
+pub fn encode_event(ident: &Ident, pointer: &super::segments::Pointer) -> Vec<u8> {
+    let mut v = Vec::with_capacity(EVENT_RECORD);
     v.extend_from_slice(&ident.encode());
-    v.extend_from_slice(pointer);
-    v.extend_from_slice(index_meta);
+    v.extend_from_slice(&pointer.encode());
     v
 }
 
@@ -635,14 +637,23 @@ pub fn event_ident(v: &[u8]) -> Option<Ident> {
     Ident::decode(v.get(..56)?)
 }
 
-/// An index record: the identity, the metadata (without headers) and the
-/// payload's pointer.
-pub fn decode_event(v: &[u8]) -> Option<(Ident, EventMeta, Vec<u8>)> {
-    const POINTER: usize = super::segments::Pointer::ENCODED;
-    let ident = event_ident(v)?;
-    let pointer = v.get(56..56 + POINTER)?.to_vec();
-    let meta = decode_index_meta(v.get(56 + POINTER..)?, ident.received_at_ms)?;
-    Some((ident, meta, pointer))
+/// Exactly one identity record: the identity and the pointer.
+pub fn decode_event(v: &[u8]) -> Option<(Ident, super::segments::Pointer)> {
+    if v.len() != EVENT_RECORD {
+        return None;
+    }
+    Some((
+        event_ident(v)?,
+        super::segments::Pointer::decode(v.get(56..)?)?,
+    ))
+}
+
+/// What layout 6 keeps of an identity record of layout 5 or earlier,
+/// which held the index metadata after the pointer; None for one that
+/// is already of layout 6 or too short to be either.
+pub fn slimmed_event(v: &[u8]) -> Option<&[u8]> {
+    let head = v.get(..EVENT_RECORD)?;
+    (v.len() > EVENT_RECORD && decode_event(head).is_some()).then_some(head)
 }
 
 fn put_varint(v: &mut Vec<u8>, mut n: u64) {
@@ -867,14 +878,27 @@ mod tests {
             seq: 3,
             content_hash: [1; 32],
         };
-        let pointer = [9u8; super::super::segments::Pointer::ENCODED];
-        let enc = assemble_event(&ident, &pointer, &encode_index_meta(&meta));
+        let pointer = super::super::segments::Pointer {
+            segment: 9,
+            offset: 1 << 40,
+            len: 700,
+        };
+        let enc = encode_event(&ident, &pointer);
         assert_eq!(event_ident(&enc), Some(ident));
+        assert_eq!(decode_event(&enc), Some((ident, pointer)));
+        assert_eq!(slimmed_event(&enc), None);
+        // Layout 5 and earlier: the index metadata after the pointer.
+        let fat = [enc.clone(), encode_index_meta(&meta)].concat();
+        assert_eq!(decode_event(&fat), None);
+        assert_eq!(slimmed_event(&fat), Some(&enc[..]));
         let indexed = EventMeta {
             headers: Vec::new(),
             ..meta.clone()
         };
-        assert_eq!(decode_event(&enc), Some((ident, indexed, pointer.to_vec())));
+        assert_eq!(
+            decode_index_meta(&encode_index_meta(&meta), 9),
+            Some(indexed)
+        );
         assert_eq!(
             decode_payload(&encode_payload(&meta, body)),
             Some((meta, body.to_vec()))

@@ -86,7 +86,8 @@ struct Prepared {
     /// Headers and body, compressed here rather than on the writer thread
     /// (`codec::pack_payload`).
     packed: Vec<u8>,
-    /// The index record's metadata (no headers), encoded.
+    /// What a search shows of the event (no headers), encoded: the
+    /// segment record carries it (`codec::Logged::index_meta`).
     index_meta: Vec<u8>,
     arrival: Vec<u8>,
 }
@@ -1261,8 +1262,8 @@ impl Drop for SledStore {
     }
 }
 
-/// An event's index record; with `payload`, also its headers and body from
-/// its segment (a search needs neither).
+/// An event, from its identity record and its segment record: what a
+/// search shows, and with `payload` its headers and body too.
 fn read_event(
     shared: &Shared,
     source: &str,
@@ -1272,23 +1273,14 @@ fn read_event(
     let Some(v) = shared.tree.get(codec::event_key(source, event_id))? else {
         return Ok(None);
     };
-    let (ident, meta, pointer) = codec::decode_event(&v)
+    let (ident, pointer) = codec::decode_event(&v)
         .ok_or_else(|| StoreError::corrupt(format!("the event record of {source}/{event_id}")))?;
     let (meta, body) = if payload {
-        let pointer = segments::Pointer::decode(&pointer)
-            .ok_or_else(|| StoreError::Unavailable("corrupt payload pointer".into()))?;
-        let stored = shared
-            .segments
-            .read(&pointer)
-            .map_err(|e| StoreError::Unavailable(format!("payload of {source}/{event_id}: {e}")))?;
-        codec::decode_logged(&stored)
-            .filter(|(logged, _)| logged.ident.seq == ident.seq)
-            .and_then(|(_, packed)| codec::unpack_payload(packed))
-            .ok_or_else(|| {
-                StoreError::Unavailable(format!("the payload of {source}/{event_id} is corrupt"))
-            })?
+        with_record(&shared.segments, ident.seq, &pointer, |_, packed| {
+            codec::unpack_payload(packed)
+        })?
     } else {
-        (meta, Vec::new())
+        (meta_of(&shared.segments, ident.seq, &pointer)?, Vec::new())
     };
     Ok(Some(StoredEvent {
         source: source.to_string(),
@@ -1402,12 +1394,11 @@ fn replay_log(tree: &sled::Tree, segments: &segments::Segments) -> Result<(), St
                 // An older copy's entries go as they would have with the
                 // group (`writer::replaced_entries`).
                 if let Some(old) = current.filter(|_| current_seq != Some(seq)) {
-                    for entry in writer::replaced_entries(&old) {
+                    for entry in writer::replaced_entries(segments, &old) {
                         batch.remove(entry);
                     }
                 }
-                let record =
-                    codec::assemble_event(&logged.ident, &pointer.encode(), logged.index_meta);
+                let record = codec::encode_event(&logged.ident, &pointer);
                 batch.insert(key.clone(), record.clone());
                 replayed.insert(key, record);
             }
@@ -1482,20 +1473,21 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
     }
     if !gone.is_empty() {
         // Only a crash that cut a segment's tail gets here: the identities
-        // pointing into the cut are found by reading every identity once.
-        // Their retention entries stay: the sweep skips what is gone.
+        // pointing into the cut are found by reading every identity once,
+        // their search entries by the sequence number in their keys. Their
+        // retention entries stay: the sweep skips what is gone.
         for kv in tree.scan_prefix(b"e") {
             let (k, v) = kv?;
-            let Some((ident, meta, pointer)) = codec::decode_event(&v) else {
+            let Some((ident, pointer)) = codec::decode_event(&v) else {
                 continue;
             };
-            let points_into_cut = gone
-                .get(&ident.seq)
-                .is_some_and(|p| segments::Pointer::decode(&pointer) == Some(*p));
-            if points_into_cut {
-                for entry in writer::search_entries(ident.seq, &meta) {
-                    batch.remove(entry);
-                }
+            if gone.get(&ident.seq) == Some(&pointer) {
+                batch.remove(k);
+            }
+        }
+        for kv in tree.scan_prefix(b"T").chain(tree.scan_prefix(b"O")) {
+            let (k, _) = kv?;
+            if codec::seq_suffix(&k).is_some_and(|seq| gone.contains_key(&seq)) {
                 batch.remove(k);
             }
         }
@@ -1520,21 +1512,55 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
 /// The version of the store's layout, kept under `F`: 2 put payloads in
 /// segments, 3 made index records binary, search entries keys alone and
 /// retention entries one per group, 4 made arrivals binary, 5 left in
-/// sled only an entry of each arrival (`codec::ArrivalEntry`). A store of
-/// layout 4 is brought to 5 on open (`entries_from_arrivals`); one of
-/// any other layout is refused, not misread.
-const FORMAT: u64 = 5;
+/// sled only an entry of each arrival (`codec::ArrivalEntry`), 6 only the
+/// identity and the pointer in each identity record. A store of layout 4
+/// or 5 is brought to 6 on open (`entries_from_arrivals`,
+/// `slim_identities`); one of any other layout is refused, not misread.
+const FORMAT: u64 = 6;
 
-/// Arrivals rewritten per batch while a store of layout 4 is opened.
+/// Brings a store of layout 5 to layout 6: each identity record loses
+/// the index metadata after its pointer, which the segment record holds
+/// too. Idempotent, so an open cut short goes on where it stopped.
+fn slim_identities(tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    let (mut in_batch, mut slimmed) = (0, 0u64);
+    for kv in tree.scan_prefix(b"e") {
+        let (k, v) = kv?;
+        if codec::decode_event(&v).is_some() {
+            continue;
+        }
+        let head =
+            codec::slimmed_event(&v).ok_or_else(|| StoreError::corrupt(codec::describe_key(&k)))?;
+        batch.insert(k, head.to_vec());
+        slimmed += 1;
+        in_batch += 1;
+        if in_batch == MIGRATE_BATCH {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+    }
+    tree.apply_batch(batch)?;
+    tree.insert(codec::FORMAT_KEY, FORMAT.to_be_bytes().to_vec())?;
+    tree.flush()?;
+    tracing::warn!(
+        slimmed,
+        "brought the store from layout 5 to layout {FORMAT}: identity records hold the pointer alone"
+    );
+    Ok(())
+}
+
+/// Records rewritten per batch while an older store is brought to this
+/// layout.
 const MIGRATE_BATCH: usize = 10_000;
 
-/// Brings a store of layout 4 to layout 5: each whole arrival under `n`
-/// becomes an entry pointing at its event's segment record, which its
-/// identity record names. An arrival whose identity now names another
-/// copy (the event expired and came again; retention had not yet taken
-/// the old arrival) is forgotten, and counted, as the sweep would have.
-/// Batches are atomic and the layout is written last, so an open cut short
-/// goes on where it stopped: no entry decodes as a whole arrival.
+/// Brings a store of layout 4 to layout 5, then 6 (`slim_identities`):
+/// each whole arrival under `n` becomes an entry pointing at its event's
+/// segment record, which its identity record names. An arrival whose
+/// identity now names another copy (the event expired and came again;
+/// retention had not yet taken the old arrival) is forgotten, and
+/// counted, as the sweep would have. Batches are atomic and the layout is
+/// written last, so an open cut short goes on where it stopped: no entry
+/// decodes as a whole arrival.
 fn entries_from_arrivals(tree: &sled::Tree) -> Result<(), StoreError> {
     let mut swept = HeldKeys::Swept.read(tree)?;
     let mut batch = sled::Batch::default();
@@ -1553,7 +1579,8 @@ fn entries_from_arrivals(tree: &sled::Tree) -> Result<(), StoreError> {
             None => None,
             Some(record) => Some(
                 codec::decode_event(&record)
-                    .and_then(|(ident, _, p)| Some((ident.seq, segments::Pointer::decode(&p)?)))
+                    .or_else(|| codec::slimmed_event(&record).and_then(codec::decode_event))
+                    .map(|(ident, p)| (ident.seq, p))
                     .ok_or_else(|| StoreError::corrupt(codec::describe_key(&key)))?,
             ),
         };
@@ -1576,14 +1603,14 @@ fn entries_from_arrivals(tree: &sled::Tree) -> Result<(), StoreError> {
         }
     }
     tree.apply_batch(batch)?;
-    tree.insert(codec::FORMAT_KEY, FORMAT.to_be_bytes().to_vec())?;
+    tree.insert(codec::FORMAT_KEY, 5u64.to_be_bytes().to_vec())?;
     tree.flush()?;
     tracing::warn!(
         rewritten,
         forgotten,
-        "brought the store from layout 4 to layout {FORMAT}: arrivals are entries now"
+        "brought the store from layout 4 to layout 5: arrivals are entries now"
     );
-    Ok(())
+    slim_identities(tree)
 }
 
 /// Counts the dead events of a store written before their count was
@@ -1614,6 +1641,7 @@ fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
     {
         Some(FORMAT) => Ok(()),
         Some(4) => entries_from_arrivals(tree),
+        Some(5) => slim_identities(tree),
         Some(other) => Err(StoreError::Unavailable(format!(
             "the store has layout {other}; this build reads layout {FORMAT}"
         ))),
@@ -1664,18 +1692,43 @@ fn arrival_of(
     seq: u64,
     entry: &codec::ArrivalEntry,
 ) -> Result<(segments::Pointer, codec::Arrival), StoreError> {
+    let mut arrival = with_record(segments, seq, &entry.pointer, |logged, _| {
+        codec::Arrival::decode(logged.arrival)
+            .filter(|a| a.dispatch == entry.dispatch && a.outcome.is_none())
+    })?;
+    arrival.outcome = entry.outcome.clone();
+    Ok((entry.pointer, arrival))
+}
+
+/// What `read` takes from event `seq`'s segment record at `pointer`. A
+/// record that fails its checksum, holds another event, or that `read`
+/// cannot read, is unreadable; a read that fails is the store's.
+fn with_record<T>(
+    segments: &segments::Segments,
+    seq: u64,
+    pointer: &segments::Pointer,
+    read: impl FnOnce(&codec::Logged<'_>, &[u8]) -> Option<T>,
+) -> Result<T, StoreError> {
     let unreadable = || StoreError::corrupt(format!("the segment record of event {seq}"));
-    let record = segments.read(&entry.pointer).map_err(|e| match e.kind() {
+    let record = segments.read(pointer).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => unreadable(),
         _ => StoreError::Unavailable(format!("the segment record of event {seq}: {e}")),
     })?;
-    let mut arrival = codec::decode_logged(&record)
+    codec::decode_logged(&record)
         .filter(|(logged, _)| logged.ident.seq == seq)
-        .and_then(|(logged, _)| codec::Arrival::decode(logged.arrival))
-        .filter(|a| a.dispatch == entry.dispatch && a.outcome.is_none())
-        .ok_or_else(unreadable)?;
-    arrival.outcome = entry.outcome.clone();
-    Ok((entry.pointer, arrival))
+        .and_then(|(logged, packed)| read(&logged, packed))
+        .ok_or_else(unreadable)
+}
+
+/// The searchable metadata of event `seq`, from its segment record.
+fn meta_of(
+    segments: &segments::Segments,
+    seq: u64,
+    pointer: &segments::Pointer,
+) -> Result<codec::EventMeta, StoreError> {
+    with_record(segments, seq, pointer, |logged, _| {
+        codec::decode_index_meta(logged.index_meta, logged.ident.received_at_ms)
+    })
 }
 
 fn read_cursor(tree: &sled::Tree) -> Result<u64, StoreError> {
@@ -2688,14 +2741,25 @@ mod tests {
             .collect()
     }
 
-    /// A store written by layout 4 kept whole arrivals in sled. Opened by
-    /// this build, each becomes an entry pointing at its segment record,
-    /// with its outcome; what every reader sees stays as it was. The
-    /// arrival of a copy that a later one replaced goes, as the sweep
-    /// would have taken it. An open cut short, with some entries already
-    /// rewritten, goes on where it stopped.
+    /// A store written by layout 4 kept whole arrivals in sled, and one
+    /// of layout 4 or 5 the index metadata in each identity record.
+    /// Opened by this build, each arrival becomes an entry pointing at its
+    /// segment record, with its outcome, and each identity record keeps
+    /// the identity and the pointer; what every reader sees stays as it
+    /// was. The arrival of a copy that a later one replaced goes, as the
+    /// sweep would have taken it. An open cut short, with some records
+    /// already rewritten, goes on where it stopped.
     #[tokio::test]
-    async fn a_store_of_layout_4_is_brought_to_entries_on_open() {
+    async fn a_store_of_layout_4_is_brought_to_layout_6_on_open() {
+        upgraded_from(4).await;
+    }
+
+    #[tokio::test]
+    async fn a_store_of_layout_5_is_brought_to_layout_6_on_open() {
+        upgraded_from(5).await;
+    }
+
+    async fn upgraded_from(layout: u64) {
         let dir = tempfile::tempdir().unwrap();
         let store = moving_shipment(dir.path()).await;
         for ev in [
@@ -2726,9 +2790,10 @@ mod tests {
         store.close().unwrap();
         drop(store);
 
-        // Written back as layout 4 wrote them: each arrival whole, with
-        // its outcome. The newest stays an entry, as if the upgrade had
-        // been cut after it.
+        // Written back as the older layout wrote them: each identity
+        // record with the index metadata after its pointer; in layout 4
+        // each arrival whole, with its outcome. The first of each stays
+        // as this build writes it, as if the upgrade had been cut after it.
         let arrivals;
         {
             let db = open_db(&sled::Config::new().path(dir.path())).unwrap();
@@ -2736,13 +2801,20 @@ mod tests {
             let segs = segments::Segments::open(&dir.path().join("segments"), 1 << 20).unwrap();
             let all: Vec<_> = tree.scan_prefix(b"n").map(Result::unwrap).collect();
             arrivals = all.len();
-            for (k, v) in &all[..all.len() - 1] {
+            for (k, v) in all.iter().skip(1).filter(|_| layout == 4) {
                 let seq = codec::parse_seq_key(b'n', k).unwrap();
                 let entry = codec::ArrivalEntry::decode(v).unwrap();
                 let (_, whole) = arrival_of(&segs, seq, &entry).unwrap();
                 tree.insert(k, whole.encode()).unwrap();
             }
-            tree.insert(codec::FORMAT_KEY, 4u64.to_be_bytes().to_vec())
+            let identities: Vec<_> = tree.scan_prefix(b"e").map(Result::unwrap).collect();
+            for (k, v) in identities.iter().skip(1) {
+                let (ident, pointer) = codec::decode_event(v).unwrap();
+                let meta = meta_of(&segs, ident.seq, &pointer).unwrap();
+                let fat = [v.to_vec(), codec::encode_index_meta(&meta)].concat();
+                tree.insert(k, fat).unwrap();
+            }
+            tree.insert(codec::FORMAT_KEY, layout.to_be_bytes().to_vec())
                 .unwrap();
             db.flush().unwrap();
         }
@@ -2751,13 +2823,18 @@ mod tests {
         let tree = &store.shared.tree;
         assert_eq!(read_u64(tree, codec::FORMAT_KEY).unwrap(), FORMAT);
         let entries: Vec<_> = tree.scan_prefix(b"n").map(Result::unwrap).collect();
+        let replaced = usize::from(layout == 4);
         assert_eq!(
             entries.len(),
-            arrivals - 1,
+            arrivals - replaced,
             "the replaced copy's arrival goes"
         );
         for (k, v) in &entries {
             assert!(codec::ArrivalEntry::decode(v).is_some(), "{k:?}");
+        }
+        for kv in tree.scan_prefix(b"e") {
+            let (k, v) = kv.unwrap();
+            assert!(codec::decode_event(&v).is_some(), "{k:?}");
         }
         assert_eq!(everything(&store).await, before);
         assert_eq!(store.parked().await.unwrap(), parked);
@@ -2817,8 +2894,7 @@ mod tests {
             .get(codec::event_key("carrier", "damaged"))
             .unwrap()
             .unwrap();
-        let (_, _, pointer) = codec::decode_event(&record).unwrap();
-        let pointer = segments::Pointer::decode(&pointer).unwrap();
+        let (_, pointer) = codec::decode_event(&record).unwrap();
         let file = dir
             .path()
             .join("segments")
@@ -2845,6 +2921,11 @@ mod tests {
             store.search(&EventFilter::default(), 10, 100).await,
             Err(StoreError::Corrupt(_))
         ));
+        // Retention takes the damaged arrival too: kept, its retention
+        // entry would keep every segment from here on.
+        while store.sweep_expired(1_000_000, 100).await.unwrap() > 0 {}
+        assert_eq!(store.shared.tree.scan_prefix(b"n").count(), 0);
+        assert_eq!(store.shared.tree.scan_prefix(b"x").count(), 0);
     }
 
     /// A parked arrival that cannot be read fails the label that would

@@ -176,11 +176,6 @@ impl<'a> Pass<'a> {
         stored
     }
 
-    /// An event's body, read from its segment; None when its record is gone.
-    fn body(&self, source: &str, event_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(super::read_event(self.shared, source, event_id, true)?.map(|ev| ev.body))
-    }
-
     /// Writes the touched shipments and orders into the batch and applies it.
     fn commit(mut self) -> Result<(), StateError> {
         let shared = self.shared;
@@ -402,8 +397,14 @@ impl EventRows for Pass<'_> {
                 .as_ref()
                 .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
             {
-                let body = self.body(&arrival.1.source, &arrival.1.event_id)?;
-                parked.push((self.stored(seq, arrival), body));
+                let (source, id) = (&arrival.1.source, &arrival.1.event_id);
+                let event = super::read_event(self.shared, source, id, true)?;
+                // A copy that came again after this one expired has its
+                // own arrival; this one waits for retention.
+                if event.as_ref().is_some_and(|ev| ev.seq != seq) {
+                    continue;
+                }
+                parked.push((self.stored(seq, arrival), event.map(|ev| ev.body)));
             }
         }
         Ok(parked)

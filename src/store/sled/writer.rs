@@ -23,7 +23,6 @@ use crate::telemetry::metric;
 struct Indexed {
     key: Vec<u8>,
     ident: Ident,
-    meta: Vec<u8>,
     dispatch: bool,
     arrival_at: usize,
 }
@@ -184,7 +183,8 @@ impl Writer {
                     entry.0 = entry.0.max(ev.expires_at_ms);
                     entry.1.push(self.seq);
                     if let Some(old) = replaced {
-                        writes.extend(replaced_entries(&old).into_iter().map(|k| (k, None)));
+                        let entries = replaced_entries(&self.shared.segments, &old);
+                        writes.extend(entries.into_iter().map(|k| (k, None)));
                     }
                     // Search entries are keys alone: the arrival under
                     // their sequence number names the event. Its entry
@@ -192,7 +192,6 @@ impl Writer {
                     index.push(Indexed {
                         key: key.clone(),
                         ident,
-                        meta: std::mem::take(&mut ev.index_meta),
                         dispatch: ev.dispatch,
                         arrival_at: writes.len(),
                     });
@@ -248,7 +247,7 @@ impl Writer {
                 if let Some(w) = writes.get_mut(ix.arrival_at) {
                     w.1 = Some(entry.encode());
                 }
-                let record = codec::assemble_event(&ix.ident, &pointer.encode(), &ix.meta);
+                let record = codec::encode_event(&ix.ident, pointer);
                 writes.push((ix.key, Some(record)));
             }
             // Gone only when the store is stopping; the group's answers
@@ -454,30 +453,54 @@ pub(super) fn plan_sweep(
         let (k, v) = kv?;
         let mut waiting = Vec::new();
         for seq in codec::decode_seqs(&v) {
-            let arrival = super::read_arrival(tree, segments, seq)?.map(|(_, a)| a);
-            let current = match &arrival {
-                Some(a) => tree
-                    .get(codec::event_key(&a.source, &a.event_id))?
-                    .and_then(|v| codec::decode_event(&v))
-                    .filter(|(ident, _, _)| ident.seq == seq),
-                None => None,
+            // Gone already (forgotten on open after a crash).
+            let Some(entry) = super::read_entry(tree, seq)? else {
+                continue;
             };
-            match (arrival, current) {
-                (Some(_), Some((_, meta, _))) if meta.dispatch && seq > cursor => {
-                    waiting.push(seq);
+            let read = super::with_record(segments, seq, &entry.pointer, |logged, _| {
+                Some((
+                    codec::Arrival::decode(logged.arrival)?,
+                    codec::decode_index_meta(logged.index_meta, logged.ident.received_at_ms)?,
+                ))
+            });
+            let (names, meta) = match read {
+                Ok(read) => read,
+                // A record that cannot be read (reported) names nothing
+                // to forget but its arrival, once dispatch has passed it.
+                // Keeping the arrival would keep its retention entry, and
+                // with it every segment after its own: the disk would
+                // fill. Its identity and search entries stay; a later copy
+                // replaces the identity once it has expired.
+                Err(StoreError::Corrupt(_)) => {
+                    if entry.dispatch && seq > cursor {
+                        waiting.push(seq);
+                    } else {
+                        held.add(codec::Held::of_outcome(entry.outcome.as_ref()));
+                        batch.remove(codec::seq_key(b'n', seq).to_vec());
+                    }
+                    continue;
                 }
-                (Some(a), Some((_, meta, _))) => {
-                    held.add(codec::Held::of(&a));
-                    forget_event(&mut batch, &a.source, &a.event_id, seq, &meta);
+                Err(e) => return Err(e),
+            };
+            let current = tree
+                .get(codec::event_key(&names.source, &names.event_id))?
+                .and_then(|v| codec::decode_event(&v))
+                .is_some_and(|(ident, _)| ident.seq == seq);
+            if current && entry.dispatch && seq > cursor {
+                waiting.push(seq);
+                continue;
+            }
+            held.add(codec::Held::of_outcome(entry.outcome.as_ref()));
+            if current {
+                forget_event(&mut batch, &names.source, &names.event_id, seq, &meta);
+            } else {
+                // Reused by a later copy after this one expired: this
+                // copy's arrival goes, and its search entries if the
+                // copy that replaced it could not take them.
+                for entry in search_entries(seq, &meta) {
+                    batch.remove(entry);
                 }
-                // Reused by a later copy after this one expired: only this
-                // copy's arrival goes.
-                (Some(a), None) => {
-                    held.add(codec::Held::of(&a));
-                    batch.remove(codec::seq_key(b'n', seq).to_vec());
-                }
-                // Gone already (forgotten on open after a crash).
-                (None, _) => {}
+                batch.remove(codec::seq_key(b'n', seq).to_vec());
             }
         }
         let total = v.len() / 8;
@@ -500,14 +523,18 @@ pub(super) fn search_entries(seq: u64, meta: &codec::EventMeta) -> impl Iterator
     )
 }
 
-/// The search entries of an expired copy that a new copy replaces. The
-/// sweep finds the old copy's arrival by its sequence number, but no
-/// longer its record, which names the entries: they go with the record.
-/// A record too damaged to name them leaves them (the search passes over
-/// entries whose arrival is gone).
-pub(super) fn replaced_entries(old: &[u8]) -> Vec<Vec<u8>> {
+/// The search entries of an expired copy that a new copy replaces, named
+/// by the old copy's segment record: they go with its identity record,
+/// so that no lookup by tracking number or order meets the old copy. A
+/// record that cannot be read (reported by `with_record`) leaves them for
+/// the sweep, which takes them with the old arrival; a search passes over
+/// an arrival whose identity names a later copy.
+pub(super) fn replaced_entries(segments: &super::segments::Segments, old: &[u8]) -> Vec<Vec<u8>> {
     codec::decode_event(old)
-        .map(|(ident, meta, _)| search_entries(ident.seq, &meta).collect())
+        .and_then(|(ident, pointer)| {
+            let meta = super::meta_of(segments, ident.seq, &pointer).ok()?;
+            Some(search_entries(ident.seq, &meta).collect())
+        })
         .unwrap_or_default()
 }
 

@@ -274,12 +274,13 @@ impl Arrival {
         }
     }
 
-    /// Binary, the largest record an event keeps in sled and the one the
-    /// state machine reads and rewrites: a flags byte, the arrival time
-    /// (u64), source and event id; then, when present, the mapped fields
-    /// (key, status, occurred_at) and the outcome (its kind, attempts, time,
-    /// reason, shipment id). Strings are a LEB128 length and their bytes;
-    /// optional ones count the length plus one, 0 for none.
+    /// Binary, as a segment record holds it (`Logged::arrival`, with no
+    /// outcome) and as layout 4 kept it in sled: a flags byte, the arrival
+    /// time (u64), source and event id; then, when present, the mapped
+    /// fields (key, status, occurred_at) and the outcome (its kind,
+    /// attempts, time, reason, shipment id). Strings are a LEB128 length
+    /// and their bytes; optional ones count the length plus one, 0 for
+    /// none.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(64 + self.source.len() + self.event_id.len());
         let mut flags = 0;

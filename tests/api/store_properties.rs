@@ -569,6 +569,18 @@ async fn differential_trace(store: &dyn Store) -> Vec<String> {
             .collect();
         step(&format!("events under {tn}"), format!("{found:?}"));
     }
+    // A search in arrival order lists the identity once, while the
+    // expired copy's arrival may still wait for retention.
+    let by_source = waybill::store::EventFilter {
+        source: Some("carrier".into()),
+        ..Default::default()
+    };
+    let found = store.search(&by_source, 100, 1000).await.unwrap();
+    let r1 = (found.events.iter())
+        .filter(|(e, _)| e.event_id == "r1")
+        .map(|(e, _)| e.meta.received_at_ms)
+        .collect::<Vec<_>>();
+    step("r1 in a search of its source", format!("{r1:?}"));
     trace
 }
 

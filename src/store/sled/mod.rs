@@ -565,11 +565,9 @@ impl SledStore {
         let mut out = Vec::new();
         for kv in tree.range(codec::seq_key(b'n', cursor + 1)..codec::seq_key(b'n', u64::MAX)) {
             let (k, v) = kv?;
-            let Some(seq) = codec::parse_seq_key(b'n', &k) else {
-                continue;
-            };
-            let (_, a) = arrival_of(&self.shared.segments, seq, &decode_entry(seq, &v)?)?;
-            if a.dispatch {
+            if let Some((seq, a)) = arrival_at(&self.shared.segments, &k, &v)?
+                && a.dispatch
+            {
                 out.push((seq, a.source, a.event_id));
             }
         }
@@ -609,7 +607,7 @@ impl SledStore {
                     continue;
                 }
             };
-            match read_event(&self.shared, &a.source, &a.event_id, true) {
+            match read_event(&self.shared, &a.source, &a.event_id) {
                 Ok(Some(ev)) if ev.seq == seq && ev.meta.dispatch == a.dispatch => {}
                 // The event expired and came again; retention takes this
                 // copy's arrival.
@@ -964,7 +962,7 @@ impl Orders for SledStore {
 #[async_trait::async_trait]
 impl Events for SledStore {
     async fn event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        read_event(&self.shared, source, event_id, true)
+        read_event(&self.shared, source, event_id)
     }
 
     /// What dispatch did with an event; None before it was dispatched (or
@@ -1109,10 +1107,7 @@ impl Upkeep for SledStore {
         let Some((k, v)) = first else {
             return Ok(None);
         };
-        let seq = codec::parse_seq_key(b'n', &k)
-            .ok_or_else(|| StoreError::corrupt(format!("the arrival key {k:?}")))?;
-        let (_, a) = arrival_of(&self.shared.segments, seq, &decode_entry(seq, &v)?)?;
-        Ok(Some(a.received_at_ms))
+        Ok(arrival_at(&self.shared.segments, &k, &v)?.map(|(_, a)| a.received_at_ms))
     }
 
     /// Bytes the store takes on disk: sled's files and the payload
@@ -1141,52 +1136,49 @@ fn search(
     max_scan: usize,
 ) -> Result<Search, StoreError> {
     let tree = &shared.tree;
-    type Names<'t> =
-        Box<dyn Iterator<Item = Result<Option<(u64, String, String)>, StoreError>> + 't>;
+    type Seqs<'t> = Box<dyn Iterator<Item = Result<Option<u64>, StoreError>> + 't>;
     let before = filter.before_seq.unwrap_or(u64::MAX);
-    // Search entries are keys only: the arrival under their sequence
-    // number names the event.
-    let by_name = |kv: sled::Result<(sled::IVec, sled::IVec)>| {
-        let Some(seq) = codec::seq_suffix(&kv?.0) else {
-            return Ok(None);
-        };
-        Ok(read_arrival(tree, &shared.segments, seq)?.map(|(_, a)| (seq, a.source, a.event_id)))
-    };
-    let under = |tag: u8, text: &str| -> Names<'_> {
+    // Search entries are keys only: the sequence number in them leads to
+    // the arrival entry, and that to the segment record naming the event.
+    let under = |tag: u8, text: &str| -> Seqs<'_> {
         Box::new(
             tree.range(codec::text_prefix(tag, text)..codec::text_seq_key(tag, text, before))
                 .rev()
-                .map(by_name),
+                .map(|kv| Ok(codec::seq_suffix(&kv?.0))),
         )
     };
-    let candidates: Names<'_> = match (
+    let candidates: Seqs<'_> = match (
         &filter.source,
         &filter.event_id,
         &filter.tracking_number,
         &filter.order_id,
     ) {
         (Some(source), Some(id), _, _) => {
-            Box::new(std::iter::once(Ok(Some((0, source.clone(), id.clone())))))
+            let seq = match tree.get(codec::event_key(source, id))? {
+                None => None,
+                Some(v) => Some(
+                    codec::decode_event(&v)
+                        .ok_or_else(|| {
+                            StoreError::corrupt(format!("the event record of {source}/{id}"))
+                        })?
+                        .0
+                        .seq,
+                ),
+            };
+            Box::new(seq.map(|seq| Ok(Some(seq))).into_iter())
         }
         (_, _, Some(tn), _) => under(b'T', tn),
         (_, _, _, Some(order)) => under(b'O', order),
         _ => Box::new(
             tree.range(codec::seq_key(b'n', 0)..codec::seq_key(b'n', before))
                 .rev()
-                .map(|kv| {
-                    let (k, v) = kv?;
-                    let Some(seq) = codec::parse_seq_key(b'n', &k) else {
-                        return Ok(None);
-                    };
-                    let (_, a) = arrival_of(&shared.segments, seq, &decode_entry(seq, &v)?)?;
-                    Ok(Some((seq, a.source, a.event_id)))
-                }),
+                .map(|kv| Ok(codec::parse_seq_key(b'n', &kv?.0))),
         ),
     };
     let mut out = Vec::new();
     let mut complete = true;
     let mut next_before = None;
-    for (scanned, name) in candidates.enumerate() {
+    for (scanned, seq) in candidates.enumerate() {
         if out.len() >= limit {
             break;
         }
@@ -1194,16 +1186,14 @@ fn search(
             complete = false;
             break;
         }
-        let Some((seq, source, id)) = name? else {
+        let Some(seq) = seq? else {
             continue;
         };
         next_before = Some(seq);
-        let Some(ev) = read_event(shared, &source, &id, false)? else {
+        let Some((ev, outcome)) = indexed_event(shared, seq)? else {
             continue;
         };
-        // An arrival of a copy that a later one replaced, waiting for
-        // retention, names the later copy, which has its own.
-        if ev.seq >= before || (seq != 0 && ev.seq != seq) {
+        if seq >= before {
             continue;
         }
         let at = ev.meta.received_at_ms;
@@ -1215,9 +1205,8 @@ fn search(
             next_before = None;
             break;
         }
-        let outcome = read_entry(tree, ev.seq)?.and_then(|a| a.outcome);
-        let matches = filter.source.as_ref().is_none_or(|s| *s == source)
-            && filter.event_id.as_ref().is_none_or(|e| *e == id)
+        let matches = filter.source.as_ref().is_none_or(|s| *s == ev.source)
+            && filter.event_id.as_ref().is_none_or(|e| *e == ev.event_id)
             && filter
                 .tracking_number
                 .as_ref()
@@ -1263,25 +1252,20 @@ impl Drop for SledStore {
 }
 
 /// An event, from its identity record and its segment record: what a
-/// search shows, and with `payload` its headers and body too.
+/// search shows, its headers and its body.
 fn read_event(
     shared: &Shared,
     source: &str,
     event_id: &str,
-    payload: bool,
 ) -> Result<Option<StoredEvent>, StoreError> {
     let Some(v) = shared.tree.get(codec::event_key(source, event_id))? else {
         return Ok(None);
     };
     let (ident, pointer) = codec::decode_event(&v)
         .ok_or_else(|| StoreError::corrupt(format!("the event record of {source}/{event_id}")))?;
-    let (meta, body) = if payload {
-        with_record(&shared.segments, ident.seq, &pointer, |_, packed| {
-            codec::unpack_payload(packed)
-        })?
-    } else {
-        (meta_of(&shared.segments, ident.seq, &pointer)?, Vec::new())
-    };
+    let (meta, body) = with_record(&shared.segments, ident.seq, &pointer, |_, packed| {
+        codec::unpack_payload(packed)
+    })?;
     Ok(Some(StoredEvent {
         source: source.to_string(),
         event_id: event_id.to_string(),
@@ -1533,11 +1517,7 @@ fn slim_identities(tree: &sled::Tree) -> Result<(), StoreError> {
             codec::slimmed_event(&v).ok_or_else(|| StoreError::corrupt(codec::describe_key(&k)))?;
         batch.insert(k, head.to_vec());
         slimmed += 1;
-        in_batch += 1;
-        if in_batch == MIGRATE_BATCH {
-            tree.apply_batch(std::mem::take(&mut batch))?;
-            in_batch = 0;
-        }
+        apply_when_full(tree, &mut batch, &mut in_batch)?;
     }
     tree.apply_batch(batch)?;
     tree.insert(codec::FORMAT_KEY, FORMAT.to_be_bytes().to_vec())?;
@@ -1552,6 +1532,21 @@ fn slim_identities(tree: &sled::Tree) -> Result<(), StoreError> {
 /// Records rewritten per batch while an older store is brought to this
 /// layout.
 const MIGRATE_BATCH: usize = 10_000;
+
+/// Counts one more change in `batch`, and applies it once it holds
+/// `MIGRATE_BATCH`.
+fn apply_when_full(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    in_batch: &mut usize,
+) -> Result<(), StoreError> {
+    *in_batch += 1;
+    if *in_batch == MIGRATE_BATCH {
+        tree.apply_batch(std::mem::take(batch))?;
+        *in_batch = 0;
+    }
+    Ok(())
+}
 
 /// Brings a store of layout 4 to layout 5, then 6 (`slim_identities`):
 /// each whole arrival under `n` becomes an entry pointing at its event's
@@ -1596,11 +1591,7 @@ fn entries_from_arrivals(tree: &sled::Tree) -> Result<(), StoreError> {
                 forgotten += 1;
             }
         }
-        in_batch += 1;
-        if in_batch == MIGRATE_BATCH {
-            tree.apply_batch(std::mem::take(&mut batch))?;
-            in_batch = 0;
-        }
+        apply_when_full(tree, &mut batch, &mut in_batch)?;
     }
     tree.apply_batch(batch)?;
     tree.insert(codec::FORMAT_KEY, 5u64.to_be_bytes().to_vec())?;
@@ -1700,6 +1691,75 @@ fn arrival_of(
     Ok((entry.pointer, arrival))
 }
 
+/// Event `seq` as a search shows it (no headers or body), with its
+/// outcome: its arrival entry, one read of its segment record, and its
+/// identity record, which must still name it. None when it is gone, or
+/// when a later copy of its identity replaced it (that copy has its own
+/// entry).
+fn indexed_event(
+    shared: &Shared,
+    seq: u64,
+) -> Result<Option<(StoredEvent, Option<OutcomeRecord>)>, StoreError> {
+    let Some(entry) = read_entry(&shared.tree, seq)? else {
+        return Ok(None);
+    };
+    let (names, meta) = record_index(&shared.segments, seq, &entry.pointer)?;
+    let (source, event_id) = (names.source, names.event_id);
+    let current = match shared.tree.get(codec::event_key(&source, &event_id))? {
+        None => false,
+        Some(v) => {
+            codec::decode_event(&v)
+                .ok_or_else(|| {
+                    StoreError::corrupt(format!("the event record of {source}/{event_id}"))
+                })?
+                .0
+                .seq
+                == seq
+        }
+    };
+    Ok(current.then(|| {
+        (
+            StoredEvent {
+                source,
+                event_id,
+                seq,
+                meta,
+                body: Vec::new(),
+            },
+            entry.outcome,
+        )
+    }))
+}
+
+/// The arrival (names, time, fields; no outcome) and the searchable
+/// metadata that event `seq`'s segment record holds.
+fn record_index(
+    segments: &segments::Segments,
+    seq: u64,
+    pointer: &segments::Pointer,
+) -> Result<(codec::Arrival, codec::EventMeta), StoreError> {
+    with_record(segments, seq, pointer, |logged, _| {
+        Some((
+            codec::Arrival::decode(logged.arrival)?,
+            codec::decode_index_meta(logged.index_meta, logged.ident.received_at_ms)?,
+        ))
+    })
+}
+
+/// The arrival stored under `n` key `k` with value `v`, whole, with its
+/// sequence number; None for a key that is not an arrival's.
+fn arrival_at(
+    segments: &segments::Segments,
+    k: &[u8],
+    v: &[u8],
+) -> Result<Option<(u64, codec::Arrival)>, StoreError> {
+    let Some(seq) = codec::parse_seq_key(b'n', k) else {
+        return Ok(None);
+    };
+    let (_, arrival) = arrival_of(segments, seq, &decode_entry(seq, v)?)?;
+    Ok(Some((seq, arrival)))
+}
+
 /// What `read` takes from event `seq`'s segment record at `pointer`. A
 /// record that fails its checksum, holds another event, or that `read`
 /// cannot read, is unreadable; a read that fails is the store's.
@@ -1718,17 +1778,6 @@ fn with_record<T>(
         .filter(|(logged, _)| logged.ident.seq == seq)
         .and_then(|(logged, packed)| read(&logged, packed))
         .ok_or_else(unreadable)
-}
-
-/// The searchable metadata of event `seq`, from its segment record.
-fn meta_of(
-    segments: &segments::Segments,
-    seq: u64,
-    pointer: &segments::Pointer,
-) -> Result<codec::EventMeta, StoreError> {
-    with_record(segments, seq, pointer, |logged, _| {
-        codec::decode_index_meta(logged.index_meta, logged.ident.received_at_ms)
-    })
 }
 
 fn read_cursor(tree: &sled::Tree) -> Result<u64, StoreError> {
@@ -2810,7 +2859,7 @@ mod tests {
             let identities: Vec<_> = tree.scan_prefix(b"e").map(Result::unwrap).collect();
             for (k, v) in identities.iter().skip(1) {
                 let (ident, pointer) = codec::decode_event(v).unwrap();
-                let meta = meta_of(&segs, ident.seq, &pointer).unwrap();
+                let (_, meta) = record_index(&segs, ident.seq, &pointer).unwrap();
                 let fat = [v.to_vec(), codec::encode_index_meta(&meta)].concat();
                 tree.insert(k, fat).unwrap();
             }

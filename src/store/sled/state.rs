@@ -398,7 +398,7 @@ impl EventRows for Pass<'_> {
                 .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
             {
                 let (source, id) = (&arrival.1.source, &arrival.1.event_id);
-                let event = super::read_event(self.shared, source, id, true)?;
+                let event = super::read_event(self.shared, source, id)?;
                 // A copy that came again after this one expired has its
                 // own arrival; this one waits for retention.
                 if event.as_ref().is_some_and(|ev| ev.seq != seq) {
@@ -416,7 +416,7 @@ impl EventRows for Pass<'_> {
         event_id: &str,
         _locked: bool,
     ) -> Result<Option<(Stored, Option<Vec<u8>>)>, StoreError> {
-        let Some(ev) = super::read_event(self.shared, source, event_id, true)? else {
+        let Some(ev) = super::read_event(self.shared, source, event_id)? else {
             return Ok(None);
         };
         let Some(arrival) = super::read_arrival(self.tree, &self.shared.segments, ev.seq)? else {

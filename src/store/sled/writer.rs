@@ -457,13 +457,7 @@ pub(super) fn plan_sweep(
             let Some(entry) = super::read_entry(tree, seq)? else {
                 continue;
             };
-            let read = super::with_record(segments, seq, &entry.pointer, |logged, _| {
-                Some((
-                    codec::Arrival::decode(logged.arrival)?,
-                    codec::decode_index_meta(logged.index_meta, logged.ident.received_at_ms)?,
-                ))
-            });
-            let (names, meta) = match read {
+            let (names, meta) = match super::record_index(segments, seq, &entry.pointer) {
                 Ok(read) => read,
                 // A record that cannot be read (reported) names nothing
                 // to forget but its arrival, once dispatch has passed it.
@@ -532,7 +526,7 @@ pub(super) fn search_entries(seq: u64, meta: &codec::EventMeta) -> impl Iterator
 pub(super) fn replaced_entries(segments: &super::segments::Segments, old: &[u8]) -> Vec<Vec<u8>> {
     codec::decode_event(old)
         .and_then(|(ident, pointer)| {
-            let meta = super::meta_of(segments, ident.seq, &pointer).ok()?;
+            let (_, meta) = super::record_index(segments, ident.seq, &pointer).ok()?;
             Some(search_entries(ident.seq, &meta).collect())
         })
         .unwrap_or_default()

@@ -306,6 +306,26 @@ impl ShipmentRecord {
     }
 }
 
+/// What a parked event waits for: the record its key (a tracking number
+/// or an order id) names, which does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    Shipment,
+    Order,
+}
+
+impl Waiting {
+    pub const ALL: [Waiting; 2] = [Waiting::Shipment, Waiting::Order];
+
+    /// The parked outcome's reason, as searches and the admin API show it.
+    pub fn reason(self, key: &str) -> String {
+        match self {
+            Waiting::Shipment => format!("no shipment has tracking number {key} yet"),
+            Waiting::Order => format!("no order {key} yet"),
+        }
+    }
+}
+
 impl OutcomeRecord {
     /// The outcome of one dispatch of an event dispatched `attempts` times
     /// before, to be filled in: dead until shown otherwise.
@@ -322,15 +342,25 @@ impl OutcomeRecord {
     /// No shipment has the event's tracking number yet.
     pub fn park_for_tracking(&mut self, tracking_number: &str) {
         self.outcome = DispatchOutcome::Parked;
-        self.reason = Some(format!(
-            "no shipment has tracking number {tracking_number} yet"
-        ));
+        self.reason = Some(Waiting::Shipment.reason(tracking_number));
     }
 
     /// No order has the event's order id yet.
     pub fn park_for_order(&mut self, order_id: &str) {
         self.outcome = DispatchOutcome::Parked;
-        self.reason = Some(format!("no order {order_id} yet"));
+        self.reason = Some(Waiting::Order.reason(order_id));
+    }
+
+    /// What a parked event waits for, when its reason is the one that
+    /// wait gives for `key` (the event's tracking number or order id): a
+    /// store may then keep the wait alone and give the reason back from
+    /// the key.
+    pub fn waiting_for(&self, key: &str) -> Option<Waiting> {
+        let reason = self.reason.as_deref()?;
+        if self.outcome != DispatchOutcome::Parked {
+            return None;
+        }
+        Waiting::ALL.into_iter().find(|w| w.reason(key) == reason)
     }
 
     /// Applies a tracking event to its shipment.

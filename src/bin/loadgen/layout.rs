@@ -51,6 +51,14 @@ pub enum Layout {
     /// holding only the identity and the pointer (76 bytes); the
     /// searchable metadata is read from the segment record.
     SlimEntries,
+    /// Layout 6 with the parked reason left out of the outcome (it is
+    /// derivable from the event's tracking number).
+    SlimShortReason,
+    /// The lean layout with layout 6's slim identity record.
+    SlimLean,
+    /// The store since layout 7: layout 6's, with a parked outcome's
+    /// reason left out and the identity record in LEB128 (about 52 bytes).
+    Compact,
 }
 
 struct Sizes {
@@ -120,6 +128,27 @@ impl Layout {
                 identity: 76,
                 arrival: 8,
                 arrival_done: 8 + 63,
+                ..today
+            },
+            Layout::SlimShortReason => Sizes {
+                identity: 76,
+                arrival: 8,
+                arrival_done: 8 + 63 - 51,
+                ..today
+            },
+            Layout::SlimLean => Sizes {
+                identity: 76,
+                arrival: 0,
+                arrival_done: 0,
+                identity_outcome: 12,
+                search_value: 20,
+                expiry_per_event: 20,
+                ..today
+            },
+            Layout::Compact => Sizes {
+                identity: 52,
+                arrival: 8,
+                arrival_done: 8 + 63 - 51,
                 ..today
             },
             Layout::NoArrival => Sizes {

@@ -7,9 +7,9 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `e` source 0 event_id | `Ident` (56 bytes), then the segment record's `segments::Pointer` (20 bytes) |
+//! | `e` source 0 event_id | `Ident` and the segment record's `segments::Pointer`, in LEB128 (`encode_event`, about 52 bytes) |
 //! | `x` expires_at first_seq | the sequence numbers (8 bytes each) of a group's events that expire by then: the retention index, oldest first |
-//! | `n` seq | `ArrivalEntry`: every event in arrival order, pointing at its segment record (which holds the `Arrival`: names, time, fields), with its dispatch outcome once dispatched; past the cursor, the inbox |
+//! | `n` seq | `ArrivalEntry`: every event in arrival order, pointing at its segment record (which holds the `Arrival`: names, time, fields), with its dispatch outcome once dispatched (a parked one's reason, when the event's key gives it back, as the wait alone); past the cursor, the inbox |
 //! | `T` tracking_number 0 seq | (empty): search by tracking number |
 //! | `O` order_id 0 seq | (empty): search by order |
 //! | `g` segment | `SegmentInfo`: when a payload segment may be deleted |
@@ -37,7 +37,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::store::records::{
-    DispatchOutcome, EventMeta, OrderRecord, OutcomeRecord, ShipmentRecord,
+    DispatchOutcome, EventMeta, OrderRecord, OutcomeRecord, ShipmentRecord, Waiting,
 };
 
 pub const SEQ_KEY: &[u8] = b"m/seq";
@@ -266,11 +266,23 @@ const OUTCOME: u8 = 4;
 
 impl Arrival {
     /// What sled keeps of this arrival, its segment record at `pointer`.
+    /// A parked outcome's reason that the event's key gives back
+    /// (`OutcomeRecord::waiting_for`) is kept as the wait alone.
     pub fn entry(&self, pointer: super::segments::Pointer) -> ArrivalEntry {
+        let waiting = self
+            .outcome
+            .as_ref()
+            .zip(self.fields.as_ref())
+            .and_then(|(o, f)| o.waiting_for(&f.key));
+        let mut outcome = self.outcome.clone();
+        if let Some(o) = outcome.as_mut().filter(|_| waiting.is_some()) {
+            o.reason = None;
+        }
         ArrivalEntry {
             dispatch: self.dispatch,
             pointer,
-            outcome: self.outcome.clone(),
+            outcome,
+            waiting,
         }
     }
 
@@ -353,17 +365,72 @@ impl Arrival {
 pub struct ArrivalEntry {
     pub dispatch: bool,
     pub pointer: super::segments::Pointer,
-    pub outcome: Option<OutcomeRecord>,
+    /// Without its reason when `waiting` gives it back.
+    outcome: Option<OutcomeRecord>,
+    waiting: Option<Waiting>,
 }
 
 /// Marks an `ArrivalEntry`, so that no entry decodes as a whole `Arrival`
 /// (the form of layout 4) nor one of those as an entry.
 const ENTRY: u8 = 0x40;
+/// A parked outcome whose reason is the one its wait gives for the
+/// event's key, which the segment record holds (since layout 7).
+const WAITING_SHIPMENT: u8 = 0x08;
+const WAITING_ORDER: u8 = 0x10;
 
 impl ArrivalEntry {
-    /// A flags byte (`ENTRY`, `DISPATCH`, `OUTCOME`), the pointer's
-    /// segment, offset and length as LEB128, then the outcome as an
-    /// `Arrival` holds it.
+    /// An entry that keeps `outcome` as it is, reason and all: what
+    /// layouts 5 and 6 wrote, and what the writer writes before dispatch.
+    pub fn new(
+        dispatch: bool,
+        pointer: super::segments::Pointer,
+        outcome: Option<OutcomeRecord>,
+    ) -> ArrivalEntry {
+        ArrivalEntry {
+            dispatch,
+            pointer,
+            outcome,
+            waiting: None,
+        }
+    }
+
+    /// Whether dispatch has taken the event out of the inbox.
+    pub fn dispatched(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// Whether the event is parked or dead, for the counts.
+    pub fn held(&self) -> Held {
+        Held::of_outcome(self.outcome.as_ref())
+    }
+
+    /// Whether the outcome's reason must be given back from the event's
+    /// key, which only its segment record holds.
+    pub fn needs_fields(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// The outcome, its reason given back from `fields` when the entry
+    /// keeps the wait alone. None inside when there is no outcome yet;
+    /// None outside when the reason needs fields the arrival lacks: the
+    /// entry does not belong to that arrival.
+    pub fn outcome(
+        &self,
+        fields: Option<&crate::webhook::mapping::Fields>,
+    ) -> Option<Option<OutcomeRecord>> {
+        let Some(mut outcome) = self.outcome.clone() else {
+            return Some(None);
+        };
+        if let Some(w) = self.waiting {
+            outcome.reason = Some(w.reason(&fields?.key));
+        }
+        Some(Some(outcome))
+    }
+
+    /// A flags byte (`ENTRY`, `DISPATCH`, `OUTCOME`, one of the
+    /// `WAITING_*`), the pointer's segment, offset and length as LEB128,
+    /// then the outcome as an `Arrival` holds it, less its reason when a
+    /// wait gives that back.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(16);
         let mut flags = ENTRY;
@@ -373,12 +440,22 @@ impl ArrivalEntry {
         if self.outcome.is_some() {
             flags |= OUTCOME;
         }
+        flags |= match self.waiting {
+            None => 0,
+            Some(Waiting::Shipment) => WAITING_SHIPMENT,
+            Some(Waiting::Order) => WAITING_ORDER,
+        };
         v.push(flags);
         put_varint(&mut v, self.pointer.segment);
         put_varint(&mut v, self.pointer.offset);
         put_varint(&mut v, u64::from(self.pointer.len));
         if let Some(o) = &self.outcome {
-            put_outcome(&mut v, o);
+            if self.waiting.is_some() {
+                put_outcome_head(&mut v, o);
+                put_opt(&mut v, o.shipment_id.as_ref().map(|id| id.as_str()));
+            } else {
+                put_outcome(&mut v, o);
+            }
         }
         v
     }
@@ -387,23 +464,32 @@ impl ArrivalEntry {
     pub fn decode(v: &[u8]) -> Option<ArrivalEntry> {
         let mut r = Reader(v);
         let flags = r.byte()?;
-        if flags & !(ENTRY | DISPATCH | OUTCOME) != 0 || flags & ENTRY == 0 {
+        let known = ENTRY | DISPATCH | OUTCOME | WAITING_SHIPMENT | WAITING_ORDER;
+        if flags & !known != 0 || flags & ENTRY == 0 {
             return None;
         }
+        let waiting = match (flags & WAITING_SHIPMENT != 0, flags & WAITING_ORDER != 0) {
+            (false, false) => None,
+            (true, false) => Some(Waiting::Shipment),
+            (false, true) => Some(Waiting::Order),
+            (true, true) => return None,
+        };
         let pointer = super::segments::Pointer {
             segment: r.varint()?,
             offset: r.varint()?,
             len: u32::try_from(r.varint()?).ok()?,
         };
-        let outcome = if flags & OUTCOME != 0 {
-            Some(r.outcome()?)
-        } else {
-            None
+        let outcome = match (flags & OUTCOME != 0, waiting) {
+            (false, None) => None,
+            (false, Some(_)) => return None,
+            (true, None) => Some(r.outcome()?),
+            (true, Some(_)) => Some(r.waiting_outcome()?),
         };
         r.0.is_empty().then_some(ArrivalEntry {
             dispatch: flags & DISPATCH != 0,
             pointer,
             outcome,
+            waiting,
         })
     }
 }
@@ -571,16 +657,34 @@ pub fn decode_payload(v: &[u8]) -> Option<(EventMeta, Vec<u8>)> {
     Some((meta, v.get(4 + len..)?.to_vec()))
 }
 
-/// An identity record's length: the identity and its segment record's
-/// pointer. What a search shows of the event (`encode_index_meta`) is in
-/// that record, read with its arrival.
-pub const EVENT_RECORD: usize = 56 + super::segments::Pointer::ENCODED;
+/// The length of an identity record of layout 6: the identity (56 bytes)
+/// and its segment record's pointer (20).
+const SLIM_EVENT_RECORD: usize = 56 + super::segments::Pointer::ENCODED;
 
-/// An identity record (`e` source 0 event_id).
+/// Marks an identity record of layout 7. One of an earlier layout begins
+/// with the top byte of its arrival time in milliseconds, which is 0 for
+/// any time a clock gives.
+const IDENTITY: u8 = 0x80;
+
+/// An identity record (`e` source 0 event_id), about 52 bytes: `IDENTITY`,
+/// then as LEB128 the arrival time, the time from it to expiry, the
+/// sequence number and the segment record's pointer (segment, offset,
+/// length), then the content hash. What a search shows of the event
+/// (`encode_index_meta`) is in the segment record, read with its arrival.
 pub fn encode_event(ident: &Ident, pointer: &super::segments::Pointer) -> Vec<u8> {
-    let mut v = Vec::with_capacity(EVENT_RECORD);
-    v.extend_from_slice(&ident.encode());
-    v.extend_from_slice(&pointer.encode());
+    let mut v = Vec::with_capacity(64);
+    v.push(IDENTITY);
+    put_varint(&mut v, ident.received_at_ms);
+    // Wrapping, so that any pair of times has one encoding.
+    put_varint(
+        &mut v,
+        ident.expires_at_ms.wrapping_sub(ident.received_at_ms),
+    );
+    put_varint(&mut v, ident.seq);
+    put_varint(&mut v, pointer.segment);
+    put_varint(&mut v, pointer.offset);
+    put_varint(&mut v, u64::from(pointer.len));
+    v.extend_from_slice(&ident.content_hash);
     v
 }
 
@@ -633,28 +737,47 @@ pub fn decode_index_meta(v: &[u8], received_at_ms: u64) -> Option<EventMeta> {
     })
 }
 
-/// The identity at the head of an event record, without decoding the rest.
+/// The identity an identity record holds.
 pub fn event_ident(v: &[u8]) -> Option<Ident> {
-    Ident::decode(v.get(..56)?)
+    decode_event(v).map(|(ident, _)| ident)
 }
 
 /// Exactly one identity record: the identity and the pointer.
 pub fn decode_event(v: &[u8]) -> Option<(Ident, super::segments::Pointer)> {
-    if v.len() != EVENT_RECORD {
+    let mut r = Reader(v);
+    if r.byte()? != IDENTITY {
         return None;
     }
-    Some((
-        event_ident(v)?,
-        super::segments::Pointer::decode(v.get(56..)?)?,
-    ))
+    let received_at_ms = r.varint()?;
+    let expires_at_ms = received_at_ms.wrapping_add(r.varint()?);
+    let seq = r.varint()?;
+    let pointer = super::segments::Pointer {
+        segment: r.varint()?,
+        offset: r.varint()?,
+        len: u32::try_from(r.varint()?).ok()?,
+    };
+    let ident = Ident {
+        received_at_ms,
+        expires_at_ms,
+        seq,
+        content_hash: r.0.try_into().ok()?,
+    };
+    Some((ident, pointer))
 }
 
-/// What layout 6 keeps of an identity record of layout 5 or earlier,
-/// which held the index metadata after the pointer; None for one that
-/// is already of layout 6 or too short to be either.
-pub fn slimmed_event(v: &[u8]) -> Option<&[u8]> {
-    let head = v.get(..EVENT_RECORD)?;
-    (v.len() > EVENT_RECORD && decode_event(head).is_some()).then_some(head)
+/// An identity record as layouts 4 to 6 wrote it: the identity and the
+/// pointer in fixed widths (layout 6), followed by the index metadata
+/// (layouts 4 and 5). None for one of this layout, which never reads as
+/// one of these (`IDENTITY`), or for one too short to be either.
+pub fn older_event(v: &[u8]) -> Option<(Ident, super::segments::Pointer)> {
+    if v.first() == Some(&IDENTITY) {
+        return None;
+    }
+    let head = v.get(..SLIM_EVENT_RECORD)?;
+    Some((
+        Ident::decode(head.get(..56)?)?,
+        super::segments::Pointer::decode(head.get(56..)?)?,
+    ))
 }
 
 fn put_varint(v: &mut Vec<u8>, mut n: u64) {
@@ -681,11 +804,16 @@ fn put_opt(v: &mut Vec<u8>, s: Option<&str>) {
 }
 
 fn put_outcome(v: &mut Vec<u8>, o: &OutcomeRecord) {
+    put_outcome_head(v, o);
+    put_opt(v, o.reason.as_deref());
+    put_opt(v, o.shipment_id.as_ref().map(|id| id.as_str()));
+}
+
+/// An outcome's kind, attempts and time.
+fn put_outcome_head(v: &mut Vec<u8>, o: &OutcomeRecord) {
     v.push(o.outcome.code());
     put_varint(v, u64::from(o.attempts));
     v.extend_from_slice(&o.at_ms.to_be_bytes());
-    put_opt(v, o.reason.as_deref());
-    put_opt(v, o.shipment_id.as_ref().map(|id| id.as_str()));
 }
 
 /// Reads what `put_*` wrote; None at the first thing that does not fit.
@@ -734,12 +862,27 @@ impl Reader<'_> {
     }
 
     fn outcome(&mut self) -> Option<OutcomeRecord> {
+        let mut o = self.outcome_head()?;
+        o.reason = self.opt()?;
+        o.shipment_id = self.opt()?.map(crate::domain::ids::ShipmentId::from);
+        Some(o)
+    }
+
+    /// A parked outcome kept without its reason: no other kind has one to
+    /// give back.
+    fn waiting_outcome(&mut self) -> Option<OutcomeRecord> {
+        let mut o = self.outcome_head()?;
+        o.shipment_id = self.opt()?.map(crate::domain::ids::ShipmentId::from);
+        (o.outcome == DispatchOutcome::Parked).then_some(o)
+    }
+
+    fn outcome_head(&mut self) -> Option<OutcomeRecord> {
         Some(OutcomeRecord {
             outcome: DispatchOutcome::from_code(self.byte()?)?,
             attempts: u32::try_from(self.varint()?).ok()?,
             at_ms: self.u64()?,
-            reason: self.opt()?,
-            shipment_id: self.opt()?.map(crate::domain::ids::ShipmentId::from),
+            reason: None,
+            shipment_id: None,
         })
     }
 
@@ -887,11 +1030,15 @@ mod tests {
         let enc = encode_event(&ident, &pointer);
         assert_eq!(event_ident(&enc), Some(ident));
         assert_eq!(decode_event(&enc), Some((ident, pointer)));
-        assert_eq!(slimmed_event(&enc), None);
-        // Layout 5 and earlier: the index metadata after the pointer.
-        let fat = [enc.clone(), encode_index_meta(&meta)].concat();
-        assert_eq!(decode_event(&fat), None);
-        assert_eq!(slimmed_event(&fat), Some(&enc[..]));
+        assert_eq!(older_event(&enc), None);
+        // Layout 6: fixed widths; 5 and earlier: the index metadata after
+        // the pointer.
+        let slim = [&ident.encode()[..], &pointer.encode()].concat();
+        let fat = [slim.clone(), encode_index_meta(&meta)].concat();
+        for older in [&slim, &fat] {
+            assert_eq!(decode_event(older), None);
+            assert_eq!(older_event(older), Some((ident, pointer)));
+        }
         let indexed = EventMeta {
             headers: Vec::new(),
             ..meta.clone()
@@ -1064,6 +1211,109 @@ mod tests {
             }
             proptest::prop_assert_eq!(Arrival::decode(&enc), None);
             proptest::prop_assert_eq!(ArrivalEntry::decode(&a.encode()), None);
+        }
+
+        /// A parked outcome whose reason its wait gives for the event's
+        /// key is kept without the reason, and read back whole with the
+        /// fields of the arrival it belongs to; without them it is
+        /// refused, not given an empty reason. Any other reason is kept
+        /// as it is.
+        #[test]
+        fn a_reason_the_key_gives_back_is_kept_as_its_wait(
+            a in arrival(),
+            key in ".{0,40}",
+            shipment in proptest::prelude::any::<bool>(),
+            other in ".{0,40}",
+        ) {
+            let waiting = if shipment { Waiting::Shipment } else { Waiting::Order };
+            let pointer = crate::store::sled::segments::Pointer { segment: 3, offset: 9, len: 700 };
+            let fields = crate::webhook::mapping::Fields {
+                key: key.clone(),
+                status: "in_transit".into(),
+                occurred_at: None,
+            };
+            let mut a = Arrival { fields: Some(fields), ..a };
+            let mut outcome = OutcomeRecord::attempt(1);
+            if shipment {
+                outcome.park_for_tracking(&key);
+            } else {
+                outcome.park_for_order(&key);
+            }
+            a.outcome = Some(outcome.clone());
+            let reason = outcome.reason.clone().unwrap_or_default();
+            proptest::prop_assert_eq!(outcome.waiting_for(&key), Some(waiting));
+
+            let entry = a.entry(pointer);
+            proptest::prop_assert!(entry.needs_fields());
+            let enc = entry.encode();
+            let stated = ArrivalEntry::new(a.dispatch, pointer, a.outcome.clone()).encode();
+            let mut reason_bytes = Vec::new();
+            put_opt(&mut reason_bytes, Some(&reason));
+            proptest::prop_assert_eq!(enc.len() + reason_bytes.len(), stated.len());
+            let read = ArrivalEntry::decode(&enc);
+            proptest::prop_assert_eq!(read.as_ref(), Some(&entry));
+            proptest::prop_assert_eq!(entry.outcome(a.fields.as_ref()), Some(a.outcome.clone()));
+            proptest::prop_assert_eq!(entry.outcome(None), None);
+            proptest::prop_assert_eq!(entry.held(), Held::of(&a));
+            for cut in 0..enc.len() {
+                proptest::prop_assert_eq!(ArrivalEntry::decode(&enc[..cut]), None);
+            }
+
+            // Another reason, or another outcome, stays as it was.
+            let mut kept = outcome.clone();
+            kept.reason = Some(other.clone());
+            a.outcome = Some(kept.clone());
+            let entry = a.entry(pointer);
+            proptest::prop_assert_eq!(entry.needs_fields(), waiting.reason(&key) == other);
+            proptest::prop_assert_eq!(entry.outcome(a.fields.as_ref()), Some(Some(kept)));
+            let mut applied = outcome;
+            applied.outcome = DispatchOutcome::Applied;
+            a.outcome = Some(applied.clone());
+            let entry = a.entry(pointer);
+            proptest::prop_assert!(!entry.needs_fields());
+            proptest::prop_assert_eq!(entry.outcome(None), Some(Some(applied)));
+        }
+
+        /// Every identity record reads back as written, cut or extended
+        /// it is refused, and one of this layout never reads as an older
+        /// one nor, for any time a clock gives, an older one as this.
+        #[test]
+        fn identity_records_round_trip_and_are_never_taken_for_older_ones(
+            received_at_ms in proptest::prelude::any::<u64>(),
+            expires_at_ms in proptest::prelude::any::<u64>(),
+            seq in proptest::prelude::any::<u64>(),
+            content_hash in proptest::prelude::any::<[u8; 32]>(),
+            segment in proptest::prelude::any::<u64>(),
+            offset in proptest::prelude::any::<u64>(),
+            len in proptest::prelude::any::<u32>(),
+            now in 0u64..1 << 56,
+        ) {
+            let ident = Ident { received_at_ms, expires_at_ms, seq, content_hash };
+            let pointer = crate::store::sled::segments::Pointer { segment, offset, len };
+            let enc = encode_event(&ident, &pointer);
+            proptest::prop_assert_eq!(decode_event(&enc), Some((ident, pointer)));
+            proptest::prop_assert_eq!(older_event(&enc), None);
+            for cut in 0..enc.len() {
+                proptest::prop_assert_eq!(decode_event(&enc[..cut]), None);
+            }
+            proptest::prop_assert_eq!(decode_event(&[&enc[..], &[0]].concat()), None);
+            let clocked = Ident { received_at_ms: now, ..ident };
+            let slim = [&clocked.encode()[..], &pointer.encode()].concat();
+            proptest::prop_assert_eq!(decode_event(&slim), None);
+            proptest::prop_assert_eq!(older_event(&slim), Some((clocked, pointer)));
+        }
+
+        /// Bytes that are not an identity record are refused, never a
+        /// panic, and what decodes has exactly one encoding.
+        #[test]
+        fn any_bytes_decode_as_an_identity_record_or_are_refused(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100)
+        ) {
+            for bytes in [bytes.clone(), [&[IDENTITY][..], &bytes].concat()] {
+                if let Some((ident, pointer)) = decode_event(&bytes) {
+                    proptest::prop_assert_eq!(encode_event(&ident, &pointer), bytes);
+                }
+            }
         }
 
         /// Bytes that are not an entry are refused, never a panic, and

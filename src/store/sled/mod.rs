@@ -979,7 +979,14 @@ impl Events for SledStore {
         else {
             return Ok(None);
         };
-        Ok(read_entry(tree, ident.seq)?.and_then(|a| a.outcome))
+        let Some(entry) = read_entry(tree, ident.seq)? else {
+            return Ok(None);
+        };
+        if entry.needs_fields() {
+            let (_, arrival) = arrival_of(&self.shared.segments, ident.seq, &entry)?;
+            return Ok(arrival.outcome);
+        }
+        Ok(entry.outcome(None).flatten())
     }
 
     async fn search(
@@ -1450,7 +1457,7 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
         };
         let entry = decode_entry(seq, &v)?;
         if !segments.contains(&entry.pointer) {
-            held.add(codec::Held::of_outcome(entry.outcome.as_ref()));
+            held.add(entry.held());
             batch.remove(k);
             gone.insert(seq, entry.pointer);
         }
@@ -1497,34 +1504,40 @@ fn drop_dangling(tree: &sled::Tree, segments: &segments::Segments) -> Result<(),
 /// segments, 3 made index records binary, search entries keys alone and
 /// retention entries one per group, 4 made arrivals binary, 5 left in
 /// sled only an entry of each arrival (`codec::ArrivalEntry`), 6 only the
-/// identity and the pointer in each identity record. A store of layout 4
-/// or 5 is brought to 6 on open (`entries_from_arrivals`,
-/// `slim_identities`); one of any other layout is refused, not misread.
-const FORMAT: u64 = 6;
+/// identity and the pointer in each identity record, 7 let an entry keep a
+/// parked outcome's wait instead of its reason when the event's key gives
+/// the reason back, and made identity records compact. A store of layout
+/// 4, 5 or 6 is brought to 7 on open (`entries_from_arrivals`,
+/// `compact_identities`); one of any other layout is refused, not
+/// misread.
+const FORMAT: u64 = 7;
 
-/// Brings a store of layout 5 to layout 6: each identity record loses
-/// the index metadata after its pointer, which the segment record holds
-/// too. Idempotent, so an open cut short goes on where it stopped.
-fn slim_identities(tree: &sled::Tree) -> Result<(), StoreError> {
+/// Brings a store of layout 5 or 6 to layout 7: each identity record
+/// becomes the compact one (`codec::encode_event`), losing the index
+/// metadata after its pointer that layout 5 kept and the segment record
+/// holds. Entries keep the reasons they have, which this layout reads as
+/// they are. Idempotent, so an open cut short goes on where it stopped: an
+/// identity record of this layout never reads as an older one.
+fn compact_identities(tree: &sled::Tree, from: u64) -> Result<(), StoreError> {
     let mut batch = sled::Batch::default();
-    let (mut in_batch, mut slimmed) = (0, 0u64);
+    let (mut in_batch, mut compacted) = (0, 0u64);
     for kv in tree.scan_prefix(b"e") {
         let (k, v) = kv?;
         if codec::decode_event(&v).is_some() {
             continue;
         }
-        let head =
-            codec::slimmed_event(&v).ok_or_else(|| StoreError::corrupt(codec::describe_key(&k)))?;
-        batch.insert(k, head.to_vec());
-        slimmed += 1;
+        let (ident, pointer) =
+            codec::older_event(&v).ok_or_else(|| StoreError::corrupt(codec::describe_key(&k)))?;
+        batch.insert(k, codec::encode_event(&ident, &pointer));
+        compacted += 1;
         apply_when_full(tree, &mut batch, &mut in_batch)?;
     }
     tree.apply_batch(batch)?;
     tree.insert(codec::FORMAT_KEY, FORMAT.to_be_bytes().to_vec())?;
     tree.flush()?;
     tracing::warn!(
-        slimmed,
-        "brought the store from layout 5 to layout {FORMAT}: identity records hold the pointer alone"
+        compacted,
+        "brought the store from layout {from} to layout {FORMAT}: identity records are compact"
     );
     Ok(())
 }
@@ -1548,7 +1561,7 @@ fn apply_when_full(
     Ok(())
 }
 
-/// Brings a store of layout 4 to layout 5, then 6 (`slim_identities`):
+/// Brings a store of layout 4 to layout 5, then 7 (`compact_identities`):
 /// each whole arrival under `n` becomes an entry pointing at its event's
 /// segment record, which its identity record names. An arrival whose
 /// identity now names another copy (the event expired and came again;
@@ -1574,7 +1587,7 @@ fn entries_from_arrivals(tree: &sled::Tree) -> Result<(), StoreError> {
             None => None,
             Some(record) => Some(
                 codec::decode_event(&record)
-                    .or_else(|| codec::slimmed_event(&record).and_then(codec::decode_event))
+                    .or_else(|| codec::older_event(&record))
                     .map(|(ident, p)| (ident.seq, p))
                     .ok_or_else(|| StoreError::corrupt(codec::describe_key(&key)))?,
             ),
@@ -1601,7 +1614,7 @@ fn entries_from_arrivals(tree: &sled::Tree) -> Result<(), StoreError> {
         forgotten,
         "brought the store from layout 4 to layout 5: arrivals are entries now"
     );
-    slim_identities(tree)
+    compact_identities(tree, 5)
 }
 
 /// Counts the dead events of a store written before their count was
@@ -1615,7 +1628,7 @@ fn count_dead_once(tree: &sled::Tree, cursor: u64) -> Result<(), StoreError> {
     for kv in tree.range(codec::seq_key(b'n', 0)..=codec::seq_key(b'n', cursor)) {
         let (_, v) = kv?;
         if let Some(a) = codec::ArrivalEntry::decode(&v) {
-            dead += codec::Held::of_outcome(a.outcome.as_ref()).dead;
+            dead += a.held().dead;
         }
     }
     let mut batch = sled::Batch::default();
@@ -1632,7 +1645,7 @@ fn check_format(tree: &sled::Tree) -> Result<(), StoreError> {
     {
         Some(FORMAT) => Ok(()),
         Some(4) => entries_from_arrivals(tree),
-        Some(5) => slim_identities(tree),
+        Some(from @ (5 | 6)) => compact_identities(tree, from),
         Some(other) => Err(StoreError::Unavailable(format!(
             "the store has layout {other}; this build reads layout {FORMAT}"
         ))),
@@ -1683,11 +1696,12 @@ fn arrival_of(
     seq: u64,
     entry: &codec::ArrivalEntry,
 ) -> Result<(segments::Pointer, codec::Arrival), StoreError> {
-    let mut arrival = with_record(segments, seq, &entry.pointer, |logged, _| {
-        codec::Arrival::decode(logged.arrival)
-            .filter(|a| a.dispatch == entry.dispatch && a.outcome.is_none())
+    let arrival = with_record(segments, seq, &entry.pointer, |logged, _| {
+        let mut a = codec::Arrival::decode(logged.arrival)
+            .filter(|a| a.dispatch == entry.dispatch && a.outcome.is_none())?;
+        a.outcome = entry.outcome(a.fields.as_ref())?;
+        Some(a)
     })?;
-    arrival.outcome = entry.outcome.clone();
     Ok((entry.pointer, arrival))
 }
 
@@ -1704,6 +1718,9 @@ fn indexed_event(
         return Ok(None);
     };
     let (names, meta) = record_index(&shared.segments, seq, &entry.pointer)?;
+    let outcome = entry
+        .outcome(names.fields.as_ref())
+        .ok_or_else(|| StoreError::corrupt(format!("the segment record of event {seq}")))?;
     let (source, event_id) = (names.source, names.event_id);
     let current = match shared.tree.get(codec::event_key(&source, &event_id))? {
         None => false,
@@ -1726,7 +1743,7 @@ fn indexed_event(
                 meta,
                 body: Vec::new(),
             },
-            entry.outcome,
+            outcome,
         )
     }))
 }
@@ -2790,22 +2807,29 @@ mod tests {
             .collect()
     }
 
-    /// A store written by layout 4 kept whole arrivals in sled, and one
-    /// of layout 4 or 5 the index metadata in each identity record.
-    /// Opened by this build, each arrival becomes an entry pointing at its
-    /// segment record, with its outcome, and each identity record keeps
-    /// the identity and the pointer; what every reader sees stays as it
-    /// was. The arrival of a copy that a later one replaced goes, as the
-    /// sweep would have taken it. An open cut short, with some records
-    /// already rewritten, goes on where it stopped.
+    /// A store written by layout 4 kept whole arrivals in sled, one of
+    /// layout 4 or 5 the index metadata in each identity record, and one
+    /// of layout 4, 5 or 6 each parked outcome's reason and identity
+    /// records in fixed widths. Opened by this build, each arrival becomes
+    /// an entry pointing at its segment record, with its outcome, and each
+    /// identity record the compact identity and pointer alone; what every
+    /// reader sees stays as it was, reasons included. The arrival of a
+    /// copy that a later one replaced goes, as the sweep would have taken
+    /// it. An open cut short, with some records already rewritten, goes on
+    /// where it stopped.
     #[tokio::test]
-    async fn a_store_of_layout_4_is_brought_to_layout_6_on_open() {
+    async fn a_store_of_layout_4_is_brought_to_layout_7_on_open() {
         upgraded_from(4).await;
     }
 
     #[tokio::test]
-    async fn a_store_of_layout_5_is_brought_to_layout_6_on_open() {
+    async fn a_store_of_layout_5_is_brought_to_layout_7_on_open() {
         upgraded_from(5).await;
+    }
+
+    #[tokio::test]
+    async fn a_store_of_layout_6_is_brought_to_layout_7_on_open() {
+        upgraded_from(6).await;
     }
 
     async fn upgraded_from(layout: u64) {
@@ -2839,10 +2863,11 @@ mod tests {
         store.close().unwrap();
         drop(store);
 
-        // Written back as the older layout wrote them: each identity
-        // record with the index metadata after its pointer; in layout 4
-        // each arrival whole, with its outcome. The first of each stays
-        // as this build writes it, as if the upgrade had been cut after it.
+        // Written back as the older layout wrote them: each parked
+        // outcome with its reason; in layouts 4 and 5 each identity record
+        // with the index metadata after its pointer; in layout 4 each
+        // arrival whole, with its outcome. The first of each stays as this
+        // build writes it, as if the upgrade had been cut after it.
         let arrivals;
         {
             let db = open_db(&sled::Config::new().path(dir.path())).unwrap();
@@ -2850,18 +2875,29 @@ mod tests {
             let segs = segments::Segments::open(&dir.path().join("segments"), 1 << 20).unwrap();
             let all: Vec<_> = tree.scan_prefix(b"n").map(Result::unwrap).collect();
             arrivals = all.len();
-            for (k, v) in all.iter().skip(1).filter(|_| layout == 4) {
+            let waits = all
+                .iter()
+                .map(|(_, v)| codec::ArrivalEntry::decode(v).unwrap());
+            assert_eq!(waits.filter(|e| e.needs_fields()).count(), 1, "parked");
+            for (k, v) in all.iter().skip(1) {
                 let seq = codec::parse_seq_key(b'n', k).unwrap();
                 let entry = codec::ArrivalEntry::decode(v).unwrap();
-                let (_, whole) = arrival_of(&segs, seq, &entry).unwrap();
-                tree.insert(k, whole.encode()).unwrap();
+                let (pointer, whole) = arrival_of(&segs, seq, &entry).unwrap();
+                let old = match layout {
+                    4 => whole.encode(),
+                    _ => codec::ArrivalEntry::new(whole.dispatch, pointer, whole.outcome).encode(),
+                };
+                tree.insert(k, old).unwrap();
             }
             let identities: Vec<_> = tree.scan_prefix(b"e").map(Result::unwrap).collect();
             for (k, v) in identities.iter().skip(1) {
                 let (ident, pointer) = codec::decode_event(v).unwrap();
-                let (_, meta) = record_index(&segs, ident.seq, &pointer).unwrap();
-                let fat = [v.to_vec(), codec::encode_index_meta(&meta)].concat();
-                tree.insert(k, fat).unwrap();
+                let mut old = [&ident.encode()[..], &pointer.encode()].concat();
+                if layout < 6 {
+                    let (_, meta) = record_index(&segs, ident.seq, &pointer).unwrap();
+                    old.extend(codec::encode_index_meta(&meta));
+                }
+                tree.insert(k, old).unwrap();
             }
             tree.insert(codec::FORMAT_KEY, layout.to_be_bytes().to_vec())
                 .unwrap();

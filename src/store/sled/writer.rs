@@ -239,11 +239,7 @@ impl Writer {
                 }
             };
             for (ix, pointer) in index.into_iter().zip(&pointers) {
-                let entry = codec::ArrivalEntry {
-                    dispatch: ix.dispatch,
-                    pointer: *pointer,
-                    outcome: None,
-                };
+                let entry = codec::ArrivalEntry::new(ix.dispatch, *pointer, None);
                 if let Some(w) = writes.get_mut(ix.arrival_at) {
                     w.1 = Some(entry.encode());
                 }
@@ -469,7 +465,7 @@ pub(super) fn plan_sweep(
                     if entry.dispatch && seq > cursor {
                         waiting.push(seq);
                     } else {
-                        held.add(codec::Held::of_outcome(entry.outcome.as_ref()));
+                        held.add(entry.held());
                         batch.remove(codec::seq_key(b'n', seq).to_vec());
                     }
                     continue;
@@ -484,7 +480,7 @@ pub(super) fn plan_sweep(
                 waiting.push(seq);
                 continue;
             }
-            held.add(codec::Held::of_outcome(entry.outcome.as_ref()));
+            held.add(entry.held());
             if current {
                 forget_event(&mut batch, &names.source, &names.event_id, seq, &meta);
             } else {

@@ -61,6 +61,7 @@ pub enum Layout {
     Compact,
 }
 
+#[derive(Clone, Copy)]
 struct Sizes {
     identity: usize,
     /// Arrivals keyed per group commit instead of per event.
@@ -91,6 +92,24 @@ impl Layout {
             search_value: 0,
             expiry_per_event: 8,
         };
+        let lean = Sizes {
+            arrival: 0,
+            arrival_done: 0,
+            identity_outcome: 12,
+            search_value: 20,
+            expiry_per_event: 20,
+            ..today
+        };
+        let slim = Sizes {
+            identity: 76,
+            arrival: 8,
+            arrival_done: 8 + 63,
+            ..today
+        };
+        let slim_short = Sizes {
+            arrival_done: 8 + 63 - 51,
+            ..slim
+        };
         match self {
             Layout::Today => today,
             // A pointer as three LEB128 numbers and a flags byte: about 8
@@ -104,14 +123,7 @@ impl Layout {
                 arrival_done: 142 - 51,
                 ..today
             },
-            Layout::Lean => Sizes {
-                arrival: 0,
-                arrival_done: 0,
-                identity_outcome: 12,
-                search_value: 20,
-                expiry_per_event: 20,
-                ..today
-            },
+            Layout::Lean => lean,
             Layout::GroupArrival => Sizes {
                 per_group: true,
                 ..today
@@ -124,32 +136,15 @@ impl Layout {
                 expiry_per_event: 24,
                 ..today
             },
-            Layout::SlimEntries => Sizes {
-                identity: 76,
-                arrival: 8,
-                arrival_done: 8 + 63,
-                ..today
-            },
-            Layout::SlimShortReason => Sizes {
-                identity: 76,
-                arrival: 8,
-                arrival_done: 8 + 63 - 51,
-                ..today
-            },
+            Layout::SlimEntries => slim,
+            Layout::SlimShortReason => slim_short,
             Layout::SlimLean => Sizes {
                 identity: 76,
-                arrival: 0,
-                arrival_done: 0,
-                identity_outcome: 12,
-                search_value: 20,
-                expiry_per_event: 20,
-                ..today
+                ..lean
             },
             Layout::Compact => Sizes {
                 identity: 52,
-                arrival: 8,
-                arrival_done: 8 + 63 - 51,
-                ..today
+                ..slim_short
             },
             Layout::NoArrival => Sizes {
                 arrival: 0,

@@ -394,11 +394,6 @@ impl ArrivalEntry {
         }
     }
 
-    /// Whether dispatch has taken the event out of the inbox.
-    pub fn dispatched(&self) -> bool {
-        self.outcome.is_some()
-    }
-
     /// Whether the event is parked or dead, for the counts.
     pub fn held(&self) -> Held {
         Held::of_outcome(self.outcome.as_ref())

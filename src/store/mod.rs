@@ -49,11 +49,31 @@ impl StoreError {
     #[track_caller]
     pub fn corrupt(what: impl Into<String>) -> StoreError {
         let what = what.into();
-        let at = std::panic::Location::caller();
-        tracing::error!(record = %what, at = %at, "a stored record cannot be read");
-        metrics::counter!(crate::telemetry::metric::UNREADABLE).increment(1);
+        if !UNREPORTED.get() {
+            let at = std::panic::Location::caller();
+            tracing::error!(record = %what, at = %at, "a stored record cannot be read");
+            metrics::counter!(crate::telemetry::metric::UNREADABLE).increment(1);
+        }
         StoreError::Corrupt(what)
     }
+}
+
+thread_local! {
+    static UNREPORTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `read`, a read done only to bring records into a cache ahead of
+/// the same read that follows, without reporting the unreadable records
+/// it meets: the read that follows reports them, once.
+pub(crate) fn unreported<T>(read: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            UNREPORTED.set(self.0);
+        }
+    }
+    let _restore = Restore(UNREPORTED.replace(true));
+    read()
 }
 
 /// An event that passed every check and is to be remembered.

@@ -1035,14 +1035,18 @@ impl Upkeep for SledStore {
     async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         // The same reads the writer is about to do, done first here: they
         // bring the expired records into the cache, so the writer's pass
-        // holds up intake only for the writes.
+        // holds up intake only for the writes. What they fail on, the
+        // writer's pass fails on again and reports.
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let cursor = read_cursor(&shared.tree)?;
-            writer::plan_sweep(&shared.tree, &shared.segments, now_ms, limit, cursor).map(drop)
+            crate::store::unreported(|| {
+                let cursor = read_cursor(&shared.tree)?;
+                writer::plan_sweep(&shared.tree, &shared.segments, now_ms, limit, cursor).map(drop)
+            })
         })
         .await
-        .map_err(|_| StoreError::Unavailable("sweep planning stopped".into()))??;
+        .map_err(|_| StoreError::Unavailable("sweep planning stopped".into()))?
+        .ok();
         let (reply, rx) = oneshot::channel();
         self.sender()?
             .send(Msg::Sweep {
@@ -3006,6 +3010,27 @@ mod tests {
             store.search(&EventFilter::default(), 10, 100).await,
             Err(StoreError::Corrupt(_))
         ));
+        // A sweep reads the damaged record twice, first only to warm the
+        // cache, and reports it once.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let reported = || {
+            let text = recorder.handle().render();
+            let line = text
+                .lines()
+                .find_map(|l| l.strip_prefix("waybill_store_unreadable_records_total "));
+            line.map_or(0, |v| v.parse::<u64>().unwrap())
+        };
+        let cursor = read_cursor(&store.shared.tree).unwrap();
+        let plan = || {
+            let shared = &store.shared;
+            writer::plan_sweep(&shared.tree, &shared.segments, 1_000_000, 100, cursor).map(drop)
+        };
+        metrics::with_local_recorder(&recorder, || {
+            crate::store::unreported(plan).unwrap();
+            assert_eq!(reported(), 0, "warming the cache");
+            plan().unwrap();
+            assert_eq!(reported(), 1, "the writer's pass");
+        });
         // Retention takes the damaged arrival too: kept, its retention
         // entry would keep every segment from here on.
         while store.sweep_expired(1_000_000, 100).await.unwrap() > 0 {}

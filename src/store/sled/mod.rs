@@ -1701,12 +1701,54 @@ fn arrival_of(
     entry: &codec::ArrivalEntry,
 ) -> Result<(segments::Pointer, codec::Arrival), StoreError> {
     let arrival = with_record(segments, seq, &entry.pointer, |logged, _| {
-        let mut a = codec::Arrival::decode(logged.arrival)
-            .filter(|a| a.dispatch == entry.dispatch && a.outcome.is_none())?;
-        a.outcome = entry.outcome(a.fields.as_ref())?;
-        Some(a)
+        whole_arrival(logged, entry)
     })?;
     Ok((entry.pointer, arrival))
+}
+
+/// `arrival_of` and the event's body, from one read of its record.
+fn arrival_with_body(
+    segments: &segments::Segments,
+    seq: u64,
+    entry: &codec::ArrivalEntry,
+) -> Result<(segments::Pointer, codec::Arrival, Vec<u8>), StoreError> {
+    let (arrival, body) = with_record(segments, seq, &entry.pointer, |logged, packed| {
+        Some((
+            whole_arrival(logged, entry)?,
+            codec::unpack_payload(packed)?.1,
+        ))
+    })?;
+    Ok((entry.pointer, arrival, body))
+}
+
+/// The arrival a segment record holds, with the outcome its entry keeps;
+/// None when the two do not belong together.
+fn whole_arrival(
+    logged: &codec::Logged<'_>,
+    entry: &codec::ArrivalEntry,
+) -> Option<codec::Arrival> {
+    let mut a = codec::Arrival::decode(logged.arrival)
+        .filter(|a| a.dispatch == entry.dispatch && a.outcome.is_none())?;
+    a.outcome = entry.outcome(a.fields.as_ref())?;
+    Some(a)
+}
+
+/// The sequence number of the copy that `source`/`event_id`'s identity
+/// record names; None when there is none.
+fn identity_seq(
+    tree: &sled::Tree,
+    source: &str,
+    event_id: &str,
+) -> Result<Option<u64>, StoreError> {
+    tree.get(codec::event_key(source, event_id))?
+        .map(|v| {
+            codec::event_ident(&v)
+                .map(|ident| ident.seq)
+                .ok_or_else(|| {
+                    StoreError::corrupt(format!("the event record of {source}/{event_id}"))
+                })
+        })
+        .transpose()
 }
 
 /// Event `seq` as a search shows it (no headers or body), with its
@@ -1726,18 +1768,7 @@ fn indexed_event(
         .outcome(names.fields.as_ref())
         .ok_or_else(|| StoreError::corrupt(format!("the segment record of event {seq}")))?;
     let (source, event_id) = (names.source, names.event_id);
-    let current = match shared.tree.get(codec::event_key(&source, &event_id))? {
-        None => false,
-        Some(v) => {
-            codec::decode_event(&v)
-                .ok_or_else(|| {
-                    StoreError::corrupt(format!("the event record of {source}/{event_id}"))
-                })?
-                .0
-                .seq
-                == seq
-        }
-    };
+    let current = identity_seq(&shared.tree, &source, &event_id)? == Some(seq);
     Ok(current.then(|| {
         (
             StoredEvent {

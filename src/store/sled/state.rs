@@ -388,24 +388,24 @@ impl EventRows for Pass<'_> {
                 // Still in the inbox: the next pass applies it.
                 continue;
             }
-            let Some(arrival) = super::read_arrival(self.tree, &self.shared.segments, seq)? else {
+            // Whether it is parked needs no segment record; what is
+            // unparked needs one read of it, for the arrival and the body.
+            let Some(entry) = super::read_entry(self.tree, seq)? else {
                 continue;
             };
-            if arrival
-                .1
-                .outcome
-                .as_ref()
-                .is_some_and(|o| o.outcome == DispatchOutcome::Parked)
-            {
-                let (source, id) = (&arrival.1.source, &arrival.1.event_id);
-                let event = super::read_event(self.shared, source, id)?;
+            if entry.held().parked == 0 {
+                continue;
+            }
+            let segments = &self.shared.segments;
+            let (pointer, arrival, body) = super::arrival_with_body(segments, seq, &entry)?;
+            let body = match super::identity_seq(self.tree, &arrival.source, &arrival.event_id)? {
                 // A copy that came again after this one expired has its
                 // own arrival; this one waits for retention.
-                if event.as_ref().is_some_and(|ev| ev.seq != seq) {
-                    continue;
-                }
-                parked.push((self.stored(seq, arrival), event.map(|ev| ev.body)));
-            }
+                Some(current) if current != seq => continue,
+                Some(_) => Some(body),
+                None => None,
+            };
+            parked.push((self.stored(seq, (pointer, arrival)), body));
         }
         Ok(parked)
     }

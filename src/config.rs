@@ -172,6 +172,9 @@ pub struct StoreConfig {
     /// Retention deletes whole segments, so smaller ones give disk back
     /// sooner and larger ones mean fewer files.
     pub segment_bytes: u64,
+    /// How often sled writes its log out by itself, which also paces how
+    /// fast it takes its file back (docs/CONFIG.md, `index_flush`).
+    pub index_flush: Duration,
     pub backend: StoreBackend,
 }
 
@@ -529,6 +532,7 @@ impl Config {
             "store.cache_mb" => |c| c.cache_bytes,
             "store.min_free_mb" => |c| c.min_free_bytes,
             "store.segment_mb" => |c| c.segment_bytes,
+            "store.index_flush" => |c| c.index_flush,
             "store.backend" => |c| std::mem::discriminant(&c.backend),
             "store.url" => |c| c.backend.url(),
             "store.ca_file" => |c| c.backend.ca_certs(),
@@ -991,10 +995,30 @@ impl Walker<'_> {
                 .opt_uint(t, "segment_mb", p, 1, 1 << 12)
                 .map(|mb| mb as u64 * 1024 * 1024)
                 .unwrap_or(64 * 1024 * 1024),
+            index_flush: self.index_flush(t, p),
             backend: self.backend(t),
         };
         self.unknown(t, p);
         cfg
+    }
+
+    /// sled cleans its log in the thread that flushes it, after each flush
+    /// and for at most half the interval, so the interval is a floor on
+    /// how often that work is done and a ceiling on each slice of it.
+    fn index_flush(&mut self, t: &mut Table, p: &str) -> Duration {
+        const DEFAULT: Duration = Duration::from_millis(500);
+        let range = Duration::from_millis(10)..=Duration::from_secs(10);
+        match self.opt_duration(t, "index_flush", p) {
+            Some(d) if range.contains(&d) => d,
+            Some(d) => {
+                self.bad(
+                    join(p, "index_flush"),
+                    format!("must be between 10ms and 10s, found {d:?}"),
+                );
+                DEFAULT
+            }
+            None => DEFAULT,
+        }
     }
 
     fn backend(&mut self, t: &mut Table) -> StoreBackend {
@@ -1906,6 +1930,32 @@ mod tests {
             &no_env(),
         );
         assert_eq!(keys(&wrong.unwrap_err()), ["admin.secure_cookie"]);
+    }
+
+    #[test]
+    fn the_index_flush_is_bounded_and_needs_a_restart_to_change() {
+        let cfg = |t: &str| Config::parse(&format!("[store]\n{t}\n"), &no_env());
+        let default = Config::parse("", &no_env()).unwrap();
+        assert_eq!(default.store.index_flush, Duration::from_millis(500));
+        let fast = cfg("index_flush = \"20ms\"").unwrap();
+        assert_eq!(fast.store.index_flush, Duration::from_millis(20));
+        assert_eq!(default.needs_restart(&fast), ["store.index_flush"]);
+        for edge in ["10ms", "10s"] {
+            assert!(cfg(&format!("index_flush = \"{edge}\"")).is_ok(), "{edge}");
+        }
+        for bad in ["9ms", "11s", "0s", "often", "20"] {
+            let err = cfg(&format!("index_flush = {}", toml_value(bad))).unwrap_err();
+            assert_eq!(keys(&err), ["store.index_flush"], "{bad}");
+        }
+    }
+
+    /// A bare number stays a TOML integer, to check the type is refused too.
+    fn toml_value(v: &str) -> String {
+        if v.parse::<i64>().is_ok() {
+            v.to_string()
+        } else {
+            format!("\"{v}\"")
+        }
     }
 
     #[test]

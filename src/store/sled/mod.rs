@@ -421,7 +421,7 @@ impl SledStore {
             &sled::Config::new()
                 .path(&cfg.path)
                 .cache_capacity(cfg.cache_bytes)
-                .flush_every_ms(Some(SLED_FLUSH_MS)),
+                .flush_every_ms(Some(flush_ms(cfg.index_flush))),
         )?;
         let tree = db.open_tree("state")?;
         let segments = segments::Segments::open(&cfg.path.join("segments"), cfg.segment_bytes)
@@ -1286,10 +1286,13 @@ fn read_event(
     }))
 }
 
-/// How often sled writes its log out by itself. Nothing waits for it: an
-/// event is acknowledged once its segment is synced, and what sled had not
-/// flushed is replayed from the segments on open.
-const SLED_FLUSH_MS: u64 = 500;
+/// sled's flush interval in whole milliseconds (`store.index_flush`).
+/// Nothing waits for that flush: an event is acknowledged once its
+/// segment is synced, and what sled had not flushed is replayed from the
+/// segments on open.
+fn flush_ms(every: std::time::Duration) -> u64 {
+    u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1)
+}
 
 /// How long an open waits for sled's file lock to be let go.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -1885,6 +1888,7 @@ pub(crate) fn test_config(path: &std::path::Path) -> StoreConfig {
         cache_bytes: 8 << 20,
         min_free_bytes: 0,
         segment_bytes: 1 << 20,
+        index_flush: std::time::Duration::from_millis(500),
         backend: crate::config::StoreBackend::Sled,
     }
 }

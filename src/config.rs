@@ -155,6 +155,9 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
+/// `store.index_flush` when the config names none.
+pub const DEFAULT_INDEX_FLUSH: Duration = Duration::from_millis(500);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub path: PathBuf,
@@ -1006,7 +1009,6 @@ impl Walker<'_> {
     /// and for at most half the interval, so the interval is a floor on
     /// how often that work is done and a ceiling on each slice of it.
     fn index_flush(&mut self, t: &mut Table, p: &str) -> Duration {
-        const DEFAULT: Duration = Duration::from_millis(500);
         let range = Duration::from_millis(10)..=Duration::from_secs(10);
         match self.opt_duration(t, "index_flush", p) {
             Some(d) if range.contains(&d) => d,
@@ -1015,9 +1017,9 @@ impl Walker<'_> {
                     join(p, "index_flush"),
                     format!("must be between 10ms and 10s, found {d:?}"),
                 );
-                DEFAULT
+                DEFAULT_INDEX_FLUSH
             }
-            None => DEFAULT,
+            None => DEFAULT_INDEX_FLUSH,
         }
     }
 

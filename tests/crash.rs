@@ -7,7 +7,9 @@
 //! Repeated on the same data directory, so recovery of a recovered store is
 //! covered too; every other round the newest payload segment is also given
 //! a torn tail, which the next open must cut without losing anything
-//! acknowledged.
+//! acknowledged. Every other pair of rounds sled flushes, and so cleans its
+//! log, at the fastest `store.index_flush`, so that the kill can land while
+//! its cleaner moves pages.
 
 // Tests fail by panicking: the lints that keep panics out of the
 // gateway do not apply here.
@@ -30,14 +32,20 @@ const SECRET: &str = "whsec_Y3Jhc2gtdGVzdC1rZXktMDAwMDAwMDAwMDA=";
 const ITERATIONS: usize = 20;
 const WORKERS: usize = 8;
 
-fn write_config(dir: &Path) -> std::path::PathBuf {
+/// The gateway's config; with `fast_cleaning`, sled flushes every 10 ms.
+fn write_config(dir: &Path, fast_cleaning: bool) -> std::path::PathBuf {
     let carrier = config::tracking_source(
         "carrier",
         config::Shape::StandardWebhooks,
         SECRET,
         &[("IN_TRANSIT", "IN_TRANSIT")],
     );
-    config::write(dir, "", "", &carrier)
+    let store = if fast_cleaning {
+        "index_flush = \"10ms\""
+    } else {
+        ""
+    };
+    config::write(dir, "", store, &carrier)
 }
 
 fn body(id: &str) -> Vec<u8> {
@@ -81,14 +89,17 @@ fn tear_newest_segment(dir: &Path, rng: &mut fastrand::Rng) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
     let seed = fastrand::u64(..);
     println!("crash test seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     // id -> received_at of the acknowledgement
     let mut acked: HashMap<String, String> = HashMap::new();
 
+    let config = write_config(dir.path(), false);
     for iteration in 0..ITERATIONS {
+        // Rounds 2 and 3 of every four (one with a torn segment, one
+        // without) rewrite the same file with fast cleaning.
+        write_config(dir.path(), iteration % 4 >= 2);
         let gw = Gateway::start(&config);
         let addr = gw.addr;
         let (done, mut progress) = tokio::sync::watch::channel(0usize);

@@ -184,7 +184,7 @@ pub fn store_config(data_dir: &std::path::Path) -> waybill::config::StoreConfig 
         cache_bytes: 16 << 20,
         min_free_bytes: 0,
         segment_bytes: 64 << 20,
-        index_flush: std::time::Duration::from_millis(500),
+        index_flush: waybill::config::DEFAULT_INDEX_FLUSH,
         backend: waybill::config::StoreBackend::Sled,
     }
 }

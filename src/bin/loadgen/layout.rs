@@ -14,10 +14,11 @@
 //! wrote and how large its file grew. No HTTP, no payloads, no segments,
 //! none of the store's other keys: the figures compare layouts with each
 //! other, not with the gateway (docs/BENCHMARKS.md has the calibration).
-//! Its default 250,000 events take 40 s: they show the level sled's file
-//! keeps over the first minute, not the climb after it, when sled's log
-//! cleaning falls behind (docs/BENCHMARKS.md, "Compact identity records
-//! and parked reasons").
+//! Its default 250,000 events take 40 s: at the default `--flush-ms` they
+//! show the level sled's file keeps over the first minute, not the climb
+//! after it, when sled's log cleaning falls behind; a shorter flush paces
+//! the cleaning faster (docs/BENCHMARKS.md, "sled's file: the log
+//! cleaner's pace").
 
 use std::collections::VecDeque;
 use std::path::Path;

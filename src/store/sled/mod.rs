@@ -1888,7 +1888,7 @@ pub(crate) fn test_config(path: &std::path::Path) -> StoreConfig {
         cache_bytes: 8 << 20,
         min_free_bytes: 0,
         segment_bytes: 1 << 20,
-        index_flush: std::time::Duration::from_millis(500),
+        index_flush: crate::config::DEFAULT_INDEX_FLUSH,
         backend: crate::config::StoreBackend::Sled,
     }
 }

@@ -21,6 +21,10 @@
 //!   glibc, which still serves the C library's own allocations, is held
 //!   to two arenas
 //!   (`in_512_mib_of_address_space_unverified_bodies_cannot_abort_the_gateway`).
+//!   This is why it is mimalloc 3: version 2 holds less under churn, but
+//!   gives every allocating thread a 32 MiB segment of address space of
+//!   its own, and aborts at start in 512 MiB (docs/BENCHMARKS.md:
+//!   "mimalloc 2, and one codegen unit").
 
 pub use mimalloc::MiMalloc as Allocator;
 

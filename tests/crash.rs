@@ -95,11 +95,10 @@ async fn acknowledged_events_survive_kill_9() {
     // id -> received_at of the acknowledgement
     let mut acked: HashMap<String, String> = HashMap::new();
 
-    let config = write_config(dir.path(), false);
     for iteration in 0..ITERATIONS {
         // Rounds 2 and 3 of every four (one with a torn segment, one
         // without) rewrite the same file with fast cleaning.
-        write_config(dir.path(), iteration % 4 >= 2);
+        let config = write_config(dir.path(), iteration % 4 >= 2);
         let gw = Gateway::start(&config);
         let addr = gw.addr;
         let (done, mut progress) = tokio::sync::watch::channel(0usize);
@@ -206,8 +205,9 @@ async fn acknowledged_events_survive_kill_9() {
         acked.len()
     );
 
-    // A restarted gateway answers every acknowledged id as a duplicate,
-    // with the first copy's time.
+    // A restarted gateway, on the default config, answers every
+    // acknowledged id as a duplicate, with the first copy's time.
+    let config = write_config(dir.path(), false);
     let gw = Gateway::start(&config);
     let mut client = Client::new(gw.addr);
     for (id, at) in &acked {

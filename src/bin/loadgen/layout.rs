@@ -129,6 +129,12 @@ impl Layout {
             identity: 52,
             ..slim_short
         };
+        let keyed_only = Sizes {
+            arrival: 0,
+            arrival_done: 0,
+            expiry_per_event: 0,
+            ..compact
+        };
         match self {
             Layout::Today => today,
             // A pointer as three LEB128 numbers and a flags byte: about 8
@@ -166,18 +172,10 @@ impl Layout {
                 expiry_per_event: 0,
                 ..compact
             },
-            Layout::KeyedOnly => Sizes {
-                arrival: 0,
-                arrival_done: 0,
-                expiry_per_event: 0,
-                ..compact
-            },
+            Layout::KeyedOnly => keyed_only,
             Layout::KeyedOutcome => Sizes {
-                arrival: 0,
-                arrival_done: 0,
                 identity_outcome: 12,
-                expiry_per_event: 0,
-                ..compact
+                ..keyed_only
             },
             Layout::NoArrival => Sizes {
                 arrival: 0,

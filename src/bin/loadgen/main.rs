@@ -198,10 +198,11 @@ fn run(cli: Cli) -> Result<(), Failed> {
                 .written_per_event
                 .map_or_else(|| "unknown".to_string(), |b| format!("{b} bytes"));
             println!(
-                "{:?}: sled wrote {written} per event; file {} MiB at the end, {} MiB at most",
+                "{:?}: sled wrote {written} per event; file {} MiB at the end, {} MiB at most; {} trees",
                 model.layout,
                 run.size_on_disk >> 20,
-                run.peak >> 20
+                run.peak >> 20,
+                run.trees
             );
             Ok(())
         }

@@ -496,8 +496,9 @@ mod tests {
 
     #[test]
     fn bucketed_layouts_keep_only_the_trees_of_the_window() {
-        // sled's default tree and the store's, and at most the four
-        // quarters of the window, one still filling, and the one filling now.
+        // sled's default tree and the store's, and the quarters that hold
+        // an event not yet expired: four, or five or six where the oldest
+        // has expired in part and the newest is filling.
         assert_eq!(model(Layout::Compact).trees, 2);
         for layout in [Layout::CompactBuckets, Layout::BucketsAll] {
             let trees = model(layout).trees;

@@ -282,9 +282,10 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
     let mut rng = fastrand::Rng::with_seed(1);
     let arrival = |seq: u64| codec::seq_key(b'n', seq);
     let mut kept: VecDeque<Live> = VecDeque::new();
-    // The bucketed layouts' trees, oldest first, with the first sequence
-    // number each one does not hold.
+    // The bucketed layouts' trees, oldest first, each with the first
+    // sequence number it does not hold (its name).
     let span = (live / 4).max(1);
+    let bucket_end = |seq: u64| (seq / span + 1) * span;
     let mut buckets: VecDeque<(u64, sled::Tree)> = VecDeque::new();
     let before = written_bytes();
     let mut peak = 0;
@@ -310,7 +311,7 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
             let search = codec::text_seq_key(b'T', &format!("LG{n:012}"), seq);
             let keyed = if s.bucketed {
                 if buckets.back().is_none_or(|(end, _)| seq >= *end) {
-                    let end = (seq / span + 1) * span;
+                    let end = bucket_end(seq);
                     buckets.push_back((end, db.open_tree(end.to_be_bytes())?));
                 }
                 buckets.back().map(|(_, t)| t).unwrap_or(&tree)
@@ -349,7 +350,7 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
         }
         for ev in kept.iter().rev().take(group as usize) {
             if s.arrival_done > 0 && s.arrivals_bucketed {
-                let end = (ev.seq / span + 1) * span;
+                let end = bucket_end(ev.seq);
                 if bucket_outcomes.last().is_none_or(|(e, _)| *e != end) {
                     bucket_outcomes.push((end, sled::Batch::default()));
                 }
@@ -380,9 +381,7 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
         if seq > live {
             let mut forget = sled::Batch::default();
             let oldest = kept.front().map_or(0, |ev| ev.seq);
-            let mut newest = oldest;
             for ev in kept.drain(..group as usize) {
-                newest = ev.seq;
                 if !s.bucketed {
                     forget.remove(ev.identity);
                     forget.remove(ev.search);
@@ -398,8 +397,9 @@ pub fn run(m: &Model, dir: &Path) -> Result<Run, super::Failed> {
                 forget.remove(&codec::expiry_key(oldest + live, oldest));
             }
             tree.apply_batch(forget)?;
+            // A bucket goes once no event it holds is kept.
             while let Some((end, _)) = buckets.front()
-                && *end <= newest + 1
+                && kept.front().is_none_or(|ev| *end <= ev.seq)
             {
                 let end = *end;
                 buckets.pop_front();

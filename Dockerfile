@@ -9,6 +9,7 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, in their own layer, so source edits rebuild only waybill.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor ./vendor
 RUN mkdir -p src/bin/loadgen \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > src/bin/loadgen/main.rs \

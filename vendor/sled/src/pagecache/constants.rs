@@ -26,6 +26,12 @@ pub(crate) const BATCH_MANIFEST_PID: PageId = PageId::max_value() - 666;
 
 pub(crate) const PAGE_CONSOLIDATION_THRESHOLD: usize = 10;
 pub(crate) const SEGMENT_CLEANUP_THRESHOLD: usize = 50;
+/// waybill: a log segment is drained (its live pages moved on) once at
+/// most this percentage of it is live; published sled drains at
+/// `SEGMENT_CLEANUP_THRESHOLD`. Under churn that moved so many pages that
+/// sled's file grew to several times its index, or, flushed often enough
+/// to hold the file, cost the gateway's tail (vendor/README.md).
+pub(crate) const SEGMENT_DRAIN_THRESHOLD: usize = 20;
 
 // Allows for around 1 trillion items to be stored
 // 2^37 * (assuming 50% node fill, 8 items per leaf)
